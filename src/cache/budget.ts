@@ -1,0 +1,143 @@
+/**
+ * Per-head prompt-KV budgets (HETEROCACHE.md §3). Full heads (volatile, pivot) keep all L prompt
+ * tokens; a compressed head (anchor, satellite) keeps cap_h = min(int(base·ratio_h), L) tokens,
+ * where ratio_h is the profile multiplier (mean 1 over compressed heads model-wide).
+ */
+import { HcError } from "../errors.ts";
+import { fullHeadCount, type HeadProfile, isFullRole } from "./profile.ts";
+
+const MAX_PROMPT_TOKENS = 2 ** 31 - 1;
+
+function checkPromptTokens(promptTokens: number): void {
+  if (!Number.isInteger(promptTokens) || promptTokens < 1 || promptTokens > MAX_PROMPT_TOKENS) {
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `prompt length must be an integer in [1, ${MAX_PROMPT_TOKENS}] tokens, got ${promptTokens}`,
+    );
+  }
+}
+
+function checkKeep(keep: number): void {
+  if (!(keep > 0 && keep <= 1)) {
+    throw new HcError("E_BAD_REQUEST", `keep must be a fraction in (0, 1], got ${keep}`);
+  }
+}
+
+/** Smallest keep that passes the load-time assert int(keep·N) > F. */
+export function minimumKeep(nTotalHeads: number, nFullHeads: number): number {
+  return (nFullHeads + 1) / nTotalHeads;
+}
+
+/**
+ * base = int((r·N − F)·L / (N − F)), evaluated in the same order as the official
+ * `get_compress_len` so the doubles (and the truncation) agree bit for bit.
+ */
+export function baseLength(
+  keep: number,
+  nTotalHeads: number,
+  nFullHeads: number,
+  promptTokens: number,
+): number {
+  checkKeep(keep);
+  checkPromptTokens(promptTokens);
+  if (
+    !Number.isInteger(nTotalHeads) || nTotalHeads < 1 || !Number.isInteger(nFullHeads) ||
+    nFullHeads < 0 || nFullHeads > nTotalHeads
+  ) {
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `head counts must satisfy 0 ≤ full (${nFullHeads}) ≤ total (${nTotalHeads})`,
+    );
+  }
+  if (Math.trunc(keep * nTotalHeads) <= nFullHeads) {
+    const min = minimumKeep(nTotalHeads, nFullHeads);
+    throw new HcError(
+      "E_PROFILE",
+      `keep=${keep} leaves int(${keep}·${nTotalHeads}) = ${Math.trunc(keep * nTotalHeads)} ` +
+        `head-equivalents of prompt KV, but the profile keeps ${nFullHeads} heads in full ` +
+        `(volatile + pivot); use keep ≥ ${min.toFixed(4)} (${nFullHeads + 1}/${nTotalHeads}) ` +
+        "or a profile with fewer full heads",
+    );
+  }
+  return Math.trunc(
+    ((keep * nTotalHeads - nFullHeads) * promptTokens) / (nTotalHeads - nFullHeads),
+  );
+}
+
+/** caps[layer][head] for a given base: L for full heads, min(int(base·ratio), L) otherwise. */
+export function capsFromBase(
+  profile: HeadProfile,
+  baseTokens: number,
+  promptTokens: number,
+): number[][] {
+  checkPromptTokens(promptTokens);
+  if (!Number.isInteger(baseTokens) || baseTokens < 0) {
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `base budget must be a whole number of tokens, got ${baseTokens}`,
+    );
+  }
+  return profile.layers.map((layer) =>
+    layer.roles.map((role, h) =>
+      isFullRole(role)
+        ? promptTokens
+        : Math.min(Math.trunc(baseTokens * layer.multipliers[h]), promptTokens)
+    )
+  );
+}
+
+/** The official budget: keep = fraction of the model's prompt KV kept on the device. */
+export function headCaps(profile: HeadProfile, keep: number, promptTokens: number): number[][] {
+  const nTotal = profile.model.nLayers * profile.model.nKvHeads;
+  const base = baseLength(keep, nTotal, fullHeadCount(profile), promptTokens);
+  return capsFromBase(profile, base, promptTokens);
+}
+
+/**
+ * Token-budget form: `tokensPerHead` is the mean budget of a compressed head; each gets
+ * tokensPerHead·ratio_h (clipped to L), so the compressed heads together hold about
+ * tokensPerHead × (number of compressed heads), the same total a uniform budget would.
+ */
+export function headCapsFromTokens(
+  profile: HeadProfile,
+  tokensPerHead: number,
+  promptTokens: number,
+): number[][] {
+  return capsFromBase(profile, tokensPerHead, promptTokens);
+}
+
+/** Per-KV-head cap for the uniform policies (snapkv, streaming) at the same device KV bytes. */
+export function uniformCap(keep: number, promptTokens: number): number {
+  checkKeep(keep);
+  checkPromptTokens(promptTokens);
+  return Math.trunc(keep * promptTokens);
+}
+
+export interface KeptSummary {
+  keptTokens: number;
+  totalTokens: number;
+  keptFraction: number;
+  /** Per layer: kept prompt rows / (KV heads × L), the "kept" column of HETEROCACHE.md §8. */
+  layerKeptFraction: number[];
+}
+
+export function keptSummary(
+  caps: readonly (readonly number[])[],
+  promptTokens: number,
+): KeptSummary {
+  checkPromptTokens(promptTokens);
+  let keptTokens = 0;
+  let totalTokens = 0;
+  const layerKeptFraction = caps.map((row) => {
+    const kept = row.reduce((a, b) => a + b, 0);
+    keptTokens += kept;
+    totalTokens += row.length * promptTokens;
+    return row.length === 0 ? 0 : kept / (row.length * promptTokens);
+  });
+  return {
+    keptTokens,
+    totalTokens,
+    keptFraction: totalTokens === 0 ? 0 : keptTokens / totalTokens,
+    layerKeptFraction,
+  };
+}

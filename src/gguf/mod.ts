@@ -1,0 +1,3 @@
+export * from "./types.ts";
+export * from "./reader.ts";
+export * from "./writer.ts";

@@ -1,0 +1,234 @@
+/** Typed face of the shim: Device and Buffer, each owned and disposable. */
+import { HcError } from "../errors.ts";
+import { check, cstr, native } from "./ffi.ts";
+import { CommandList, type Queue } from "./commands.ts";
+import { Kernel, type KernelOptions } from "./kernel.ts";
+
+export type BufferKind = "device" | "upload" | "readback";
+const KIND_ID: Record<BufferKind, number> = { device: 0, upload: 1, readback: 2 };
+export const QUEUE_ID: Record<Queue, number> = { compute: 0, transfer: 1 };
+
+export interface DeviceInfo {
+  index: number;
+  name: string;
+  type: "discrete" | "integrated" | "virtual" | "cpu" | "other";
+  vendorId: number;
+  deviceId: number;
+  apiVersion: string;
+  subgroupSize: number;
+  subgroupArithmetic: boolean;
+  maxStorageBufferRange: number;
+  maxAllocationBytes: number;
+  maxComputeSharedMemoryBytes: number;
+  maxComputeWorkGroupInvocations: number;
+  maxComputeWorkGroupCount: [number, number, number];
+  maxPushConstantsBytes: number;
+  minStorageBufferOffsetAlignment: number;
+  timestampPeriodNs: number;
+  timelineSemaphore: boolean;
+  storage16: boolean;
+  storage8: boolean;
+  float16: boolean;
+  int8: boolean;
+  separateTransferQueue?: boolean;
+}
+
+/** Lists every Vulkan device the loader sees, without opening one. */
+export function listDevices(): DeviceInfo[] {
+  const out = new Uint8Array(1 << 16);
+  check(native().hc_devices_json(out, BigInt(out.length)), "listing Vulkan devices");
+  const end = out.indexOf(0);
+  return JSON.parse(new TextDecoder().decode(out.subarray(0, end < 0 ? out.length : end)));
+}
+
+const u64out = new BigUint64Array(1);
+
+/** Staging space for Device.upload/download; big enough to amortise a submit per chunk. */
+const STAGING_BYTES = 32 << 20;
+
+export class Device implements Disposable {
+  readonly handle: bigint;
+  readonly info: DeviceInfo;
+  #closed = false;
+  #staging: { up: Buffer; down: Buffer; cmd: CommandList } | null = null;
+
+  private constructor(handle: bigint) {
+    this.handle = handle;
+    const out = new Uint8Array(8192);
+    check(native().hc_device_info(handle, out, BigInt(out.length)), "reading device info");
+    const end = out.indexOf(0);
+    this.info = JSON.parse(new TextDecoder().decode(out.subarray(0, end)));
+  }
+
+  /** Opens the device named by `selector` (index or name substring), else HC_VK_DEVICE, else
+   * the best one (discrete > integrated > virtual > CPU). */
+  static open(selector?: string): Device {
+    const sel = selector ?? Deno.env.get("HC_VK_DEVICE") ?? "";
+    check(native().hc_device_open(cstr(sel), u64out), "opening a Vulkan device");
+    return new Device(u64out[0]);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  buffer(bytes: number, kind: BufferKind = "device"): Buffer {
+    if (!Number.isSafeInteger(bytes) || bytes <= 0) {
+      throw new HcError("E_VK_LIMIT", `buffer size ${bytes} is not a positive integer`);
+    }
+    check(native().hc_buffer_create(this.handle, BigInt(bytes), KIND_ID[kind], u64out), `creating a ${kind} buffer of ${bytes} bytes`);
+    return new Buffer(this, u64out[0], bytes, kind);
+  }
+
+  kernel(name: string, options: KernelOptions): Kernel {
+    return Kernel.create(this, name, options);
+  }
+
+  commands(queue: Queue = "compute"): CommandList {
+    return CommandList.create(this, queue);
+  }
+
+  /** Resolves when `queue`'s timeline reaches `value`; the JS thread stays free meanwhile. */
+  async wait(queue: Queue, value: bigint, timeoutMs = 600_000): Promise<void> {
+    const status = await native().hc_wait(this.handle, QUEUE_ID[queue], value, BigInt(timeoutMs) * 1_000_000n);
+    check(status, `waiting for the ${queue} queue`);
+  }
+
+  /** Blocking wait: for short waits where a 30 µs thread hop would dominate. */
+  waitSync(queue: Queue, value: bigint, timeoutMs = 600_000): void {
+    check(native().hc_wait_sync(this.handle, QUEUE_ID[queue], value, BigInt(timeoutMs) * 1_000_000n), `waiting for the ${queue} queue`);
+  }
+
+  /** The value `queue`'s timeline has completed. */
+  poll(queue: Queue): bigint {
+    check(native().hc_poll(this.handle, QUEUE_ID[queue], u64out), "polling a timeline");
+    return u64out[0];
+  }
+
+  #stagingPair() {
+    if (!this.#staging) {
+      this.#staging = {
+        up: this.buffer(STAGING_BYTES, "upload"),
+        down: this.buffer(STAGING_BYTES, "readback"),
+        cmd: this.commands("compute"),
+      };
+    }
+    return this.#staging;
+  }
+
+  /** Copies host bytes into a buffer (any kind) through staging; returns when done. */
+  upload(dst: Buffer, data: ArrayBufferView, dstOffset = 0): void {
+    const src = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    dst.checkRange(dstOffset, src.byteLength, "upload");
+    if (dst.kind !== "device") {
+      dst.mapped().set(src, dstOffset);
+      return;
+    }
+    const s = this.#stagingPair();
+    const staging = s.up.mapped();
+    for (let done = 0; done < src.byteLength;) {
+      const n = Math.min(STAGING_BYTES, src.byteLength - done);
+      staging.set(src.subarray(done, done + n));
+      s.cmd.begin();
+      s.cmd.copy(s.up, dst, [[0, dstOffset + done, n]]);
+      s.cmd.end();
+      this.waitSync("compute", s.cmd.submit());
+      done += n;
+    }
+  }
+
+  /** Reads bytes of a buffer (any kind) back to the host; returns a fresh array. */
+  download(src: Buffer, srcOffset = 0, bytes = src.bytes - srcOffset): Uint8Array {
+    src.checkRange(srcOffset, bytes, "download");
+    const out = new Uint8Array(bytes);
+    if (src.kind !== "device") {
+      out.set(src.mapped().subarray(srcOffset, srcOffset + bytes));
+      return out;
+    }
+    const s = this.#stagingPair();
+    const staging = s.down.mapped();
+    for (let done = 0; done < bytes;) {
+      const n = Math.min(STAGING_BYTES, bytes - done);
+      s.cmd.begin();
+      s.cmd.copy(src, s.down, [[srcOffset + done, 0, n]]);
+      s.cmd.end();
+      this.waitSync("compute", s.cmd.submit());
+      out.set(staging.subarray(0, n), done);
+      done += n;
+    }
+    return out;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    if (this.#staging) {
+      this.#staging.cmd.dispose();
+      this.#staging.up.dispose();
+      this.#staging.down.dispose();
+      this.#staging = null;
+    }
+    check(native().hc_device_close(this.handle), "closing the device (dispose its buffers, kernels and command lists first)");
+    this.#closed = true;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+export class Buffer implements Disposable {
+  readonly device: Device;
+  readonly handle: bigint;
+  readonly bytes: number;
+  readonly kind: BufferKind;
+  #view: Uint8Array | null = null;
+  #disposed = false;
+
+  constructor(device: Device, handle: bigint, bytes: number, kind: BufferKind) {
+    this.device = device;
+    this.handle = handle;
+    this.bytes = bytes;
+    this.kind = kind;
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  checkRange(offset: number, bytes: number, what: string): void {
+    if (!(offset >= 0 && bytes >= 0 && offset + bytes <= this.bytes)) {
+      throw new HcError("E_VK_LIMIT", `${what}: range ${offset}+${bytes} outside a ${this.bytes}-byte buffer`);
+    }
+  }
+
+  /** The persistently mapped bytes of an upload/readback buffer (valid until dispose). */
+  mapped(): Uint8Array {
+    if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "buffer was disposed");
+    if (this.kind === "device") throw new HcError("E_VK", "a device buffer is not host-visible");
+    if (!this.#view) {
+      check(native().hc_buffer_map(this.handle, u64out), "mapping a buffer");
+      const ptr = Deno.UnsafePointer.create(u64out[0]);
+      if (!ptr) throw new HcError("E_VK", "mapping returned a null address");
+      this.#view = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, this.bytes));
+    }
+    return this.#view;
+  }
+
+  /** Host address of the mapping, for native row gathers. */
+  address(): bigint {
+    this.mapped();
+    check(native().hc_buffer_map(this.handle, u64out), "mapping a buffer");
+    return u64out[0];
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#view = null;
+    check(native().hc_buffer_destroy(this.handle), "destroying a buffer");
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

@@ -1,0 +1,83 @@
+/** Compute kernels: a named SPIR-V variant from build/spv plus its binding/push contract. */
+import { HcError } from "../errors.ts";
+import { check, native } from "./ffi.ts";
+import type { Device } from "./device.ts";
+
+export interface KernelOptions {
+  /** Storage buffers at set 0, bindings 0..n-1. */
+  bindings: number;
+  /** Size of the push-constant block (multiple of 4, at most 128). */
+  pushBytes?: number;
+  /** uint32 specialization constants with ids 0..n-1 (workgroup size first, by convention). */
+  spec?: number[];
+}
+
+const SPV_DIR = new URL("../../build/spv/", import.meta.url);
+const spirvCache = new Map<string, Uint8Array>();
+
+function loadSpirv(name: string): Uint8Array {
+  let code = spirvCache.get(name);
+  if (!code) {
+    const dir = Deno.env.get("HC_SPV_DIR");
+    const url = dir ? new URL(`${name}.spv`, `file://${dir.replace(/\/?$/, "/")}`) : new URL(`${name}.spv`, SPV_DIR);
+    try {
+      code = Deno.readFileSync(url);
+    } catch {
+      throw new HcError("E_SHADER_MISSING", `shader ${name} not found at ${url.pathname}; run \`deno task build\``);
+    }
+    spirvCache.set(name, code);
+  }
+  return code;
+}
+
+const u64out = new BigUint64Array(1);
+
+export class Kernel implements Disposable {
+  readonly device: Device;
+  readonly name: string;
+  readonly handle: bigint;
+  readonly bindings: number;
+  readonly pushBytes: number;
+  #disposed = false;
+
+  private constructor(device: Device, name: string, handle: bigint, bindings: number, pushBytes: number) {
+    this.device = device;
+    this.name = name;
+    this.handle = handle;
+    this.bindings = bindings;
+    this.pushBytes = pushBytes;
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Uses the `<name>__sg` variant (subgroup reductions) when it was built and the device has
+   * subgroup arithmetic, unless HC_NO_SUBGROUP=1 asks for the shared-memory fallback. */
+  static create(device: Device, name: string, options: KernelOptions): Kernel {
+    let code: Uint8Array;
+    const useSubgroup = device.info.subgroupArithmetic && Deno.env.get("HC_NO_SUBGROUP") !== "1";
+    try {
+      code = useSubgroup ? loadSpirv(`${name}__sg`) : loadSpirv(name);
+    } catch {
+      code = loadSpirv(name);
+    }
+    const spec = new Uint32Array(options.spec ?? []);
+    const push = options.pushBytes ?? 0;
+    check(
+      native().hc_kernel_create(device.handle, code, BigInt(code.byteLength), options.bindings, push, spec, spec.length, u64out),
+      `creating kernel ${name}`,
+    );
+    return new Kernel(device, name, u64out[0], options.bindings, push);
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    check(native().hc_kernel_destroy(this.handle), `destroying kernel ${this.name}`);
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

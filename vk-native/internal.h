@@ -1,0 +1,99 @@
+/* Shared internals of the shim: object structs, the handle table, error helpers. */
+#ifndef HCVK_INTERNAL_H
+#define HCVK_INTERNAL_H
+
+#include "hcvk.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <vulkan/vulkan.h>
+
+enum hc_kind { HC_KIND_DEVICE = 1, HC_KIND_BUFFER, HC_KIND_KERNEL, HC_KIND_CMD };
+
+#define HC_TIMESTAMP_SLOTS 64u
+
+struct hc_queue {
+  VkQueue queue;
+  uint32_t family;
+  VkSemaphore timeline;
+  uint64_t next_value; /* last value handed out by a submit */
+};
+
+struct hc_device {
+  VkInstance instance;
+  VkPhysicalDevice physical;
+  VkDevice device;
+  VkPhysicalDeviceProperties props;
+  VkPhysicalDeviceMemoryProperties mem_props;
+  uint64_t max_allocation_bytes;
+  uint32_t subgroup_size;
+  bool subgroup_arith;
+  bool float16;
+  bool storage16;
+  bool storage8;
+  bool separate_transfer;
+  struct hc_queue queues[2];
+  uint32_t families[2];
+  uint32_t n_families;
+  /* Queues need external synchronisation: submits come from the JS thread, waits from pool
+   * threads, so every vkQueueSubmit takes this lock. */
+  pthread_mutex_t submit_lock;
+  uint32_t live_objects;
+};
+
+struct hc_buffer {
+  struct hc_device *dev;
+  hc_handle dev_handle;
+  VkBuffer buffer;
+  VkDeviceMemory memory;
+  uint64_t bytes;
+  int32_t kind;
+  void *mapped;
+};
+
+struct hc_kernel {
+  struct hc_device *dev;
+  hc_handle dev_handle;
+  VkDescriptorSetLayout set_layout;
+  VkPipelineLayout layout;
+  VkPipeline pipeline;
+  uint32_t n_bindings;
+  uint32_t push_bytes;
+};
+
+struct hc_cmd {
+  struct hc_device *dev;
+  hc_handle dev_handle;
+  int32_t queue;
+  VkCommandPool pool;
+  VkCommandBuffer cb;
+  VkDescriptorPool *desc_pools;
+  uint32_t n_desc_pools;
+  uint32_t cur_desc_pool;
+  VkQueryPool query_pool;
+  bool recording;
+  bool ended;
+  uint64_t last_value; /* timeline value of the last submit, 0 if never submitted */
+};
+
+/* Without a separate transfer family, transfer work goes to the compute queue and timeline, so
+ * values stay monotonic on the one queue. */
+static inline struct hc_queue *hc_queue_of(struct hc_device *d, int32_t queue) {
+  return (queue == HC_QUEUE_TRANSFER && d->separate_transfer) ? &d->queues[1] : &d->queues[0];
+}
+
+/* Error reporting (errors.c). */
+int32_t hc_fail(int32_t code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int32_t hc_vk_fail(VkResult r, const char *what);
+
+/* Handle table (handles.c). */
+hc_handle hc_handle_new(enum hc_kind kind, void *object);
+void *hc_handle_get(hc_handle h, enum hc_kind kind);
+void hc_handle_free(hc_handle h);
+
+#define HC_GET(var, type, kind, handle, what)                                                  \
+  type *var = (type *)hc_handle_get((handle), (kind));                                        \
+  if (!var) return hc_fail(HC_E_HANDLE, "%s: invalid or destroyed handle 0x%llx", (what),     \
+                           (unsigned long long)(handle))
+
+#endif

@@ -1,0 +1,231 @@
+/* Buffers (three memory kinds, host kinds mapped for life) and compute kernels. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int find_memory_type(const struct hc_device *d, uint32_t bits, VkMemoryPropertyFlags want) {
+  for (uint32_t i = 0; i < d->mem_props.memoryTypeCount; i++)
+    if ((bits & (1u << i)) && (d->mem_props.memoryTypes[i].propertyFlags & want) == want) return (int)i;
+  return -1;
+}
+
+int32_t hc_buffer_create(hc_handle device, uint64_t bytes, int32_t kind, hc_handle *out_buffer) {
+  HC_GET(d, struct hc_device, HC_KIND_DEVICE, device, "hc_buffer_create");
+  if (!out_buffer) return hc_fail(HC_E_ARG, "hc_buffer_create: null output");
+  if (kind < HC_BUFFER_DEVICE || kind > HC_BUFFER_READBACK)
+    return hc_fail(HC_E_ARG, "hc_buffer_create: unknown kind %d", kind);
+  if (bytes == 0) return hc_fail(HC_E_ARG, "hc_buffer_create: zero-sized buffer");
+  if (bytes > d->max_allocation_bytes)
+    return hc_fail(HC_E_LIMIT, "buffer of %llu bytes exceeds the device's maxMemoryAllocationSize (%llu)",
+                   (unsigned long long)bytes, (unsigned long long)d->max_allocation_bytes);
+  struct hc_buffer *b = calloc(1, sizeof *b);
+  if (!b) return hc_fail(HC_E_OOM, "out of host memory");
+  b->dev = d;
+  b->dev_handle = device;
+  b->bytes = bytes;
+  b->kind = kind;
+  VkBufferCreateInfo bci = {
+      .sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+      .size = bytes,
+      .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+               VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+      /* Shared by the compute and transfer families without ownership transfers. */
+      .sharingMode = d->n_families > 1 ? VK_SHARING_MODE_CONCURRENT : VK_SHARING_MODE_EXCLUSIVE,
+      .queueFamilyIndexCount = d->n_families > 1 ? d->n_families : 0,
+      .pQueueFamilyIndices = d->n_families > 1 ? d->families : NULL,
+  };
+  VkResult r = vkCreateBuffer(d->device, &bci, NULL, &b->buffer);
+  if (r != VK_SUCCESS) {
+    free(b);
+    return hc_vk_fail(r, "vkCreateBuffer");
+  }
+  VkMemoryRequirements req;
+  vkGetBufferMemoryRequirements(d->device, b->buffer, &req);
+  const VkMemoryPropertyFlags HV = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT;
+  const VkMemoryPropertyFlags HC = VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+  const VkMemoryPropertyFlags CA = VK_MEMORY_PROPERTY_HOST_CACHED_BIT;
+  const VkMemoryPropertyFlags DL = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT;
+  int type = -1;
+  if (kind == HC_BUFFER_DEVICE) {
+    type = find_memory_type(d, req.memoryTypeBits, DL);
+    if (type < 0) type = find_memory_type(d, req.memoryTypeBits, 0);
+  } else if (kind == HC_BUFFER_UPLOAD) {
+    type = find_memory_type(d, req.memoryTypeBits, HV | HC);
+  } else {
+    type = find_memory_type(d, req.memoryTypeBits, HV | HC | CA);
+    if (type < 0) type = find_memory_type(d, req.memoryTypeBits, HV | HC);
+  }
+  if (type < 0) {
+    vkDestroyBuffer(d->device, b->buffer, NULL);
+    free(b);
+    return hc_fail(HC_E_VK, "no memory type fits a buffer of kind %d", kind);
+  }
+  VkMemoryAllocateInfo mai = {
+      .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+      .allocationSize = req.size,
+      .memoryTypeIndex = (uint32_t)type,
+  };
+  r = vkAllocateMemory(d->device, &mai, NULL, &b->memory);
+  if (r == VK_SUCCESS) r = vkBindBufferMemory(d->device, b->buffer, b->memory, 0);
+  if (r == VK_SUCCESS && kind != HC_BUFFER_DEVICE)
+    r = vkMapMemory(d->device, b->memory, 0, VK_WHOLE_SIZE, 0, &b->mapped);
+  if (r != VK_SUCCESS) {
+    if (b->memory) vkFreeMemory(d->device, b->memory, NULL);
+    vkDestroyBuffer(d->device, b->buffer, NULL);
+    free(b);
+    int32_t code = hc_vk_fail(r, "allocating buffer memory");
+    if (code == HC_E_OOM)
+      return hc_fail(HC_E_OOM, "out of %s memory allocating %llu bytes",
+                     kind == HC_BUFFER_DEVICE ? "device" : "host-visible",
+                     (unsigned long long)bytes);
+    return code;
+  }
+  hc_handle h = hc_handle_new(HC_KIND_BUFFER, b);
+  if (!h) {
+    vkFreeMemory(d->device, b->memory, NULL);
+    vkDestroyBuffer(d->device, b->buffer, NULL);
+    free(b);
+    return hc_fail(HC_E_OOM, "out of host memory");
+  }
+  d->live_objects++;
+  *out_buffer = h;
+  return HC_OK;
+}
+
+int32_t hc_buffer_destroy(hc_handle buffer) {
+  HC_GET(b, struct hc_buffer, HC_KIND_BUFFER, buffer, "hc_buffer_destroy");
+  hc_handle_free(buffer);
+  struct hc_device *d = b->dev;
+  /* A buffer may still be read by a submitted list; let the queues drain first. */
+  pthread_mutex_lock(&d->submit_lock);
+  vkDeviceWaitIdle(d->device);
+  pthread_mutex_unlock(&d->submit_lock);
+  if (b->mapped) vkUnmapMemory(d->device, b->memory);
+  vkDestroyBuffer(d->device, b->buffer, NULL);
+  vkFreeMemory(d->device, b->memory, NULL);
+  d->live_objects--;
+  free(b);
+  return HC_OK;
+}
+
+int32_t hc_buffer_map(hc_handle buffer, uint64_t *out_address) {
+  HC_GET(b, struct hc_buffer, HC_KIND_BUFFER, buffer, "hc_buffer_map");
+  if (!out_address) return hc_fail(HC_E_ARG, "hc_buffer_map: null output");
+  if (!b->mapped) return hc_fail(HC_E_ARG, "hc_buffer_map: a DEVICE buffer is not host-visible");
+  *out_address = (uint64_t)(uintptr_t)b->mapped;
+  return HC_OK;
+}
+
+static void destroy_kernel(struct hc_kernel *k, VkShaderModule module) {
+  VkDevice dev = k->dev->device;
+  if (module) vkDestroyShaderModule(dev, module, NULL);
+  if (k->pipeline) vkDestroyPipeline(dev, k->pipeline, NULL);
+  if (k->layout) vkDestroyPipelineLayout(dev, k->layout, NULL);
+  if (k->set_layout) vkDestroyDescriptorSetLayout(dev, k->set_layout, NULL);
+  free(k);
+}
+
+int32_t hc_kernel_create(hc_handle device, const uint32_t *spirv, uint64_t spirv_bytes,
+                         uint32_t n_bindings, uint32_t push_bytes, const uint32_t *spec,
+                         uint32_t n_spec, hc_handle *out_kernel) {
+  HC_GET(d, struct hc_device, HC_KIND_DEVICE, device, "hc_kernel_create");
+  if (!out_kernel || !spirv) return hc_fail(HC_E_ARG, "hc_kernel_create: null argument");
+  if (spirv_bytes < 20 || spirv_bytes % 4 || spirv[0] != 0x07230203u)
+    return hc_fail(HC_E_ARG, "hc_kernel_create: not a SPIR-V module (%llu bytes)",
+                   (unsigned long long)spirv_bytes);
+  if (n_bindings == 0 || n_bindings > 16)
+    return hc_fail(HC_E_ARG, "hc_kernel_create: %u bindings (1..16 allowed)", n_bindings);
+  if (push_bytes > d->props.limits.maxPushConstantsSize || push_bytes % 4)
+    return hc_fail(HC_E_LIMIT, "hc_kernel_create: push block of %u bytes (device max %u, multiple of 4)",
+                   push_bytes, d->props.limits.maxPushConstantsSize);
+  if (n_spec > 32) return hc_fail(HC_E_ARG, "hc_kernel_create: %u specialization constants", n_spec);
+  struct hc_kernel *k = calloc(1, sizeof *k);
+  if (!k) return hc_fail(HC_E_OOM, "out of host memory");
+  k->dev = d;
+  k->dev_handle = device;
+  k->n_bindings = n_bindings;
+  k->push_bytes = push_bytes;
+
+  VkDescriptorSetLayoutBinding binds[16];
+  for (uint32_t i = 0; i < n_bindings; i++)
+    binds[i] = (VkDescriptorSetLayoutBinding){
+        .binding = i,
+        .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+        .descriptorCount = 1,
+        .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT,
+    };
+  VkDescriptorSetLayoutCreateInfo dci = {
+      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+      .bindingCount = n_bindings,
+      .pBindings = binds,
+  };
+  VkShaderModule module = VK_NULL_HANDLE;
+  VkResult r = vkCreateDescriptorSetLayout(d->device, &dci, NULL, &k->set_layout);
+  if (r != VK_SUCCESS) goto fail;
+  VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .size = push_bytes};
+  VkPipelineLayoutCreateInfo lci = {
+      .sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+      .setLayoutCount = 1,
+      .pSetLayouts = &k->set_layout,
+      .pushConstantRangeCount = push_bytes ? 1 : 0,
+      .pPushConstantRanges = push_bytes ? &pcr : NULL,
+  };
+  r = vkCreatePipelineLayout(d->device, &lci, NULL, &k->layout);
+  if (r != VK_SUCCESS) goto fail;
+  VkShaderModuleCreateInfo sci = {
+      .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+      .codeSize = (size_t)spirv_bytes,
+      .pCode = spirv,
+  };
+  r = vkCreateShaderModule(d->device, &sci, NULL, &module);
+  if (r != VK_SUCCESS) goto fail;
+  VkSpecializationMapEntry entries[32];
+  for (uint32_t i = 0; i < n_spec; i++)
+    entries[i] = (VkSpecializationMapEntry){.constantID = i, .offset = i * 4, .size = 4};
+  VkSpecializationInfo si = {
+      .mapEntryCount = n_spec,
+      .pMapEntries = entries,
+      .dataSize = n_spec * 4,
+      .pData = spec,
+  };
+  VkComputePipelineCreateInfo pci = {
+      .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+      .stage =
+          {
+              .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+              .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+              .module = module,
+              .pName = "main",
+              .pSpecializationInfo = n_spec ? &si : NULL,
+          },
+      .layout = k->layout,
+  };
+  r = vkCreateComputePipelines(d->device, VK_NULL_HANDLE, 1, &pci, NULL, &k->pipeline);
+  if (r != VK_SUCCESS) goto fail;
+  vkDestroyShaderModule(d->device, module, NULL);
+  hc_handle h = hc_handle_new(HC_KIND_KERNEL, k);
+  if (!h) {
+    destroy_kernel(k, VK_NULL_HANDLE);
+    return hc_fail(HC_E_OOM, "out of host memory");
+  }
+  d->live_objects++;
+  *out_kernel = h;
+  return HC_OK;
+fail:;
+  int32_t code = hc_vk_fail(r, "creating compute kernel");
+  destroy_kernel(k, module);
+  return code;
+}
+
+int32_t hc_kernel_destroy(hc_handle kernel) {
+  HC_GET(k, struct hc_kernel, HC_KIND_KERNEL, kernel, "hc_kernel_destroy");
+  hc_handle_free(kernel);
+  struct hc_device *d = k->dev;
+  pthread_mutex_lock(&d->submit_lock);
+  vkDeviceWaitIdle(d->device);
+  pthread_mutex_unlock(&d->submit_lock);
+  destroy_kernel(k, VK_NULL_HANDLE);
+  d->live_objects--;
+  return HC_OK;
+}
