@@ -321,45 +321,40 @@ export function parseProfile(json: unknown): HeadProfile {
   return { schema: PROFILE_SCHEMA, version: PROFILE_VERSION, model, params, layers };
 }
 
+const MODEL_KEYS = ["arch", "nLayers", "nKvHeads", "headDim", "attnHash"] as const;
+const PARAM_KEYS = [
+  "source",
+  "topk",
+  "stableThreshold",
+  "simThreshold",
+  "calibrationTokens",
+  "decodeSteps",
+  "similarityKeyTokens",
+  "groupReduce",
+  "poolKernel",
+] as const;
+
+/** Copies `keys` in the listed order, so the output never depends on the input's key order. */
+function pick<T, K extends keyof T>(o: T, keys: readonly K[]): Pick<T, K> {
+  return Object.fromEntries(keys.map((k) => [k, o[k]])) as Pick<T, K>;
+}
+
 /** Our JSON: one line per layer, so diffs between profiles stay readable. */
 export function serializeProfile(p: HeadProfile): string {
   const layers = p.layers.map((l) =>
-    "    " +
-    JSON.stringify({
+    "    " + JSON.stringify({
       roles: l.roles,
       multipliers: l.multipliers,
       stability: l.stability,
       clusters: l.clusters.map((c) => ({ pivot: c.pivot, satellites: c.satellites })),
     })
   );
-  const m = p.model;
-  const q = p.params;
   return [
     "{",
     `  "schema": ${JSON.stringify(PROFILE_SCHEMA)},`,
     `  "version": ${PROFILE_VERSION},`,
-    `  "model": ${
-      JSON.stringify({
-        arch: m.arch,
-        nLayers: m.nLayers,
-        nKvHeads: m.nKvHeads,
-        headDim: m.headDim,
-        attnHash: m.attnHash,
-      })
-    },`,
-    `  "params": ${
-      JSON.stringify({
-        source: q.source,
-        topk: q.topk,
-        stableThreshold: q.stableThreshold,
-        simThreshold: q.simThreshold,
-        calibrationTokens: q.calibrationTokens,
-        decodeSteps: q.decodeSteps,
-        similarityKeyTokens: q.similarityKeyTokens,
-        groupReduce: q.groupReduce,
-        poolKernel: q.poolKernel,
-      })
-    },`,
+    `  "model": ${JSON.stringify(pick(p.model, MODEL_KEYS))},`,
+    `  "params": ${JSON.stringify(pick(p.params, PARAM_KEYS))},`,
     `  "layers": [`,
     layers.join(",\n"),
     "  ]",

@@ -159,6 +159,35 @@ export class Device implements Disposable {
     return out;
   }
 
+  /**
+   * Copies rows `rows[i]` of host memory `src` (row stride `srcStrideBytes`) into consecutive
+   * rows of the mapped buffer `dst` (from `dstOffsetBytes`, stride `dstStrideBytes`), on a
+   * native thread: the JS thread stays free. `src` and `rows` must not change until it settles.
+   */
+  async gatherRows(
+    dst: Buffer,
+    dstOffsetBytes: number,
+    dstStrideBytes: number,
+    src: Uint8Array,
+    srcStrideBytes: number,
+    rows: Uint32Array,
+    rowBytes: number,
+  ): Promise<void> {
+    if (rows.length === 0) return;
+    let maxRow = 0;
+    for (const r of rows) if (r > maxRow) maxRow = r;
+    if (rowBytes > srcStrideBytes || rowBytes > dstStrideBytes || maxRow * srcStrideBytes + rowBytes > src.byteLength) {
+      throw new HcError("E_VK_LIMIT", `gatherRows: row ${maxRow} of ${rowBytes} bytes lies outside the ${src.byteLength}-byte source`);
+    }
+    dst.checkRange(dstOffsetBytes, (rows.length - 1) * dstStrideBytes + rowBytes, "gatherRows");
+    const srcAddr = Deno.UnsafePointer.value(Deno.UnsafePointer.of(src as Uint8Array<ArrayBuffer>));
+    const dstAddr = dst.address() + BigInt(dstOffsetBytes);
+    const status = await native().hc_gather(
+      dstAddr, BigInt(dstStrideBytes), BigInt(srcAddr), BigInt(srcStrideBytes), rows, rows.length, BigInt(rowBytes),
+    );
+    check(status, "gathering rows");
+  }
+
   close(): void {
     if (this.#closed) return;
     if (this.#staging) {

@@ -2,7 +2,7 @@
 import { HcError } from "../../errors.ts";
 import { preTokenizerSpec } from "./pretokenize.ts";
 import { attrFromTokenType, TokenAttr, type Tokenizer } from "./types.ts";
-import { VocabTokenizer } from "./vocab.ts";
+import { type VocabInit, VocabTokenizer } from "./vocab.ts";
 
 /** Metadata as the GGUF reader returns it; values are checked here, not trusted. */
 export type TokenizerMetadata = ReadonlyMap<string, unknown>;
@@ -81,16 +81,16 @@ export function tokenizerFromGguf(md: TokenizerMetadata): Tokenizer {
   const attrs = new Uint16Array(n);
   for (let i = 0; i < n; i++) attrs[i] = types ? attrFromTokenType(types[i]) : TokenAttr.NORMAL;
 
-  let pre = undefined as ReturnType<typeof preTokenizerSpec> | undefined;
-  let ranks: Map<string, number> | undefined;
+  let bpe: VocabInit["bpe"];
   if (kind === "bpe") {
-    const preName = getString(md, K + "pre") ?? "default";
-    pre = preTokenizerSpec(preName.length > 0 ? preName : "default");
+    const preName = getString(md, K + "pre") ?? "";
+    const pre = preTokenizerSpec(preName.length > 0 ? preName : "default");
     const merges = getStringArray(md, K + "merges") ?? fail(`missing ${K}merges`);
-    ranks = new Map();
+    const ranks = new Map<string, number>();
     merges.forEach((m, rank) => {
-      if (!ranks!.has(m)) ranks!.set(m, rank);
+      if (!ranks.has(m)) ranks.set(m, rank);
     });
+    bpe = { ranks, pre };
   }
 
   const id = (key: string, fallback: number | null) => {
@@ -107,6 +107,7 @@ export function tokenizerFromGguf(md: TokenizerMetadata): Tokenizer {
     if (v !== null) extraEog.push(v);
   }
 
+  const name = md.get("general.name");
   return new VocabTokenizer({
     kind,
     texts,
@@ -118,11 +119,11 @@ export function tokenizerFromGguf(md: TokenizerMetadata): Tokenizer {
     eom: id("eom_token_id", null),
     unk: id("unknown_token_id", kind === "spm" ? 0 : null),
     extraEog,
-    addBos: getBool(md, K + "add_bos_token") ?? (kind === "spm" ? true : pre!.addBos),
+    addBos: getBool(md, K + "add_bos_token") ?? (bpe ? bpe.pre.addBos : true),
     addEos: getBool(md, K + "add_eos_token") ?? false,
     addSpacePrefix: getBool(md, K + "add_space_prefix") ?? kind === "spm",
     spaceSymbol: "\u2581",
-    bpe: kind === "bpe" ? { ranks: ranks!, pre: pre! } : undefined,
-    modelName: getString(md, "general.name"),
+    bpe,
+    modelName: typeof name === "string" ? name : undefined,
   });
 }

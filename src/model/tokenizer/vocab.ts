@@ -34,6 +34,11 @@ export interface VocabInit {
   readonly addSpacePrefix: boolean;
   /** SPM: how the vocabulary spells a space ("▁" in GGUF, " " in llama2.c tokenizer.bin). */
   readonly spaceSymbol: string;
+  /**
+   * SPM byte fallback: when set, byte b is token b + offset (llama2.c's fixed layout, used even
+   * where that id is no byte token); otherwise the `<0xXX>` token, else the one-char token.
+   */
+  readonly byteFallbackOffset?: number;
   readonly bpe?: { readonly ranks: ReadonlyMap<string, number>; readonly pre: PreTokenizerSpec };
   /** `general.name`; llama.cpp gives Phi-3's special tokens RSTRIP by this name. */
   readonly modelName?: string;
@@ -179,7 +184,10 @@ export class VocabTokenizer implements Tokenizer {
       const byteIds = new Int32Array(256).fill(-1);
       for (let b = 0; b < 256; b++) {
         const hex = b.toString(16).toUpperCase().padStart(2, "0");
-        byteIds[b] = textToId.get(`<0x${hex}>`) ?? textToId.get(String.fromCharCode(b)) ?? -1;
+        const offset = init.byteFallbackOffset;
+        byteIds[b] = offset !== undefined
+          ? (b + offset < n ? b + offset : -1)
+          : textToId.get(`<0x${hex}>`) ?? textToId.get(String.fromCharCode(b)) ?? -1;
       }
       this.#spm = {
         textToId,

@@ -1,0 +1,236 @@
+/**
+ * Model hyperparameters, read from GGUF metadata (or a llama2.c header, see llama2c.ts), in one
+ * shape every part of the engine uses.
+ */
+import { HcError } from "../errors.ts";
+import type { GgufFile } from "../gguf/reader.ts";
+import { GgmlType } from "../gguf/types.ts";
+
+export type ModelArch = "llama" | "qwen2";
+/** "adjacent": GGUF Llama / llama2.c (pairs 2i, 2i+1). "halves": NeoX / Qwen2 (i, i + d/2). */
+export type RopePairing = "adjacent" | "halves";
+
+export interface ModelConfig {
+  arch: ModelArch;
+  vocabSize: number;
+  /** Embedding width. */
+  dim: number;
+  nLayers: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  ffnDim: number;
+  /** Positions the model was built for (the KV cache never grows past it). */
+  contextLength: number;
+  ropeBase: number;
+  ropePairing: RopePairing;
+  /**
+   * Per-pair divisors of the RoPE frequency (length headDim / 2): theta_i = pos * base^(-2i/d)
+   * / factor_i, as ggml_rope_ext applies `freq_factors`. null means all 1.
+   */
+  ropeFreqFactors: Float32Array | null;
+  rmsEps: number;
+  /** The output projection reuses token_embd.weight. */
+  tiedOutput: boolean;
+  /** Q, K and V projections have bias vectors. */
+  qkvBias: boolean;
+}
+
+const ROPE_PAIRING: Record<ModelArch, RopePairing> = { llama: "adjacent", qwen2: "halves" };
+const DEFAULT_ROPE_BASE = 10000;
+
+function isArch(name: string): name is ModelArch {
+  return name === "llama" || name === "qwen2";
+}
+
+function missing(key: string): never {
+  throw new HcError("E_MODEL_FORMAT", `model metadata lacks ${key}`);
+}
+
+function positiveInt(value: number, what: string): number {
+  if (!Number.isSafeInteger(value) || value <= 0) {
+    throw new HcError("E_MODEL_FORMAT", `model ${what} is ${value}; it must be a positive integer`);
+  }
+  return value;
+}
+
+function numberKey(file: GgufFile, key: string): number | undefined {
+  const v = file.metadata.get(key);
+  if (Array.isArray(v)) {
+    throw new HcError("E_MODEL_ARCH", `${key} varies per layer; such models are not supported`);
+  }
+  return file.getNumber(key);
+}
+
+/** Checks the relations between the sizes that every forward pass relies on. */
+export function validateConfig(c: ModelConfig): ModelConfig {
+  for (
+    const k of [
+      "vocabSize",
+      "dim",
+      "nLayers",
+      "nHeads",
+      "nKvHeads",
+      "headDim",
+      "ffnDim",
+      "contextLength",
+    ] as const
+  ) {
+    positiveInt(c[k], k);
+  }
+  if (c.nHeads % c.nKvHeads !== 0) {
+    throw new HcError(
+      "E_MODEL_FORMAT",
+      `model has ${c.nHeads} query heads, not a multiple of its ${c.nKvHeads} KV heads`,
+    );
+  }
+  if (c.headDim % 2 !== 0) {
+    throw new HcError("E_MODEL_FORMAT", `model head size ${c.headDim} is odd; RoPE needs pairs`);
+  }
+  if (!(c.ropeBase > 0) || !(c.rmsEps > 0)) {
+    throw new HcError("E_MODEL_FORMAT", `model rope base ${c.ropeBase} / rms eps ${c.rmsEps}`);
+  }
+  if (c.ropeFreqFactors) {
+    if (c.ropeFreqFactors.length !== c.headDim / 2) {
+      throw new HcError(
+        "E_MODEL_FORMAT",
+        `RoPE frequency factors have ${c.ropeFreqFactors.length} entries, expected ${
+          c.headDim / 2
+        }`,
+      );
+    }
+    if (!c.ropeFreqFactors.every((f) => f > 0 && Number.isFinite(f))) {
+      throw new HcError("E_MODEL_FORMAT", "RoPE frequency factors must be positive and finite");
+    }
+  }
+  return c;
+}
+
+/**
+ * The per-pair divisors llama.cpp's converter writes as `rope_freqs.weight` for rope_type
+ * "llama3" (Llama 3.1+): long wavelengths are slowed by `factor`, short ones kept, and the band
+ * between blended smoothly.
+ */
+export function llama3RopeFactors(
+  headDim: number,
+  ropeBase: number,
+  factor: number,
+  lowFreqFactor: number,
+  highFreqFactor: number,
+  originalContextLength: number,
+): Float32Array {
+  const out = new Float32Array(headDim / 2);
+  const lowFreqWavelen = originalContextLength / lowFreqFactor;
+  const highFreqWavelen = originalContextLength / highFreqFactor;
+  for (let i = 0; i < out.length; i++) {
+    const freq = Math.fround(1 / Math.fround(ropeBase ** Math.fround((2 * i) / headDim)));
+    const wavelen = (2 * Math.PI) / freq;
+    if (wavelen < highFreqWavelen) out[i] = 1;
+    else if (wavelen > lowFreqWavelen) out[i] = factor;
+    else {
+      const smooth = (originalContextLength / wavelen - lowFreqFactor) /
+        (highFreqFactor - lowFreqFactor);
+      out[i] = 1 / ((1 - smooth) / factor + smooth);
+    }
+  }
+  return out;
+}
+
+function ropeFactorsFromGguf(file: GgufFile, arch: string, headDim: number, base: number) {
+  const tensor = file.tensor("rope_freqs.weight");
+  if (tensor) {
+    if (tensor.type !== GgmlType.F32 || tensor.elems !== headDim / 2) {
+      throw new HcError(
+        "E_MODEL_TENSOR",
+        `rope_freqs.weight should be F32 with ${headDim / 2} elements (type ${tensor.type}, ` +
+          `${tensor.elems} elements)`,
+      );
+    }
+    const bytes = new Uint8Array(tensor.bytes);
+    file.readIntoSync(tensor, bytes);
+    return new Float32Array(bytes.buffer);
+  }
+  const type = file.getString(`${arch}.rope.scaling.type`) ??
+    (file.metadata.has(`${arch}.rope.scale_linear`) ? "linear" : "none");
+  const factor = file.getNumber(`${arch}.rope.scaling.factor`) ??
+    file.getNumber(`${arch}.rope.scale_linear`) ?? 1;
+  switch (type) {
+    case "none":
+      return null;
+    case "linear":
+      // Linear scaling divides every position by `factor`, i.e. every frequency.
+      return factor === 1 ? null : new Float32Array(headDim / 2).fill(factor);
+    case "llama3":
+      return llama3RopeFactors(
+        headDim,
+        base,
+        factor,
+        file.getNumber(`${arch}.rope.scaling.low_freq_factor`) ?? 1,
+        file.getNumber(`${arch}.rope.scaling.high_freq_factor`) ?? 4,
+        file.getNumber(`${arch}.rope.scaling.original_context_length`) ?? 8192,
+      );
+    default:
+      throw new HcError(
+        "E_MODEL_ARCH",
+        `RoPE scaling type "${type}" (${arch}.rope.scaling.type) is not supported; ` +
+          `supported: none, linear, llama3`,
+      );
+  }
+}
+
+/** Reads the model hyperparameters of a GGUF file (and its rope_freqs tensor, if any). */
+export function configFromGguf(file: GgufFile): ModelConfig {
+  const archName = file.getString("general.architecture") ?? missing("general.architecture");
+  if (!isArch(archName)) {
+    throw new HcError(
+      "E_MODEL_ARCH",
+      `model architecture "${archName}" is not supported (supported: llama, qwen2)`,
+    );
+  }
+  const arch = archName;
+  const need = (key: string) => numberKey(file, `${arch}.${key}`) ?? missing(`${arch}.${key}`);
+  const opt = (key: string) => numberKey(file, `${arch}.${key}`);
+
+  const dim = positiveInt(need("embedding_length"), "embedding_length");
+  const nHeads = positiveInt(need("attention.head_count"), "attention.head_count");
+  const nKvHeads = opt("attention.head_count_kv") ?? nHeads;
+  const headDim = opt("attention.key_length") ?? dim / nHeads;
+  const valueDim = opt("attention.value_length") ?? headDim;
+  if (valueDim !== headDim) {
+    throw new HcError("E_MODEL_ARCH", `key length ${headDim} != value length ${valueDim}`);
+  }
+  positiveInt(headDim, "head size");
+  if (headDim % 2 !== 0) {
+    throw new HcError("E_MODEL_FORMAT", `model head size ${headDim} is odd; RoPE needs pairs`);
+  }
+  const ropeDims = opt("rope.dimension_count") ?? headDim;
+  if (ropeDims !== headDim) {
+    throw new HcError(
+      "E_MODEL_ARCH",
+      `partial RoPE (${ropeDims} of ${headDim} head dims) is not supported`,
+    );
+  }
+  const ropeBase = opt("rope.freq_base") ?? DEFAULT_ROPE_BASE;
+
+  const embd = file.tensor("token_embd.weight");
+  const vocabSize = embd?.dims[1] ?? opt("vocab_size") ??
+    file.getStringArray("tokenizer.ggml.tokens")?.length ?? missing(`${arch}.vocab_size`);
+
+  return validateConfig({
+    arch,
+    vocabSize,
+    dim,
+    nLayers: need("block_count"),
+    nHeads,
+    nKvHeads,
+    headDim,
+    ffnDim: need("feed_forward_length"),
+    contextLength: need("context_length"),
+    ropeBase,
+    ropePairing: ROPE_PAIRING[arch],
+    ropeFreqFactors: ropeFactorsFromGguf(file, arch, headDim, ropeBase),
+    rmsEps: need("attention.layer_norm_rms_epsilon"),
+    tiedOutput: file.tensor("output.weight") === undefined,
+    qkvBias: file.tensor("blk.0.attn_q.bias") !== undefined,
+  });
+}

@@ -1,0 +1,43 @@
+/** Shared test helpers: paths of the real models beside the checkout, seeded random data. */
+import { existsSync } from "node:fs";
+
+/** Absolute path of a file in ../shared (beside the checkout); fails loudly when missing. */
+export function sharedPath(rel: string): string {
+  const path = new URL(`../../shared/${rel}`, import.meta.url).pathname;
+  if (!existsSync(path)) {
+    throw new Error(`missing test file ${path}: the real models live in ../shared beside the checkout`);
+  }
+  return path;
+}
+
+/** mulberry32: small, fast, seedable; good enough for test data. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Random floats in [-scale, scale). */
+export function randomF32(n: number, seed: number, scale = 1): Float32Array {
+  const r = rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (r() * 2 - 1) * scale;
+  return out;
+}
+
+/** Largest |a-b| divided by the largest |b| (a scale-aware relative error). */
+export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Infinity;
+  let diff = 0, scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= diff)) diff = Number.isNaN(d) ? Infinity : d;
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return diff / (scale || 1);
+}
