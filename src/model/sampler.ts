@@ -335,7 +335,7 @@ function selectTopK(s: Float32Array, k: number, out: Int32Array, heap: Int32Arra
   }
   for (let i = k; i < s.length; i++) {
     // Later ids lose ties, so only a strictly larger value can enter.
-    if (s[i] >= s[heap[0]]) {
+    if (s[i] > s[heap[0]]) {
       heap[0] = i;
       siftDownMin(s, heap, 0, k);
     }
