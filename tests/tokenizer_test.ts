@@ -2,11 +2,7 @@ import assert from "node:assert/strict";
 import { openGguf } from "../src/gguf/reader.ts";
 import { isHcError } from "../src/errors.ts";
 import { PreTokenizer, preTokenizerSpec } from "../src/model/tokenizer/pretokenize.ts";
-import {
-  type Tokenizer,
-  tokenizerFromGguf,
-  tokenizerFromLlama2c,
-} from "../src/model/tokenizer.ts";
+import { type Tokenizer, tokenizerFromGguf, tokenizerFromLlama2c } from "../src/model/tokenizer.ts";
 
 const MODELS = new URL("../../shared/models/", import.meta.url);
 const VOCABS = new URL("ggml-vocab/", MODELS);
@@ -67,7 +63,11 @@ for (const name of VOCAB_NAMES) {
     const cases = readCases(inp, out);
     assert.ok(cases.length >= 40, `expected the 46 llama.cpp cases, got ${cases.length}`);
     for (const { text, ids } of cases) {
-      assert.deepEqual(tok.encode(text, { addSpecial: false }), ids, `encode ${JSON.stringify(text)}`);
+      assert.deepEqual(
+        tok.encode(text, { addSpecial: false }),
+        ids,
+        `encode ${JSON.stringify(text)}`,
+      );
       // SPM adds a space prefix when encoding and llama.cpp's detokenize strips it from the first
       // token again, so the round trip is exact for both tokenizer kinds.
       assert.equal(tok.decode(ids), text, `decode of ${JSON.stringify(text)}`);
@@ -217,7 +217,10 @@ Deno.test("llama2.c tok512.bin encodes like stories260K.gguf", async () => {
     assert.equal(tok.decode(tok.encode(t, { addSpecial: false })), t);
   }
   assert.ok(tok.isEog(2));
-  assert.throws(() => tokenizerFromLlama2c(bin.subarray(0, 100), 512), (e) => isHcError(e, "E_TOKENIZER"));
+  assert.throws(
+    () => tokenizerFromLlama2c(bin.subarray(0, 100), 512),
+    (e) => isHcError(e, "E_TOKENIZER"),
+  );
   assert.throws(() => tokenizerFromLlama2c(bin, 1e9), (e) => isHcError(e, "E_TOKENIZER"));
   const bad = bin.slice();
   new DataView(bad.buffer).setInt32(8, 1 << 30, true);
@@ -229,7 +232,9 @@ Deno.test("encoding 10k+ tokens is fast for SPM and BPE", async () => {
   const bpe = await ggufTokenizer(new URL("ggml-vocab-gpt-2.gguf", VOCABS));
   const words = ["alpha", "beta", "gamma", "tokenizer", "Ünïcödé", "数据", "12345", "x+y=z;"];
   const parts: string[] = [];
-  for (let i = 0; i < 6000; i++) parts.push(words[(i * 7) % words.length] + (i % 13 === 0 ? "\n" : " "));
+  for (let i = 0; i < 6000; i++) {
+    parts.push(words[(i * 7) % words.length] + (i % 13 === 0 ? "\n" : " "));
+  }
   const text = parts.join("");
   for (const tok of [spm, bpe]) {
     const t0 = performance.now();

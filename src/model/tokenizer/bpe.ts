@@ -4,7 +4,7 @@
  * (lowest first, ties leftmost) with a priority queue.
  */
 import { Heap } from "./heap.ts";
-import { PreTokenizer } from "./pretokenize.ts";
+import type { PreTokenizer } from "./pretokenize.ts";
 
 /** GPT-2 `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the rest to U+0100.. */
 export const BYTE_TO_CHAR: readonly string[] = (() => {
@@ -110,7 +110,8 @@ export class BpeEncoder {
     const queue = new Heap<Bigram>(bpeBefore);
     const tryAdd = (left: number, right: number): void => {
       if (left < 0 || right < 0) return;
-      const key = word.slice(left, left + lens[left]) + " " + word.slice(right, right + lens[right]);
+      const key = word.slice(left, left + lens[left]) + " " +
+        word.slice(right, right + lens[right]);
       const rank = ranks.get(key);
       if (rank !== undefined) queue.push({ left, right, rank, size: lens[left] + lens[right] });
     };

@@ -90,7 +90,9 @@ export function preTokenizerSpec(name: string): PreTokenizerSpec {
   if (!found) {
     throw new HcError(
       "E_TOKENIZER",
-      `unknown pre-tokenizer '${name}' (tokenizer.ggml.pre); known: ${KNOWN_PRE_TOKENIZERS.join(", ")}`,
+      `unknown pre-tokenizer '${name}' (tokenizer.ggml.pre); known: ${
+        KNOWN_PRE_TOKENIZERS.join(", ")
+      }`,
     );
   }
   return found;

@@ -6,7 +6,7 @@ import { HcError } from "../../errors.ts";
 import { BpeEncoder, byteDecode } from "./bpe.ts";
 import { PreTokenizer, type PreTokenizerSpec } from "./pretokenize.ts";
 import { spmEncode, type SpmVocab } from "./spm.ts";
-import { utf8ToString, Utf8Stream } from "./stream.ts";
+import { Utf8Stream, utf8ToString } from "./stream.ts";
 import {
   type DecodeOptions,
   type EncodeOptions,
@@ -105,7 +105,9 @@ export class VocabTokenizer implements Tokenizer {
   constructor(init: VocabInit) {
     const n = init.texts.length;
     if (n === 0) throw new HcError("E_TOKENIZER", "vocabulary has no tokens");
-    if (init.attrs.length < n) throw new HcError("E_TOKENIZER", "token attributes shorter than vocab");
+    if (init.attrs.length < n) {
+      throw new HcError("E_TOKENIZER", "token attributes shorter than vocab");
+    }
     this.vocabSize = n;
     this.#kind = init.kind;
     this.#texts = init.texts;
@@ -305,7 +307,10 @@ export class VocabTokenizer implements Tokenizer {
 
   #check(id: number): void {
     if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
-      throw new HcError("E_TOKENIZER", `token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`);
+      throw new HcError(
+        "E_TOKENIZER",
+        `token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`,
+      );
     }
   }
 
