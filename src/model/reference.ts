@@ -1,0 +1,346 @@
+/**
+ * A plain, readable TypeScript forward pass of the Llama / Qwen2 decoder, in f32 storage with
+ * f64 accumulation. Tests use it as ground truth for the device kernels and the whole model; the
+ * building blocks (rmsNorm, matVec, applyRope, attention, swiglu) are exported for kernel tests.
+ */
+import { HcError } from "../errors.ts";
+import { GgmlType } from "../gguf/types.ts";
+import type { ModelConfig, RopePairing } from "./config.ts";
+import { dequantize } from "./quant.ts";
+import { type ModelSource, readTensorBytes } from "./source.ts";
+
+/** out = x / sqrt(mean(x^2) + eps) * weight. */
+export function rmsNorm(
+  x: Float32Array,
+  weight: Float32Array,
+  eps: number,
+  out: Float32Array = new Float32Array(x.length),
+): Float32Array {
+  let ss = 0;
+  for (let i = 0; i < x.length; i++) ss += x[i] * x[i];
+  const scale = 1 / Math.sqrt(ss / x.length + eps);
+  for (let i = 0; i < x.length; i++) out[i] = weight[i] * (x[i] * scale);
+  return out;
+}
+
+/**
+ * out[o] = sum_i w[o * inDim + i] * x[i]: `w` in GGUF layout (dims [inDim, outDim], one row of
+ * inDim weights per output).
+ */
+export function matVec(
+  w: Float32Array,
+  x: Float32Array,
+  inDim: number,
+  outDim: number,
+  out: Float32Array = new Float32Array(outDim),
+): Float32Array {
+  for (let o = 0; o < outDim; o++) {
+    const row = o * inDim;
+    let acc = 0;
+    for (let i = 0; i < inDim; i++) acc += w[row + i] * x[i];
+    out[o] = acc;
+  }
+  return out;
+}
+
+/** The rotation angle step of each pair: base^(-2i/headDim) / factor_i. */
+export function ropeInverseFrequencies(
+  headDim: number,
+  base: number,
+  freqFactors: Float32Array | null = null,
+): Float64Array {
+  const inv = new Float64Array(headDim / 2);
+  for (let i = 0; i < inv.length; i++) {
+    inv[i] = base ** (-(2 * i) / headDim) / (freqFactors ? freqFactors[i] : 1);
+  }
+  return inv;
+}
+
+/**
+ * Rotates `nHeads` consecutive heads of `vec` in place for position `pos`. Pair i of a head is
+ * (2i, 2i+1) for "adjacent" and (i, i + headDim/2) for "halves".
+ */
+export function applyRope(
+  vec: Float32Array,
+  pos: number,
+  nHeads: number,
+  headDim: number,
+  invFreq: Float64Array,
+  pairing: RopePairing,
+): void {
+  const half = headDim / 2;
+  for (let h = 0; h < nHeads; h++) {
+    const base = h * headDim;
+    for (let i = 0; i < half; i++) {
+      const theta = pos * invFreq[i];
+      const cos = Math.cos(theta);
+      const sin = Math.sin(theta);
+      const a = pairing === "adjacent" ? base + 2 * i : base + i;
+      const b = pairing === "adjacent" ? a + 1 : a + half;
+      const x0 = vec[a];
+      const x1 = vec[b];
+      vec[a] = x0 * cos - x1 * sin;
+      vec[b] = x0 * sin + x1 * cos;
+    }
+  }
+}
+
+export function softmaxInPlace(x: Float32Array | Float64Array, n: number = x.length): void {
+  let max = -Infinity;
+  for (let i = 0; i < n; i++) if (x[i] > max) max = x[i];
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    x[i] = Math.exp(x[i] - max);
+    sum += x[i];
+  }
+  for (let i = 0; i < n; i++) x[i] /= sum;
+}
+
+/**
+ * Causal attention of one query position over `nPositions` cached positions, all heads, with
+ * grouped-query sharing (query head h reads KV head floor(h / (nHeads / nKvHeads))). `keys` and
+ * `values` are laid out [position][kvHead][headDim].
+ */
+export function attention(
+  q: Float32Array,
+  keys: Float32Array,
+  values: Float32Array,
+  nPositions: number,
+  nHeads: number,
+  nKvHeads: number,
+  headDim: number,
+  out: Float32Array = new Float32Array(nHeads * headDim),
+): Float32Array {
+  const group = nHeads / nKvHeads;
+  const kvStride = nKvHeads * headDim;
+  const scale = 1 / Math.sqrt(headDim);
+  const scores = new Float64Array(nPositions);
+  for (let h = 0; h < nHeads; h++) {
+    const qOff = h * headDim;
+    const kvOff = Math.floor(h / group) * headDim;
+    for (let t = 0; t < nPositions; t++) {
+      const kOff = t * kvStride + kvOff;
+      let dot = 0;
+      for (let i = 0; i < headDim; i++) dot += q[qOff + i] * keys[kOff + i];
+      scores[t] = dot * scale;
+    }
+    softmaxInPlace(scores, nPositions);
+    for (let i = 0; i < headDim; i++) {
+      let acc = 0;
+      for (let t = 0; t < nPositions; t++) acc += scores[t] * values[t * kvStride + kvOff + i];
+      out[qOff + i] = acc;
+    }
+  }
+  return out;
+}
+
+/** out = silu(gate) * up. */
+export function swiglu(
+  gate: Float32Array,
+  up: Float32Array,
+  out: Float32Array = new Float32Array(gate.length),
+): Float32Array {
+  for (let i = 0; i < gate.length; i++) {
+    const g = gate[i];
+    out[i] = (g / (1 + Math.exp(-g))) * up[i];
+  }
+  return out;
+}
+
+/** A tensor's values as f32, whatever its stored type. */
+export async function loadTensorF32(source: ModelSource, name: string): Promise<Float32Array> {
+  const t = source.tensors.get(name);
+  if (!t) throw new HcError("E_MODEL_TENSOR", `model lacks tensor ${name}`);
+  const bytes = await readTensorBytes(t);
+  if (t.type === GgmlType.F32) return new Float32Array(bytes.buffer, bytes.byteOffset, t.elems);
+  return dequantize(t.type, bytes, t.elems);
+}
+
+interface LayerWeights {
+  attnNorm: Float32Array;
+  wq: Float32Array;
+  wk: Float32Array;
+  wv: Float32Array;
+  bq: Float32Array | null;
+  bk: Float32Array | null;
+  bv: Float32Array | null;
+  wo: Float32Array;
+  ffnNorm: Float32Array;
+  gate: Float32Array;
+  up: Float32Array;
+  down: Float32Array;
+}
+
+function addInPlace(dst: Float32Array, src: Float32Array | null): void {
+  if (!src) return;
+  for (let i = 0; i < dst.length; i++) dst[i] += src[i];
+}
+
+export interface ForwardOptions {
+  /** Return the logits of every token (tokens.length * vocabSize), not just the last. */
+  allLogits?: boolean;
+}
+
+export class ReferenceModel {
+  readonly config: ModelConfig;
+  readonly #embd: Float32Array;
+  readonly #layers: LayerWeights[];
+  readonly #outNorm: Float32Array;
+  readonly #output: Float32Array;
+  readonly #invFreq: Float64Array;
+  #keys: Float32Array[];
+  #values: Float32Array[];
+  #length = 0;
+
+  private constructor(
+    config: ModelConfig,
+    embd: Float32Array,
+    layers: LayerWeights[],
+    outNorm: Float32Array,
+    output: Float32Array,
+  ) {
+    this.config = config;
+    this.#embd = embd;
+    this.#layers = layers;
+    this.#outNorm = outNorm;
+    this.#output = output;
+    this.#invFreq = ropeInverseFrequencies(config.headDim, config.ropeBase, config.ropeFreqFactors);
+    this.#keys = layers.map(() => new Float32Array(0));
+    this.#values = layers.map(() => new Float32Array(0));
+  }
+
+  /** Reads every weight of the source into f32 arrays. */
+  static async load(source: ModelSource): Promise<ReferenceModel> {
+    const c = source.config;
+    const get = (name: string) => loadTensorF32(source, name);
+    const layers: LayerWeights[] = [];
+    for (let l = 0; l < c.nLayers; l++) {
+      const p = `blk.${l}.`;
+      layers.push({
+        attnNorm: await get(p + "attn_norm.weight"),
+        wq: await get(p + "attn_q.weight"),
+        wk: await get(p + "attn_k.weight"),
+        wv: await get(p + "attn_v.weight"),
+        bq: c.qkvBias ? await get(p + "attn_q.bias") : null,
+        bk: c.qkvBias ? await get(p + "attn_k.bias") : null,
+        bv: c.qkvBias ? await get(p + "attn_v.bias") : null,
+        wo: await get(p + "attn_output.weight"),
+        ffnNorm: await get(p + "ffn_norm.weight"),
+        gate: await get(p + "ffn_gate.weight"),
+        up: await get(p + "ffn_up.weight"),
+        down: await get(p + "ffn_down.weight"),
+      });
+    }
+    const embd = await get("token_embd.weight");
+    const output = c.tiedOutput ? embd : await get("output.weight");
+    return new ReferenceModel(c, embd, layers, await get("output_norm.weight"), output);
+  }
+
+  /** Positions currently in the KV cache. */
+  get length(): number {
+    return this.#length;
+  }
+
+  reset(): void {
+    this.#length = 0;
+  }
+
+  /** Post-RoPE keys of a layer, [position][kvHead][headDim] for positions 0..length-1. */
+  keys(layer: number): Float32Array {
+    return this.#keys[layer].subarray(0, this.#length * this.#kvDim);
+  }
+
+  /** Values of a layer, laid out like keys(). */
+  values(layer: number): Float32Array {
+    return this.#values[layer].subarray(0, this.#length * this.#kvDim);
+  }
+
+  get #kvDim(): number {
+    return this.config.nKvHeads * this.config.headDim;
+  }
+
+  /**
+   * Runs `tokens` at positions startPos.. and returns the logits of the last one (or of all).
+   * startPos may rewind into the cache (later positions are dropped) but not skip past it.
+   */
+  forward(tokens: number[], startPos: number, opts: ForwardOptions = {}): Float32Array {
+    const c = this.config;
+    if (!Number.isInteger(startPos) || startPos < 0 || startPos > this.#length) {
+      throw new RangeError(`startPos ${startPos} must be within 0..${this.#length}`);
+    }
+    if (startPos + tokens.length > c.contextLength) {
+      throw new HcError(
+        "E_CONTEXT_FULL",
+        `positions up to ${startPos + tokens.length} exceed the context of ${c.contextLength}`,
+      );
+    }
+    for (const t of tokens) {
+      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) {
+        throw new RangeError(`token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
+      }
+    }
+    this.#length = startPos;
+    this.#reserve(startPos + tokens.length);
+    const all = opts.allLogits ? new Float32Array(tokens.length * c.vocabSize) : null;
+    let last: Float32Array = new Float32Array(0);
+    tokens.forEach((token, i) => {
+      last = this.#step(token, startPos + i);
+      all?.set(last, i * c.vocabSize);
+    });
+    return all ?? last;
+  }
+
+  #reserve(positions: number): void {
+    const need = positions * this.#kvDim;
+    if (this.#keys[0].length >= need) return;
+    const cap = Math.min(
+      Math.max(need, 2 * this.#keys[0].length),
+      this.config.contextLength * this.#kvDim,
+    );
+    const grow = (a: Float32Array) => {
+      const b = new Float32Array(cap);
+      b.set(a.subarray(0, this.#length * this.#kvDim));
+      return b;
+    };
+    this.#keys = this.#keys.map(grow);
+    this.#values = this.#values.map(grow);
+  }
+
+  #step(token: number, pos: number): Float32Array {
+    const c = this.config;
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = this.#kvDim;
+    const x = this.#embd.slice(token * c.dim, (token + 1) * c.dim);
+    const xb = new Float32Array(c.dim);
+    for (let l = 0; l < c.nLayers; l++) {
+      const w = this.#layers[l];
+      rmsNorm(x, w.attnNorm, c.rmsEps, xb);
+      const q = matVec(w.wq, xb, c.dim, qDim);
+      const k = matVec(w.wk, xb, c.dim, kvDim);
+      const v = matVec(w.wv, xb, c.dim, kvDim);
+      addInPlace(q, w.bq);
+      addInPlace(k, w.bk);
+      addInPlace(v, w.bv);
+      applyRope(q, pos, c.nHeads, c.headDim, this.#invFreq, c.ropePairing);
+      applyRope(k, pos, c.nKvHeads, c.headDim, this.#invFreq, c.ropePairing);
+      this.#keys[l].set(k, pos * kvDim);
+      this.#values[l].set(v, pos * kvDim);
+      const att = attention(
+        q,
+        this.#keys[l],
+        this.#values[l],
+        pos + 1,
+        c.nHeads,
+        c.nKvHeads,
+        c.headDim,
+      );
+      addInPlace(x, matVec(w.wo, att, qDim, c.dim));
+      rmsNorm(x, w.ffnNorm, c.rmsEps, xb);
+      const h = swiglu(matVec(w.gate, xb, c.dim, c.ffnDim), matVec(w.up, xb, c.dim, c.ffnDim));
+      addInPlace(x, matVec(w.down, h, c.ffnDim, c.dim));
+    }
+    this.#length = pos + 1;
+    rmsNorm(x, this.#outNorm, c.rmsEps, xb);
+    return matVec(this.#output, xb, c.dim, c.vocabSize);
+  }
+}
