@@ -18,6 +18,10 @@
 
 #define WG_MAX 1024
 
+// Declared here too so that gl_WorkGroupSize inside the reductions below is the specialised
+// size even when a shader includes this file before its own layout line.
+layout(local_size_x_id = 0) in;
+
 shared float hc_red[WG_MAX];
 
 // Sum over the workgroup; every invocation gets the result. Must be reached by all invocations.

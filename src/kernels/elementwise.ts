@@ -1,0 +1,510 @@
+/**
+ * Wrappers for the per-element and per-row kernels of the forward pass: RMSNorm, RoPE (both
+ * pairings), SwiGLU and the residual add / scale / copy (`axpby`). Each class owns its Kernel
+ * and records dispatches into a caller's CommandList; none allocates at record time, so a
+ * recorded decode step replays as is. A `record` call does not add barriers around itself: put
+ * `cmd.barrier()` between it and the dispatch that produced its input and the one that reads its
+ * output. All sizes are in f32 elements unless a name says bytes.
+ *
+ * The helpers at the top (windows, grids, row splits) are shared with select.ts and gather.ts.
+ */
+import { HcError } from "../errors.ts";
+import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
+import type { RopePairing } from "../model/config.ts";
+
+/** Throws the error every kernel wrapper uses for arguments outside the kernel's contract. */
+export function badKernelArgs(message: string): never {
+  throw new HcError("E_VK_LIMIT", message);
+}
+
+/** A resolved binding: `bytes` from `offset` (the whole rest of the buffer when not given). */
+export interface Window {
+  buffer: Buffer;
+  offset: number;
+  bytes: number;
+}
+
+export function windowOf(b: Binding): Window {
+  if ("buffer" in b) {
+    return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
+  }
+  return { buffer: b, offset: 0, bytes: b.bytes };
+}
+
+/** Resolves `b` and checks it holds `neededBytes` within its buffer at an aligned offset. */
+export function checkedWindow(
+  device: Device,
+  b: Binding,
+  neededBytes: number,
+  what: string,
+): Window {
+  const w = windowOf(b);
+  const align = device.info.minStorageBufferOffsetAlignment;
+  if (!Number.isSafeInteger(w.offset) || w.offset < 0 || w.offset % align !== 0) {
+    badKernelArgs(`${what}: offset ${w.offset} is not a multiple of ${align} bytes`);
+  }
+  if (!Number.isSafeInteger(w.bytes) || w.bytes < 0 || w.offset + w.bytes > w.buffer.bytes) {
+    badKernelArgs(
+      `${what}: window ${w.offset}+${w.bytes} is outside a ${w.buffer.bytes}-byte buffer`,
+    );
+  }
+  if (neededBytes > w.bytes) {
+    badKernelArgs(`${what}: needs ${neededBytes} bytes, the binding has ${w.bytes}`);
+  }
+  return w;
+}
+
+/** A sub-window `[from, from + bytes)` of `w` (clamped to its end), as a dispatch binding. */
+export function subWindow(w: Window, from: number, bytes: number): Binding {
+  return { buffer: w.buffer, offset: w.offset + from, bytes: Math.min(bytes, w.bytes - from) };
+}
+
+/** Checks `value` is an integer in [min, max]; returns it. */
+export function checkInt(value: number, what: string, min = 0, max = 0xffff_ffff): number {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    badKernelArgs(`${what} must be an integer in [${min}, ${max}], got ${value}`);
+  }
+  return value;
+}
+
+/** Workgroup size checked against the shaders' WG_MAX (1024) and the device. */
+export function checkWorkgroupSize(device: Device, size: number): number {
+  const max = Math.min(1024, device.info.maxComputeWorkGroupInvocations);
+  if (!Number.isInteger(size) || size < 1 || size > max || (size & (size - 1)) !== 0) {
+    badKernelArgs(`workgroup size must be a power of two in [1, ${max}], got ${size}`);
+  }
+  return size;
+}
+
+/** A grid of `groups` workgroups folded into x and y (kernels rebuild the flat index). */
+export function grid2d(device: Device, groups: number): [number, number] {
+  const maxX = device.info.maxComputeWorkGroupCount[0];
+  const maxY = device.info.maxComputeWorkGroupCount[1];
+  if (groups <= maxX) return [Math.max(1, groups), 1];
+  const gy = Math.ceil(groups / maxX);
+  if (gy > maxY) badKernelArgs(`${groups} workgroups exceed the device's grid`);
+  return [Math.ceil(groups / gy), gy];
+}
+
+/** `rows` folded into y and z, for kernels whose x walks within a row. */
+export function gridRows(device: Device, gx: number, rows: number): [number, number, number] {
+  const maxY = device.info.maxComputeWorkGroupCount[1];
+  if (gx > device.info.maxComputeWorkGroupCount[0]) {
+    badKernelArgs(`${gx} workgroups per row exceed the grid`);
+  }
+  if (rows <= maxY) return [gx, Math.max(1, rows), 1];
+  const gz = Math.ceil(rows / maxY);
+  if (gz > device.info.maxComputeWorkGroupCount[2]) badKernelArgs(`${rows} rows exceed the grid`);
+  return [gx, Math.ceil(rows / gz), gz];
+}
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
+}
+
+/**
+ * Splits `rows` into runs whose bindings each stay within maxStorageBufferRange, for operands
+ * advancing `rowBytes[j]` per row. Every run starts at a row whose byte offset is a multiple of
+ * the offset alignment (and of `rowMultiple` rows), so sub-windows can be bound there. One run
+ * when everything fits, which is the usual case.
+ */
+export function splitRows(
+  device: Device,
+  rows: number,
+  rowBytes: readonly number[],
+  rowMultiple = 1,
+): [row0: number, count: number][] {
+  const range = device.info.maxStorageBufferRange;
+  if (rowBytes.every((b) => rows * b <= range)) return [[0, rows]];
+  const align = device.info.minStorageBufferOffsetAlignment;
+  let step = rowMultiple;
+  for (const b of rowBytes) {
+    const need = align / gcd(b % align || align, align);
+    step = (step * need) / gcd(step, need);
+  }
+  const fit = Math.min(...rowBytes.map((b) => Math.floor(range / b)));
+  const per = Math.floor(fit / step) * step;
+  if (per < 1) {
+    badKernelArgs(`a row of ${Math.max(...rowBytes)} bytes cannot be bound within ${range} bytes`);
+  }
+  const out: [number, number][] = [];
+  for (let r = 0; r < rows; r += per) out.push([r, Math.min(per, rows - r)]);
+  return out;
+}
+
+const F32 = 4;
+
+export interface RmsNormArgs {
+  /** Input rows, `rows` of `n` elements, `xStride` apart. */
+  x: Binding;
+  /** `n` weights, shared by every row. */
+  weight: Binding;
+  /** Output rows (may be the same window as `x`, for in place). */
+  out: Binding;
+  n: number;
+  rows?: number;
+  eps: number;
+  xStride?: number;
+  outStride?: number;
+}
+
+/** RMSNorm, one workgroup per row: out = x / sqrt(mean(x²) + eps) * weight. */
+export class RmsNorm implements Disposable {
+  readonly device: Device;
+  readonly kernel: Kernel;
+
+  constructor(device: Device, options: { workgroupSize?: number } = {}) {
+    this.device = device;
+    const wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
+    this.kernel = device.kernel("rmsnorm", { bindings: 3, pushBytes: 24, spec: [wg] });
+  }
+
+  record(cmd: CommandList, a: RmsNormArgs): void {
+    const rows = checkInt(a.rows ?? 1, "rows", 1);
+    // One workgroup walks a row twice; 2^22 keeps each invocation far below lavapipe's loop cap.
+    const n = checkInt(a.n, "n", 1, 1 << 22);
+    const xs = checkInt(a.xStride ?? n, "xStride", n);
+    const os = checkInt(a.outStride ?? n, "outStride", n);
+    if (!(a.eps >= 0) || !Number.isFinite(a.eps)) {
+      badKernelArgs(`eps must be finite and >= 0, got ${a.eps}`);
+    }
+    const x = checkedWindow(this.device, a.x, ((rows - 1) * xs + n) * F32, "rmsnorm x");
+    const w = checkedWindow(this.device, a.weight, n * F32, "rmsnorm weight");
+    const o = checkedWindow(this.device, a.out, ((rows - 1) * os + n) * F32, "rmsnorm out");
+    for (const [r0, count] of splitRows(this.device, rows, [xs * F32, os * F32])) {
+      const xb = subWindow(x, r0 * xs * F32, count * xs * F32);
+      const ob = subWindow(o, r0 * os * F32, count * os * F32);
+      const vec4 = n % 4 === 0 && xs % 4 === 0 && os % 4 === 0 &&
+        [windowOf(xb), w, windowOf(ob)].every((v) => v.offset % 16 === 0);
+      const push = new DataView(new ArrayBuffer(24));
+      push.setUint32(0, n, true);
+      push.setUint32(4, count, true);
+      push.setUint32(8, xs, true);
+      push.setUint32(12, os, true);
+      push.setFloat32(16, a.eps, true);
+      push.setUint32(20, vec4 ? 1 : 0, true);
+      cmd.dispatch(
+        this.kernel,
+        [xb, subWindow(w, 0, n * F32), ob],
+        push,
+        grid2d(this.device, count),
+      );
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.kernel.dispose();
+  }
+}
+
+/**
+ * Per-pair RoPE phase steps in 64-bit fixed point: for pair i, frac(invFreq[i] / 2π) · 2^64 as
+ * (low word, high word). The shader multiplies by the integer position in exact integer
+ * arithmetic, so the angle error does not grow with the position (see shaders/rope.comp).
+ */
+export function ropeTurnWords(invFreq: ArrayLike<number>): Uint32Array {
+  const out = new Uint32Array(invFreq.length * 2);
+  for (let i = 0; i < invFreq.length; i++) {
+    const f = invFreq[i];
+    if (!(f >= 0) || !Number.isFinite(f)) badKernelArgs(`RoPE frequency ${i} is ${f}`);
+    const turns = f / (2 * Math.PI);
+    const frac = turns - Math.floor(turns);
+    // Scaling by powers of two and subtracting the integer part are exact in f64.
+    const hi = Math.floor(frac * 2 ** 32);
+    const lo = Math.floor((frac * 2 ** 32 - hi) * 2 ** 32);
+    out[2 * i] = lo >>> 0;
+    out[2 * i + 1] = hi >>> 0;
+  }
+  return out;
+}
+
+/** The device table of a model's RoPE frequencies (headDim / 2 pairs), built once per model. */
+export class RopeTable implements Disposable {
+  readonly buffer: Buffer;
+  readonly pairs: number;
+
+  private constructor(buffer: Buffer, pairs: number) {
+    this.buffer = buffer;
+    this.pairs = pairs;
+  }
+
+  /** From per-pair inverse frequencies θ_i / pos (e.g. reference.ts ropeInverseFrequencies). */
+  static fromInverseFrequencies(device: Device, invFreq: ArrayLike<number>): RopeTable {
+    if (invFreq.length < 1 || invFreq.length > 8192) {
+      badKernelArgs(`RoPE table needs 1..8192 pairs, got ${invFreq.length}`);
+    }
+    const words = ropeTurnWords(invFreq);
+    const buffer = device.buffer(words.byteLength);
+    try {
+      device.upload(buffer, words);
+    } catch (e) {
+      buffer.dispose();
+      throw e;
+    }
+    return new RopeTable(buffer, invFreq.length);
+  }
+
+  /** θ_i = pos · base^(−2i/headDim) / freqFactors[i] (llama.cpp's rope_freqs; 1 when absent). */
+  static create(
+    device: Device,
+    o: { headDim: number; base: number; freqFactors?: ArrayLike<number> | null },
+  ): RopeTable {
+    const half = checkInt(o.headDim, "headDim", 2, 16384) / 2;
+    if (!Number.isInteger(half)) badKernelArgs(`headDim ${o.headDim} is odd`);
+    if (!(o.base > 0) || !Number.isFinite(o.base)) badKernelArgs(`RoPE base ${o.base}`);
+    const ff = o.freqFactors ?? null;
+    if (ff && ff.length !== half) badKernelArgs(`${ff.length} frequency factors for ${half} pairs`);
+    const inv = new Float64Array(half);
+    for (let i = 0; i < half; i++) {
+      const f = ff ? ff[i] : 1;
+      if (!(f > 0) || !Number.isFinite(f)) badKernelArgs(`frequency factor ${i} is ${f}`);
+      inv[i] = o.base ** (-(2 * i) / o.headDim) / f;
+    }
+    return RopeTable.fromInverseFrequencies(device, inv);
+  }
+
+  [Symbol.dispose](): void {
+    this.buffer.dispose();
+  }
+}
+
+export interface RopeArgs {
+  /** nTokens tokens of nHeads packed heads of headDim, `xTokenStride` elements apart. */
+  x: Binding;
+  /** Output (default: `x`, in place); same layout with `outTokenStride`. */
+  out?: Binding;
+  table: RopeTable;
+  /** u32 buffer holding positions; host-visible so a replayed step can move them. */
+  positions: Binding;
+  /** Index in `positions` of token 0's position (default 0). */
+  positionSlot?: number;
+  /** Added to every position (default 0). */
+  positionOffset?: number;
+  /** false (default): token t is at positions[slot] + t; true: at positions[slot + t]. */
+  perTokenPositions?: boolean;
+  nTokens: number;
+  nHeads: number;
+  headDim: number;
+  pairing: RopePairing;
+  xTokenStride?: number;
+  outTokenStride?: number;
+}
+
+/** RoPE in either pairing, one invocation per rotated pair. */
+export class Rope implements Disposable {
+  readonly device: Device;
+  readonly kernel: Kernel;
+  readonly #wg: number;
+
+  constructor(device: Device, options: { workgroupSize?: number } = {}) {
+    this.device = device;
+    this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 128);
+    this.kernel = device.kernel("rope", { bindings: 4, pushBytes: 32, spec: [this.#wg] });
+  }
+
+  record(cmd: CommandList, a: RopeArgs): void {
+    const tokens = checkInt(a.nTokens, "nTokens", 1);
+    const heads = checkInt(a.nHeads, "nHeads", 1);
+    const dim = checkInt(a.headDim, "headDim", 2);
+    if (dim % 2 !== 0) badKernelArgs(`headDim ${dim} is odd`);
+    if (a.table.pairs !== dim / 2) {
+      badKernelArgs(`RoPE table has ${a.table.pairs} pairs, headDim ${dim} needs ${dim / 2}`);
+    }
+    if (a.pairing !== "adjacent" && a.pairing !== "halves") badKernelArgs(`pairing ${a.pairing}`);
+    const span = heads * dim;
+    const xs = checkInt(a.xTokenStride ?? span, "xTokenStride", span);
+    const os = checkInt(a.outTokenStride ?? xs, "outTokenStride", span);
+    const slot = checkInt(a.positionSlot ?? 0, "positionSlot");
+    const offset = checkInt(a.positionOffset ?? 0, "positionOffset");
+    const perToken = a.perTokenPositions ?? false;
+    if (tokens * heads * (dim / 2) > 0xffff_ffff) badKernelArgs("RoPE dispatch too large");
+    const x = checkedWindow(this.device, a.x, ((tokens - 1) * xs + span) * F32, "rope x");
+    const o = checkedWindow(
+      this.device,
+      a.out ?? a.x,
+      ((tokens - 1) * os + span) * F32,
+      "rope out",
+    );
+    const pos = checkedWindow(
+      this.device,
+      a.positions,
+      (slot + (perToken ? tokens : 1)) * 4,
+      "rope positions",
+    );
+    const table = subWindow(windowOf(a.table.buffer), 0, a.table.pairs * 8);
+    for (const [t0, count] of splitRows(this.device, tokens, [xs * F32, os * F32])) {
+      const push = new Uint32Array([
+        count,
+        heads,
+        dim / 2,
+        xs,
+        os,
+        perToken ? slot + t0 : slot,
+        perToken ? offset : (offset + t0) >>> 0,
+        (a.pairing === "halves" ? 1 : 0) | (perToken ? 2 : 0),
+      ]);
+      const groups = Math.ceil((count * heads * (dim / 2)) / this.#wg);
+      cmd.dispatch(
+        this.kernel,
+        [
+          subWindow(x, t0 * xs * F32, count * xs * F32),
+          subWindow(o, t0 * os * F32, count * os * F32),
+          table,
+          pos,
+        ],
+        push,
+        grid2d(this.device, groups),
+      );
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.kernel.dispose();
+  }
+}
+
+export interface SwigluArgs {
+  gate: Binding;
+  up: Binding;
+  /** May be the same window as `gate` or `up`. */
+  out: Binding;
+  n: number;
+  rows?: number;
+  gateStride?: number;
+  upStride?: number;
+  outStride?: number;
+}
+
+/** SwiGLU: out = silu(gate) · up, element-wise over `rows` rows of `n`. */
+export class Swiglu implements Disposable {
+  readonly device: Device;
+  readonly kernel: Kernel;
+  readonly #wg: number;
+
+  constructor(device: Device, options: { workgroupSize?: number } = {}) {
+    this.device = device;
+    this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
+    this.kernel = device.kernel("swiglu", { bindings: 3, pushBytes: 24, spec: [this.#wg] });
+  }
+
+  record(cmd: CommandList, a: SwigluArgs): void {
+    const n = checkInt(a.n, "n", 1);
+    const rows = checkInt(a.rows ?? 1, "rows", 1);
+    const gs = checkInt(a.gateStride ?? n, "gateStride", n);
+    const us = checkInt(a.upStride ?? n, "upStride", n);
+    const os = checkInt(a.outStride ?? n, "outStride", n);
+    const g = checkedWindow(this.device, a.gate, ((rows - 1) * gs + n) * F32, "swiglu gate");
+    const u = checkedWindow(this.device, a.up, ((rows - 1) * us + n) * F32, "swiglu up");
+    const o = checkedWindow(this.device, a.out, ((rows - 1) * os + n) * F32, "swiglu out");
+    for (const [r0, count] of splitRows(this.device, rows, [gs * F32, us * F32, os * F32])) {
+      const binds = [
+        subWindow(g, r0 * gs * F32, count * gs * F32),
+        subWindow(u, r0 * us * F32, count * us * F32),
+        subWindow(o, r0 * os * F32, count * os * F32),
+      ];
+      const vec4 = n % 4 === 0 && gs % 4 === 0 && us % 4 === 0 && os % 4 === 0 &&
+        binds.every((b) => windowOf(b).offset % 16 === 0);
+      const push = new Uint32Array([n, count, gs, us, os, vec4 ? 1 : 0]);
+      const gx = Math.ceil((vec4 ? n / 4 : n) / this.#wg);
+      cmd.dispatch(this.kernel, binds, push, gridRows(this.device, gx, count));
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.kernel.dispose();
+  }
+}
+
+export interface AxpbyArgs {
+  a: Binding;
+  /** Omitted: out = alpha · a (a scale, or a copy with alpha 1). */
+  b?: Binding;
+  /** May be the same window as `a` or `b`. */
+  out: Binding;
+  n: number;
+  alpha?: number;
+  beta?: number;
+}
+
+/** out = alpha · a + beta · b over n elements: the residual add, a scale, or a copy. */
+export class Axpby implements Disposable {
+  readonly device: Device;
+  readonly kernel: Kernel;
+  readonly #wg: number;
+
+  constructor(device: Device, options: { workgroupSize?: number } = {}) {
+    this.device = device;
+    this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
+    this.kernel = device.kernel("axpby", { bindings: 3, pushBytes: 16, spec: [this.#wg] });
+  }
+
+  record(cmd: CommandList, args: AxpbyArgs): void {
+    const n = checkInt(args.n, "n", 1);
+    const alpha = args.alpha ?? 1;
+    const beta = args.beta ?? 1;
+    if (!Number.isFinite(alpha) || !Number.isFinite(beta)) {
+      badKernelArgs("alpha and beta must be finite");
+    }
+    const a = checkedWindow(this.device, args.a, n * F32, "axpby a");
+    const b = args.b ? checkedWindow(this.device, args.b, n * F32, "axpby b") : a;
+    const o = checkedWindow(this.device, args.out, n * F32, "axpby out");
+    // Runs of a multiple of 4 elements keep every run's windows 16-byte aligned alike.
+    for (const [e0, count] of splitRows(this.device, n, [F32, F32, F32], 4)) {
+      const binds = [a, b, o].map((w) => subWindow(w, e0 * F32, count * F32));
+      const vec4 = count % 4 === 0 && binds.every((w) => windowOf(w).offset % 16 === 0);
+      const push = new DataView(new ArrayBuffer(16));
+      push.setUint32(0, count, true);
+      push.setFloat32(4, alpha, true);
+      push.setFloat32(8, beta, true);
+      push.setUint32(12, (vec4 ? 1 : 0) | (args.b ? 2 : 0), true);
+      const groups = Math.ceil((vec4 ? count / 4 : count) / this.#wg);
+      cmd.dispatch(this.kernel, binds, push, grid2d(this.device, groups));
+    }
+  }
+
+  /** out = a + b (the residual add). */
+  recordAdd(cmd: CommandList, a: { a: Binding; b: Binding; out: Binding; n: number }): void {
+    this.record(cmd, { ...a, alpha: 1, beta: 1 });
+  }
+
+  /** out = scale · x (scale 1: a copy). */
+  recordScale(cmd: CommandList, a: { x: Binding; out: Binding; n: number; scale: number }): void {
+    this.record(cmd, { a: a.x, out: a.out, n: a.n, alpha: a.scale });
+  }
+
+  [Symbol.dispose](): void {
+    this.kernel.dispose();
+  }
+}
+
+/** All four element-wise kernels of one device, created and disposed together. */
+export class ElementwiseKernels implements Disposable {
+  readonly rmsNorm: RmsNorm;
+  readonly rope: Rope;
+  readonly swiglu: Swiglu;
+  readonly axpby: Axpby;
+
+  constructor(device: Device) {
+    const made: Disposable[] = [];
+    try {
+      this.rmsNorm = new RmsNorm(device);
+      made.push(this.rmsNorm);
+      this.rope = new Rope(device);
+      made.push(this.rope);
+      this.swiglu = new Swiglu(device);
+      made.push(this.swiglu);
+      this.axpby = new Axpby(device);
+    } catch (e) {
+      for (const m of made) m[Symbol.dispose]();
+      throw e;
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.rmsNorm[Symbol.dispose]();
+    this.rope[Symbol.dispose]();
+    this.swiglu[Symbol.dispose]();
+    this.axpby[Symbol.dispose]();
+  }
+}

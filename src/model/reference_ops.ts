@@ -1,0 +1,139 @@
+/**
+ * Plain-TS ground truth for the element-wise, selection and gather kernels (src/kernels/
+ * elementwise.ts, select.ts, gather.ts): readable loops, f64 arithmetic, batched the way the
+ * kernels are (rows of tokens, heads packed per token).
+ *
+ * Ordering rules shared with the kernels and with cache/analysis.ts topkSet: NaN ranks below
+ * every number (as -Infinity), -0 equals +0, and among equal values the lower index wins.
+ */
+import type { RopePairing } from "./config.ts";
+
+/** out[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight, for `rows` rows of n (strides in elements). */
+export function rmsNormRows(
+  x: Float32Array,
+  weight: Float32Array,
+  n: number,
+  rows: number,
+  eps: number,
+  xStride = n,
+): Float64Array {
+  const out = new Float64Array(rows * n);
+  for (let r = 0; r < rows; r++) {
+    let ss = 0;
+    for (let i = 0; i < n; i++) ss += x[r * xStride + i] ** 2;
+    const scale = 1 / Math.sqrt(ss / n + eps);
+    for (let i = 0; i < n; i++) out[r * n + i] = x[r * xStride + i] * scale * weight[i];
+  }
+  return out;
+}
+
+/** θ_i / pos for each pair: base^(−2i/headDim) / freqFactors[i] (factor 1 when absent). */
+export function ropeInvFreq(
+  headDim: number,
+  base: number,
+  freqFactors: ArrayLike<number> | null = null,
+): Float64Array {
+  const inv = new Float64Array(headDim / 2);
+  for (let i = 0; i < inv.length; i++) {
+    inv[i] = Math.pow(base, (-2 * i) / headDim) / (freqFactors ? freqFactors[i] : 1);
+  }
+  return inv;
+}
+
+/**
+ * RoPE of nTokens tokens, each nHeads packed heads of headDim (token stride nHeads·headDim),
+ * token t at positions[t]. "adjacent" rotates (2i, 2i+1), "halves" (i, i + headDim/2), by
+ * θ = pos · invFreq[i], all in f64.
+ */
+export function ropeRows(
+  x: Float32Array,
+  positions: ArrayLike<number>,
+  nHeads: number,
+  headDim: number,
+  invFreq: Float64Array,
+  pairing: RopePairing,
+): Float64Array {
+  const half = headDim / 2;
+  const out = Float64Array.from(x);
+  for (let t = 0; t < positions.length; t++) {
+    for (let h = 0; h < nHeads; h++) {
+      const head = (t * nHeads + h) * headDim;
+      for (let i = 0; i < half; i++) {
+        const theta = positions[t] * invFreq[i];
+        const c = Math.cos(theta);
+        const s = Math.sin(theta);
+        const a = pairing === "adjacent" ? head + 2 * i : head + i;
+        const b = pairing === "adjacent" ? a + 1 : a + half;
+        out[a] = x[a] * c - x[b] * s;
+        out[b] = x[a] * s + x[b] * c;
+      }
+    }
+  }
+  return out;
+}
+
+/** silu(gate) · up = gate / (1 + e^−gate) · up. */
+export function swigluRef(gate: Float32Array, up: Float32Array): Float64Array {
+  const out = new Float64Array(gate.length);
+  for (let i = 0; i < gate.length; i++) out[i] = (gate[i] / (1 + Math.exp(-gate[i]))) * up[i];
+  return out;
+}
+
+/** The value as the kernels rank it: NaN as -Infinity (-0 and +0 already compare equal). */
+function rankValue(v: number): number {
+  return Number.isNaN(v) ? -Infinity : v;
+}
+
+/** Index of the largest value of each row (lowest index among equals; 0 for an all-NaN row). */
+export function argmaxRows(x: Float32Array, n: number, rows: number, rowStride = n): Uint32Array {
+  const out = new Uint32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let best = 0;
+    for (let i = 1; i < n; i++) {
+      if (rankValue(x[r * rowStride + i]) > rankValue(x[r * rowStride + best])) best = i;
+    }
+    out[r] = best;
+  }
+  return out;
+}
+
+/**
+ * Indices of the k largest values of a row, in ascending index order; among equal values at
+ * the threshold the lower indices are taken. A plain sort of indices, independent of topkSet.
+ */
+export function topkRef(row: Float32Array, k: number): Uint32Array {
+  const order = Array.from({ length: row.length }, (_, i) => i);
+  order.sort((a, b) => rankValue(row[b]) - rankValue(row[a]) || a - b);
+  return Uint32Array.from(order.slice(0, k)).sort();
+}
+
+/**
+ * Row gather of 32-bit words: for i < count, dst row dstRows[i] (else i) takes src row
+ * srcRows[i] (else i); rows are rowWords long, `stride` words apart. Rows whose source or
+ * destination falls outside its array are skipped, as the kernel does.
+ */
+export function gatherRows(
+  src: Uint32Array,
+  dst: Uint32Array,
+  count: number,
+  rowWords: number,
+  o: {
+    srcRows?: ArrayLike<number>;
+    dstRows?: ArrayLike<number>;
+    srcStride?: number;
+    dstStride?: number;
+    srcBase?: number;
+    dstBase?: number;
+  } = {},
+): Uint32Array {
+  const out = dst.slice();
+  const ss = o.srcStride ?? rowWords;
+  const ds = o.dstStride ?? rowWords;
+  for (let i = 0; i < count; i++) {
+    const s = (o.srcBase ?? 0) + (o.srcRows ? o.srcRows[i] : i) * ss;
+    const d = (o.dstBase ?? 0) + (o.dstRows ? o.dstRows[i] : i) * ds;
+    if (s + rowWords > src.length || d + rowWords > out.length) continue;
+    for (let w = 0; w < rowWords; w++) out[d + w] = src[s + w];
+  }
+  return out;
+}
