@@ -1,6 +1,11 @@
 /** `hc`: the command-line face of the engine (node:util parseArgs; JSR's @std/cli is unreachable). */
 import { parseArgs } from "node:util";
+import { resolveModelPath, terminalProgress } from "./download.ts";
+import { type LoadedModel, loadModel } from "./engine/model.ts";
+import type { GenerationSummary } from "./engine/session.ts";
 import { HcError } from "./errors.ts";
+import type { ChatMessage } from "./model/chat.ts";
+import { CACHE_POLICIES, type CachePolicyName, serve } from "./server/mod.ts";
 import { listDevices } from "./vk/mod.ts";
 
 interface Command {
@@ -9,12 +14,314 @@ interface Command {
   run(args: string[]): Promise<void>;
 }
 
+/** A usage mistake: main() reports it like parseArgs' own errors (exit status 2). */
+function usageError(message: string): Error {
+  return Object.assign(new Error(message), { code: "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" });
+}
+
+function numberOpt(
+  name: string,
+  v: string | undefined,
+  min: number,
+  max: number,
+  integer: boolean,
+): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (
+    v.trim() === "" || !Number.isFinite(n) || (integer && !Number.isSafeInteger(n)) || n < min ||
+    n > max
+  ) {
+    throw usageError(
+      `--${name} must be ${
+        integer ? "an integer" : "a number"
+      } between ${min} and ${max}, got "${v}"`,
+    );
+  }
+  return n;
+}
+
+const MODEL_OPTIONS = {
+  model: { type: "string", short: "m" },
+  hf: { type: "string" },
+  tokenizer: { type: "string" },
+  device: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+const MODEL_USAGE = `model (first that is given):
+  -m, --model PATH        a GGUF file (or a llama2.c .bin with --tokenizer)
+      --hf OWNER/REPO:FILE  a GGUF from Hugging Face, downloaded once into the cache folder
+  HC_MODEL=PATH           environment variable
+  (default)               stories260K.gguf from ggml-org/models, downloaded once and checked
+      --tokenizer PATH    a separate tokenizer (llama2.c tokenizer.bin, or a GGUF)
+      --device SEL        Vulkan device index or name substring (default: HC_VK_DEVICE, else the best)`;
+
+/** Resolves and loads the model, with progress bars for the download and the upload on a terminal. */
+async function openModel(
+  values: { model?: string; hf?: string; tokenizer?: string; device?: string },
+): Promise<{
+  path: string;
+  load: (onUpload?: (done: number, total: number) => void) => Promise<LoadedModel>;
+}> {
+  const dl = terminalProgress("downloading model");
+  let path: string;
+  try {
+    path = await resolveModelPath({ model: values.model, hf: values.hf, onProgress: dl.update });
+  } finally {
+    dl.done();
+  }
+  return {
+    path,
+    load: async (onUpload) => {
+      const bar = terminalProgress("uploading weights");
+      try {
+        return await loadModel(path, {
+          device: values.device,
+          tokenizerPath: values.tokenizer,
+          onProgress: (done, total) => {
+            bar.update(done, total);
+            onUpload?.(done, total);
+          },
+        });
+      } finally {
+        bar.done();
+      }
+    },
+  };
+}
+
+/** Resolves on SIGINT or SIGTERM (SIGINT only on Windows). */
+function untilSignal(): { promise: Promise<string>; dispose: () => void } {
+  const { promise, resolve } = Promise.withResolvers<string>();
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  const handlers = signals.map((sig) => [sig, () => resolve(sig)] as const);
+  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
+  return {
+    promise,
+    dispose: () => handlers.forEach(([sig, h]) => Deno.removeSignalListener(sig, h)),
+  };
+}
+
 const COMMANDS: Record<string, Command> = {
+  serve: {
+    summary: "serve a model over the OpenAI HTTP API, with a playground at /",
+    usage: `hc serve [options]
+
+${MODEL_USAGE}
+
+server:
+      --host HOST         address to listen on (default 127.0.0.1)
+      --port N            port (default 8000; 0 picks a free one)
+      --model-id NAME     the name clients use in "model" (default: the file name)
+      --context N         most tokens (prompt + completion) per request (default: the model's, at most 8192)
+      --max-active N      requests generating at once (default 4)
+      --max-queue N       requests waiting for a slot before 429 (default 64)
+      --max-body-bytes N  largest request body (default 2097152)
+      --cache POLICY      default cache policy: ${CACHE_POLICIES.join(", ")} (default full)
+      --keep X            default budget: a fraction in (0, 1] or a per-head token count`,
+    async run(args) {
+      const { values } = parseArgs({
+        args,
+        options: {
+          ...MODEL_OPTIONS,
+          host: { type: "string", default: "127.0.0.1" },
+          port: { type: "string", default: "8000" },
+          "model-id": { type: "string" },
+          context: { type: "string" },
+          "max-active": { type: "string" },
+          "max-queue": { type: "string" },
+          "max-body-bytes": { type: "string" },
+          cache: { type: "string" },
+          keep: { type: "string" },
+        },
+      });
+      if (values.help) return help("serve");
+      if (
+        values.cache !== undefined && !(CACHE_POLICIES as readonly string[]).includes(values.cache)
+      ) {
+        throw usageError(
+          `--cache must be one of ${CACHE_POLICIES.join(", ")}, got "${values.cache}"`,
+        );
+      }
+      const port = numberOpt("port", values.port, 0, 65535, true)!;
+      const opts = {
+        modelId: values["model-id"],
+        contextTokens: numberOpt("context", values.context, 2, 1 << 24, true),
+        maxActive: numberOpt("max-active", values["max-active"], 1, 1024, true),
+        maxQueue: numberOpt("max-queue", values["max-queue"], 0, 1 << 20, true),
+        maxBodyBytes: numberOpt("max-body-bytes", values["max-body-bytes"], 1024, 1 << 30, true),
+        cache: values.cache as CachePolicyName | undefined,
+        keep: numberOpt("keep", values.keep, Number.MIN_VALUE, Number.MAX_SAFE_INTEGER, false) ??
+          null,
+      };
+      const { path, load } = await openModel(values);
+      let setProgress: (done: number, total: number) => void = () => {};
+      const model = load((done, total) => setProgress(done, total));
+      const stop = untilSignal();
+      const running = await serve(model, { ...opts, hostname: values.host, port, ownsModel: true });
+      setProgress = (done, total) => running.server.setLoadProgress(done, total);
+      console.log(
+        `hc serve: listening on ${running.url} (playground at ${running.url}/), loading ${path}`,
+      );
+      try {
+        const served = await Promise.race([
+          running.server.whenReady(),
+          stop.promise.then(() => null),
+        ]);
+        if (served) {
+          console.log(`hc serve: model "${served.id}" ready on ${served.model.info().device}`);
+        }
+        const sig = await stop.promise;
+        console.log(`hc serve: ${sig}, shutting down`);
+      } finally {
+        stop.dispose();
+        await running.shutdown();
+        // A model that failed to load has no server to tell it to; the error ends the command.
+        await model;
+      }
+    },
+  },
+  generate: {
+    summary: "generate text from a prompt, streamed to stdout",
+    usage: `hc generate [options] [PROMPT...]
+
+The prompt is the positional words (or --prompt TEXT; "--prompt -" reads stdin; none: BOS only).
+Only the generated text goes to stdout; progress and --stats go to stderr.
+
+${MODEL_USAGE}
+
+generation:
+      --prompt TEXT       the prompt
+      --chat              send the prompt as a user message through the model's chat template
+      --system TEXT       a system message (with --chat)
+  -n, --max-tokens N      most tokens to generate (default 256)
+  -t, --temperature X     0 = greedy, the default (deterministic); e.g. 0.8 to sample
+      --top-p X           nucleus sampling (default 1 = off)
+      --top-k N           keep the k most likely tokens (default 0 = off)
+      --min-p X           drop tokens below X times the most likely (default 0 = off)
+      --seed N            seed of the sampler (default: random)
+      --stop TEXT         stop before this text (repeatable)
+      --context N         session size in tokens (default: prompt + max tokens)
+      --stats             print the generation summary and session stats (JSON) to stderr`,
+    async run(args) {
+      const { values, positionals } = parseArgs({
+        args,
+        allowPositionals: true,
+        options: {
+          ...MODEL_OPTIONS,
+          prompt: { type: "string" },
+          chat: { type: "boolean" },
+          system: { type: "string" },
+          "max-tokens": { type: "string", short: "n" },
+          temperature: { type: "string", short: "t" },
+          "top-p": { type: "string" },
+          "top-k": { type: "string" },
+          "min-p": { type: "string" },
+          seed: { type: "string" },
+          stop: { type: "string", multiple: true },
+          context: { type: "string" },
+          stats: { type: "boolean" },
+        },
+      });
+      if (values.help) return help("generate");
+      if (values.prompt !== undefined && positionals.length > 0) {
+        throw usageError("give the prompt either as words or with --prompt, not both");
+      }
+      if (values.system !== undefined && !values.chat) throw usageError("--system needs --chat");
+      let text = values.prompt ?? positionals.join(" ");
+      if (text === "-") text = await new Response(Deno.stdin.readable).text();
+      const maxTokens = numberOpt("max-tokens", values["max-tokens"], 0, 1 << 24, true) ?? 256;
+      const sampling = {
+        temperature: numberOpt("temperature", values.temperature, 0, 100, false) ?? 0,
+        topP: numberOpt("top-p", values["top-p"], Number.MIN_VALUE, 1, false),
+        topK: numberOpt("top-k", values["top-k"], 0, Number.MAX_SAFE_INTEGER, true),
+        minP: numberOpt("min-p", values["min-p"], 0, 1, false),
+        seed: numberOpt(
+          "seed",
+          values.seed,
+          Number.MIN_SAFE_INTEGER,
+          Number.MAX_SAFE_INTEGER,
+          true,
+        ),
+      };
+      const context = numberOpt("context", values.context, 1, 1 << 24, true);
+      const prompt: string | ChatMessage[] = values.chat
+        ? [
+          ...(values.system !== undefined
+            ? [{ role: "system" as const, content: values.system }]
+            : []),
+          {
+            role: "user" as const,
+            content: text,
+          },
+        ]
+        : text;
+      const { load } = await openModel(values);
+      await using model = await load();
+      // Size the session to what this run needs, within the model's context.
+      using probe = model.session({ contextTokens: 1 });
+      const promptTokens = probe.tokenize(prompt).length;
+      const limit = model.config.contextLength;
+      const contextTokens = context ?? Math.min(limit, promptTokens + Math.max(1, maxTokens));
+      if (promptTokens >= contextTokens) {
+        throw new HcError(
+          "E_CONTEXT_FULL",
+          `the prompt has ${promptTokens} tokens; the session holds ${contextTokens} (the model's context is ${limit})`,
+        );
+      }
+      using session = model.session({ contextTokens });
+      const abort = new AbortController();
+      const stop = untilSignal();
+      void stop.promise.then(() => abort.abort());
+      const prefill = promptTokens > 256 ? terminalProgress("prefill", { unit: "tokens" }) : null;
+      const enc = new TextEncoder();
+      let stdoutOpen = true;
+      // A reader that goes away (`hc generate ... | head`) ends the generation, quietly.
+      const emit = async (text: string) => {
+        if (!stdoutOpen) return;
+        try {
+          await writeAll(Deno.stdout, enc.encode(text));
+        } catch (e) {
+          if (!(e instanceof Deno.errors.BrokenPipe)) throw e;
+          stdoutOpen = false;
+          abort.abort();
+        }
+      };
+      let summary: GenerationSummary;
+      try {
+        const it = session.generate(prompt, {
+          ...sampling,
+          maxTokens,
+          stop: values.stop,
+          signal: abort.signal,
+          onPrefillProgress: prefill ? (done, total) => prefill.update(done, total) : undefined,
+        });
+        for (;;) {
+          const r = await it.next();
+          if (r.done) {
+            summary = r.value;
+            break;
+          }
+          prefill?.done();
+          if (r.value.text) await emit(r.value.text);
+        }
+        await emit("\n");
+      } finally {
+        prefill?.done();
+        stop.dispose();
+      }
+      if (values.stats) console.error(JSON.stringify({ summary, stats: session.stats() }, null, 2));
+    },
+  },
   devices: {
     summary: "list Vulkan devices and their limits",
     usage: "hc devices [--json]",
     run(args) {
-      const { values } = parseArgs({ args, options: { json: { type: "boolean" }, help: { type: "boolean", short: "h" } } });
+      const { values } = parseArgs({
+        args,
+        options: { json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+      });
       if (values.help) return help("devices");
       const devices = listDevices();
       if (values.json) {
@@ -23,15 +330,28 @@ const COMMANDS: Record<string, Command> = {
       }
       for (const d of devices) {
         console.log(`[${d.index}] ${d.name} (${d.type}, Vulkan ${d.apiVersion})`);
-        console.log(`    subgroup ${d.subgroupSize}${d.subgroupArithmetic ? " (arithmetic)" : ""}, ` +
-          `shared memory ${d.maxComputeSharedMemoryBytes} B, push constants ${d.maxPushConstantsBytes} B`);
-        console.log(`    max storage binding ${mib(d.maxStorageBufferRange)}, max allocation ${mib(d.maxAllocationBytes)}, ` +
-          `f16 ${d.float16 ? "yes" : "no"}, int8 ${d.int8 ? "yes" : "no"}`);
+        console.log(
+          `    subgroup ${d.subgroupSize}${d.subgroupArithmetic ? " (arithmetic)" : ""}, ` +
+            `shared memory ${d.maxComputeSharedMemoryBytes} B, push constants ${d.maxPushConstantsBytes} B`,
+        );
+        console.log(
+          `    max storage binding ${mib(d.maxStorageBufferRange)}, max allocation ${
+            mib(d.maxAllocationBytes)
+          }, ` +
+            `f16 ${d.float16 ? "yes" : "no"}, int8 ${d.int8 ? "yes" : "no"}`,
+        );
       }
       return Promise.resolve();
     },
   },
 };
+
+async function writeAll(
+  w: { write(p: Uint8Array): Promise<number> },
+  bytes: Uint8Array,
+): Promise<void> {
+  for (let off = 0; off < bytes.byteLength;) off += await w.write(bytes.subarray(off));
+}
 
 function mib(bytes: number): string {
   return `${(bytes / (1 << 20)).toFixed(0)} MiB`;
@@ -42,7 +362,9 @@ function help(command?: string): Promise<void> {
     console.log(`usage: ${COMMANDS[command].usage}\n\n${COMMANDS[command].summary}`);
   } else {
     console.log("usage: hc <command> [options]\n\ncommands:");
-    for (const [name, c] of Object.entries(COMMANDS)) console.log(`  ${name.padEnd(10)} ${c.summary}`);
+    for (const [name, c] of Object.entries(COMMANDS)) {
+      console.log(`  ${name.padEnd(10)} ${c.summary}`);
+    }
     console.log("\nRun `hc <command> --help` for a command's options.");
   }
   return Promise.resolve();
@@ -69,7 +391,7 @@ export async function main(argv: string[]): Promise<number> {
       return 1;
     }
     if (String((e as { code?: unknown }).code ?? "").startsWith("ERR_PARSE_ARGS")) {
-      console.error(`hc ${name}: ${e.message}`);
+      console.error(`hc ${name}: ${(e as Error).message}`);
       return 2;
     }
     throw e;

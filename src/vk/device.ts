@@ -137,6 +137,34 @@ export class Device implements Disposable {
     }
   }
 
+  /**
+   * Streams `bytes` into `dst` chunk by chunk: `fill` writes each chunk straight into mapped
+   * staging memory (e.g. a file read), so a large tensor never sits in the JS heap whole.
+   */
+  async uploadFrom(
+    dst: Buffer,
+    bytes: number,
+    fill: (chunk: Uint8Array, srcOffset: number) => Promise<void>,
+    dstOffset = 0,
+  ): Promise<void> {
+    dst.checkRange(dstOffset, bytes, "upload");
+    const s = this.#stagingPair();
+    const staging = s.up.mapped();
+    for (let done = 0; done < bytes;) {
+      const n = Math.min(STAGING_BYTES, bytes - done);
+      if (dst.kind !== "device") {
+        await fill(dst.mapped().subarray(dstOffset + done, dstOffset + done + n), done);
+      } else {
+        await fill(staging.subarray(0, n), done);
+        s.cmd.begin();
+        s.cmd.copy(s.up, dst, [[0, dstOffset + done, n]]);
+        s.cmd.end();
+        await this.wait("compute", s.cmd.submit());
+      }
+      done += n;
+    }
+  }
+
   /** Reads bytes of a buffer (any kind) back to the host; returns a fresh array. */
   download(src: Buffer, srcOffset = 0, bytes = src.bytes - srcOffset): Uint8Array {
     src.checkRange(srcOffset, bytes, "download");

@@ -1,0 +1,157 @@
+/**
+ * Matvec bandwidth benchmark: y = W·x for a [rows x cols] weight (cols = K, the reduced
+ * dimension, GGUF dims[0]) of every supported type, at 4096x4096 and 4096x14336, next to a
+ * plain buffer-to-buffer copy of 256 MiB measured in the same run.
+ *
+ * Bytes read per matvec = weight bytes + x bytes + y bytes; GB/s = bytes / median time of one
+ * matvec, timed with device timestamps around `reps` back-to-back replays recorded in one
+ * command list. The copy's GB/s is bytes copied / time, i.e. (read + write) / 2 / time: the floor
+ * a memory-bound kernel can aim for.
+ *
+ *   deno run -A bench/matvec_bench.ts [--reps 10] [--types F16,Q8_0] [--path auto|generic|run]
+ */
+import { parseArgs } from "node:util";
+import { GgmlType, ggmlTypeInfo } from "../src/gguf/types.ts";
+import { MatVec, type MatVecOptions } from "../src/kernels/matvec.ts";
+import { quantize } from "../src/model/quant.ts";
+import { Device } from "../src/vk/mod.ts";
+
+export interface MatvecBenchRow {
+  type: string;
+  rows: number;
+  cols: number;
+  ms: number;
+  gbps: number;
+}
+
+export const BENCH_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"] as const;
+export const BENCH_SHAPES: readonly [number, number][] = [[4096, 4096], [4096, 14336]];
+
+/** Distinct random weight rows: enough to defeat caching of a repeated tile. */
+const TILE_ELEMS = 1 << 20;
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** A quantized weight of `rows` x `cols`: one random 1M-element tile, repeated. */
+function weightBytes(type: number, rows: number, cols: number): Uint8Array {
+  const tileRows = Math.max(1, Math.min(rows, Math.floor(TILE_ELEMS / cols)));
+  const src = new Float32Array(tileRows * cols);
+  for (let i = 0; i < src.length; i++) src[i] = Math.random() * 2 - 1;
+  const tile = quantize(type, src);
+  const rowBytes = tile.length / tileRows;
+  const out = new Uint8Array(rowBytes * rows);
+  for (let r = 0; r < rows; r += tileRows) {
+    const n = Math.min(tileRows, rows - r);
+    out.set(tile.subarray(0, n * rowBytes), r * rowBytes);
+  }
+  return out;
+}
+
+/** Times one matvec shape; returns ms per matvec (median over submissions). */
+export async function benchOne(
+  device: Device,
+  type: number,
+  rows: number,
+  cols: number,
+  opts: { reps?: number; submits?: number } & MatVecOptions = {},
+): Promise<MatvecBenchRow & { kernel: string }> {
+  const reps = opts.reps ?? 10;
+  const submits = opts.submits ?? 5;
+  using mv = new MatVec(device, type, opts);
+  const wb = weightBytes(type, rows, cols);
+  using w = device.buffer(Math.ceil(wb.length / 4) * 4 + 256);
+  device.upload(w, wb);
+  using x = device.buffer(cols * 4);
+  device.upload(x, new Float32Array(cols).map(() => Math.random() * 2 - 1));
+  using y = device.buffer(rows * 4);
+  using cmd = device.commands();
+  cmd.begin().timestamp(0);
+  let kernel = "";
+  for (let i = 0; i < reps; i++) {
+    kernel = mv.record(cmd, { weight: w, rows, cols, x, y }).kernel;
+    cmd.barrier();
+  }
+  cmd.timestamp(1).end();
+  await device.wait("compute", cmd.submit()); // warm-up: pipeline compile, page faults
+  const times: number[] = [];
+  for (let s = 0; s < submits; s++) {
+    await device.wait("compute", cmd.submit());
+    const [t0, t1] = cmd.timestamps(2);
+    times.push((t1 - t0) / 1e6 / reps);
+  }
+  const ms = median(times);
+  const bytes = wb.length + cols * 4 + rows * 4;
+  return { type: ggmlTypeInfo(type)?.name ?? String(type), rows, cols, ms, gbps: bytes / ms / 1e6, kernel };
+}
+
+/** Every type at every benchmark shape. */
+export async function benchMatvec(
+  device: Device,
+  opts: { reps: number; types?: readonly string[] } & MatVecOptions,
+): Promise<MatvecBenchRow[]> {
+  const out: MatvecBenchRow[] = [];
+  for (const name of opts.types ?? BENCH_TYPES) {
+    const type = (GgmlType as Record<string, number>)[name];
+    for (const [rows, cols] of BENCH_SHAPES) {
+      const r = await benchOne(device, type, rows, cols, opts);
+      out.push({ type: r.type, rows: r.rows, cols: r.cols, ms: r.ms, gbps: r.gbps });
+    }
+  }
+  return out;
+}
+
+/** GB/s of a 256 MiB buffer-to-buffer copy: bytes copied / time = (read + write) / 2 / time. */
+export async function benchCopy(device: Device, opts: { bytes?: number; submits?: number } = {}): Promise<{ bytes: number; ms: number; gbps: number }> {
+  const bytes = opts.bytes ?? 256 << 20;
+  using a = device.buffer(bytes);
+  using b = device.buffer(bytes);
+  using cmd = device.commands();
+  cmd.begin().fill(a, 0, bytes, 0x3f800000).fill(b, 0, bytes, 0).end();
+  await device.wait("compute", cmd.submit());
+  cmd.begin().timestamp(0).copy(a, b, [[0, 0, bytes]]).timestamp(1).end();
+  const times: number[] = [];
+  for (let s = 0; s < (opts.submits ?? 5); s++) {
+    await device.wait("compute", cmd.submit());
+    const [t0, t1] = cmd.timestamps(2);
+    times.push((t1 - t0) / 1e6);
+  }
+  const ms = median(times);
+  return { bytes, ms, gbps: bytes / ms / 1e6 };
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    options: {
+      reps: { type: "string", default: "10" },
+      types: { type: "string" },
+      path: { type: "string", default: "auto" },
+      rows: { type: "string" },
+      wg: { type: "string" },
+    },
+  });
+  using device = Device.open();
+  const opts: MatVecOptions = { path: values.path as MatVecOptions["path"] };
+  if (values.rows) opts.rowsPerGroup = Number(values.rows);
+  if (values.wg) opts.workgroupSize = Number(values.wg);
+  const types = values.types ? values.types.split(",") : BENCH_TYPES;
+  console.log(`device: ${device.info.name}`);
+  const copyBefore = await benchCopy(device);
+  const rows: (MatvecBenchRow & { kernel: string })[] = [];
+  for (const name of types) {
+    const type = (GgmlType as Record<string, number>)[name];
+    if (type === undefined) throw new Error(`unknown type ${name}`);
+    for (const [r, c] of BENCH_SHAPES) rows.push(await benchOne(device, type, r, c, { ...opts, reps: Number(values.reps) }));
+  }
+  const copyAfter = await benchCopy(device);
+  const copy = Math.max(copyBefore.gbps, copyAfter.gbps);
+  console.log(`copy 256 MiB: ${copyBefore.gbps.toFixed(2)} / ${copyAfter.gbps.toFixed(2)} GB/s (before / after)`);
+  console.log("type   rows x cols      ms      GB/s   vs copy  kernel");
+  for (const r of rows) {
+    console.log(
+      `${r.type.padEnd(6)} ${`${r.rows}x${r.cols}`.padEnd(12)} ${r.ms.toFixed(3).padStart(8)} ${r.gbps.toFixed(2).padStart(8)} ${(r.gbps / copy * 100).toFixed(0).padStart(7)}%  ${r.kernel}`,
+    );
+  }
+}

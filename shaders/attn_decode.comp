@@ -1,0 +1,189 @@
+#version 450
+// Decode attention, split-K pass: one workgroup = one (split, KV head). The G query heads of the
+// KV head share one read of its K and V rows [t0, t1) and leave one online-softmax partial each
+// (m in the log2 domain, l = sum of 2^(s-m), o = unnormalised sum of 2^(s-m) * v), merged by
+// attn_merge.comp. Layout of the cache: see src/kernels/kv.ts.
+//
+// Per block of WG rows: the K phase gives each invocation one whole row (a full dot product for
+// every query head, so no cross-lane sums); the block max per head is the only workgroup
+// reduction; the V phase gives each team of D/8 invocations one row at a time, each invocation
+// owning 8 dimensions of every query head's accumulator.
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint WGS = 64; // = local size x, for sizing shared arrays
+layout(constant_id = 1) const uint G = 4;   // query heads per KV head (1..16)
+layout(constant_id = 2) const uint D = 128; // head dim, multiple of 8, <= 256
+
+const uint D4 = D / 4;
+const uint D8 = D / 8;
+
+layout(std430, binding = 0) readonly buffer Qb { vec4 q4[]; };     // [nHeads][D] f32
+layout(std430, binding = 1) readonly buffer Kb { uvec4 k8[]; };    // pool rows, f16
+layout(std430, binding = 2) readonly buffer Vb { uvec4 v8[]; };
+layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };    // per head: baseRow, capRows
+layout(std430, binding = 4) readonly buffer Lb { uint lens[]; };   // per head: rows valid
+layout(std430, binding = 5) writeonly buffer Pb { float part[]; }; // partial records
+
+layout(push_constant) uniform Push {
+  uint headBase; // first KV head of this dispatch (grid y indexes heads from here)
+  uint minTok;   // a head uses at most ceil(len / minTok) splits
+  uint qOff4;    // q offset in vec4 units
+  uint mlOff;    // float offset of the (m, l) records inside `part`
+  float scale;   // log2(e) / sqrt(D)
+} p;
+
+// One buffer each suffices: a block's writes to sc come after its first barrier, which every
+// invocation reaches only after reading the previous block's sc and bmax.
+shared vec4 qs[G * D4];     // scaled queries; reused for the final team reduction
+shared float sc[G * WGS];   // per-row probabilities of the current block
+shared float bmax[G * WGS]; // block-max reduction scratch
+shared float lred[G];
+
+const float NEG_INF = -1.0 / 0.0;
+
+void unpack8(uvec4 w, out vec4 a, out vec4 b) {
+  a = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
+  b = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
+}
+
+void main() {
+  const uint WG = gl_WorkGroupSize.x;
+  const uint tid = gl_LocalInvocationID.x;
+  const uint S = gl_NumWorkGroups.x;
+  const uint s = gl_WorkGroupID.x;
+  const uint h = p.headBase + gl_WorkGroupID.y;
+
+  const uint base = tab[2 * h];
+  const uint len = min(lens[h], tab[2 * h + 1]);
+  const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
+  if (s >= ns) return; // uniform over the workgroup: no barrier has been reached yet
+  const uint per = (len + ns - 1) / ns;
+  const uint t0 = min(len, s * per);
+  const uint t1 = min(len, t0 + per);
+
+  for (uint i = tid; i < G * D4; i += WG) qs[i] = q4[p.qOff4 + h * G * D4 + i] * p.scale;
+
+  // V-phase mapping: team of D8 invocations per row; invocations past NT*D8 only do K rows.
+  const uint NT = WG / D8;
+  const uint team = tid / D8;
+  const uint lane = tid % D8;
+
+  float m[G];
+  float l[G];
+  vec4 oa[G];
+  vec4 ob[G];
+  [[unroll]] for (uint g = 0; g < G; g++) {
+    m[g] = NEG_INF;
+    l[g] = 0.0;
+    oa[g] = vec4(0.0);
+    ob[g] = vec4(0.0);
+  }
+  barrier();
+
+  for (uint tb = t0; tb < t1; tb += WG) {
+    const uint nrows = min(WG, t1 - tb);
+    float sv[G];
+    [[unroll]] for (uint g = 0; g < G; g++) sv[g] = 0.0;
+    if (tid < nrows) {
+      const uint row = (base + tb + tid) * D8;
+      [[unroll]] for (uint c = 0; c < D8; c++) {
+        vec4 a, b;
+        unpack8(k8[row + c], a, b);
+        [[unroll]] for (uint g = 0; g < G; g++) {
+          sv[g] += dot(qs[g * D4 + 2 * c], a) + dot(qs[g * D4 + 2 * c + 1], b);
+        }
+      }
+    } else {
+      [[unroll]] for (uint g = 0; g < G; g++) sv[g] = NEG_INF;
+    }
+
+    // Block max per query head.
+    float mn[G];
+#ifdef HC_SUBGROUP
+    [[unroll]] for (uint g = 0; g < G; g++) {
+      const float r = subgroupMax(sv[g]);
+      if (subgroupElect()) bmax[g * WGS + gl_SubgroupID] = r;
+    }
+    barrier();
+    [[unroll]] for (uint g = 0; g < G; g++) {
+      float r = bmax[g * WGS];
+      for (uint i = 1; i < gl_NumSubgroups; i++) r = max(r, bmax[g * WGS + i]);
+      mn[g] = max(m[g], r);
+    }
+#else
+    [[unroll]] for (uint g = 0; g < G; g++) bmax[g * WGS + tid] = sv[g];
+    barrier();
+    for (uint st = WG / 2; st > 0; st >>= 1) {
+      if (tid < st) {
+        [[unroll]] for (uint g = 0; g < G; g++) {
+          bmax[g * WGS + tid] = max(bmax[g * WGS + tid], bmax[g * WGS + tid + st]);
+        }
+      }
+      barrier();
+    }
+    [[unroll]] for (uint g = 0; g < G; g++) mn[g] = max(m[g], bmax[g * WGS]);
+#endif
+
+    // Row owners turn scores into probabilities against the new running max.
+    if (tid < nrows) {
+      [[unroll]] for (uint g = 0; g < G; g++) sc[g * WGS + tid] = exp2(sv[g] - mn[g]);
+    }
+    [[unroll]] for (uint g = 0; g < G; g++) {
+      const float alpha = m[g] == NEG_INF ? 0.0 : exp2(m[g] - mn[g]);
+      m[g] = mn[g];
+      l[g] *= alpha;
+      oa[g] *= alpha;
+      ob[g] *= alpha;
+    }
+    barrier();
+
+    if (team < NT) {
+      for (uint r = team; r < nrows; r += NT) {
+        vec4 a, b;
+        unpack8(v8[(base + tb + r) * D8 + lane], a, b);
+        [[unroll]] for (uint g = 0; g < G; g++) {
+          const float pr = sc[g * WGS + r];
+          l[g] += pr;
+          oa[g] += pr * a;
+          ob[g] += pr * b;
+        }
+      }
+    }
+  }
+
+  // Teams hold disjoint rows with one shared max: add their accumulators in turns.
+  barrier();
+  if (team == 0) {
+    [[unroll]] for (uint g = 0; g < G; g++) {
+      qs[g * D4 + 2 * lane] = oa[g];
+      qs[g * D4 + 2 * lane + 1] = ob[g];
+      if (lane == 0) lred[g] = l[g];
+    }
+  }
+  barrier();
+  for (uint t = 1; t < NT; t++) {
+    if (team == t) {
+      [[unroll]] for (uint g = 0; g < G; g++) {
+        qs[g * D4 + 2 * lane] += oa[g];
+        qs[g * D4 + 2 * lane + 1] += ob[g];
+        if (lane == 0) lred[g] += l[g];
+      }
+    }
+    barrier();
+  }
+
+  const uint rec0 = (h * S + s) * G;
+  for (uint i = tid; i < G * D4; i += WG) {
+    const vec4 v = qs[i];
+    const uint o = (rec0 + i / D4) * D + (i % D4) * 4;
+    part[o] = v.x;
+    part[o + 1] = v.y;
+    part[o + 2] = v.z;
+    part[o + 3] = v.w;
+  }
+  if (tid < G) {
+    part[p.mlOff + (rec0 + tid) * 2] = m[tid];
+    part[p.mlOff + (rec0 + tid) * 2 + 1] = lred[tid];
+  }
+}

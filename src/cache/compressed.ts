@@ -1,0 +1,207 @@
+/**
+ * The machinery every compressing policy shares. Prefill runs over temporary full caches (every
+ * head holds all L prompt rows, row = position); endPrefill then asks the policy which rows each
+ * head keeps, allocates decode caches sized exactly to those budgets plus the generation
+ * (`kept + maxNew` rows per head: real device savings, nothing masked), copies the kept rows on
+ * the device, and frees the prefill caches.
+ */
+import { HcError } from "../errors.ts";
+import { KvLayerCache } from "../kernels/kv.ts";
+import type { ModelConfig } from "../model/config.ts";
+import type { Captures } from "../model/llama.ts";
+import type { Buffer, Device } from "../vk/mod.ts";
+import type { CacheKernels } from "./kernels.ts";
+import { type CachePolicy, type CacheStats, emptyStats, type HeadInfo, type PolicyName, withRates } from "./policy.ts";
+
+/** Which prompt rows of one head stay on the device, in position order. */
+export type HeadSelection =
+  | { kind: "all" }
+  | { kind: "ranges"; ranges: readonly (readonly [number, number])[] }
+  /** `count` u32 positions at element `start` of a device buffer, ascending. */
+  | { kind: "indices"; buffer: Buffer; start: number; count: number };
+
+export function selectionRows(s: HeadSelection, promptTokens: number): number {
+  if (s.kind === "all") return promptTokens;
+  if (s.kind === "ranges") return s.ranges.reduce((n, r) => n + r[1], 0);
+  return s.count;
+}
+
+export interface PolicyDeps {
+  device: Device;
+  config: ModelConfig;
+  kernels: CacheKernels;
+}
+
+export abstract class CompressedCache implements CachePolicy {
+  abstract readonly name: PolicyName;
+  abstract readonly captureWindow: number;
+  readonly captureSteps: boolean = false;
+  caches: readonly KvLayerCache[] = [];
+  protected readonly device: Device;
+  protected readonly config: ModelConfig;
+  protected readonly kernels: CacheKernels;
+  protected promptTokens = 0;
+  protected maxNew = 0;
+  /** Prompt rows kept per layer and head (set by endPrefill). */
+  protected kept: number[][] = [];
+  protected stat: CacheStats;
+  #prefill: KvLayerCache[] = [];
+  #decode: KvLayerCache[] = [];
+
+  constructor(deps: PolicyDeps, name: PolicyName) {
+    this.device = deps.device;
+    this.config = deps.config;
+    this.kernels = deps.kernels;
+    this.stat = emptyStats(name, deps.config.nLayers, deps.config.nKvHeads);
+  }
+
+  /** The rows each head keeps (prefill caches hold the whole prompt). Index buffers it makes
+   * are returned in `owned` and freed after the copy. */
+  protected abstract select(
+    prefill: readonly KvLayerCache[],
+    captures: Captures,
+  ): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }>;
+
+  /** Hook: runs after the kept rows are copied, while the prefill caches still exist. */
+  protected afterCompress(_prefill: readonly KvLayerCache[]): Promise<void> {
+    return Promise.resolve();
+  }
+
+  /** Role of each head, for maps and for byte accounting. */
+  protected abstract roleOf(layer: number, head: number): HeadInfo["role"];
+
+  begin(promptTokens: number, maxNewTokens: number): void {
+    this.#free();
+    this.promptTokens = promptTokens;
+    this.maxNew = maxNewTokens;
+    this.stat = emptyStats(this.name, this.config.nLayers, this.config.nKvHeads);
+    this.stat.promptTokens = promptTokens;
+    const c = this.config;
+    for (let l = 0; l < c.nLayers; l++) {
+      // Heads that end up full need L + maxNew rows anyway; sizing all heads so keeps prefill
+      // free of special cases and lets a policy that keeps everything skip the copy.
+      this.#prefill.push(KvLayerCache.create(this.device, { headDim: c.headDim, capRows: Array(c.nKvHeads).fill(promptTokens) }));
+    }
+    this.caches = this.#prefill;
+  }
+
+  advance(tokens: number): void {
+    for (const c of this.caches) {
+      for (let h = 0; h < c.nKvHeads; h++) c.lengths[h] += tokens;
+    }
+  }
+
+  async endPrefill(captures: Captures): Promise<void> {
+    const c = this.config;
+    const L = this.promptTokens;
+    const { selections, owned } = await this.select(this.#prefill, captures);
+    try {
+      this.kept = selections.map((layer) => layer.map((s) => selectionRows(s, L)));
+      for (let l = 0; l < c.nLayers; l++) {
+        this.#decode.push(KvLayerCache.create(this.device, {
+          headDim: c.headDim,
+          capRows: this.kept[l].map((k) => k + this.maxNew),
+        }));
+      }
+      this.#copyKept(selections);
+      await this.afterCompress(this.#prefill);
+    } finally {
+      for (const b of owned) b.dispose();
+    }
+    for (const p of this.#prefill.splice(0)) p.dispose();
+    this.#decode.forEach((cache, l) => cache.setLengths(this.kept[l]));
+    this.caches = this.#decode;
+  }
+
+  /** One submission: contiguous runs by copy regions, index selections by the gather kernel. */
+  #copyKept(selections: HeadSelection[][]): void {
+    const rowBytes = this.config.headDim * 2;
+    using cmd = this.device.commands();
+    cmd.begin();
+    selections.forEach((layer, l) => {
+      const src = this.#prefill[l];
+      const dst = this.#decode[l];
+      layer.forEach((s, h) => {
+        const from = src.location(h, 0);
+        const to = dst.location(h, 0);
+        if (s.kind === "indices") {
+          for (const side of ["k", "v"] as const) {
+            this.kernels.gather.record(cmd, {
+              src: { buffer: from[side], rows: s.buffer, indexStart: s.start, baseWords: from.byteOffset / 4 },
+              dst: { buffer: to[side], baseWords: to.byteOffset / 4 },
+              count: s.count,
+              rowWords: rowBytes / 4,
+            });
+          }
+          return;
+        }
+        const ranges = s.kind === "all" ? [[0, this.promptTokens] as const] : s.ranges;
+        let at = 0;
+        const regions = ranges.filter((r) => r[1] > 0).map(([start, n]) => {
+          const region = [from.byteOffset + start * rowBytes, to.byteOffset + at * rowBytes, n * rowBytes] as const;
+          at += n;
+          return region;
+        });
+        if (regions.length) {
+          cmd.copy(from.k, to.k, regions);
+          cmd.copy(from.v, to.v, regions);
+        }
+      });
+    });
+    cmd.end();
+    this.device.waitSync("compute", cmd.submit());
+  }
+
+  transferWait(): bigint {
+    return 0n;
+  }
+
+  afterStep(_captures: Captures): Promise<void> {
+    this.stat.decodeSteps++;
+    return Promise.resolve();
+  }
+
+  stats(): CacheStats {
+    const c = this.config;
+    const rowBytes = c.headDim * 2 * 2;
+    const s = this.stat;
+    let full = 0;
+    let compressed = 0;
+    this.caches.forEach((cache, l) => {
+      for (let h = 0; h < cache.nKvHeads; h++) {
+        const bytes = cache.capRows(h) * rowBytes;
+        const role = this.roleOf(l, h);
+        if (role === "full" || role === "volatile" || role === "pivot") full += bytes;
+        else compressed += bytes;
+      }
+    });
+    s.deviceKvBytes = full + compressed;
+    s.deviceKvBytesByRole = { full, compressed };
+    s.fullKvBytes = c.nLayers * c.nKvHeads * (this.promptTokens + this.maxNew) * rowBytes;
+    return withRates({ ...s, deviceKvBytesByRole: { ...s.deviceKvBytesByRole } });
+  }
+
+  heads(): HeadInfo[][] {
+    return Array.from({ length: this.config.nLayers }, (_, l) =>
+      Array.from({ length: this.config.nKvHeads }, (_, h) => ({
+        role: this.roleOf(l, h),
+        budgetTokens: this.kept[l]?.[h] ?? null,
+      })));
+  }
+
+  #free(): void {
+    for (const c of [...this.#prefill.splice(0), ...this.#decode.splice(0)]) c.dispose();
+    this.caches = [];
+    this.kept = [];
+  }
+
+  [Symbol.dispose](): void {
+    this.#free();
+  }
+}
+
+/** Validates a keep fraction. */
+export function checkKeep(keep: number): number {
+  if (!(keep > 0 && keep <= 1)) throw new HcError("E_BAD_REQUEST", `keep must be in (0, 1], got ${keep}`);
+  return keep;
+}

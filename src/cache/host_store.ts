@@ -1,0 +1,71 @@
+/**
+ * Host KV store: the full K and V (f16, RoPE already applied) of every head that may be
+ * refreshed, written once from the prefill caches and appended at every decode step. Each head
+ * owns two preallocated arrays (prompt + generation), so a native gather thread can read prompt
+ * rows while the JS thread appends decoded ones: no reallocation, disjoint rows.
+ */
+import { HcError } from "../errors.ts";
+import type { KvLayerCache } from "../kernels/kv.ts";
+import { f32ToF16Array } from "../model/quant.ts";
+import type { Device } from "../vk/mod.ts";
+
+/** Largest host store this process will hold (bounds a hostile prompt or budget). */
+const MAX_HOST_BYTES = 64 * 2 ** 30;
+
+export interface HostHead {
+  k: Uint8Array;
+  v: Uint8Array;
+  rows: number;
+}
+
+export class HostKvStore {
+  readonly rowBytes: number;
+  readonly #heads = new Map<string, HostHead>();
+  #bytes = 0;
+
+  constructor(headDim: number) {
+    this.rowBytes = headDim * 2;
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** Copies rows [0, promptTokens) of (layer, head) from a prefill cache; capacity for more. */
+  capture(device: Device, cache: KvLayerCache, layer: number, head: number, promptTokens: number, capacityRows: number): void {
+    const bytes = capacityRows * this.rowBytes;
+    if (this.#bytes + 2 * bytes > MAX_HOST_BYTES) {
+      throw new HcError("E_VK_OOM", `the host KV store would exceed ${MAX_HOST_BYTES / 2 ** 30} GiB`);
+    }
+    const at = cache.location(head, 0);
+    const k = new Uint8Array(bytes);
+    const v = new Uint8Array(bytes);
+    k.set(device.download(at.k, at.byteOffset, promptTokens * this.rowBytes));
+    v.set(device.download(at.v, at.byteOffset, promptTokens * this.rowBytes));
+    this.#heads.set(`${layer}/${head}`, { k, v, rows: promptTokens });
+    this.#bytes += 2 * bytes;
+  }
+
+  head(layer: number, head: number): HostHead {
+    const h = this.#heads.get(`${layer}/${head}`);
+    if (!h) throw new HcError("E_BAD_REQUEST", `no host KV for layer ${layer} head ${head}`);
+    return h;
+  }
+
+  /** Appends one decoded token's row (f32 values, converted to f16). */
+  append(layer: number, head: number, k: Float32Array, v: Float32Array): void {
+    const h = this.head(layer, head);
+    const at = h.rows * this.rowBytes;
+    if (at + this.rowBytes > h.k.byteLength) return; // past the generation budget: nothing to keep
+    const k16 = f32ToF16Array(k);
+    const v16 = f32ToF16Array(v);
+    h.k.set(new Uint8Array(k16.buffer, k16.byteOffset, this.rowBytes), at);
+    h.v.set(new Uint8Array(v16.buffer, v16.byteOffset, this.rowBytes), at);
+    h.rows++;
+  }
+
+  clear(): void {
+    this.#heads.clear();
+    this.#bytes = 0;
+  }
+}

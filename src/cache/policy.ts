@@ -1,0 +1,107 @@
+/**
+ * The one interface through which the engine drives a KV-cache policy. The engine does not know
+ * which policy runs; the model forward pass only sees the per-layer caches a policy hands it.
+ *
+ * A generation goes: begin(L, maxNew) → prefill chunks (advance(B) before each) → endPrefill()
+ * (the policy may compress: select rows, build smaller caches, keep the full KV in host memory)
+ * → decode steps (advance(1), the step waiting for transferWait(), then afterStep()).
+ */
+import type { KvLayerCache } from "../kernels/kv.ts";
+import type { Captures } from "../model/llama.ts";
+
+export const POLICY_NAMES = [
+  "full",
+  "snapkv",
+  "streaming",
+  "heterocache",
+  "per-step",
+  "fixed-interval",
+] as const;
+export type PolicyName = (typeof POLICY_NAMES)[number];
+
+/** Device KV bytes and retrieval accounting (HETEROCACHE.md §10.4), per generation. */
+export interface CacheStats {
+  policy: PolicyName;
+  /** Device bytes of the KV pools in use now (K and V). */
+  deviceKvBytes: number;
+  deviceKvBytesByRole: { full: number; compressed: number };
+  /** Bytes the same prompt and generation would take with every head full. */
+  fullKvBytes: number;
+  promptTokens: number;
+  decodeSteps: number;
+  driftChecks: number;
+  triggers: number;
+  refreshedHeads: number;
+  rowsMoved: number;
+  bytesMoved: number;
+  /** Decode steps that waited for, or carried, a host→device transfer. */
+  stepsWithTransfer: number;
+  /** triggers / driftChecks. */
+  triggerRate: number;
+  /** stepsWithTransfer / decodeSteps. */
+  stepRetrievalRate: number;
+  /** Time spent in drift checks and refresh selection (device round trips), ms. */
+  monitorMs: number;
+  /** Time decode steps waited on transfers that had not landed, ms. */
+  transferWaitMs: number;
+  /** Heads refreshed during the current generation, per layer (for the playground's map). */
+  refreshedMap: boolean[][];
+}
+
+/** Per-head description for maps and reports. */
+export interface HeadInfo {
+  role: "full" | "anchor" | "volatile" | "pivot" | "satellite" | "compressed";
+  /** Rows of prompt KV kept on the device (null before a prompt). */
+  budgetTokens: number | null;
+}
+
+export interface CachePolicy extends Disposable {
+  readonly name: PolicyName;
+  /** Queries of the last `captureWindow` prompt positions the policy needs (0: none). */
+  readonly captureWindow: number;
+  /** Whether decode steps must capture their q/k/v for afterStep. */
+  readonly captureSteps: boolean;
+  /** The caches the next step reads and appends to. */
+  readonly caches: readonly KvLayerCache[];
+  /** Starts a generation of `promptTokens` prompt tokens and up to `maxNewTokens` more. */
+  begin(promptTokens: number, maxNewTokens: number): void;
+  /** Sets every head's length to count `tokens` more tokens (call before each step). */
+  advance(tokens: number): void;
+  /** After the whole prompt is in the caches: compress as the policy does. */
+  endPrefill(captures: Captures): Promise<void>;
+  /** A transfer-queue value the next step must wait for (0n: none). */
+  transferWait(): bigint;
+  /** After each decode step (its captures hold the step's q/k/v when captureSteps). */
+  afterStep(captures: Captures): Promise<void>;
+  stats(): CacheStats;
+  heads(): HeadInfo[][];
+}
+
+export function emptyStats(policy: PolicyName, nLayers: number, nKvHeads: number): CacheStats {
+  return {
+    policy,
+    deviceKvBytes: 0,
+    deviceKvBytesByRole: { full: 0, compressed: 0 },
+    fullKvBytes: 0,
+    promptTokens: 0,
+    decodeSteps: 0,
+    driftChecks: 0,
+    triggers: 0,
+    refreshedHeads: 0,
+    rowsMoved: 0,
+    bytesMoved: 0,
+    stepsWithTransfer: 0,
+    triggerRate: 0,
+    stepRetrievalRate: 0,
+    monitorMs: 0,
+    transferWaitMs: 0,
+    refreshedMap: Array.from({ length: nLayers }, () => Array(nKvHeads).fill(false)),
+  };
+}
+
+/** Fills the derived rates of a stats record. */
+export function withRates(s: CacheStats): CacheStats {
+  s.triggerRate = s.driftChecks > 0 ? s.triggers / s.driftChecks : 0;
+  s.stepRetrievalRate = s.decodeSteps > 0 ? s.stepsWithTransfer / s.decodeSteps : 0;
+  return s;
+}

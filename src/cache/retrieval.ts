@@ -1,0 +1,180 @@
+/**
+ * Drift-triggered retrieval: rows of the host KV store are gathered into a staging buffer on a
+ * native thread (the JS thread and the device keep working), then one copy on the transfer queue
+ * moves them into the satellites' device rows [0, n). The decode step that first reads them
+ * waits for that copy's timeline value, and nothing else waits. Each refresh in flight owns its
+ * own staging slot, so two refreshes never share one (HETEROCACHE.md §9.4).
+ *
+ * Ordering: the engine runs one step at a time and awaits it, so when `landing()` submits a copy
+ * no step is reading the rows it overwrites; the next step's submission waits for the copy.
+ */
+import type { KvLayerCache } from "../kernels/kv.ts";
+import type { Buffer, CommandList, Device } from "../vk/mod.ts";
+import type { HostHead } from "./host_store.ts";
+
+export interface RefreshJob {
+  layer: number;
+  head: number;
+  /** Prompt positions, ascending, that become the head's rows 0..n-1. */
+  positions: Uint32Array;
+  host: HostHead;
+}
+
+interface Slot {
+  staging: Buffer;
+  cmd: CommandList;
+  /** The gather in flight, if any. */
+  gather: Promise<void> | null;
+  gathered: boolean;
+  /** Copy regions waiting for submission once gathered. */
+  pending: { caches: readonly KvLayerCache[]; jobs: RefreshJob[] } | null;
+  /** Transfer timeline value of the slot's last copy (0n: none). */
+  value: bigint;
+  abandoned: boolean;
+  /** Start order: copies are submitted oldest first, so a later refresh of a head wins. */
+  seq: number;
+}
+
+const RING = 2;
+
+export class Retrieval implements Disposable {
+  readonly #device: Device;
+  readonly #rowBytes: number;
+  readonly #async: boolean;
+  readonly #slots: Slot[] = [];
+  #seq = 0;
+  #disposed = false;
+
+  /** `async` false: the gather is awaited and the copy submitted at once (official order). */
+  constructor(device: Device, headDim: number, async: boolean) {
+    this.#device = device;
+    this.#rowBytes = headDim * 2;
+    this.#async = async;
+  }
+
+  /** Forgets refreshes not yet landed (a new generation starts). */
+  reset(): void {
+    for (const s of this.#slots) {
+      if (s.pending) s.abandoned = true;
+      s.pending = null;
+    }
+  }
+
+  /** Starts the refresh of `jobs` into `caches`; resolves once it is queued (async) or
+   * submitted (sync). */
+  async start(jobs: RefreshJob[], caches: readonly KvLayerCache[]): Promise<void> {
+    const bytes = jobs.reduce((n, j) => n + 2 * j.positions.length * this.#rowBytes, 0);
+    const slot = await this.#freeSlot(bytes);
+    let at = 0;
+    const gathers: Promise<void>[] = [];
+    for (const j of jobs) {
+      const n = j.positions.length;
+      for (const side of ["k", "v"] as const) {
+        gathers.push(this.#device.gatherRows(slot.staging, at, this.#rowBytes, j.host[side], this.#rowBytes, j.positions, this.#rowBytes));
+        at += n * this.#rowBytes;
+      }
+    }
+    slot.pending = { caches, jobs };
+    slot.seq = ++this.#seq;
+    slot.gathered = false;
+    slot.abandoned = false;
+    slot.gather = Promise.all(gathers).then(() => {
+      slot.gathered = true;
+    });
+    if (!this.#async) {
+      await slot.gather;
+      this.#submit(slot);
+    }
+  }
+
+  /** Lands everything in flight and waits for it on the device. */
+  async settle(): Promise<void> {
+    for (const s of this.#byAge()) {
+      if (s.gather) await s.gather;
+      if (s.pending) this.#submit(s);
+      if (s.value > 0n) await this.#device.wait("transfer", s.value);
+    }
+  }
+
+  /** Submits every gathered copy; returns the transfer value the next step must wait for. */
+  landing(): bigint {
+    let wait = 0n;
+    for (const s of this.#byAge()) {
+      // In age order, and never past an older refresh still gathering: a head's newer rows
+      // must land after its older ones.
+      if (s.pending && !s.gathered) break;
+      if (s.pending) this.#submit(s);
+      if (s.value > wait && this.#device.poll("transfer") < s.value) wait = s.value;
+    }
+    return wait;
+  }
+
+  #byAge(): Slot[] {
+    return [...this.#slots].sort((a, b) => a.seq - b.seq);
+  }
+
+  #submit(slot: Slot): void {
+    const { caches, jobs } = slot.pending!;
+    slot.pending = null;
+    if (slot.abandoned || this.#disposed) return;
+    const cmd = slot.cmd;
+    cmd.begin();
+    let at = 0;
+    for (const j of jobs) {
+      const bytes = j.positions.length * this.#rowBytes;
+      const dst = caches[j.layer].location(j.head, 0);
+      cmd.copy(slot.staging, dst.k, [[at, dst.byteOffset, bytes]]);
+      at += bytes;
+      cmd.copy(slot.staging, dst.v, [[at, dst.byteOffset, bytes]]);
+      at += bytes;
+    }
+    cmd.end();
+    slot.value = cmd.submit();
+  }
+
+  /** A slot with no gather or copy in flight and room for `bytes`. */
+  async #freeSlot(bytes: number): Promise<Slot> {
+    const free = (s: Slot) => !s.pending && this.#device.poll("transfer") >= s.value;
+    let slot = this.#slots.find(free);
+    if (!slot && this.#slots.length < RING) slot = this.#newSlot(bytes);
+    if (!slot) {
+      // Every slot is busy: land the oldest refresh first.
+      slot = this.#byAge()[0];
+      if (slot.gather) await slot.gather;
+      if (slot.pending) this.#submit(slot);
+      await this.#device.wait("transfer", slot.value);
+    }
+    if (slot.staging.bytes < bytes) {
+      slot.staging.dispose();
+      slot.staging = this.#device.buffer(bytes, "upload");
+    }
+    return slot;
+  }
+
+  #newSlot(bytes: number): Slot {
+    const staging = this.#device.buffer(Math.max(bytes, 1 << 16), "upload");
+    let cmd: CommandList;
+    try {
+      cmd = this.#device.commands("transfer");
+    } catch (e) {
+      staging.dispose();
+      throw e;
+    }
+    const slot: Slot = { staging, cmd, gather: null, gathered: false, pending: null, value: 0n, abandoned: false, seq: 0 };
+    this.#slots.push(slot);
+    return slot;
+  }
+
+  [Symbol.dispose](): void {
+    this.#disposed = true;
+    for (const s of this.#slots.splice(0)) {
+      // A native gather may still write into the staging memory: free it once that ends.
+      const free = () => {
+        s.cmd.dispose();
+        s.staging.dispose();
+      };
+      if (s.gather && !s.gathered) s.gather.finally(free);
+      else free();
+    }
+  }
+}

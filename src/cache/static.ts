@@ -1,0 +1,149 @@
+/**
+ * Policies that choose once, at the end of prefill, and never move anything afterwards:
+ * `snapkv` (observation window, pooled attention, per KV head with its query group combined)
+ * and `streaming` (attention sinks plus the most recent tokens). Every head gets the same budget.
+ */
+import type { KvLayerCache } from "../kernels/kv.ts";
+import type { Captures } from "../model/llama.ts";
+import type { Buffer } from "../vk/mod.ts";
+import { uniformCap } from "./budget.ts";
+import { checkKeep, CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
+import type { HeadInfo } from "./policy.ts";
+
+export interface StaticOptions {
+  keep: number;
+  /** SnapKV observation window (default 32). */
+  window?: number;
+  /** SnapKV pooling kernel (default 5). */
+  poolKernel?: number;
+  /** StreamingLLM sink tokens (default 4). */
+  sinkTokens?: number;
+}
+
+/** The sinks and the most recent tokens, `cap` rows in all (StreamingLLM). */
+export class StreamingCache extends CompressedCache {
+  readonly name = "streaming" as const;
+  readonly captureWindow = 0;
+  readonly #keep: number;
+  readonly #sinks: number;
+
+  constructor(deps: PolicyDeps, opts: StaticOptions) {
+    super(deps, "streaming");
+    this.#keep = checkKeep(opts.keep);
+    this.#sinks = opts.sinkTokens ?? 4;
+  }
+
+  protected select(): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
+    const L = this.promptTokens;
+    const cap = uniformCap(this.#keep, L);
+    const sinks = Math.min(this.#sinks, cap);
+    const sel: HeadSelection = cap >= L
+      ? { kind: "all" }
+      : { kind: "ranges", ranges: [[0, sinks], [L - (cap - sinks), cap - sinks]] };
+    return Promise.resolve({
+      selections: Array.from({ length: this.config.nLayers }, () => Array(this.config.nKvHeads).fill(sel)),
+      owned: [],
+    });
+  }
+
+  protected roleOf(): HeadInfo["role"] {
+    return "compressed";
+  }
+}
+
+/**
+ * SnapKV: the last `window` prompt queries score every earlier position (softmax over all L
+ * keys, summed over the window and averaged over the KV head's query group, then 1-D average
+ * pooled with kernel 5); each head keeps the window itself plus its top cap - window positions.
+ */
+export class SnapKvCache extends CompressedCache {
+  readonly name = "snapkv" as const;
+  readonly captureWindow: number;
+  readonly #keep: number;
+  readonly #poolKernel: number;
+
+  constructor(deps: PolicyDeps, opts: StaticOptions) {
+    super(deps, "snapkv");
+    this.#keep = checkKeep(opts.keep);
+    this.captureWindow = opts.window ?? 32;
+    this.#poolKernel = opts.poolKernel ?? 5;
+  }
+
+  protected select(prefill: readonly KvLayerCache[], captures: Captures): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
+    const c = this.config;
+    const L = this.promptTokens;
+    const cap = uniformCap(this.#keep, L);
+    const W = Math.min(this.captureWindow, L);
+    const all = (s: HeadSelection) => Array.from({ length: c.nLayers }, () => Array(c.nKvHeads).fill(s));
+    if (cap >= L) return Promise.resolve({ selections: all({ kind: "all" }), owned: [] });
+    if (cap <= W || L - W < 1) {
+      return Promise.resolve({ selections: all({ kind: "ranges", ranges: [[L - cap, cap]] }), owned: [] });
+    }
+    const k = cap - W;
+    const n = L - W;
+    const K = this.kernels;
+    const qDim = c.nHeads * c.headDim;
+    const owned: Buffer[] = [];
+    const scores = this.device.buffer(c.nKvHeads * L * 4);
+    const scratch = this.device.buffer(K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: W }));
+    const indices = this.device.buffer(c.nLayers * c.nKvHeads * cap * 4);
+    owned.push(indices);
+    try {
+      using cmd = this.device.commands();
+      for (let l = 0; l < c.nLayers; l++) {
+        cmd.begin();
+        K.scores.record(cmd, {
+          cache: prefill[l],
+          headStart: 0,
+          headCount: c.nKvHeads,
+          n: L,
+          q: captures.prefillQ!,
+          qOffset: l * captures.prefillWindow * qDim + (captures.prefillWindow - W) * qDim,
+          qStride: qDim,
+          window: W,
+          groupReduce: "mean",
+          windowMode: "sum",
+          poolFirst: false,
+          poolKernel: this.#poolKernel,
+          out: scores,
+          scratch,
+        });
+        cmd.barrier();
+        // Top positions of the prefix, then the window appended after them.
+        K.topk.record(cmd, {
+          rows: scores,
+          rowStride: L,
+          rowCount: c.nKvHeads,
+          n,
+          k,
+          out: indices,
+          outOffset: l * c.nKvHeads * cap,
+          outStride: cap,
+        });
+        cmd.end();
+        this.device.waitSync("compute", cmd.submit());
+      }
+      // The window positions complete each head's index list.
+      const idx = new Uint32Array(this.device.download(indices).buffer);
+      for (let row = 0; row < c.nLayers * c.nKvHeads; row++) {
+        for (let i = 0; i < W; i++) idx[row * cap + k + i] = n + i;
+      }
+      this.device.upload(indices, idx);
+    } finally {
+      scores.dispose();
+      scratch.dispose();
+    }
+    const selections = Array.from({ length: c.nLayers }, (_, l) =>
+      Array.from({ length: c.nKvHeads }, (_, h): HeadSelection => ({
+        kind: "indices",
+        buffer: indices,
+        start: (l * c.nKvHeads + h) * cap,
+        count: cap,
+      })));
+    return Promise.resolve({ selections, owned });
+  }
+
+  protected roleOf(): HeadInfo["role"] {
+    return "compressed";
+  }
+}

@@ -1,0 +1,337 @@
+/**
+ * Finding the model to run: `--model PATH`, else `HC_MODEL`, else the default model, fetched
+ * once from Hugging Face into the user's cache folder and checked against its sha256.
+ * `--hf owner/repo:file` fetches any GGUF the same way. Downloads go to a temporary file that is
+ * renamed into place only after the hash matches, so the cache never holds a partial file.
+ */
+import { createHash } from "node:crypto";
+import { HcError } from "./errors.ts";
+
+export interface HfRef {
+  /** owner/name */
+  repo: string;
+  /** Path of the file inside the repository. */
+  file: string;
+  /** Branch, tag or commit. */
+  revision: string;
+}
+
+/** ggml-org's copy of karpathy's stories260K: 1.2 MB, runs anywhere, used by llama.cpp's CI. */
+export const DEFAULT_MODEL: Readonly<HfRef & { sha256: string; bytes: number }> = Object.freeze({
+  repo: "ggml-org/models",
+  file: "tinyllamas/stories260K.gguf",
+  revision: "main",
+  sha256: "270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d",
+  bytes: 1_185_376,
+});
+
+export const DEFAULT_HF_ENDPOINT = "https://huggingface.co";
+
+/** Bytes done and total (null when the server does not say). */
+export type DownloadProgress = (doneBytes: number, totalBytes: number | null) => void;
+
+export interface DownloadOptions {
+  /** Hugging Face endpoint. Default: $HF_ENDPOINT, else https://huggingface.co. */
+  endpoint?: string;
+  /** Cache folder. Default: cacheDir(). */
+  cacheDir?: string;
+  /** Expected sha256 (hex). Without it, the hash the server announces is checked when it sends one. */
+  sha256?: string;
+  onProgress?: DownloadProgress;
+  signal?: AbortSignal;
+}
+
+const SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+function checkSegments(what: string, value: string, spec: string): void {
+  for (const seg of value.split("/")) {
+    if (!SEGMENT.test(seg) || seg === "." || seg === "..") {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `bad ${what} in "${spec}": expected owner/repo:path/file.gguf[@revision]`,
+      );
+    }
+  }
+}
+
+/** Parses `owner/repo:path/to/file.gguf`, optionally followed by `@revision`. */
+export function parseHfRef(spec: string): HfRef {
+  const colon = spec.indexOf(":");
+  if (colon < 0) {
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `--hf takes owner/repo:path/file.gguf, got "${spec}" (no ':' before the file)`,
+    );
+  }
+  const repo = spec.slice(0, colon);
+  let file = spec.slice(colon + 1);
+  let revision = "main";
+  const at = file.lastIndexOf("@");
+  if (at >= 0) {
+    revision = file.slice(at + 1);
+    file = file.slice(0, at);
+  }
+  if (repo.split("/").length !== 2) {
+    throw new HcError("E_BAD_REQUEST", `--hf needs the repository as owner/name, got "${repo}"`);
+  }
+  checkSegments("repository", repo, spec);
+  checkSegments("file path", file, spec);
+  checkSegments("revision", revision, spec);
+  return { repo, file, revision };
+}
+
+/** The user's cache folder for HeteroCache: $HC_CACHE_DIR, else the platform's cache folder. */
+export function cacheDir(
+  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
+): string {
+  const own = env("HC_CACHE_DIR");
+  if (own) return own;
+  const home = env("HOME") ?? env("USERPROFILE");
+  if (Deno.build.os === "windows") {
+    const base = env("LOCALAPPDATA") ?? (home ? `${home}\\AppData\\Local` : null);
+    if (base) return `${base}\\heterocache`;
+  } else if (Deno.build.os === "darwin") {
+    if (home) return `${home}/Library/Caches/heterocache`;
+  } else {
+    const xdg = env("XDG_CACHE_HOME");
+    if (xdg) return `${xdg}/heterocache`;
+    if (home) return `${home}/.cache/heterocache`;
+  }
+  throw new HcError("E_IO", "no cache folder: set HC_CACHE_DIR (or HOME) to a writable folder");
+}
+
+/** Where a Hugging Face file lives in the cache. */
+export function cachedPath(ref: HfRef, dir: string): string {
+  return `${dir}/models/${ref.repo}/${ref.revision}/${ref.file}`;
+}
+
+function fileUrl(ref: HfRef, endpoint: string): string {
+  const file = ref.file.split("/").map(encodeURIComponent).join("/");
+  return `${endpoint.replace(/\/+$/, "")}/${ref.repo}/resolve/${
+    encodeURIComponent(ref.revision)
+  }/${file}`;
+}
+
+function offlineHint(): string {
+  return "To run without network, point at a local GGUF file: `--model PATH` or `HC_MODEL=PATH`.";
+}
+
+/** A sha256 from Hugging Face's headers: LFS files carry it as X-Linked-Etag (or ETag). */
+function announcedSha256(headers: Headers): string | null {
+  for (const name of ["x-linked-etag", "etag"]) {
+    const v = headers.get(name)?.replace(/^W\//, "").replaceAll('"', "").toLowerCase();
+    if (v && /^[0-9a-f]{64}$/.test(v)) return v;
+  }
+  return null;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/** The recorded hash of a cached file (written only after a verified download). */
+async function recordedSha256(path: string): Promise<string | null> {
+  try {
+    return (await Deno.readTextFile(`${path}.sha256`)).trim();
+  } catch {
+    return null;
+  }
+}
+
+const MAX_REDIRECTS = 5;
+
+/** Follows redirects by hand so the headers of the first answer (the announced hash) are seen. */
+async function fetchFollowing(
+  url: string,
+  signal?: AbortSignal,
+): Promise<{ res: Response; sha256: string | null }> {
+  let sha256: string | null = null;
+  let at = url;
+  for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+    let res: Response;
+    try {
+      res = await fetch(at, { redirect: "manual", signal });
+    } catch (e) {
+      if (signal?.aborted) throw new HcError("E_ABORTED", "download aborted");
+      throw new HcError(
+        "E_DOWNLOAD",
+        `could not reach ${new URL(at).origin} to download ${url}: ${
+          (e as Error).message
+        }. ${offlineHint()}`,
+        { cause: e },
+      );
+    }
+    sha256 ??= announcedSha256(res.headers);
+    if (res.status >= 300 && res.status < 400 && res.headers.get("location")) {
+      await res.body?.cancel();
+      at = new URL(res.headers.get("location")!, at).href;
+      continue;
+    }
+    if (!res.ok) {
+      await res.body?.cancel();
+      const why = res.status === 404
+        ? "not found (check the repository, file name and revision)"
+        : res.status === 401 || res.status === 403
+        ? "access denied (gated or private repositories are not supported)"
+        : `HTTP ${res.status}`;
+      throw new HcError("E_DOWNLOAD", `could not download ${url}: ${why}. ${offlineHint()}`);
+    }
+    return { res, sha256 };
+  }
+  throw new HcError(
+    "E_DOWNLOAD",
+    `could not download ${url}: more than ${MAX_REDIRECTS} redirects`,
+  );
+}
+
+/**
+ * The cached copy of a Hugging Face file, downloading it first if needed. A cached file is used
+ * only if its verified hash was recorded (and equals `sha256` when one is expected).
+ */
+export async function downloadHf(ref: HfRef, opts: DownloadOptions = {}): Promise<string> {
+  const dir = opts.cacheDir ?? cacheDir();
+  const dest = cachedPath(ref, dir);
+  const expected = opts.sha256?.toLowerCase() ?? null;
+  if (await exists(dest)) {
+    const recorded = await recordedSha256(dest);
+    if (recorded !== null && (expected === null || recorded === expected)) return dest;
+  }
+  const endpoint = opts.endpoint ?? Deno.env.get("HF_ENDPOINT") ?? DEFAULT_HF_ENDPOINT;
+  const url = fileUrl(ref, endpoint);
+  const { res, sha256: announced } = await fetchFollowing(url, opts.signal);
+  const want = expected ?? announced;
+  const lengthHeader = res.headers.get("content-length");
+  const total = lengthHeader !== null && /^\d+$/.test(lengthHeader) ? Number(lengthHeader) : null;
+  const folder = dest.slice(0, dest.lastIndexOf("/"));
+  await Deno.mkdir(folder, { recursive: true });
+  const tmp = `${dest}.part-${crypto.randomUUID().slice(0, 8)}`;
+  const hash = createHash("sha256");
+  let done = 0;
+  try {
+    const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
+    try {
+      opts.onProgress?.(0, total);
+      for await (const chunk of res.body!) {
+        hash.update(chunk);
+        let off = 0;
+        while (off < chunk.byteLength) off += await file.write(chunk.subarray(off));
+        done += chunk.byteLength;
+        opts.onProgress?.(done, total);
+      }
+    } finally {
+      file.close();
+    }
+    if (total !== null && done !== total) {
+      throw new HcError(
+        "E_DOWNLOAD",
+        `download of ${url} ended after ${done} of ${total} bytes; run again to retry`,
+      );
+    }
+    const got = hash.digest("hex");
+    if (want !== null && got !== want) {
+      throw new HcError(
+        "E_DOWNLOAD",
+        `the file downloaded from ${url} has sha256 ${got}, expected ${want}; it was discarded. Run again to retry`,
+      );
+    }
+    await Deno.rename(tmp, dest);
+    await Deno.writeTextFile(`${dest}.sha256`, got + "\n");
+    return dest;
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    if (e instanceof HcError) throw e;
+    if (opts.signal?.aborted) throw new HcError("E_ABORTED", "download aborted");
+    throw new HcError(
+      "E_DOWNLOAD",
+      `download of ${url} failed: ${(e as Error).message}. ${offlineHint()}`,
+      {
+        cause: e,
+      },
+    );
+  }
+}
+
+export interface ResolveModelOptions extends DownloadOptions {
+  /** --model PATH */
+  model?: string;
+  /** --hf owner/repo:file */
+  hf?: string;
+  /** Environment lookup (tests pass their own). Default: Deno.env. */
+  env?: (name: string) => string | undefined;
+}
+
+/** The model file to load: --model, else --hf, else $HC_MODEL, else the default model. */
+export async function resolveModelPath(opts: ResolveModelOptions = {}): Promise<string> {
+  if (opts.model !== undefined && opts.hf !== undefined) {
+    throw new HcError("E_BAD_REQUEST", "give either --model or --hf, not both");
+  }
+  const env = opts.env ?? ((n: string) => Deno.env.get(n));
+  const local = opts.model ?? (opts.hf === undefined ? env("HC_MODEL") : undefined);
+  if (local !== undefined && local !== "") {
+    if (!(await exists(local))) {
+      throw new HcError(
+        "E_IO",
+        `model file ${local} does not exist${opts.model === undefined ? " (from HC_MODEL)" : ""}`,
+      );
+    }
+    return local;
+  }
+  const dl: DownloadOptions = {
+    endpoint: opts.endpoint ?? env("HF_ENDPOINT"),
+    cacheDir: opts.cacheDir ?? cacheDir(env),
+    onProgress: opts.onProgress,
+    signal: opts.signal,
+  };
+  if (opts.hf !== undefined) {
+    return await downloadHf(parseHfRef(opts.hf), { ...dl, sha256: opts.sha256 });
+  }
+  return await downloadHf(DEFAULT_MODEL, { ...dl, sha256: DEFAULT_MODEL.sha256 });
+}
+
+/**
+ * A progress bar on stderr when stderr is a terminal; nothing otherwise (logs and pipes stay
+ * clean). Returns the callback and a `done` that ends the line.
+ */
+export function terminalProgress(
+  label: string,
+  opts: { unit?: "bytes" | "tokens"; isTerminal?: boolean } = {},
+): { update: (done: number, total: number | null) => void; done: () => void } {
+  const tty = opts.isTerminal ?? Deno.stderr.isTerminal();
+  if (!tty) return { update: () => {}, done: () => {} };
+  const enc = new TextEncoder();
+  const fmt = opts.unit === "tokens"
+    ? (n: number) => `${n}`
+    : (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
+  let last = 0;
+  let drawn = false;
+  const width = 30;
+  const update = (done: number, total: number | null) => {
+    const now = performance.now();
+    if (drawn && now - last < 100 && done !== total) return;
+    last = now;
+    drawn = true;
+    let line: string;
+    if (total !== null && total > 0) {
+      const f = Math.min(1, done / total);
+      const fill = Math.round(f * width);
+      line =
+        `${label} [${"#".repeat(fill)}${" ".repeat(width - fill)}] ${
+          (f * 100).toFixed(0).padStart(3)
+        }% ` +
+        `${fmt(done)} / ${fmt(total)}`;
+    } else {
+      line = `${label} ${fmt(done)}`;
+    }
+    Deno.stderr.writeSync(enc.encode(`\r${line}\x1b[K`));
+  };
+  const done = () => {
+    if (drawn) Deno.stderr.writeSync(enc.encode("\n"));
+    drawn = false;
+  };
+  return { update, done };
+}

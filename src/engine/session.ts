@@ -1,0 +1,304 @@
+/**
+ * Session: one conversation's KV state on the device, and the decode loop that streams pieces.
+ * Device work of every session goes through the model's DeviceQueue, one step at a time, so
+ * several sessions interleave fairly on one device queue.
+ */
+import { HcError } from "../errors.ts";
+import type { ChatMessage } from "../model/chat.ts";
+import { Sampler, type SamplingOptions } from "../model/sampler.ts";
+import type { ForwardState } from "../model/llama.ts";
+import type { CachePolicy, CacheStats } from "../cache/policy.ts";
+import type { LoadedModel } from "./model.ts";
+import { StopMatcher } from "./stops.ts";
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Most tokens to generate. Default 256. */
+  maxTokens?: number;
+  /** Generation ends before the first of these strings; it is not emitted. */
+  stop?: readonly string[];
+  signal?: AbortSignal;
+  /** Keep generating past end-of-generation tokens. */
+  ignoreEos?: boolean;
+  /** Called with (done, total) prompt tokens while a long prompt is prefilled. */
+  onPrefillProgress?: (done: number, total: number) => void;
+}
+
+export interface Piece {
+  /** Text completed by this step (may be "" while a UTF-8 sequence or a stop string is pending). */
+  text: string;
+  /** The token generated at this step. */
+  token: number;
+}
+
+export type FinishReason = "stop" | "length" | "abort";
+
+export interface GenerationSummary {
+  finishReason: FinishReason;
+  promptTokens: number;
+  completionTokens: number;
+  text: string;
+  prefillMs: number;
+  decodeMs: number;
+  /** Generated tokens per second of decode time. */
+  decodeTokensPerSecond: number;
+}
+
+export interface SessionStats {
+  positions: number;
+  capacity: number;
+  deviceKvBytes: number;
+  generations: number;
+  promptTokens: number;
+  completionTokens: number;
+  decodeTokensPerSecond: number;
+}
+
+/** How many prompt tokens one prefill submission takes (bounds activation memory). */
+const PREFILL_CHUNK_TOKENS = 256;
+
+export class Session implements Disposable {
+  readonly model: LoadedModel;
+  readonly policy: CachePolicy;
+  #state: ForwardState;
+  #tokens: number[] = [];
+  #busy = false;
+  #disposed = false;
+  #totals = { generations: 0, promptTokens: 0, completionTokens: 0, decodeMs: 0 };
+  #last: GenerationSummary | null = null;
+
+  constructor(model: LoadedModel, state: ForwardState, policy: CachePolicy) {
+    this.model = model;
+    this.#state = state;
+    this.policy = policy;
+  }
+
+  /** The summary of the last finished generation. */
+  get lastGeneration(): GenerationSummary | null {
+    return this.#last;
+  }
+
+  /** Tokens of the prompt as the model will see it (chat messages rendered with its template). */
+  tokenize(prompt: string | readonly ChatMessage[]): number[] {
+    const t = this.model.tokenizer;
+    if (typeof prompt === "string") return t.encode(prompt, { addSpecial: true });
+    let text = this.model.renderChat(prompt);
+    // Templates that write {{ bos_token }} themselves would otherwise get a second BOS.
+    const bosText = t.bos !== null && t.addBos ? t.tokenText(t.bos) : "";
+    if (bosText && text.startsWith(bosText)) text = text.slice(bosText.length);
+    return t.encode(text, { addSpecial: true, parseSpecial: true });
+  }
+
+  /**
+   * Streams the continuation of `prompt`. Each call starts from an empty cache (the session's
+   * device memory is reused). Aborting through `signal` ends the stream with finishReason
+   * "abort"; the session stays usable.
+   */
+  async *generate(prompt: string | readonly ChatMessage[], opts: GenerateOptions = {}): AsyncGenerator<Piece, GenerationSummary> {
+    if (this.#disposed) throw new HcError("E_BAD_REQUEST", "session was disposed");
+    if (this.#busy) throw new HcError("E_BUSY", "this session is already generating; use another session");
+    const maxTokens = opts.maxTokens ?? 256;
+    if (!Number.isSafeInteger(maxTokens) || maxTokens < 0) {
+      throw new HcError("E_BAD_REQUEST", `maxTokens must be a non-negative integer, got ${maxTokens}`);
+    }
+    const sampler = new Sampler(opts);
+    const greedy = sampler.options.temperature <= 0 && sampler.options.repeatPenalty === 1 &&
+      sampler.options.presencePenalty === 0 && sampler.options.frequencyPenalty === 0;
+    const promptTokens = this.tokenize(prompt);
+    if (promptTokens.length === 0) throw new HcError("E_BAD_REQUEST", "the prompt is empty and the model adds no BOS token");
+    const capacity = this.#state.capacity;
+    if (promptTokens.length >= capacity) {
+      throw new HcError(
+        "E_CONTEXT_FULL",
+        `the prompt has ${promptTokens.length} tokens; this session holds at most ${capacity} (prompt + generated)`,
+      );
+    }
+    this.#busy = true;
+    const decoder = this.model.tokenizer.createDecoder();
+    const stops = new StopMatcher(opts.stop ?? []);
+    let text = "";
+    let generated = 0;
+    let finish: FinishReason = "length";
+    let prefillMs = 0;
+    let decodeMs = 0;
+    try {
+      this.#state.reset();
+      this.#tokens = [];
+      this.policy.begin(promptTokens.length, Math.min(maxTokens, capacity - promptTokens.length));
+      const want = greedy ? "argmax" : "logits";
+      const t0 = performance.now();
+      let next = this.#choose(await this.#prefill(promptTokens, want, opts.signal, opts.onPrefillProgress), sampler);
+      prefillMs = performance.now() - t0;
+      const t1 = performance.now();
+      while (generated < maxTokens) {
+        if (opts.signal?.aborted) {
+          finish = "abort";
+          break;
+        }
+        if (!opts.ignoreEos && this.model.tokenizer.isEog(next)) {
+          finish = "stop";
+          break;
+        }
+        generated++;
+        const piece = stops.push(decoder.push(next));
+        text += piece;
+        yield { text: piece, token: next };
+        if (stops.stopped) {
+          finish = "stop";
+          break;
+        }
+        if (generated >= maxTokens) break;
+        if (this.#state.position >= capacity) {
+          finish = "length";
+          break;
+        }
+        next = this.#choose(await this.#forward([next], want, "decode"), sampler);
+      }
+      decodeMs = performance.now() - t1;
+      const tail = finish === "abort" ? "" : stops.push(decoder.flush()) + stops.flush();
+      if (tail) {
+        text += tail;
+        yield { text: tail, token: -1 };
+      }
+    } finally {
+      this.#busy = false;
+    }
+    const summary: GenerationSummary = {
+      finishReason: finish,
+      promptTokens: promptTokens.length,
+      completionTokens: generated,
+      text,
+      prefillMs,
+      decodeMs,
+      decodeTokensPerSecond: generated > 1 && decodeMs > 0 ? ((generated - 1) * 1000) / decodeMs : 0,
+    };
+    this.#totals.generations++;
+    this.#totals.promptTokens += summary.promptTokens;
+    this.#totals.completionTokens += generated;
+    this.#totals.decodeMs += decodeMs;
+    this.#last = summary;
+    return summary;
+  }
+
+  /** Collects a whole generation: the text and its summary. */
+  async complete(prompt: string | readonly ChatMessage[], opts: GenerateOptions = {}): Promise<GenerationSummary> {
+    const it = this.generate(prompt, opts);
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return r.value;
+    }
+  }
+
+  /** Feeds the prompt in chunks; returns what `want` asks of its last position. */
+  async #prefill(
+    tokens: readonly number[],
+    want: "argmax" | "logits",
+    signal?: AbortSignal,
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<number | Float32Array> {
+    const window = Math.min(this.policy.captureWindow, tokens.length);
+    if (window > 0) this.#state.reservePrefillCapture(window);
+    const captureFrom = window > 0 ? tokens.length - window : undefined;
+    let out: number | Float32Array = -1;
+    for (let i = 0; i < tokens.length; i += PREFILL_CHUNK_TOKENS) {
+      if (signal?.aborted) throw new HcError("E_ABORTED", "generation aborted during prefill");
+      const chunk = tokens.slice(i, i + PREFILL_CHUNK_TOKENS);
+      const last = i + PREFILL_CHUNK_TOKENS >= tokens.length;
+      if (last) {
+        out = await this.#forward(chunk, want, "prefill", captureFrom);
+      } else {
+        await this.model.queue.run(() => {
+          this.policy.advance(chunk.length);
+          return this.#state.eval(chunk, "none", { caches: this.policy.caches, captureQueriesFrom: captureFrom });
+        });
+        this.#tokens.push(...chunk);
+      }
+      onProgress?.(Math.min(i + PREFILL_CHUNK_TOKENS, tokens.length), tokens.length);
+    }
+    await this.model.queue.run(() => this.policy.endPrefill(this.#state.captures));
+    return out;
+  }
+
+  /** One forward step through the device queue; the policy sets lengths and, when decoding,
+   * monitors after the step. */
+  async #forward(
+    tokens: readonly number[],
+    want: "argmax" | "logits",
+    phase: "prefill" | "decode",
+    captureFrom?: number,
+  ): Promise<number | Float32Array> {
+    this.#tokens.push(...tokens);
+    const decoding = phase === "decode";
+    return await this.model.queue.run(async () => {
+      this.policy.advance(tokens.length);
+      const opts = {
+        caches: this.policy.caches,
+        captureQueriesFrom: captureFrom,
+        captureStep: decoding && this.policy.captureSteps,
+        waitTransfer: decoding ? this.policy.transferWait() : 0n,
+      };
+      const out = want === "argmax"
+        ? await this.#state.eval(tokens, "argmax", opts)
+        : await this.#state.eval(tokens, "logits", opts);
+      if (decoding) await this.policy.afterStep(this.#state.captures);
+      return out;
+    });
+  }
+
+  #choose(out: number | Float32Array, sampler: Sampler): number {
+    return typeof out === "number" ? out : sampler.sample(out, this.#tokens);
+  }
+
+  /**
+   * Teacher forcing (for fidelity measurements): runs `prompt`, then feeds `forced` one token
+   * at a time; `onLogits(i, logits)` receives the logits that predict forced[i].
+   */
+  async teacherForce(
+    prompt: readonly number[],
+    forced: readonly number[],
+    onLogits: (i: number, logits: Float32Array) => void,
+  ): Promise<void> {
+    if (this.#busy) throw new HcError("E_BUSY", "this session is already generating; use another session");
+    if (prompt.length === 0 || prompt.length + forced.length > this.#state.capacity) {
+      throw new HcError("E_CONTEXT_FULL", `prompt ${prompt.length} + forced ${forced.length} tokens do not fit ${this.#state.capacity}`);
+    }
+    this.#busy = true;
+    try {
+      this.#state.reset();
+      this.#tokens = [];
+      this.policy.begin(prompt.length, forced.length);
+      let logits = await this.#prefill(prompt, "logits") as Float32Array;
+      for (let i = 0; i < forced.length; i++) {
+        onLogits(i, logits);
+        if (i + 1 < forced.length) logits = await this.#forward([forced[i]], "logits", "decode") as Float32Array;
+      }
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** Cache statistics of the current (or last) generation. */
+  cacheStats(): CacheStats {
+    return this.policy.stats();
+  }
+
+  stats(): SessionStats {
+    const t = this.#totals;
+    return {
+      positions: this.#state.position,
+      capacity: this.#state.capacity,
+      deviceKvBytes: this.policy.stats().deviceKvBytes,
+      generations: t.generations,
+      promptTokens: t.promptTokens,
+      completionTokens: t.completionTokens,
+      decodeTokensPerSecond: t.decodeMs > 0 ? (t.completionTokens * 1000) / t.decodeMs : 0,
+    };
+  }
+
+  [Symbol.dispose](): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#state[Symbol.dispose]();
+    this.policy[Symbol.dispose]();
+    this.model.forgetSession(this);
+  }
+}

@@ -1,0 +1,385 @@
+/**
+ * Attention over the per-head KV caches of src/kernels/kv.ts.
+ *
+ * GQA convention (llama.cpp and HF `repeat_kv`): query head `qh` reads KV head
+ * `floor(qh / groupSize)`; the G query heads of KV head h are h*G .. h*G+G-1, so a token's query
+ * vector is `[nKvHeads * G][headDim]` f32 and the output has the same shape. Softmax scale
+ * 1/sqrt(headDim) unless `scale` is given.
+ *
+ * Synchronisation contract of every `record`: the caller puts a barrier between whatever wrote
+ * the inputs (q, the cache rows, the lengths) and this call, and another between this call and
+ * whatever reads the output; barriers *inside* a call (split -> merge, pass -> pass) are recorded
+ * here.
+ */
+import { HcError } from "../errors.ts";
+import type { Binding, CommandList, Device, Kernel } from "../vk/mod.ts";
+import {
+  checkHeadDim,
+  deviceParallelism,
+  type KvLayerCache,
+  requireBytes,
+  requireFloatOffset,
+} from "./kv.ts";
+
+function limit(message: string): never {
+  throw new HcError("E_VK_LIMIT", message);
+}
+
+function checkGroup(groupSize: number, headDim: number): void {
+  if (!Number.isInteger(groupSize) || groupSize < 1 || groupSize > 16) {
+    limit(`GQA group size ${groupSize} is not supported (1..16 query heads per KV head)`);
+  }
+  if (groupSize * headDim > 2048) {
+    limit(`group size ${groupSize} x head dim ${headDim} exceeds 2048 (shared memory)`);
+  }
+}
+
+function checkCache(cache: KvLayerCache, headDim: number): void {
+  if (cache.disposed) throw new HcError("E_VK_BAD_HANDLE", "the KV cache was disposed");
+  if (cache.headDim !== headDim) {
+    limit(`cache head dim ${cache.headDim} != kernel head dim ${headDim}`);
+  }
+}
+
+const LOG2E = Math.LOG2E;
+
+export interface DecodeAttentionOptions {
+  headDim: number;
+  /** Query heads per KV head (G). */
+  groupSize: number;
+  /** Split-pass workgroup size (power of two, >= headDim / 8); default 64. */
+  workgroupSize?: number;
+  /** A head of length len uses ceil(len / minTokensPerSplit) splits at most; default 256. */
+  minTokensPerSplit?: number;
+  /** Splits are sized so none holds more rows than this (lavapipe loop cap); default 4096
+   * (2048 for the "simd" variant). */
+  maxTokensPerSplit?: number;
+  /** "lanes": a workgroup of many invocations splits rows and dims, with workgroup reductions
+   * (GPUs); "simd": a workgroup is one subgroup whose lanes own whole rows and never talk to
+   * each other (SIMD CPU drivers such as lavapipe). Default: "simd" on CPU devices. */
+  variant?: "lanes" | "simd";
+}
+
+export interface DecodeAttentionArgs {
+  cache: KvLayerCache;
+  /** f32 [nKvHeads * G][headDim] at float offset qOffset (a multiple of 4). */
+  q: Binding;
+  qOffset?: number;
+  /** f32 [nKvHeads * G][headDim] at float offset outOffset. */
+  out: Binding;
+  outOffset?: number;
+  /** At least `scratchBytes(cache)` bytes; may be shared by all layers (sequential use). */
+  scratch: Binding;
+  /** Softmax scale; default 1/sqrt(headDim). */
+  scale?: number;
+}
+
+/**
+ * Decode-step attention: one query token against each KV head's rows [0, len) (ragged per head),
+ * split over the length (split pass) plus a merge pass.
+ */
+export class DecodeAttention implements Disposable {
+  readonly headDim: number;
+  readonly groupSize: number;
+  readonly workgroupSize: number;
+  readonly minTokensPerSplit: number;
+  readonly maxTokensPerSplit: number;
+  readonly variant: "lanes" | "simd";
+  readonly #targetGroups: number;
+  readonly #lanes: number;
+  readonly #maxBinding: number;
+  readonly #split: Kernel;
+  readonly #merge: Kernel;
+
+  constructor(device: Device, opts: DecodeAttentionOptions) {
+    checkHeadDim(opts.headDim);
+    checkGroup(opts.groupSize, opts.headDim);
+    this.headDim = opts.headDim;
+    this.groupSize = opts.groupSize;
+    this.workgroupSize = opts.workgroupSize ?? 64;
+    const wg = this.workgroupSize;
+    if (!(wg >= 8 && wg <= 256 && (wg & (wg - 1)) === 0) || wg < opts.headDim / 8) {
+      limit(`decode workgroup size ${wg} must be a power of two in [max(8, headDim/8), 256]`);
+    }
+    this.#lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
+    this.#maxBinding = device.info.maxStorageBufferRange;
+    this.variant = opts.variant ?? (deviceParallelism(device).cpu ? "simd" : "lanes");
+    this.minTokensPerSplit = opts.minTokensPerSplit ?? 256;
+    this.maxTokensPerSplit = opts.maxTokensPerSplit ?? (this.variant === "simd" ? 2048 : 4096);
+    if (
+      !Number.isInteger(this.minTokensPerSplit) || !Number.isInteger(this.maxTokensPerSplit) ||
+      this.minTokensPerSplit < 1 || this.minTokensPerSplit > this.maxTokensPerSplit
+    ) {
+      limit(
+        `tokens per split: need integers 1 <= min (${this.minTokensPerSplit}) <= max (${this.maxTokensPerSplit})`,
+      );
+    }
+    this.#targetGroups = deviceParallelism(device).targetGroups;
+    if (this.variant === "simd") {
+      this.#split = device.kernel("attn_decode_cpu", {
+        bindings: 6,
+        pushBytes: 28,
+        spec: [this.#lanes, opts.groupSize, opts.headDim],
+      });
+    } else {
+      this.#split = device.kernel("attn_decode", {
+        bindings: 6,
+        pushBytes: 20,
+        spec: [wg, opts.groupSize, opts.headDim],
+      });
+    }
+    try {
+      this.#merge = device.kernel("attn_merge", {
+        bindings: 4,
+        pushBytes: 20,
+        spec: [64, opts.groupSize, opts.headDim],
+      });
+    } catch (e) {
+      this.#split.dispose();
+      throw e;
+    }
+  }
+
+  /** Splits per head the recorded dispatch uses for this cache (fixed by the capacities). */
+  splitsFor(cache: KvLayerCache): number {
+    const cap = Math.max(1, cache.maxCapRows);
+    const forced = Math.ceil(cap / this.maxTokensPerSplit);
+    const wanted = Math.min(
+      Math.ceil(cap / this.minTokensPerSplit),
+      Math.ceil(this.#targetGroups / cache.nKvHeads),
+    );
+    const s = Math.max(1, forced, wanted);
+    if (s > 65535) limit(`${s} splits per head exceed the workgroup count limit`);
+    return s;
+  }
+
+  /** Records per (split, query head): one, or one per lane for the simd variant. */
+  get #recordsPerSplit(): number {
+    return this.variant === "simd" ? this.#lanes : 1;
+  }
+
+  /** Rows of one split's score scratch (simd variant): the longest split any length gets. */
+  #maxPer(cache: KvLayerCache): number {
+    return Math.max(
+      this.minTokensPerSplit,
+      Math.ceil(Math.max(1, cache.maxCapRows) / this.splitsFor(cache)),
+    );
+  }
+
+  #layout(cache: KvLayerCache): { records: number; mlOff: number; scOff: number; floats: number } {
+    const G = this.groupSize;
+    const S = this.splitsFor(cache);
+    const records = cache.nKvHeads * S * this.#recordsPerSplit * G;
+    const mlOff = records * this.headDim;
+    const scOff = mlOff + records * 2;
+    const scores = this.variant === "simd" ? cache.nKvHeads * S * this.#maxPer(cache) * G : 0;
+    return { records, mlOff, scOff, floats: scOff + scores };
+  }
+
+  /** Scratch bytes for the split partials of this cache. */
+  scratchBytes(cache: KvLayerCache): number {
+    return this.#layout(cache).floats * 4;
+  }
+
+  record(cmd: CommandList, a: DecodeAttentionArgs): this {
+    const { cache } = a;
+    checkCache(cache, this.headDim);
+    const D = this.headDim;
+    const G = this.groupSize;
+    const nHeads = cache.nKvHeads * G;
+    const S = this.splitsFor(cache);
+    const qOff = a.qOffset ?? 0;
+    const outOff = a.outOffset ?? 0;
+    requireFloatOffset(qOff, "qOffset");
+    if (!Number.isInteger(outOff) || outOff < 0) limit(`outOffset ${outOff} is not a float index`);
+    requireBytes(a.q, (qOff + nHeads * D) * 4, "decode q");
+    requireBytes(a.out, (outOff + nHeads * D) * 4, "decode output");
+    const scratchBytes = this.scratchBytes(cache);
+    if (scratchBytes > this.#maxBinding) {
+      limit(
+        `decode scratch of ${scratchBytes} bytes exceeds one binding (${this.#maxBinding}); use fewer rows per layer`,
+      );
+    }
+    requireBytes(a.scratch, scratchBytes, "decode scratch");
+    const { mlOff, scOff } = this.#layout(cache);
+    const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
+    const simd = this.variant === "simd";
+    const push = new ArrayBuffer(simd ? 28 : 20);
+    const u = new Uint32Array(push);
+    new Float32Array(push, 16, 1)[0] = scale;
+    u[1] = this.minTokensPerSplit;
+    u[2] = qOff / 4;
+    u[3] = mlOff;
+    if (simd) {
+      u[5] = scOff;
+      u[6] = this.#maxPer(cache);
+    }
+    cache.layout.chunkHeads.forEach(([h0, h1], c) => {
+      if (h1 <= h0) return;
+      u[0] = h0;
+      cmd.dispatch(
+        this.#split,
+        [a.q, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer, a.scratch],
+        new Uint32Array(push.slice(0)),
+        [S, h1 - h0],
+      );
+    });
+    cmd.barrier();
+    cmd.dispatch(
+      this.#merge,
+      [a.scratch, cache.table, cache.lengthsBuffer, a.out],
+      new Uint32Array([S, this.minTokensPerSplit, mlOff, outOff, this.#recordsPerSplit]),
+      [nHeads],
+    );
+    return this;
+  }
+
+  dispose(): void {
+    this.#split.dispose();
+    this.#merge.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+export interface PrefillAttentionArgs {
+  /** Heads hold every row 0 .. position + tokens - 1 (row index = position). */
+  cache: KvLayerCache;
+  /** f32: token t, query head qh at float `qOffset + t * qStride + qh * headDim`. */
+  q: Binding;
+  qOffset?: number;
+  /** Floats between tokens (default nKvHeads * G * headDim). */
+  qStride?: number;
+  /** Query tokens B, at positions position .. position + B - 1. */
+  tokens: number;
+  position: number;
+  /** f32, same indexing as q with outOffset / outStride. Also holds the running state between
+   * key passes, so it must not alias q. */
+  out: Binding;
+  outOffset?: number;
+  outStride?: number;
+  /** At least `scratchBytes(cache, tokens)` bytes. */
+  scratch: Binding;
+  scale?: number;
+  /** Key rows per dispatch; default: all on GPUs, 2048 on CPU drivers (lavapipe loop cap). */
+  keysPerPass?: number;
+}
+
+/** Causal prefill attention for a batch of query tokens over full (uncompressed) heads. */
+export class PrefillAttention implements Disposable {
+  readonly headDim: number;
+  readonly groupSize: number;
+  readonly #rows: number;
+  readonly #cpu: boolean;
+  readonly #kernel: Kernel;
+
+  constructor(device: Device, opts: { headDim: number; groupSize: number }) {
+    checkHeadDim(opts.headDim);
+    checkGroup(opts.groupSize, opts.headDim);
+    this.headDim = opts.headDim;
+    this.groupSize = opts.groupSize;
+    // Shared memory: ROWS*D f32 queries + 2 * BC*D f16 tiles stay under 32 KiB.
+    const big = opts.headDim > 128;
+    this.#rows = big ? 8 : 16;
+    if (opts.groupSize > this.#rows) {
+      limit(`prefill supports at most ${this.#rows} query heads per KV head`);
+    }
+    this.#cpu = deviceParallelism(device).cpu;
+    this.#kernel = device.kernel("attn_prefill", {
+      bindings: 6,
+      pushBytes: 48,
+      spec: [4 * this.#rows, opts.groupSize, opts.headDim, big ? 16 : 32, this.#rows],
+    });
+  }
+
+  scratchBytes(cache: KvLayerCache, tokens: number): number {
+    return Math.max(1, tokens) * cache.nKvHeads * this.groupSize * 8;
+  }
+
+  record(cmd: CommandList, a: PrefillAttentionArgs): this {
+    const { cache } = a;
+    checkCache(cache, this.headDim);
+    const D = this.headDim;
+    const G = this.groupSize;
+    const nHeads = cache.nKvHeads * G;
+    const B = a.tokens;
+    const p0 = a.position;
+    if (!Number.isInteger(B) || B < 1 || B > 1 << 20) limit(`prefill of ${B} tokens (1..2^20)`);
+    if (!Number.isInteger(p0) || p0 < 0) limit(`prefill position ${p0} is not a token index`);
+    const kvRows = p0 + B;
+    cache.layout.heads.forEach((s, h) => {
+      if (s.capRows < kvRows) {
+        throw new HcError(
+          "E_CONTEXT_FULL",
+          `prefill needs ${kvRows} rows but KV head ${h} holds ${s.capRows}; allocate a full prefill cache`,
+        );
+      }
+    });
+    const qStride = a.qStride ?? nHeads * D;
+    const oStride = a.outStride ?? nHeads * D;
+    const qOff = a.qOffset ?? 0;
+    const oOff = a.outOffset ?? 0;
+    for (
+      const [v, what] of [[qStride, "qStride"], [oStride, "outStride"], [qOff, "qOffset"], [
+        oOff,
+        "outOffset",
+      ]] as const
+    ) {
+      requireFloatOffset(v, what);
+    }
+    requireBytes(a.q, (qOff + (B - 1) * qStride + nHeads * D) * 4, "prefill q");
+    requireBytes(a.out, (oOff + (B - 1) * oStride + nHeads * D) * 4, "prefill output");
+    requireBytes(a.scratch, this.scratchBytes(cache, B), "prefill scratch");
+    const perPass = a.keysPerPass ?? (this.#cpu ? 2048 : kvRows);
+    if (!Number.isInteger(perPass) || perPass < 1) {
+      limit(`keysPerPass ${perPass} must be a positive integer`);
+    }
+    const passes = Math.ceil(kvRows / perPass);
+    const tokensPerGroup = Math.floor(this.#rows / G);
+    const gx = Math.ceil(B / tokensPerGroup);
+    if (gx > 65535) {
+      limit(`prefill of ${B} tokens needs ${gx} workgroups (max 65535); split the batch`);
+    }
+    const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
+    for (let pass = 0; pass < passes; pass++) {
+      if (pass > 0) cmd.barrier();
+      const flags = (pass === 0 ? 1 : 0) | (pass === passes - 1 ? 2 : 0);
+      cache.layout.chunkHeads.forEach(([h0, h1], c) => {
+        if (h1 <= h0) return;
+        const push = new ArrayBuffer(48);
+        const u = new Uint32Array(push);
+        u.set([
+          h0,
+          B,
+          p0,
+          qOff / 4,
+          qStride / 4,
+          oOff / 4,
+          oStride / 4,
+          pass * perPass,
+          Math.min(kvRows, (pass + 1) * perPass),
+          flags,
+          nHeads,
+        ]);
+        new Float32Array(push, 44, 1)[0] = scale;
+        cmd.dispatch(
+          this.#kernel,
+          [a.q, cache.k[c], cache.v[c], cache.table, a.out, a.scratch],
+          u,
+          [gx, h1 - h0],
+        );
+      });
+    }
+    return this;
+  }
+
+  dispose(): void {
+    this.#kernel.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

@@ -1,0 +1,340 @@
+/**
+ * Matrix-vector products y = W·x (or y += W·x) over weights in GGUF's byte layout, for the
+ * ggml types F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K (shaders/matvec.comp).
+ *
+ * Shapes follow GGUF: a weight with dims [cols, rows] (dims[0] = cols = K, the reduced
+ * dimension) is `rows` rows of `cols` elements. x holds `batch` input columns of `cols` floats
+ * (`xStride` apart), y receives `batch` output columns of `rows` floats (`yStride` apart), so a
+ * batch of B tokens computes Y[B x rows] = X[B x cols] · Wᵀ and each weight unit is dequantised
+ * once for up to 8 tokens.
+ *
+ * Two shader paths: "generic" (lanes read neighbouring 32-bit words: GPUs, any alignment) and
+ * "run" (each lane streams whole 32-byte chunks: built for lavapipe, where every load
+ * instruction costs a per-lane scalar loop; needs 32-byte aligned rows). `path: "auto"` takes
+ * "run" on CPU devices when the layout allows. Weights larger than maxStorageBufferRange are
+ * split into row ranges, each bound at an aligned offset; big row counts use a 2-D grid.
+ */
+import { HcError } from "../errors.ts";
+import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
+import type { Binding, Buffer, CommandList, Device, DeviceInfo, Kernel } from "../vk/mod.ts";
+
+/** Columns of x handled by one dispatch at most (the shader's NUM_COLS). */
+export const MATVEC_MAX_COLS = 8;
+
+const SHADER_SUFFIX: Record<number, string> = {
+  [GgmlType.F32]: "f32",
+  [GgmlType.F16]: "f16",
+  [GgmlType.BF16]: "bf16",
+  [GgmlType.Q8_0]: "q8_0",
+  [GgmlType.Q4_0]: "q4_0",
+  [GgmlType.Q4_K]: "q4_k",
+  [GgmlType.Q6_K]: "q6_k",
+};
+
+/** Elements per lane-unit of the run path; undefined where the type has none. */
+const RUN_UNIT: Record<number, number | undefined> = {
+  [GgmlType.F32]: 8,
+  [GgmlType.F16]: 16,
+  [GgmlType.BF16]: 16,
+  [GgmlType.Q8_0]: 512,
+  [GgmlType.Q4_0]: 512,
+  [GgmlType.Q4_K]: 512,
+};
+
+/** Elements per lane-unit of the generic path. */
+const GENERIC_UNIT: Record<number, number> = {
+  [GgmlType.F32]: 4,
+  [GgmlType.F16]: 4,
+  [GgmlType.BF16]: 4,
+  [GgmlType.Q8_0]: 32,
+  [GgmlType.Q4_0]: 32,
+  [GgmlType.Q4_K]: 64,
+  [GgmlType.Q6_K]: 64,
+};
+
+/** Types whose 2-byte aligned blocks make the generic path read up to 2 bytes past a row. */
+const OVERREADS = new Set<number>([GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q6_K]);
+
+const PUSH_WORDS = 9;
+/** Shader byte arithmetic is 32-bit: keep every bound range well inside it. */
+const MAX_BINDING_BYTES = 2 ** 31;
+/** common.glsl's hc_red array, present in every variant. */
+const COMMON_SHARED_BYTES = 4096;
+
+export type MatVecPath = "auto" | "generic" | "run";
+
+export interface MatVecOptions {
+  /** Which shader path; "auto" (default) = "run" on CPU devices where the layout allows. */
+  path?: MatVecPath;
+  /** Read 32-byte chunks as u64vec4 on the run path (needs shaderInt64). Default: on for CPU
+   * devices (lavapipe supports it), else the device's `int64` flag when it reports one. */
+  load64?: boolean;
+  /** Lanes per workgroup (power of two); default from the subgroup size and path. */
+  workgroupSize?: number;
+  /** Rows per workgroup; default 16 on the run path, 2 on the generic path. */
+  rowsPerGroup?: number;
+}
+
+export interface MatVecRecord {
+  /** Buffer holding the weight in GGUF layout. */
+  weight: Buffer;
+  /** Byte offset of row 0 in `weight` (multiple of 16; GGUF data is 32-byte aligned). */
+  weightOffset?: number;
+  /** Output rows (GGUF dims[1]). */
+  rows: number;
+  /** Elements per row, the reduced dimension K (GGUF dims[0]). */
+  cols: number;
+  /** f32 input: `batch` columns of `cols` floats, `xStride` floats apart. */
+  x: Binding;
+  /** f32 output: `batch` columns of `rows` floats, `yStride` floats apart. */
+  y: Binding;
+  /** y += W·x instead of y = W·x (fuses a residual add). */
+  accumulate?: boolean;
+  /** Input columns (tokens), default 1. */
+  batch?: number;
+  /** Floats between x columns (multiple of 4; of 8 for the run path), default cols. */
+  xStride?: number;
+  /** Floats between y columns, default rows. */
+  yStride?: number;
+}
+
+/** What one record() call dispatched, for tests and benchmarks. */
+export interface MatVecPlan {
+  path: "generic" | "run";
+  kernel: string;
+  dispatches: number;
+}
+
+interface Variant {
+  path: "generic" | "run";
+  cols: number;
+}
+
+function bindingParts(b: Binding): { buffer: Buffer; offset: number; bytes: number } {
+  if ("buffer" in b) return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
+  return { buffer: b, offset: 0, bytes: b.bytes };
+}
+
+function isPow2(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
+
+function positiveInt(name: string, v: number): void {
+  if (!Number.isSafeInteger(v) || v <= 0) throw new HcError("E_BAD_REQUEST", `matvec: ${name} = ${v} is not a positive integer`);
+}
+
+/** Whether the device can run the u64vec4 loads (see MatVecOptions.load64). */
+export function deviceLoad64(info: DeviceInfo): boolean {
+  const reported = (info as DeviceInfo & { int64?: boolean }).int64;
+  return reported ?? info.type === "cpu";
+}
+
+export class MatVec implements Disposable {
+  readonly device: Device;
+  readonly type: number;
+  readonly typeName: string;
+  readonly blockElems: number;
+  readonly blockBytes: number;
+  readonly options: Required<Omit<MatVecOptions, "workgroupSize" | "rowsPerGroup">> & {
+    workgroupSize?: number;
+    rowsPerGroup?: number;
+  };
+  #kernels = new Map<string, Kernel>();
+  #disposed = false;
+  /** What the last record() call did. */
+  lastPlan: MatVecPlan | null = null;
+
+  constructor(device: Device, type: number, options: MatVecOptions = {}) {
+    const suffix = SHADER_SUFFIX[type];
+    const info = ggmlTypeInfo(type);
+    if (!suffix || !info) {
+      throw new HcError("E_MODEL_TENSOR", `matvec: weight type ${info?.name ?? type} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`);
+    }
+    this.device = device;
+    this.type = type;
+    this.typeName = suffix;
+    this.blockElems = info.blockElems;
+    this.blockBytes = info.blockBytes;
+    this.options = {
+      path: options.path ?? "auto",
+      load64: options.load64 ?? deviceLoad64(device.info),
+      workgroupSize: options.workgroupSize,
+      rowsPerGroup: options.rowsPerGroup,
+    };
+    if (options.workgroupSize !== undefined && (!isPow2(options.workgroupSize) || options.workgroupSize > device.info.maxComputeWorkGroupInvocations)) {
+      throw new HcError("E_BAD_REQUEST", `matvec: workgroupSize ${options.workgroupSize} must be a power of two <= ${device.info.maxComputeWorkGroupInvocations}`);
+    }
+    if (options.rowsPerGroup !== undefined) positiveInt("rowsPerGroup", options.rowsPerGroup);
+    if (options.path === "run" && RUN_UNIT[type] === undefined) {
+      throw new HcError("E_BAD_REQUEST", `matvec: ${info.name} has no run path`);
+    }
+  }
+
+  /** Bytes of a [rows x cols] weight of this type. */
+  weightBytes(rows: number, cols: number): number {
+    return (rows * cols / this.blockElems) * this.blockBytes;
+  }
+
+  #workgroupSize(path: "generic" | "run"): number {
+    if (this.options.workgroupSize) return this.options.workgroupSize;
+    const sg = Math.max(1, this.device.info.subgroupSize);
+    if (path === "run") return sg;
+    // Enough lanes to cover a typical 4096-wide row with few iterations, one unit each.
+    const unit = GENERIC_UNIT[this.type];
+    const mult = unit <= 4 ? 4 : unit === 32 ? 2 : 1;
+    return Math.min(this.device.info.maxComputeWorkGroupInvocations, 128, sg * mult);
+  }
+
+  #rowsPerGroup(path: "generic" | "run", wg: number, ncols: number): number {
+    let r = this.options.rowsPerGroup ?? (path === "run" ? 16 : 2);
+    const limit = this.device.info.maxComputeSharedMemoryBytes - COMMON_SHARED_BYTES;
+    while (r > 1 && r * ncols * wg * 4 > limit) r >>= 1;
+    if (r * ncols * wg * 4 > limit) {
+      throw new HcError("E_VK_LIMIT", `matvec: ${wg} lanes x ${ncols} columns need more shared memory than the device has`);
+    }
+    return r;
+  }
+
+  #kernel(v: Variant): { kernel: Kernel; wg: number; rowsPerGroup: number; name: string } {
+    const wg = this.#workgroupSize(v.path);
+    const rowsPerGroup = this.#rowsPerGroup(v.path, wg, v.cols);
+    const base = v.path === "run" ? (this.options.load64 ? "matvec_run64_" : "matvec_run_") : "matvec_";
+    const name = base + this.typeName;
+    const key = `${name}/${wg}/${rowsPerGroup}/${v.cols}`;
+    let k = this.#kernels.get(key);
+    if (!k) {
+      k = this.device.kernel(name, { bindings: 3, pushBytes: PUSH_WORDS * 4, spec: [wg, rowsPerGroup, v.cols] });
+      this.#kernels.set(key, k);
+    }
+    return { kernel: k, wg, rowsPerGroup, name };
+  }
+
+  /** The path record() would take for this layout. */
+  choosePath(weightOffset: number, rows: number, cols: number, xStride = cols): "generic" | "run" {
+    const unit = RUN_UNIT[this.type];
+    const rowBytes = this.weightBytes(1, cols);
+    const fits = unit !== undefined && cols % unit === 0 && rowBytes % 32 === 0 && weightOffset % 32 === 0 &&
+      xStride % 8 === 0 && rows > 0;
+    const want = this.options.path === "auto" ? (this.device.info.type === "cpu" ? "run" : "generic") : this.options.path;
+    if (want === "run" && !fits) {
+      if (this.options.path === "run") {
+        throw new HcError("E_BAD_REQUEST", `matvec: the run path needs cols % ${unit} == 0, 32-byte aligned rows and xStride % 8 == 0`);
+      }
+      return "generic";
+    }
+    return want;
+  }
+
+  /**
+   * Records y = W·x (or y += W·x) into `cmd`. Validates shapes and bindings (HcError), splits
+   * the weight into row ranges that fit the device's storage-buffer range and the workgroup
+   * grid, and uses one dispatch per range and per group of 8 columns' worth of z.
+   */
+  record(cmd: CommandList, a: MatVecRecord): MatVecPlan {
+    if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "matvec: used after dispose");
+    const info = this.device.info;
+    const name = ggmlTypeInfo(this.type)?.name ?? String(this.type);
+    positiveInt("rows", a.rows);
+    positiveInt("cols", a.cols);
+    const batch = a.batch ?? 1;
+    positiveInt("batch", batch);
+    const xStride = a.xStride ?? a.cols;
+    const yStride = a.yStride ?? a.rows;
+    const weightOffset = a.weightOffset ?? 0;
+    if (!Number.isSafeInteger(weightOffset) || weightOffset < 0 || weightOffset % 16 !== 0) {
+      throw new HcError("E_BAD_REQUEST", `matvec: weightOffset ${weightOffset} must be a non-negative multiple of 16`);
+    }
+    const colMultiple = this.blockElems === 1 ? 4 : this.blockElems;
+    if (a.cols % colMultiple !== 0) {
+      throw new HcError("E_MODEL_TENSOR", `matvec: ${name} needs cols to be a multiple of ${colMultiple}, got ${a.cols}`);
+    }
+    if (!Number.isSafeInteger(xStride) || xStride < a.cols || xStride % 4 !== 0) {
+      throw new HcError("E_BAD_REQUEST", `matvec: xStride ${xStride} must be a multiple of 4 and >= cols (${a.cols})`);
+    }
+    if (!Number.isSafeInteger(yStride) || yStride < a.rows) {
+      throw new HcError("E_BAD_REQUEST", `matvec: yStride ${yStride} must be >= rows (${a.rows})`);
+    }
+    const maxZ = info.maxComputeWorkGroupCount[2];
+    if (Math.ceil(batch / MATVEC_MAX_COLS) > maxZ) {
+      throw new HcError("E_VK_LIMIT", `matvec: batch ${batch} exceeds ${maxZ * MATVEC_MAX_COLS} columns`);
+    }
+    const rowBytes = this.weightBytes(1, a.cols);
+    const weightBytes = rowBytes * a.rows;
+    if (weightOffset + weightBytes > a.weight.bytes) {
+      throw new HcError("E_VK_LIMIT", `matvec: a ${a.rows}x${a.cols} ${name} weight (${weightBytes} bytes) at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`);
+    }
+    const maxRange = Math.min(info.maxStorageBufferRange, MAX_BINDING_BYTES);
+    const x = this.#checkedBinding("x", a.x, ((batch - 1) * xStride + a.cols) * 4, maxRange);
+    const y = this.#checkedBinding("y", a.y, ((batch - 1) * yStride + a.rows) * 4, maxRange);
+
+    const path = this.choosePath(weightOffset, a.rows, a.cols, xStride);
+    const ncols = Math.min(batch, MATVEC_MAX_COLS);
+    const { kernel, rowsPerGroup, name: kname } = this.#kernel({ path, cols: ncols });
+    const zGroups = Math.ceil(batch / ncols);
+
+    // Binding offsets aligned to both the device rule and the run path's 32-byte chunks.
+    const align = Math.max(info.minStorageBufferOffsetAlignment, 32);
+    const [maxX, maxY] = info.maxComputeWorkGroupCount;
+    const maxRowsByGrid = maxX * maxY * rowsPerGroup;
+    const overreads = OVERREADS.has(this.type) && path === "generic";
+    const push = new Uint32Array(PUSH_WORDS);
+    let dispatches = 0;
+    for (let row0 = 0; row0 < a.rows;) {
+      const start = weightOffset + row0 * rowBytes;
+      const bindOffset = Math.floor(start / align) * align;
+      const wByte0 = start - bindOffset;
+      const fitRows = Math.floor((maxRange - wByte0 - 4) / rowBytes);
+      if (fitRows < 1) {
+        throw new HcError("E_VK_LIMIT", `matvec: one ${rowBytes}-byte row exceeds the ${maxRange}-byte storage range`);
+      }
+      const n = Math.min(a.rows - row0, fitRows, maxRowsByGrid);
+      const used = wByte0 + n * rowBytes;
+      // Word reads of 2-byte aligned blocks reach up to the next multiple of 4 bytes.
+      let bytes = Math.ceil(used / 4) * 4;
+      if (bindOffset + bytes > a.weight.bytes) {
+        if (overreads) {
+          throw new HcError("E_VK_LIMIT", `matvec: the ${name} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`);
+        }
+        bytes = a.weight.bytes - bindOffset;
+      }
+      const groups = Math.ceil(n / rowsPerGroup);
+      const gx = Math.min(groups, maxX);
+      const gy = Math.ceil(groups / gx);
+      push.set([n, a.cols, wByte0, rowBytes, xStride, yStride, row0, batch, a.accumulate ? 1 : 0]);
+      cmd.dispatch(kernel, [{ buffer: a.weight, offset: bindOffset, bytes }, x, y], push, [gx, gy, zGroups]);
+      dispatches++;
+      row0 += n;
+    }
+    this.lastPlan = { path, kernel: kname, dispatches };
+    return this.lastPlan;
+  }
+
+  #checkedBinding(what: string, b: Binding, needBytes: number, maxRange: number): Binding {
+    const { buffer, offset, bytes } = bindingParts(b);
+    if (offset < 0 || offset % this.device.info.minStorageBufferOffsetAlignment !== 0) {
+      throw new HcError("E_VK_LIMIT", `matvec: ${what} offset ${offset} is not a multiple of ${this.device.info.minStorageBufferOffsetAlignment}`);
+    }
+    if (bytes < needBytes || offset + bytes > buffer.bytes) {
+      throw new HcError("E_VK_LIMIT", `matvec: ${what} binding holds ${bytes} bytes, needs ${needBytes}`);
+    }
+    if (needBytes > maxRange) {
+      throw new HcError("E_VK_LIMIT", `matvec: ${what} needs ${needBytes} bytes, above the ${maxRange}-byte storage range; split the batch`);
+    }
+    return { buffer, offset, bytes: Math.min(bytes, maxRange) };
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const k of this.#kernels.values()) k.dispose();
+    this.#kernels.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

@@ -1,0 +1,314 @@
+/**
+ * Attention scores for KV selection (HeteroCache prefill selection and drift monitoring, SnapKV)
+ * and a device top-k over such rows.
+ *
+ * For KV head h, its G query heads and W window queries (query w, query head qh at float
+ * `qOffset + w * qStride + qh * headDim`, qh = h*G + g), over the head's cache rows [0, n):
+ *   p[w][g][j] = softmax_j(q[w][g] . K_j / sqrt(headDim))
+ *   windowMode "sum":      one row per head      x[g][j]    = sum_w p[w][g][j]      (SnapKV)
+ *   windowMode "separate": `window` rows per head x_w[g][j] = p[w][g][j]            (drift checks)
+ *   poolFirst false: row = avgpool(reduce_g x)   poolFirst true: row = reduce_g(avgpool x)
+ * reduce_g = max or mean over the G query heads; avgpool = odd kernel (default 5), stride 1,
+ * zero padding kernel/2, always divided by kernel (count_include_pad). HeteroCache (HETEROCACHE.md
+ * §3-4) is poolFirst + max; the brief's SnapKV order is reduce first. For mean both orders agree.
+ * Output row r of requested head i (i = h - headStart) at float
+ * `outOffset + (i * rowsPerHead + r) * outStride`, n floats.
+ *
+ * TopK: per row, the indices of the k largest values ascending by position (NaN = -inf, ties to
+ * lower positions: the set of src/cache/analysis.ts topkSet), min(k, n) u32 per row.
+ */
+import { HcError } from "../errors.ts";
+import type { Binding, CommandList, Device, Kernel } from "../vk/mod.ts";
+import {
+  checkHeadDim,
+  deviceParallelism,
+  type KvLayerCache,
+  requireBytes,
+  requireFloatOffset,
+} from "./kv.ts";
+
+function limit(message: string): never {
+  throw new HcError("E_VK_LIMIT", message);
+}
+
+const STATS_WG = 128;
+const POOL_WG = 64;
+/** Per-invocation loop budget of the stats pass, in loop iterations (lavapipe stops an
+ * invocation after 65535): one position of one query chunk costs about D/8 * (QC + 1) + QC. */
+const STATS_ITERATIONS = 40_000;
+const MAX_ROWS = 256;
+const ALIGN = 256;
+
+export interface ScoresArgs {
+  cache: KvLayerCache;
+  /** KV heads headStart .. headStart + headCount - 1 are scored (one output block each). */
+  headStart: number;
+  headCount: number;
+  /** Rows [0, n) of each head; n <= every scored head's capacity. */
+  n: number;
+  q: Binding;
+  qOffset?: number;
+  /** Floats between window queries (default nKvHeads * G * headDim). */
+  qStride?: number;
+  window: number;
+  groupReduce: "max" | "mean";
+  windowMode: "sum" | "separate";
+  poolFirst: boolean;
+  poolKernel?: number;
+  out: Binding;
+  outOffset?: number;
+  /** Floats between output rows (default n). */
+  outStride?: number;
+  /** At least `scratchBytes(...)` bytes. */
+  scratch: Binding;
+  scale?: number;
+}
+
+export class AttentionScores implements Disposable {
+  readonly device: Device;
+  readonly headDim: number;
+  readonly groupSize: number;
+  /** Positions per invocation (register blocking; the pool pass keeps G x 64 x P floats shared). */
+  readonly #positions: number;
+  /** Kernel pairs by query rows per chunk (a multiple of G, chosen from the window). */
+  readonly #kernels = new Map<number, { stats: Kernel; pool: Kernel }>();
+
+  constructor(device: Device, opts: { headDim: number; groupSize: number }) {
+    checkHeadDim(opts.headDim);
+    const G = opts.groupSize;
+    if (!Number.isInteger(G) || G < 1 || G > 16) limit(`group size ${G} not in 1..16`);
+    if (G * opts.headDim > 2048) limit(`group size ${G} x head dim ${opts.headDim} too large`);
+    this.device = device;
+    this.headDim = opts.headDim;
+    this.groupSize = G;
+    this.#positions = G > 8 ? 2 : 4;
+  }
+
+  /** Query rows per chunk for a window: whole windows, about 8 rows, never more than needed. */
+  #rowsPerChunk(window: number): number {
+    const G = this.groupSize;
+    return G * Math.max(1, Math.min(window, Math.floor(8 / G)));
+  }
+
+  #kernelsFor(qc: number): { stats: Kernel; pool: Kernel } {
+    let k = this.#kernels.get(qc);
+    if (!k) {
+      const spec = [this.groupSize, this.headDim, qc, this.#positions];
+      const stats = this.device.kernel("scores_stats", {
+        bindings: 4,
+        pushBytes: 28,
+        spec: [STATS_WG, ...spec],
+      });
+      try {
+        const pool = this.device.kernel("scores_pool", {
+          bindings: 5,
+          pushBytes: 44,
+          spec: [POOL_WG, ...spec],
+        });
+        k = { stats, pool };
+      } catch (e) {
+        stats.dispose();
+        throw e;
+      }
+      this.#kernels.set(qc, k);
+    }
+    return k;
+  }
+
+  /** Splits of the stats pass for n rows and `window` queries. */
+  splitsFor(n: number, window: number): { splits: number; perSplit: number } {
+    const qc = this.#rowsPerChunk(window);
+    const chunks = Math.ceil((window * this.groupSize) / qc);
+    const perPosition = (this.headDim / 8) * (qc + 1) + qc;
+    const posPerThread = Math.max(1, Math.floor(STATS_ITERATIONS / (perPosition * chunks)));
+    const minSplits = Math.ceil(n / (posPerThread * STATS_WG));
+    const splits = Math.max(1, minSplits, Math.min(64, Math.ceil(n / (4 * STATS_WG))));
+    return { splits, perSplit: Math.ceil(n / splits) };
+  }
+
+  #statsBytesPerHead(n: number, window: number): number {
+    const { splits } = this.splitsFor(n, window);
+    const bytes = splits * window * this.groupSize * 8;
+    return Math.ceil(bytes / ALIGN) * ALIGN;
+  }
+
+  scratchBytes(args: { headCount: number; n: number; window: number }): number {
+    return args.headCount * this.#statsBytesPerHead(args.n, args.window);
+  }
+
+  record(cmd: CommandList, a: ScoresArgs): this {
+    const { cache } = a;
+    const D = this.headDim;
+    const G = this.groupSize;
+    if (cache.disposed) throw new HcError("E_VK_BAD_HANDLE", "the KV cache was disposed");
+    if (cache.headDim !== D) limit(`cache head dim ${cache.headDim} != kernel head dim ${D}`);
+    const { headStart, headCount, n, window } = a;
+    if (
+      !Number.isInteger(headStart) || !Number.isInteger(headCount) || headStart < 0 ||
+      headCount < 1 || headStart + headCount > cache.nKvHeads
+    ) {
+      limit(`heads [${headStart}, ${headStart + headCount}) outside [0, ${cache.nKvHeads})`);
+    }
+    if (!Number.isInteger(n) || n < 1 || n > 1 << 24) limit(`score length ${n} not in 1..2^24`);
+    if (!Number.isInteger(window) || window < 1 || window * G > MAX_ROWS) {
+      limit(`window ${window} x group ${G} must be in 1..${MAX_ROWS} query rows`);
+    }
+    for (let h = headStart; h < headStart + headCount; h++) {
+      if (cache.capRows(h) < n) {
+        limit(`KV head ${h} holds ${cache.capRows(h)} rows, scores need ${n}`);
+      }
+    }
+    const kernel = a.poolKernel ?? 5;
+    const span = POOL_WG * this.#positions;
+    if (!Number.isInteger(kernel) || kernel < 1 || kernel % 2 === 0 || kernel > span / 4) {
+      limit(`pool kernel ${kernel} must be odd and at most ${span / 4}`);
+    }
+    const nHeads = cache.nKvHeads * G;
+    const qStride = a.qStride ?? nHeads * D;
+    const qOff = a.qOffset ?? 0;
+    requireFloatOffset(qStride, "qStride");
+    requireFloatOffset(qOff, "qOffset");
+    const rowsPerHead = a.windowMode === "separate" ? window : 1;
+    const outStride = a.outStride ?? n;
+    const outOff = a.outOffset ?? 0;
+    if (!Number.isInteger(outStride) || outStride < n) limit(`outStride ${outStride} < n ${n}`);
+    if (!Number.isInteger(outOff) || outOff < 0) limit(`outOffset ${outOff} is not a float index`);
+    requireBytes(a.q, (qOff + (window - 1) * qStride + nHeads * D) * 4, "scores q");
+    requireBytes(
+      a.out,
+      (outOff + (headCount * rowsPerHead - 1) * outStride + n) * 4,
+      "scores output",
+    );
+    const perHead = this.#statsBytesPerHead(n, window);
+    requireBytes(a.scratch, headCount * perHead, "scores scratch");
+    const scratchBuf = "buffer" in a.scratch ? a.scratch.buffer : a.scratch;
+    const scratchOff = "buffer" in a.scratch ? a.scratch.offset : 0;
+    const { splits, perSplit } = this.splitsFor(n, window);
+    const scale = (a.scale ?? 1 / Math.sqrt(D)) * Math.LOG2E;
+    const flags = (a.groupReduce === "mean" ? 1 : 0) | (a.windowMode === "separate" ? 2 : 0) |
+      (a.poolFirst ? 4 : 0);
+    const tile = span - 2 * (kernel >> 1);
+    const kernels = this.#kernelsFor(this.#rowsPerChunk(window));
+    const tiles = Math.ceil(n / tile);
+    if (tiles > 65535) limit(`score length ${n} needs ${tiles} tiles (max 65535)`);
+
+    // Groups of requested heads that sit in one chunk.
+    const groups: { c: number; h0: number; h1: number }[] = [];
+    cache.layout.chunkHeads.forEach(([c0, c1], c) => {
+      const h0 = Math.max(c0, headStart);
+      const h1 = Math.min(c1, headStart + headCount);
+      if (h1 > h0) groups.push({ c, h0, h1 });
+    });
+    const statsBinding = (h0: number) => ({
+      buffer: scratchBuf,
+      offset: scratchOff + (h0 - headStart) * perHead,
+      bytes: (groups.find((g) => g.h0 === h0)!.h1 - h0) * perHead,
+    });
+    for (const { c, h0, h1 } of groups) {
+      const push = new ArrayBuffer(28);
+      new Uint32Array(push).set([h0, n, window, qOff / 4, qStride / 4, perSplit]);
+      new Float32Array(push, 24, 1)[0] = scale;
+      cmd.dispatch(
+        kernels.stats,
+        [a.q, cache.k[c], cache.table, statsBinding(h0)],
+        new Uint32Array(push),
+        [
+          splits,
+          h1 - h0,
+        ],
+      );
+    }
+    cmd.barrier();
+    for (const { c, h0, h1 } of groups) {
+      const push = new ArrayBuffer(44);
+      const u = new Uint32Array(push);
+      u.set([h0, n, window, qOff / 4, qStride / 4, splits]);
+      new Float32Array(push, 24, 1)[0] = scale;
+      u.set([flags, kernel, outOff + (h0 - headStart) * rowsPerHead * outStride, outStride], 7);
+      cmd.dispatch(kernels.pool, [a.q, cache.k[c], cache.table, statsBinding(h0), a.out], u, [
+        tiles,
+        h1 - h0,
+      ]);
+    }
+    return this;
+  }
+
+  dispose(): void {
+    for (const k of this.#kernels.values()) {
+      k.stats.dispose();
+      k.pool.dispose();
+    }
+    this.#kernels.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+export interface TopKArgs {
+  /** f32 rows: row r at float rowOffset + r * rowStride, n values. */
+  rows: Binding;
+  rowOffset?: number;
+  rowStride: number;
+  rowCount: number;
+  n: number;
+  k: number;
+  /** u32 [rowCount][outStride] (outStride >= min(k, n)). */
+  out: Binding;
+  outOffset?: number;
+  outStride?: number;
+}
+
+/** Exact top-k by radix select, indices ascending by position, one workgroup per row. */
+export class TopK implements Disposable {
+  readonly #kernel: Kernel;
+  readonly #wg: number;
+  readonly #cpu: boolean;
+
+  constructor(device: Device) {
+    this.#cpu = deviceParallelism(device).cpu;
+    this.#wg = this.#cpu ? 256 : 1024;
+    this.#kernel = device.kernel("scores_topk", { bindings: 2, pushBytes: 24, spec: [this.#wg] });
+  }
+
+  record(cmd: CommandList, a: TopKArgs): this {
+    const { n, k, rowCount } = a;
+    // Six passes of n / workgroup loads per invocation must stay under lavapipe's loop cap.
+    const maxN = this.#cpu ? 1 << 21 : 1 << 28;
+    if (!Number.isInteger(n) || n < 1 || n > maxN) limit(`top-k row length ${n} not in 1..${maxN}`);
+    if (!Number.isInteger(k) || k < 0) limit(`top-k k ${k} is not a count`);
+    if (!Number.isInteger(rowCount) || rowCount < 1 || rowCount > 65535) {
+      limit(`top-k rows ${rowCount} not in 1..65535`);
+    }
+    const rowOff = a.rowOffset ?? 0;
+    const outOff = a.outOffset ?? 0;
+    const kk = Math.min(k, n);
+    const outStride = a.outStride ?? kk;
+    if (!Number.isInteger(a.rowStride) || a.rowStride < n) {
+      limit(`rowStride ${a.rowStride} < n ${n}`);
+    }
+    if (!Number.isInteger(outStride) || outStride < kk) limit(`outStride ${outStride} < k ${kk}`);
+    if (!Number.isInteger(rowOff) || rowOff < 0 || !Number.isInteger(outOff) || outOff < 0) {
+      limit("top-k offsets must be non-negative integers");
+    }
+    requireBytes(a.rows, (rowOff + (rowCount - 1) * a.rowStride + n) * 4, "top-k rows");
+    requireBytes(a.out, (outOff + (rowCount - 1) * outStride + kk) * 4, "top-k output");
+    if (kk === 0) return this;
+    cmd.dispatch(
+      this.#kernel,
+      [a.rows, a.out],
+      new Uint32Array([n, k, rowOff, a.rowStride, outOff, outStride]),
+      [rowCount],
+    );
+    return this;
+  }
+
+  dispose(): void {
+    this.#kernel.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

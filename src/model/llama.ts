@@ -1,0 +1,669 @@
+/**
+ * The Llama-family forward pass on a Vulkan device: weights uploaded once per model, and per
+ * session a KV cache plus recorded command lists. A decode step is recorded once and replayed
+ * (one submission per token, nothing allocated, only the sampled token or the logits read back);
+ * the per-token scalars (token id, position, cache lengths) live in host-visible buffers.
+ */
+import { HcError } from "../errors.ts";
+import { GgmlType } from "../gguf/types.ts";
+import { Axpby, RmsNorm, Rope, RopeTable, Swiglu } from "../kernels/elementwise.ts";
+import { DecodeAttention, PrefillAttention } from "../kernels/attention.ts";
+import { RowGather } from "../kernels/gather.ts";
+// Interim embedding lookup (F32 rows copied by the row gather) until the get_rows kernels land.
+class GetRows implements Disposable { g: RowGather; constructor(d: Device, t: number) { if (t !== GgmlType.F32) throw new HcError("E_MODEL_TENSOR", "only F32 token embeddings are supported in this build"); this.g = new RowGather(d); }
+  record(cmd: CommandList, a: {weight: Buffer; rows: number; cols: number; ids: Buffer; count: number; out: Buffer}) {
+    this.g.record(cmd, { src: { buffer: a.weight, rows: a.ids }, dst: { buffer: a.out }, count: a.count, rowWords: a.cols }); }
+  [Symbol.dispose]() { this.g[Symbol.dispose](); } }
+import { KvAppend, type KvLayerCache } from "../kernels/kv.ts";
+import { MatVec } from "../kernels/matvec.ts";
+import { Argmax } from "../kernels/select.ts";
+import type { Buffer, CommandList, Device } from "../vk/mod.ts";
+export type { KvLayerCache };
+import type { ModelConfig } from "./config.ts";
+import { ropeInverseFrequencies } from "./reference.ts";
+import { dequantize } from "./quant.ts";
+import type { ModelSource, ModelTensor } from "./source.ts";
+
+/** Most tokens one forward submission takes; longer prompts are fed in chunks. */
+export const MAX_BATCH_TOKENS = 256;
+
+/** Per-step extras a cache policy asks of the forward pass. */
+export interface StepOptions {
+  /** KV caches (one per layer) this step reads and appends to; their lengths must already
+   * count the step's tokens (the cache policy sets them). */
+  caches: readonly KvLayerCache[];
+  /** Copy the post-RoPE queries of prompt positions >= from into `capture.prefillQ`. */
+  captureQueriesFrom?: number;
+  /** Copy this decode step's post-RoPE q, k and v of every layer into `capture.step`. */
+  captureStep?: boolean;
+  /** Transfer-queue value (a cache refresh landing) the step must wait for; 0n for none. */
+  waitTransfer?: bigint;
+}
+
+/** Host-visible copies of activations that cache policies read (see StepOptions). */
+export interface Captures {
+  /** Device f32 [nLayers][window][nHeads * headDim]: queries of the last prompt positions. */
+  prefillQ: Buffer | null;
+  prefillWindow: number;
+  /** Readback f32 [nLayers][qDim + 2 * kvDim] (q, k, v) of the last decode step. */
+  step: Float32Array;
+}
+
+/** What a session's forward state offers the engine. */
+export interface ForwardState extends Disposable {
+  /** Tokens processed since reset (the next token's position). */
+  readonly position: number;
+  /** Most tokens a session may hold. */
+  readonly capacity: number;
+  readonly captures: Captures;
+  /** Makes room to capture the queries of the last `window` prompt positions. */
+  reservePrefillCapture(window: number): void;
+  /** Forgets every token (keeps the device memory). */
+  reset(): void;
+  /** Runs `tokens` at the next positions; returns nothing, the argmax of the last token's
+   * logits, or those logits. */
+  eval(tokens: readonly number[], want: "none", opts: StepOptions): Promise<void>;
+  eval(tokens: readonly number[], want: "argmax", opts: StepOptions): Promise<number>;
+  eval(tokens: readonly number[], want: "logits", opts: StepOptions): Promise<Float32Array>;
+}
+
+interface Weight {
+  buffer: Buffer;
+  type: number;
+  /** Input width (GGUF dims[0]). */
+  cols: number;
+  /** Output width (GGUF dims[1]). */
+  rows: number;
+}
+
+interface LayerWeights {
+  attnNorm: Buffer;
+  ffnNorm: Buffer;
+  q: Weight;
+  k: Weight;
+  v: Weight;
+  o: Weight;
+  gate: Weight;
+  up: Weight;
+  down: Weight;
+  qBias: Buffer | null;
+  kBias: Buffer | null;
+  vBias: Buffer | null;
+}
+
+async function hashTensors(tensors: ModelTensor[]): Promise<string> {
+  const parts: Uint8Array[] = [];
+  for (const t of tensors) {
+    const b = new Uint8Array(t.bytes);
+    await t.read(b);
+    parts.push(b);
+  }
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.byteLength;
+  }
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+  return Array.from(digest, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+/** The kernels one model needs, created once. */
+class Kernels implements Disposable {
+  readonly matvec = new Map<number, MatVec>();
+  readonly getRows: GetRows;
+  readonly rmsNorm: RmsNorm;
+  readonly rope: Rope;
+  readonly ropeTable: RopeTable;
+  readonly swiglu: Swiglu;
+  readonly axpby: Axpby;
+  readonly kvAppend: KvAppend;
+  readonly decode: DecodeAttention;
+  readonly prefill: PrefillAttention;
+  readonly argmax: Argmax;
+  readonly #owned: Disposable[] = [];
+
+  constructor(device: Device, c: ModelConfig, weightTypes: Set<number>, embdType: number) {
+    const own = <T extends Disposable>(x: T): T => {
+      this.#owned.push(x);
+      return x;
+    };
+    try {
+      for (const t of weightTypes) this.matvec.set(t, own(new MatVec(device, t)));
+      this.getRows = own(new GetRows(device, embdType));
+      this.rmsNorm = own(new RmsNorm(device));
+      this.rope = own(new Rope(device));
+      this.ropeTable = own(
+        RopeTable.fromInverseFrequencies(device, ropeInverseFrequencies(c.headDim, c.ropeBase, c.ropeFreqFactors)),
+      );
+      this.swiglu = own(new Swiglu(device));
+      this.axpby = own(new Axpby(device));
+      this.kvAppend = own(new KvAppend(device, { headDim: c.headDim }));
+      const groupSize = c.nHeads / c.nKvHeads;
+      this.decode = own(new DecodeAttention(device, { headDim: c.headDim, groupSize }));
+      this.prefill = own(new PrefillAttention(device, { headDim: c.headDim, groupSize }));
+      this.argmax = own(new Argmax(device));
+    } catch (e) {
+      this[Symbol.dispose]();
+      throw e;
+    }
+  }
+
+  [Symbol.dispose](): void {
+    for (const x of this.#owned.splice(0).reverse()) x[Symbol.dispose]();
+  }
+}
+
+/** Activations shared by every session of a model (device steps are serialised). */
+class Activations implements Disposable {
+  readonly x: Buffer;
+  readonly xb: Buffer;
+  readonly xLast: Buffer;
+  readonly q: Buffer;
+  readonly k: Buffer;
+  readonly v: Buffer;
+  readonly att: Buffer;
+  readonly hb: Buffer;
+  readonly hb2: Buffer;
+  readonly logits: Buffer;
+  readonly #all: Buffer[] = [];
+
+  constructor(device: Device, c: ModelConfig, batch: number) {
+    const f32 = (n: number) => {
+      const b = device.buffer(Math.max(16, n * 4));
+      this.#all.push(b);
+      return b;
+    };
+    try {
+      this.x = f32(batch * c.dim);
+      this.xb = f32(batch * c.dim);
+      this.xLast = f32(c.dim);
+      this.q = f32(batch * c.nHeads * c.headDim);
+      this.k = f32(batch * c.nKvHeads * c.headDim);
+      this.v = f32(batch * c.nKvHeads * c.headDim);
+      this.att = f32(batch * c.nHeads * c.headDim);
+      this.hb = f32(batch * c.ffnDim);
+      this.hb2 = f32(batch * c.ffnDim);
+      this.logits = f32(c.vocabSize);
+    } catch (e) {
+      this[Symbol.dispose]();
+      throw e;
+    }
+  }
+
+  [Symbol.dispose](): void {
+    for (const b of this.#all.splice(0)) b.dispose();
+  }
+}
+
+export class LlamaModel implements Disposable {
+  readonly device: Device;
+  readonly config: ModelConfig;
+  readonly parameters: number;
+  readonly weightBytes: number;
+  /** SHA-256 (hex) of layer 0's Q and K projection bytes: ties head profiles to weights. */
+  readonly attnHash: string;
+  readonly kernels: Kernels;
+  readonly act: Activations;
+  readonly #embd: Weight;
+  readonly #output: Weight;
+  readonly #outputNorm: Buffer;
+  readonly layers: LayerWeights[];
+  readonly #buffers: Buffer[];
+  #disposed = false;
+
+  private constructor(init: {
+    device: Device;
+    config: ModelConfig;
+    parameters: number;
+    weightBytes: number;
+    attnHash: string;
+    kernels: Kernels;
+    act: Activations;
+    embd: Weight;
+    output: Weight;
+    outputNorm: Buffer;
+    layers: LayerWeights[];
+    buffers: Buffer[];
+  }) {
+    this.device = init.device;
+    this.config = init.config;
+    this.parameters = init.parameters;
+    this.weightBytes = init.weightBytes;
+    this.attnHash = init.attnHash;
+    this.kernels = init.kernels;
+    this.act = init.act;
+    this.#embd = init.embd;
+    this.#output = init.output;
+    this.#outputNorm = init.outputNorm;
+    this.layers = init.layers;
+    this.#buffers = init.buffers;
+  }
+
+  /** Uploads every weight of `source` to `device` (streamed from the file by range). */
+  static async load(
+    device: Device,
+    source: ModelSource,
+    opts: { onProgress?: (doneBytes: number, totalBytes: number) => void } = {},
+  ): Promise<LlamaModel> {
+    const c = source.config;
+    const buffers: Buffer[] = [];
+    const totalBytes = [...source.tensors.values()].reduce((s, t) => s + t.bytes, 0);
+    let doneBytes = 0;
+    let parameters = 0;
+    const tensor = (name: string): ModelTensor => {
+      const t = source.tensors.get(name);
+      if (!t) throw new HcError("E_MODEL_TENSOR", `model lacks tensor ${name}`);
+      return t;
+    };
+    const upload = async (t: ModelTensor): Promise<Buffer> => {
+      const b = device.buffer(t.bytes);
+      buffers.push(b);
+      await device.uploadFrom(b, t.bytes, (chunk, off) => t.read(chunk, off));
+      doneBytes += t.bytes;
+      parameters += t.elems;
+      opts.onProgress?.(doneBytes, totalBytes);
+      return b;
+    };
+    const matrix = async (name: string): Promise<Weight> => {
+      const t = tensor(name);
+      return { buffer: await upload(t), type: t.type, cols: t.dims[0], rows: t.dims[1] ?? 1 };
+    };
+    // Norms and biases are tiny: always f32 on the device whatever the file stores.
+    const vector = async (name: string): Promise<Buffer> => {
+      const t = tensor(name);
+      if (t.type === GgmlType.F32) return await upload(t);
+      const raw = new Uint8Array(t.bytes);
+      await t.read(raw);
+      const f = dequantize(t.type, raw, t.elems);
+      const b = device.buffer(f.byteLength);
+      buffers.push(b);
+      device.upload(b, f);
+      doneBytes += t.bytes;
+      parameters += t.elems;
+      return b;
+    };
+    try {
+      const embd = await matrix("token_embd.weight");
+      const layers: LayerWeights[] = [];
+      for (let l = 0; l < c.nLayers; l++) {
+        const p = `blk.${l}.`;
+        layers.push({
+          attnNorm: await vector(p + "attn_norm.weight"),
+          ffnNorm: await vector(p + "ffn_norm.weight"),
+          q: await matrix(p + "attn_q.weight"),
+          k: await matrix(p + "attn_k.weight"),
+          v: await matrix(p + "attn_v.weight"),
+          o: await matrix(p + "attn_output.weight"),
+          gate: await matrix(p + "ffn_gate.weight"),
+          up: await matrix(p + "ffn_up.weight"),
+          down: await matrix(p + "ffn_down.weight"),
+          qBias: c.qkvBias ? await vector(p + "attn_q.bias") : null,
+          kBias: c.qkvBias ? await vector(p + "attn_k.bias") : null,
+          vBias: c.qkvBias ? await vector(p + "attn_v.bias") : null,
+        });
+      }
+      const outputNorm = await vector("output_norm.weight");
+      const attnHash = await hashTensors([tensor("blk.0.attn_q.weight"), tensor("blk.0.attn_k.weight")]);
+      const output = c.tiedOutput ? embd : await matrix("output.weight");
+      const types = new Set<number>([output.type]);
+      for (const L of layers) for (const w of [L.q, L.k, L.v, L.o, L.gate, L.up, L.down]) types.add(w.type);
+      const kernels = new Kernels(device, c, types, embd.type);
+      let act: Activations;
+      try {
+        act = new Activations(device, c, MAX_BATCH_TOKENS);
+      } catch (e) {
+        kernels[Symbol.dispose]();
+        throw e;
+      }
+      return new LlamaModel({
+        device,
+        config: c,
+        parameters,
+        weightBytes: buffers.reduce((s, b) => s + b.bytes, 0),
+        attnHash,
+        kernels,
+        act,
+        embd,
+        output,
+        outputNorm,
+        layers,
+        buffers,
+      });
+    } catch (e) {
+      for (const b of buffers) b.dispose();
+      throw e;
+    }
+  }
+
+  /** A fresh forward state (its own full KV cache of `contextTokens` rows per head). */
+  createState(opts: { contextTokens: number }): ForwardState {
+    if (this.#disposed) throw new HcError("E_BAD_REQUEST", "the model was disposed");
+    return new LlamaState(this, opts.contextTokens);
+  }
+
+  /**
+   * Records the forward pass of `tokens` tokens at `position`: token ids come from `ids` (u32),
+   * positions from `pos[0]`; the caches' lengths must already count these tokens. Leaves the
+   * last token's logits in act.logits.
+   */
+  recordForward(cmd: CommandList, io: ForwardIo, tokens: number, position: number): void {
+    const c = this.config;
+    const K = this.kernels;
+    const a = this.act;
+    const B = tokens;
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
+    for (const cache of io.caches) cache.recordLengthsUpload(cmd);
+    K.getRows.record(cmd, { weight: this.#embd.buffer, rows: this.#embd.rows, cols: c.dim, ids: io.ids, count: B, out: a.x });
+    cmd.barrier();
+    this.layers.forEach((L, l) => {
+      const cache = io.caches[l];
+      K.rmsNorm.record(cmd, { x: a.x, weight: L.attnNorm, out: a.xb, n: c.dim, rows: B, eps: c.rmsEps });
+      if (L.qBias) {
+        // Biases: seed the outputs with the bias, then accumulate the projection onto them.
+        for (const [bias, out, n] of [[L.qBias, a.q, qDim], [L.kBias!, a.k, kvDim], [L.vBias!, a.v, kvDim]] as const) {
+          cmd.copy(bias, out, Array.from({ length: B }, (_, t) => [0, t * n * 4, n * 4] as const));
+        }
+      }
+      cmd.barrier();
+      const acc = L.qBias !== null;
+      this.#matvec(cmd, L.q, a.xb, a.q, B, acc);
+      this.#matvec(cmd, L.k, a.xb, a.k, B, acc);
+      this.#matvec(cmd, L.v, a.xb, a.v, B, acc);
+      cmd.barrier();
+      const rope = { table: K.ropeTable, positions: io.pos, nTokens: B, headDim: c.headDim, pairing: c.ropePairing };
+      K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
+      K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
+      cmd.barrier();
+      this.#recordCaptures(cmd, io, l, B, position);
+      K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
+      cmd.barrier();
+      if (B === 1) {
+        K.decode.record(cmd, { cache, q: a.q, out: a.att, scratch: io.attnScratch });
+      } else {
+        K.prefill.record(cmd, { cache, q: a.q, tokens: B, position, out: a.att, scratch: io.attnScratch });
+      }
+      cmd.barrier();
+      this.#matvec(cmd, L.o, a.att, a.x, B, true);
+      cmd.barrier();
+      K.rmsNorm.record(cmd, { x: a.x, weight: L.ffnNorm, out: a.xb, n: c.dim, rows: B, eps: c.rmsEps });
+      cmd.barrier();
+      this.#matvec(cmd, L.gate, a.xb, a.hb, B, false);
+      this.#matvec(cmd, L.up, a.xb, a.hb2, B, false);
+      cmd.barrier();
+      K.swiglu.record(cmd, { gate: a.hb, up: a.hb2, out: a.hb, n: c.ffnDim, rows: B });
+      cmd.barrier();
+      this.#matvec(cmd, L.down, a.hb, a.x, B, true);
+      cmd.barrier();
+    });
+    // Only the last token's logits matter; a copy avoids binding at an unaligned offset.
+    cmd.copy(a.x, a.xLast, [[(B - 1) * c.dim * 4, 0, c.dim * 4]]);
+    cmd.barrier();
+    K.rmsNorm.record(cmd, { x: a.xLast, weight: this.#outputNorm, out: a.xLast, n: c.dim, eps: c.rmsEps });
+    cmd.barrier();
+    this.#matvec(cmd, this.#output, a.xLast, a.logits, 1, false);
+    cmd.barrier();
+  }
+
+  /** Copies of post-RoPE activations for the cache policy (plain copies, no kernels). */
+  #recordCaptures(cmd: CommandList, io: ForwardIo, layer: number, B: number, position: number): void {
+    const c = this.config;
+    const a = this.act;
+    const qBytes = c.nHeads * c.headDim * 4;
+    const kvBytes = c.nKvHeads * c.headDim * 4;
+    if (io.stepCapture) {
+      const base = layer * (qBytes + 2 * kvBytes);
+      cmd.copy(a.q, io.stepCapture, [[0, base, qBytes]]);
+      cmd.copy(a.k, io.stepCapture, [[0, base + qBytes, kvBytes]]);
+      cmd.copy(a.v, io.stepCapture, [[0, base + qBytes + kvBytes, kvBytes]]);
+    }
+    if (io.prefillQ && io.captureFrom !== undefined) {
+      // Tokens t of this batch with position + t in [from, from + window).
+      const W = io.prefillWindow;
+      const t0 = Math.max(0, io.captureFrom - position);
+      const t1 = Math.min(B, io.captureFrom + W - position);
+      if (t1 > t0) {
+        const slot = position + t0 - io.captureFrom;
+        cmd.copy(a.q, io.prefillQ, [[t0 * qBytes, (layer * W + slot) * qBytes, (t1 - t0) * qBytes]]);
+      }
+    }
+  }
+
+  #matvec(cmd: CommandList, w: Weight, x: Buffer, y: Buffer, batch: number, accumulate: boolean): void {
+    this.kernels.matvec.get(w.type)!.record(cmd, {
+      weight: w.buffer,
+      rows: w.rows,
+      cols: w.cols,
+      x,
+      y,
+      batch,
+      accumulate,
+    });
+  }
+
+  [Symbol.dispose](): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.kernels[Symbol.dispose]();
+    this.act[Symbol.dispose]();
+    for (const b of this.#buffers) b.dispose();
+  }
+}
+
+/** Buffers one recorded forward pass binds. */
+interface ForwardIo {
+  caches: readonly KvLayerCache[];
+  ids: Buffer;
+  pos: Buffer;
+  attnScratch: Buffer;
+  stepCapture: Buffer | null;
+  prefillQ: Buffer | null;
+  prefillWindow: number;
+  captureFrom?: number;
+}
+
+/** One session's per-token parameters, scratch, captures and recorded steps. The KV caches
+ * belong to the cache policy and come with each step. */
+class LlamaState implements ForwardState {
+  readonly model: LlamaModel;
+  readonly capacity: number;
+  #position = 0;
+  readonly #ids: Buffer;
+  readonly #pos: Buffer;
+  #attnScratch: Buffer | null = null;
+  readonly #argmaxScratch: Buffer;
+  readonly #token: Buffer;
+  readonly #logits: Buffer;
+  readonly #stepCapture: Buffer;
+  #prefillQ: Buffer | null = null;
+  #prefillWindow = 0;
+  readonly captures: Captures;
+  readonly #idsView: Uint32Array;
+  readonly #posView: Uint32Array;
+  /** Decode steps recorded once per cache set, keyed by what they end with and capture. */
+  readonly #decodeLists = new Map<string, CommandList>();
+  #decodeCaches: readonly KvLayerCache[] | null = null;
+  readonly #batch: CommandList;
+  readonly #owned: Disposable[] = [];
+  #disposed = false;
+
+  constructor(model: LlamaModel, contextTokens: number) {
+    this.model = model;
+    this.capacity = contextTokens;
+    const c = model.config;
+    const d = model.device;
+    const own = <T extends Disposable>(x: T): T => {
+      this.#owned.push(x);
+      return x;
+    };
+    try {
+      this.#argmaxScratch = own(d.buffer(Math.max(16, model.kernels.argmax.scratchBytes(c.vocabSize, 1))));
+      this.#ids = own(d.buffer(MAX_BATCH_TOKENS * 4, "upload"));
+      this.#pos = own(d.buffer(16, "upload"));
+      this.#token = own(d.buffer(16, "readback"));
+      this.#logits = own(d.buffer(c.vocabSize * 4, "readback"));
+      this.#stepCapture = own(d.buffer(c.nLayers * (c.nHeads + 2 * c.nKvHeads) * c.headDim * 4, "readback"));
+      this.#batch = own(d.commands());
+    } catch (e) {
+      this[Symbol.dispose]();
+      throw e;
+    }
+    const ids = this.#ids.mapped();
+    this.#idsView = new Uint32Array(ids.buffer, ids.byteOffset, MAX_BATCH_TOKENS);
+    const pos = this.#pos.mapped();
+    this.#posView = new Uint32Array(pos.buffer, pos.byteOffset, 4);
+    const cap = this.#stepCapture.mapped();
+    this.captures = {
+      prefillQ: null,
+      prefillWindow: 0,
+      step: new Float32Array(cap.buffer, cap.byteOffset, cap.byteLength / 4),
+    };
+  }
+
+  get position(): number {
+    return this.#position;
+  }
+
+  reset(): void {
+    this.#position = 0;
+  }
+
+  reservePrefillCapture(window: number): void {
+    if (window <= this.#prefillWindow) return;
+    const c = this.model.config;
+    this.#prefillQ?.dispose();
+    this.#prefillQ = null;
+    this.#prefillQ = this.model.device.buffer(c.nLayers * window * c.nHeads * c.headDim * 4);
+    this.#prefillWindow = window;
+    this.captures.prefillQ = this.#prefillQ;
+    this.captures.prefillWindow = window;
+  }
+
+  /** Attention scratch large enough for these caches (grown, never shrunk). */
+  #scratchFor(caches: readonly KvLayerCache[]): Buffer {
+    const K = this.model.kernels;
+    let need = 16;
+    for (const cache of caches) {
+      need = Math.max(need, K.decode.scratchBytes(cache), K.prefill.scratchBytes(cache, MAX_BATCH_TOKENS));
+    }
+    if (!this.#attnScratch || this.#attnScratch.bytes < need) {
+      this.#dropDecodeLists();
+      this.#attnScratch?.dispose();
+      this.#attnScratch = null;
+      this.#attnScratch = this.model.device.buffer(need);
+    }
+    return this.#attnScratch;
+  }
+
+  #dropDecodeLists(): void {
+    for (const l of this.#decodeLists.values()) l.dispose();
+    this.#decodeLists.clear();
+  }
+
+  #io(opts: StepOptions): ForwardIo {
+    return {
+      caches: opts.caches,
+      ids: this.#ids,
+      pos: this.#pos,
+      attnScratch: this.#scratchFor(opts.caches),
+      stepCapture: opts.captureStep ? this.#stepCapture : null,
+      prefillQ: this.#prefillQ,
+      prefillWindow: this.#prefillWindow,
+      captureFrom: opts.captureQueriesFrom,
+    };
+  }
+
+  #recordTail(cmd: CommandList, want: "argmax" | "logits" | "none"): void {
+    const a = this.model.act;
+    const n = this.model.config.vocabSize;
+    if (want === "argmax") {
+      this.model.kernels.argmax.record(cmd, { x: a.logits, n, out: this.#token, scratch: this.#argmaxScratch });
+    } else if (want === "logits") {
+      cmd.copy(a.logits, this.#logits, [[0, 0, n * 4]]);
+    }
+  }
+
+  /** The recorded single-token step for these caches (recorded on first use, then replayed). */
+  #decodeList(want: "argmax" | "logits", opts: StepOptions): CommandList {
+    if (this.#decodeCaches !== opts.caches) {
+      this.#dropDecodeLists();
+      this.#decodeCaches = opts.caches;
+    }
+    const io = this.#io(opts);
+    const key = `${want}/${opts.captureStep ? 1 : 0}`;
+    let cmd = this.#decodeLists.get(key);
+    if (!cmd) {
+      cmd = this.model.device.commands();
+      try {
+        cmd.begin();
+        this.model.recordForward(cmd, { ...io, captureFrom: undefined }, 1, 0);
+        this.#recordTail(cmd, want);
+        cmd.end();
+      } catch (e) {
+        cmd.dispose();
+        throw e;
+      }
+      this.#decodeLists.set(key, cmd);
+    }
+    return cmd;
+  }
+
+  eval(tokens: readonly number[], want: "none", opts: StepOptions): Promise<void>;
+  eval(tokens: readonly number[], want: "argmax", opts: StepOptions): Promise<number>;
+  eval(tokens: readonly number[], want: "logits", opts: StepOptions): Promise<Float32Array>;
+  async eval(
+    tokens: readonly number[],
+    want: "none" | "argmax" | "logits",
+    opts: StepOptions,
+  ): Promise<void | number | Float32Array> {
+    if (this.#disposed) throw new HcError("E_BAD_REQUEST", "the session was disposed");
+    const B = tokens.length;
+    if (B < 1 || B > MAX_BATCH_TOKENS) {
+      throw new HcError("E_BAD_REQUEST", `a forward step takes 1..${MAX_BATCH_TOKENS} tokens, got ${B}`);
+    }
+    if (this.#position + B > this.capacity) {
+      throw new HcError(
+        "E_CONTEXT_FULL",
+        `the session holds ${this.capacity} tokens; ${this.#position} are used and ${B} more were asked for`,
+      );
+    }
+    if (opts.caches.length !== this.model.config.nLayers) {
+      throw new HcError("E_BAD_REQUEST", `${opts.caches.length} KV caches given for ${this.model.config.nLayers} layers`);
+    }
+    const vocab = this.model.config.vocabSize;
+    tokens.forEach((t, i) => {
+      if (!Number.isInteger(t) || t < 0 || t >= vocab) {
+        throw new HcError("E_BAD_REQUEST", `token id ${t} outside the vocabulary (0..${vocab - 1})`);
+      }
+      this.#idsView[i] = t;
+    });
+    this.#posView[0] = this.#position;
+    let cmd: CommandList;
+    if (B === 1 && want !== "none" && opts.captureQueriesFrom === undefined) {
+      cmd = this.#decodeList(want, opts);
+    } else {
+      cmd = this.#batch;
+      cmd.begin();
+      this.model.recordForward(cmd, this.#io(opts), B, this.#position);
+      this.#recordTail(cmd, want);
+      cmd.end();
+    }
+    await this.model.device.wait("compute", cmd.submit({ transfer: opts.waitTransfer ?? 0n }));
+    this.#position += B;
+    if (want === "argmax") {
+      const m = this.#token.mapped();
+      return new Uint32Array(m.buffer, m.byteOffset, 1)[0];
+    }
+    if (want === "logits") return new Float32Array(this.#logits.mapped().slice(0, vocab * 4).buffer);
+  }
+
+  [Symbol.dispose](): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#dropDecodeLists();
+    this.#attnScratch?.dispose();
+    this.#prefillQ?.dispose();
+    for (const x of this.#owned.splice(0).reverse()) x[Symbol.dispose]();
+  }
+}

@@ -1,0 +1,284 @@
+/**
+ * One request's trip through the engine: check it against the model (context, cache policy),
+ * wait for a slot, run a fresh session, and always give the session and the slot back, whether
+ * the generation finished, failed, or the client went away.
+ */
+import type { LoadedModel } from "../engine/model.ts";
+import type { GenerationSummary, Session } from "../engine/session.ts";
+import { isHcError } from "../errors.ts";
+import { ApiError } from "./errors.ts";
+import type { AdmissionQueue } from "./limits.ts";
+import type { Metrics } from "./metrics.ts";
+import {
+  CACHE_POLICIES,
+  type CachePolicyName,
+  checkKeepForPolicy,
+  type GenerationRequest,
+} from "./openai.ts";
+import {
+  cacheCounters,
+  fullHeadMap,
+  hcStats,
+  type HcStatsJson,
+  type HeadMapJson,
+  sessionHeadMap,
+} from "./stats.ts";
+
+/** OpenAI's default for /v1/completions. */
+export const COMPLETION_DEFAULT_MAX_TOKENS = 16;
+
+/** A loaded model as the server serves it. */
+export interface ServedModel {
+  model: LoadedModel;
+  /** The name clients use in `model`. */
+  id: string;
+  /** Most tokens (prompt + generated) one request may use. */
+  contextTokens: number;
+  /** The policy and budget a request gets when it names none. */
+  defaultCache: CachePolicyName;
+  defaultKeep: number | null;
+  /**
+   * A session of one position, used only to tokenize prompts exactly as `generate` will, before
+   * a request takes a slot (the engine tokenizes through sessions).
+   */
+  tokenizer: Session;
+}
+
+/** A request checked against the model, ready to run. */
+export interface PreparedRequest {
+  req: GenerationRequest;
+  cache: CachePolicyName;
+  keep: number | null;
+  promptTokens: number;
+  maxTokens: number;
+  /** The session's size: what this request can use, so memory follows the request. */
+  sessionTokens: number;
+}
+
+/** Checks what only the model can tell: the model name, the prompt's length, the policy. */
+export function prepareRequest(served: ServedModel, req: GenerationRequest): PreparedRequest {
+  if (req.model !== null && req.model !== served.id) {
+    throw new ApiError(
+      404,
+      `the model '${req.model}' does not exist; this server serves '${served.id}'`,
+      {
+        type: "invalid_request_error",
+        code: "model_not_found",
+        param: "model",
+      },
+    );
+  }
+  const cache = req.cache ?? served.defaultCache;
+  if (!(CACHE_POLICIES as readonly string[]).includes(cache)) {
+    throw new ApiError(500, `the server's default cache policy '${cache}' is not available`);
+  }
+  const keep = req.keep ?? (req.cache === null ? served.defaultKeep : null);
+  checkKeepForPolicy(cache, keep);
+  let promptTokens: number;
+  try {
+    promptTokens = served.tokenizer.tokenize(req.prompt).length;
+  } catch (e) {
+    if (isHcError(e, "E_BAD_REQUEST") || isHcError(e, "E_TEMPLATE")) {
+      throw new ApiError(400, e.message, {
+        code: "invalid_prompt",
+        param: req.kind === "chat" ? "messages" : "prompt",
+      });
+    }
+    throw e;
+  }
+  const ctx = served.contextTokens;
+  if (promptTokens === 0) {
+    throw new ApiError(400, "the prompt is empty and the model adds no BOS token", {
+      code: "invalid_prompt",
+      param: req.kind === "chat" ? "messages" : "prompt",
+    });
+  }
+  if (promptTokens >= ctx) {
+    throw new ApiError(
+      400,
+      `this model's maximum context length is ${ctx} tokens, but the prompt has ${promptTokens} tokens ` +
+        "(and at least one token must be generated); shorten the prompt",
+      { code: "context_length_exceeded", param: req.kind === "chat" ? "messages" : "prompt" },
+    );
+  }
+  let maxTokens: number;
+  if (req.maxTokens !== null) {
+    if (promptTokens + req.maxTokens > ctx) {
+      throw new ApiError(
+        400,
+        `this model's maximum context length is ${ctx} tokens, but ${
+          promptTokens + req.maxTokens
+        } were requested ` +
+          `(${promptTokens} in the prompt, ${req.maxTokens} in the completion); reduce the prompt or max_tokens`,
+        { code: "context_length_exceeded", param: "max_tokens" },
+      );
+    }
+    maxTokens = req.maxTokens;
+  } else {
+    const room = ctx - promptTokens;
+    maxTokens = req.kind === "completion" ? Math.min(COMPLETION_DEFAULT_MAX_TOKENS, room) : room;
+  }
+  return {
+    req,
+    cache,
+    keep,
+    promptTokens,
+    maxTokens,
+    sessionTokens: Math.min(ctx, promptTokens + maxTokens),
+  };
+}
+
+export interface StepUpdate {
+  text: string;
+  hc: HcStatsJson;
+}
+
+export interface Outcome {
+  summary: GenerationSummary;
+  hc: HcStatsJson;
+}
+
+export interface RunContext {
+  served: ServedModel;
+  queue: AdmissionQueue;
+  metrics: Metrics;
+  /** The sessions running now (for /metrics). */
+  liveSessions: Set<Session>;
+}
+
+/**
+ * Takes a slot and opens the session; throws before anything streams (429, 499, 503), so those
+ * failures are real HTTP statuses. The caller iterates `updates()` and must call `close()` when
+ * done with it in any way (close is idempotent, and also runs when `updates()` ends).
+ */
+export async function startGeneration(
+  ctx: RunContext,
+  p: PreparedRequest,
+  signal: AbortSignal,
+): Promise<Generation> {
+  const release = await ctx.queue.acquire(signal);
+  let session: Session;
+  try {
+    session = ctx.served.model.session({ contextTokens: p.sessionTokens });
+  } catch (e) {
+    release();
+    throw e;
+  }
+  return new Generation(ctx, p, session, release, signal);
+}
+
+export class Generation {
+  readonly #ctx: RunContext;
+  readonly #p: PreparedRequest;
+  readonly #session: Session;
+  readonly #release: () => void;
+  readonly #signal: AbortSignal;
+  readonly #progress: {
+    promptTokens: number;
+    completionTokens: number;
+    prefillMs: number;
+    decodeMs: number;
+  };
+  #summary: GenerationSummary | null = null;
+  #closed = false;
+
+  constructor(
+    ctx: RunContext,
+    p: PreparedRequest,
+    session: Session,
+    release: () => void,
+    signal: AbortSignal,
+  ) {
+    this.#ctx = ctx;
+    this.#p = p;
+    this.#session = session;
+    this.#release = release;
+    this.#signal = signal;
+    this.#progress = {
+      promptTokens: p.promptTokens,
+      completionTokens: 0,
+      prefillMs: 0,
+      decodeMs: 0,
+    };
+    ctx.liveSessions.add(session);
+  }
+
+  /** The pieces of text as they come, each with the request's stats so far; returns the outcome. */
+  async *updates(): AsyncGenerator<StepUpdate, Outcome, undefined> {
+    const p = this.#p;
+    const progress = this.#progress;
+    const t0 = performance.now();
+    let tFirst = 0;
+    const it = this.#session.generate(p.req.prompt, {
+      ...p.req.sampling,
+      maxTokens: p.maxTokens,
+      stop: p.req.stop,
+      signal: this.#signal,
+    });
+    let finished = false;
+    try {
+      for (;;) {
+        const r = await it.next();
+        if (r.done) {
+          finished = true;
+          this.#summary = r.value;
+          break;
+        }
+        if (r.value.token >= 0) {
+          progress.completionTokens++;
+          const now = performance.now();
+          if (progress.completionTokens === 1) {
+            tFirst = now;
+            progress.prefillMs = now - t0;
+          }
+          progress.decodeMs = now - tFirst;
+        }
+        if (r.value.text === "") continue;
+        yield { text: r.value.text, hc: hcStats(p.cache, p.keep, this.#session, progress, null) };
+      }
+      const hc = hcStats(p.cache, p.keep, this.#session, progress, this.#summary);
+      const c = this.#ctx.served.model.config;
+      hc.heads = sessionHeadMap(this.#session, p.cache, c.nLayers, c.nKvHeads);
+      return { summary: this.#summary, hc };
+    } finally {
+      // Returned early (client gone): let the engine's generator run its own cleanup first.
+      if (!finished) await it.return(undefined as unknown as GenerationSummary).catch(() => {});
+      this.close();
+    }
+  }
+
+  /** Records the request, frees its session (device KV memory) and its slot. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const s = this.#summary;
+    const progress = this.#progress;
+    try {
+      this.#ctx.metrics.recordGeneration({
+        promptTokens: s?.promptTokens ??
+          (progress.completionTokens > 0 ? progress.promptTokens : 0),
+        completionTokens: s?.completionTokens ?? progress.completionTokens,
+        prefillMs: s?.prefillMs ?? progress.prefillMs,
+        decodeMs: s?.decodeMs ?? progress.decodeMs,
+        decodeTokensPerSecond: s?.decodeTokensPerSecond ?? 0,
+        aborted: s === null || s.finishReason === "abort",
+        counters: cacheCounters(this.#session, this.#session.stats()),
+      });
+    } finally {
+      this.#ctx.liveSessions.delete(this.#session);
+      this.#session[Symbol.dispose]();
+      this.#release();
+    }
+  }
+}
+
+/**
+ * The head map of a policy for this model before any request: `full` has every head full. A
+ * compressing policy's roles depend on its profile and the prompt; a request's `hc.heads` shows them.
+ */
+export function headMap(served: ServedModel, cache: CachePolicyName): HeadMapJson {
+  const c = served.model.config;
+  const map = fullHeadMap(c.nLayers, c.nKvHeads);
+  map.cache = cache;
+  return map;
+}

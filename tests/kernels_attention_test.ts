@@ -1,0 +1,485 @@
+/**
+ * KV append, decode attention (ragged per-head caches, GQA, split-K) and causal prefill against
+ * src/model/reference_attention.ts on fresh random data, through both the subgroup and the
+ * shared-memory reduction paths.
+ */
+import assert from "node:assert/strict";
+import { Device } from "../src/vk/mod.ts";
+import { DecodeAttention, PrefillAttention } from "../src/kernels/attention.ts";
+import { KvAppend, KvLayerCache, planKvLayer } from "../src/kernels/kv.ts";
+import {
+  refDecodeAttention,
+  refPrefillAttention,
+  roundToF16,
+} from "../src/model/reference_attention.ts";
+import { f32ToF16Array } from "../src/model/quant.ts";
+import { randomF32, relError } from "./helpers.ts";
+
+const SEED = Date.now() >>> 0;
+let seedCounter = SEED;
+const nextSeed = () => (seedCounter = (seedCounter + 0x9e3779b9) >>> 0);
+const TOL = 1e-4;
+
+function expectClose(got: Float32Array, want: Float32Array, what: string, tol = TOL): void {
+  const err = relError(got, want);
+  assert.ok(err <= tol, `${what}: relative error ${err.toExponential(3)} > ${tol} (seed ${SEED})`);
+}
+
+function f32(bytes: Uint8Array): Float32Array {
+  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+}
+
+interface FilledCache {
+  cache: KvLayerCache;
+  /** Valid rows of each head, as the device holds them (f16-rounded). */
+  k: Float32Array[];
+  v: Float32Array[];
+  /** Every row up to the capacity. */
+  kFull: Float32Array[];
+  vFull: Float32Array[];
+}
+
+/** A cache whose heads are filled with random rows up to their capacity (rows past the length
+ * are garbage that attention must not read). */
+function filledCache(
+  dev: Device,
+  headDim: number,
+  caps: number[],
+  lens: number[],
+  maxChunkBytes?: number,
+): FilledCache {
+  const cache = KvLayerCache.create(dev, { headDim, capRows: caps, maxChunkBytes });
+  const k: Float32Array[] = [];
+  const v: Float32Array[] = [];
+  const kFull: Float32Array[] = [];
+  const vFull: Float32Array[] = [];
+  caps.forEach((cap, h) => {
+    if (cap === 0) {
+      for (const list of [k, v, kFull, vFull]) list.push(new Float32Array(0));
+      return;
+    }
+    const kr = roundToF16(randomF32(cap * headDim, nextSeed()));
+    const vr = roundToF16(randomF32(cap * headDim, nextSeed()));
+    const loc = cache.location(h, 0);
+    dev.upload(loc.k, f32ToF16Array(kr), loc.byteOffset);
+    dev.upload(loc.v, f32ToF16Array(vr), loc.byteOffset);
+    k.push(kr.subarray(0, lens[h] * headDim));
+    v.push(vr.subarray(0, lens[h] * headDim));
+    kFull.push(kr);
+    vFull.push(vr);
+  });
+  cache.setLengths(lens);
+  return { cache, k, v, kFull, vFull };
+}
+
+function runDecode(
+  dev: Device,
+  fc: FilledCache,
+  G: number,
+  q: Float32Array,
+  opts: { minTokensPerSplit?: number; maxTokensPerSplit?: number; variant?: "lanes" | "simd" } = {},
+): Float32Array {
+  const D = fc.cache.headDim;
+  using attn = new DecodeAttention(dev, { headDim: D, groupSize: G, ...opts });
+  using qBuf = dev.buffer(q.byteLength);
+  using out = dev.buffer(q.byteLength);
+  using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+  dev.upload(qBuf, q);
+  using cmd = dev.commands();
+  cmd.begin();
+  attn.record(cmd, { cache: fc.cache, q: qBuf, out, scratch });
+  cmd.end();
+  dev.waitSync("compute", cmd.submit());
+  return f32(dev.download(out));
+}
+
+type Variant = "lanes" | "simd";
+
+function decodeCase(
+  dev: Device,
+  variant: Variant,
+  D: number,
+  G: number,
+  caps: number[],
+  lens: number[],
+  maxChunkBytes?: number,
+) {
+  const fc = filledCache(dev, D, caps, lens, maxChunkBytes);
+  try {
+    const q = randomF32(caps.length * G * D, nextSeed(), 3);
+    const got = runDecode(dev, fc, G, q, { variant });
+    const want = refDecodeAttention({ q, k: fc.k, v: fc.v, headDim: D, groupSize: G });
+    expectClose(got, want, `decode ${variant} D=${D} G=${G} lens=${lens}`);
+  } finally {
+    fc.cache.dispose();
+  }
+}
+
+for (const subgroup of [true, false]) {
+  const path = subgroup ? "subgroup" : "shared-memory";
+  const withPath = (fn: (dev: Device) => void) => () => {
+    if (subgroup) Deno.env.delete("HC_NO_SUBGROUP");
+    else Deno.env.set("HC_NO_SUBGROUP", "1");
+    try {
+      using dev = Device.open();
+      fn(dev);
+    } finally {
+      Deno.env.delete("HC_NO_SUBGROUP");
+    }
+  };
+
+  // The simd variant has no reductions: it runs once, under the default path.
+  for (const variant of subgroup ? ["lanes", "simd"] as const : ["lanes"] as const) {
+    const label = variant === "lanes" ? `${variant}, ${path}` : variant;
+    Deno.test(
+      `decode attention (${label}): ragged heads, GQA 1/2/4`,
+      withPath((dev) => {
+        for (const G of [1, 2, 4]) {
+          decodeCase(dev, variant, 64, G, [40, 7, 1100, 4200], [1, 7, 1000, 4097]);
+        }
+        // Tiny head dims of the real test models, an empty head, several chunks.
+        decodeCase(dev, variant, 8, 2, [3, 300, 0, 90], [3, 257, 0, 5]);
+        decodeCase(dev, variant, 16, 2, [600, 600, 600, 600], [600, 1, 599, 300], 16 * 2 * 1200);
+        decodeCase(dev, variant, 128, 4, [5000, 20, 2100], [4999, 20, 2049], 128 * 2 * 5100);
+      }),
+    );
+
+    Deno.test(
+      `decode attention (${label}): KV length 100,000`,
+      withPath((dev) => {
+        decodeCase(dev, variant, 128, 4, [100_000], [100_000]);
+      }),
+    );
+  }
+}
+
+Deno.test("decode attention: a wrong length is caught by the comparison", () => {
+  using dev = Device.open();
+  const D = 64, G = 2;
+  const fc = filledCache(dev, D, [500, 300], [500, 300]);
+  try {
+    const q = randomF32(2 * G * D, nextSeed(), 3);
+    const want = refDecodeAttention({ q, k: fc.k, v: fc.v, headDim: D, groupSize: G });
+    expectClose(runDecode(dev, fc, G, q), want, "correct lengths");
+    fc.cache.setLengths([450, 300]); // 50 rows short on head 0
+    const got = runDecode(dev, fc, G, q);
+    assert.throws(() => expectClose(got, want, "short length"), /relative error/);
+  } finally {
+    fc.cache.dispose();
+  }
+});
+
+Deno.test("decode attention: replay with growing lengths and small splits", () => {
+  using dev = Device.open();
+  const D = 32, G = 4;
+  const fc = filledCache(dev, D, [700, 900], [10, 20]);
+  try {
+    using attn = new DecodeAttention(dev, {
+      headDim: D,
+      groupSize: G,
+      minTokensPerSplit: 16,
+      maxTokensPerSplit: 64,
+    });
+    const q = randomF32(2 * G * D, nextSeed(), 3);
+    using qBuf = dev.buffer(q.byteLength);
+    using out = dev.buffer(q.byteLength);
+    using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+    dev.upload(qBuf, q);
+    using cmd = dev.commands();
+    cmd.begin();
+    fc.cache.recordLengthsUpload(cmd);
+    cmd.barrier();
+    attn.record(cmd, { cache: fc.cache, q: qBuf, out, scratch });
+    cmd.end();
+    for (const lens of [[10, 20], [11, 21], [300, 899], [700, 900]]) {
+      fc.cache.lengths.set(lens);
+      dev.waitSync("compute", cmd.submit());
+      const want = refDecodeAttention({
+        q,
+        k: lens.map((n, h) => fc.kFull[h].subarray(0, n * D)),
+        v: lens.map((n, h) => fc.vFull[h].subarray(0, n * D)),
+        headDim: D,
+        groupSize: G,
+      });
+      expectClose(f32(dev.download(out)), want, `replay lens=${lens}`);
+    }
+  } finally {
+    fc.cache.dispose();
+  }
+});
+
+/** Halves of a head's rows [row0, row0 + n) as the device holds them. */
+function readRows(
+  dev: Device,
+  cache: KvLayerCache,
+  which: "k" | "v",
+  head: number,
+  row0: number,
+  n: number,
+) {
+  const loc = cache.location(head, row0);
+  const bytes = dev.download(which === "k" ? loc.k : loc.v, loc.byteOffset, n * cache.headDim * 2);
+  return new Uint16Array(bytes.buffer, bytes.byteOffset, n * cache.headDim);
+}
+
+Deno.test("kv append: preset and bump modes, fused QKV layout, capacity guard", () => {
+  using dev = Device.open();
+  const D = 32, nKv = 3, nHeads = 6, B = 2;
+  const stride = (nHeads + 2 * nKv) * D;
+  const qkv = randomF32(B * stride, nextSeed(), 50);
+  using src = dev.buffer(qkv.byteLength);
+  dev.upload(src, qkv);
+  using append = new KvAppend(dev, { headDim: D });
+  const kOffset = nHeads * D, vOffset = (nHeads + nKv) * D;
+  const expectRows = (cache: KvLayerCache, head: number, row0: number, tokens: number[]) => {
+    for (const which of ["k", "v"] as const) {
+      const got = readRows(dev, cache, which, head, row0, tokens.length);
+      tokens.forEach((t, i) => {
+        const off = (which === "k" ? kOffset : vOffset) + t * stride + head * D;
+        const want = f32ToF16Array(qkv.subarray(off, off + D));
+        assert.deepEqual(
+          got.subarray(i * D, (i + 1) * D),
+          want,
+          `${which} head ${head} row ${row0 + i} (seed ${SEED})`,
+        );
+      });
+    }
+  };
+  for (const mode of ["preset", "bump"] as const) {
+    // Heads 0 and 1 share chunk 0 (head 1's rows right after head 0's), head 2 gets chunk 1.
+    using cache = KvLayerCache.create(dev, {
+      headDim: D,
+      capRows: [5, 10, 20],
+      maxChunkBytes: 20 * D * 2,
+    });
+    assert.deepEqual(cache.layout.chunkHeads, [[0, 2], [2, 3]]);
+    const marker = new Uint16Array(D).fill(0x3c00); // 1.0 in head 1's row 0
+    const row10 = cache.location(1, 0);
+    dev.upload(row10.k, marker, row10.byteOffset);
+    dev.upload(row10.v, marker, row10.byteOffset);
+    // Head 0 (capacity 5) can take only the first of the two tokens (a host bug that the kernel
+    // must contain: setLengths would refuse it, the raw staging array does not).
+    cache.lengths.set(mode === "preset" ? [6, 5, 2] : [4, 3, 0]);
+    dev.upload(cache.lengthsBuffer, cache.lengths);
+    using cmd = dev.commands();
+    cmd.begin();
+    append.record(cmd, {
+      cache,
+      k: src,
+      v: src,
+      kOffset,
+      vOffset,
+      tokenStride: stride,
+      tokens: B,
+      mode,
+    });
+    cmd.end();
+    dev.waitSync("compute", cmd.submit());
+    expectRows(cache, 0, 4, [0]);
+    expectRows(cache, 1, 3, [0, 1]);
+    expectRows(cache, 2, 0, [0, 1]);
+    assert.deepEqual([...cache.readLengths()], mode === "preset" ? [6, 5, 2] : [5, 5, 2]);
+    assert.deepEqual(
+      readRows(dev, cache, "k", 1, 0, 1),
+      marker,
+      "head 0's overflow spilled into head 1",
+    );
+    assert.deepEqual(
+      readRows(dev, cache, "v", 1, 0, 1),
+      marker,
+      "head 0's overflow spilled into head 1",
+    );
+  }
+});
+
+Deno.test("decode step replay: append + attention recorded once, lengths advance", () => {
+  using dev = Device.open();
+  const D = 64, G = 2, nKv = 2, steps = 4;
+  for (const mode of ["preset", "bump"] as const) {
+    const caps = [50, 30];
+    const start = [20, 3];
+    const fc = filledCache(dev, D, caps, start);
+    try {
+      using append = new KvAppend(dev, { headDim: D });
+      using attn = new DecodeAttention(dev, { headDim: D, groupSize: G, minTokensPerSplit: 8 });
+      using qBuf = dev.buffer(nKv * G * D * 4);
+      using kvBuf = dev.buffer(2 * nKv * D * 4);
+      using out = dev.buffer(nKv * G * D * 4);
+      using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+      using cmd = dev.commands();
+      cmd.begin();
+      if (mode === "preset") fc.cache.recordLengthsUpload(cmd);
+      cmd.barrier();
+      append.record(cmd, {
+        cache: fc.cache,
+        k: kvBuf,
+        v: kvBuf,
+        vOffset: nKv * D,
+        tokens: 1,
+        mode,
+      });
+      cmd.barrier();
+      attn.record(cmd, { cache: fc.cache, q: qBuf, out, scratch });
+      cmd.end();
+      const rows = fc.kFull.map((k, h) => ({
+        k: k.slice(0, start[h] * D),
+        v: fc.vFull[h].slice(0, start[h] * D),
+      }));
+      for (let step = 0; step < steps; step++) {
+        const q = randomF32(nKv * G * D, nextSeed(), 3);
+        const kv = randomF32(2 * nKv * D, nextSeed());
+        dev.upload(qBuf, q);
+        dev.upload(kvBuf, kv);
+        if (mode === "preset") {
+          for (let h = 0; h < nKv; h++) fc.cache.lengths[h] = start[h] + step + 1;
+        }
+        dev.waitSync("compute", cmd.submit());
+        rows.forEach((r, h) => {
+          const kr = roundToF16(kv.subarray(h * D, (h + 1) * D));
+          const vr = roundToF16(kv.subarray((nKv + h) * D, (nKv + h + 1) * D));
+          r.k = Float32Array.from([...r.k, ...kr]);
+          r.v = Float32Array.from([...r.v, ...vr]);
+        });
+        const want = refDecodeAttention({
+          q,
+          k: rows.map((r) => r.k),
+          v: rows.map((r) => r.v),
+          headDim: D,
+          groupSize: G,
+        });
+        expectClose(f32(dev.download(out)), want, `${mode} step ${step}`);
+      }
+      assert.deepEqual([...fc.cache.readLengths()], start.map((n) => n + steps));
+    } finally {
+      fc.cache.dispose();
+    }
+  }
+});
+
+function prefillCase(
+  dev: Device,
+  D: number,
+  G: number,
+  nKv: number,
+  B: number,
+  p0: number,
+  keysPerPass?: number,
+): void {
+  const rowsNeeded = p0 + B;
+  const fc = filledCache(dev, D, Array(nKv).fill(rowsNeeded + 3), Array(nKv).fill(rowsNeeded));
+  try {
+    using attn = new PrefillAttention(dev, { headDim: D, groupSize: G });
+    const nHeads = nKv * G;
+    const q = randomF32(B * nHeads * D, nextSeed(), 3);
+    using qBuf = dev.buffer(q.byteLength);
+    using out = dev.buffer(q.byteLength);
+    using scratch = dev.buffer(attn.scratchBytes(fc.cache, B));
+    dev.upload(qBuf, q);
+    using cmd = dev.commands();
+    cmd.begin();
+    attn.record(cmd, {
+      cache: fc.cache,
+      q: qBuf,
+      tokens: B,
+      position: p0,
+      out,
+      scratch,
+      keysPerPass,
+    });
+    cmd.end();
+    dev.waitSync("compute", cmd.submit());
+    const want = refPrefillAttention({
+      q,
+      tokens: B,
+      position: p0,
+      k: fc.k,
+      v: fc.v,
+      headDim: D,
+      groupSize: G,
+    });
+    expectClose(
+      f32(dev.download(out)),
+      want,
+      `prefill D=${D} G=${G} B=${B} p0=${p0} pass=${keysPerPass}`,
+    );
+  } finally {
+    fc.cache.dispose();
+  }
+}
+
+Deno.test("prefill attention: causal, tiles and key passes crossed, GQA 1/2/4", () => {
+  using dev = Device.open();
+  prefillCase(dev, 64, 4, 2, 37, 50); // 4 tokens per workgroup, 32-key tiles: both cut mid-way
+  prefillCase(dev, 64, 4, 2, 37, 50, 40); // three key passes carrying state
+  prefillCase(dev, 16, 2, 3, 70, 0, 33);
+  prefillCase(dev, 8, 1, 2, 17, 5);
+  prefillCase(dev, 256, 2, 1, 11, 20); // big head dim: 16-key tiles, 8 rows per workgroup
+  prefillCase(dev, 128, 1, 2, 20, 2500); // default passes on CPU drivers (2048 keys each)
+});
+
+Deno.test("prefill attention: a wrong position is caught by the comparison", () => {
+  using dev = Device.open();
+  const D = 32, G = 2, B = 9, p0 = 12;
+  const fc = filledCache(dev, D, [p0 + B], [p0 + B]);
+  try {
+    using attn = new PrefillAttention(dev, { headDim: D, groupSize: G });
+    const q = randomF32(B * G * D, nextSeed(), 3);
+    using qBuf = dev.buffer(q.byteLength);
+    using out = dev.buffer(q.byteLength);
+    using scratch = dev.buffer(attn.scratchBytes(fc.cache, B));
+    dev.upload(qBuf, q);
+    using cmd = dev.commands();
+    cmd.begin();
+    attn.record(cmd, { cache: fc.cache, q: qBuf, tokens: B, position: p0 - 1, out, scratch });
+    cmd.end();
+    dev.waitSync("compute", cmd.submit());
+    const want = refPrefillAttention({
+      q,
+      tokens: B,
+      position: p0,
+      k: fc.k,
+      v: fc.v,
+      headDim: D,
+      groupSize: G,
+    });
+    assert.throws(
+      () => expectClose(f32(dev.download(out)), want, "shifted position"),
+      /relative error/,
+    );
+    assert.throws(
+      () =>
+        attn.record(cmd, { cache: fc.cache, q: qBuf, tokens: B, position: p0 + 1, out, scratch }),
+      /E_CONTEXT_FULL|holds/,
+    );
+  } finally {
+    fc.cache.dispose();
+  }
+});
+
+Deno.test("kv layout: planning splits chunks by head and rejects bad sizes", () => {
+  const plan = planKvLayer({
+    headDim: 128,
+    capRows: [100, 50, 200, 0, 10],
+    maxChunkBytes: 256 * 250,
+  });
+  assert.deepEqual(plan.chunkHeads, [[0, 2], [2, 5]]);
+  assert.deepEqual(plan.heads.map((h) => [h.chunk, h.baseRow, h.capRows]), [
+    [0, 0, 100],
+    [0, 100, 50],
+    [1, 0, 200],
+    [1, 200, 0],
+    [1, 200, 10],
+  ]);
+  assert.throws(
+    () => planKvLayer({ headDim: 128, capRows: [300], maxChunkBytes: 256 * 250 }),
+    /exceeds one chunk/,
+  );
+  assert.throws(
+    () => planKvLayer({ headDim: 12, capRows: [3], maxChunkBytes: 1 << 20 }),
+    /head dim/,
+  );
+  assert.throws(
+    () => planKvLayer({ headDim: 64, capRows: [-1], maxChunkBytes: 1 << 20 }),
+    /capacity/,
+  );
+});
