@@ -1,7 +1,9 @@
 /** `hc`: the command-line face of the engine (node:util parseArgs; JSR's @std/cli is unreachable). */
 import { parseArgs } from "node:util";
-import { resolveModelPath, terminalProgress } from "./download.ts";
-import { type LoadedModel, loadModel } from "./engine/model.ts";
+import { resolveModelPath } from "./download.ts";
+import { terminalProgress } from "./progress.ts";
+import { type LoadedModel, loadModel, readProfile, serializeProfile } from "./engine/model.ts";
+import { calibrate } from "./engine/calibrate.ts";
 import type { GenerationSummary } from "./engine/session.ts";
 import { HcError } from "./errors.ts";
 import type { ChatMessage } from "./model/chat.ts";
@@ -119,7 +121,9 @@ server:
       --max-queue N       requests waiting for a slot before 429 (default 64)
       --max-body-bytes N  largest request body (default 2097152)
       --cache POLICY      default cache policy: ${CACHE_POLICIES.join(", ")} (default full)
-      --keep X            default budget: a fraction in (0, 1] or a per-head token count`,
+      --keep X            default budget: a fraction in (0, 1] or a per-head token count
+      --profile PATH      head profile for heterocache / per-step / fixed-interval (ours, from
+                          \`hc calibrate\`, or the official HeteroCache JSON)`,
     async run(args) {
       const { values } = parseArgs({
         args,
@@ -134,6 +138,7 @@ server:
           "max-body-bytes": { type: "string" },
           cache: { type: "string" },
           keep: { type: "string" },
+          profile: { type: "string" },
         },
       });
       if (values.help) return help("serve");
@@ -154,6 +159,7 @@ server:
         cache: values.cache as CachePolicyName | undefined,
         keep: numberOpt("keep", values.keep, Number.MIN_VALUE, Number.MAX_SAFE_INTEGER, false) ??
           null,
+        profile: values.profile,
       };
       const { path, load } = await openModel(values);
       let setProgress: (done: number, total: number) => void = () => {};
@@ -203,7 +209,14 @@ generation:
       --seed N            seed of the sampler (default: random)
       --stop TEXT         stop before this text (repeatable)
       --context N         session size in tokens (default: prompt + max tokens)
-      --stats             print the generation summary and session stats (JSON) to stderr`,
+      --stats             print the generation summary and session stats (JSON) to stderr
+
+KV cache:
+      --cache POLICY      ${CACHE_POLICIES.join(", ")} (default full)
+      --keep X            fraction of the prompt KV kept on the device (default 0.5), or a
+                          per-head token budget when above 1
+      --profile PATH      head profile (heterocache, per-step, fixed-interval)
+      --compat            heterocache: the official code's behaviour, quirks included`,
     async run(args) {
       const { values, positionals } = parseArgs({
         args,
@@ -222,9 +235,17 @@ generation:
           stop: { type: "string", multiple: true },
           context: { type: "string" },
           stats: { type: "boolean" },
+          cache: { type: "string" },
+          keep: { type: "string" },
+          profile: { type: "string" },
+          compat: { type: "boolean" },
         },
       });
       if (values.help) return help("generate");
+      if (values.cache !== undefined && !(CACHE_POLICIES as readonly string[]).includes(values.cache)) {
+        throw usageError(`--cache must be one of ${CACHE_POLICIES.join(", ")}, got "${values.cache}"`);
+      }
+      const keep = numberOpt("keep", values.keep, Number.MIN_VALUE, Number.MAX_SAFE_INTEGER, false);
       if (values.prompt !== undefined && positionals.length > 0) {
         throw usageError("give the prompt either as words or with --prompt, not both");
       }
@@ -260,8 +281,7 @@ generation:
       const { load } = await openModel(values);
       await using model = await load();
       // Size the session to what this run needs, within the model's context.
-      using probe = model.session({ contextTokens: 1 });
-      const promptTokens = probe.tokenize(prompt).length;
+      const promptTokens = model.tokenize(prompt).length;
       const limit = model.config.contextLength;
       const contextTokens = context ?? Math.min(limit, promptTokens + Math.max(1, maxTokens));
       if (promptTokens >= contextTokens) {
@@ -270,11 +290,18 @@ generation:
           `the prompt has ${promptTokens} tokens; the session holds ${contextTokens} (the model's context is ${limit})`,
         );
       }
-      using session = model.session({ contextTokens });
+      const profile = values.profile ? await readProfile(values.profile, model.identity()) : undefined;
+      using session = model.session({
+        contextTokens,
+        cache: values.cache as CachePolicyName | undefined,
+        ...(keep === undefined ? {} : keep <= 1 ? { keep } : { budgetTokens: keep }),
+        profile,
+        compat: values.compat,
+      });
       const abort = new AbortController();
       const stop = untilSignal();
       void stop.promise.then(() => abort.abort());
-      const prefill = promptTokens > 256 ? terminalProgress("prefill", { unit: "tokens" }) : null;
+      const prefill = promptTokens > 256 ? terminalProgress("prefill", { unit: "count" }) : null;
       const enc = new TextEncoder();
       let stdoutOpen = true;
       // A reader that goes away (`hc generate ... | head`) ends the generation, quietly.
@@ -311,7 +338,71 @@ generation:
         prefill?.done();
         stop.dispose();
       }
-      if (values.stats) console.error(JSON.stringify({ summary, stats: session.stats() }, null, 2));
+      if (values.stats) {
+        console.error(JSON.stringify({ summary, stats: session.stats(), cache: session.cacheStats() }, null, 2));
+      }
+    },
+  },
+  calibrate: {
+    summary: "profile a model's attention heads for HeteroCache and write the head profile",
+    usage: `hc calibrate [options] --out PROFILE.json
+
+Runs the model with the full cache over calibration text, records each KV head's top-k attention
+sets at the last prompt token and at every greedy decode step, and derives head roles (anchor,
+volatile, pivot, satellite), clusters and budget multipliers (HETEROCACHE.md §1, §10.5).
+
+${MODEL_USAGE}
+
+calibration:
+  -o, --out PATH          where to write the profile (JSON)
+      --text PATH         calibration text file (default: a bundled English passage)
+      --prompt-tokens N   prompt tokens used (default: up to 5000, within the context)
+      --steps N           greedy decode steps observed (default 100, fewer for short contexts)
+      --topk N            top-k set size (default min(1024, prompt/4))
+      --stable-threshold X  anchor vs volatile (default 0.5)
+      --sim-threshold X     similarity edge threshold (default 0.5)`,
+    async run(args) {
+      const { values } = parseArgs({
+        args,
+        options: {
+          ...MODEL_OPTIONS,
+          out: { type: "string", short: "o" },
+          text: { type: "string" },
+          "prompt-tokens": { type: "string" },
+          steps: { type: "string" },
+          topk: { type: "string" },
+          "stable-threshold": { type: "string" },
+          "sim-threshold": { type: "string" },
+        },
+      });
+      if (values.help) return help("calibrate");
+      if (!values.out) throw usageError("--out PATH is required");
+      const text = values.text !== undefined ? await Deno.readTextFile(values.text) : undefined;
+      const { load } = await openModel(values);
+      await using model = await load();
+      const bar = terminalProgress("calibrating", { unit: "count" });
+      const t0 = performance.now();
+      let profile;
+      try {
+        profile = await calibrate(model, {
+          text,
+          promptTokens: numberOpt("prompt-tokens", values["prompt-tokens"], 16, 1 << 24, true),
+          decodeSteps: numberOpt("steps", values.steps, 1, 100_000, true),
+          topk: numberOpt("topk", values.topk, 1, 1 << 24, true),
+          stableThreshold: numberOpt("stable-threshold", values["stable-threshold"], Number.MIN_VALUE, 1, false),
+          simThreshold: numberOpt("sim-threshold", values["sim-threshold"], Number.MIN_VALUE, 1, false),
+          onProgress: (done, total) => bar.update(done, total),
+        });
+      } finally {
+        bar.done();
+      }
+      await Deno.writeTextFile(values.out, serializeProfile(profile));
+      const counts = { anchor: 0, volatile: 0, pivot: 0, satellite: 0 };
+      for (const l of profile.layers) for (const r of l.roles) counts[r]++;
+      console.error(
+        `hc calibrate: wrote ${values.out} in ${((performance.now() - t0) / 1000).toFixed(1)} s: ` +
+          `${counts.anchor} anchor, ${counts.volatile} volatile, ${counts.pivot} pivot, ${counts.satellite} satellite heads`,
+      );
     },
   },
   devices: {

@@ -205,3 +205,11 @@ export function checkKeep(keep: number): number {
   if (!(keep > 0 && keep <= 1)) throw new HcError("E_BAD_REQUEST", `keep must be in (0, 1], got ${keep}`);
   return keep;
 }
+
+/** Validates a per-head token budget. */
+export function checkBudgetTokens(tokens: number): number {
+  if (!Number.isSafeInteger(tokens) || tokens < 1) {
+    throw new HcError("E_BAD_REQUEST", `budgetTokens must be a positive integer, got ${tokens}`);
+  }
+  return tokens;
+}

@@ -15,8 +15,8 @@ import type { KvLayerCache } from "../kernels/kv.ts";
 import type { Captures } from "../model/llama.ts";
 import type { Buffer } from "../vk/mod.ts";
 import { intersectionSize, median } from "./analysis.ts";
-import { baseLength, headCaps } from "./budget.ts";
-import { checkKeep, CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
+import { baseLength, headCaps, headCapsFromTokens } from "./budget.ts";
+import { checkBudgetTokens, checkKeep, CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
 import { HostKvStore } from "./host_store.ts";
 import type { PolicyName } from "./policy.ts";
 import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "./profile.ts";
@@ -26,6 +26,8 @@ export type Trigger = { kind: "drift"; every: number; threshold: number } | { ki
 
 export interface HeteroOptions {
   keep: number;
+  /** Mean prompt-KV tokens of a compressed head instead of a fraction (overrides keep). */
+  budgetTokens?: number;
   profile: HeadProfile;
   /** Official behaviour, quirks included (HETEROCACHE.md §1-4). */
   compat?: boolean;
@@ -69,12 +71,14 @@ export class HeteroCache extends CompressedCache {
   override readonly captureSteps = true;
   readonly #profile: HeadProfile;
   readonly #keep: number;
+  readonly #budgetTokens: number | null;
   readonly #compat: boolean;
   readonly #trigger: Trigger;
   readonly #poolKernel: number;
   readonly #store: HostKvStore;
   readonly #retrieval: Retrieval;
   #base = 0;
+  #landedBefore = 0;
   #caps: number[][] = [];
   #pivots: PivotState[] = [];
   /** Mapped upload buffer [nLayers][window][qDim] of buffered decode queries. */
@@ -93,6 +97,7 @@ export class HeteroCache extends CompressedCache {
     this.name = name;
     this.#profile = opts.profile;
     this.#keep = checkKeep(opts.keep);
+    this.#budgetTokens = opts.budgetTokens === undefined ? null : checkBudgetTokens(opts.budgetTokens);
     this.#compat = opts.compat ?? false;
     this.#record = opts.record ?? false;
     this.#poolKernel = opts.poolKernel ?? opts.profile.params.poolKernel ?? 5;
@@ -127,12 +132,18 @@ export class HeteroCache extends CompressedCache {
     this.#freeDecodeBuffers();
     super.begin(promptTokens, maxNewTokens);
     const N = this.config.nLayers * this.config.nKvHeads;
-    this.#base = baseLength(this.#keep, N, fullHeadCount(this.#profile), promptTokens);
-    // keep = 1 means no compression at all (the official formula would still trim heads whose
-    // multiplier is below 1).
-    this.#caps = this.#keep >= 1
-      ? this.#profile.layers.map((l) => l.roles.map(() => promptTokens))
-      : headCaps(this.#profile, this.#keep, promptTokens);
+    if (this.#budgetTokens !== null) {
+      this.#base = Math.min(this.#budgetTokens, promptTokens);
+      this.#caps = headCapsFromTokens(this.#profile, this.#budgetTokens, promptTokens);
+    } else if (this.#keep >= 1) {
+      // keep = 1 means no compression at all (the official formula would still trim heads
+      // whose multiplier is below 1).
+      this.#base = promptTokens;
+      this.#caps = this.#profile.layers.map((l) => l.roles.map(() => promptTokens));
+    } else {
+      this.#base = baseLength(this.#keep, N, fullHeadCount(this.#profile), promptTokens);
+      this.#caps = headCaps(this.#profile, this.#keep, promptTokens);
+    }
     this.#buffered = 0;
     this.refreshLog.length = 0;
   }
@@ -243,7 +254,9 @@ export class HeteroCache extends CompressedCache {
 
   override transferWait(): bigint {
     const v = this.#retrieval.landing();
-    if (v > 0n) this.stat.stepsWithTransfer++;
+    // A step carries a transfer when a refresh landed since the previous step (or it must wait).
+    if (v > 0n || this.#retrieval.submitted > this.#landedBefore) this.stat.stepsWithTransfer++;
+    this.#landedBefore = this.#retrieval.submitted;
     return v;
   }
 

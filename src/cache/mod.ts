@@ -17,6 +17,8 @@ export interface CacheOptions {
   cache?: PolicyName;
   /** Fraction of the prompt KV kept on the device (the official compression_ratio); default 0.5. */
   keep?: number;
+  /** Or: prompt-KV tokens per (compressed) head; overrides keep. */
+  budgetTokens?: number;
   /** The head profile HeteroCache and its ablations need. */
   profile?: HeadProfile;
   /** HeteroCache: reproduce the official code, quirks included. */
@@ -58,9 +60,9 @@ export function createPolicy(opts: CacheOptions, ctx: PolicyContext): CachePolic
     case "full":
       return new FullCache(ctx.device, ctx.config, ctx.contextTokens);
     case "snapkv":
-      return new SnapKvCache({ device: ctx.device, config: ctx.config, kernels: ctx.kernels() }, { keep, window: opts.window });
+      return new SnapKvCache({ device: ctx.device, config: ctx.config, kernels: ctx.kernels() }, { keep, budgetTokens: opts.budgetTokens, window: opts.window });
     case "streaming":
-      return new StreamingCache({ device: ctx.device, config: ctx.config, kernels: ctx.kernels() }, { keep, sinkTokens: opts.sinkTokens });
+      return new StreamingCache({ device: ctx.device, config: ctx.config, kernels: ctx.kernels() }, { keep, budgetTokens: opts.budgetTokens, sinkTokens: opts.sinkTokens });
     case "heterocache":
     case "per-step":
     case "fixed-interval": {
@@ -71,6 +73,7 @@ export function createPolicy(opts: CacheOptions, ctx: PolicyContext): CachePolic
       return new HeteroCache({ device: ctx.device, config: ctx.config, kernels: ctx.kernels() }, name, {
         record: opts.record,
         keep,
+        budgetTokens: opts.budgetTokens,
         profile: opts.profile,
         compat: opts.compat,
         checkEvery: opts.checkEvery,

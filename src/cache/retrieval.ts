@@ -43,6 +43,8 @@ export class Retrieval implements Disposable {
   readonly #async: boolean;
   readonly #slots: Slot[] = [];
   #seq = 0;
+  /** Copies submitted so far. */
+  submitted = 0;
   #disposed = false;
 
   /** `async` false: the gather is awaited and the copy submitted at once (official order). */
@@ -130,6 +132,7 @@ export class Retrieval implements Disposable {
     }
     cmd.end();
     slot.value = cmd.submit();
+    this.submitted++;
   }
 
   /** A slot with no gather or copy in flight and room for `bytes`. */
@@ -173,7 +176,7 @@ export class Retrieval implements Disposable {
         s.cmd.dispose();
         s.staging.dispose();
       };
-      if (s.gather && !s.gathered) s.gather.finally(free);
+      if (s.gather && !s.gathered) this.#device.track(s.gather.finally(free));
       else free();
     }
   }

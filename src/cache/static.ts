@@ -7,11 +7,13 @@ import type { KvLayerCache } from "../kernels/kv.ts";
 import type { Captures } from "../model/llama.ts";
 import type { Buffer } from "../vk/mod.ts";
 import { uniformCap } from "./budget.ts";
-import { checkKeep, CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
+import { checkBudgetTokens, checkKeep, CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
 import type { HeadInfo } from "./policy.ts";
 
 export interface StaticOptions {
   keep: number;
+  /** Tokens of prompt KV per head instead of a fraction (overrides keep). */
+  budgetTokens?: number;
   /** SnapKV observation window (default 32). */
   window?: number;
   /** SnapKV pooling kernel (default 5). */
@@ -20,22 +22,32 @@ export interface StaticOptions {
   sinkTokens?: number;
 }
 
+/** Rows per head for a prompt of L tokens: a fraction of it, or a fixed token budget. */
+function budgetOf(opts: StaticOptions): (promptTokens: number) => number {
+  if (opts.budgetTokens !== undefined) {
+    const t = checkBudgetTokens(opts.budgetTokens);
+    return (L) => Math.min(t, L);
+  }
+  const keep = checkKeep(opts.keep);
+  return (L) => uniformCap(keep, L);
+}
+
 /** The sinks and the most recent tokens, `cap` rows in all (StreamingLLM). */
 export class StreamingCache extends CompressedCache {
   readonly name = "streaming" as const;
   readonly captureWindow = 0;
-  readonly #keep: number;
+  readonly #budget: (promptTokens: number) => number;
   readonly #sinks: number;
 
   constructor(deps: PolicyDeps, opts: StaticOptions) {
     super(deps, "streaming");
-    this.#keep = checkKeep(opts.keep);
+    this.#budget = budgetOf(opts);
     this.#sinks = opts.sinkTokens ?? 4;
   }
 
   protected select(): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
     const L = this.promptTokens;
-    const cap = uniformCap(this.#keep, L);
+    const cap = this.#budget(L);
     const sinks = Math.min(this.#sinks, cap);
     const sel: HeadSelection = cap >= L
       ? { kind: "all" }
@@ -59,12 +71,12 @@ export class StreamingCache extends CompressedCache {
 export class SnapKvCache extends CompressedCache {
   readonly name = "snapkv" as const;
   readonly captureWindow: number;
-  readonly #keep: number;
+  readonly #budget: (promptTokens: number) => number;
   readonly #poolKernel: number;
 
   constructor(deps: PolicyDeps, opts: StaticOptions) {
     super(deps, "snapkv");
-    this.#keep = checkKeep(opts.keep);
+    this.#budget = budgetOf(opts);
     this.captureWindow = opts.window ?? 32;
     this.#poolKernel = opts.poolKernel ?? 5;
   }
@@ -72,7 +84,7 @@ export class SnapKvCache extends CompressedCache {
   protected select(prefill: readonly KvLayerCache[], captures: Captures): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
     const c = this.config;
     const L = this.promptTokens;
-    const cap = uniformCap(this.#keep, L);
+    const cap = this.#budget(L);
     const W = Math.min(this.captureWindow, L);
     const all = (s: HeadSelection) => Array.from({ length: c.nLayers }, () => Array(c.nKvHeads).fill(s));
     if (cap >= L) return Promise.resolve({ selections: all({ kind: "all" }), owned: [] });

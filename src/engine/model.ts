@@ -30,6 +30,10 @@ export interface SessionOptions extends CacheOptions {
 
 /** Default session size: a full KV cache of a long-context model would not fit most devices. */
 export const DEFAULT_CONTEXT_TOKENS = 8192;
+export { POLICY_NAMES, type PolicyName } from "../cache/policy.ts";
+export type { HeadProfile } from "../cache/profile.ts";
+export { profileFromText, readProfile } from "../cache/profile_io.ts";
+export { serializeProfile } from "../cache/profile.ts";
 
 export interface ModelInfo {
   path: string;
@@ -162,6 +166,17 @@ export class LoadedModel implements AsyncDisposable {
     return this.#sessions.size;
   }
 
+  /** Tokens of a prompt as a session will see it (chat messages rendered with the template). */
+  tokenize(prompt: string | readonly ChatMessage[]): number[] {
+    const t = this.tokenizer;
+    if (typeof prompt === "string") return t.encode(prompt, { addSpecial: true });
+    let text = this.renderChat(prompt);
+    // Templates that write {{ bos_token }} themselves would otherwise get a second BOS.
+    const bosText = t.bos !== null && t.addBos ? t.tokenText(t.bos) : "";
+    if (bosText && text.startsWith(bosText)) text = text.slice(bosText.length);
+    return t.encode(text, { addSpecial: true, parseSpecial: true });
+  }
+
   renderChat(messages: readonly ChatMessage[]): string {
     const t = this.tokenizer;
     return renderChat(this.chatTemplate, messages, {
@@ -176,6 +191,7 @@ export class LoadedModel implements AsyncDisposable {
     this.#disposed = true;
     await this.queue.run(() => Promise.resolve());
     for (const s of [...this.#sessions]) s[Symbol.dispose]();
+    await this.device.settled();
     this.#cacheKernels?.[Symbol.dispose]();
     this.llama[Symbol.dispose]();
     if (this.#ownsDevice) this.device.close();

@@ -79,13 +79,7 @@ export class Session implements Disposable {
 
   /** Tokens of the prompt as the model will see it (chat messages rendered with its template). */
   tokenize(prompt: string | readonly ChatMessage[]): number[] {
-    const t = this.model.tokenizer;
-    if (typeof prompt === "string") return t.encode(prompt, { addSpecial: true });
-    let text = this.model.renderChat(prompt);
-    // Templates that write {{ bos_token }} themselves would otherwise get a second BOS.
-    const bosText = t.bos !== null && t.addBos ? t.tokenText(t.bos) : "";
-    if (bosText && text.startsWith(bosText)) text = text.slice(bosText.length);
-    return t.encode(text, { addSpecial: true, parseSpecial: true });
+    return this.model.tokenize(prompt);
   }
 
   /**

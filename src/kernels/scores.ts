@@ -59,7 +59,8 @@ export interface ScoresArgs {
   outOffset?: number;
   /** Floats between output rows (default n). */
   outStride?: number;
-  /** At least `scratchBytes(...)` bytes. */
+  /** At least `scratchBytes(...)` bytes; a window's offset must respect the device's
+   * minStorageBufferOffsetAlignment (per-head regions are bound separately, 256-byte aligned). */
   scratch: Binding;
   scale?: number;
 }

@@ -3,7 +3,7 @@
  * no socket; `serve` in ./mod.ts puts it behind Deno.serve, tests may call `fetch` directly.
  */
 import { Hono } from "hono";
-import type { LoadedModel } from "../engine/model.ts";
+import { type HeadProfile, type LoadedModel, profileFromText } from "../engine/model.ts";
 import type { Session } from "../engine/session.ts";
 import { ApiError, errorResponse, toApiError } from "./errors.ts";
 import {
@@ -47,6 +47,9 @@ export interface ServerOptions {
   cache?: CachePolicyName;
   /** Budget of requests that name none (see `keep` in DESIGN.md). Default: none. */
   keep?: number | null;
+  /** Head profile (or a profile file, ours or the official JSON) for heterocache, per-step
+   * and fixed-interval requests; checked against the model when it has loaded. */
+  profile?: HeadProfile | string;
   /** Dispose the model when the server is disposed. Default false. */
   ownsModel?: boolean;
 }
@@ -163,6 +166,16 @@ export class HcServer implements AsyncDisposable {
       };
       return;
     }
+    let profile: HeadProfile | null = null;
+    try {
+      const given = this.#opts.profile;
+      profile = typeof given === "string"
+        ? profileFromText(Deno.readTextFileSync(given), model.identity(), given.split("/").pop())
+        : given ?? null;
+    } catch (e) {
+      this.#state = { kind: "failed", message: `the head profile: ${e instanceof Error ? e.message : String(e)}` };
+      return;
+    }
     this.#state = {
       kind: "ready",
       served: {
@@ -171,7 +184,7 @@ export class HcServer implements AsyncDisposable {
         contextTokens,
         defaultCache: this.#opts.cache ?? "full",
         defaultKeep: this.#opts.keep ?? null,
-        tokenizer: model.session({ contextTokens: 1 }),
+        profile,
       },
     };
   }
@@ -449,7 +462,6 @@ export class HcServer implements AsyncDisposable {
     this.#disposed = true;
     this.abortAll();
     const s = this.#state;
-    if (s.kind === "ready") s.served.tokenizer[Symbol.dispose]();
     if (this.#opts.ownsModel && this.#model) await this.#model[Symbol.asyncDispose]();
   }
 }

@@ -3,7 +3,7 @@
  * wait for a slot, run a fresh session, and always give the session and the slot back, whether
  * the generation finished, failed, or the client went away.
  */
-import type { LoadedModel } from "../engine/model.ts";
+import type { HeadProfile, LoadedModel } from "../engine/model.ts";
 import type { GenerationSummary, Session } from "../engine/session.ts";
 import { isHcError } from "../errors.ts";
 import { ApiError } from "./errors.ts";
@@ -14,6 +14,7 @@ import {
   type CachePolicyName,
   checkKeepForPolicy,
   type GenerationRequest,
+  NEEDS_PROFILE,
 } from "./openai.ts";
 import {
   cacheCounters,
@@ -37,11 +38,8 @@ export interface ServedModel {
   /** The policy and budget a request gets when it names none. */
   defaultCache: CachePolicyName;
   defaultKeep: number | null;
-  /**
-   * A session of one position, used only to tokenize prompts exactly as `generate` will, before
-   * a request takes a slot (the engine tokenizes through sessions).
-   */
-  tokenizer: Session;
+  /** The head profile HeteroCache and its ablations use (null: those policies are refused). */
+  profile: HeadProfile | null;
 }
 
 /** A request checked against the model, ready to run. */
@@ -74,9 +72,15 @@ export function prepareRequest(served: ServedModel, req: GenerationRequest): Pre
   }
   const keep = req.keep ?? (req.cache === null ? served.defaultKeep : null);
   checkKeepForPolicy(cache, keep);
+  if (NEEDS_PROFILE.has(cache) && !served.profile) {
+    throw new ApiError(400, `the '${cache}' cache policy needs a head profile; start the server with --profile PATH`, {
+      code: "profile_required",
+      param: "cache",
+    });
+  }
   let promptTokens: number;
   try {
-    promptTokens = served.tokenizer.tokenize(req.prompt).length;
+    promptTokens = served.model.tokenize(req.prompt).length;
   } catch (e) {
     if (isHcError(e, "E_BAD_REQUEST") || isHcError(e, "E_TEMPLATE")) {
       throw new ApiError(400, e.message, {
@@ -159,7 +163,14 @@ export async function startGeneration(
   const release = await ctx.queue.acquire(signal);
   let session: Session;
   try {
-    session = ctx.served.model.session({ contextTokens: p.sessionTokens });
+    const k = p.keep;
+    session = ctx.served.model.session({
+      contextTokens: p.sessionTokens,
+      cache: p.cache,
+      // keep: a fraction in (0, 1], or an integer token budget per head above 1.
+      ...(k === null ? {} : k <= 1 ? { keep: k } : { budgetTokens: k }),
+      profile: ctx.served.profile ?? undefined,
+    });
   } catch (e) {
     release();
     throw e;

@@ -7,6 +7,7 @@
 import type { ChatMessage } from "../model/chat.ts";
 import { resolveSamplingOptions, type SamplingOptions } from "../model/sampler.ts";
 import { isHcError } from "../errors.ts";
+import { POLICY_NAMES } from "../engine/model.ts";
 import { ApiError, badParam } from "./errors.ts";
 import type { HcStatsJson } from "./stats.ts";
 
@@ -14,11 +15,14 @@ import type { HcStatsJson } from "./stats.ts";
  * The cache policies a request may ask for (body field `cache`). One list, so that the error
  * message, the CLI and the playground all name the same policies.
  */
-export const CACHE_POLICIES = ["full"] as const;
+export const CACHE_POLICIES = POLICY_NAMES;
 export type CachePolicyName = typeof CACHE_POLICIES[number];
 
 /** Policies for which `keep` means nothing: they hold every token on the device. */
 const KEEP_ALL_POLICIES: ReadonlySet<string> = new Set(["full"]);
+
+/** Policies that need a head profile. */
+export const NEEDS_PROFILE: ReadonlySet<string> = new Set(["heterocache", "per-step", "fixed-interval"]);
 
 /** OpenAI accepts at most four stop sequences. */
 const MAX_STOP_SEQUENCES = 4;

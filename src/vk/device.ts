@@ -51,6 +51,7 @@ export class Device implements Disposable {
   readonly info: DeviceInfo;
   #closed = false;
   #staging: { up: Buffer; down: Buffer; cmd: CommandList } | null = null;
+  readonly #background = new Set<Promise<unknown>>();
 
   private constructor(handle: bigint) {
     this.handle = handle;
@@ -214,6 +215,18 @@ export class Device implements Disposable {
       dstAddr, BigInt(dstStrideBytes), BigInt(srcAddr), BigInt(srcStrideBytes), rows, rows.length, BigInt(rowBytes),
     );
     check(status, "gathering rows");
+  }
+
+  /** Registers work that still uses this device's memory off the JS thread (a native gather
+   * into a staging buffer that is freed when it ends); `settled()` waits for all of it. */
+  track(work: Promise<unknown>): void {
+    const p = work.catch(() => {}).finally(() => this.#background.delete(p));
+    this.#background.add(p);
+  }
+
+  /** Resolves once every tracked background work has ended: call before close(). */
+  async settled(): Promise<void> {
+    while (this.#background.size) await Promise.all([...this.#background]);
   }
 
   close(): void {
