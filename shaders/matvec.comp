@@ -16,13 +16,12 @@
 // (Q8_0/Q4_0) or 64 elements (Q4_K/Q6_K); weights are read as 32-bit words (uvec2/uvec4 where
 // the layout is aligned), so neighbouring lanes read neighbouring bytes.
 //
-// RUN path (lavapipe): every SSBO load costs a per-lane scalar loop there, so the number of load
-// instructions is what limits speed. Each lane streams a run of whole 32-byte chunks: 1 chunk
-// (F32/F16/BF16), 16 blocks = 17 chunks (Q8_0), 16 blocks = 9 chunks (Q4_0), 2 super-blocks =
-// 9 chunks (Q4_K), in 8 steps of 64 elements; the chunk that straddles two steps is carried in
-// registers, so every weight byte is loaded exactly once. Blocks inside the run sit at
-// step-dependent byte offsets; a 3-stage barrel shift of the chunk window lines them up.
-// Requires row starts and rowBytes that are multiples of 32 (the host checks).
+// RUN path (lavapipe): every SSBO load there is a per-lane scalar loop of ~40 instructions, so
+// the number of load instructions limits speed. Each lane reads whole 32-byte chunks of a run:
+// 16 blocks = 17 chunks (Q8_0), 16 blocks = 9 chunks (Q4_0), 2 super-blocks = 9 chunks (Q4_K),
+// 1 or 8 chunks (F32/F16/BF16), so every weight byte is loaded exactly once. Two variants:
+// ROWLOOP (decode, one column) and the step variant (batches). Requires row starts and rowBytes
+// that are multiples of 32 (the host checks).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "quant.glsl"
@@ -45,6 +44,7 @@ layout(push_constant) uniform P {
 
 layout(std430, binding = 2) buffer Y { float y[]; };
 
+#ifndef ROWLOOP
 float acc[NUM_ROWS * NUM_COLS];
 shared float red_sh[NUM_ROWS * NUM_COLS * WG];
 
@@ -91,6 +91,7 @@ void reduce_store(uint r0, uint col0) {
   for (uint i = lane; i < n; i += WG) write_out(i, red_sh[i * WG], r0, col0);
 #endif
 }
+#endif
 
 #ifndef RUN
 // ---------------------------------------------------------------------------------------------
@@ -313,6 +314,174 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
 #define LOADX(i, D, o) { D[o] = xc[2u * (i)]; D[o + 1] = xc[2u * (i) + 1u]; }
 #endif
 
+#ifdef ROWLOOP
+// Row-loop variant (NUM_COLS == 1, decode): a lane stages the x of one unit in registers, then
+// walks all NUM_ROWS rows of the workgroup in a runtime loop; per row it loads the unit's chunks
+// back to back (so their cache misses overlap) and decodes them at compile-time offsets. Partial
+// sums live in shared memory, one per (row, lane), so NUM_ROWS can be large and x is loaded
+// once per unit for all those rows.
+#if TYPE == T_F32
+#define UNIT 64u
+#define CHUNKS 8u
+#elif TYPE == T_F16 || TYPE == T_BF16
+#define UNIT 128u
+#define CHUNKS 8u
+#elif TYPE == T_Q8_0
+#define UNIT 512u
+#define CHUNKS 17u
+#elif TYPE == T_Q4_0 || TYPE == T_Q4_K
+#define UNIT 512u
+#define CHUNKS 9u
+#else
+#error TYPE has no row-loop path
+#endif
+#define XV (UNIT / 4u)
+
+shared float part[NUM_ROWS * WG];
+
+// Dot product of one row's unit (weight words wr) with the staged x.
+float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[16]) {
+#if TYPE == T_F32
+  vec4 a = vec4(0.0), b = vec4(0.0);
+  [[unroll]] for (uint k = 0; k < XV; k += 2u) {
+    a = fma(uintBitsToFloat(uvec4(wr[4u * k], wr[4u * k + 1u], wr[4u * k + 2u], wr[4u * k + 3u])), xs[k], a);
+    b = fma(uintBitsToFloat(uvec4(wr[4u * k + 4u], wr[4u * k + 5u], wr[4u * k + 6u], wr[4u * k + 7u])), xs[k + 1u], b);
+  }
+  return dot(a + b, vec4(1.0));
+#elif TYPE == T_F16 || TYPE == T_BF16
+  vec4 a = vec4(0.0), b = vec4(0.0);
+  [[unroll]] for (uint k = 0; k < XV; k += 2u) {
+#if TYPE == T_F16
+    a = fma(vec4(unpackHalf2x16(wr[2u * k]), unpackHalf2x16(wr[2u * k + 1u])), xs[k], a);
+    b = fma(vec4(unpackHalf2x16(wr[2u * k + 2u]), unpackHalf2x16(wr[2u * k + 3u])), xs[k + 1u], b);
+#else
+    a = fma(vec4(bf16x2(wr[2u * k]), bf16x2(wr[2u * k + 1u])), xs[k], a);
+    b = fma(vec4(bf16x2(wr[2u * k + 2u]), bf16x2(wr[2u * k + 3u])), xs[k + 1u], b);
+#endif
+  }
+  return dot(a + b, vec4(1.0));
+#elif TYPE == T_Q8_0
+  // Block pair s = 68 bytes = words 17s..17s+16: block A at +0 (d in the low half, qs from
+  // byte 2), block B at byte 34 (d in the high half of word 8, qs word-aligned from word 9).
+  float sum = 0.0;
+  [[unroll]] for (uint s = 0; s < 8u; s++) {
+    uint o = 17u * s;
+    vec4 a = vec4(0.0), b = vec4(0.0);
+    [[unroll]] for (uint k = 0; k < 8u; k++) {
+      a = fma(i8x4(funnel16(wr[o + k], wr[o + k + 1u])), xs[16u * s + k], a);
+      b = fma(i8x4(wr[o + 9u + k]), xs[16u * s + 8u + k], b);
+    }
+    sum += half_lo(wr[o]) * dot(a, vec4(1.0)) + half_hi(wr[o + 8u]) * dot(b, vec4(1.0));
+  }
+  return sum;
+#elif TYPE == T_Q4_0
+  // Block pair s = 36 bytes = words 9s..9s+8, laid out like Q8_0's pair.
+  float sum = 0.0;
+  [[unroll]] for (uint s = 0; s < 8u; s++) {
+    uint o = 9u * s;
+    vec4 a = vec4(0.0), b = vec4(0.0);
+    [[unroll]] for (uint k = 0; k < 4u; k++) {
+      uint qa = funnel16(wr[o + k], wr[o + k + 1u]);
+      a = fma(lo4x4(qa), xs[16u * s + k], a);
+      a = fma(hi4x4(qa), xs[16u * s + 4u + k], a);
+      b = fma(lo4x4(wr[o + 5u + k]), xs[16u * s + 8u + k], b);
+      b = fma(hi4x4(wr[o + 5u + k]), xs[16u * s + 12u + k], b);
+    }
+    float dA = half_lo(wr[o]), dB = half_hi(wr[o + 4u]);
+    sum += dA * (dot(a, vec4(1.0)) - 8.0 * xsum[2u * s]) + dB * (dot(b, vec4(1.0)) - 8.0 * xsum[2u * s + 1u]);
+  }
+  return sum;
+#elif TYPE == T_Q4_K
+  // Super-block j = 144 bytes = words 36j..36j+35: header in the first 4, group g's 32 qs
+  // bytes at words 36j+4+8g.
+  float sum = 0.0;
+  [[unroll]] for (uint j = 0; j < 2u; j++) {
+    uint h = 36u * j;
+    uvec4 sw = q4k_scale_words(wr[h + 1u], wr[h + 2u], wr[h + 3u]);
+    vec2 dm = unpackHalf2x16(wr[h]);
+    [[unroll]] for (uint g = 0; g < 4u; g++) {
+      vec4 sc = q4k_group_scales(sw, g);
+      uint o = h + 4u + 8u * g;
+      uint xo = 64u * j + 16u * g;
+      vec4 a = vec4(0.0), b = vec4(0.0);
+      [[unroll]] for (uint k = 0; k < 8u; k++) {
+        a = fma(lo4x4(wr[o + k]), xs[xo + k], a);
+        b = fma(hi4x4(wr[o + k]), xs[xo + 8u + k], b);
+      }
+      uint sb = 8u * j + 2u * g;
+      sum += dm.x * (sc.x * dot(a, vec4(1.0)) + sc.y * dot(b, vec4(1.0)))
+           - dm.y * (sc.z * xsum[sb] + sc.w * xsum[sb + 1u]);
+    }
+  }
+  return sum;
+#endif
+}
+
+void main() {
+  uint g = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
+  uint r0 = g * NUM_ROWS;
+  if (r0 >= p.rows) return;
+  uint nr = min(NUM_ROWS, p.rows - r0);
+  uint lane = gl_LocalInvocationID.x;
+  uint units = p.cols / UNIT;
+  for (uint r = 0; r < nr; r++) part[r * WG + lane] = 0.0;
+  uint col = gl_WorkGroupID.z;
+  for (uint u = lane; u < units; u += WG) {
+    vec4 xs[XV];
+    uint xb = (col * p.xStride + u * UNIT) / 8u;
+    [[unroll]] for (uint k = 0; k < XV / 2u; k++) LOADX(xb + k, xs, 2u * k)
+    // Sums of x over each 32-element block, for the offset/min terms of Q4_0 and Q4_K.
+    float xsum[16];
+    [[unroll]] for (uint b = 0; b < 16u; b++) {
+      vec4 t = vec4(0.0);
+#if TYPE == T_Q4_0 || TYPE == T_Q4_K
+      [[unroll]] for (uint k = 0; k < 8u; k++) t += xs[8u * b + k];
+#endif
+      xsum[b] = dot(t, vec4(1.0));
+    }
+    uint c0 = p.wByte0 / 32u + u * CHUNKS;
+    uint rowChunks = p.rowBytes / 32u;
+    for (uint r = 0; r < nr; r++) {
+      uint wr[CHUNKS * 8u];
+      uint c = c0 + (r0 + r) * rowChunks;
+      [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADW(c + k, wr, 8u * k)
+      part[r * WG + lane] += row_unit(wr, xs, xsum);
+    }
+  }
+#ifdef HC_SUBGROUP
+  // One subgroup: each lane reads back only its own partial sums, so no barrier is needed.
+  if (gl_NumSubgroups == 1u) {
+    for (uint r = 0; r < nr; r++) {
+      float v = subgroupAdd(part[r * WG + lane]);
+      if (lane == 0u) {
+        uint idx = col * p.yStride + p.yRow0 + r0 + r;
+        if ((p.flags & 1u) != 0u) v += y[idx];
+        y[idx] = v;
+      }
+    }
+    return;
+  }
+#endif
+  barrier();
+  for (uint s = WG / 2u; s > 0u; s >>= 1) {
+    if (lane < s) {
+      for (uint r = 0; r < nr; r++) part[r * WG + lane] += part[r * WG + lane + s];
+    }
+    barrier();
+  }
+  for (uint r = lane; r < nr; r += WG) {
+    uint idx = col * p.yStride + p.yRow0 + r0 + r;
+    float v = part[r * WG];
+    if ((p.flags & 1u) != 0u) v += y[idx];
+    y[idx] = v;
+  }
+}
+
+#else
+// Step variant (prefill batches of NUM_COLS columns): lanes walk their runs in 8 steps of 64
+// elements; per step the x of all columns is loaded once and the NUM_ROWS rows are unrolled,
+// each keeping the chunk it shares with the next step in registers.
+
 #if TYPE == T_F32
 #define UNIT 8u
 #define CHUNKS 1u
@@ -482,4 +651,5 @@ void main() {
   }
   reduce_store(r0, col0);
 }
+#endif
 #endif

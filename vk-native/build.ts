@@ -151,6 +151,11 @@ async function readManifests(): Promise<ShaderVariant[]> {
 async function buildShaders(): Promise<void> {
   await Deno.mkdir(SPV, { recursive: true });
   const variants = await readManifests();
+  // A variant dropped from the manifests must not linger: the loader would still find it.
+  const listed = new Set(variants.map((v) => `${v.name}.spv`));
+  for (const stale of await listFiles(SPV, ".spv")) {
+    if (!listed.has(stale.split("/").pop()!)) await Deno.remove(stale);
+  }
   const includes = await listFiles(SHADERS, ".glsl");
   const includeTime = await newestOf(includes);
   const todo: ShaderVariant[] = [];

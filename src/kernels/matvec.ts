@@ -31,11 +31,21 @@ const SHADER_SUFFIX: Record<number, string> = {
   [GgmlType.Q6_K]: "q6_k",
 };
 
-/** Elements per lane-unit of the run path; undefined where the type has none. */
+/** Elements per lane-unit of the run path's step variant; undefined where the type has none. */
 const RUN_UNIT: Record<number, number | undefined> = {
   [GgmlType.F32]: 8,
   [GgmlType.F16]: 16,
   [GgmlType.BF16]: 16,
+  [GgmlType.Q8_0]: 512,
+  [GgmlType.Q4_0]: 512,
+  [GgmlType.Q4_K]: 512,
+};
+
+/** Elements per lane-unit of the run path's row-loop variant (batch 1). */
+const ROWLOOP_UNIT: Record<number, number | undefined> = {
+  [GgmlType.F32]: 64,
+  [GgmlType.F16]: 128,
+  [GgmlType.BF16]: 128,
   [GgmlType.Q8_0]: 512,
   [GgmlType.Q4_0]: 512,
   [GgmlType.Q4_K]: 512,
@@ -71,7 +81,8 @@ export interface MatVecOptions {
   load64?: boolean;
   /** Lanes per workgroup (power of two); default from the subgroup size and path. */
   workgroupSize?: number;
-  /** Rows per workgroup; default 16 on the run path, 2 on the generic path. */
+  /** Rows per workgroup; default 64 for the run path at batch 1, 16 for its batches, 2 for
+   * the generic path. */
   rowsPerGroup?: number;
 }
 
@@ -101,12 +112,16 @@ export interface MatVecRecord {
 /** What one record() call dispatched, for tests and benchmarks. */
 export interface MatVecPlan {
   path: "generic" | "run";
+  /** Shader variant: "generic", "step" (run path, batches) or "rowloop" (run path, batch 1). */
+  variant: KernelKind;
   kernel: string;
   dispatches: number;
 }
 
+export type KernelKind = "generic" | "step" | "rowloop";
+
 interface Variant {
-  path: "generic" | "run";
+  kind: KernelKind;
   cols: number;
 }
 
@@ -175,18 +190,18 @@ export class MatVec implements Disposable {
     return (rows * cols / this.blockElems) * this.blockBytes;
   }
 
-  #workgroupSize(path: "generic" | "run"): number {
+  #workgroupSize(kind: KernelKind): number {
     if (this.options.workgroupSize) return this.options.workgroupSize;
     const sg = Math.max(1, this.device.info.subgroupSize);
-    if (path === "run") return sg;
+    if (kind !== "generic") return sg;
     // Enough lanes to cover a typical 4096-wide row with few iterations, one unit each.
     const unit = GENERIC_UNIT[this.type];
     const mult = unit <= 4 ? 4 : unit === 32 ? 2 : 1;
     return Math.min(this.device.info.maxComputeWorkGroupInvocations, 128, sg * mult);
   }
 
-  #rowsPerGroup(path: "generic" | "run", wg: number, ncols: number): number {
-    let r = this.options.rowsPerGroup ?? (path === "run" ? 16 : 2);
+  #rowsPerGroup(kind: KernelKind, wg: number, ncols: number): number {
+    let r = this.options.rowsPerGroup ?? (kind === "rowloop" ? 64 : kind === "step" ? 16 : 2);
     const limit = this.device.info.maxComputeSharedMemoryBytes - COMMON_SHARED_BYTES;
     while (r > 1 && r * ncols * wg * 4 > limit) r >>= 1;
     if (r * ncols * wg * 4 > limit) {
@@ -196,9 +211,10 @@ export class MatVec implements Disposable {
   }
 
   #kernel(v: Variant): { kernel: Kernel; wg: number; rowsPerGroup: number; name: string } {
-    const wg = this.#workgroupSize(v.path);
-    const rowsPerGroup = this.#rowsPerGroup(v.path, wg, v.cols);
-    const base = v.path === "run" ? (this.options.load64 ? "matvec_run64_" : "matvec_run_") : "matvec_";
+    const wg = this.#workgroupSize(v.kind);
+    const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols);
+    const l64 = this.options.load64 ? "64" : "";
+    const base = v.kind === "rowloop" ? `matvec_rl${l64}_` : v.kind === "step" ? `matvec_run${l64}_` : "matvec_";
     const name = base + this.typeName;
     const key = `${name}/${wg}/${rowsPerGroup}/${v.cols}`;
     let k = this.#kernels.get(key);
@@ -209,20 +225,21 @@ export class MatVec implements Disposable {
     return { kernel: k, wg, rowsPerGroup, name };
   }
 
-  /** The path record() would take for this layout. */
-  choosePath(weightOffset: number, rows: number, cols: number, xStride = cols): "generic" | "run" {
-    const unit = RUN_UNIT[this.type];
+  /** The shader variant record() would use for this layout. */
+  chooseKernel(weightOffset: number, rows: number, cols: number, batch = 1, xStride = cols): KernelKind {
     const rowBytes = this.weightBytes(1, cols);
-    const fits = unit !== undefined && cols % unit === 0 && rowBytes % 32 === 0 && weightOffset % 32 === 0 &&
-      xStride % 8 === 0 && rows > 0;
+    const aligned = rowBytes % 32 === 0 && weightOffset % 32 === 0 && xStride % 8 === 0 && rows > 0;
+    const rl = ROWLOOP_UNIT[this.type];
+    const step = RUN_UNIT[this.type];
     const want = this.options.path === "auto" ? (this.device.info.type === "cpu" ? "run" : "generic") : this.options.path;
-    if (want === "run" && !fits) {
-      if (this.options.path === "run") {
-        throw new HcError("E_BAD_REQUEST", `matvec: the run path needs cols % ${unit} == 0, 32-byte aligned rows and xStride % 8 == 0`);
-      }
-      return "generic";
+    if (want === "run" && aligned) {
+      if (batch === 1 && rl !== undefined && cols % rl === 0) return "rowloop";
+      if (step !== undefined && cols % step === 0) return "step";
     }
-    return want;
+    if (want === "run" && this.options.path === "run") {
+      throw new HcError("E_BAD_REQUEST", `matvec: the run path needs cols % ${step} == 0, 32-byte aligned rows and xStride % 8 == 0`);
+    }
+    return "generic";
   }
 
   /**
@@ -267,16 +284,16 @@ export class MatVec implements Disposable {
     const x = this.#checkedBinding("x", a.x, ((batch - 1) * xStride + a.cols) * 4, maxRange);
     const y = this.#checkedBinding("y", a.y, ((batch - 1) * yStride + a.rows) * 4, maxRange);
 
-    const path = this.choosePath(weightOffset, a.rows, a.cols, xStride);
-    const ncols = Math.min(batch, MATVEC_MAX_COLS);
-    const { kernel, rowsPerGroup, name: kname } = this.#kernel({ path, cols: ncols });
+    const kind = this.chooseKernel(weightOffset, a.rows, a.cols, batch, xStride);
+    const ncols = kind === "rowloop" ? 1 : Math.min(batch, MATVEC_MAX_COLS);
+    const { kernel, rowsPerGroup, name: kname } = this.#kernel({ kind, cols: ncols });
     const zGroups = Math.ceil(batch / ncols);
 
     // Binding offsets aligned to both the device rule and the run path's 32-byte chunks.
     const align = Math.max(info.minStorageBufferOffsetAlignment, 32);
     const [maxX, maxY] = info.maxComputeWorkGroupCount;
     const maxRowsByGrid = maxX * maxY * rowsPerGroup;
-    const overreads = OVERREADS.has(this.type) && path === "generic";
+    const overreads = OVERREADS.has(this.type) && kind === "generic";
     const push = new Uint32Array(PUSH_WORDS);
     let dispatches = 0;
     for (let row0 = 0; row0 < a.rows;) {
@@ -305,7 +322,7 @@ export class MatVec implements Disposable {
       dispatches++;
       row0 += n;
     }
-    this.lastPlan = { path, kernel: kname, dispatches };
+    this.lastPlan = { path: kind === "generic" ? "generic" : "run", variant: kind, kernel: kname, dispatches };
     return this.lastPlan;
   }
 
