@@ -6,7 +6,7 @@
 import { HcError } from "../errors.ts";
 import { GgmlType } from "../gguf/types.ts";
 import type { ModelConfig, RopePairing } from "./config.ts";
-import { dequantize } from "./quant.ts";
+import { dequantize, f16ToF32, f32ToF16 } from "./quant.ts";
 import { type ModelSource, readTensorBytes } from "./source.ts";
 
 /** out = x / sqrt(mean(x^2) + eps) * weight. */
@@ -191,6 +191,8 @@ export class ReferenceModel {
   #keys: Float32Array[];
   #values: Float32Array[];
   #length = 0;
+  /** Round stored K/V to f16, as the device cache stores them. */
+  #kvF16 = false;
 
   private constructor(
     config: ModelConfig,
@@ -210,7 +212,7 @@ export class ReferenceModel {
   }
 
   /** Reads every weight of the source into f32 arrays. */
-  static async load(source: ModelSource): Promise<ReferenceModel> {
+  static async load(source: ModelSource, opts: { kvF16?: boolean } = {}): Promise<ReferenceModel> {
     const c = source.config;
     const get = (name: string) => loadTensorF32(source, name);
     const layers: LayerWeights[] = [];
@@ -233,7 +235,9 @@ export class ReferenceModel {
     }
     const embd = await get("token_embd.weight");
     const output = c.tiedOutput ? embd : await get("output.weight");
-    return new ReferenceModel(c, embd, layers, await get("output_norm.weight"), output);
+    const m = new ReferenceModel(c, embd, layers, await get("output_norm.weight"), output);
+    m.#kvF16 = opts.kvF16 ?? false;
+    return m;
   }
 
   /** Positions currently in the KV cache. */
@@ -323,6 +327,12 @@ export class ReferenceModel {
       addInPlace(v, w.bv);
       applyRope(q, pos, c.nHeads, c.headDim, this.#invFreq, c.ropePairing);
       applyRope(k, pos, c.nKvHeads, c.headDim, this.#invFreq, c.ropePairing);
+      if (this.#kvF16) {
+        for (let i = 0; i < kvDim; i++) {
+          k[i] = f16ToF32(f32ToF16(k[i]));
+          v[i] = f16ToF32(f32ToF16(v[i]));
+        }
+      }
       this.#keys[l].set(k, pos * kvDim);
       this.#values[l].set(v, pos * kvDim);
       const att = attention(

@@ -23,6 +23,8 @@ export interface SyntheticSpec {
   contextLength: number;
   /** Type of every matrix (norms and biases stay F32). */
   weightType?: number;
+  /** Type of token_embd (default: weightType). */
+  embeddingType?: number;
   tiedOutput?: boolean;
   ropeBase?: number;
   /** Llama 3 rope scaling written as metadata. */
@@ -89,7 +91,7 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
     for (let i = 0; i < len; i++) v[i] += mean;
     return tensor(name, GgmlType.F32, [len], v);
   };
-  const tensors: GgufWriteTensor[] = [tensor("token_embd.weight", type, [spec.dim, vocab], randomFill(spec.dim * vocab, seed * 1000 + n++, 1))];
+  const tensors: GgufWriteTensor[] = [tensor("token_embd.weight", spec.embeddingType ?? type, [spec.dim, vocab], randomFill(spec.dim * vocab, seed * 1000 + n++, 1))];
   for (let l = 0; l < spec.nLayers; l++) {
     const p = `blk.${l}.`;
     tensors.push(vec(p + "attn_norm.weight", spec.dim, 1, 0.1));
