@@ -12,7 +12,18 @@
  * ```
  */
 export { HcError, type HcErrorCode, isHcError } from "./src/errors.ts";
-export { DeviceQueue, LoadedModel, loadModel, type LoadOptions, type ModelInfo, type SessionOptions } from "./src/engine/model.ts";
+export {
+  DeviceQueue,
+  LoadedModel,
+  loadModel,
+  type LoadOptions,
+  type ModelInfo,
+  type Prompt,
+  type SessionOptions,
+} from "./src/engine/model.ts";
+export { calibrate, type CalibrateOptions } from "./src/engine/calibrate.ts";
+export { POLICY_NAMES, type PolicyName, readProfile, serializeProfile, type HeadProfile } from "./src/engine/model.ts";
+export type { CacheOptions, CacheStats } from "./src/cache/mod.ts";
 export {
   type FinishReason,
   type GenerateOptions,

@@ -302,6 +302,7 @@ layout(std430, binding = 1) readonly buffer XC { u64vec4 xc[]; };
   uvec2 a_ = unpackUint2x32(q_.x), b_ = unpackUint2x32(q_.y), c_ = unpackUint2x32(q_.z), d_ = unpackUint2x32(q_.w); \
   D[o] = a_.x; D[o + 1] = a_.y; D[o + 2] = b_.x; D[o + 3] = b_.y; \
   D[o + 4] = c_.x; D[o + 5] = c_.y; D[o + 6] = d_.x; D[o + 7] = d_.y; }
+#define NCHUNKS uint(wc.length())
 #define LOADX(i, D, o) { u64vec4 q_ = xc[i]; \
   D[o] = vec4(uintBitsToFloat(unpackUint2x32(q_.x)), uintBitsToFloat(unpackUint2x32(q_.y))); \
   D[o + 1] = vec4(uintBitsToFloat(unpackUint2x32(q_.z)), uintBitsToFloat(unpackUint2x32(q_.w))); }
@@ -312,6 +313,7 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
   D[o] = a_.x; D[o + 1] = a_.y; D[o + 2] = a_.z; D[o + 3] = a_.w; \
   D[o + 4] = b_.x; D[o + 5] = b_.y; D[o + 6] = b_.z; D[o + 7] = b_.w; }
 #define LOADX(i, D, o) { D[o] = xc[2u * (i)]; D[o + 1] = xc[2u * (i) + 1u]; }
+#define NCHUNKS (uint(wc.length()) / 2u)
 #endif
 
 #ifdef ROWLOOP
@@ -332,6 +334,11 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
 #elif TYPE == T_Q4_0 || TYPE == T_Q4_K
 #define UNIT 512u
 #define CHUNKS 9u
+#elif TYPE == T_Q6_K
+// One 210-byte super-block per unit: it sits at a per-lane byte phase inside an 8-chunk window
+// that is shifted into place at run time (any even row alignment works).
+#define UNIT 256u
+#define CHUNKS 8u
 #else
 #error TYPE has no row-loop path
 #endif
@@ -414,6 +421,24 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[16]) {
     }
   }
   return sum;
+#elif TYPE == T_Q6_K
+  // wr holds the super-block at word 0 (ql words 0-31, qh 32-47, scales 48-51, d in word 52).
+  // Half h, quad i (l = 4i..4i+3), quarter m: elements 128h + 32m + l, scale 8h + i/4 + 2m.
+  float sum = 0.0;
+  [[unroll]] for (uint h = 0; h < 2u; h++) {
+    [[unroll]] for (uint m = 0; m < 4u; m++) {
+      [[unroll]] for (uint is = 0; is < 2u; is++) {
+        vec4 a = vec4(0.0);
+        [[unroll]] for (uint i = 4u * is; i < 4u * is + 4u; i++) {
+          uint q = q6k_word(wr[16u * h + i], wr[16u * h + 8u + i], wr[32u + 8u * h + i], m);
+          a = fma(u8x4(q), xs[32u * h + 8u * m + i], a);
+        }
+        uint si = 8u * h + is + 2u * m;
+        sum += i8_at(wr[48u + si / 4u], si % 4u) * (dot(a, vec4(1.0)) - 32.0 * xsum[8u * h + 2u * m + is]);
+      }
+    }
+  }
+  return sum * half_lo(wr[52]);
 #endif
 }
 
@@ -436,6 +461,9 @@ void main() {
       vec4 t = vec4(0.0);
 #if TYPE == T_Q4_0 || TYPE == T_Q4_K
       [[unroll]] for (uint k = 0; k < 8u; k++) t += xs[8u * b + k];
+#elif TYPE == T_Q6_K
+      // Q6_K scale groups of 16: b = 8h + 2m + is.
+      [[unroll]] for (uint k = 0; k < 4u; k++) t += xs[32u * (b / 8u) + 8u * ((b / 2u) % 4u) + 4u * (b % 2u) + k];
 #endif
       xsum[b] = dot(t, vec4(1.0));
     }
@@ -443,8 +471,22 @@ void main() {
     uint rowChunks = p.rowBytes / 32u;
     for (uint r = 0; r < nr; r++) {
       uint wr[CHUNKS * 8u];
+#if TYPE == T_Q6_K
+      uint b = p.wByte0 + (r0 + r) * p.rowBytes + 210u * u;
+      uint c = b / 32u;
+      uint last = NCHUNKS - 1u;
+      [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADW(min(c + k, last), wr, 8u * k)
+      // Shift the window left by the block's phase: whole words, then a half word.
+      uint ph = b % 32u;
+      bool s4 = (ph & 16u) != 0u, s2 = (ph & 8u) != 0u, s1 = (ph & 4u) != 0u, sh = (ph & 2u) != 0u;
+      [[unroll]] for (uint k = 0; k < 58u; k++) wr[k] = s4 ? wr[k + 4u] : wr[k];
+      [[unroll]] for (uint k = 0; k < 56u; k++) wr[k] = s2 ? wr[k + 2u] : wr[k];
+      [[unroll]] for (uint k = 0; k < 54u; k++) wr[k] = s1 ? wr[k + 1u] : wr[k];
+      [[unroll]] for (uint k = 0; k < 53u; k++) wr[k] = sh ? funnel16(wr[k], wr[k + 1u]) : wr[k];
+#else
       uint c = c0 + (r0 + r) * rowChunks;
       [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADW(c + k, wr, 8u * k)
+#endif
       part[r * WG + lane] += row_unit(wr, xs, xsum);
     }
   }

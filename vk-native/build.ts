@@ -2,7 +2,8 @@
  * `deno task build`: makes sure the toolchain is there (installing it with apt-get when run as
  * root on Debian/Ubuntu), then compiles the shim into build/libhcvk.so and every shader variant
  * listed in shaders/*.json into build/spv/<name>.spv, validated with spirv-val. Work whose
- * outputs are newer than all their inputs is skipped.
+ * outputs are newer than all their inputs is skipped. `--test-tools` also makes sure of what the
+ * test suite needs beyond the build (a headless Chromium for the playground test).
  */
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -58,9 +59,15 @@ async function hasIcd(): Promise<boolean> {
   return false;
 }
 
+/** Needed by the tests only. */
+const TEST_REQUIREMENTS = [
+  { what: "Chromium (playground test)", probe: ["chromium", "--version"], pkg: "chromium" },
+];
+
 async function missingPackages(): Promise<{ what: string; pkg: string }[]> {
   const missing = [];
-  for (const r of REQUIREMENTS) {
+  const wanted = Deno.args.includes("--test-tools") ? [...REQUIREMENTS, ...TEST_REQUIREMENTS] : REQUIREMENTS;
+  for (const r of wanted as { what: string; pkg: string; probe?: string[]; file?: string; ldconfig?: string }[]) {
     let ok: boolean;
     if (r.probe) ok = (await run(r.probe, { quiet: true })).ok;
     else if (r.file) ok = await exists(r.file);

@@ -48,6 +48,13 @@ export interface ModelInfo {
   hasChatTemplate: boolean;
 }
 
+/** A prompt: text, chat messages, or token ids. */
+export type Prompt = string | readonly ChatMessage[] | readonly number[];
+
+function isTokenIds(p: Prompt): p is readonly number[] {
+  return typeof p !== "string" && (p.length === 0 || typeof p[0] === "number");
+}
+
 /** FIFO mutual exclusion over the device: one step of one session at a time. */
 export class DeviceQueue {
   #tail: Promise<unknown> = Promise.resolve();
@@ -166,9 +173,18 @@ export class LoadedModel implements AsyncDisposable {
     return this.#sessions.size;
   }
 
-  /** Tokens of a prompt as a session will see it (chat messages rendered with the template). */
-  tokenize(prompt: string | readonly ChatMessage[]): number[] {
+  /** Tokens of a prompt as a session will see it (chat messages rendered with the template;
+   * token ids are taken as they are, after a range check). */
+  tokenize(prompt: Prompt): number[] {
     const t = this.tokenizer;
+    if (isTokenIds(prompt)) {
+      for (const id of prompt) {
+        if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
+          throw new HcError("E_BAD_REQUEST", `prompt token id ${id} outside the vocabulary (0..${this.config.vocabSize - 1})`);
+        }
+      }
+      return [...prompt];
+    }
     if (typeof prompt === "string") return t.encode(prompt, { addSpecial: true });
     let text = this.renderChat(prompt);
     // Templates that write {{ bos_token }} themselves would otherwise get a second BOS.

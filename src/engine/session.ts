@@ -4,11 +4,10 @@
  * several sessions interleave fairly on one device queue.
  */
 import { HcError } from "../errors.ts";
-import type { ChatMessage } from "../model/chat.ts";
 import { Sampler, type SamplingOptions } from "../model/sampler.ts";
 import type { ForwardState } from "../model/llama.ts";
 import type { CachePolicy, CacheStats } from "../cache/policy.ts";
-import type { LoadedModel } from "./model.ts";
+import type { LoadedModel, Prompt } from "./model.ts";
 import { StopMatcher } from "./stops.ts";
 
 export interface GenerateOptions extends SamplingOptions {
@@ -78,7 +77,7 @@ export class Session implements Disposable {
   }
 
   /** Tokens of the prompt as the model will see it (chat messages rendered with its template). */
-  tokenize(prompt: string | readonly ChatMessage[]): number[] {
+  tokenize(prompt: Prompt): number[] {
     return this.model.tokenize(prompt);
   }
 
@@ -87,7 +86,7 @@ export class Session implements Disposable {
    * device memory is reused). Aborting through `signal` ends the stream with finishReason
    * "abort"; the session stays usable.
    */
-  async *generate(prompt: string | readonly ChatMessage[], opts: GenerateOptions = {}): AsyncGenerator<Piece, GenerationSummary> {
+  async *generate(prompt: Prompt, opts: GenerateOptions = {}): AsyncGenerator<Piece, GenerationSummary> {
     if (this.#disposed) throw new HcError("E_BAD_REQUEST", "session was disposed");
     if (this.#busy) throw new HcError("E_BUSY", "this session is already generating; use another session");
     const maxTokens = opts.maxTokens ?? 256;
@@ -174,7 +173,7 @@ export class Session implements Disposable {
   }
 
   /** Collects a whole generation: the text and its summary. */
-  async complete(prompt: string | readonly ChatMessage[], opts: GenerateOptions = {}): Promise<GenerationSummary> {
+  async complete(prompt: Prompt, opts: GenerateOptions = {}): Promise<GenerationSummary> {
     const it = this.generate(prompt, opts);
     for (;;) {
       const r = await it.next();

@@ -263,34 +263,75 @@ export interface PrefillAttentionArgs {
   /** At least `scratchBytes(cache, tokens)` bytes. */
   scratch: Binding;
   scale?: number;
-  /** Key rows per dispatch; default: all on GPUs, 2048 on CPU drivers (lavapipe loop cap). */
+  /** Key rows per dispatch; default: all on GPUs, and for the "rows" variant as many as the
+   * lavapipe loop cap allows; 2048 for the "tiled" variant on CPU drivers. */
   keysPerPass?: number;
+}
+
+export interface PrefillAttentionOptions {
+  headDim: number;
+  /** Query heads per KV head (G). */
+  groupSize: number;
+  /** "tiled": flash-style workgroups sharing K/V tiles through shared memory (GPUs); "rows":
+   * one subgroup per workgroup, each lane owning a few query rows in registers and streaming
+   * the keys (SIMD CPU drivers such as lavapipe). Default: "rows" on CPU devices. */
+  variant?: "tiled" | "rows";
+  /** "rows" variant: query rows per lane (register blocking; each loaded key row serves this
+   * many rows). Default by head dim: 16 up to 16, 8 up to 64, 4 up to 128, 2 above. */
+  rowsPerLane?: number;
+}
+
+/** Keys per block of the "rows" variant (unrolled; the loop cap counts blocks). */
+const ROWS_KEYS_PER_BLOCK = 8;
+/** Key blocks per "rows" pass: well under lavapipe's 65535 loop iterations per invocation. */
+const ROWS_BLOCKS_PER_PASS = 32768;
+
+function defaultRowsPerLane(headDim: number): number {
+  return headDim <= 16 ? 16 : headDim <= 64 ? 8 : headDim <= 128 ? 4 : 2;
 }
 
 /** Causal prefill attention for a batch of query tokens over full (uncompressed) heads. */
 export class PrefillAttention implements Disposable {
   readonly headDim: number;
   readonly groupSize: number;
+  readonly variant: "tiled" | "rows";
+  /** Query rows (token x query head) per workgroup. */
   readonly #rows: number;
   readonly #cpu: boolean;
   readonly #kernel: Kernel;
 
-  constructor(device: Device, opts: { headDim: number; groupSize: number }) {
+  constructor(device: Device, opts: PrefillAttentionOptions) {
     checkHeadDim(opts.headDim);
     checkGroup(opts.groupSize, opts.headDim);
     this.headDim = opts.headDim;
     this.groupSize = opts.groupSize;
+    this.#cpu = deviceParallelism(device).cpu;
+    this.variant = opts.variant ?? (this.#cpu ? "rows" : "tiled");
+    if (this.variant === "rows") {
+      const perLane = opts.rowsPerLane ?? defaultRowsPerLane(opts.headDim);
+      if (!Number.isInteger(perLane) || perLane < 1 || perLane > 32) {
+        limit(`rowsPerLane ${perLane} must be an integer in 1..32`);
+      }
+      const lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
+      this.#rows = lanes * perLane;
+      this.#kernel = device.kernel("attn_prefill_cpu", {
+        bindings: 6,
+        pushBytes: 48,
+        spec: [lanes, opts.groupSize, opts.headDim, perLane, ROWS_KEYS_PER_BLOCK],
+      });
+      return;
+    }
     // Shared memory: ROWS*D f32 queries + 2 * BC*D f16 tiles stay under 32 KiB.
     const big = opts.headDim > 128;
-    this.#rows = big ? 8 : 16;
-    if (opts.groupSize > this.#rows) {
-      limit(`prefill supports at most ${this.#rows} query heads per KV head`);
+    const rows = big ? 8 : 16;
+    if (opts.groupSize > rows) {
+      limit(`prefill supports at most ${rows} query heads per KV head`);
     }
-    this.#cpu = deviceParallelism(device).cpu;
+    this.#rows = rows;
     this.#kernel = device.kernel("attn_prefill", {
       bindings: 6,
       pushBytes: 48,
-      spec: [4 * this.#rows, opts.groupSize, opts.headDim, big ? 16 : 32, this.#rows],
+      spec: [4 * rows, opts.groupSize, opts.headDim, big ? 16 : 32, rows],
     });
   }
 
@@ -332,13 +373,16 @@ export class PrefillAttention implements Disposable {
     requireBytes(a.q, (qOff + (B - 1) * qStride + nHeads * D) * 4, "prefill q");
     requireBytes(a.out, (oOff + (B - 1) * oStride + nHeads * D) * 4, "prefill output");
     requireBytes(a.scratch, this.scratchBytes(cache, B), "prefill scratch");
-    const perPass = a.keysPerPass ?? (this.#cpu ? 2048 : kvRows);
+    const rowsVariant = this.variant === "rows";
+    const perPass = a.keysPerPass ??
+      (rowsVariant ? ROWS_KEYS_PER_BLOCK * ROWS_BLOCKS_PER_PASS : this.#cpu ? 2048 : kvRows);
     if (!Number.isInteger(perPass) || perPass < 1) {
       limit(`keysPerPass ${perPass} must be a positive integer`);
     }
     const passes = Math.ceil(kvRows / perPass);
-    const tokensPerGroup = Math.floor(this.#rows / G);
-    const gx = Math.ceil(B / tokensPerGroup);
+    const gx = rowsVariant
+      ? Math.ceil((B * G) / this.#rows)
+      : Math.ceil(B / Math.floor(this.#rows / G));
     if (gx > 65535) {
       limit(`prefill of ${B} tokens needs ${gx} workgroups (max 65535); split the batch`);
     }

@@ -49,6 +49,7 @@ const ROWLOOP_UNIT: Record<number, number | undefined> = {
   [GgmlType.Q8_0]: 512,
   [GgmlType.Q4_0]: 512,
   [GgmlType.Q4_K]: 512,
+  [GgmlType.Q6_K]: 256,
 };
 
 /** Elements per lane-unit of the generic path. */
@@ -66,6 +67,9 @@ const GENERIC_UNIT: Record<number, number> = {
 const OVERREADS = new Set<number>([GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q6_K]);
 
 const PUSH_WORDS = 9;
+/** Bytes the Q6_K row loop may read past the weight: its 256-byte window minus a 210-byte
+ * block, rounded up to whole 32-byte chunks. */
+const Q6K_WINDOW_SPARE = 78;
 /** Shader byte arithmetic is 32-bit: keep every bound range well inside it. */
 const MAX_BINDING_BYTES = 2 ** 31;
 /** common.glsl's hc_red array, present in every variant. */
@@ -180,9 +184,6 @@ export class MatVec implements Disposable {
       throw new HcError("E_BAD_REQUEST", `matvec: workgroupSize ${options.workgroupSize} must be a power of two <= ${device.info.maxComputeWorkGroupInvocations}`);
     }
     if (options.rowsPerGroup !== undefined) positiveInt("rowsPerGroup", options.rowsPerGroup);
-    if (options.path === "run" && RUN_UNIT[type] === undefined) {
-      throw new HcError("E_BAD_REQUEST", `matvec: ${info.name} has no run path`);
-    }
   }
 
   /** Bytes of a [rows x cols] weight of this type. */
@@ -226,18 +227,27 @@ export class MatVec implements Disposable {
   }
 
   /** The shader variant record() would use for this layout. */
-  chooseKernel(weightOffset: number, rows: number, cols: number, batch = 1, xStride = cols): KernelKind {
+  chooseKernel(
+    weightOffset: number,
+    rows: number,
+    cols: number,
+    batch = 1,
+    xStride = cols,
+    spareBytes = Q6K_WINDOW_SPARE,
+  ): KernelKind {
     const rowBytes = this.weightBytes(1, cols);
-    const aligned = rowBytes % 32 === 0 && weightOffset % 32 === 0 && xStride % 8 === 0 && rows > 0;
     const rl = ROWLOOP_UNIT[this.type];
     const step = RUN_UNIT[this.type];
+    // Q6_K's row loop finds each block's phase at run time, reading a 256-byte window that can
+    // reach past the last block; the others need 32-byte aligned rows.
+    const aligned = this.type === GgmlType.Q6_K ? spareBytes >= Q6K_WINDOW_SPARE : rowBytes % 32 === 0 && weightOffset % 32 === 0;
     const want = this.options.path === "auto" ? (this.device.info.type === "cpu" ? "run" : "generic") : this.options.path;
-    if (want === "run" && aligned) {
-      if (batch === 1 && rl !== undefined && cols % rl === 0) return "rowloop";
+    if (want === "run" && aligned && xStride % 8 === 0 && rows > 0) {
+      if ((batch === 1 || step === undefined) && rl !== undefined && cols % rl === 0) return "rowloop";
       if (step !== undefined && cols % step === 0) return "step";
     }
     if (want === "run" && this.options.path === "run") {
-      throw new HcError("E_BAD_REQUEST", `matvec: the run path needs cols % ${step} == 0, 32-byte aligned rows and xStride % 8 == 0`);
+      throw new HcError("E_BAD_REQUEST", `matvec: the run path needs cols % ${step ?? rl} == 0, 32-byte aligned rows and xStride % 8 == 0`);
     }
     return "generic";
   }
@@ -271,10 +281,6 @@ export class MatVec implements Disposable {
     if (!Number.isSafeInteger(yStride) || yStride < a.rows) {
       throw new HcError("E_BAD_REQUEST", `matvec: yStride ${yStride} must be >= rows (${a.rows})`);
     }
-    const maxZ = info.maxComputeWorkGroupCount[2];
-    if (Math.ceil(batch / MATVEC_MAX_COLS) > maxZ) {
-      throw new HcError("E_VK_LIMIT", `matvec: batch ${batch} exceeds ${maxZ * MATVEC_MAX_COLS} columns`);
-    }
     const rowBytes = this.weightBytes(1, a.cols);
     const weightBytes = rowBytes * a.rows;
     if (weightOffset + weightBytes > a.weight.bytes) {
@@ -284,10 +290,13 @@ export class MatVec implements Disposable {
     const x = this.#checkedBinding("x", a.x, ((batch - 1) * xStride + a.cols) * 4, maxRange);
     const y = this.#checkedBinding("y", a.y, ((batch - 1) * yStride + a.rows) * 4, maxRange);
 
-    const kind = this.chooseKernel(weightOffset, a.rows, a.cols, batch, xStride);
+    const kind = this.chooseKernel(weightOffset, a.rows, a.cols, batch, xStride, a.weight.bytes - weightOffset - weightBytes);
     const ncols = kind === "rowloop" ? 1 : Math.min(batch, MATVEC_MAX_COLS);
     const { kernel, rowsPerGroup, name: kname } = this.#kernel({ kind, cols: ncols });
     const zGroups = Math.ceil(batch / ncols);
+    if (zGroups > info.maxComputeWorkGroupCount[2]) {
+      throw new HcError("E_VK_LIMIT", `matvec: batch ${batch} needs ${zGroups} workgroups in z, over the device's ${info.maxComputeWorkGroupCount[2]}`);
+    }
 
     // Binding offsets aligned to both the device rule and the run path's 32-byte chunks.
     const align = Math.max(info.minStorageBufferOffsetAlignment, 32);
@@ -300,14 +309,16 @@ export class MatVec implements Disposable {
       const start = weightOffset + row0 * rowBytes;
       const bindOffset = Math.floor(start / align) * align;
       const wByte0 = start - bindOffset;
-      const fitRows = Math.floor((maxRange - wByte0 - 4) / rowBytes);
+      const fitRows = Math.floor((maxRange - wByte0 - 128) / rowBytes);
       if (fitRows < 1) {
         throw new HcError("E_VK_LIMIT", `matvec: one ${rowBytes}-byte row exceeds the ${maxRange}-byte storage range`);
       }
       const n = Math.min(a.rows - row0, fitRows, maxRowsByGrid);
       const used = wByte0 + n * rowBytes;
-      // Word reads of 2-byte aligned blocks reach up to the next multiple of 4 bytes.
-      let bytes = Math.ceil(used / 4) * 4;
+      // Word reads of 2-byte aligned blocks reach up to the next multiple of 4 bytes; the Q6_K
+      // row loop reads whole 32-byte chunks up to 46 bytes past the last block.
+      const reach = kind === "rowloop" && this.type === GgmlType.Q6_K ? Math.ceil((used + 46) / 32) * 32 : used;
+      let bytes = Math.ceil(reach / 4) * 4;
       if (bindOffset + bytes > a.weight.bytes) {
         if (overreads) {
           throw new HcError("E_VK_LIMIT", `matvec: the ${name} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`);

@@ -1,0 +1,152 @@
+#version 450
+// Causal prefill attention for SIMD CPU drivers (lavapipe), same inputs, outputs and pass
+// protocol as attn_prefill.comp.
+//
+// Why a different kernel: llvmpipe turns every buffer or shared-memory load into a loop over the
+// lanes (a uniform address is no cheaper), runs the subgroups of a workgroup one after another,
+// and executes every `if` with masks. Arithmetic on registers is cheap SIMD; loads are what
+// costs. So a workgroup is one subgroup, each lane owns R query rows (kept in registers, loaded
+// once) and streams the head's keys: each K and V row a lane loads serves R rows. No shared
+// memory, no barriers, no cross-lane reductions.
+//
+// Rows are flattened per KV head: row r = t * G + g (token t, query head g of the group), so any
+// G works and a lane's rows may mix tokens. Lane `lane` of workgroup x owns rows
+// x * L * R + i * L + lane, i < R. Keys go in blocks of KB: scores for the whole block, one
+// rescale of the running state per block, then the V products. Every inner loop is unrolled, so
+// an invocation runs about (kv1 - kv0) / KB loop iterations (lavapipe stops at 65535).
+//
+// Masked scores are -inf; probabilities 2^(s - m) below 2^-100 are flushed to 0 (no denormals:
+// llvmpipe runs them ~30x slower; the dropped mass is < 2^-100 of the row's).
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint L = 8;   // lanes = workgroup size
+layout(constant_id = 1) const uint G = 4;   // query heads per KV head
+layout(constant_id = 2) const uint D = 128; // head dim, multiple of 8
+layout(constant_id = 3) const uint R = 4;   // query rows per lane
+layout(constant_id = 4) const uint KB = 8;  // keys per block
+
+const uint D4 = D / 4;
+const uint D8 = D / 8;
+
+layout(std430, binding = 0) readonly buffer Qb { vec4 q4[]; };
+layout(std430, binding = 1) readonly buffer Kb { uvec4 k8[]; };
+layout(std430, binding = 2) readonly buffer Vb { uvec4 v8[]; };
+layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };
+layout(std430, binding = 4) buffer Ob { vec4 o4[]; };
+layout(std430, binding = 5) buffer Mb { vec2 ml[]; }; // per (token, query head): m, l
+
+layout(push_constant) uniform Push {
+  uint headBase;
+  uint tokens;     // B
+  uint p0;         // position of query token 0
+  uint qOff4;      // vec4 offset of token 0, query head 0
+  uint qStride4;   // vec4 stride between tokens
+  uint oOff4;
+  uint oStride4;
+  uint kv0;        // key rows of this pass: [kv0, kv1)
+  uint kv1;
+  uint flags;      // 1 = first pass, 2 = last pass
+  uint nHeads;     // query heads in the model (ml row stride)
+  float scale;     // log2(e) / sqrt(D)
+} p;
+
+const float NEG_INF = -1.0 / 0.0;
+const float FLUSH = -100.0;
+
+// 2^x, or 0 when x < FLUSH (also for x = -inf or NaN: fully masked so far).
+float pexp(float x) {
+  return x >= FLUSH ? exp2(max(x, FLUSH)) : 0.0;
+}
+
+void main() {
+  const uint lane = gl_LocalInvocationID.x;
+  const uint h = p.headBase + gl_WorkGroupID.y;
+  const uint base = tab[2 * h];
+  const uint cap = tab[2 * h + 1];
+  const uint nRows = p.tokens * G;
+  const uint row0 = gl_WorkGroupID.x * L * R;
+  const uint lastRow = min(nRows, row0 + L * R) - 1;
+  const bool first = (p.flags & 1u) != 0u;
+
+  vec4 q[R * D4];
+  vec4 o[R * D4];
+  float m[R];
+  float l[R];
+  uint lim[R]; // last visible key of each row
+  [[unroll]] for (uint i = 0; i < R; i++) {
+    const uint r = min(row0 + i * L + lane, lastRow);
+    const uint t = r / G;
+    const uint qh = h * G + r % G;
+    lim[i] = p.p0 + t;
+    [[unroll]] for (uint c = 0; c < D4; c++) {
+      q[i * D4 + c] = q4[p.qOff4 + t * p.qStride4 + qh * D4 + c] * p.scale;
+      o[i * D4 + c] = first ? vec4(0.0) : o4[p.oOff4 + t * p.oStride4 + qh * D4 + c];
+    }
+    const vec2 st = first ? vec2(NEG_INF, 0.0) : ml[t * p.nHeads + qh];
+    m[i] = st.x;
+    l[i] = st.y;
+  }
+
+  // Keys past the workgroup's last query token (or past the capacity) are never visible.
+  const uint kEnd = min(min(p.kv1, cap), p.p0 + lastRow / G + 1u);
+  [[unroll]] for (uint i = 0; i < R; i++) lim[i] = min(lim[i], kEnd - 1u);
+  for (uint kb = p.kv0; kb < kEnd; kb += KB) {
+    float s[R * KB];
+    [[unroll]] for (uint j = 0; j < KB; j++) {
+      const uint key = kb + j;
+      const uint at = (base + min(key, kEnd - 1u)) * D8;
+      [[unroll]] for (uint i = 0; i < R; i++) s[i * KB + j] = 0.0;
+      [[unroll]] for (uint c = 0; c < D8; c++) {
+        const uvec4 w = k8[at + c];
+        const vec4 a = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
+        const vec4 b = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
+        [[unroll]] for (uint i = 0; i < R; i++) {
+          s[i * KB + j] += dot(q[i * D4 + 2 * c], a) + dot(q[i * D4 + 2 * c + 1], b);
+        }
+      }
+      [[unroll]] for (uint i = 0; i < R; i++) {
+        s[i * KB + j] = key <= lim[i] ? s[i * KB + j] : NEG_INF;
+      }
+    }
+    [[unroll]] for (uint i = 0; i < R; i++) {
+      float mb = s[i * KB];
+      [[unroll]] for (uint j = 1; j < KB; j++) mb = max(mb, s[i * KB + j]);
+      const float mn = max(m[i], mb);
+      const float alpha = pexp(m[i] - mn);
+      m[i] = mn;
+      l[i] *= alpha;
+      [[unroll]] for (uint c = 0; c < D4; c++) o[i * D4 + c] *= alpha;
+      [[unroll]] for (uint j = 0; j < KB; j++) {
+        s[i * KB + j] = pexp(s[i * KB + j] - mn);
+        l[i] += s[i * KB + j];
+      }
+    }
+    [[unroll]] for (uint j = 0; j < KB; j++) {
+      const uint at = (base + min(kb + j, kEnd - 1u)) * D8;
+      [[unroll]] for (uint c = 0; c < D8; c++) {
+        const uvec4 w = v8[at + c];
+        const vec4 a = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
+        const vec4 b = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
+        [[unroll]] for (uint i = 0; i < R; i++) {
+          o[i * D4 + 2 * c] += s[i * KB + j] * a;
+          o[i * D4 + 2 * c + 1] += s[i * KB + j] * b;
+        }
+      }
+    }
+  }
+
+  const bool last = (p.flags & 2u) != 0u;
+  [[unroll]] for (uint i = 0; i < R; i++) {
+    const uint r = row0 + i * L + lane;
+    if (r < nRows) {
+      const uint t = r / G;
+      const uint qh = h * G + r % G;
+      const float inv = last ? (l[i] > 0.0 ? 1.0 / l[i] : 0.0) : 1.0;
+      [[unroll]] for (uint c = 0; c < D4; c++) {
+        o4[p.oOff4 + t * p.oStride4 + qh * D4 + c] = o[i * D4 + c] * inv;
+      }
+      if (!last) ml[t * p.nHeads + qh] = vec2(m[i], l[i]);
+    }
+  }
+}
