@@ -28,7 +28,7 @@ export const BENCH_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"
 export const BENCH_SHAPES: readonly [number, number][] = [[4096, 4096], [4096, 14336]];
 
 /** Distinct random weight rows: enough to defeat caching of a repeated tile. */
-const TILE_ELEMS = 1 << 20;
+const TILE_ELEMS = 1 << 18;
 
 function median(v: number[]): number {
   const s = [...v].sort((a, b) => a - b);

@@ -94,8 +94,7 @@ void main() {
   for (uint kb = p.kv0; kb < kEnd; kb += KB) {
     float s[R * KB];
     [[unroll]] for (uint j = 0; j < KB; j++) {
-      const uint key = kb + j;
-      const uint at = (base + min(key, kEnd - 1u)) * D8;
+      const uint at = (base + min(kb + j, kEnd - 1u)) * D8;
       [[unroll]] for (uint i = 0; i < R; i++) s[i * KB + j] = 0.0;
       [[unroll]] for (uint c = 0; c < D8; c++) {
         const uvec4 w = k8[at + c];
@@ -106,7 +105,7 @@ void main() {
         }
       }
       [[unroll]] for (uint i = 0; i < R; i++) {
-        s[i * KB + j] = key <= lim[i] ? s[i * KB + j] : NEG_INF;
+        s[i * KB + j] = kb + j <= lim[i] ? s[i * KB + j] : NEG_INF;
       }
     }
     [[unroll]] for (uint i = 0; i < R; i++) {

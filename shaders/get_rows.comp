@@ -2,8 +2,10 @@
 // Row fetch (embedding lookup): out[i][e] = dequant(W[ids[i]])[e] for every id, f32 output.
 // Define TYPE (a ggml type id, see quant.glsl). Spec constant 0 = workgroup size.
 // Grid: x covers the units of a row (UNIT elements per invocation), y one id each (ids
-// idBase..idBase+nids-1). An id outside [0, rows) gives a zero row, so a bad token id can never
-// read outside the weight binding.
+// idBase..idBase+nids-1). A weight too big for one binding is fetched in parts of rows
+// [rowBase, rowBase + rows); each dispatch writes only the ids that fall in its part, and the
+// dispatch with flag bit 0 also writes zero rows for ids >= totalRows, so a bad token id can
+// never read outside the weight.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "quant.glsl"
@@ -16,11 +18,14 @@ layout(std430, binding = 2) writeonly buffer O { float o[]; };
 layout(push_constant) uniform P {
   uint cols;       // elements per row
   uint rowBytes;   // bytes per row
-  uint wByte0;     // byte offset of row 0 inside the weight binding
-  uint rows;       // rows in the weight (valid ids are 0..rows-1)
+  uint wByte0;     // byte offset of row rowBase inside the weight binding
+  uint rowBase;    // first row of this part
+  uint rows;       // rows in this part
+  uint totalRows;  // rows in the whole weight (valid ids are 0..totalRows-1)
   uint outStride;  // floats between output rows
   uint idBase;     // first entry of ids this dispatch handles
   uint nids;       // entries of ids this dispatch handles
+  uint flags;      // bit 0: write zero rows for invalid ids
 } p;
 
 #if TYPE == T_F32 || TYPE == T_F16 || TYPE == T_BF16
@@ -50,8 +55,9 @@ void main() {
   if (k >= p.nids || u * UNIT >= p.cols) return;
   uint id = ids[p.idBase + k];
   uint ob = (p.idBase + k) * p.outStride;
-  bool valid = id < p.rows;
-  uint rs = p.wByte0 + (valid ? id : 0u) * p.rowBytes;
+  bool valid = id >= p.rowBase && id - p.rowBase < p.rows;
+  if (!valid && !(id >= p.totalRows && (p.flags & 1u) != 0u)) return;
+  uint rs = p.wByte0 + (valid ? id - p.rowBase : 0u) * p.rowBytes;
   float v[UNIT];
 #if TYPE == T_F32
   [[unroll]] for (uint j = 0; j < 4u; j++) {

@@ -429,7 +429,8 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[16]) {
     [[unroll]] for (uint m = 0; m < 4u; m++) {
       [[unroll]] for (uint is = 0; is < 2u; is++) {
         vec4 a = vec4(0.0);
-        [[unroll]] for (uint i = 4u * is; i < 4u * is + 4u; i++) {
+        [[unroll]] for (uint k = 0; k < 4u; k++) {
+          uint i = 4u * is + k;
           uint q = q6k_word(wr[16u * h + i], wr[16u * h + 8u + i], wr[32u + 8u * h + i], m);
           a = fma(u8x4(q), xs[32u * h + 8u * m + i], a);
         }

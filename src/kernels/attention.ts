@@ -275,14 +275,16 @@ export interface PrefillAttentionOptions {
   /** "tiled": flash-style workgroups sharing K/V tiles through shared memory (GPUs); "rows":
    * one subgroup per workgroup, each lane owning a few query rows in registers and streaming
    * the keys (SIMD CPU drivers such as lavapipe). Default: "rows" on CPU devices. */
-  variant?: "tiled" | "rows";
+  variant?: "tiled" | "rows" | "split";
+  /** "split" variant: query rows per workgroup. */
+  rowsPerGroup?: number;
   /** "rows" variant: query rows per lane (register blocking; each loaded key row serves this
    * many rows). Default by head dim: 16 up to 16, 8 up to 64, 4 up to 128, 2 above. */
   rowsPerLane?: number;
 }
 
 /** Keys per block of the "rows" variant (unrolled; the loop cap counts blocks). */
-const ROWS_KEYS_PER_BLOCK = 8;
+const ROWS_KEYS_PER_BLOCK = Number(Deno.env.get("HC_KB") ?? 8);
 /** Key blocks per "rows" pass: well under lavapipe's 65535 loop iterations per invocation. */
 const ROWS_BLOCKS_PER_PASS = 32768;
 
@@ -294,7 +296,7 @@ function defaultRowsPerLane(headDim: number): number {
 export class PrefillAttention implements Disposable {
   readonly headDim: number;
   readonly groupSize: number;
-  readonly variant: "tiled" | "rows";
+  readonly variant: "tiled" | "rows" | "split";
   /** Query rows (token x query head) per workgroup. */
   readonly #rows: number;
   readonly #cpu: boolean;
@@ -307,12 +309,28 @@ export class PrefillAttention implements Disposable {
     this.groupSize = opts.groupSize;
     this.#cpu = deviceParallelism(device).cpu;
     this.variant = opts.variant ?? (this.#cpu ? "rows" : "tiled");
+    const lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
+    if (this.variant === "split") {
+      if (opts.headDim % (2 * lanes) !== 0 || (lanes & (lanes - 1)) !== 0) {
+        limit(`split prefill needs a head dim that is a multiple of 2 x ${lanes} lanes`);
+      }
+      const rows = opts.rowsPerGroup ?? Number(Deno.env.get("HC_SPLIT_R") ?? 16);
+      if (!Number.isInteger(rows) || rows < 1 || rows > 64) {
+        limit(`rowsPerGroup ${rows} must be an integer in 1..64`);
+      }
+      this.#rows = rows;
+      this.#kernel = device.kernel("attn_prefill_split", {
+        bindings: 6,
+        pushBytes: 48,
+        spec: [lanes, opts.groupSize, opts.headDim, rows, ROWS_KEYS_PER_BLOCK, Math.log2(lanes)],
+      });
+      return;
+    }
     if (this.variant === "rows") {
       const perLane = opts.rowsPerLane ?? defaultRowsPerLane(opts.headDim);
       if (!Number.isInteger(perLane) || perLane < 1 || perLane > 32) {
         limit(`rowsPerLane ${perLane} must be an integer in 1..32`);
       }
-      const lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
       this.#rows = lanes * perLane;
       this.#kernel = device.kernel("attn_prefill_cpu", {
         bindings: 6,
@@ -373,7 +391,7 @@ export class PrefillAttention implements Disposable {
     requireBytes(a.q, (qOff + (B - 1) * qStride + nHeads * D) * 4, "prefill q");
     requireBytes(a.out, (oOff + (B - 1) * oStride + nHeads * D) * 4, "prefill output");
     requireBytes(a.scratch, this.scratchBytes(cache, B), "prefill scratch");
-    const rowsVariant = this.variant === "rows";
+    const rowsVariant = this.variant !== "tiled";
     const perPass = a.keysPerPass ??
       (rowsVariant ? ROWS_KEYS_PER_BLOCK * ROWS_BLOCKS_PER_PASS : this.#cpu ? 2048 : kvRows);
     if (!Number.isInteger(perPass) || perPass < 1) {

@@ -85,8 +85,8 @@ export interface MatVecOptions {
   load64?: boolean;
   /** Lanes per workgroup (power of two); default from the subgroup size and path. */
   workgroupSize?: number;
-  /** Rows per workgroup; default 64 for the run path at batch 1, 16 for its batches, 2 for
-   * the generic path. */
+  /** Rows per workgroup; default 64 for the run path at batch 1, 16/columns (at least 4) for
+   * its batches, 2 for the generic path. */
   rowsPerGroup?: number;
 }
 
@@ -111,6 +111,9 @@ export interface MatVecRecord {
   xStride?: number;
   /** Floats between y columns, default rows. */
   yStride?: number;
+  /** Cap on one weight binding's bytes (default: the device's maxStorageBufferRange); lets
+   * tests exercise the split into row ranges with small weights. */
+  maxBindingBytes?: number;
 }
 
 /** What one record() call dispatched, for tests and benchmarks. */
@@ -154,10 +157,7 @@ export class MatVec implements Disposable {
   readonly typeName: string;
   readonly blockElems: number;
   readonly blockBytes: number;
-  readonly options: Required<Omit<MatVecOptions, "workgroupSize" | "rowsPerGroup">> & {
-    workgroupSize?: number;
-    rowsPerGroup?: number;
-  };
+  readonly options: Required<Pick<MatVecOptions, "path" | "load64">> & MatVecOptions;
   #kernels = new Map<string, Kernel>();
   #disposed = false;
   /** What the last record() call did. */
@@ -202,7 +202,8 @@ export class MatVec implements Disposable {
   }
 
   #rowsPerGroup(kind: KernelKind, wg: number, ncols: number): number {
-    let r = this.options.rowsPerGroup ?? (kind === "rowloop" ? 64 : kind === "step" ? 16 : 2);
+    // The step variant unrolls rows x columns: keep that product (and its compile time) bounded.
+    let r = this.options.rowsPerGroup ?? (kind === "rowloop" ? 64 : kind === "step" ? Math.max(4, 16 / ncols | 0) : 2);
     const limit = this.device.info.maxComputeSharedMemoryBytes - COMMON_SHARED_BYTES;
     while (r > 1 && r * ncols * wg * 4 > limit) r >>= 1;
     if (r * ncols * wg * 4 > limit) {
@@ -287,6 +288,8 @@ export class MatVec implements Disposable {
       throw new HcError("E_VK_LIMIT", `matvec: a ${a.rows}x${a.cols} ${name} weight (${weightBytes} bytes) at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`);
     }
     const maxRange = Math.min(info.maxStorageBufferRange, MAX_BINDING_BYTES);
+    if (a.maxBindingBytes !== undefined) positiveInt("maxBindingBytes", a.maxBindingBytes);
+    const maxWeightRange = Math.min(maxRange, a.maxBindingBytes ?? maxRange);
     const x = this.#checkedBinding("x", a.x, ((batch - 1) * xStride + a.cols) * 4, maxRange);
     const y = this.#checkedBinding("y", a.y, ((batch - 1) * yStride + a.rows) * 4, maxRange);
 
@@ -309,9 +312,9 @@ export class MatVec implements Disposable {
       const start = weightOffset + row0 * rowBytes;
       const bindOffset = Math.floor(start / align) * align;
       const wByte0 = start - bindOffset;
-      const fitRows = Math.floor((maxRange - wByte0 - 128) / rowBytes);
+      const fitRows = Math.floor((maxWeightRange - wByte0 - 128) / rowBytes);
       if (fitRows < 1) {
-        throw new HcError("E_VK_LIMIT", `matvec: one ${rowBytes}-byte row exceeds the ${maxRange}-byte storage range`);
+        throw new HcError("E_VK_LIMIT", `matvec: one ${rowBytes}-byte row exceeds the ${maxWeightRange}-byte storage range`);
       }
       const n = Math.min(a.rows - row0, fitRows, maxRowsByGrid);
       const used = wByte0 + n * rowBytes;

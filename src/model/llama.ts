@@ -8,12 +8,7 @@ import { HcError } from "../errors.ts";
 import { GgmlType } from "../gguf/types.ts";
 import { Axpby, RmsNorm, Rope, RopeTable, Swiglu } from "../kernels/elementwise.ts";
 import { DecodeAttention, PrefillAttention } from "../kernels/attention.ts";
-import { RowGather } from "../kernels/gather.ts";
-// Interim embedding lookup (F32 rows copied by the row gather) until the get_rows kernels land.
-class GetRows implements Disposable { g: RowGather; constructor(d: Device, t: number) { if (t !== GgmlType.F32) throw new HcError("E_MODEL_TENSOR", "only F32 token embeddings are supported in this build"); this.g = new RowGather(d); }
-  record(cmd: CommandList, a: {weight: Buffer; rows: number; cols: number; ids: Buffer; count: number; out: Buffer}) {
-    this.g.record(cmd, { src: { buffer: a.weight, rows: a.ids }, dst: { buffer: a.out }, count: a.count, rowWords: a.cols }); }
-  [Symbol.dispose]() { this.g[Symbol.dispose](); } }
+import { GetRows } from "../kernels/get_rows.ts";
 import { KvAppend, type KvLayerCache } from "../kernels/kv.ts";
 import { MatVec } from "../kernels/matvec.ts";
 import { Argmax } from "../kernels/select.ts";

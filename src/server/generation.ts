@@ -291,5 +291,11 @@ export function headMap(served: ServedModel, cache: CachePolicyName): HeadMapJso
   const c = served.model.config;
   const map = fullHeadMap(c.nLayers, c.nKvHeads);
   map.cache = cache;
+  // Before a request runs, roles come from the policy alone (budgets depend on the prompt).
+  if (cache === "snapkv" || cache === "streaming") {
+    map.roles = map.roles.map((layer) => layer.map(() => "compressed"));
+  } else if (NEEDS_PROFILE.has(cache) && served.profile) {
+    map.roles = served.profile.layers.map((l) => [...l.roles]);
+  }
   return map;
 }

@@ -1,0 +1,174 @@
+/**
+ * Row fetch (embedding lookup) for weights in GGUF layout (shaders/get_rows.comp):
+ * out[i * outStride + e] = dequant(W[ids[i]])[e] as f32, for the ggml types F32, F16, BF16, Q8_0,
+ * Q4_0, Q4_K and Q6_K. The ids live in a u32 device buffer, so a recorded decode step can be
+ * replayed with the next token id written into a host-visible buffer. An id outside
+ * [0, rows) yields a zero row. A weight larger than maxStorageBufferRange is split into row
+ * ranges, one dispatch each; more than 65535 ids are split too.
+ */
+import { HcError } from "../errors.ts";
+import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
+import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
+
+const SHADER_SUFFIX: Record<number, string> = {
+  [GgmlType.F32]: "f32",
+  [GgmlType.F16]: "f16",
+  [GgmlType.BF16]: "bf16",
+  [GgmlType.Q8_0]: "q8_0",
+  [GgmlType.Q4_0]: "q4_0",
+  [GgmlType.Q4_K]: "q4_k",
+  [GgmlType.Q6_K]: "q6_k",
+};
+
+/** Elements one invocation produces (the shader's UNIT). */
+const UNIT: Record<number, number> = {
+  [GgmlType.F32]: 4,
+  [GgmlType.F16]: 4,
+  [GgmlType.BF16]: 4,
+  [GgmlType.Q8_0]: 32,
+  [GgmlType.Q4_0]: 32,
+  [GgmlType.Q4_K]: 64,
+  [GgmlType.Q6_K]: 64,
+};
+
+const PUSH_WORDS = 10;
+const MAX_BINDING_BYTES = 2 ** 31;
+
+export interface GetRowsRecord {
+  /** Buffer holding the weight in GGUF layout. */
+  weight: Buffer;
+  /** Byte offset of row 0 in `weight` (multiple of 4). */
+  weightOffset?: number;
+  /** Rows of the weight (vocabulary size for an embedding). */
+  rows: number;
+  /** Elements per row (GGUF dims[0]). */
+  cols: number;
+  /** u32 row ids; the first `count` are used. */
+  ids: Binding;
+  count: number;
+  /** f32 output: `count` rows of `cols` floats, `outStride` floats apart. */
+  out: Binding;
+  /** Floats between output rows, default cols. */
+  outStride?: number;
+}
+
+function bindingParts(b: Binding): { buffer: Buffer; offset: number; bytes: number } {
+  if ("buffer" in b) return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
+  return { buffer: b, offset: 0, bytes: b.bytes };
+}
+
+export class GetRows implements Disposable {
+  readonly device: Device;
+  readonly type: number;
+  readonly blockElems: number;
+  readonly blockBytes: number;
+  readonly workgroupSize: number;
+  #kernel: Kernel;
+  #maxBindingBytes: number | undefined;
+  #disposed = false;
+
+  /** `maxBindingBytes` caps one weight binding (default: the device's maxStorageBufferRange),
+   * so tests can exercise the split into row ranges with small weights. */
+  constructor(device: Device, type: number, options: { maxBindingBytes?: number } = {}) {
+    const suffix = SHADER_SUFFIX[type];
+    const info = ggmlTypeInfo(type);
+    if (!suffix || !info) {
+      throw new HcError("E_MODEL_TENSOR", `get_rows: weight type ${info?.name ?? type} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`);
+    }
+    this.device = device;
+    this.type = type;
+    this.blockElems = info.blockElems;
+    this.blockBytes = info.blockBytes;
+    this.workgroupSize = Math.min(64, device.info.maxComputeWorkGroupInvocations);
+    const cap = options.maxBindingBytes;
+    if (cap !== undefined && (!Number.isSafeInteger(cap) || cap <= 0)) {
+      throw new HcError("E_BAD_REQUEST", `get_rows: maxBindingBytes ${cap} is not a positive integer`);
+    }
+    this.#maxBindingBytes = cap;
+    this.#kernel = device.kernel(`get_rows_${suffix}`, { bindings: 3, pushBytes: PUSH_WORDS * 4, spec: [this.workgroupSize] });
+  }
+
+  /** Records the fetch; returns how many dispatches it took. */
+  record(cmd: CommandList, a: GetRowsRecord): { dispatches: number } {
+    if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "get_rows: used after dispose");
+    const info = this.device.info;
+    const name = ggmlTypeInfo(this.type)?.name ?? String(this.type);
+    for (const [k, v] of [["rows", a.rows], ["cols", a.cols], ["count", a.count]] as const) {
+      if (!Number.isSafeInteger(v) || v <= 0) throw new HcError("E_BAD_REQUEST", `get_rows: ${k} = ${v} is not a positive integer`);
+    }
+    if (a.cols % this.blockElems !== 0) {
+      throw new HcError("E_MODEL_TENSOR", `get_rows: ${name} needs cols to be a multiple of ${this.blockElems}, got ${a.cols}`);
+    }
+    const outStride = a.outStride ?? a.cols;
+    if (!Number.isSafeInteger(outStride) || outStride < a.cols) {
+      throw new HcError("E_BAD_REQUEST", `get_rows: outStride ${outStride} must be >= cols (${a.cols})`);
+    }
+    const weightOffset = a.weightOffset ?? 0;
+    if (!Number.isSafeInteger(weightOffset) || weightOffset < 0 || weightOffset % 4 !== 0) {
+      throw new HcError("E_BAD_REQUEST", `get_rows: weightOffset ${weightOffset} must be a non-negative multiple of 4`);
+    }
+    const rowBytes = (a.cols / this.blockElems) * this.blockBytes;
+    if (weightOffset + rowBytes * a.rows > a.weight.bytes) {
+      throw new HcError("E_VK_LIMIT", `get_rows: a ${a.rows}x${a.cols} ${name} weight at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`);
+    }
+    const maxRange = Math.min(info.maxStorageBufferRange, MAX_BINDING_BYTES);
+    const ids = this.#checked("ids", a.ids, a.count * 4, maxRange);
+    const out = this.#checked("out", a.out, ((a.count - 1) * outStride + a.cols) * 4, maxRange);
+    const maxWeightRange = Math.min(maxRange, this.#maxBindingBytes ?? maxRange);
+
+    const align = info.minStorageBufferOffsetAlignment;
+    const gx = Math.ceil(Math.ceil(a.cols / UNIT[this.type]) / this.workgroupSize);
+    const maxIds = info.maxComputeWorkGroupCount[1];
+    if (gx > info.maxComputeWorkGroupCount[0]) throw new HcError("E_VK_LIMIT", `get_rows: rows of ${a.cols} elements are too long`);
+    const push = new Uint32Array(PUSH_WORDS);
+    let dispatches = 0;
+    for (let row0 = 0; row0 < a.rows;) {
+      const start = weightOffset + row0 * rowBytes;
+      const bindOffset = Math.floor(start / align) * align;
+      const wByte0 = start - bindOffset;
+      const n = Math.min(a.rows - row0, Math.floor((maxWeightRange - wByte0 - 4) / rowBytes));
+      if (n < 1) throw new HcError("E_VK_LIMIT", `get_rows: one ${rowBytes}-byte row exceeds the ${maxWeightRange}-byte storage range`);
+      // Word reads of 2-byte aligned data reach up to the next multiple of 4 bytes.
+      const bytes = Math.ceil((wByte0 + n * rowBytes) / 4) * 4;
+      if (bindOffset + bytes > a.weight.bytes) {
+        throw new HcError("E_VK_LIMIT", `get_rows: the ${name} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`);
+      }
+      for (let id0 = 0; id0 < a.count; id0 += maxIds) {
+        const nids = Math.min(maxIds, a.count - id0);
+        push.set([a.cols, rowBytes, wByte0, row0, n, a.rows, outStride, id0, nids, row0 === 0 ? 1 : 0]);
+        cmd.dispatch(this.#kernel, [{ buffer: a.weight, offset: bindOffset, bytes }, ids, out], push, [gx, nids, 1]);
+        dispatches++;
+      }
+      row0 += n;
+    }
+    return { dispatches };
+  }
+
+  #checked(what: string, b: Binding, needBytes: number, maxRange: number): Binding {
+    const { buffer, offset, bytes } = bindingParts(b);
+    if (offset < 0 || offset % this.device.info.minStorageBufferOffsetAlignment !== 0) {
+      throw new HcError("E_VK_LIMIT", `get_rows: ${what} offset ${offset} is not a multiple of ${this.device.info.minStorageBufferOffsetAlignment}`);
+    }
+    if (bytes < needBytes || offset + bytes > buffer.bytes) {
+      throw new HcError("E_VK_LIMIT", `get_rows: ${what} binding holds ${bytes} bytes, needs ${needBytes}`);
+    }
+    if (needBytes > maxRange) {
+      throw new HcError("E_VK_LIMIT", `get_rows: ${what} needs ${needBytes} bytes, above the ${maxRange}-byte storage range`);
+    }
+    return { buffer, offset, bytes: Math.min(bytes, maxRange) };
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#kernel.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
