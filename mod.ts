@@ -22,7 +22,13 @@ export {
   type SessionOptions,
 } from "./src/engine/model.ts";
 export { calibrate, type CalibrateOptions } from "./src/engine/calibrate.ts";
-export { POLICY_NAMES, type PolicyName, readProfile, serializeProfile, type HeadProfile } from "./src/engine/model.ts";
+export {
+  type HeadProfile,
+  POLICY_NAMES,
+  type PolicyName,
+  readProfile,
+  serializeProfile,
+} from "./src/engine/model.ts";
 export type { CacheOptions, CacheStats } from "./src/cache/mod.ts";
 export {
   type FinishReason,

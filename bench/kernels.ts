@@ -23,26 +23,53 @@ if (import.meta.main) {
   });
   using device = Device.open();
   const copyBefore = await benchCopy(device);
-  const matvec = await benchMatvec(device, { reps: Number(values.reps), types: values.types.split(",") });
-  const attention = await benchAttention(device, { contexts: values.contexts.split(",").map(Number) });
+  const matvec = await benchMatvec(device, {
+    reps: Number(values.reps),
+    types: values.types.split(","),
+  });
+  const attention = await benchAttention(device, {
+    contexts: values.contexts.split(",").map(Number),
+  });
   const copyAfter = await benchCopy(device);
   const copyGbps = (copyBefore.gbps + copyAfter.gbps) / 2;
-  console.log(`\nkernel bandwidth on ${device.info.name} (${device.info.type}); plain copy ${copyGbps.toFixed(2)} GB/s ` +
-    `(before ${copyBefore.gbps.toFixed(2)}, after ${copyAfter.gbps.toFixed(2)})\n`);
+  console.log(
+    `\nkernel bandwidth on ${device.info.name} (${device.info.type}); plain copy ${
+      copyGbps.toFixed(2)
+    } GB/s ` +
+      `(before ${copyBefore.gbps.toFixed(2)}, after ${copyAfter.gbps.toFixed(2)})\n`,
+  );
   console.log("| kernel | shape | ms | GB/s | vs copy |");
   console.log("|---|---|---:|---:|---:|");
   for (const r of matvec) {
-    console.log(`| matvec ${r.type} | ${r.rows}x${r.cols} | ${r.ms.toFixed(3)} | ${r.gbps.toFixed(2)} | ${(100 * r.gbps / copyGbps).toFixed(0)}% |`);
+    console.log(
+      `| matvec ${r.type} | ${r.rows}x${r.cols} | ${r.ms.toFixed(3)} | ${r.gbps.toFixed(2)} | ${
+        (100 * r.gbps / copyGbps).toFixed(0)
+      }% |`,
+    );
   }
   for (const r of attention) {
     console.log(
-      `| decode attention | ${r.tokens} tokens | ${r.ms.toFixed(3)} | ${r.gbps.toFixed(2)} | ${(100 * r.gbps / copyGbps).toFixed(0)}% ` +
+      `| decode attention | ${r.tokens} tokens | ${r.ms.toFixed(3)} | ${r.gbps.toFixed(2)} | ${
+        (100 * r.gbps / copyGbps).toFixed(0)
+      }% ` +
         `(${(100 * r.gbps / r.copyGbps).toFixed(0)}% of the interleaved copy) |`,
     );
   }
   await Deno.mkdir(join(HERE, "results"), { recursive: true });
   await Deno.writeTextFile(
     join(HERE, "results", "kernels.json"),
-    JSON.stringify({ date: new Date().toISOString(), device: device.info, copyGbps, copyBefore, copyAfter, matvec, attention }, null, 2),
+    JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        device: device.info,
+        copyGbps,
+        copyBefore,
+        copyAfter,
+        matvec,
+        attention,
+      },
+      null,
+      2,
+    ),
   );
 }

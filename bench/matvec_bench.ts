@@ -84,7 +84,14 @@ export async function benchOne(
   }
   const ms = median(times);
   const bytes = wb.length + cols * 4 + rows * 4;
-  return { type: ggmlTypeInfo(type)?.name ?? String(type), rows, cols, ms, gbps: bytes / ms / 1e6, kernel };
+  return {
+    type: ggmlTypeInfo(type)?.name ?? String(type),
+    rows,
+    cols,
+    ms,
+    gbps: bytes / ms / 1e6,
+    kernel,
+  };
 }
 
 /** Every type at every benchmark shape. */
@@ -104,7 +111,10 @@ export async function benchMatvec(
 }
 
 /** GB/s of a 256 MiB buffer-to-buffer copy: bytes copied / time = (read + write) / 2 / time. */
-export async function benchCopy(device: Device, opts: { bytes?: number; submits?: number } = {}): Promise<{ bytes: number; ms: number; gbps: number }> {
+export async function benchCopy(
+  device: Device,
+  opts: { bytes?: number; submits?: number } = {},
+): Promise<{ bytes: number; ms: number; gbps: number }> {
   const bytes = opts.bytes ?? 256 << 20;
   using a = device.buffer(bytes);
   using b = device.buffer(bytes);
@@ -143,15 +153,23 @@ if (import.meta.main) {
   for (const name of types) {
     const type = (GgmlType as Record<string, number>)[name];
     if (type === undefined) throw new Error(`unknown type ${name}`);
-    for (const [r, c] of BENCH_SHAPES) rows.push(await benchOne(device, type, r, c, { ...opts, reps: Number(values.reps) }));
+    for (const [r, c] of BENCH_SHAPES) {
+      rows.push(await benchOne(device, type, r, c, { ...opts, reps: Number(values.reps) }));
+    }
   }
   const copyAfter = await benchCopy(device);
   const copy = Math.max(copyBefore.gbps, copyAfter.gbps);
-  console.log(`copy 256 MiB: ${copyBefore.gbps.toFixed(2)} / ${copyAfter.gbps.toFixed(2)} GB/s (before / after)`);
+  console.log(
+    `copy 256 MiB: ${copyBefore.gbps.toFixed(2)} / ${
+      copyAfter.gbps.toFixed(2)
+    } GB/s (before / after)`,
+  );
   console.log("type   rows x cols      ms      GB/s   vs copy  kernel");
   for (const r of rows) {
     console.log(
-      `${r.type.padEnd(6)} ${`${r.rows}x${r.cols}`.padEnd(12)} ${r.ms.toFixed(3).padStart(8)} ${r.gbps.toFixed(2).padStart(8)} ${(r.gbps / copy * 100).toFixed(0).padStart(7)}%  ${r.kernel}`,
+      `${r.type.padEnd(6)} ${`${r.rows}x${r.cols}`.padEnd(12)} ${r.ms.toFixed(3).padStart(8)} ${
+        r.gbps.toFixed(2).padStart(8)
+      } ${(r.gbps / copy * 100).toFixed(0).padStart(7)}%  ${r.kernel}`,
     );
   }
 }

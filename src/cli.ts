@@ -242,8 +242,12 @@ KV cache:
         },
       });
       if (values.help) return help("generate");
-      if (values.cache !== undefined && !(CACHE_POLICIES as readonly string[]).includes(values.cache)) {
-        throw usageError(`--cache must be one of ${CACHE_POLICIES.join(", ")}, got "${values.cache}"`);
+      if (
+        values.cache !== undefined && !(CACHE_POLICIES as readonly string[]).includes(values.cache)
+      ) {
+        throw usageError(
+          `--cache must be one of ${CACHE_POLICIES.join(", ")}, got "${values.cache}"`,
+        );
       }
       const keep = numberOpt("keep", values.keep, Number.MIN_VALUE, Number.MAX_SAFE_INTEGER, false);
       if (values.prompt !== undefined && positionals.length > 0) {
@@ -290,7 +294,9 @@ KV cache:
           `the prompt has ${promptTokens} tokens; the session holds ${contextTokens} (the model's context is ${limit})`,
         );
       }
-      const profile = values.profile ? await readProfile(values.profile, model.identity()) : undefined;
+      const profile = values.profile
+        ? await readProfile(values.profile, model.identity())
+        : undefined;
       using session = model.session({
         contextTokens,
         cache: values.cache as CachePolicyName | undefined,
@@ -339,7 +345,9 @@ KV cache:
         stop.dispose();
       }
       if (values.stats) {
-        console.error(JSON.stringify({ summary, stats: session.stats(), cache: session.cacheStats() }, null, 2));
+        console.error(
+          JSON.stringify({ summary, stats: session.stats(), cache: session.cacheStats() }, null, 2),
+        );
       }
     },
   },
@@ -389,8 +397,20 @@ calibration:
           promptTokens: numberOpt("prompt-tokens", values["prompt-tokens"], 16, 1 << 24, true),
           decodeSteps: numberOpt("steps", values.steps, 1, 100_000, true),
           topk: numberOpt("topk", values.topk, 1, 1 << 24, true),
-          stableThreshold: numberOpt("stable-threshold", values["stable-threshold"], Number.MIN_VALUE, 1, false),
-          simThreshold: numberOpt("sim-threshold", values["sim-threshold"], Number.MIN_VALUE, 1, false),
+          stableThreshold: numberOpt(
+            "stable-threshold",
+            values["stable-threshold"],
+            Number.MIN_VALUE,
+            1,
+            false,
+          ),
+          simThreshold: numberOpt(
+            "sim-threshold",
+            values["sim-threshold"],
+            Number.MIN_VALUE,
+            1,
+            false,
+          ),
           onProgress: (done, total) => bar.update(done, total),
         });
       } finally {

@@ -3,7 +3,7 @@ import { loadModel } from "../mod.ts";
 import type { LoadedModel } from "../src/engine/model.ts";
 import type { CacheOptions } from "../src/cache/mod.ts";
 import type { HeteroCache } from "../src/cache/heterocache.ts";
-import { parseProfile, type HeadProfile, type HeadRole } from "../src/cache/profile.ts";
+import { type HeadProfile, type HeadRole, parseProfile } from "../src/cache/profile.ts";
 import { satelliteRefresh } from "../src/cache/select.ts";
 import { writeSyntheticModel } from "../src/model/synthetic.ts";
 import { relError, sharedPath } from "./helpers.ts";
@@ -36,12 +36,19 @@ function makeProfile(nLayers: number, roles: HeadRole[], multipliers: number[]):
   });
 }
 
-const SMALL_PROFILE = (nLayers: number) => makeProfile(nLayers, ["satellite", "pivot", "satellite", "anchor"], [1.2, -1, 0.8, 1]);
+const SMALL_PROFILE = (nLayers: number) =>
+  makeProfile(nLayers, ["satellite", "pivot", "satellite", "anchor"], [1.2, -1, 0.8, 1]);
 
-const PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. " +
+const PROMPT =
+  "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. " +
   "One day, she saw a big red ball. She wanted to play with it, but it was too high. Her mom said";
 
-async function teacherForced(model: LoadedModel, opts: CacheOptions, prompt: number[], forced: number[]): Promise<Float32Array[]> {
+async function teacherForced(
+  model: LoadedModel,
+  opts: CacheOptions,
+  prompt: number[],
+  forced: number[],
+): Promise<Float32Array[]> {
   using s = model.session({ ...opts, contextTokens: prompt.length + forced.length + 1 });
   const out: Float32Array[] = [];
   await s.teacherForce(prompt, forced, (_, logits) => out.push(logits.slice()));
@@ -68,7 +75,10 @@ async function keepOneMatchesFull(model: LoadedModel): Promise<void> {
     assert.equal(got.length, reference.length);
     got.forEach((g, i) => {
       const e = relError(g, reference[i]);
-      assert.ok(e < 1e-4, `${v.cache}${v.compat ? " compat" : ""} step ${i}: logits differ from full by ${e}`);
+      assert.ok(
+        e < 1e-4,
+        `${v.cache}${v.compat ? " compat" : ""} step ${i}: logits differ from full by ${e}`,
+      );
     });
   }
 }
@@ -89,7 +99,14 @@ for (const compat of [false, true]) {
   Deno.test(`refreshed satellites hold the host rows at the ${compat ? "compat (§4)" : "default (§10.1)"} positions`, async () => {
     await using model = await loadModel(sharedPath("models/stories260K.gguf"));
     const profile = SMALL_PROFILE(model.config.nLayers);
-    using s = model.session({ cache: "per-step", keep: 0.4, profile, compat, record: true, contextTokens: 200 });
+    using s = model.session({
+      cache: "per-step",
+      keep: 0.4,
+      profile,
+      compat,
+      record: true,
+      contextTokens: 200,
+    });
     await s.complete(PROMPT, { temperature: 0, maxTokens: 6 });
     const policy = s.policy as HeteroCache;
     await policy.settle();
@@ -104,14 +121,22 @@ for (const compat of [false, true]) {
     const rowBytes = model.config.headDim * 2;
     for (const r of latest.values()) {
       const expected = satelliteRefresh(r.scores, r.caps, compat ? "compat" : "default")[r.index];
-      assert.deepEqual(Array.from(r.positions), Array.from(expected), `layer ${r.layer} head ${r.head} positions`);
+      assert.deepEqual(
+        Array.from(r.positions),
+        Array.from(expected),
+        `layer ${r.layer} head ${r.head} positions`,
+      );
       const dev = policy.caches[r.layer].location(r.head, 0);
       const ref = full.policy.caches[r.layer].location(r.head, 0);
       for (const side of ["k", "v"] as const) {
         const got = model.device.download(dev[side], dev.byteOffset, r.positions.length * rowBytes);
         const all = model.device.download(ref[side], ref.byteOffset, prompt.length * rowBytes);
         r.positions.forEach((p, i) => {
-          assert.deepEqual(got.subarray(i * rowBytes, (i + 1) * rowBytes), all.subarray(p * rowBytes, (p + 1) * rowBytes), `layer ${r.layer} head ${r.head} ${side} row ${i}`);
+          assert.deepEqual(
+            got.subarray(i * rowBytes, (i + 1) * rowBytes),
+            all.subarray(p * rowBytes, (p + 1) * rowBytes),
+            `layer ${r.layer} head ${r.head} ${side} row ${i}`,
+          );
         });
       }
     }
@@ -121,7 +146,15 @@ for (const compat of [false, true]) {
 Deno.test("drift: a synthetic model whose attention moves triggers refreshes; a still one never does", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const spec = { dim: 64, nLayers: 2, nHeads: 4, nKvHeads: 4, ffnDim: 96, contextLength: 1024, seed: 5 };
+    const spec = {
+      dim: 64,
+      nLayers: 2,
+      nHeads: 4,
+      nKvHeads: 4,
+      ffnDim: 96,
+      contextLength: 1024,
+      seed: 5,
+    };
     const moving = `${dir}/moving.gguf`;
     const still = `${dir}/still.gguf`;
     await writeSyntheticModel(moving, { ...spec, weightScale: 0.6 });
@@ -138,7 +171,10 @@ Deno.test("drift: a synthetic model whose attention moves triggers refreshes; a 
     const m = await run(moving);
     const st = await run(still);
     assert.equal(m.driftChecks, 2 * 8, "two pivots checked every 5 of 40 steps");
-    assert.ok(m.triggers > 0 && m.refreshedHeads >= 2 * m.triggers && m.bytesMoved > 0, JSON.stringify(m));
+    assert.ok(
+      m.triggers > 0 && m.refreshedHeads >= 2 * m.triggers && m.bytesMoved > 0,
+      JSON.stringify(m),
+    );
     assert.equal(st.driftChecks, 2 * 8);
     assert.equal(st.triggers, 0, JSON.stringify(st));
     assert.equal(st.bytesMoved, 0);
@@ -151,15 +187,38 @@ Deno.test("device memory at keep 0.25, 8 KV heads, 16K prompt: as budgeted, unde
   const dir = await Deno.makeTempDir();
   try {
     const path = `${dir}/m.gguf`;
-    await writeSyntheticModel(path, { dim: 64, nLayers: 2, nHeads: 8, nKvHeads: 8, headDim: 8, ffnDim: 64, contextLength: 20000, seed: 2 });
-    const roles: HeadRole[] = ["pivot", "satellite", "satellite", "satellite", "satellite", "satellite", "anchor", "anchor"];
+    await writeSyntheticModel(path, {
+      dim: 64,
+      nLayers: 2,
+      nHeads: 8,
+      nKvHeads: 8,
+      headDim: 8,
+      ffnDim: 64,
+      contextLength: 20000,
+      seed: 2,
+    });
+    const roles: HeadRole[] = [
+      "pivot",
+      "satellite",
+      "satellite",
+      "satellite",
+      "satellite",
+      "satellite",
+      "anchor",
+      "anchor",
+    ];
     const mult = [-1, 0.6, 0.8, 1.0, 1.2, 1.4, 0.9, 1.1];
     const profile = makeProfile(2, roles, mult);
     await using model = await loadModel(path);
     const L = 16384;
     const maxNew = 8;
     const prompt = Array.from({ length: L }, (_, i) => 3 + ((i * 7919) % 300));
-    using s = model.session({ cache: "heterocache", keep: 0.25, profile, contextTokens: L + maxNew + 1 });
+    using s = model.session({
+      cache: "heterocache",
+      keep: 0.25,
+      profile,
+      contextTokens: L + maxNew + 1,
+    });
     await s.teacherForce(prompt, Array(maxNew).fill(5), () => {});
     const st = s.cacheStats();
     // Prediction from the budgets: N = 16 heads, F = 2 full heads.
@@ -167,10 +226,21 @@ Deno.test("device memory at keep 0.25, 8 KV heads, 16K prompt: as budgeted, unde
     const rowBytes = 8 * 2 * 2;
     let predicted = 0;
     for (let l = 0; l < 2; l++) {
-      roles.forEach((r, h) => (predicted += ((r === "pivot" ? L : Math.min(Math.trunc(base * mult[h]), L)) + maxNew) * rowBytes));
+      roles.forEach((
+        r,
+        h,
+      ) => (predicted += ((r === "pivot" ? L : Math.min(Math.trunc(base * mult[h]), L)) + maxNew) *
+        rowBytes)
+      );
     }
-    assert.ok(Math.abs(st.deviceKvBytes - predicted) / predicted < 0.05, `device ${st.deviceKvBytes} vs predicted ${predicted}`);
-    assert.ok(st.deviceKvBytes < 0.4 * st.fullKvBytes, `device ${st.deviceKvBytes} vs full ${st.fullKvBytes}`);
+    assert.ok(
+      Math.abs(st.deviceKvBytes - predicted) / predicted < 0.05,
+      `device ${st.deviceKvBytes} vs predicted ${predicted}`,
+    );
+    assert.ok(
+      st.deviceKvBytes < 0.4 * st.fullKvBytes,
+      `device ${st.deviceKvBytes} vs full ${st.fullKvBytes}`,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

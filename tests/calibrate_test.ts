@@ -34,15 +34,22 @@ Deno.test("hc calibrate on stories260K writes a profile in under 2 minutes, and 
     const roles = profile.layers.flatMap((l) => l.roles);
     assert.equal(roles.length, model.config.nLayers * model.config.nKvHeads);
     using s = model.session({ cache: "heterocache", keep: 0.6, profile, contextTokens: 256 });
-    const r = await s.complete("Once upon a time, there was a little girl named Lily. She loved to play outside.", {
-      temperature: 0,
-      maxTokens: 21,
-    });
+    const r = await s.complete(
+      "Once upon a time, there was a little girl named Lily. She loved to play outside.",
+      {
+        temperature: 0,
+        maxTokens: 21,
+      },
+    );
     assert.equal(r.completionTokens, 21);
     const st = s.cacheStats();
     assert.ok(st.deviceKvBytes < st.fullKvBytes, JSON.stringify(st));
     const pivots = roles.filter((x) => x === "pivot").length;
-    assert.equal(st.driftChecks, pivots * 4, "every pivot is checked every 5 of the 20 decode steps");
+    assert.equal(
+      st.driftChecks,
+      pivots * 4,
+      "every pivot is checked every 5 of the 20 decode steps",
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -51,7 +58,12 @@ Deno.test("hc calibrate on stories260K writes a profile in under 2 minutes, and 
 Deno.test("a profile made for another model is rejected with a message", async () => {
   await using model = await loadModel(MODEL);
   await assert.rejects(
-    readProfile(sharedPath("profiles/Head_Analysis_llama-3.1-8b-instruct_topk1024_th0.5_sim0.5_step5000.json"), model.identity()),
+    readProfile(
+      sharedPath(
+        "profiles/Head_Analysis_llama-3.1-8b-instruct_topk1024_th0.5_sim0.5_step5000.json",
+      ),
+      model.identity(),
+    ),
     (e) => isHcError(e, "E_PROFILE_MISMATCH") && /32 layers|layers/.test(e.message),
   );
 });
@@ -67,7 +79,8 @@ Deno.test("the server runs heterocache requests with its profile and reports the
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({
-        prompt: "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
+        prompt:
+          "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
         max_tokens: 26,
         temperature: 0,
         cache: "heterocache",

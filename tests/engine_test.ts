@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { isHcError, loadModel } from "../mod.ts";
 import { sharedPath } from "./helpers.ts";
 
-const GREEDY_TEXT = () => Deno.readTextFileSync(sharedPath("models/stories260K.greedy-n200.txt")).replace(/\n$/, "");
+const GREEDY_TEXT = () =>
+  Deno.readTextFileSync(sharedPath("models/stories260K.greedy-n200.txt")).replace(/\n$/, "");
 
 Deno.test("stories260K.gguf: greedy from BOS (llama2.c -n 200) reproduces llama2.c's text", async () => {
   await using model = await loadModel(sharedPath("models/stories260K.gguf"));
@@ -36,7 +37,11 @@ Deno.test("streaming pieces concatenate to the summary text; stop strings cut be
   assert.equal(r.value.finishReason, "length");
   const cut = streamed.indexOf("Lily");
   assert.ok(cut > 0, streamed);
-  const stopped = await session.complete("Once upon a time", { temperature: 0, maxTokens: 40, stop: ["Lily"] });
+  const stopped = await session.complete("Once upon a time", {
+    temperature: 0,
+    maxTokens: 40,
+    stop: ["Lily"],
+  });
   assert.equal(stopped.text, streamed.slice(0, cut));
   assert.equal(stopped.finishReason, "stop");
 });
@@ -56,7 +61,11 @@ Deno.test("abort ends a generation and the session stays usable; context overflo
   using session = model.session({ contextTokens: 64 });
   const ctl = new AbortController();
   let n = 0;
-  const it = session.generate("Once upon a time", { temperature: 0, maxTokens: 50, signal: ctl.signal });
+  const it = session.generate("Once upon a time", {
+    temperature: 0,
+    maxTokens: 50,
+    signal: ctl.signal,
+  });
   let r = await it.next();
   while (!r.done) {
     if (++n === 5) ctl.abort();

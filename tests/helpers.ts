@@ -5,7 +5,9 @@ import { existsSync } from "node:fs";
 export function sharedPath(rel: string): string {
   const path = new URL(`../../shared/${rel}`, import.meta.url).pathname;
   if (!existsSync(path)) {
-    throw new Error(`missing test file ${path}: the real models live in ../shared beside the checkout`);
+    throw new Error(
+      `missing test file ${path}: the real models live in ../shared beside the checkout`,
+    );
   }
   return path;
 }

@@ -13,7 +13,12 @@ import { type SyntheticSpec, writeSyntheticModel } from "../src/model/synthetic.
 import { relError, sharedPath } from "./helpers.ts";
 
 /** Device logits for the prompt's last position and for `decode` forced steps after it. */
-async function deviceLogits(path: string, prompt: number[], forced: number[], tokenizerPath?: string): Promise<Float32Array[]> {
+async function deviceLogits(
+  path: string,
+  prompt: number[],
+  forced: number[],
+  tokenizerPath?: string,
+): Promise<Float32Array[]> {
   await using model = await loadModel(path, { tokenizerPath });
   using s = model.session({ contextTokens: prompt.length + forced.length + 1 });
   const out: Float32Array[] = [];
@@ -21,7 +26,12 @@ async function deviceLogits(path: string, prompt: number[], forced: number[], to
   return out;
 }
 
-async function referenceLogits(path: string, prompt: number[], forced: number[], tokenizerPath?: string): Promise<Float32Array[]> {
+async function referenceLogits(
+  path: string,
+  prompt: number[],
+  forced: number[],
+  tokenizerPath?: string,
+): Promise<Float32Array[]> {
   using source = await openModelSource(path, { tokenizerPath });
   const ref = await ReferenceModel.load(source, { kvF16: true });
   const out = [ref.forward(prompt, 0)];
@@ -29,13 +39,23 @@ async function referenceLogits(path: string, prompt: number[], forced: number[],
   return out;
 }
 
-async function compare(path: string, prompt: number[], forced: number[], tolerance: number, what: string, tokenizerPath?: string) {
+async function compare(
+  path: string,
+  prompt: number[],
+  forced: number[],
+  tolerance: number,
+  what: string,
+  tokenizerPath?: string,
+) {
   const dev = await deviceLogits(path, prompt, forced, tokenizerPath);
   const ref = await referenceLogits(path, prompt, forced, tokenizerPath);
   assert.equal(dev.length, ref.length);
   dev.forEach((d, i) => {
     const e = relError(d, ref[i]);
-    assert.ok(e < tolerance, `${what}: step ${i} logits differ by ${e.toExponential(2)} (tolerance ${tolerance})`);
+    assert.ok(
+      e < tolerance,
+      `${what}: step ${i} logits differ by ${e.toExponential(2)} (tolerance ${tolerance})`,
+    );
   });
 }
 
@@ -44,7 +64,13 @@ function tokens(n: number, vocab: number, seed: number): number[] {
 }
 
 Deno.test("real models: device logits match the reference (F32)", async () => {
-  await compare(sharedPath("models/stories260K.gguf"), [1, ...tokens(40, 512, 1)], tokens(4, 512, 2), 1e-3, "stories260K.gguf");
+  await compare(
+    sharedPath("models/stories260K.gguf"),
+    [1, ...tokens(40, 512, 1)],
+    tokens(4, 512, 2),
+    1e-3,
+    "stories260K.gguf",
+  );
   await compare(
     sharedPath("models/babyllama-tok105/model5000.bin"),
     [1, ...tokens(30, 105, 3)],
@@ -66,7 +92,15 @@ async function withModel(spec: SyntheticSpec, fn: (path: string) => Promise<void
   }
 }
 
-const BASE: SyntheticSpec = { dim: 256, nLayers: 2, nHeads: 4, nKvHeads: 2, ffnDim: 512, contextLength: 4096, seed: 7 };
+const BASE: SyntheticSpec = {
+  dim: 256,
+  nLayers: 2,
+  nHeads: 4,
+  nKvHeads: 2,
+  ffnDim: 512,
+  contextLength: 4096,
+  seed: 7,
+};
 
 const TYPES: [string, number, number][] = [
   ["F32", GgmlType.F32, 1e-3],
@@ -80,33 +114,63 @@ const TYPES: [string, number, number][] = [
 
 for (const [name, type, tol] of TYPES) {
   Deno.test(`synthetic llama, ${name} weights and embeddings: device matches reference`, async () => {
-    await withModel({ ...BASE, weightType: type, seed: 11 + type }, (path) => compare(path, tokens(37, 320, type), tokens(3, 320, 9), tol, name));
+    await withModel(
+      { ...BASE, weightType: type, seed: 11 + type },
+      (path) => compare(path, tokens(37, 320, type), tokens(3, 320, 9), tol, name),
+    );
   });
 }
 
 for (const [arch, nKvHeads] of [["llama", 4], ["llama", 1], ["qwen2", 2], ["qwen2", 1]] as const) {
   Deno.test(`synthetic ${arch}, GQA ratio ${4 / nKvHeads}: device matches reference`, async () => {
-    await withModel({ ...BASE, arch, nKvHeads, seed: 3 }, (path) => compare(path, tokens(29, 320, 5), tokens(3, 320, 6), 1e-3, `${arch} G=${4 / nKvHeads}`));
+    await withModel(
+      { ...BASE, arch, nKvHeads, seed: 3 },
+      (path) =>
+        compare(path, tokens(29, 320, 5), tokens(3, 320, 6), 1e-3, `${arch} G=${4 / nKvHeads}`),
+    );
   });
 }
 
 Deno.test("synthetic llama with Llama 3 rope scaling: device matches reference", async () => {
   await withModel(
-    { ...BASE, ropeBase: 500000, ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalContextLength: 64 }, seed: 4 },
+    {
+      ...BASE,
+      ropeBase: 500000,
+      ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalContextLength: 64 },
+      seed: 4,
+    },
     (path) => compare(path, tokens(300, 320, 8), tokens(2, 320, 1), 1e-3, "llama3 rope"),
   );
 });
 
 Deno.test("a 4200-token prompt (past lavapipe's per-invocation loop cap in every kernel pass)", async () => {
   await withModel(
-    { dim: 32, nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 16, ffnDim: 64, contextLength: 8192, seed: 9 },
+    {
+      dim: 32,
+      nLayers: 1,
+      nHeads: 2,
+      nKvHeads: 1,
+      headDim: 16,
+      ffnDim: 64,
+      contextLength: 8192,
+      seed: 9,
+    },
     (path) => compare(path, tokens(4200, 320, 2), tokens(2, 320, 3), 1e-3, "long prompt"),
   );
 });
 
 Deno.test("an output matrix over the 128 MiB binding limit (split into row ranges)", async () => {
   await withModel(
-    { dim: 1024, nLayers: 1, nHeads: 8, nKvHeads: 8, ffnDim: 256, vocabSize: 33000, contextLength: 256, seed: 13 },
+    {
+      dim: 1024,
+      nLayers: 1,
+      nHeads: 8,
+      nKvHeads: 8,
+      ffnDim: 256,
+      vocabSize: 33000,
+      contextLength: 256,
+      seed: 13,
+    },
     (path) => compare(path, tokens(12, 33000, 4), tokens(1, 33000, 5), 1e-3, "big output"),
   );
 });

@@ -391,7 +391,12 @@ Deno.test("validation: every bad request gets a 4xx OpenAI error and never reach
     );
     assert.match(bad.error.message, /full/);
     // HeteroCache needs a head profile, which this server was not given.
-    const noProfile = await expectError(await post(c, { prompt: "x", cache: "heterocache" }), 400, "profile_required", "cache");
+    const noProfile = await expectError(
+      await post(c, { prompt: "x", cache: "heterocache" }),
+      400,
+      "profile_required",
+      "cache",
+    );
     assert.match(noProfile.error.message, /--profile/);
     await expectError(await post(c, { prompt: "x", cache: 3 }), 400, "invalid_value", "cache");
     await expectError(await post(c, { prompt: "x", keep: 0.25 }), 400, undefined, "keep");

@@ -44,7 +44,8 @@ Deno.test("a recorded dispatch replays with new inputs, and timestamps are taken
   using cmd = dev.commands();
   const x = randomF32(n, 1), y = randomF32(n, 2);
   dev.upload(b, y);
-  cmd.begin().timestamp(0).dispatch(add, [a, b, o], new Uint32Array([n]), [Math.ceil(n / 128)]).timestamp(1).end();
+  cmd.begin().timestamp(0).dispatch(add, [a, b, o], new Uint32Array([n]), [Math.ceil(n / 128)])
+    .timestamp(1).end();
   for (let rep = 0; rep < 3; rep++) {
     const xs = x.map((v) => v * (rep + 1));
     new Float32Array(a.mapped().buffer).set(xs);
@@ -64,15 +65,39 @@ Deno.test("bad handles, bad ranges and limits are errors, not crashes", () => {
   using c = dev.buffer(256);
   using cmd = dev.commands();
   cmd.begin();
-  assert.throws(() => cmd.dispatch(add, [b, c, c], new Uint32Array([1]), [1]), (e) => isHcError(e, "E_VK_BAD_HANDLE"));
-  assert.throws(() => cmd.dispatch(add, [c, c], new Uint32Array([1]), [1]), (e) => isHcError(e, "E_VK"));
-  assert.throws(() => cmd.dispatch(add, [c, c, c], new Uint32Array([1]), [dev.info.maxComputeWorkGroupCount[0] + 1]), (e) => isHcError(e, "E_VK_LIMIT"));
-  assert.throws(() => cmd.dispatch(add, [{ buffer: c, offset: 3 }, c, c], new Uint32Array([1]), [1]), (e) => isHcError(e, "E_VK"));
+  assert.throws(
+    () => cmd.dispatch(add, [b, c, c], new Uint32Array([1]), [1]),
+    (e) => isHcError(e, "E_VK_BAD_HANDLE"),
+  );
+  assert.throws(
+    () => cmd.dispatch(add, [c, c], new Uint32Array([1]), [1]),
+    (e) => isHcError(e, "E_VK"),
+  );
+  assert.throws(
+    () =>
+      cmd.dispatch(add, [c, c, c], new Uint32Array([1]), [
+        dev.info.maxComputeWorkGroupCount[0] + 1,
+      ]),
+    (e) => isHcError(e, "E_VK_LIMIT"),
+  );
+  assert.throws(
+    () => cmd.dispatch(add, [{ buffer: c, offset: 3 }, c, c], new Uint32Array([1]), [1]),
+    (e) => isHcError(e, "E_VK"),
+  );
   assert.throws(() => cmd.copy(c, c, [[200, 0, 100]]), (e) => isHcError(e, "E_VK"));
   cmd.end();
-  assert.throws(() => dev.buffer(dev.info.maxAllocationBytes + 1), (e) => isHcError(e, "E_VK_LIMIT"));
-  assert.throws(() => dev.kernel("no_such_kernel", { bindings: 1 }), (e) => isHcError(e, "E_SHADER_MISSING"));
-  assert.throws(() => dev.kernel("add", { bindings: 3, pushBytes: 256 }), (e) => isHcError(e, "E_VK_LIMIT"));
+  assert.throws(
+    () => dev.buffer(dev.info.maxAllocationBytes + 1),
+    (e) => isHcError(e, "E_VK_LIMIT"),
+  );
+  assert.throws(
+    () => dev.kernel("no_such_kernel", { bindings: 1 }),
+    (e) => isHcError(e, "E_SHADER_MISSING"),
+  );
+  assert.throws(
+    () => dev.kernel("add", { bindings: 3, pushBytes: 256 }),
+    (e) => isHcError(e, "E_VK_LIMIT"),
+  );
 });
 
 Deno.test("a binding over maxStorageBufferRange is refused with a hint to split", () => {
@@ -83,8 +108,20 @@ Deno.test("a binding over maxStorageBufferRange is refused with a hint to split"
   using add = dev.kernel("add", { bindings: 3, pushBytes: 4, spec: [64] });
   using cmd = dev.commands();
   cmd.begin();
-  assert.throws(() => cmd.dispatch(add, [big, big, big], new Uint32Array([1]), [1]), (e) => isHcError(e, "E_VK_LIMIT"));
-  cmd.dispatch(add, [{ buffer: big, offset: 0, bytes: range }, big.bytes > range ? { buffer: big, offset: 256, bytes: range } : big, { buffer: big, offset: 0, bytes: 1024 }], new Uint32Array([1]), [1]);
+  assert.throws(
+    () => cmd.dispatch(add, [big, big, big], new Uint32Array([1]), [1]),
+    (e) => isHcError(e, "E_VK_LIMIT"),
+  );
+  cmd.dispatch(
+    add,
+    [
+      { buffer: big, offset: 0, bytes: range },
+      big.bytes > range ? { buffer: big, offset: 256, bytes: range } : big,
+      { buffer: big, offset: 0, bytes: 1024 },
+    ],
+    new Uint32Array([1]),
+    [1],
+  );
   cmd.end();
 });
 
@@ -110,7 +147,9 @@ Deno.test("a host→device transfer runs beside a dispatch, ordered only where i
   const groups = [Math.min(n / 256, 65535), Math.ceil(n / 256 / 65535)] as const;
   using compute = dev.commands("compute");
   compute.begin();
-  for (let i = 0; i < 8; i++) compute.dispatch(add, [a, b, x], new Uint32Array([n]), groups).barrier();
+  for (let i = 0; i < 8; i++) {
+    compute.dispatch(add, [a, b, x], new Uint32Array([n]), groups).barrier();
+  }
   compute.end();
   using transfer = dev.commands("transfer");
   transfer.begin().copy(staging, d, [[0, 0, n * 4]]).end();

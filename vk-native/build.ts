@@ -24,7 +24,10 @@ const REQUIREMENTS = [
   { what: "Vulkan driver", icd: true, pkg: "mesa-vulkan-drivers" },
 ];
 
-async function run(cmd: string[], opts: { quiet?: boolean } = {}): Promise<{ ok: boolean; out: string }> {
+async function run(
+  cmd: string[],
+  opts: { quiet?: boolean } = {},
+): Promise<{ ok: boolean; out: string }> {
   try {
     const r = await new Deno.Command(cmd[0], {
       args: cmd.slice(1),
@@ -51,7 +54,9 @@ async function exists(path: string): Promise<boolean> {
 async function hasIcd(): Promise<boolean> {
   const env = Deno.env.get("VK_DRIVER_FILES") ?? Deno.env.get("VK_ICD_FILENAMES");
   if (env) return true;
-  for (const dir of ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"]) {
+  for (
+    const dir of ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"]
+  ) {
     try {
       for await (const e of Deno.readDir(dir)) if (e.name.endsWith(".json")) return true;
     } catch { /* folder absent */ }
@@ -66,13 +71,24 @@ const TEST_REQUIREMENTS = [
 
 async function missingPackages(): Promise<{ what: string; pkg: string }[]> {
   const missing = [];
-  const wanted = Deno.args.includes("--test-tools") ? [...REQUIREMENTS, ...TEST_REQUIREMENTS] : REQUIREMENTS;
-  for (const r of wanted as { what: string; pkg: string; probe?: string[]; file?: string; ldconfig?: string }[]) {
+  const wanted = Deno.args.includes("--test-tools")
+    ? [...REQUIREMENTS, ...TEST_REQUIREMENTS]
+    : REQUIREMENTS;
+  for (
+    const r of wanted as {
+      what: string;
+      pkg: string;
+      probe?: string[];
+      file?: string;
+      ldconfig?: string;
+    }[]
+  ) {
     let ok: boolean;
     if (r.probe) ok = (await run(r.probe, { quiet: true })).ok;
     else if (r.file) ok = await exists(r.file);
-    else if (r.ldconfig) ok = (await run(["ldconfig", "-p"], { quiet: true })).out.includes(r.ldconfig);
-    else ok = await hasIcd();
+    else if (r.ldconfig) {
+      ok = (await run(["ldconfig", "-p"], { quiet: true })).out.includes(r.ldconfig);
+    } else ok = await hasIcd();
     if (!ok) missing.push({ what: r.what, pkg: r.pkg });
   }
   return missing;
@@ -90,7 +106,9 @@ async function ensureToolchain(): Promise<void> {
       `missing: ${missing.map((m) => m.what).join(", ")}. Install them with:\n  sudo ${cmd}`,
     );
   }
-  console.log(`build: installing ${pkgs.join(", ")} (for ${missing.map((m) => m.what).join(", ")})`);
+  console.log(
+    `build: installing ${pkgs.join(", ")} (for ${missing.map((m) => m.what).join(", ")})`,
+  );
   const env = { DEBIAN_FRONTEND: "noninteractive" };
   for (const args of [["update", "-qq"], ["install", "-y", "-qq", ...pkgs]]) {
     const r = await new Deno.Command("apt-get", { args, env, stdout: "inherit", stderr: "inherit" })
@@ -98,7 +116,9 @@ async function ensureToolchain(): Promise<void> {
     if (!r.success) throw new Error(`apt-get ${args[0]} failed; run: ${cmd}`);
   }
   missing = await missingPackages();
-  if (missing.length) throw new Error(`still missing after install: ${missing.map((m) => m.what).join(", ")}`);
+  if (missing.length) {
+    throw new Error(`still missing after install: ${missing.map((m) => m.what).join(", ")}`);
+  }
 }
 
 async function mtime(path: string): Promise<number> {
@@ -117,7 +137,9 @@ async function newestOf(paths: string[]): Promise<number> {
 
 async function listFiles(dir: string, ext: string): Promise<string[]> {
   const out: string[] = [];
-  for await (const e of Deno.readDir(dir)) if (e.isFile && e.name.endsWith(ext)) out.push(join(dir, e.name));
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isFile && e.name.endsWith(ext)) out.push(join(dir, e.name));
+  }
   return out.sort();
 }
 
@@ -128,8 +150,21 @@ async function buildNative(): Promise<void> {
   if ((await mtime(lib)) > (await newestOf(inputs))) return;
   console.log("build: compiling vk-native -> build/libhcvk.so");
   const r = await run([
-    "cc", "-std=c11", "-D_GNU_SOURCE", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
-    "-Wno-unused-parameter", "-o", lib, ...sources, "-lvulkan", "-lpthread",
+    "cc",
+    "-std=c11",
+    "-D_GNU_SOURCE",
+    "-O2",
+    "-fPIC",
+    "-shared",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-Wno-unused-parameter",
+    "-o",
+    lib,
+    ...sources,
+    "-lvulkan",
+    "-lpthread",
   ]);
   if (!r.ok) throw new Error("compiling vk-native failed (see above)");
 }
@@ -179,8 +214,17 @@ async function buildShaders(): Promise<void> {
     const out = join(SPV, `${v.name}.spv`);
     const defs = Object.entries(v.defines ?? {}).map(([k, val]) => `-D${k}=${val}`);
     const c = await run([
-      "glslangValidator", "--quiet", "-V", "--target-env", "vulkan1.2", "-S", "comp", ...defs,
-      "-o", out, join(SHADERS, v.file),
+      "glslangValidator",
+      "--quiet",
+      "-V",
+      "--target-env",
+      "vulkan1.2",
+      "-S",
+      "comp",
+      ...defs,
+      "-o",
+      out,
+      join(SHADERS, v.file),
     ], { quiet: true });
     if (!c.ok) {
       failures.push(`${v.name} (${v.file}): ${c.out.trim()}`);

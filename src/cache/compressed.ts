@@ -11,7 +11,14 @@ import type { ModelConfig } from "../model/config.ts";
 import type { Captures } from "../model/llama.ts";
 import type { Buffer, Device } from "../vk/mod.ts";
 import type { CacheKernels } from "./kernels.ts";
-import { type CachePolicy, type CacheStats, emptyStats, type HeadInfo, type PolicyName, withRates } from "./policy.ts";
+import {
+  type CachePolicy,
+  type CacheStats,
+  emptyStats,
+  type HeadInfo,
+  type PolicyName,
+  withRates,
+} from "./policy.ts";
 
 /** Which prompt rows of one head stay on the device, in position order. */
 export type HeadSelection =
@@ -80,7 +87,12 @@ export abstract class CompressedCache implements CachePolicy {
     for (let l = 0; l < c.nLayers; l++) {
       // Heads that end up full need L + maxNew rows anyway; sizing all heads so keeps prefill
       // free of special cases and lets a policy that keeps everything skip the copy.
-      this.#prefill.push(KvLayerCache.create(this.device, { headDim: c.headDim, capRows: Array(c.nKvHeads).fill(promptTokens) }));
+      this.#prefill.push(
+        KvLayerCache.create(this.device, {
+          headDim: c.headDim,
+          capRows: Array(c.nKvHeads).fill(promptTokens),
+        }),
+      );
     }
     this.caches = this.#prefill;
   }
@@ -127,7 +139,12 @@ export abstract class CompressedCache implements CachePolicy {
         if (s.kind === "indices") {
           for (const side of ["k", "v"] as const) {
             this.kernels.gather.record(cmd, {
-              src: { buffer: from[side], rows: s.buffer, indexStart: s.start, baseWords: from.byteOffset / 4 },
+              src: {
+                buffer: from[side],
+                rows: s.buffer,
+                indexStart: s.start,
+                baseWords: from.byteOffset / 4,
+              },
               dst: { buffer: to[side], baseWords: to.byteOffset / 4 },
               count: s.count,
               rowWords: rowBytes / 4,
@@ -138,7 +155,11 @@ export abstract class CompressedCache implements CachePolicy {
         const ranges = s.kind === "all" ? [[0, this.promptTokens] as const] : s.ranges;
         let at = 0;
         const regions = ranges.filter((r) => r[1] > 0).map(([start, n]) => {
-          const region = [from.byteOffset + start * rowBytes, to.byteOffset + at * rowBytes, n * rowBytes] as const;
+          const region = [
+            from.byteOffset + start * rowBytes,
+            to.byteOffset + at * rowBytes,
+            n * rowBytes,
+          ] as const;
           at += n;
           return region;
         });
@@ -182,11 +203,14 @@ export abstract class CompressedCache implements CachePolicy {
   }
 
   heads(): HeadInfo[][] {
-    return Array.from({ length: this.config.nLayers }, (_, l) =>
-      Array.from({ length: this.config.nKvHeads }, (_, h) => ({
-        role: this.roleOf(l, h),
-        budgetTokens: this.kept[l]?.[h] ?? null,
-      })));
+    return Array.from(
+      { length: this.config.nLayers },
+      (_, l) =>
+        Array.from({ length: this.config.nKvHeads }, (_, h) => ({
+          role: this.roleOf(l, h),
+          budgetTokens: this.kept[l]?.[h] ?? null,
+        })),
+    );
   }
 
   #free(): void {
@@ -202,7 +226,9 @@ export abstract class CompressedCache implements CachePolicy {
 
 /** Validates a keep fraction. */
 export function checkKeep(keep: number): number {
-  if (!(keep > 0 && keep <= 1)) throw new HcError("E_BAD_REQUEST", `keep must be in (0, 1], got ${keep}`);
+  if (!(keep > 0 && keep <= 1)) {
+    throw new HcError("E_BAD_REQUEST", `keep must be in (0, 1], got ${keep}`);
+  }
   return keep;
 }
 

@@ -2,7 +2,13 @@
 import { KvLayerCache } from "../kernels/kv.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Device } from "../vk/mod.ts";
-import { type CachePolicy, type CacheStats, emptyStats, type HeadInfo, withRates } from "./policy.ts";
+import {
+  type CachePolicy,
+  type CacheStats,
+  emptyStats,
+  type HeadInfo,
+  withRates,
+} from "./policy.ts";
 
 export class FullCache implements CachePolicy {
   readonly name = "full" as const;
@@ -19,7 +25,12 @@ export class FullCache implements CachePolicy {
     this.#stats = emptyStats("full", config.nLayers, config.nKvHeads);
     try {
       for (let l = 0; l < config.nLayers; l++) {
-        this.caches.push(KvLayerCache.create(device, { headDim: config.headDim, capRows: Array(config.nKvHeads).fill(contextTokens) }));
+        this.caches.push(
+          KvLayerCache.create(device, {
+            headDim: config.headDim,
+            capRows: Array(config.nKvHeads).fill(contextTokens),
+          }),
+        );
       }
     } catch (e) {
       this[Symbol.dispose]();
@@ -63,7 +74,12 @@ export class FullCache implements CachePolicy {
   }
 
   heads(): HeadInfo[][] {
-    return this.caches.map(() => Array.from({ length: this.#config.nKvHeads }, () => ({ role: "full" as const, budgetTokens: null })));
+    return this.caches.map(() =>
+      Array.from(
+        { length: this.#config.nKvHeads },
+        () => ({ role: "full" as const, budgetTokens: null }),
+      )
+    );
   }
 
   [Symbol.dispose](): void {

@@ -16,13 +16,22 @@ import type { Captures } from "../model/llama.ts";
 import type { Buffer } from "../vk/mod.ts";
 import { intersectionSize, median } from "./analysis.ts";
 import { baseLength, headCaps, headCapsFromTokens } from "./budget.ts";
-import { checkBudgetTokens, checkKeep, CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
+import {
+  checkBudgetTokens,
+  checkKeep,
+  CompressedCache,
+  type HeadSelection,
+  type PolicyDeps,
+} from "./compressed.ts";
 import { HostKvStore } from "./host_store.ts";
 import type { PolicyName } from "./policy.ts";
 import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "./profile.ts";
 import { type RefreshJob, Retrieval } from "./retrieval.ts";
 
-export type Trigger = { kind: "drift"; every: number; threshold: number } | { kind: "interval"; every: number };
+export type Trigger = { kind: "drift"; every: number; threshold: number } | {
+  kind: "interval";
+  every: number;
+};
 
 export interface HeteroOptions {
   keep: number;
@@ -92,26 +101,43 @@ export class HeteroCache extends CompressedCache {
   /** Refreshes of the current generation (only with `record`). */
   readonly refreshLog: RefreshRecord[] = [];
 
-  constructor(deps: PolicyDeps, name: "heterocache" | "per-step" | "fixed-interval", opts: HeteroOptions) {
+  constructor(
+    deps: PolicyDeps,
+    name: "heterocache" | "per-step" | "fixed-interval",
+    opts: HeteroOptions,
+  ) {
     super(deps, name);
     this.name = name;
     this.#profile = opts.profile;
     this.#keep = checkKeep(opts.keep);
-    this.#budgetTokens = opts.budgetTokens === undefined ? null : checkBudgetTokens(opts.budgetTokens);
+    this.#budgetTokens = opts.budgetTokens === undefined
+      ? null
+      : checkBudgetTokens(opts.budgetTokens);
     this.#compat = opts.compat ?? false;
     this.#record = opts.record ?? false;
     this.#poolKernel = opts.poolKernel ?? opts.profile.params.poolKernel ?? 5;
     const threshold = opts.threshold ?? opts.profile.params.stableThreshold ?? 0.5;
-    if (name === "heterocache") this.#trigger = { kind: "drift", every: opts.checkEvery ?? 5, threshold };
-    else if (name === "per-step") this.#trigger = { kind: "interval", every: 1 };
+    if (name === "heterocache") {
+      this.#trigger = { kind: "drift", every: opts.checkEvery ?? 5, threshold };
+    } else if (name === "per-step") this.#trigger = { kind: "interval", every: 1 };
     else this.#trigger = { kind: "interval", every: opts.interval ?? 2 };
-    if (!Number.isInteger(this.#trigger.every) || this.#trigger.every < 1 || this.#trigger.every > 64) {
-      throw new HcError("E_BAD_REQUEST", `the refresh interval must be 1..64 steps, got ${this.#trigger.every}`);
+    if (
+      !Number.isInteger(this.#trigger.every) || this.#trigger.every < 1 || this.#trigger.every > 64
+    ) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `the refresh interval must be 1..64 steps, got ${this.#trigger.every}`,
+      );
     }
     const c = deps.config;
     const p = opts.profile;
     if (p.layers.length !== c.nLayers || p.layers.some((l) => l.roles.length !== c.nKvHeads)) {
-      throw new HcError("E_PROFILE_MISMATCH", `the profile describes ${p.layers.length} layers x ${p.layers[0]?.roles.length} KV heads; the model has ${c.nLayers} x ${c.nKvHeads}`);
+      throw new HcError(
+        "E_PROFILE_MISMATCH",
+        `the profile describes ${p.layers.length} layers x ${
+          p.layers[0]?.roles.length
+        } KV heads; the model has ${c.nLayers} x ${c.nKvHeads}`,
+      );
     }
     this.#store = new HostKvStore(c.headDim);
     this.#retrieval = new Retrieval(deps.device, c.headDim, !this.#compat);
@@ -153,7 +179,10 @@ export class HeteroCache extends CompressedCache {
     await this.#retrieval.settle();
   }
 
-  protected select(prefill: readonly KvLayerCache[], captures: Captures): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
+  protected select(
+    prefill: readonly KvLayerCache[],
+    captures: Captures,
+  ): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
     const c = this.config;
     const L = this.promptTokens;
     const K = this.kernels;
@@ -161,13 +190,19 @@ export class HeteroCache extends CompressedCache {
     const W = captures.prefillWindow;
     const base = Math.min(this.#base, L);
     // One index list per head: cap rows for compressed heads, the reference set for pivots.
-    const slots = this.#caps.map((layer, l) => layer.map((cap, h) => this.roleOf(l, h) === "pivot" ? base : isFullRole(this.roleOf(l, h)) ? 0 : cap));
+    const slots = this.#caps.map((layer, l) =>
+      layer.map((cap, h) =>
+        this.roleOf(l, h) === "pivot" ? base : isFullRole(this.roleOf(l, h)) ? 0 : cap
+      )
+    );
     const offsets: number[][] = [];
     let total = 0;
     for (const layer of slots) offsets.push(layer.map((n) => (total += n) - n));
     const indices = this.device.buffer(Math.max(16, total * 4));
     const scores = this.device.buffer(c.nKvHeads * L * 4);
-    const scratch = this.device.buffer(K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: 1 }));
+    const scratch = this.device.buffer(
+      K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: 1 }),
+    );
     try {
       using cmd = this.device.commands();
       for (let l = 0; l < c.nLayers; l++) {
@@ -190,7 +225,16 @@ export class HeteroCache extends CompressedCache {
         cmd.barrier();
         slots[l].forEach((k, h) => {
           if (k === 0) return;
-          K.topk.record(cmd, { rows: scores, rowOffset: h * L, rowStride: L, rowCount: 1, n: L, k, out: indices, outOffset: offsets[l][h] });
+          K.topk.record(cmd, {
+            rows: scores,
+            rowOffset: h * L,
+            rowStride: L,
+            rowCount: 1,
+            n: L,
+            k,
+            out: indices,
+            outOffset: offsets[l][h],
+          });
         });
         cmd.end();
         this.device.waitSync("compute", cmd.submit());
@@ -200,7 +244,9 @@ export class HeteroCache extends CompressedCache {
       scratch.dispose();
     }
     const all = new Int32Array(this.device.download(indices).buffer);
-    this.#pivots = this.#makePivots((l, p) => all.slice(offsets[l][p], offsets[l][p] + slots[l][p]));
+    this.#pivots = this.#makePivots((l, p) =>
+      all.slice(offsets[l][p], offsets[l][p] + slots[l][p])
+    );
     const selections = slots.map((layer, l) =>
       layer.map((k, h): HeadSelection => {
         const role = this.roleOf(l, h);
@@ -219,7 +265,13 @@ export class HeteroCache extends CompressedCache {
       const byIndex = layer.clusters.map((cl) => cl.pivot).sort((a, b) => a - b);
       layer.clusters.forEach((cl, i) => {
         const refPivot = this.#compat ? byIndex[i] : cl.pivot;
-        out.push({ layer: l, pivot: cl.pivot, satellites: cl.satellites, ref: refOf(l, refPivot), scores: null });
+        out.push({
+          layer: l,
+          pivot: cl.pivot,
+          satellites: cl.satellites,
+          ref: refOf(l, refPivot),
+          scores: null,
+        });
       });
     });
     return out;
@@ -228,7 +280,9 @@ export class HeteroCache extends CompressedCache {
   protected override async afterCompress(prefill: readonly KvLayerCache[]): Promise<void> {
     const L = this.promptTokens;
     for (const p of this.#pivots) {
-      for (const s of p.satellites) this.#store.capture(this.device, prefill[p.layer], p.layer, s, L, L + this.maxNew);
+      for (const s of p.satellites) {
+        this.#store.capture(this.device, prefill[p.layer], p.layer, s, L, L + this.maxNew);
+      }
     }
     const c = this.config;
     const W = this.#window;
@@ -275,7 +329,10 @@ export class HeteroCache extends CompressedCache {
           p.layer,
           s,
           step.subarray(base + qDim + s * c.headDim, base + qDim + (s + 1) * c.headDim),
-          step.subarray(base + qDim + kvDim + s * c.headDim, base + qDim + kvDim + (s + 1) * c.headDim),
+          step.subarray(
+            base + qDim + kvDim + s * c.headDim,
+            base + qDim + kvDim + (s + 1) * c.headDim,
+          ),
         );
       }
     }
@@ -336,7 +393,15 @@ export class HeteroCache extends CompressedCache {
     if (drift && kRef > 0) {
       cmd.barrier();
       this.#pivots.forEach((p, i) => {
-        K.topk.record(cmd, { rows: p.scores!, rowStride: L, rowCount: W, n: L, k: kRef, out: this.#indices!, outOffset: i * W * kRef });
+        K.topk.record(cmd, {
+          rows: p.scores!,
+          rowStride: L,
+          rowCount: W,
+          n: L,
+          k: kRef,
+          out: this.#indices!,
+          outOffset: i * W * kRef,
+        });
       });
       cmd.barrier();
       cmd.copy(this.#indices!, this.#readback!, [[0, 0, this.#pivots.length * W * kRef * 4]]);
@@ -352,7 +417,9 @@ export class HeteroCache extends CompressedCache {
       this.stat.driftChecks++;
       const overlaps: number[] = [];
       for (let w = 0; w < W; w++) {
-        overlaps.push(intersectionSize(sets.subarray((i * W + w) * kRef, (i * W + w + 1) * kRef), p.ref) / kRef);
+        overlaps.push(
+          intersectionSize(sets.subarray((i * W + w) * kRef, (i * W + w + 1) * kRef), p.ref) / kRef,
+        );
       }
       if (median(overlaps) < th) {
         this.stat.triggers++;
@@ -387,7 +454,16 @@ export class HeteroCache extends CompressedCache {
     using cmd = this.device.commands();
     cmd.begin();
     for (const e of plan) {
-      K.topk.record(cmd, { rows: e.p.scores!, rowOffset: lastSlot * L, rowStride: L, rowCount: 1, n: L, k: e.k, out: this.#indices!, outOffset: e.at });
+      K.topk.record(cmd, {
+        rows: e.p.scores!,
+        rowOffset: lastSlot * L,
+        rowStride: L,
+        rowCount: 1,
+        n: L,
+        k: e.k,
+        out: this.#indices!,
+        outOffset: e.at,
+      });
     }
     cmd.barrier();
     cmd.copy(this.#indices!, this.#readback!, [[0, 0, need]]);
@@ -397,7 +473,9 @@ export class HeteroCache extends CompressedCache {
     const all = new Uint32Array(m.buffer, m.byteOffset, at);
     if (this.#record) {
       for (const e of plan) {
-        const row = new Float32Array(this.device.download(e.p.scores!, lastSlot * L * 4, L * 4).buffer);
+        const row = new Float32Array(
+          this.device.download(e.p.scores!, lastSlot * L * 4, L * 4).buffer,
+        );
         const caps = e.p.satellites.map((s) => this.#caps[e.p.layer][s]);
         this.refreshLog.push({
           layer: e.p.layer,
@@ -422,7 +500,11 @@ export class HeteroCache extends CompressedCache {
     for (const p of this.#pivots) p.scores?.dispose();
     this.#pivots = [];
     for (const b of [this.#queries, this.#scratch, this.#indices, this.#readback]) b?.dispose();
-    this.#queries = this.#scratch = this.#indices = this.#readback = null;
+    this.#queries =
+      this.#scratch =
+      this.#indices =
+      this.#readback =
+        null;
     this.#queryView = null;
   }
 

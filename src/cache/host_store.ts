@@ -32,10 +32,20 @@ export class HostKvStore {
   }
 
   /** Copies rows [0, promptTokens) of (layer, head) from a prefill cache; capacity for more. */
-  capture(device: Device, cache: KvLayerCache, layer: number, head: number, promptTokens: number, capacityRows: number): void {
+  capture(
+    device: Device,
+    cache: KvLayerCache,
+    layer: number,
+    head: number,
+    promptTokens: number,
+    capacityRows: number,
+  ): void {
     const bytes = capacityRows * this.rowBytes;
     if (this.#bytes + 2 * bytes > MAX_HOST_BYTES) {
-      throw new HcError("E_VK_OOM", `the host KV store would exceed ${MAX_HOST_BYTES / 2 ** 30} GiB`);
+      throw new HcError(
+        "E_VK_OOM",
+        `the host KV store would exceed ${MAX_HOST_BYTES / 2 ** 30} GiB`,
+      );
     }
     const at = cache.location(head, 0);
     const k = new Uint8Array(bytes);

@@ -12,7 +12,10 @@ export class CacheKernels implements Disposable {
   constructor(device: Device, config: ModelConfig) {
     const made: Disposable[] = [];
     try {
-      this.scores = new AttentionScores(device, { headDim: config.headDim, groupSize: config.nHeads / config.nKvHeads });
+      this.scores = new AttentionScores(device, {
+        headDim: config.headDim,
+        groupSize: config.nHeads / config.nKvHeads,
+      });
       made.push(this.scores);
       this.topk = new TopK(device);
       made.push(this.topk);

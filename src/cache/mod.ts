@@ -53,33 +53,50 @@ export const DEFAULT_KEEP = 0.5;
 export function createPolicy(opts: CacheOptions, ctx: PolicyContext): CachePolicy {
   const name = opts.cache ?? "full";
   if (!(POLICY_NAMES as readonly string[]).includes(name)) {
-    throw new HcError("E_BAD_REQUEST", `unknown cache policy "${name}"; use one of ${POLICY_NAMES.join(", ")}`);
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `unknown cache policy "${name}"; use one of ${POLICY_NAMES.join(", ")}`,
+    );
   }
   const keep = opts.keep ?? DEFAULT_KEEP;
   switch (name) {
     case "full":
       return new FullCache(ctx.device, ctx.config, ctx.contextTokens);
     case "snapkv":
-      return new SnapKvCache({ device: ctx.device, config: ctx.config, kernels: ctx.kernels() }, { keep, budgetTokens: opts.budgetTokens, window: opts.window });
+      return new SnapKvCache({ device: ctx.device, config: ctx.config, kernels: ctx.kernels() }, {
+        keep,
+        budgetTokens: opts.budgetTokens,
+        window: opts.window,
+      });
     case "streaming":
-      return new StreamingCache({ device: ctx.device, config: ctx.config, kernels: ctx.kernels() }, { keep, budgetTokens: opts.budgetTokens, sinkTokens: opts.sinkTokens });
+      return new StreamingCache(
+        { device: ctx.device, config: ctx.config, kernels: ctx.kernels() },
+        { keep, budgetTokens: opts.budgetTokens, sinkTokens: opts.sinkTokens },
+      );
     case "heterocache":
     case "per-step":
     case "fixed-interval": {
       if (!opts.profile) {
-        throw new HcError("E_PROFILE", `the ${name} policy needs a head profile: run \`hc calibrate\` or import the official one`);
+        throw new HcError(
+          "E_PROFILE",
+          `the ${name} policy needs a head profile: run \`hc calibrate\` or import the official one`,
+        );
       }
       checkProfileMatches(opts.profile, ctx.identity);
-      return new HeteroCache({ device: ctx.device, config: ctx.config, kernels: ctx.kernels() }, name, {
-        record: opts.record,
-        keep,
-        budgetTokens: opts.budgetTokens,
-        profile: opts.profile,
-        compat: opts.compat,
-        checkEvery: opts.checkEvery,
-        threshold: opts.threshold,
-        interval: opts.interval,
-      });
+      return new HeteroCache(
+        { device: ctx.device, config: ctx.config, kernels: ctx.kernels() },
+        name,
+        {
+          record: opts.record,
+          keep,
+          budgetTokens: opts.budgetTokens,
+          profile: opts.profile,
+          compat: opts.compat,
+          checkEvery: opts.checkEvery,
+          threshold: opts.threshold,
+          interval: opts.interval,
+        },
+      );
     }
   }
 }

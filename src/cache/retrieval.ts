@@ -72,7 +72,17 @@ export class Retrieval implements Disposable {
     for (const j of jobs) {
       const n = j.positions.length;
       for (const side of ["k", "v"] as const) {
-        gathers.push(this.#device.gatherRows(slot.staging, at, this.#rowBytes, j.host[side], this.#rowBytes, j.positions, this.#rowBytes));
+        gathers.push(
+          this.#device.gatherRows(
+            slot.staging,
+            at,
+            this.#rowBytes,
+            j.host[side],
+            this.#rowBytes,
+            j.positions,
+            this.#rowBytes,
+          ),
+        );
         at += n * this.#rowBytes;
       }
     }
@@ -163,7 +173,16 @@ export class Retrieval implements Disposable {
       staging.dispose();
       throw e;
     }
-    const slot: Slot = { staging, cmd, gather: null, gathered: false, pending: null, value: 0n, abandoned: false, seq: 0 };
+    const slot: Slot = {
+      staging,
+      cmd,
+      gather: null,
+      gathered: false,
+      pending: null,
+      value: 0n,
+      abandoned: false,
+      seq: 0,
+    };
     this.#slots.push(slot);
     return slot;
   }

@@ -7,7 +7,13 @@ import type { KvLayerCache } from "../kernels/kv.ts";
 import type { Captures } from "../model/llama.ts";
 import type { Buffer } from "../vk/mod.ts";
 import { uniformCap } from "./budget.ts";
-import { checkBudgetTokens, checkKeep, CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
+import {
+  checkBudgetTokens,
+  checkKeep,
+  CompressedCache,
+  type HeadSelection,
+  type PolicyDeps,
+} from "./compressed.ts";
 import type { HeadInfo } from "./policy.ts";
 
 export interface StaticOptions {
@@ -53,7 +59,10 @@ export class StreamingCache extends CompressedCache {
       ? { kind: "all" }
       : { kind: "ranges", ranges: [[0, sinks], [L - (cap - sinks), cap - sinks]] };
     return Promise.resolve({
-      selections: Array.from({ length: this.config.nLayers }, () => Array(this.config.nKvHeads).fill(sel)),
+      selections: Array.from(
+        { length: this.config.nLayers },
+        () => Array(this.config.nKvHeads).fill(sel),
+      ),
       owned: [],
     });
   }
@@ -81,15 +90,22 @@ export class SnapKvCache extends CompressedCache {
     this.#poolKernel = opts.poolKernel ?? 5;
   }
 
-  protected select(prefill: readonly KvLayerCache[], captures: Captures): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
+  protected select(
+    prefill: readonly KvLayerCache[],
+    captures: Captures,
+  ): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
     const c = this.config;
     const L = this.promptTokens;
     const cap = this.#budget(L);
     const W = Math.min(this.captureWindow, L);
-    const all = (s: HeadSelection) => Array.from({ length: c.nLayers }, () => Array(c.nKvHeads).fill(s));
+    const all = (s: HeadSelection) =>
+      Array.from({ length: c.nLayers }, () => Array(c.nKvHeads).fill(s));
     if (cap >= L) return Promise.resolve({ selections: all({ kind: "all" }), owned: [] });
     if (cap <= W || L - W < 1) {
-      return Promise.resolve({ selections: all({ kind: "ranges", ranges: [[L - cap, cap]] }), owned: [] });
+      return Promise.resolve({
+        selections: all({ kind: "ranges", ranges: [[L - cap, cap]] }),
+        owned: [],
+      });
     }
     const k = cap - W;
     const n = L - W;
@@ -97,7 +113,9 @@ export class SnapKvCache extends CompressedCache {
     const qDim = c.nHeads * c.headDim;
     const owned: Buffer[] = [];
     const scores = this.device.buffer(c.nKvHeads * L * 4);
-    const scratch = this.device.buffer(K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: W }));
+    const scratch = this.device.buffer(
+      K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: W }),
+    );
     const indices = this.device.buffer(c.nLayers * c.nKvHeads * cap * 4);
     owned.push(indices);
     try {
@@ -145,13 +163,16 @@ export class SnapKvCache extends CompressedCache {
       scores.dispose();
       scratch.dispose();
     }
-    const selections = Array.from({ length: c.nLayers }, (_, l) =>
-      Array.from({ length: c.nKvHeads }, (_, h): HeadSelection => ({
-        kind: "indices",
-        buffer: indices,
-        start: (l * c.nKvHeads + h) * cap,
-        count: cap,
-      })));
+    const selections = Array.from(
+      { length: c.nLayers },
+      (_, l) =>
+        Array.from({ length: c.nKvHeads }, (_, h): HeadSelection => ({
+          kind: "indices",
+          buffer: indices,
+          start: (l * c.nKvHeads + h) * cap,
+          count: cap,
+        })),
+    );
     return Promise.resolve({ selections, owned });
   }
 

@@ -28,20 +28,36 @@ export interface CalibrateOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-export async function calibrate(model: LoadedModel, opts: CalibrateOptions = {}): Promise<HeadProfile> {
+export async function calibrate(
+  model: LoadedModel,
+  opts: CalibrateOptions = {},
+): Promise<HeadProfile> {
   const c = model.config;
   const context = c.contextLength;
   const ids = model.tokenizer.encode(opts.text ?? CALIBRATION_TEXT, { addSpecial: true });
   const steps = opts.decodeSteps ?? Math.min(100, Math.floor(context / 5));
   const L = Math.min(opts.promptTokens ?? 5000, ids.length, context - steps);
-  if (!Number.isInteger(steps) || steps < 1) throw new HcError("E_BAD_REQUEST", `decodeSteps must be a positive integer, got ${steps}`);
+  if (!Number.isInteger(steps) || steps < 1) {
+    throw new HcError("E_BAD_REQUEST", `decodeSteps must be a positive integer, got ${steps}`);
+  }
   if (L < 16) {
-    throw new HcError("E_BAD_REQUEST", `calibration needs at least 16 prompt tokens; the text gives ${ids.length} and the context allows ${context - steps}`);
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `calibration needs at least 16 prompt tokens; the text gives ${ids.length} and the context allows ${
+        context - steps
+      }`,
+    );
   }
   const tokens = ids.slice(0, L);
   const device = model.device;
   const recorder = new CalibrationRecorder({
-    model: { arch: c.arch, nLayers: c.nLayers, nKvHeads: c.nKvHeads, headDim: c.headDim, attnHash: model.llama.attnHash },
+    model: {
+      arch: c.arch,
+      nLayers: c.nLayers,
+      nKvHeads: c.nKvHeads,
+      headDim: c.headDim,
+      attnHash: model.llama.attnHash,
+    },
     promptTokens: L,
     topk: opts.topk,
     stableThreshold: opts.stableThreshold,
@@ -59,11 +75,17 @@ export async function calibrate(model: LoadedModel, opts: CalibrateOptions = {})
     state.reservePrefillCapture(1);
     using rows = device.buffer(c.nKvHeads * L * 4);
     using back = device.buffer(c.nKvHeads * L * 4, "readback");
-    using scratch = device.buffer(kernels.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: 1 }));
+    using scratch = device.buffer(
+      kernels.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: 1 }),
+    );
     using queries = device.buffer(c.nLayers * qDim * 4, "upload");
     using cmd = device.commands();
     /** Group-mean attention rows of every KV head of every layer, fed to `record`. */
-    const observe = async (q: typeof queries, qOffsetOf: (layer: number) => number, record: (layer: number, head: number, row: Float32Array) => void) => {
+    const observe = async (
+      q: typeof queries,
+      qOffsetOf: (layer: number) => number,
+      record: (layer: number, head: number, row: Float32Array) => void,
+    ) => {
       for (let l = 0; l < c.nLayers; l++) {
         cmd.begin();
         kernels.scores.record(cmd, {
@@ -100,14 +122,24 @@ export async function calibrate(model: LoadedModel, opts: CalibrateOptions = {})
       else await state.eval(chunk, "none", opts1);
       opts.onProgress?.(++done, total);
     }
-    await observe(state.captures.prefillQ!, (l) => l * qDim, (l, h, row) => recorder.recordPrefill(l, h, row));
-    const qView = new Float32Array(queries.mapped().buffer, queries.mapped().byteOffset, c.nLayers * qDim);
+    await observe(
+      state.captures.prefillQ!,
+      (l) => l * qDim,
+      (l, h, row) => recorder.recordPrefill(l, h, row),
+    );
+    const qView = new Float32Array(
+      queries.mapped().buffer,
+      queries.mapped().byteOffset,
+      c.nLayers * qDim,
+    );
     const per = qDim + 2 * c.nKvHeads * c.headDim;
     for (let t = 0; t < steps; t++) {
       cache.advance(1);
       next = await state.eval([next], "argmax", { caches: cache.caches, captureStep: true });
       const step = state.captures.step;
-      for (let l = 0; l < c.nLayers; l++) qView.set(step.subarray(l * per, l * per + qDim), l * qDim);
+      for (let l = 0; l < c.nLayers; l++) {
+        qView.set(step.subarray(l * per, l * per + qDim), l * qDim);
+      }
       await observe(queries, (l) => l * qDim, (l, h, row) => recorder.recordDecode(t, l, h, row));
       opts.onProgress?.(++done, total);
     }

@@ -17,5 +17,6 @@ const PARAGRAPHS = [
 ];
 
 export const CALIBRATION_TEXT: string = [0, 1, 2].map((round) =>
-  PARAGRAPHS.map((p, i) => (round === 0 ? p : `${i % 2 === round - 1 ? "Later, " : "Again, "}${p}`)).join("\n\n")
+  PARAGRAPHS.map((p, i) => (round === 0 ? p : `${i % 2 === round - 1 ? "Later, " : "Again, "}${p}`))
+    .join("\n\n")
 ).join("\n\n");

@@ -127,8 +127,12 @@ export class LoadedModel implements AsyncDisposable {
   /** A new session with its own KV cache on the device. */
   session(opts: SessionOptions = {}): Session {
     if (this.#disposed) throw new HcError("E_BAD_REQUEST", "the model was disposed");
-    const contextTokens = opts.contextTokens ?? Math.min(this.config.contextLength, DEFAULT_CONTEXT_TOKENS);
-    if (!Number.isSafeInteger(contextTokens) || contextTokens < 1 || contextTokens > this.config.contextLength) {
+    const contextTokens = opts.contextTokens ??
+      Math.min(this.config.contextLength, DEFAULT_CONTEXT_TOKENS);
+    if (
+      !Number.isSafeInteger(contextTokens) || contextTokens < 1 ||
+      contextTokens > this.config.contextLength
+    ) {
       throw new HcError(
         "E_BAD_REQUEST",
         `contextTokens must be between 1 and the model's context length ${this.config.contextLength}, got ${contextTokens}`,
@@ -156,7 +160,13 @@ export class LoadedModel implements AsyncDisposable {
   /** What head profiles made for this model record, and are checked against. */
   identity(): ModelIdentity {
     const c = this.config;
-    return { arch: c.arch, nLayers: c.nLayers, nKvHeads: c.nKvHeads, headDim: c.headDim, attnHash: this.llama.attnHash };
+    return {
+      arch: c.arch,
+      nLayers: c.nLayers,
+      nKvHeads: c.nKvHeads,
+      headDim: c.headDim,
+      attnHash: this.llama.attnHash,
+    };
   }
 
   /** The cache policies' kernels, made on first use and shared by every session. */
@@ -180,7 +190,10 @@ export class LoadedModel implements AsyncDisposable {
     if (isTokenIds(prompt)) {
       for (const id of prompt) {
         if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
-          throw new HcError("E_BAD_REQUEST", `prompt token id ${id} outside the vocabulary (0..${this.config.vocabSize - 1})`);
+          throw new HcError(
+            "E_BAD_REQUEST",
+            `prompt token id ${id} outside the vocabulary (0..${this.config.vocabSize - 1})`,
+          );
         }
       }
       return [...prompt];
@@ -223,7 +236,10 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<L
   } else if (source.tokenizerMetadata) {
     tokenizer = tokenizerFromGguf(source.tokenizerMetadata);
   } else {
-    throw new HcError("E_TOKENIZER", `${path} has no tokenizer; pass tokenizerPath (a tokenizer.bin or a GGUF)`);
+    throw new HcError(
+      "E_TOKENIZER",
+      `${path} has no tokenizer; pass tokenizerPath (a tokenizer.bin or a GGUF)`,
+    );
   }
   if (tokenizer.vocabSize !== source.config.vocabSize) {
     throw new HcError(
@@ -231,12 +247,22 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<L
       `the tokenizer has ${tokenizer.vocabSize} tokens but the model's embedding has ${source.config.vocabSize}`,
     );
   }
-  const chatTemplate = source.tokenizerMetadata ? chatTemplateFromMetadata(source.tokenizerMetadata) : null;
+  const chatTemplate = source.tokenizerMetadata
+    ? chatTemplateFromMetadata(source.tokenizerMetadata)
+    : null;
   const ownsDevice = !(opts.device instanceof Device);
   const device = opts.device instanceof Device ? opts.device : Device.open(opts.device);
   try {
     const llama = await LlamaModel.load(device, source, { onProgress: opts.onProgress });
-    return new LoadedModel({ path, format: source.format, device, ownsDevice, llama, tokenizer, chatTemplate });
+    return new LoadedModel({
+      path,
+      format: source.format,
+      device,
+      ownsDevice,
+      llama,
+      tokenizer,
+      chatTemplate,
+    });
   } catch (e) {
     if (ownsDevice) device.close();
     throw e;

@@ -86,18 +86,28 @@ export class Session implements Disposable {
    * device memory is reused). Aborting through `signal` ends the stream with finishReason
    * "abort"; the session stays usable.
    */
-  async *generate(prompt: Prompt, opts: GenerateOptions = {}): AsyncGenerator<Piece, GenerationSummary> {
+  async *generate(
+    prompt: Prompt,
+    opts: GenerateOptions = {},
+  ): AsyncGenerator<Piece, GenerationSummary> {
     if (this.#disposed) throw new HcError("E_BAD_REQUEST", "session was disposed");
-    if (this.#busy) throw new HcError("E_BUSY", "this session is already generating; use another session");
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
     const maxTokens = opts.maxTokens ?? 256;
     if (!Number.isSafeInteger(maxTokens) || maxTokens < 0) {
-      throw new HcError("E_BAD_REQUEST", `maxTokens must be a non-negative integer, got ${maxTokens}`);
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `maxTokens must be a non-negative integer, got ${maxTokens}`,
+      );
     }
     const sampler = new Sampler(opts);
     const greedy = sampler.options.temperature <= 0 && sampler.options.repeatPenalty === 1 &&
       sampler.options.presencePenalty === 0 && sampler.options.frequencyPenalty === 0;
     const promptTokens = this.tokenize(prompt);
-    if (promptTokens.length === 0) throw new HcError("E_BAD_REQUEST", "the prompt is empty and the model adds no BOS token");
+    if (promptTokens.length === 0) {
+      throw new HcError("E_BAD_REQUEST", "the prompt is empty and the model adds no BOS token");
+    }
     const capacity = this.#state.capacity;
     if (promptTokens.length >= capacity) {
       throw new HcError(
@@ -119,7 +129,10 @@ export class Session implements Disposable {
       this.policy.begin(promptTokens.length, Math.min(maxTokens, capacity - promptTokens.length));
       const want = greedy ? "argmax" : "logits";
       const t0 = performance.now();
-      let next = this.#choose(await this.#prefill(promptTokens, want, opts.signal, opts.onPrefillProgress), sampler);
+      let next = this.#choose(
+        await this.#prefill(promptTokens, want, opts.signal, opts.onPrefillProgress),
+        sampler,
+      );
       prefillMs = performance.now() - t0;
       const t1 = performance.now();
       while (generated < maxTokens) {
@@ -162,7 +175,9 @@ export class Session implements Disposable {
       text,
       prefillMs,
       decodeMs,
-      decodeTokensPerSecond: generated > 1 && decodeMs > 0 ? ((generated - 1) * 1000) / decodeMs : 0,
+      decodeTokensPerSecond: generated > 1 && decodeMs > 0
+        ? ((generated - 1) * 1000) / decodeMs
+        : 0,
     };
     this.#totals.generations++;
     this.#totals.promptTokens += summary.promptTokens;
@@ -201,7 +216,10 @@ export class Session implements Disposable {
       } else {
         await this.model.queue.run(() => {
           this.policy.advance(chunk.length);
-          return this.#state.eval(chunk, "none", { caches: this.policy.caches, captureQueriesFrom: captureFrom });
+          return this.#state.eval(chunk, "none", {
+            caches: this.policy.caches,
+            captureQueriesFrom: captureFrom,
+          });
         });
         this.#tokens.push(...chunk);
       }
@@ -250,9 +268,14 @@ export class Session implements Disposable {
     forced: readonly number[],
     onLogits: (i: number, logits: Float32Array) => void,
   ): Promise<void> {
-    if (this.#busy) throw new HcError("E_BUSY", "this session is already generating; use another session");
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
     if (prompt.length === 0 || prompt.length + forced.length > this.#state.capacity) {
-      throw new HcError("E_CONTEXT_FULL", `prompt ${prompt.length} + forced ${forced.length} tokens do not fit ${this.#state.capacity}`);
+      throw new HcError(
+        "E_CONTEXT_FULL",
+        `prompt ${prompt.length} + forced ${forced.length} tokens do not fit ${this.#state.capacity}`,
+      );
     }
     this.#busy = true;
     try {
@@ -262,7 +285,9 @@ export class Session implements Disposable {
       let logits = await this.#prefill(prompt, "logits") as Float32Array;
       for (let i = 0; i < forced.length; i++) {
         onLogits(i, logits);
-        if (i + 1 < forced.length) logits = await this.#forward([forced[i]], "logits", "decode") as Float32Array;
+        if (i + 1 < forced.length) {
+          logits = await this.#forward([forced[i]], "logits", "decode") as Float32Array;
+        }
       }
     } finally {
       this.#busy = false;

@@ -53,7 +53,9 @@ export interface GetRowsRecord {
 }
 
 function bindingParts(b: Binding): { buffer: Buffer; offset: number; bytes: number } {
-  if ("buffer" in b) return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
+  if ("buffer" in b) {
+    return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
+  }
   return { buffer: b, offset: 0, bytes: b.bytes };
 }
 
@@ -73,7 +75,12 @@ export class GetRows implements Disposable {
     const suffix = SHADER_SUFFIX[type];
     const info = ggmlTypeInfo(type);
     if (!suffix || !info) {
-      throw new HcError("E_MODEL_TENSOR", `get_rows: weight type ${info?.name ?? type} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`);
+      throw new HcError(
+        "E_MODEL_TENSOR",
+        `get_rows: weight type ${
+          info?.name ?? type
+        } is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`,
+      );
     }
     this.device = device;
     this.type = type;
@@ -82,10 +89,17 @@ export class GetRows implements Disposable {
     this.workgroupSize = Math.min(64, device.info.maxComputeWorkGroupInvocations);
     const cap = options.maxBindingBytes;
     if (cap !== undefined && (!Number.isSafeInteger(cap) || cap <= 0)) {
-      throw new HcError("E_BAD_REQUEST", `get_rows: maxBindingBytes ${cap} is not a positive integer`);
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `get_rows: maxBindingBytes ${cap} is not a positive integer`,
+      );
     }
     this.#maxBindingBytes = cap;
-    this.#kernel = device.kernel(`get_rows_${suffix}`, { bindings: 3, pushBytes: PUSH_WORDS * 4, spec: [this.workgroupSize] });
+    this.#kernel = device.kernel(`get_rows_${suffix}`, {
+      bindings: 3,
+      pushBytes: PUSH_WORDS * 4,
+      spec: [this.workgroupSize],
+    });
   }
 
   /** Records the fetch; returns how many dispatches it took. */
@@ -94,22 +108,36 @@ export class GetRows implements Disposable {
     const info = this.device.info;
     const name = ggmlTypeInfo(this.type)?.name ?? String(this.type);
     for (const [k, v] of [["rows", a.rows], ["cols", a.cols], ["count", a.count]] as const) {
-      if (!Number.isSafeInteger(v) || v <= 0) throw new HcError("E_BAD_REQUEST", `get_rows: ${k} = ${v} is not a positive integer`);
+      if (!Number.isSafeInteger(v) || v <= 0) {
+        throw new HcError("E_BAD_REQUEST", `get_rows: ${k} = ${v} is not a positive integer`);
+      }
     }
     if (a.cols % this.blockElems !== 0) {
-      throw new HcError("E_MODEL_TENSOR", `get_rows: ${name} needs cols to be a multiple of ${this.blockElems}, got ${a.cols}`);
+      throw new HcError(
+        "E_MODEL_TENSOR",
+        `get_rows: ${name} needs cols to be a multiple of ${this.blockElems}, got ${a.cols}`,
+      );
     }
     const outStride = a.outStride ?? a.cols;
     if (!Number.isSafeInteger(outStride) || outStride < a.cols) {
-      throw new HcError("E_BAD_REQUEST", `get_rows: outStride ${outStride} must be >= cols (${a.cols})`);
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `get_rows: outStride ${outStride} must be >= cols (${a.cols})`,
+      );
     }
     const weightOffset = a.weightOffset ?? 0;
     if (!Number.isSafeInteger(weightOffset) || weightOffset < 0 || weightOffset % 4 !== 0) {
-      throw new HcError("E_BAD_REQUEST", `get_rows: weightOffset ${weightOffset} must be a non-negative multiple of 4`);
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `get_rows: weightOffset ${weightOffset} must be a non-negative multiple of 4`,
+      );
     }
     const rowBytes = (a.cols / this.blockElems) * this.blockBytes;
     if (weightOffset + rowBytes * a.rows > a.weight.bytes) {
-      throw new HcError("E_VK_LIMIT", `get_rows: a ${a.rows}x${a.cols} ${name} weight at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `get_rows: a ${a.rows}x${a.cols} ${name} weight at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`,
+      );
     }
     const maxRange = Math.min(info.maxStorageBufferRange, MAX_BINDING_BYTES);
     const ids = this.#checked("ids", a.ids, a.count * 4, maxRange);
@@ -119,7 +147,9 @@ export class GetRows implements Disposable {
     const align = info.minStorageBufferOffsetAlignment;
     const gx = Math.ceil(Math.ceil(a.cols / UNIT[this.type]) / this.workgroupSize);
     const maxIds = info.maxComputeWorkGroupCount[1];
-    if (gx > info.maxComputeWorkGroupCount[0]) throw new HcError("E_VK_LIMIT", `get_rows: rows of ${a.cols} elements are too long`);
+    if (gx > info.maxComputeWorkGroupCount[0]) {
+      throw new HcError("E_VK_LIMIT", `get_rows: rows of ${a.cols} elements are too long`);
+    }
     const push = new Uint32Array(PUSH_WORDS);
     let dispatches = 0;
     for (let row0 = 0; row0 < a.rows;) {
@@ -127,16 +157,40 @@ export class GetRows implements Disposable {
       const bindOffset = Math.floor(start / align) * align;
       const wByte0 = start - bindOffset;
       const n = Math.min(a.rows - row0, Math.floor((maxWeightRange - wByte0 - 4) / rowBytes));
-      if (n < 1) throw new HcError("E_VK_LIMIT", `get_rows: one ${rowBytes}-byte row exceeds the ${maxWeightRange}-byte storage range`);
+      if (n < 1) {
+        throw new HcError(
+          "E_VK_LIMIT",
+          `get_rows: one ${rowBytes}-byte row exceeds the ${maxWeightRange}-byte storage range`,
+        );
+      }
       // Word reads of 2-byte aligned data reach up to the next multiple of 4 bytes.
       const bytes = Math.ceil((wByte0 + n * rowBytes) / 4) * 4;
       if (bindOffset + bytes > a.weight.bytes) {
-        throw new HcError("E_VK_LIMIT", `get_rows: the ${name} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`);
+        throw new HcError(
+          "E_VK_LIMIT",
+          `get_rows: the ${name} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`,
+        );
       }
       for (let id0 = 0; id0 < a.count; id0 += maxIds) {
         const nids = Math.min(maxIds, a.count - id0);
-        push.set([a.cols, rowBytes, wByte0, row0, n, a.rows, outStride, id0, nids, row0 === 0 ? 1 : 0]);
-        cmd.dispatch(this.#kernel, [{ buffer: a.weight, offset: bindOffset, bytes }, ids, out], push, [gx, nids, 1]);
+        push.set([
+          a.cols,
+          rowBytes,
+          wByte0,
+          row0,
+          n,
+          a.rows,
+          outStride,
+          id0,
+          nids,
+          row0 === 0 ? 1 : 0,
+        ]);
+        cmd.dispatch(
+          this.#kernel,
+          [{ buffer: a.weight, offset: bindOffset, bytes }, ids, out],
+          push,
+          [gx, nids, 1],
+        );
         dispatches++;
       }
       row0 += n;
@@ -147,13 +201,22 @@ export class GetRows implements Disposable {
   #checked(what: string, b: Binding, needBytes: number, maxRange: number): Binding {
     const { buffer, offset, bytes } = bindingParts(b);
     if (offset < 0 || offset % this.device.info.minStorageBufferOffsetAlignment !== 0) {
-      throw new HcError("E_VK_LIMIT", `get_rows: ${what} offset ${offset} is not a multiple of ${this.device.info.minStorageBufferOffsetAlignment}`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `get_rows: ${what} offset ${offset} is not a multiple of ${this.device.info.minStorageBufferOffsetAlignment}`,
+      );
     }
     if (bytes < needBytes || offset + bytes > buffer.bytes) {
-      throw new HcError("E_VK_LIMIT", `get_rows: ${what} binding holds ${bytes} bytes, needs ${needBytes}`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `get_rows: ${what} binding holds ${bytes} bytes, needs ${needBytes}`,
+      );
     }
     if (needBytes > maxRange) {
-      throw new HcError("E_VK_LIMIT", `get_rows: ${what} needs ${needBytes} bytes, above the ${maxRange}-byte storage range`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `get_rows: ${what} needs ${needBytes} bytes, above the ${maxRange}-byte storage range`,
+      );
     }
     return { buffer, offset, bytes: Math.min(bytes, maxRange) };
   }

@@ -133,7 +133,9 @@ interface Variant {
 }
 
 function bindingParts(b: Binding): { buffer: Buffer; offset: number; bytes: number } {
-  if ("buffer" in b) return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
+  if ("buffer" in b) {
+    return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
+  }
   return { buffer: b, offset: 0, bytes: b.bytes };
 }
 
@@ -142,7 +144,9 @@ function isPow2(n: number): boolean {
 }
 
 function positiveInt(name: string, v: number): void {
-  if (!Number.isSafeInteger(v) || v <= 0) throw new HcError("E_BAD_REQUEST", `matvec: ${name} = ${v} is not a positive integer`);
+  if (!Number.isSafeInteger(v) || v <= 0) {
+    throw new HcError("E_BAD_REQUEST", `matvec: ${name} = ${v} is not a positive integer`);
+  }
 }
 
 /** Whether the device can run the u64vec4 loads (see MatVecOptions.load64). */
@@ -167,7 +171,12 @@ export class MatVec implements Disposable {
     const suffix = SHADER_SUFFIX[type];
     const info = ggmlTypeInfo(type);
     if (!suffix || !info) {
-      throw new HcError("E_MODEL_TENSOR", `matvec: weight type ${info?.name ?? type} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`);
+      throw new HcError(
+        "E_MODEL_TENSOR",
+        `matvec: weight type ${
+          info?.name ?? type
+        } is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`,
+      );
     }
     this.device = device;
     this.type = type;
@@ -180,8 +189,15 @@ export class MatVec implements Disposable {
       workgroupSize: options.workgroupSize,
       rowsPerGroup: options.rowsPerGroup,
     };
-    if (options.workgroupSize !== undefined && (!isPow2(options.workgroupSize) || options.workgroupSize > device.info.maxComputeWorkGroupInvocations)) {
-      throw new HcError("E_BAD_REQUEST", `matvec: workgroupSize ${options.workgroupSize} must be a power of two <= ${device.info.maxComputeWorkGroupInvocations}`);
+    if (
+      options.workgroupSize !== undefined &&
+      (!isPow2(options.workgroupSize) ||
+        options.workgroupSize > device.info.maxComputeWorkGroupInvocations)
+    ) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `matvec: workgroupSize ${options.workgroupSize} must be a power of two <= ${device.info.maxComputeWorkGroupInvocations}`,
+      );
     }
     if (options.rowsPerGroup !== undefined) positiveInt("rowsPerGroup", options.rowsPerGroup);
   }
@@ -203,11 +219,15 @@ export class MatVec implements Disposable {
 
   #rowsPerGroup(kind: KernelKind, wg: number, ncols: number): number {
     // The step variant unrolls rows x columns: keep that product (and its compile time) bounded.
-    let r = this.options.rowsPerGroup ?? (kind === "rowloop" ? 64 : kind === "step" ? Math.max(4, 16 / ncols | 0) : 2);
+    let r = this.options.rowsPerGroup ??
+      (kind === "rowloop" ? 64 : kind === "step" ? Math.max(4, 16 / ncols | 0) : 2);
     const limit = this.device.info.maxComputeSharedMemoryBytes - COMMON_SHARED_BYTES;
     while (r > 1 && r * ncols * wg * 4 > limit) r >>= 1;
     if (r * ncols * wg * 4 > limit) {
-      throw new HcError("E_VK_LIMIT", `matvec: ${wg} lanes x ${ncols} columns need more shared memory than the device has`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `matvec: ${wg} lanes x ${ncols} columns need more shared memory than the device has`,
+      );
     }
     return r;
   }
@@ -216,12 +236,20 @@ export class MatVec implements Disposable {
     const wg = this.#workgroupSize(v.kind);
     const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols);
     const l64 = this.options.load64 ? "64" : "";
-    const base = v.kind === "rowloop" ? `matvec_rl${l64}_` : v.kind === "step" ? `matvec_run${l64}_` : "matvec_";
+    const base = v.kind === "rowloop"
+      ? `matvec_rl${l64}_`
+      : v.kind === "step"
+      ? `matvec_run${l64}_`
+      : "matvec_";
     const name = base + this.typeName;
     const key = `${name}/${wg}/${rowsPerGroup}/${v.cols}`;
     let k = this.#kernels.get(key);
     if (!k) {
-      k = this.device.kernel(name, { bindings: 3, pushBytes: PUSH_WORDS * 4, spec: [wg, rowsPerGroup, v.cols] });
+      k = this.device.kernel(name, {
+        bindings: 3,
+        pushBytes: PUSH_WORDS * 4,
+        spec: [wg, rowsPerGroup, v.cols],
+      });
       this.#kernels.set(key, k);
     }
     return { kernel: k, wg, rowsPerGroup, name };
@@ -241,14 +269,25 @@ export class MatVec implements Disposable {
     const step = RUN_UNIT[this.type];
     // Q6_K's row loop finds each block's phase at run time, reading a 256-byte window that can
     // reach past the last block; the others need 32-byte aligned rows.
-    const aligned = this.type === GgmlType.Q6_K ? spareBytes >= Q6K_WINDOW_SPARE : rowBytes % 32 === 0 && weightOffset % 32 === 0;
-    const want = this.options.path === "auto" ? (this.device.info.type === "cpu" ? "run" : "generic") : this.options.path;
+    const aligned = this.type === GgmlType.Q6_K
+      ? spareBytes >= Q6K_WINDOW_SPARE
+      : rowBytes % 32 === 0 && weightOffset % 32 === 0;
+    const want = this.options.path === "auto"
+      ? (this.device.info.type === "cpu" ? "run" : "generic")
+      : this.options.path;
     if (want === "run" && aligned && xStride % 8 === 0 && rows > 0) {
-      if ((batch === 1 || step === undefined) && rl !== undefined && cols % rl === 0) return "rowloop";
+      if ((batch === 1 || step === undefined) && rl !== undefined && cols % rl === 0) {
+        return "rowloop";
+      }
       if (step !== undefined && cols % step === 0) return "step";
     }
     if (want === "run" && this.options.path === "run") {
-      throw new HcError("E_BAD_REQUEST", `matvec: the run path needs cols % ${step ?? rl} == 0, 32-byte aligned rows and xStride % 8 == 0`);
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `matvec: the run path needs cols % ${
+          step ?? rl
+        } == 0, 32-byte aligned rows and xStride % 8 == 0`,
+      );
     }
     return "generic";
   }
@@ -270,14 +309,23 @@ export class MatVec implements Disposable {
     const yStride = a.yStride ?? a.rows;
     const weightOffset = a.weightOffset ?? 0;
     if (!Number.isSafeInteger(weightOffset) || weightOffset < 0 || weightOffset % 16 !== 0) {
-      throw new HcError("E_BAD_REQUEST", `matvec: weightOffset ${weightOffset} must be a non-negative multiple of 16`);
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `matvec: weightOffset ${weightOffset} must be a non-negative multiple of 16`,
+      );
     }
     const colMultiple = this.blockElems === 1 ? 4 : this.blockElems;
     if (a.cols % colMultiple !== 0) {
-      throw new HcError("E_MODEL_TENSOR", `matvec: ${name} needs cols to be a multiple of ${colMultiple}, got ${a.cols}`);
+      throw new HcError(
+        "E_MODEL_TENSOR",
+        `matvec: ${name} needs cols to be a multiple of ${colMultiple}, got ${a.cols}`,
+      );
     }
     if (!Number.isSafeInteger(xStride) || xStride < a.cols || xStride % 4 !== 0) {
-      throw new HcError("E_BAD_REQUEST", `matvec: xStride ${xStride} must be a multiple of 4 and >= cols (${a.cols})`);
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `matvec: xStride ${xStride} must be a multiple of 4 and >= cols (${a.cols})`,
+      );
     }
     if (!Number.isSafeInteger(yStride) || yStride < a.rows) {
       throw new HcError("E_BAD_REQUEST", `matvec: yStride ${yStride} must be >= rows (${a.rows})`);
@@ -285,7 +333,10 @@ export class MatVec implements Disposable {
     const rowBytes = this.weightBytes(1, a.cols);
     const weightBytes = rowBytes * a.rows;
     if (weightOffset + weightBytes > a.weight.bytes) {
-      throw new HcError("E_VK_LIMIT", `matvec: a ${a.rows}x${a.cols} ${name} weight (${weightBytes} bytes) at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `matvec: a ${a.rows}x${a.cols} ${name} weight (${weightBytes} bytes) at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`,
+      );
     }
     const maxRange = Math.min(info.maxStorageBufferRange, MAX_BINDING_BYTES);
     if (a.maxBindingBytes !== undefined) positiveInt("maxBindingBytes", a.maxBindingBytes);
@@ -293,12 +344,24 @@ export class MatVec implements Disposable {
     const x = this.#checkedBinding("x", a.x, ((batch - 1) * xStride + a.cols) * 4, maxRange);
     const y = this.#checkedBinding("y", a.y, ((batch - 1) * yStride + a.rows) * 4, maxRange);
 
-    const kind = this.chooseKernel(weightOffset, a.rows, a.cols, batch, xStride, a.weight.bytes - weightOffset - weightBytes);
+    const kind = this.chooseKernel(
+      weightOffset,
+      a.rows,
+      a.cols,
+      batch,
+      xStride,
+      a.weight.bytes - weightOffset - weightBytes,
+    );
     const ncols = kind === "rowloop" ? 1 : Math.min(batch, MATVEC_MAX_COLS);
     const { kernel, rowsPerGroup, name: kname } = this.#kernel({ kind, cols: ncols });
     const zGroups = Math.ceil(batch / ncols);
     if (zGroups > info.maxComputeWorkGroupCount[2]) {
-      throw new HcError("E_VK_LIMIT", `matvec: batch ${batch} needs ${zGroups} workgroups in z, over the device's ${info.maxComputeWorkGroupCount[2]}`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `matvec: batch ${batch} needs ${zGroups} workgroups in z, over the device's ${
+          info.maxComputeWorkGroupCount[2]
+        }`,
+      );
     }
 
     // Binding offsets aligned to both the device rule and the run path's 32-byte chunks.
@@ -314,17 +377,25 @@ export class MatVec implements Disposable {
       const wByte0 = start - bindOffset;
       const fitRows = Math.floor((maxWeightRange - wByte0 - 128) / rowBytes);
       if (fitRows < 1) {
-        throw new HcError("E_VK_LIMIT", `matvec: one ${rowBytes}-byte row exceeds the ${maxWeightRange}-byte storage range`);
+        throw new HcError(
+          "E_VK_LIMIT",
+          `matvec: one ${rowBytes}-byte row exceeds the ${maxWeightRange}-byte storage range`,
+        );
       }
       const n = Math.min(a.rows - row0, fitRows, maxRowsByGrid);
       const used = wByte0 + n * rowBytes;
       // Word reads of 2-byte aligned blocks reach up to the next multiple of 4 bytes; the Q6_K
       // row loop reads whole 32-byte chunks up to 46 bytes past the last block.
-      const reach = kind === "rowloop" && this.type === GgmlType.Q6_K ? Math.ceil((used + 46) / 32) * 32 : used;
+      const reach = kind === "rowloop" && this.type === GgmlType.Q6_K
+        ? Math.ceil((used + 46) / 32) * 32
+        : used;
       let bytes = Math.ceil(reach / 4) * 4;
       if (bindOffset + bytes > a.weight.bytes) {
         if (overreads) {
-          throw new HcError("E_VK_LIMIT", `matvec: the ${name} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`);
+          throw new HcError(
+            "E_VK_LIMIT",
+            `matvec: the ${name} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`,
+          );
         }
         bytes = a.weight.bytes - bindOffset;
       }
@@ -332,24 +403,42 @@ export class MatVec implements Disposable {
       const gx = Math.min(groups, maxX);
       const gy = Math.ceil(groups / gx);
       push.set([n, a.cols, wByte0, rowBytes, xStride, yStride, row0, batch, a.accumulate ? 1 : 0]);
-      cmd.dispatch(kernel, [{ buffer: a.weight, offset: bindOffset, bytes }, x, y], push, [gx, gy, zGroups]);
+      cmd.dispatch(kernel, [{ buffer: a.weight, offset: bindOffset, bytes }, x, y], push, [
+        gx,
+        gy,
+        zGroups,
+      ]);
       dispatches++;
       row0 += n;
     }
-    this.lastPlan = { path: kind === "generic" ? "generic" : "run", variant: kind, kernel: kname, dispatches };
+    this.lastPlan = {
+      path: kind === "generic" ? "generic" : "run",
+      variant: kind,
+      kernel: kname,
+      dispatches,
+    };
     return this.lastPlan;
   }
 
   #checkedBinding(what: string, b: Binding, needBytes: number, maxRange: number): Binding {
     const { buffer, offset, bytes } = bindingParts(b);
     if (offset < 0 || offset % this.device.info.minStorageBufferOffsetAlignment !== 0) {
-      throw new HcError("E_VK_LIMIT", `matvec: ${what} offset ${offset} is not a multiple of ${this.device.info.minStorageBufferOffsetAlignment}`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `matvec: ${what} offset ${offset} is not a multiple of ${this.device.info.minStorageBufferOffsetAlignment}`,
+      );
     }
     if (bytes < needBytes || offset + bytes > buffer.bytes) {
-      throw new HcError("E_VK_LIMIT", `matvec: ${what} binding holds ${bytes} bytes, needs ${needBytes}`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `matvec: ${what} binding holds ${bytes} bytes, needs ${needBytes}`,
+      );
     }
     if (needBytes > maxRange) {
-      throw new HcError("E_VK_LIMIT", `matvec: ${what} needs ${needBytes} bytes, above the ${maxRange}-byte storage range; split the batch`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `matvec: ${what} needs ${needBytes} bytes, above the ${maxRange}-byte storage range; split the batch`,
+      );
     }
     return { buffer, offset, bytes: Math.min(bytes, maxRange) };
   }

@@ -105,7 +105,7 @@ async function hashTensors(tensors: ModelTensor[]): Promise<string> {
 
 /** The kernels one model needs, created once. */
 class Kernels implements Disposable {
-  readonly matvec = new Map<number, MatVec>();
+  readonly matvec: Map<number, MatVec> = new Map();
   readonly getRows: GetRows;
   readonly rmsNorm: RmsNorm;
   readonly rope: Rope;
@@ -129,7 +129,10 @@ class Kernels implements Disposable {
       this.rmsNorm = own(new RmsNorm(device));
       this.rope = own(new Rope(device));
       this.ropeTable = own(
-        RopeTable.fromInverseFrequencies(device, ropeInverseFrequencies(c.headDim, c.ropeBase, c.ropeFreqFactors)),
+        RopeTable.fromInverseFrequencies(
+          device,
+          ropeInverseFrequencies(c.headDim, c.ropeBase, c.ropeFreqFactors),
+        ),
       );
       this.swiglu = own(new Swiglu(device));
       this.axpby = own(new Axpby(device));
@@ -299,10 +302,15 @@ export class LlamaModel implements Disposable {
         });
       }
       const outputNorm = await vector("output_norm.weight");
-      const attnHash = await hashTensors([tensor("blk.0.attn_q.weight"), tensor("blk.0.attn_k.weight")]);
+      const attnHash = await hashTensors([
+        tensor("blk.0.attn_q.weight"),
+        tensor("blk.0.attn_k.weight"),
+      ]);
       const output = c.tiedOutput ? embd : await matrix("output.weight");
       const types = new Set<number>([output.type]);
-      for (const L of layers) for (const w of [L.q, L.k, L.v, L.o, L.gate, L.up, L.down]) types.add(w.type);
+      for (const L of layers) {
+        for (const w of [L.q, L.k, L.v, L.o, L.gate, L.up, L.down]) types.add(w.type);
+      }
       const kernels = new Kernels(device, c, types, embd.type);
       let act: Activations;
       try {
@@ -350,14 +358,34 @@ export class LlamaModel implements Disposable {
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
     for (const cache of io.caches) cache.recordLengthsUpload(cmd);
-    K.getRows.record(cmd, { weight: this.#embd.buffer, rows: this.#embd.rows, cols: c.dim, ids: io.ids, count: B, out: a.x });
+    K.getRows.record(cmd, {
+      weight: this.#embd.buffer,
+      rows: this.#embd.rows,
+      cols: c.dim,
+      ids: io.ids,
+      count: B,
+      out: a.x,
+    });
     cmd.barrier();
     this.layers.forEach((L, l) => {
       const cache = io.caches[l];
-      K.rmsNorm.record(cmd, { x: a.x, weight: L.attnNorm, out: a.xb, n: c.dim, rows: B, eps: c.rmsEps });
+      K.rmsNorm.record(cmd, {
+        x: a.x,
+        weight: L.attnNorm,
+        out: a.xb,
+        n: c.dim,
+        rows: B,
+        eps: c.rmsEps,
+      });
       if (L.qBias) {
         // Biases: seed the outputs with the bias, then accumulate the projection onto them.
-        for (const [bias, out, n] of [[L.qBias, a.q, qDim], [L.kBias!, a.k, kvDim], [L.vBias!, a.v, kvDim]] as const) {
+        for (
+          const [bias, out, n] of [[L.qBias, a.q, qDim], [L.kBias!, a.k, kvDim], [
+            L.vBias!,
+            a.v,
+            kvDim,
+          ]] as const
+        ) {
           cmd.copy(bias, out, Array.from({ length: B }, (_, t) => [0, t * n * 4, n * 4] as const));
         }
       }
@@ -367,7 +395,13 @@ export class LlamaModel implements Disposable {
       this.#matvec(cmd, L.k, a.xb, a.k, B, acc);
       this.#matvec(cmd, L.v, a.xb, a.v, B, acc);
       cmd.barrier();
-      const rope = { table: K.ropeTable, positions: io.pos, nTokens: B, headDim: c.headDim, pairing: c.ropePairing };
+      const rope = {
+        table: K.ropeTable,
+        positions: io.pos,
+        nTokens: B,
+        headDim: c.headDim,
+        pairing: c.ropePairing,
+      };
       K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
       K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
       cmd.barrier();
@@ -377,12 +411,26 @@ export class LlamaModel implements Disposable {
       if (B === 1) {
         K.decode.record(cmd, { cache, q: a.q, out: a.att, scratch: io.attnScratch });
       } else {
-        K.prefill.record(cmd, { cache, q: a.q, tokens: B, position, out: a.att, scratch: io.attnScratch });
+        K.prefill.record(cmd, {
+          cache,
+          q: a.q,
+          tokens: B,
+          position,
+          out: a.att,
+          scratch: io.attnScratch,
+        });
       }
       cmd.barrier();
       this.#matvec(cmd, L.o, a.att, a.x, B, true);
       cmd.barrier();
-      K.rmsNorm.record(cmd, { x: a.x, weight: L.ffnNorm, out: a.xb, n: c.dim, rows: B, eps: c.rmsEps });
+      K.rmsNorm.record(cmd, {
+        x: a.x,
+        weight: L.ffnNorm,
+        out: a.xb,
+        n: c.dim,
+        rows: B,
+        eps: c.rmsEps,
+      });
       cmd.barrier();
       this.#matvec(cmd, L.gate, a.xb, a.hb, B, false);
       this.#matvec(cmd, L.up, a.xb, a.hb2, B, false);
@@ -395,14 +443,26 @@ export class LlamaModel implements Disposable {
     // Only the last token's logits matter; a copy avoids binding at an unaligned offset.
     cmd.copy(a.x, a.xLast, [[(B - 1) * c.dim * 4, 0, c.dim * 4]]);
     cmd.barrier();
-    K.rmsNorm.record(cmd, { x: a.xLast, weight: this.#outputNorm, out: a.xLast, n: c.dim, eps: c.rmsEps });
+    K.rmsNorm.record(cmd, {
+      x: a.xLast,
+      weight: this.#outputNorm,
+      out: a.xLast,
+      n: c.dim,
+      eps: c.rmsEps,
+    });
     cmd.barrier();
     this.#matvec(cmd, this.#output, a.xLast, a.logits, 1, false);
     cmd.barrier();
   }
 
   /** Copies of post-RoPE activations for the cache policy (plain copies, no kernels). */
-  #recordCaptures(cmd: CommandList, io: ForwardIo, layer: number, B: number, position: number): void {
+  #recordCaptures(
+    cmd: CommandList,
+    io: ForwardIo,
+    layer: number,
+    B: number,
+    position: number,
+  ): void {
     const c = this.config;
     const a = this.act;
     const qBytes = c.nHeads * c.headDim * 4;
@@ -420,12 +480,23 @@ export class LlamaModel implements Disposable {
       const t1 = Math.min(B, io.captureFrom + W - position);
       if (t1 > t0) {
         const slot = position + t0 - io.captureFrom;
-        cmd.copy(a.q, io.prefillQ, [[t0 * qBytes, (layer * W + slot) * qBytes, (t1 - t0) * qBytes]]);
+        cmd.copy(a.q, io.prefillQ, [[
+          t0 * qBytes,
+          (layer * W + slot) * qBytes,
+          (t1 - t0) * qBytes,
+        ]]);
       }
     }
   }
 
-  #matvec(cmd: CommandList, w: Weight, x: Buffer, y: Buffer, batch: number, accumulate: boolean): void {
+  #matvec(
+    cmd: CommandList,
+    w: Weight,
+    x: Buffer,
+    y: Buffer,
+    batch: number,
+    accumulate: boolean,
+  ): void {
     this.kernels.matvec.get(w.type)!.record(cmd, {
       weight: w.buffer,
       rows: w.rows,
@@ -493,12 +564,16 @@ class LlamaState implements ForwardState {
       return x;
     };
     try {
-      this.#argmaxScratch = own(d.buffer(Math.max(16, model.kernels.argmax.scratchBytes(c.vocabSize, 1))));
+      this.#argmaxScratch = own(
+        d.buffer(Math.max(16, model.kernels.argmax.scratchBytes(c.vocabSize, 1))),
+      );
       this.#ids = own(d.buffer(MAX_BATCH_TOKENS * 4, "upload"));
       this.#pos = own(d.buffer(16, "upload"));
       this.#token = own(d.buffer(16, "readback"));
       this.#logits = own(d.buffer(c.vocabSize * 4, "readback"));
-      this.#stepCapture = own(d.buffer(c.nLayers * (c.nHeads + 2 * c.nKvHeads) * c.headDim * 4, "readback"));
+      this.#stepCapture = own(
+        d.buffer(c.nLayers * (c.nHeads + 2 * c.nKvHeads) * c.headDim * 4, "readback"),
+      );
       this.#batch = own(d.commands());
     } catch (e) {
       this[Symbol.dispose]();
@@ -540,7 +615,11 @@ class LlamaState implements ForwardState {
     const K = this.model.kernels;
     let need = 16;
     for (const cache of caches) {
-      need = Math.max(need, K.decode.scratchBytes(cache), K.prefill.scratchBytes(cache, MAX_BATCH_TOKENS));
+      need = Math.max(
+        need,
+        K.decode.scratchBytes(cache),
+        K.prefill.scratchBytes(cache, MAX_BATCH_TOKENS),
+      );
     }
     if (!this.#attnScratch || this.#attnScratch.bytes < need) {
       this.#dropDecodeLists();
@@ -573,7 +652,12 @@ class LlamaState implements ForwardState {
     const a = this.model.act;
     const n = this.model.config.vocabSize;
     if (want === "argmax") {
-      this.model.kernels.argmax.record(cmd, { x: a.logits, n, out: this.#token, scratch: this.#argmaxScratch });
+      this.model.kernels.argmax.record(cmd, {
+        x: a.logits,
+        n,
+        out: this.#token,
+        scratch: this.#argmaxScratch,
+      });
     } else if (want === "logits") {
       cmd.copy(a.logits, this.#logits, [[0, 0, n * 4]]);
     }
@@ -615,7 +699,10 @@ class LlamaState implements ForwardState {
     if (this.#disposed) throw new HcError("E_BAD_REQUEST", "the session was disposed");
     const B = tokens.length;
     if (B < 1 || B > MAX_BATCH_TOKENS) {
-      throw new HcError("E_BAD_REQUEST", `a forward step takes 1..${MAX_BATCH_TOKENS} tokens, got ${B}`);
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `a forward step takes 1..${MAX_BATCH_TOKENS} tokens, got ${B}`,
+      );
     }
     if (this.#position + B > this.capacity) {
       throw new HcError(
@@ -624,12 +711,18 @@ class LlamaState implements ForwardState {
       );
     }
     if (opts.caches.length !== this.model.config.nLayers) {
-      throw new HcError("E_BAD_REQUEST", `${opts.caches.length} KV caches given for ${this.model.config.nLayers} layers`);
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `${opts.caches.length} KV caches given for ${this.model.config.nLayers} layers`,
+      );
     }
     const vocab = this.model.config.vocabSize;
     tokens.forEach((t, i) => {
       if (!Number.isInteger(t) || t < 0 || t >= vocab) {
-        throw new HcError("E_BAD_REQUEST", `token id ${t} outside the vocabulary (0..${vocab - 1})`);
+        throw new HcError(
+          "E_BAD_REQUEST",
+          `token id ${t} outside the vocabulary (0..${vocab - 1})`,
+        );
       }
       this.#idsView[i] = t;
     });
@@ -650,7 +743,9 @@ class LlamaState implements ForwardState {
       const m = this.#token.mapped();
       return new Uint32Array(m.buffer, m.byteOffset, 1)[0];
     }
-    if (want === "logits") return new Float32Array(this.#logits.mapped().slice(0, vocab * 4).buffer);
+    if (want === "logits") {
+      return new Float32Array(this.#logits.mapped().slice(0, vocab * 4).buffer);
+    }
   }
 
   [Symbol.dispose](): void {

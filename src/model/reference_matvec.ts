@@ -30,7 +30,10 @@ export function referenceMatvec(a: ReferenceMatvecArgs): Float32Array {
   const xStride = a.xStride ?? a.cols;
   const stride = rowBytes(a.type, a.cols);
   if (a.weight.length < stride * a.rows) {
-    throw new HcError("E_MODEL_TENSOR", `weight has ${a.weight.length} bytes, needs ${stride * a.rows}`);
+    throw new HcError(
+      "E_MODEL_TENSOR",
+      `weight has ${a.weight.length} bytes, needs ${stride * a.rows}`,
+    );
   }
   if (a.x.length < (batch - 1) * xStride + a.cols) {
     throw new HcError("E_MODEL_TENSOR", `x has ${a.x.length} floats, too few for ${batch} columns`);
@@ -61,7 +64,9 @@ export function referenceGetRows(
   const out = new Float32Array(ids.length * cols);
   for (let i = 0; i < ids.length; i++) {
     const id = ids[i];
-    if (id >= 0 && id < rows) dequantizeRow(type, weight, id, cols, out.subarray(i * cols, (i + 1) * cols));
+    if (id >= 0 && id < rows) {
+      dequantizeRow(type, weight, id, cols, out.subarray(i * cols, (i + 1) * cols));
+    }
   }
   return out;
 }

@@ -4,7 +4,7 @@
  * scaling, long contexts). The tokenizer is a small SentencePiece vocabulary with byte fallback,
  * so any text encodes.
  */
-import { gv, writeGguf, type GgufWriteTensor } from "../gguf/writer.ts";
+import { type GgufWriteTensor, gv, writeGguf } from "../gguf/writer.ts";
 import { GgufValueType } from "../gguf/reader.ts";
 import { GgmlType } from "../gguf/types.ts";
 import { quantize } from "./quant.ts";
@@ -28,7 +28,12 @@ export interface SyntheticSpec {
   tiedOutput?: boolean;
   ropeBase?: number;
   /** Llama 3 rope scaling written as metadata. */
-  ropeScaling?: { factor: number; lowFreqFactor: number; highFreqFactor: number; originalContextLength: number };
+  ropeScaling?: {
+    factor: number;
+    lowFreqFactor: number;
+    highFreqFactor: number;
+    originalContextLength: number;
+  };
   seed?: number;
   /** Multiplies the Q projection: 0 makes every query zero, i.e. attention exactly uniform. */
   queryScale?: number;
@@ -65,13 +70,21 @@ function vocabulary(size: number): { tokens: string[]; scores: number[]; types: 
     types.push(6);
   }
   const words = "the a and to of in is was he she it on for with as at by be this that".split(" ");
-  const extra = ["▁", ..."abcdefghijklmnopqrstuvwxyz".split("").map((c) => "▁" + c), ...words.map((w) => "▁" + w)];
+  const extra = [
+    "▁",
+    ..."abcdefghijklmnopqrstuvwxyz".split("").map((c) => "▁" + c),
+    ...words.map((w) => "▁" + w),
+  ];
   for (let i = 0; tokens.length < size; i++) {
     tokens.push(i < extra.length ? extra[i] : `▁w${i}`);
     types.push(1);
   }
   const scores = tokens.map((_, i) => (i < 259 ? 0 : -i));
-  return { tokens: tokens.slice(0, size), scores: scores.slice(0, size), types: types.slice(0, size) };
+  return {
+    tokens: tokens.slice(0, size),
+    scores: scores.slice(0, size),
+    types: types.slice(0, size),
+  };
 }
 
 /** Writes a synthetic model to `path`. */
@@ -85,13 +98,25 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
   const kvDim = spec.nKvHeads * headDim;
   let n = 0;
   const mat = (name: string, cols: number, rows: number, scale = 1) =>
-    tensor(name, type, [cols, rows], randomFill(cols * rows, seed * 1000 + n++, scale * (spec.weightScale ?? 1 / Math.sqrt(cols))));
+    tensor(
+      name,
+      type,
+      [cols, rows],
+      randomFill(cols * rows, seed * 1000 + n++, scale * (spec.weightScale ?? 1 / Math.sqrt(cols))),
+    );
   const vec = (name: string, len: number, mean: number, std: number) => {
     const v = randomFill(len, seed * 1000 + n++, std);
     for (let i = 0; i < len; i++) v[i] += mean;
     return tensor(name, GgmlType.F32, [len], v);
   };
-  const tensors: GgufWriteTensor[] = [tensor("token_embd.weight", spec.embeddingType ?? type, [spec.dim, vocab], randomFill(spec.dim * vocab, seed * 1000 + n++, 1))];
+  const tensors: GgufWriteTensor[] = [
+    tensor(
+      "token_embd.weight",
+      spec.embeddingType ?? type,
+      [spec.dim, vocab],
+      randomFill(spec.dim * vocab, seed * 1000 + n++, 1),
+    ),
+  ];
   for (let l = 0; l < spec.nLayers; l++) {
     const p = `blk.${l}.`;
     tensors.push(vec(p + "attn_norm.weight", spec.dim, 1, 0.1));

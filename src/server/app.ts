@@ -173,7 +173,10 @@ export class HcServer implements AsyncDisposable {
         ? profileFromText(Deno.readTextFileSync(given), model.identity(), given.split("/").pop())
         : given ?? null;
     } catch (e) {
-      this.#state = { kind: "failed", message: `the head profile: ${e instanceof Error ? e.message : String(e)}` };
+      this.#state = {
+        kind: "failed",
+        message: `the head profile: ${e instanceof Error ? e.message : String(e)}`,
+      };
       return;
     }
     this.#state = {
@@ -461,7 +464,6 @@ export class HcServer implements AsyncDisposable {
     if (this.#disposed) return;
     this.#disposed = true;
     this.abortAll();
-    const s = this.#state;
     if (this.#opts.ownsModel && this.#model) await this.#model[Symbol.asyncDispose]();
   }
 }

@@ -73,10 +73,14 @@ export function prepareRequest(served: ServedModel, req: GenerationRequest): Pre
   const keep = req.keep ?? (req.cache === null ? served.defaultKeep : null);
   checkKeepForPolicy(cache, keep);
   if (NEEDS_PROFILE.has(cache) && !served.profile) {
-    throw new ApiError(400, `the '${cache}' cache policy needs a head profile; start the server with --profile PATH`, {
-      code: "profile_required",
-      param: "cache",
-    });
+    throw new ApiError(
+      400,
+      `the '${cache}' cache policy needs a head profile; start the server with --profile PATH`,
+      {
+        code: "profile_required",
+        param: "cache",
+      },
+    );
   }
   let promptTokens: number;
   try {

@@ -22,7 +22,11 @@ export type CachePolicyName = typeof CACHE_POLICIES[number];
 const KEEP_ALL_POLICIES: ReadonlySet<string> = new Set(["full"]);
 
 /** Policies that need a head profile. */
-export const NEEDS_PROFILE: ReadonlySet<string> = new Set(["heterocache", "per-step", "fixed-interval"]);
+export const NEEDS_PROFILE: ReadonlySet<string> = new Set([
+  "heterocache",
+  "per-step",
+  "fixed-interval",
+]);
 
 /** OpenAI accepts at most four stop sequences. */
 const MAX_STOP_SEQUENCES = 4;

@@ -30,7 +30,10 @@ export class CommandList implements Disposable {
   }
 
   static create(device: Device, queue: Queue): CommandList {
-    check(native().hc_cmd_create(device.handle, QUEUE_ID[queue], u64out), "creating a command list");
+    check(
+      native().hc_cmd_create(device.handle, QUEUE_ID[queue], u64out),
+      "creating a command list",
+    );
     return new CommandList(device, queue, u64out[0]);
   }
 
@@ -41,7 +44,12 @@ export class CommandList implements Disposable {
     return this;
   }
 
-  dispatch(kernel: Kernel, bindings: readonly Binding[], push: ArrayBufferView | null, groups: readonly [number, number?, number?]): this {
+  dispatch(
+    kernel: Kernel,
+    bindings: readonly Binding[],
+    push: ArrayBufferView | null,
+    groups: readonly [number, number?, number?],
+  ): this {
     const table = new BigUint64Array(bindings.length * 3);
     bindings.forEach((b, i) => {
       const buf = "buffer" in b ? b.buffer : b;
@@ -53,11 +61,20 @@ export class CommandList implements Disposable {
       this.#uses.push(buf);
     });
     this.#uses.push(kernel);
-    const pushBytes = push ? new Uint8Array(push.buffer, push.byteOffset, push.byteLength) : new Uint8Array(4);
+    const pushBytes = push
+      ? new Uint8Array(push.buffer, push.byteOffset, push.byteLength)
+      : new Uint8Array(4);
     check(
       native().hc_cmd_dispatch(
-        this.handle, kernel.handle, table, bindings.length, pushBytes, push ? push.byteLength : 0,
-        groups[0], groups[1] ?? 1, groups[2] ?? 1,
+        this.handle,
+        kernel.handle,
+        table,
+        bindings.length,
+        pushBytes,
+        push ? push.byteLength : 0,
+        groups[0],
+        groups[1] ?? 1,
+        groups[2] ?? 1,
       ),
       `recording ${kernel.name}`,
     );
@@ -77,13 +94,19 @@ export class CommandList implements Disposable {
       table[i * 3 + 2] = BigInt(r[2]);
     });
     this.#uses.push(src, dst);
-    check(native().hc_cmd_copy(this.handle, src.handle, dst.handle, table, regions.length), "recording a copy");
+    check(
+      native().hc_cmd_copy(this.handle, src.handle, dst.handle, table, regions.length),
+      "recording a copy",
+    );
     return this;
   }
 
   fill(buffer: Buffer, offset: number, bytes: number, value = 0): this {
     this.#uses.push(buffer);
-    check(native().hc_cmd_fill(this.handle, buffer.handle, BigInt(offset), BigInt(bytes), value >>> 0), "recording a fill");
+    check(
+      native().hc_cmd_fill(this.handle, buffer.handle, BigInt(offset), BigInt(bytes), value >>> 0),
+      "recording a fill",
+    );
     return this;
   }
 
@@ -101,9 +124,14 @@ export class CommandList implements Disposable {
   /** Submits the recording; returns the value this list's queue timeline reaches when done. */
   submit(after: { compute?: bigint; transfer?: bigint } = {}): bigint {
     for (const u of this.#uses) {
-      if (u.disposed) throw new HcError("E_VK_BAD_HANDLE", "a command list uses a disposed buffer or kernel");
+      if (u.disposed) {
+        throw new HcError("E_VK_BAD_HANDLE", "a command list uses a disposed buffer or kernel");
+      }
     }
-    check(native().hc_submit(this.handle, after.compute ?? 0n, after.transfer ?? 0n, u64out), "submitting");
+    check(
+      native().hc_submit(this.handle, after.compute ?? 0n, after.transfer ?? 0n, u64out),
+      "submitting",
+    );
     return u64out[0];
   }
 

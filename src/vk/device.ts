@@ -77,7 +77,10 @@ export class Device implements Disposable {
     if (!Number.isSafeInteger(bytes) || bytes <= 0) {
       throw new HcError("E_VK_LIMIT", `buffer size ${bytes} is not a positive integer`);
     }
-    check(native().hc_buffer_create(this.handle, BigInt(bytes), KIND_ID[kind], u64out), `creating a ${kind} buffer of ${bytes} bytes`);
+    check(
+      native().hc_buffer_create(this.handle, BigInt(bytes), KIND_ID[kind], u64out),
+      `creating a ${kind} buffer of ${bytes} bytes`,
+    );
     return new Buffer(this, u64out[0], bytes, kind);
   }
 
@@ -91,13 +94,21 @@ export class Device implements Disposable {
 
   /** Resolves when `queue`'s timeline reaches `value`; the JS thread stays free meanwhile. */
   async wait(queue: Queue, value: bigint, timeoutMs = 600_000): Promise<void> {
-    const status = await native().hc_wait(this.handle, QUEUE_ID[queue], value, BigInt(timeoutMs) * 1_000_000n);
+    const status = await native().hc_wait(
+      this.handle,
+      QUEUE_ID[queue],
+      value,
+      BigInt(timeoutMs) * 1_000_000n,
+    );
     check(status, `waiting for the ${queue} queue`);
   }
 
   /** Blocking wait: for short waits where a 30 µs thread hop would dominate. */
   waitSync(queue: Queue, value: bigint, timeoutMs = 600_000): void {
-    check(native().hc_wait_sync(this.handle, QUEUE_ID[queue], value, BigInt(timeoutMs) * 1_000_000n), `waiting for the ${queue} queue`);
+    check(
+      native().hc_wait_sync(this.handle, QUEUE_ID[queue], value, BigInt(timeoutMs) * 1_000_000n),
+      `waiting for the ${queue} queue`,
+    );
   }
 
   /** The value `queue`'s timeline has completed. */
@@ -205,14 +216,26 @@ export class Device implements Disposable {
     if (rows.length === 0) return;
     let maxRow = 0;
     for (const r of rows) if (r > maxRow) maxRow = r;
-    if (rowBytes > srcStrideBytes || rowBytes > dstStrideBytes || maxRow * srcStrideBytes + rowBytes > src.byteLength) {
-      throw new HcError("E_VK_LIMIT", `gatherRows: row ${maxRow} of ${rowBytes} bytes lies outside the ${src.byteLength}-byte source`);
+    if (
+      rowBytes > srcStrideBytes || rowBytes > dstStrideBytes ||
+      maxRow * srcStrideBytes + rowBytes > src.byteLength
+    ) {
+      throw new HcError(
+        "E_VK_LIMIT",
+        `gatherRows: row ${maxRow} of ${rowBytes} bytes lies outside the ${src.byteLength}-byte source`,
+      );
     }
     dst.checkRange(dstOffsetBytes, (rows.length - 1) * dstStrideBytes + rowBytes, "gatherRows");
     const srcAddr = Deno.UnsafePointer.value(Deno.UnsafePointer.of(src as Uint8Array<ArrayBuffer>));
     const dstAddr = dst.address() + BigInt(dstOffsetBytes);
     const status = await native().hc_gather(
-      dstAddr, BigInt(dstStrideBytes), BigInt(srcAddr), BigInt(srcStrideBytes), rows, rows.length, BigInt(rowBytes),
+      dstAddr,
+      BigInt(dstStrideBytes),
+      BigInt(srcAddr),
+      BigInt(srcStrideBytes),
+      rows,
+      rows.length,
+      BigInt(rowBytes),
     );
     check(status, "gathering rows");
   }
@@ -237,7 +260,10 @@ export class Device implements Disposable {
       this.#staging.down.dispose();
       this.#staging = null;
     }
-    check(native().hc_device_close(this.handle), "closing the device (dispose its buffers, kernels and command lists first)");
+    check(
+      native().hc_device_close(this.handle),
+      "closing the device (dispose its buffers, kernels and command lists first)",
+    );
     this.#closed = true;
   }
 
@@ -267,7 +293,10 @@ export class Buffer implements Disposable {
 
   checkRange(offset: number, bytes: number, what: string): void {
     if (!(offset >= 0 && bytes >= 0 && offset + bytes <= this.bytes)) {
-      throw new HcError("E_VK_LIMIT", `${what}: range ${offset}+${bytes} outside a ${this.bytes}-byte buffer`);
+      throw new HcError(
+        "E_VK_LIMIT",
+        `${what}: range ${offset}+${bytes} outside a ${this.bytes}-byte buffer`,
+      );
     }
   }
 

@@ -19,11 +19,16 @@ function loadSpirv(name: string): Uint8Array {
   let code = spirvCache.get(name);
   if (!code) {
     const dir = Deno.env.get("HC_SPV_DIR");
-    const url = dir ? new URL(`${name}.spv`, `file://${dir.replace(/\/?$/, "/")}`) : new URL(`${name}.spv`, SPV_DIR);
+    const url = dir
+      ? new URL(`${name}.spv`, `file://${dir.replace(/\/?$/, "/")}`)
+      : new URL(`${name}.spv`, SPV_DIR);
     try {
       code = Deno.readFileSync(url);
     } catch {
-      throw new HcError("E_SHADER_MISSING", `shader ${name} not found at ${url.pathname}; run \`deno task build\``);
+      throw new HcError(
+        "E_SHADER_MISSING",
+        `shader ${name} not found at ${url.pathname}; run \`deno task build\``,
+      );
     }
     spirvCache.set(name, code);
   }
@@ -40,7 +45,13 @@ export class Kernel implements Disposable {
   readonly pushBytes: number;
   #disposed = false;
 
-  private constructor(device: Device, name: string, handle: bigint, bindings: number, pushBytes: number) {
+  private constructor(
+    device: Device,
+    name: string,
+    handle: bigint,
+    bindings: number,
+    pushBytes: number,
+  ) {
     this.device = device;
     this.name = name;
     this.handle = handle;
@@ -65,7 +76,16 @@ export class Kernel implements Disposable {
     const spec = new Uint32Array(options.spec ?? []);
     const push = options.pushBytes ?? 0;
     check(
-      native().hc_kernel_create(device.handle, code, BigInt(code.byteLength), options.bindings, push, spec, spec.length, u64out),
+      native().hc_kernel_create(
+        device.handle,
+        code,
+        BigInt(code.byteLength),
+        options.bindings,
+        push,
+        spec,
+        spec.length,
+        u64out,
+      ),
       `creating kernel ${name}`,
     );
     return new Kernel(device, name, u64out[0], options.bindings, push);
