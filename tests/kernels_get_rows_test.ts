@@ -86,14 +86,19 @@ function fetchRows(dev: Device, f: Fetch): [Float32Array, Float32Array, number] 
   dev.waitSync("compute", cmd.submit());
   const raw = new Float32Array(dev.download(out).buffer);
   const got = new Float32Array(f.ids.length * f.cols);
-  for (let i = 0; i < f.ids.length; i++) got.set(raw.subarray(i * stride, i * stride + f.cols), i * f.cols);
+  for (let i = 0; i < f.ids.length; i++) {
+    got.set(raw.subarray(i * stride, i * stride + f.cols), i * f.cols);
+  }
   return [got, want, dispatches];
 }
 
 function check(dev: Device, f: Fetch, tol = 1e-6): number {
   const [got, want, dispatches] = fetchRows(dev, f);
   const err = relError(got, want);
-  assert.ok(err <= tol, `${f.type} ${f.rows}x${f.cols}: error ${err.toExponential(2)} (seed ${SEED})`);
+  assert.ok(
+    err <= tol,
+    `${f.type} ${f.rows}x${f.cols}: error ${err.toExponential(2)} (seed ${SEED})`,
+  );
   return dispatches;
 }
 
@@ -105,7 +110,8 @@ Deno.test("get_rows: every type, odd widths, invalid ids give zero rows", () => 
     ids[3] = 50; // one past the end
     ids[6] = 0xffffffff;
     check(dev, { type, rows: 50, cols, ids });
-    check(dev, { type, rows: 37, cols: type.startsWith("Q") ? cols * 2 : 4096, ids: randomIds(5, 37), outStride: cols * 2 + 8 });
+    const wide = type.startsWith("Q") ? cols * 2 : 4096;
+    check(dev, { type, rows: 37, cols: wide, ids: randomIds(5, 37), outStride: wide + 8 });
   }
   // F16/BF16 rows of odd width start at every 2-byte phase.
   for (const cols of [1, 7, 33]) {
@@ -117,7 +123,14 @@ Deno.test("get_rows: every type, odd widths, invalid ids give zero rows", () => 
 Deno.test("get_rows: weight at an offset, split into row ranges, more ids than one dispatch", () => {
   using dev = Device.open();
   check(dev, { type: "Q4_K", rows: 40, cols: 512, ids: randomIds(40, 40), weightOffset: 1028 });
-  const n = check(dev, { type: "Q8_0", rows: 300, cols: 256, ids: randomIds(64, 300), weightOffset: 20, maxBindingBytes: 3000 });
+  const n = check(dev, {
+    type: "Q8_0",
+    rows: 300,
+    cols: 256,
+    ids: randomIds(64, 300),
+    weightOffset: 20,
+    maxBindingBytes: 3000,
+  });
   assert.ok(n >= 9, `${n} dispatches`);
   const ids = randomIds(70_000, 9);
   ids[69_999] = 9; // invalid, and in the second batch of ids
@@ -130,7 +143,9 @@ Deno.test("get_rows: an embedding larger than maxStorageBufferRange", () => {
   const rows = 8300, cols = 4096; // 136 MB of F32: over lavapipe's 128 MiB
   if (rows * cols * 4 <= dev.info.maxStorageBufferRange) return;
   const emb = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) emb.fill(r + 0.5, r * cols, r * cols + 17).fill(-r, r * cols + 17, (r + 1) * cols);
+  for (let r = 0; r < rows; r++) {
+    emb.fill(r + 0.5, r * cols, r * cols + 17).fill(-r, r * cols + 17, (r + 1) * cols);
+  }
   using w = upload(dev, emb);
   const ids = Uint32Array.from([0, rows - 1, 4000, 8200, rows, 8191, 1]);
   using idBuf = upload(dev, ids);
@@ -138,7 +153,9 @@ Deno.test("get_rows: an embedding larger than maxStorageBufferRange", () => {
   using g = new GetRows(dev, GgmlType.F32);
   using cmd = dev.commands();
   cmd.begin();
-  assert.ok(g.record(cmd, { weight: w, rows, cols, ids: idBuf, count: ids.length, out }).dispatches >= 2);
+  assert.ok(
+    g.record(cmd, { weight: w, rows, cols, ids: idBuf, count: ids.length, out }).dispatches >= 2,
+  );
   cmd.end();
   dev.waitSync("compute", cmd.submit());
   const got = new Float32Array(dev.download(out).buffer);
@@ -163,14 +180,24 @@ Deno.test("get_rows: one recording replayed with the id written into a host-visi
     idView[0] = id;
     dev.waitSync("compute", cmd.submit());
     const got = new Float32Array(dev.download(out).buffer);
-    assert.equal(relError(got, referenceGetRows(GgmlType.Q6_K, weight, rows, cols, [id])) <= 1e-6, true, `id ${id}`);
+    assert.equal(
+      relError(got, referenceGetRows(GgmlType.Q6_K, weight, rows, cols, [id])) <= 1e-6,
+      true,
+      `id ${id}`,
+    );
   }
 });
 
 Deno.test("get_rows: a wrong recording is detected; bad arguments are HcErrors", () => {
   using dev = Device.open();
   // Recording with cols - 32 reads every row at the wrong stride.
-  const [got, want] = fetchRows(dev, { type: "Q8_0", rows: 20, cols: 256, ids: randomIds(6, 20), recordCols: 224 });
+  const [got, want] = fetchRows(dev, {
+    type: "Q8_0",
+    rows: 20,
+    cols: 256,
+    ids: randomIds(6, 20),
+    recordCols: 224,
+  });
   assert.ok(relError(got, want) > 1e-2, `wrong cols went unnoticed (seed ${SEED})`);
 
   using w = dev.buffer(4096);
@@ -187,7 +214,7 @@ Deno.test("get_rows: a wrong recording is detected; bad arguments are HcErrors",
   assert.throws(() => g.record(cmd, { ...base, weightOffset: 2 }), code("E_BAD_REQUEST"));
   assert.throws(() => g.record(cmd, { ...base, rows: 1000 }), code("E_VK_LIMIT"));
   assert.throws(() => g.record(cmd, { ...base, count: 17 }), code("E_VK_LIMIT")); // ids too short
-  assert.throws(() => g.record(cmd, { ...base, count: 16, outStride: 64 }), code("E_VK_LIMIT")); // out too short
+  assert.throws(() => g.record(cmd, { ...base, count: 16, outStride: 65 }), code("E_VK_LIMIT")); // out too short
   assert.throws(() => g.record(cmd, { ...base, outStride: 32 }), code("E_BAD_REQUEST"));
   cmd.end();
 });
