@@ -5,8 +5,7 @@
  *
  * The model is the first argument, else HC_MODEL, else the default model (downloaded once).
  */
-import { loadModel } from "../mod.ts";
-import { resolveModelPath } from "../src/download.ts";
+import { loadModel, resolveModelPath } from "../mod.ts";
 
 const [modelArg, ...words] = Deno.args;
 const path = await resolveModelPath({ model: modelArg });

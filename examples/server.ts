@@ -6,9 +6,7 @@
  * The model is the first argument, else HC_MODEL, else the default model (downloaded once).
  * PORT picks the port (default 8000). Ctrl-C stops it.
  */
-import { loadModel } from "../mod.ts";
-import { resolveModelPath } from "../src/download.ts";
-import { serve } from "../src/server/mod.ts";
+import { loadModel, resolveModelPath, serve } from "../mod.ts";
 
 const path = await resolveModelPath({ model: Deno.args[0] });
 const stop = new AbortController();
