@@ -389,10 +389,10 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[16]) {
     vec4 a = vec4(0.0), b = vec4(0.0);
     [[unroll]] for (uint k = 0; k < 4u; k++) {
       uint qa = funnel16(wr[o + k], wr[o + k + 1u]);
-      a = fma(lo4x4(qa), xs[16u * s + k], a);
-      a = fma(hi4x4(qa), xs[16u * s + 4u + k], a);
-      b = fma(lo4x4(wr[o + 5u + k]), xs[16u * s + 8u + k], b);
-      b = fma(hi4x4(wr[o + 5u + k]), xs[16u * s + 12u + k], b);
+      a = fma(lo4x4_placed(qa), xs[16u * s + k], a);
+      a = fma(hi4x4_placed(qa), xs[16u * s + 4u + k], a);
+      b = fma(lo4x4_placed(wr[o + 5u + k]), xs[16u * s + 8u + k], b);
+      b = fma(hi4x4_placed(wr[o + 5u + k]), xs[16u * s + 12u + k], b);
     }
     float dA = half_lo(wr[o]), dB = half_hi(wr[o + 4u]);
     sum += dA * (dot(a, vec4(1.0)) - 8.0 * xsum[2u * s]) + dB * (dot(b, vec4(1.0)) - 8.0 * xsum[2u * s + 1u]);
@@ -412,8 +412,8 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[16]) {
       uint xo = 64u * j + 16u * g;
       vec4 a = vec4(0.0), b = vec4(0.0);
       [[unroll]] for (uint k = 0; k < 8u; k++) {
-        a = fma(lo4x4(wr[o + k]), xs[xo + k], a);
-        b = fma(hi4x4(wr[o + k]), xs[xo + 8u + k], b);
+        a = fma(lo4x4_placed(wr[o + k]), xs[xo + k], a);
+        b = fma(hi4x4_placed(wr[o + k]), xs[xo + 8u + k], b);
       }
       uint sb = 8u * j + 2u * g;
       sum += dm.x * (sc.x * dot(a, vec4(1.0)) + sc.y * dot(b, vec4(1.0)))
@@ -468,6 +468,13 @@ void main() {
 #endif
       xsum[b] = dot(t, vec4(1.0));
     }
+#if TYPE == T_Q4_0
+    // Block b's low nibbles are elements 0-15 (vec4s 8b..8b+3), high nibbles 16-31.
+    [[unroll]] for (uint k = 0; k < XV; k++) xs[k] *= (k & 4u) == 0u ? NIB_LO_SCALE : NIB_HI_SCALE;
+#elif TYPE == T_Q4_K
+    // Group g's low nibbles are elements 0-31 (vec4s 16g..16g+7), high nibbles 32-63.
+    [[unroll]] for (uint k = 0; k < XV; k++) xs[k] *= (k & 8u) == 0u ? NIB_LO_SCALE : NIB_HI_SCALE;
+#endif
     uint c0 = p.wByte0 / 32u + u * CHUNKS;
     uint rowChunks = p.rowBytes / 32u;
     for (uint r = 0; r < nr; r++) {

@@ -13,7 +13,7 @@
 import { HcError } from "../errors.ts";
 import type { KvLayerCache } from "../kernels/kv.ts";
 import type { Captures } from "../model/llama.ts";
-import type { Buffer } from "../vk/mod.ts";
+import type { Buffer, CommandList } from "../vk/mod.ts";
 import { intersectionSize, median } from "./analysis.ts";
 import { baseLength, headCaps, headCapsFromTokens } from "./budget.ts";
 import {
@@ -97,6 +97,9 @@ export class HeteroCache extends CompressedCache {
   #scratch: Buffer | null = null;
   #indices: Buffer | null = null;
   #readback: Buffer | null = null;
+  /** Command lists of the drift check and the refresh selection, re-recorded each time. */
+  #checkCmd: CommandList | null = null;
+  #selectCmd: CommandList | null = null;
   readonly #record: boolean;
   /** Refreshes of the current generation (only with `record`). */
   readonly refreshLog: RefreshRecord[] = [];
@@ -172,6 +175,11 @@ export class HeteroCache extends CompressedCache {
     }
     this.#buffered = 0;
     this.refreshLog.length = 0;
+  }
+
+  /** Whether a refresh is in flight (gathering on the host or copying to the device). */
+  get refreshInFlight(): boolean {
+    return this.#retrieval.busy;
   }
 
   /** Waits until every refresh started so far has landed on the device. */
@@ -369,7 +377,7 @@ export class HeteroCache extends CompressedCache {
     const qDim = c.nHeads * c.headDim;
     const drift = this.#trigger.kind === "drift";
     const kRef = Math.min(this.#base, L);
-    using cmd = this.device.commands();
+    const cmd = (this.#checkCmd ??= this.device.commands());
     cmd.begin();
     this.#pivots.forEach((p, i) => {
       if (i > 0) cmd.barrier(); // the scores scratch is shared
@@ -451,7 +459,7 @@ export class HeteroCache extends CompressedCache {
     if (this.#trigger.kind !== "drift") this.stat.triggers += fired.length;
     const need = at * 4;
     this.#ensureIndices(need);
-    using cmd = this.device.commands();
+    const cmd = (this.#selectCmd ??= this.device.commands());
     cmd.begin();
     for (const e of plan) {
       K.topk.record(cmd, {
@@ -509,6 +517,8 @@ export class HeteroCache extends CompressedCache {
   }
 
   override [Symbol.dispose](): void {
+    this.#checkCmd?.dispose();
+    this.#selectCmd?.dispose();
     this.#retrieval[Symbol.dispose]();
     this.#freeDecodeBuffers();
     this.#store.clear();

@@ -99,6 +99,12 @@ export class Retrieval implements Disposable {
     }
   }
 
+  /** Whether a refresh is gathering, waiting to land, or copying. */
+  get busy(): boolean {
+    const done = this.#device.poll("transfer");
+    return this.#slots.some((s) => s.pending !== null || s.value > done);
+  }
+
   /** Lands everything in flight and waits for it on the device. */
   async settle(): Promise<void> {
     for (const s of this.#byAge()) {
