@@ -9,7 +9,8 @@
 import { parseArgs } from "node:util";
 import { loadModel } from "../mod.ts";
 import type { HeteroCache } from "../src/cache/heterocache.ts";
-import { parseProfile } from "../src/cache/profile.ts";
+import { uniformProfile } from "../src/cache/profile_io.ts";
+import type { HeadRole } from "../src/cache/profile.ts";
 import { writeSyntheticModel } from "../src/model/synthetic.ts";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 
@@ -49,7 +50,7 @@ if (import.meta.main) {
       contextLength: L + steps + 8,
       seed: 21,
     });
-    const roles = [
+    const roles: HeadRole[] = [
       "pivot",
       "satellite",
       "satellite",
@@ -60,28 +61,7 @@ if (import.meta.main) {
       "anchor",
     ];
     const mult = [-1, 0.7, 0.8, 0.9, 1.1, 1.2, 1.3, 1.0];
-    const profile = parseProfile({
-      schema: "heterocache-profile",
-      version: 1,
-      model: { arch: null, nLayers: 2, nKvHeads: 8, headDim: null, attnHash: null },
-      params: {
-        source: "calibrated",
-        topk: null,
-        stableThreshold: 0.5,
-        simThreshold: 0.5,
-        calibrationTokens: null,
-        decodeSteps: null,
-        similarityKeyTokens: null,
-        groupReduce: "mean",
-        poolKernel: 5,
-      },
-      layers: [0, 1].map(() => ({
-        roles,
-        multipliers: mult,
-        stability: roles.map(() => null),
-        clusters: [{ pivot: 0, satellites: [1, 2, 3, 4, 5, 6] }],
-      })),
-    });
+    const profile = uniformProfile(2, roles, mult);
     await using model = await loadModel(path);
     using s = model.session({
       cache: "fixed-interval",

@@ -122,25 +122,39 @@ void main() {
   const uint lastRow = min(nRows, row0 + R) - 1u;
   const bool first = (p.flags & 1u) != 0u;
 
+  // The rows' state enters through a rolled loop that shifts the register arrays by one row per
+  // trip (row `it` ends in slot it): unrolled, R rows of loads would make llvmpipe's compile
+  // time explode (every load is a loop over the lanes with branches).
   vec2 q[R * NP];
   vec2 o[R * NP];
   float m[R];
   float l[R];
   uint lim[R]; // last visible key of each row
-  [[unroll]] for (uint i = 0; i < R; i++) {
-    const uint r = min(row0 + i, lastRow);
+  [[dont_unroll]] for (uint it = 0; it < R; it++) {
+    [[unroll]] for (uint i = 0; i + 1 < R; i++) {
+      [[unroll]] for (uint c = 0; c < NP; c++) {
+        q[i * NP + c] = q[(i + 1) * NP + c];
+        o[i * NP + c] = o[(i + 1) * NP + c];
+      }
+      m[i] = m[i + 1];
+      l[i] = l[i + 1];
+      lim[i] = lim[i + 1];
+    }
+    const uint r = min(row0 + it, lastRow);
     const uint t = r / G;
     const uint qh = h * G + r % G;
-    lim[i] = p.p0 + t;
+    const uint top = R - 1u;
+    lim[top] = p.p0 + t;
     const uint qa = (p.qOff4 + t * p.qStride4) * 2u + qh * HD + lane * NP;
     const uint oa = (p.oOff4 + t * p.oStride4) * 2u + qh * HD + lane * NP;
     [[unroll]] for (uint c = 0; c < NP; c++) {
-      q[i * NP + c] = q2[qa + c] * p.scale;
-      o[i * NP + c] = first ? vec2(0.0) : o2[oa + c];
+      q[top * NP + c] = q2[qa + c] * p.scale;
+      const vec2 prev = o2[oa + c]; // unconditional: a select, not a branch around a load
+      o[top * NP + c] = first ? vec2(0.0) : prev;
     }
-    const vec2 st = first ? vec2(NEG_INF, 0.0) : ml[t * p.nHeads + qh];
-    m[i] = st.x;
-    l[i] = st.y;
+    const vec2 st = ml[t * p.nHeads + qh];
+    m[top] = first ? NEG_INF : st.x;
+    l[top] = first ? 0.0 : st.y;
   }
 
   // Keys past the workgroup's last query token (or past the capacity) are never visible.
@@ -184,15 +198,20 @@ void main() {
   }
 
   const bool last = (p.flags & 2u) != 0u;
-  [[unroll]] for (uint i = 0; i < R; i++) {
-    const uint r = row0 + i;
+  [[dont_unroll]] for (uint it = 0; it < R; it++) {
+    const uint r = row0 + it;
     if (r < nRows) {
       const uint t = r / G;
       const uint qh = h * G + r % G;
-      const float inv = last ? (l[i] > 0.0 ? 1.0 / l[i] : 0.0) : 1.0;
+      const float inv = last ? (l[0] > 0.0 ? 1.0 / l[0] : 0.0) : 1.0;
       const uint oa = (p.oOff4 + t * p.oStride4) * 2u + qh * HD + lane * NP;
-      [[unroll]] for (uint c = 0; c < NP; c++) o2[oa + c] = o[i * NP + c] * inv;
-      if (!last && lane == 0u) ml[t * p.nHeads + qh] = vec2(m[i], l[i]);
+      [[unroll]] for (uint c = 0; c < NP; c++) o2[oa + c] = o[c] * inv;
+      if (!last && lane == 0u) ml[t * p.nHeads + qh] = vec2(m[0], l[0]);
+    }
+    [[unroll]] for (uint i = 0; i + 1 < R; i++) {
+      [[unroll]] for (uint c = 0; c < NP; c++) o[i * NP + c] = o[(i + 1) * NP + c];
+      m[i] = m[i + 1];
+      l[i] = l[i + 1];
     }
   }
 }

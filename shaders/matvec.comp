@@ -470,10 +470,20 @@ void main() {
     }
 #if TYPE == T_Q4_0
     // Block b's low nibbles are elements 0-15 (vec4s 8b..8b+3), high nibbles 16-31.
-    [[unroll]] for (uint k = 0; k < XV; k++) xs[k] *= (k & 4u) == 0u ? NIB_LO_SCALE : NIB_HI_SCALE;
+    [[unroll]] for (uint b = 0; b < 16u; b++) {
+      [[unroll]] for (uint k = 0; k < 4u; k++) {
+        xs[8u * b + k] *= NIB_LO_SCALE;
+        xs[8u * b + 4u + k] *= NIB_HI_SCALE;
+      }
+    }
 #elif TYPE == T_Q4_K
     // Group g's low nibbles are elements 0-31 (vec4s 16g..16g+7), high nibbles 32-63.
-    [[unroll]] for (uint k = 0; k < XV; k++) xs[k] *= (k & 8u) == 0u ? NIB_LO_SCALE : NIB_HI_SCALE;
+    [[unroll]] for (uint g = 0; g < 8u; g++) {
+      [[unroll]] for (uint k = 0; k < 8u; k++) {
+        xs[16u * g + k] *= NIB_LO_SCALE;
+        xs[16u * g + 8u + k] *= NIB_HI_SCALE;
+      }
+    }
 #endif
     uint c0 = p.wByte0 / 32u + u * CHUNKS;
     uint rowChunks = p.rowBytes / 32u;

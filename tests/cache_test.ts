@@ -3,38 +3,13 @@ import { loadModel } from "../mod.ts";
 import type { LoadedModel } from "../src/engine/model.ts";
 import type { CacheOptions } from "../src/cache/mod.ts";
 import type { HeteroCache } from "../src/cache/heterocache.ts";
-import { type HeadProfile, type HeadRole, parseProfile } from "../src/cache/profile.ts";
+import type { HeadRole } from "../src/cache/profile.ts";
+import { uniformProfile } from "../src/cache/profile_io.ts";
 import { satelliteRefresh } from "../src/cache/select.ts";
 import { writeSyntheticModel } from "../src/model/synthetic.ts";
 import { relError, sharedPath } from "./helpers.ts";
 
-/** A hand-made profile: per layer one pivot with satellites, and the roles given. */
-function makeProfile(nLayers: number, roles: HeadRole[], multipliers: number[]): HeadProfile {
-  const pivot = roles.indexOf("pivot");
-  const satellites = roles.flatMap((r, h) => (r === "satellite" ? [h] : []));
-  return parseProfile({
-    schema: "heterocache-profile",
-    version: 1,
-    model: { arch: null, nLayers, nKvHeads: roles.length, headDim: null, attnHash: null },
-    params: {
-      source: "calibrated",
-      topk: null,
-      stableThreshold: 0.5,
-      simThreshold: 0.5,
-      calibrationTokens: null,
-      decodeSteps: null,
-      similarityKeyTokens: null,
-      groupReduce: "mean",
-      poolKernel: 5,
-    },
-    layers: Array.from({ length: nLayers }, () => ({
-      roles,
-      multipliers,
-      stability: roles.map(() => null),
-      clusters: pivot >= 0 ? [{ pivot, satellites }] : [],
-    })),
-  });
-}
+const makeProfile = uniformProfile;
 
 const SMALL_PROFILE = (nLayers: number) =>
   makeProfile(nLayers, ["satellite", "pivot", "satellite", "anchor"], [1.2, -1, 0.8, 1]);

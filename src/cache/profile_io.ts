@@ -3,9 +3,12 @@ import { HcError } from "../errors.ts";
 import {
   checkProfileMatches,
   type HeadProfile,
+  type HeadRole,
   importOfficialProfile,
   type ModelIdentity,
   parseProfile,
+  PROFILE_SCHEMA,
+  PROFILE_VERSION,
 } from "./profile.ts";
 
 /**
@@ -43,4 +46,39 @@ export async function readProfile(path: string, model: ModelIdentity): Promise<H
     throw new HcError("E_IO", `cannot read the profile ${path}: ${(e as Error).message}`);
   }
   return profileFromText(text, model, path.split("/").pop());
+}
+
+/**
+ * A profile with the same roles in every layer, one cluster (the pivot and every satellite), for
+ * synthetic models in tests and benchmarks that have no calibration of their own.
+ */
+export function uniformProfile(
+  nLayers: number,
+  roles: readonly HeadRole[],
+  multipliers: readonly number[],
+): HeadProfile {
+  const pivot = roles.indexOf("pivot");
+  const satellites = roles.flatMap((r, h) => (r === "satellite" ? [h] : []));
+  return parseProfile({
+    schema: PROFILE_SCHEMA,
+    version: PROFILE_VERSION,
+    model: { arch: null, nLayers, nKvHeads: roles.length, headDim: null, attnHash: null },
+    params: {
+      source: "calibrated",
+      topk: null,
+      stableThreshold: 0.5,
+      simThreshold: 0.5,
+      calibrationTokens: null,
+      decodeSteps: null,
+      similarityKeyTokens: null,
+      groupReduce: "mean",
+      poolKernel: 5,
+    },
+    layers: Array.from({ length: nLayers }, () => ({
+      roles: [...roles],
+      multipliers: [...multipliers],
+      stability: roles.map(() => null),
+      clusters: pivot >= 0 ? [{ pivot, satellites }] : [],
+    })),
+  });
 }
