@@ -42,8 +42,11 @@ export interface CacheStats {
   stepRetrievalRate: number;
   /** Time spent in drift checks and refresh selection (device round trips), ms. */
   monitorMs: number;
-  /** Time decode steps waited on transfers that had not landed, ms. */
+  /** Time the decode loop waited for refresh work on the host (a free staging slot, or the
+   * gather itself in compat mode), ms. Device-side waits for a landing copy are in stepMs. */
   transferWaitMs: number;
+  /** Decode steps' device time, ms (filled in by the session; transfer waits included). */
+  stepMs: number;
   /** Heads refreshed during the current generation, per layer (for the playground's map). */
   refreshedMap: boolean[][];
 }
@@ -95,6 +98,7 @@ export function emptyStats(policy: PolicyName, nLayers: number, nKvHeads: number
     stepRetrievalRate: 0,
     monitorMs: 0,
     transferWaitMs: 0,
+    stepMs: 0,
     refreshedMap: Array.from({ length: nLayers }, () => Array(nKvHeads).fill(false)),
   };
 }

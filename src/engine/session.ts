@@ -64,6 +64,8 @@ export class Session implements Disposable {
   #disposed = false;
   #totals = { generations: 0, promptTokens: 0, completionTokens: 0, decodeMs: 0 };
   #last: GenerationSummary | null = null;
+  /** Device step time of the current generation's decode steps (transfer waits included). */
+  #stepMs = 0;
 
   constructor(model: LoadedModel, state: ForwardState, policy: CachePolicy) {
     this.model = model;
@@ -127,6 +129,7 @@ export class Session implements Disposable {
       this.#state.reset();
       this.#tokens = [];
       this.policy.begin(promptTokens.length, Math.min(maxTokens, capacity - promptTokens.length));
+      this.#stepMs = 0;
       const want = greedy ? "argmax" : "logits";
       const t0 = performance.now();
       let next = this.#choose(
@@ -247,10 +250,14 @@ export class Session implements Disposable {
         captureStep: decoding && this.policy.captureSteps,
         waitTransfer: decoding ? this.policy.transferWait() : 0n,
       };
+      const t0 = performance.now();
       const out = want === "argmax"
         ? await this.#state.eval(tokens, "argmax", opts)
         : await this.#state.eval(tokens, "logits", opts);
-      if (decoding) await this.policy.afterStep(this.#state.captures);
+      if (decoding) {
+        this.#stepMs += performance.now() - t0;
+        await this.policy.afterStep(this.#state.captures);
+      }
       return out;
     });
   }
@@ -282,6 +289,7 @@ export class Session implements Disposable {
       this.#state.reset();
       this.#tokens = [];
       this.policy.begin(prompt.length, forced.length);
+      this.#stepMs = 0;
       let logits = await this.#prefill(prompt, "logits") as Float32Array;
       for (let i = 0; i < forced.length; i++) {
         onLogits(i, logits);
@@ -296,7 +304,7 @@ export class Session implements Disposable {
 
   /** Cache statistics of the current (or last) generation. */
   cacheStats(): CacheStats {
-    return this.policy.stats();
+    return { ...this.policy.stats(), stepMs: this.#stepMs };
   }
 
   stats(): SessionStats {
