@@ -8,6 +8,7 @@ import { type GgufWriteTensor, gv, writeGguf } from "../gguf/writer.ts";
 import { GgufValueType } from "../gguf/reader.ts";
 import { GgmlType } from "../gguf/types.ts";
 import { quantize } from "./quant.ts";
+import { HcError } from "../errors.ts";
 
 export interface SyntheticSpec {
   arch?: "llama" | "qwen2";
@@ -39,6 +40,15 @@ export interface SyntheticSpec {
   queryScale?: number;
   /** Standard deviation of the matrices (default 1/sqrt(input width)). */
   weightScale?: number;
+  /** Per-pair RoPE divisors (headDim / 2 of them), written as the F32 `rope_freqs.weight`
+   * tensor; huge factors (e.g. 1e12) make RoPE rotate nothing, i.e. a NoPE model. */
+  ropeFreqFactors?: readonly number[];
+  /**
+   * Hand-made weights: the values of tensor `name` (row-major over GGUF dims [cols, rows], i.e.
+   * one row of `cols` inputs per output), or undefined to keep its seeded random fill. Tensors
+   * left to the random fill get the same values as without this hook.
+   */
+  tensors?: (name: string, dims: readonly number[]) => Float32Array | undefined;
 }
 
 /** Gaussian-ish values from a seeded xorshift (sum of uniforms): cheap and reproducible. */
@@ -61,6 +71,20 @@ function tensor(name: string, type: number, dims: number[], values: Float32Array
   return { name, type, dims, data: quantize(type, values) };
 }
 
+/** The hook's values for `name`, checked against its shape, or null to use the random fill. */
+function override(spec: SyntheticSpec, name: string, dims: number[]): Float32Array | null {
+  const v = spec.tensors?.(name, dims);
+  if (v === undefined) return null;
+  const elems = dims.reduce((a, b) => a * b, 1);
+  if (v.length !== elems) {
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `synthetic tensor ${name} [${dims.join(", ")}] needs ${elems} values, got ${v.length}`,
+    );
+  }
+  return v;
+}
+
 /** Vocabulary: <unk>, <s>, </s>, the 256 byte tokens, then "▁" + letters and short words. */
 function vocabulary(size: number): { tokens: string[]; scores: number[]; types: number[] } {
   const tokens = ["<unk>", "<s>", "</s>"];
@@ -70,11 +94,12 @@ function vocabulary(size: number): { tokens: string[]; scores: number[]; types: 
     types.push(6);
   }
   const words = "the a and to of in is was he she it on for with as at by be this that".split(" ");
-  const extra = [
+  // Unique texts: llama.cpp refuses a vocabulary with duplicates ("▁a" is a letter and a word).
+  const extra = [...new Set([
     "▁",
     ..."abcdefghijklmnopqrstuvwxyz".split("").map((c) => "▁" + c),
     ...words.map((w) => "▁" + w),
-  ];
+  ])];
   for (let i = 0; tokens.length < size; i++) {
     tokens.push(i < extra.length ? extra[i] : `▁w${i}`);
     types.push(1);
@@ -96,27 +121,47 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
   const seed = spec.seed ?? 1;
   const qDim = spec.nHeads * headDim;
   const kvDim = spec.nKvHeads * headDim;
+  // Every random tensor consumes one seed slot, overridden or not, so that overriding one
+  // tensor leaves the values of all the others unchanged.
   let n = 0;
-  const mat = (name: string, cols: number, rows: number, scale = 1) =>
-    tensor(
+  const mat = (name: string, cols: number, rows: number, scale = 1) => {
+    const slot = seed * 1000 + n++;
+    return tensor(
       name,
       type,
       [cols, rows],
-      randomFill(cols * rows, seed * 1000 + n++, scale * (spec.weightScale ?? 1 / Math.sqrt(cols))),
+      override(spec, name, [cols, rows]) ??
+        randomFill(cols * rows, slot, scale * (spec.weightScale ?? 1 / Math.sqrt(cols))),
     );
+  };
   const vec = (name: string, len: number, mean: number, std: number) => {
-    const v = randomFill(len, seed * 1000 + n++, std);
+    const slot = seed * 1000 + n++;
+    const own = override(spec, name, [len]);
+    if (own) return tensor(name, GgmlType.F32, [len], own);
+    const v = randomFill(len, slot, std);
     for (let i = 0; i < len; i++) v[i] += mean;
     return tensor(name, GgmlType.F32, [len], v);
   };
+  const embSlot = seed * 1000 + n++;
   const tensors: GgufWriteTensor[] = [
     tensor(
       "token_embd.weight",
       spec.embeddingType ?? type,
       [spec.dim, vocab],
-      randomFill(spec.dim * vocab, seed * 1000 + n++, 1),
+      override(spec, "token_embd.weight", [spec.dim, vocab]) ??
+        randomFill(spec.dim * vocab, embSlot, 1),
     ),
   ];
+  if (spec.ropeFreqFactors) {
+    const f = spec.ropeFreqFactors;
+    if (f.length !== headDim / 2 || !f.every((x) => x > 0 && Number.isFinite(x))) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `ropeFreqFactors needs ${headDim / 2} positive finite values, got ${f.length}`,
+      );
+    }
+    tensors.push(tensor("rope_freqs.weight", GgmlType.F32, [headDim / 2], Float32Array.from(f)));
+  }
   for (let l = 0; l < spec.nLayers; l++) {
     const p = `blk.${l}.`;
     tensors.push(vec(p + "attn_norm.weight", spec.dim, 1, 0.1));
