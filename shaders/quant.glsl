@@ -47,21 +47,6 @@ vec4 u8x4(uint w) {
   return vec4(ivec4(uvec4(w & 0xffu, (w >> 8) & 0xffu, (w >> 16) & 0xffu, w >> 24)));
 }
 
-// The nibbles of a word left in place (nibble j as n << 4j), converted exactly to float: one
-// AND and one convert per value. Pair them with x pre-scaled by NIB_LO_SCALE / NIB_HI_SCALE;
-// the products equal n * x exactly. The top nibble is shifted down instead (its in-place value
-// would read as negative).
-vec4 lo4x4_placed(uint w) {
-  return vec4(ivec4(uvec4(w) & uvec4(0xfu, 0xf00u, 0xf0000u, 0xf000000u)));
-}
-
-vec4 hi4x4_placed(uint w) {
-  return vec4(ivec4(uvec4(w & 0xf0u, w & 0xf000u, w & 0xf00000u, w >> 28)));
-}
-
-const vec4 NIB_LO_SCALE = vec4(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
-const vec4 NIB_HI_SCALE = vec4(1.0 / 16.0, 1.0 / 4096.0, 1.0 / 1048576.0, 1.0);
-
 // Low and high nibbles of each byte of a word.
 vec4 lo4x4(uint w) {
   return u8x4(w & 0x0f0f0f0fu);

@@ -77,7 +77,7 @@ struct caps {
   uint32_t subgroup_size;
   bool subgroup_arith;
   uint64_t max_alloc;
-  bool timeline, storage16, storage8, float16, int8;
+  bool timeline, storage16, storage8, float16, int8, int64;
 };
 
 static void query_caps(VkPhysicalDevice pd, struct caps *c) {
@@ -100,6 +100,7 @@ static void query_caps(VkPhysicalDevice pd, struct caps *c) {
   c->storage8 = f12.storageBuffer8BitAccess;
   c->float16 = f12.shaderFloat16;
   c->int8 = f12.shaderInt8;
+  c->int64 = f2.features.shaderInt64;
 }
 
 /* Appends printf output to a bounded buffer; reports truncation through *ok. */
@@ -139,7 +140,8 @@ static void json_caps(struct jbuf *b, uint32_t index, const struct caps *c) {
        "\"maxComputeSharedMemoryBytes\":%u,\"maxComputeWorkGroupInvocations\":%u,"
        "\"maxComputeWorkGroupCount\":[%u,%u,%u],\"maxPushConstantsBytes\":%u,"
        "\"minStorageBufferOffsetAlignment\":%llu,\"timestampPeriodNs\":%g,"
-       "\"timelineSemaphore\":%s,\"storage16\":%s,\"storage8\":%s,\"float16\":%s,\"int8\":%s}",
+       "\"timelineSemaphore\":%s,\"storage16\":%s,\"storage8\":%s,\"float16\":%s,\"int8\":%s,"
+       "\"int64\":%s}",
        index, name, type_name(c->props.deviceType), c->props.vendorID, c->props.deviceID,
        VK_API_VERSION_MAJOR(c->props.apiVersion), VK_API_VERSION_MINOR(c->props.apiVersion),
        VK_API_VERSION_PATCH(c->props.apiVersion), c->props.driverVersion, c->subgroup_size,
@@ -149,7 +151,8 @@ static void json_caps(struct jbuf *b, uint32_t index, const struct caps *c) {
        l->maxComputeWorkGroupCount[1], l->maxComputeWorkGroupCount[2], l->maxPushConstantsSize,
        (unsigned long long)l->minStorageBufferOffsetAlignment, (double)l->timestampPeriod,
        c->timeline ? "true" : "false", c->storage16 ? "true" : "false",
-       c->storage8 ? "true" : "false", c->float16 ? "true" : "false", c->int8 ? "true" : "false");
+       c->storage8 ? "true" : "false", c->float16 ? "true" : "false", c->int8 ? "true" : "false",
+       c->int64 ? "true" : "false");
 }
 
 int32_t hc_devices_json(char *out, uint64_t cap) {
@@ -314,9 +317,15 @@ int32_t hc_device_open(const char *selector, hc_handle *out_device) {
       .pNext = &f12,
       .storageBuffer16BitAccess = c.storage16,
   };
+  /* 64-bit integers let the CPU-shaped matvec load 32-byte chunks (optional everywhere). */
+  VkPhysicalDeviceFeatures2 f2 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+      .pNext = &f11,
+      .features = {.shaderInt64 = c.int64},
+  };
   VkDeviceCreateInfo dci = {
       .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
-      .pNext = &f11,
+      .pNext = &f2,
       .queueCreateInfoCount = d->separate_transfer ? 2 : 1,
       .pQueueCreateInfos = qci,
   };

@@ -9,10 +9,15 @@
  * once for up to 8 tokens.
  *
  * Two shader paths: "generic" (lanes read neighbouring 32-bit words: GPUs, any alignment) and
- * "run" (each lane streams whole 32-byte chunks: built for lavapipe, where every load
- * instruction costs a per-lane scalar loop; needs 32-byte aligned rows). `path: "auto"` takes
- * "run" on CPU devices when the layout allows. Weights larger than maxStorageBufferRange are
- * split into row ranges, each bound at an aligned offset; big row counts use a 2-D grid.
+ * "run" (each lane reads whole 32-byte chunks: built for lavapipe, where every load
+ * instruction costs a per-lane scalar loop). The run path has a "rowloop" variant for batch 1
+ * (x staged once per unit for up to 128 rows) and a "step" variant for batches; both need
+ * 32-byte aligned rows except Q6_K's row loop. `path: "auto"` takes "run" on CPU devices when
+ * the layout allows, else "generic". Weights larger than maxStorageBufferRange are split into
+ * row ranges, each bound at an aligned offset; big row counts use a 2-D grid.
+ *
+ *   using mv = new MatVec(device, GgmlType.Q4_K);
+ *   mv.record(cmd, { weight, weightOffset, rows: 4096, cols: 14336, x, y, accumulate: true });
  */
 import { HcError } from "../errors.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
@@ -85,8 +90,8 @@ export interface MatVecOptions {
   load64?: boolean;
   /** Lanes per workgroup (power of two); default from the subgroup size and path. */
   workgroupSize?: number;
-  /** Rows per workgroup; default 64 for the run path at batch 1, 16/columns (at least 4) for
-   * its batches, 2 for the generic path. */
+  /** Rows per workgroup; default up to 128 for the run path at batch 1 (fewer for small
+   * matrices), 16/columns (at least 4) for its batches, 2 for the generic path. */
   rowsPerGroup?: number;
 }
 
@@ -151,8 +156,7 @@ function positiveInt(name: string, v: number): void {
 
 /** Whether the device can run the u64vec4 loads (see MatVecOptions.load64). */
 export function deviceLoad64(info: DeviceInfo): boolean {
-  const reported = (info as DeviceInfo & { int64?: boolean }).int64;
-  return reported ?? info.type === "cpu";
+  return info.int64;
 }
 
 export class MatVec implements Disposable {
@@ -217,10 +221,18 @@ export class MatVec implements Disposable {
     return Math.min(this.device.info.maxComputeWorkGroupInvocations, 128, sg * mult);
   }
 
-  #rowsPerGroup(kind: KernelKind, wg: number, ncols: number): number {
-    // The step variant unrolls rows x columns: keep that product (and its compile time) bounded.
-    let r = this.options.rowsPerGroup ??
-      (kind === "rowloop" ? 64 : kind === "step" ? Math.max(4, 16 / ncols | 0) : 2);
+  #rowsPerGroup(kind: KernelKind, wg: number, ncols: number, rows: number): number {
+    let r = this.options.rowsPerGroup;
+    if (r === undefined) {
+      if (kind === "rowloop") {
+        // Many rows per workgroup amortise the staged x; keep >= ~32 workgroups for the threads.
+        r = 128;
+        while (r > 8 && rows / r < 32) r >>= 1;
+      } else {
+        // The step variant unrolls rows x columns: keep that product (and compile time) bounded.
+        r = kind === "step" ? Math.max(4, 16 / ncols | 0) : 2;
+      }
+    }
     const limit = this.device.info.maxComputeSharedMemoryBytes - COMMON_SHARED_BYTES;
     while (r > 1 && r * ncols * wg * 4 > limit) r >>= 1;
     if (r * ncols * wg * 4 > limit) {
@@ -232,9 +244,12 @@ export class MatVec implements Disposable {
     return r;
   }
 
-  #kernel(v: Variant): { kernel: Kernel; wg: number; rowsPerGroup: number; name: string } {
+  #kernel(
+    v: Variant,
+    rows: number,
+  ): { kernel: Kernel; wg: number; rowsPerGroup: number; name: string } {
     const wg = this.#workgroupSize(v.kind);
-    const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols);
+    const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols, rows);
     const l64 = this.options.load64 ? "64" : "";
     const base = v.kind === "rowloop"
       ? `matvec_rl${l64}_`
@@ -353,7 +368,15 @@ export class MatVec implements Disposable {
       a.weight.bytes - weightOffset - weightBytes,
     );
     const ncols = kind === "rowloop" ? 1 : Math.min(batch, MATVEC_MAX_COLS);
-    const { kernel, rowsPerGroup, name: kname } = this.#kernel({ kind, cols: ncols });
+    const { kernel, rowsPerGroup, wg, name: kname } = this.#kernel({ kind, cols: ncols }, a.rows);
+    // Row loop: split each unit's rows into slices when the units do not divide evenly among
+    // the lanes (e.g. 28 units of a 14336-wide row on 8 lanes), so no lane idles.
+    let slices = 1;
+    if (kind === "rowloop") {
+      const units = a.cols / (ROWLOOP_UNIT[this.type] ?? 1);
+      while (slices < 8 && slices * 2 <= rowsPerGroup && (units * slices) % wg !== 0) slices *= 2;
+      if ((units * slices) % wg !== 0) slices = 1;
+    }
     const zGroups = Math.ceil(batch / ncols);
     if (zGroups > info.maxComputeWorkGroupCount[2]) {
       throw new HcError(
@@ -402,7 +425,17 @@ export class MatVec implements Disposable {
       const groups = Math.ceil(n / rowsPerGroup);
       const gx = Math.min(groups, maxX);
       const gy = Math.ceil(groups / gx);
-      push.set([n, a.cols, wByte0, rowBytes, xStride, yStride, row0, batch, a.accumulate ? 1 : 0]);
+      push.set([
+        n,
+        a.cols,
+        wByte0,
+        rowBytes,
+        xStride,
+        yStride,
+        row0,
+        batch,
+        (a.accumulate ? 1 : 0) | (slices << 8),
+      ]);
       cmd.dispatch(kernel, [{ buffer: a.weight, offset: bindOffset, bytes }, x, y], push, [
         gx,
         gy,

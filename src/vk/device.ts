@@ -30,6 +30,8 @@ export interface DeviceInfo {
   storage8: boolean;
   float16: boolean;
   int8: boolean;
+  /** shaderInt64, enabled when present. */
+  int64: boolean;
   separateTransferQueue?: boolean;
 }
 
