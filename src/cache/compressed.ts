@@ -8,7 +8,7 @@
 import { HcError } from "../errors.ts";
 import { KvLayerCache } from "../kernels/kv.ts";
 import type { ModelConfig } from "../model/config.ts";
-import type { Captures } from "../model/llama.ts";
+import type { Captures } from "../model/forward.ts";
 import type { Buffer, Device } from "../vk/mod.ts";
 import type { CacheKernels } from "./kernels.ts";
 import {

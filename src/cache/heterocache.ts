@@ -12,7 +12,7 @@
  */
 import { HcError } from "../errors.ts";
 import type { KvLayerCache } from "../kernels/kv.ts";
-import type { Captures } from "../model/llama.ts";
+import type { Captures } from "../model/forward.ts";
 import type { Buffer, CommandList } from "../vk/mod.ts";
 import { intersectionSize, median } from "./analysis.ts";
 import { baseLength, headCaps, headCapsFromTokens } from "./budget.ts";

@@ -7,7 +7,7 @@
  * → decode steps (advance(1), the step waiting for transferWait(), then afterStep()).
  */
 import type { KvLayerCache } from "../kernels/kv.ts";
-import type { Captures } from "../model/llama.ts";
+import type { Captures } from "../model/forward.ts";
 
 export const POLICY_NAMES = [
   "full",

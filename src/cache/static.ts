@@ -4,7 +4,7 @@
  * and `streaming` (attention sinks plus the most recent tokens). Every head gets the same budget.
  */
 import type { KvLayerCache } from "../kernels/kv.ts";
-import type { Captures } from "../model/llama.ts";
+import type { Captures } from "../model/forward.ts";
 import type { Buffer } from "../vk/mod.ts";
 import { uniformCap } from "./budget.ts";
 import {

@@ -11,7 +11,7 @@ import { FullCache } from "../cache/full.ts";
 import type { HeadProfile } from "../cache/profile.ts";
 import type { LoadedModel } from "./model.ts";
 import { CALIBRATION_TEXT } from "./calibration_text.ts";
-import { MAX_BATCH_TOKENS } from "../model/llama.ts";
+import { MAX_BATCH_TOKENS } from "../model/forward.ts";
 
 export interface CalibrateOptions {
   /** Calibration text (default: a bundled passage of plain English prose). */

@@ -5,7 +5,7 @@
  */
 import { HcError } from "../errors.ts";
 import { Sampler, type SamplingOptions } from "../model/sampler.ts";
-import type { ForwardState } from "../model/llama.ts";
+import type { ForwardState } from "../model/forward.ts";
 import type { CachePolicy, CacheStats } from "../cache/policy.ts";
 import type { LoadedModel, Prompt } from "./model.ts";
 import { StopMatcher } from "./stops.ts";

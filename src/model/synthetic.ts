@@ -95,11 +95,13 @@ function vocabulary(size: number): { tokens: string[]; scores: number[]; types: 
   }
   const words = "the a and to of in is was he she it on for with as at by be this that".split(" ");
   // Unique texts: llama.cpp refuses a vocabulary with duplicates ("▁a" is a letter and a word).
-  const extra = [...new Set([
-    "▁",
-    ..."abcdefghijklmnopqrstuvwxyz".split("").map((c) => "▁" + c),
-    ...words.map((w) => "▁" + w),
-  ])];
+  const extra = [
+    ...new Set([
+      "▁",
+      ..."abcdefghijklmnopqrstuvwxyz".split("").map((c) => "▁" + c),
+      ...words.map((w) => "▁" + w),
+    ]),
+  ];
   for (let i = 0; tokens.length < size; i++) {
     tokens.push(i < extra.length ? extra[i] : `▁w${i}`);
     types.push(1);
