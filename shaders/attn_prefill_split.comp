@@ -2,34 +2,41 @@
 // Causal prefill attention for SIMD CPU drivers (lavapipe), head dims >= 2 * L: same inputs,
 // outputs and pass protocol as attn_prefill.comp.
 //
-// Why this shape: llvmpipe turns every buffer load into a loop over the lanes, so what a kernel
-// pays is words loaded per lane. Here a workgroup is one subgroup of L lanes that works on R
-// query rows together; lane `lane` owns the dims [lane * D/L, (lane+1) * D/L) of every row (its
-// slice of q and of the output, in registers). Each key row is loaded once per workgroup - every
-// lane loads only its slice - and serves R rows; a q.k dot product is the lanes' partial sums
-// added with a shuffle-xor butterfly (a register permute on llvmpipe), so every lane ends with
-// the same score and runs the same online softmax. No shared memory, no barriers.
+// Why this shape: llvmpipe turns every buffer load into a loop over the lanes (with a branch per
+// lane and per component), so what a kernel pays is words loaded per lane, and its compile time
+// grows with the number of load instructions. Arithmetic on registers is cheap SIMD, and a
+// shuffle by a constant lane pattern is a register permute.
+//
+// A workgroup is one subgroup of L lanes working on R = NG * L query rows together. Lane `lane`
+// owns dims [lane * D/L, (lane+1) * D/L) of every row (its slice of q and of the output, in
+// registers), so each K/V row is loaded once per workgroup, every lane loading only its slice,
+// and serves R rows. The lanes' partial q.k sums of L rows are combined by a shuffle-xor
+// reduce-scatter that leaves row k's score in lane k: the online softmax then runs once per L
+// rows, vectorised across the lanes, and a constant-index shuffle hands each row's probability
+// to every lane for the V product. No shared memory, no barriers.
 //
 // Rows are flattened per KV head: row r = t * G + g (token t, query head g of the group); a
-// workgroup owns rows x * R .. x * R + R - 1. Keys go in blocks of KB (one rescale per block);
-// every inner loop is unrolled, so an invocation runs about (kv1 - kv0) / KB loop iterations
-// (lavapipe stops at 65535). Probabilities below 2^-100 of the row maximum are flushed to 0
-// (llvmpipe runs denormals ~30x slower).
+// workgroup owns rows x * R .. x * R + R - 1, group n of them rows x * R + n * L + lane. Keys go
+// in blocks of KB (one rescale per block); every inner loop is unrolled, so an invocation runs
+// about (kv1 - kv0) / KB loop iterations (lavapipe stops at 65535). Probabilities below 2^-100 of
+// the row maximum are flushed to 0 (llvmpipe runs denormals ~30x slower).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 #include "common.glsl"
 layout(local_size_x_id = 0) in;
-layout(constant_id = 0) const uint L = 8;      // lanes = workgroup size = subgroup size
+layout(constant_id = 0) const uint L = 8;      // lanes = workgroup size = subgroup size (2^k)
 layout(constant_id = 1) const uint G = 4;      // query heads per KV head
 layout(constant_id = 2) const uint D = 128;    // head dim, a multiple of 2 * L
-layout(constant_id = 3) const uint R = 16;     // query rows per workgroup
+layout(constant_id = 3) const uint NG = 2;     // row groups of L rows per workgroup
 layout(constant_id = 4) const uint KB = 2;     // keys per block
 layout(constant_id = 5) const uint LOG2L = 3;  // log2(L)
 
+const uint R = NG * L;       // query rows per workgroup
 const uint NP = D / (2 * L); // f16 pairs (words) per lane
 const uint HD = D / 2;       // words per K/V row
 
 layout(std430, binding = 0) readonly buffer Qb { vec2 q2[]; };
+layout(std430, binding = 0) readonly buffer Qb4 { vec4 q4[]; };
 layout(std430, binding = 1) readonly buffer Kb4 { uvec4 k4[]; };
 layout(std430, binding = 1) readonly buffer Kb2 { uvec2 k2[]; };
 layout(std430, binding = 1) readonly buffer Kb1 { uint k1[]; };
@@ -38,6 +45,7 @@ layout(std430, binding = 2) readonly buffer Vb2 { uvec2 v2[]; };
 layout(std430, binding = 2) readonly buffer Vb1 { uint v1[]; };
 layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 4) buffer Ob { vec2 o2[]; };
+layout(std430, binding = 4) buffer Ob4 { vec4 o4[]; };
 layout(std430, binding = 5) buffer Mb { vec2 ml[]; }; // per (token, query head): m, l
 
 layout(push_constant) uniform Push {
@@ -63,13 +71,7 @@ float pexp(float x) {
   return x >= FLUSH ? exp2(max(x, FLUSH)) : 0.0;
 }
 
-// Sum over the lanes; every lane gets the same bits (each butterfly step adds a + b and b + a).
-float laneSum(float x) {
-  [[unroll]] for (uint b = 0; b < LOG2L; b++) x += subgroupShuffleXor(x, 1u << b);
-  return x;
-}
-
-// The lane's NP words of K (or V) row `row`, with the widest loads the slice allows.
+// The lane's NP words of K row `row`, with the widest loads the slice allows.
 void loadK(uint row, uint lane, out uint w[NP]) {
   const uint at = row * HD + lane * NP;
   if (NP % 4u == 0u) {
@@ -121,97 +123,141 @@ void main() {
   const uint row0 = gl_WorkGroupID.x * R;
   const uint lastRow = min(nRows, row0 + R) - 1u;
   const bool first = (p.flags & 1u) != 0u;
+  // Keys past the workgroup's last query token (or past the capacity) are never visible.
+  const uint kEnd = min(min(p.kv1, cap), p.p0 + lastRow / G + 1u);
 
-  // The rows' state enters through a rolled loop that shifts the register arrays by one row per
-  // trip (row `it` ends in slot it): unrolled, R rows of loads would make llvmpipe's compile
-  // time explode (every load is a loop over the lanes with branches).
+  // Row slices enter through a rolled loop that shifts the register arrays by one row per trip
+  // (row `it` ends in slot it): unrolled, R rows of loads would make llvmpipe's compile time
+  // explode.
   vec2 q[R * NP];
   vec2 o[R * NP];
-  float m[R];
-  float l[R];
-  uint lim[R]; // last visible key of each row
   [[dont_unroll]] for (uint it = 0; it < R; it++) {
-    [[unroll]] for (uint i = 0; i + 1 < R; i++) {
+    [[unroll]] for (uint i = 0; i < R - 1u; i++) {
       [[unroll]] for (uint c = 0; c < NP; c++) {
         q[i * NP + c] = q[(i + 1) * NP + c];
         o[i * NP + c] = o[(i + 1) * NP + c];
       }
-      m[i] = m[i + 1];
-      l[i] = l[i + 1];
-      lim[i] = lim[i + 1];
     }
     const uint r = min(row0 + it, lastRow);
     const uint t = r / G;
     const uint qh = h * G + r % G;
-    const uint top = R - 1u;
-    lim[top] = p.p0 + t;
     const uint qa = (p.qOff4 + t * p.qStride4) * 2u + qh * HD + lane * NP;
     const uint oa = (p.oOff4 + t * p.oStride4) * 2u + qh * HD + lane * NP;
-    [[unroll]] for (uint c = 0; c < NP; c++) {
-      q[top * NP + c] = q2[qa + c] * p.scale;
-      const vec2 prev = o2[oa + c]; // unconditional: a select, not a branch around a load
-      o[top * NP + c] = first ? vec2(0.0) : prev;
+    // vec4 loads where the slice allows (half the load instructions: compile time).
+    const uint top = (R - 1u) * NP;
+    if (NP % 2u == 0u) {
+      [[unroll]] for (uint c = 0; c < NP; c += 2u) {
+        const vec4 qv = q4[(qa + c) / 2u] * p.scale;
+        const vec4 prev = o4[(oa + c) / 2u]; // unconditional: a select, not a branch
+        q[top + c] = qv.xy;
+        q[top + c + 1u] = qv.zw;
+        o[top + c] = first ? vec2(0.0) : prev.xy;
+        o[top + c + 1u] = first ? vec2(0.0) : prev.zw;
+      }
+    } else {
+      [[unroll]] for (uint c = 0; c < NP; c++) {
+        q[top + c] = q2[qa + c] * p.scale;
+        const vec2 prev = o2[oa + c];
+        o[top + c] = first ? vec2(0.0) : prev;
+      }
     }
-    const vec2 st = ml[t * p.nHeads + qh];
-    m[top] = first ? NEG_INF : st.x;
-    l[top] = first ? 0.0 : st.y;
+  }
+  // Per row group, lane k holds row n * L + k's running max, sum and last visible key.
+  float m[NG];
+  float l[NG];
+  uint lim[NG];
+  [[unroll]] for (uint n = 0; n < NG; n++) {
+    const uint r = min(row0 + n * L + lane, lastRow);
+    const uint t = r / G;
+    const vec2 st = ml[t * p.nHeads + h * G + r % G];
+    m[n] = first ? NEG_INF : st.x;
+    l[n] = first ? 0.0 : st.y;
+    lim[n] = min(p.p0 + t, kEnd - 1u);
   }
 
-  // Keys past the workgroup's last query token (or past the capacity) are never visible.
-  const uint kEnd = min(min(p.kv1, cap), p.p0 + lastRow / G + 1u);
-  [[unroll]] for (uint i = 0; i < R; i++) lim[i] = min(lim[i], kEnd - 1u);
   for (uint kb = p.kv0; kb < kEnd; kb += KB) {
-    float s[R * KB];
+    float s[NG * KB]; // lane k: row n * L + k, key kb + j
     [[unroll]] for (uint j = 0; j < KB; j++) {
       uint w[NP];
       loadK(base + min(kb + j, kEnd - 1u), lane, w);
       vec2 kv[NP];
       [[unroll]] for (uint c = 0; c < NP; c++) kv[c] = unpackHalf2x16(w[c]);
-      [[unroll]] for (uint i = 0; i < R; i++) {
-        float x = 0.0;
-        [[unroll]] for (uint c = 0; c < NP; c++) x += dot(q[i * NP + c], kv[c]);
-        x = laneSum(x);
-        s[i * KB + j] = kb + j <= lim[i] ? x : NEG_INF;
+      [[unroll]] for (uint n = 0; n < NG; n++) {
+        float x[L];
+        [[unroll]] for (uint k = 0; k < L; k++) {
+          x[k] = 0.0;
+          [[unroll]] for (uint c = 0; c < NP; c++) x[k] += dot(q[(n * L + k) * NP + c], kv[c]);
+        }
+        // Reduce-scatter: at step b the lanes with bit b set keep the upper half of the rows.
+        [[unroll]] for (uint e = 0; e < LOG2L; e++) {
+          const uint b = (L / 2u) >> e;
+          const bool upper = (lane & b) != 0u;
+          [[unroll]] for (uint k = 0; k < L / 2u; k++) {
+            if (k < b) {
+              const float keep = upper ? x[k + b] : x[k];
+              const float send = upper ? x[k] : x[k + b];
+              x[k] = keep + subgroupShuffleXor(send, b);
+            }
+          }
+        }
+        s[n * KB + j] = kb + j <= lim[n] ? x[0] : NEG_INF;
       }
     }
-    [[unroll]] for (uint i = 0; i < R; i++) {
-      float mb = s[i * KB];
-      [[unroll]] for (uint j = 1; j < KB; j++) mb = max(mb, s[i * KB + j]);
-      const float mn = max(m[i], mb);
-      const float alpha = pexp(m[i] - mn);
-      m[i] = mn;
-      l[i] *= alpha;
-      [[unroll]] for (uint c = 0; c < NP; c++) o[i * NP + c] *= alpha;
+    [[unroll]] for (uint n = 0; n < NG; n++) {
+      float mb = s[n * KB];
+      [[unroll]] for (uint j = 1; j < KB; j++) mb = max(mb, s[n * KB + j]);
+      const float mn = max(m[n], mb);
+      const float alpha = pexp(m[n] - mn);
+      m[n] = mn;
+      l[n] *= alpha;
       [[unroll]] for (uint j = 0; j < KB; j++) {
-        s[i * KB + j] = pexp(s[i * KB + j] - mn);
-        l[i] += s[i * KB + j];
+        s[n * KB + j] = pexp(s[n * KB + j] - mn);
+        l[n] += s[n * KB + j];
+      }
+      [[unroll]] for (uint k = 0; k < L; k++) {
+        const float a = subgroupShuffle(alpha, k);
+        [[unroll]] for (uint c = 0; c < NP; c++) o[(n * L + k) * NP + c] *= a;
       }
     }
     [[unroll]] for (uint j = 0; j < KB; j++) {
       uint w[NP];
       loadV(base + min(kb + j, kEnd - 1u), lane, w);
-      [[unroll]] for (uint c = 0; c < NP; c++) {
-        const vec2 v = unpackHalf2x16(w[c]);
-        [[unroll]] for (uint i = 0; i < R; i++) o[i * NP + c] += s[i * KB + j] * v;
+      vec2 vv[NP];
+      [[unroll]] for (uint c = 0; c < NP; c++) vv[c] = unpackHalf2x16(w[c]);
+      [[unroll]] for (uint n = 0; n < NG; n++) {
+        [[unroll]] for (uint k = 0; k < L; k++) {
+          const float pk = subgroupShuffle(s[n * KB + j], k);
+          [[unroll]] for (uint c = 0; c < NP; c++) o[(n * L + k) * NP + c] += pk * vv[c];
+        }
       }
     }
   }
 
   const bool last = (p.flags & 2u) != 0u;
+  float inv[R];
+  [[unroll]] for (uint n = 0; n < NG; n++) {
+    const uint r = row0 + n * L + lane;
+    const float il = last ? (l[n] > 0.0 ? 1.0 / l[n] : 0.0) : 1.0;
+    [[unroll]] for (uint k = 0; k < L; k++) inv[n * L + k] = subgroupShuffle(il, k);
+    if (!last && r < nRows) ml[(r / G) * p.nHeads + h * G + r % G] = vec2(m[n], l[n]);
+  }
   [[dont_unroll]] for (uint it = 0; it < R; it++) {
     const uint r = row0 + it;
     if (r < nRows) {
       const uint t = r / G;
       const uint qh = h * G + r % G;
-      const float inv = last ? (l[0] > 0.0 ? 1.0 / l[0] : 0.0) : 1.0;
       const uint oa = (p.oOff4 + t * p.oStride4) * 2u + qh * HD + lane * NP;
-      [[unroll]] for (uint c = 0; c < NP; c++) o2[oa + c] = o[c] * inv;
-      if (!last && lane == 0u) ml[t * p.nHeads + qh] = vec2(m[0], l[0]);
+      if (NP % 2u == 0u) {
+        [[unroll]] for (uint c = 0; c < NP; c += 2u) {
+          o4[(oa + c) / 2u] = vec4(o[c], o[c + 1u]) * inv[0];
+        }
+      } else {
+        [[unroll]] for (uint c = 0; c < NP; c++) o2[oa + c] = o[c] * inv[0];
+      }
     }
-    [[unroll]] for (uint i = 0; i + 1 < R; i++) {
+    [[unroll]] for (uint i = 0; i < R - 1u; i++) {
       [[unroll]] for (uint c = 0; c < NP; c++) o[i * NP + c] = o[(i + 1) * NP + c];
-      m[i] = m[i + 1];
-      l[i] = l[i + 1];
+      inv[i] = inv[i + 1];
     }
   }
 }

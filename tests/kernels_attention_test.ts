@@ -5,7 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { Device } from "../src/vk/mod.ts";
-import { DecodeAttention, PrefillAttention } from "../src/kernels/attention.ts";
+import {
+  DecodeAttention,
+  PrefillAttention,
+  type PrefillAttentionOptions,
+} from "../src/kernels/attention.ts";
 import { KvAppend, KvLayerCache, planKvLayer } from "../src/kernels/kv.ts";
 import {
   refDecodeAttention,
@@ -364,11 +368,13 @@ function prefillCase(
   B: number,
   p0: number,
   keysPerPass?: number,
+  opts: Partial<PrefillAttentionOptions> = {},
 ): void {
   const rowsNeeded = p0 + B;
   const fc = filledCache(dev, D, Array(nKv).fill(rowsNeeded + 3), Array(nKv).fill(rowsNeeded));
   try {
-    using attn = new PrefillAttention(dev, { headDim: D, groupSize: G });
+    using attn = new PrefillAttention(dev, { headDim: D, groupSize: G, ...opts });
+    if (opts.variant) assert.equal(attn.variant, opts.variant);
     const nHeads = nKv * G;
     const q = randomF32(B * nHeads * D, nextSeed(), 3);
     using qBuf = dev.buffer(q.byteLength);
@@ -400,7 +406,7 @@ function prefillCase(
     expectClose(
       f32(dev.download(out)),
       want,
-      `prefill D=${D} G=${G} B=${B} p0=${p0} pass=${keysPerPass}`,
+      `prefill ${attn.variant} D=${D} G=${G} B=${B} p0=${p0} pass=${keysPerPass}`,
     );
   } finally {
     fc.cache.dispose();
@@ -415,6 +421,52 @@ Deno.test("prefill attention: causal, tiles and key passes crossed, GQA 1/2/4", 
   prefillCase(dev, 8, 1, 2, 17, 5);
   prefillCase(dev, 256, 2, 1, 11, 20); // big head dim: 16-key tiles, 8 rows per workgroup
   prefillCase(dev, 128, 1, 2, 20, 2500); // default passes on CPU drivers (2048 keys each)
+});
+
+Deno.test("prefill attention: every variant, GQA 1/2/3/4, key passes, row blocks cut mid-way", () => {
+  using dev = Device.open();
+  // "tiled" is the GPU shape: it must stay right on any device.
+  prefillCase(dev, 64, 4, 2, 37, 50, 40, { variant: "tiled" });
+  prefillCase(dev, 16, 3, 1, 23, 9, undefined, { variant: "tiled" });
+  // "rows": lanes own whole query rows (any head dim); the state crosses three passes.
+  prefillCase(dev, 8, 1, 2, 41, 60, undefined, { variant: "rows" });
+  prefillCase(dev, 24, 3, 2, 29, 100, 50, { variant: "rows" });
+  prefillCase(dev, 64, 2, 1, 19, 300, undefined, { variant: "rows", rowsPerLane: 3 });
+  // "split": lanes own head-dim slices; 32-row groups hold several tokens x heads.
+  prefillCase(dev, 16, 4, 2, 37, 50, 40, { variant: "split" });
+  prefillCase(dev, 32, 3, 1, 23, 7, undefined, { variant: "split" });
+  prefillCase(dev, 128, 1, 1, 13, 700, 301, { variant: "split", rowsPerGroup: 8 });
+});
+
+Deno.test("prefill attention (CPU variants): over 65,535 keys in one pass", () => {
+  using dev = Device.open();
+  // An invocation loops once per key block, so a 70,000-key pass stays under lavapipe's
+  // per-invocation loop cap; a kernel looping per key would silently stop and fail here.
+  prefillCase(dev, 16, 1, 1, 9, 70_000, undefined, { variant: "split" });
+  prefillCase(dev, 8, 2, 1, 5, 70_000, undefined, { variant: "rows" });
+  using attn = new PrefillAttention(dev, { headDim: 16, groupSize: 1, variant: "split" });
+  const fc = filledCache(dev, 16, [300_000], [300_000]);
+  try {
+    using q = dev.buffer(16 * 4);
+    using out = dev.buffer(16 * 4);
+    using scratch = dev.buffer(attn.scratchBytes(fc.cache, 1));
+    using cmd = dev.commands();
+    assert.throws(
+      () =>
+        attn.record(cmd, {
+          cache: fc.cache,
+          q,
+          tokens: 1,
+          position: 299_999,
+          out,
+          scratch,
+          keysPerPass: 300_000,
+        }),
+      /loop cap/,
+    );
+  } finally {
+    fc.cache.dispose();
+  }
 });
 
 Deno.test("prefill attention: a wrong position is caught by the comparison", () => {

@@ -36,6 +36,10 @@ interface ScoreCase {
   maxChunkBytes?: number;
   /** Deliberately wrong n given to the device (the comparison must then fail). */
   deviceN?: number;
+  variant?: "lanes" | "simd";
+  /** Output row stride (default n) and float offset of the first row (default 0). */
+  outStride?: number;
+  outOffset?: number;
 }
 
 function runScores(dev: Device, c: ScoreCase): { got: Float32Array[]; want: Float32Array[] } {
@@ -52,11 +56,16 @@ function runScores(dev: Device, c: ScoreCase): { got: Float32Array[]; want: Floa
   });
   const nHeads = c.nKv * c.G;
   const q = randomF32(c.window * nHeads * c.D, nextSeed(), 4);
-  using scores = new AttentionScores(dev, { headDim: c.D, groupSize: c.G });
+  using scores = new AttentionScores(dev, { headDim: c.D, groupSize: c.G, variant: c.variant });
   const n = c.deviceN ?? c.n;
   const rowsPerHead = c.windowMode === "separate" ? c.window : 1;
+  const outStride = c.outStride ?? n;
+  const outOffset = c.outOffset ?? 0;
+  const outFloats = outOffset + c.headCount * rowsPerHead * outStride;
   using qBuf = dev.buffer(q.byteLength);
-  using out = dev.buffer(c.headCount * rowsPerHead * n * 4);
+  using out = dev.buffer(outFloats * 4);
+  // A sentinel fill shows writes outside the rows (padding of a wider stride, the offset).
+  dev.upload(out, new Float32Array(outFloats).fill(-7));
   using scratch = dev.buffer(scores.scratchBytes({ headCount: c.headCount, n, window: c.window }));
   dev.upload(qBuf, q);
   using cmd = dev.commands();
@@ -73,12 +82,19 @@ function runScores(dev: Device, c: ScoreCase): { got: Float32Array[]; want: Floa
     poolFirst: c.poolFirst,
     poolKernel: c.poolKernel,
     out,
+    outStride: c.outStride,
+    outOffset: c.outOffset,
     scratch,
   });
   cmd.end();
   dev.waitSync("compute", cmd.submit());
   const bytes = dev.download(out);
   const all = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+  const untouched = all.filter((_, i) => {
+    const r = i - outOffset;
+    return r < 0 || r % outStride >= n;
+  });
+  assert.ok(untouched.every((v) => v === -7), `scores wrote outside their rows (seed ${SEED})`);
   const got: Float32Array[] = [];
   const want: Float32Array[] = [];
   for (let i = 0; i < c.headCount; i++) {
@@ -99,7 +115,7 @@ function runScores(dev: Device, c: ScoreCase): { got: Float32Array[]; want: Floa
     });
     rows.forEach((r, w) => {
       want.push(r);
-      const off = (i * rowsPerHead + w) * n;
+      const off = outOffset + (i * rowsPerHead + w) * outStride;
       got.push(all.slice(off, off + c.n));
     });
   }
@@ -111,8 +127,12 @@ function checkScores(dev: Device, c: ScoreCase, what: string): void {
   got.forEach((g, i) => expectClose(g, want[i], `${what} row ${i}`));
 }
 
-for (const subgroup of [true, false]) {
-  const path = subgroup ? "subgroup" : "shared-memory";
+// The "simd" variant (CPU drivers) has no reductions, so one path; the "lanes" variant (GPUs)
+// runs through both reduction paths.
+for (
+  const [variant, subgroup] of [["simd", true], ["lanes", true], ["lanes", false]] as const
+) {
+  const path = `${variant}, ${subgroup ? "subgroup" : "shared-memory"}`;
   const withPath = (fn: (dev: Device) => void) => () => {
     if (subgroup) Deno.env.delete("HC_NO_SUBGROUP");
     else Deno.env.set("HC_NO_SUBGROUP", "1");
@@ -130,6 +150,7 @@ for (const subgroup of [true, false]) {
       // HeteroCache prefill selection: last prompt token, pool then max over the group; two heads
       // in different chunks.
       checkScores(dev, {
+        variant,
         D: 64,
         G: 4,
         nKv: 3,
@@ -145,6 +166,7 @@ for (const subgroup of [true, false]) {
       }, "heterocache prefill");
       // Drift check: 5 buffered queries, one row each.
       checkScores(dev, {
+        variant,
         D: 32,
         G: 2,
         nKv: 2,
@@ -160,6 +182,7 @@ for (const subgroup of [true, false]) {
       // SnapKV: window summed, reduce first, kernel 7, mean and max.
       for (const groupReduce of ["mean", "max"] as const) {
         checkScores(dev, {
+          variant,
           D: 16,
           G: 4,
           nKv: 2,
@@ -176,6 +199,7 @@ for (const subgroup of [true, false]) {
       }
       // Tiny rows: pool padding on both sides of a 3-row head.
       checkScores(dev, {
+        variant,
         D: 8,
         G: 1,
         nKv: 1,
@@ -188,6 +212,40 @@ for (const subgroup of [true, false]) {
         windowMode: "sum",
         poolFirst: false,
       }, "three rows");
+      // Calibration shape (pool width 1, mean), an odd group, a wider output stride and an
+      // offset; then separate windows over more rows than one chunk holds.
+      checkScores(dev, {
+        variant,
+        D: 24,
+        G: 3,
+        nKv: 2,
+        caps: [999, 1001],
+        n: 997,
+        headStart: 0,
+        headCount: 2,
+        window: 1,
+        groupReduce: "mean",
+        windowMode: "separate",
+        poolFirst: false,
+        poolKernel: 1,
+        outStride: 1003,
+        outOffset: 5,
+      }, "calibration");
+      checkScores(dev, {
+        variant,
+        D: 128,
+        G: 2,
+        nKv: 1,
+        caps: [700],
+        n: 700,
+        headStart: 0,
+        headCount: 1,
+        window: 9,
+        groupReduce: "max",
+        windowMode: "separate",
+        poolFirst: true,
+        poolKernel: 9,
+      }, "separate windows, big head");
     }),
   );
 
@@ -195,6 +253,7 @@ for (const subgroup of [true, false]) {
     `scores: one head over 100,000 rows (${path})`,
     withPath((dev) => {
       checkScores(dev, {
+        variant,
         D: 128,
         G: 4,
         nKv: 1,

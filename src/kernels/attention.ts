@@ -6,6 +6,11 @@
  * vector is `[nKvHeads * G][headDim]` f32 and the output has the same shape. Softmax scale
  * 1/sqrt(headDim) unless `scale` is given.
  *
+ * Both classes have a GPU shape and CPU shapes (lavapipe: every load is a loop over the lanes,
+ * subgroups run one after another, loops stop after 65535 trips), picked by device type; the
+ * CPU prefill shapes assume a workgroup of `device.info.subgroupSize` invocations is one
+ * subgroup (true on lavapipe).
+ *
  * Synchronisation contract of every `record`: the caller puts a barrier between whatever wrote
  * the inputs (q, the cache rows, the lengths) and this call, and another between this call and
  * whatever reads the output; barriers *inside* a call (split -> merge, pass -> pass) are recorded
@@ -263,93 +268,104 @@ export interface PrefillAttentionArgs {
   /** At least `scratchBytes(cache, tokens)` bytes. */
   scratch: Binding;
   scale?: number;
-  /** Key rows per dispatch; default: all on GPUs, and for the "rows" variant as many as the
-   * lavapipe loop cap allows; 2048 for the "tiled" variant on CPU drivers. */
+  /** Key rows per dispatch; default: all of them, except for the "tiled" variant on CPU
+   * drivers (2048: lavapipe's per-invocation loop cap). */
   keysPerPass?: number;
 }
+
+/** Prefill variants: "tiled" (GPUs), "rows" and "split" (SIMD CPU drivers; see the options). */
+export type PrefillVariant = "tiled" | "rows" | "split";
 
 export interface PrefillAttentionOptions {
   headDim: number;
   /** Query heads per KV head (G). */
   groupSize: number;
-  /** "tiled": flash-style workgroups sharing K/V tiles through shared memory (GPUs); "rows":
-   * one subgroup per workgroup, each lane owning a few query rows in registers and streaming
-   * the keys (SIMD CPU drivers such as lavapipe). Default: "rows" on CPU devices. */
-  variant?: "tiled" | "rows" | "split";
-  /** "split" variant: query rows per workgroup. */
+  /**
+   * "tiled": flash-style workgroups sharing K/V tiles through shared memory (GPUs).
+   * "split": one subgroup per workgroup working on `rowsPerGroup` query rows together, each
+   * lane owning a slice of the head dims; needs a head dim that is a multiple of 2 x the
+   * subgroup size and subgroup shuffles (SIMD CPU drivers such as lavapipe).
+   * "rows": one subgroup per workgroup, each lane owning `rowsPerLane` whole query rows (CPU
+   * drivers, any head dim).
+   * Default: "tiled" on GPUs; on CPU devices "split" where the head dim allows, else "rows".
+   */
+  variant?: PrefillVariant;
+  /** "split": query rows per workgroup, a multiple of the subgroup size (each loaded K/V row
+   * serves this many rows). Default: 32 up to head dim 64, 16 up to 128, 8 above. */
   rowsPerGroup?: number;
-  /** "rows" variant: query rows per lane (register blocking; each loaded key row serves this
-   * many rows). Default by head dim: 16 up to 16, 8 up to 64, 4 up to 128, 2 above. */
+  /** "rows": query rows per lane (about 256 floats of q per lane). Default: 16 up to head dim
+   * 16, floor(256 / headDim) above. */
   rowsPerLane?: number;
 }
 
-/** Keys per block of the "rows" variant (unrolled; the loop cap counts blocks). */
-const ROWS_KEYS_PER_BLOCK = Number(Deno.env.get("HC_KB") ?? 8);
-/** Key blocks per "rows" pass: well under lavapipe's 65535 loop iterations per invocation. */
-const ROWS_BLOCKS_PER_PASS = 32768;
-
-function defaultRowsPerLane(headDim: number): number {
-  return headDim <= 16 ? 16 : headDim <= 64 ? 8 : headDim <= 128 ? 4 : 2;
-}
+/** Key blocks per pass of the CPU variants (a block is 2..4 keys, unrolled): an invocation runs
+ * about one loop trip per block, well under lavapipe's 65535. */
+const CPU_BLOCKS_PER_PASS = 32768;
 
 /** Causal prefill attention for a batch of query tokens over full (uncompressed) heads. */
 export class PrefillAttention implements Disposable {
   readonly headDim: number;
   readonly groupSize: number;
-  readonly variant: "tiled" | "rows" | "split";
-  /** Query rows (token x query head) per workgroup. */
+  readonly variant: PrefillVariant;
+  /** Query rows (token x query head) per workgroup ("tiled": at most, whole tokens). */
   readonly #rows: number;
+  /** Keys per unrolled block of the CPU variants. */
+  readonly #keysPerBlock: number;
   readonly #cpu: boolean;
   readonly #kernel: Kernel;
 
   constructor(device: Device, opts: PrefillAttentionOptions) {
     checkHeadDim(opts.headDim);
     checkGroup(opts.groupSize, opts.headDim);
-    this.headDim = opts.headDim;
-    this.groupSize = opts.groupSize;
+    const D = opts.headDim;
+    const G = opts.groupSize;
+    this.headDim = D;
+    this.groupSize = G;
     this.#cpu = deviceParallelism(device).cpu;
-    this.variant = opts.variant ?? (this.#cpu ? "rows" : "tiled");
     const lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
+    const splitOk = (lanes & (lanes - 1)) === 0 && D % (2 * lanes) === 0;
+    this.variant = opts.variant ?? (!this.#cpu ? "tiled" : splitOk ? "split" : "rows");
+    // Blocks of keys amortise the online-softmax rescale; wider blocks cost llvmpipe compile
+    // time (every load instruction is a loop over the lanes, and "rows" lanes load whole rows).
+    this.#keysPerBlock = (this.variant === "rows" ? D <= 32 : D <= 128) ? 4 : 2;
     if (this.variant === "split") {
-      if (opts.headDim % (2 * lanes) !== 0 || (lanes & (lanes - 1)) !== 0) {
+      if (!splitOk) {
         limit(`split prefill needs a head dim that is a multiple of 2 x ${lanes} lanes`);
       }
-      const rows = opts.rowsPerGroup ?? Number(Deno.env.get("HC_SPLIT_R") ?? 16);
-      if (!Number.isInteger(rows) || rows < 1 || rows > 64) {
-        limit(`rowsPerGroup ${rows} must be an integer in 1..64`);
+      const rows = opts.rowsPerGroup ?? (D <= 64 ? 32 : D <= 128 ? 16 : 8);
+      if (!Number.isInteger(rows) || rows < lanes || rows > 64 || rows % lanes !== 0) {
+        limit(`rowsPerGroup ${rows} must be a multiple of ${lanes} lanes, at most 64`);
       }
       this.#rows = rows;
       this.#kernel = device.kernel("attn_prefill_split", {
         bindings: 6,
         pushBytes: 48,
-        spec: [lanes, opts.groupSize, opts.headDim, rows, ROWS_KEYS_PER_BLOCK, Math.log2(lanes)],
+        spec: [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)],
       });
       return;
     }
     if (this.variant === "rows") {
-      const perLane = opts.rowsPerLane ?? defaultRowsPerLane(opts.headDim);
+      const perLane = opts.rowsPerLane ?? Math.max(1, Math.min(16, Math.floor(256 / D)));
       if (!Number.isInteger(perLane) || perLane < 1 || perLane > 32) {
         limit(`rowsPerLane ${perLane} must be an integer in 1..32`);
       }
       this.#rows = lanes * perLane;
-      this.#kernel = device.kernel("attn_prefill_cpu", {
+      this.#kernel = device.kernel("attn_prefill_rows", {
         bindings: 6,
         pushBytes: 48,
-        spec: [lanes, opts.groupSize, opts.headDim, perLane, ROWS_KEYS_PER_BLOCK],
+        spec: [lanes, G, D, perLane, this.#keysPerBlock],
       });
       return;
     }
     // Shared memory: ROWS*D f32 queries + 2 * BC*D f16 tiles stay under 32 KiB.
-    const big = opts.headDim > 128;
+    const big = D > 128;
     const rows = big ? 8 : 16;
-    if (opts.groupSize > rows) {
-      limit(`prefill supports at most ${rows} query heads per KV head`);
-    }
+    if (G > rows) limit(`prefill supports at most ${rows} query heads per KV head`);
     this.#rows = rows;
     this.#kernel = device.kernel("attn_prefill", {
       bindings: 6,
       pushBytes: 48,
-      spec: [4 * rows, opts.groupSize, opts.headDim, big ? 16 : 32, rows],
+      spec: [4 * rows, G, D, big ? 16 : 32, rows],
     });
   }
 
@@ -391,16 +407,20 @@ export class PrefillAttention implements Disposable {
     requireBytes(a.q, (qOff + (B - 1) * qStride + nHeads * D) * 4, "prefill q");
     requireBytes(a.out, (oOff + (B - 1) * oStride + nHeads * D) * 4, "prefill output");
     requireBytes(a.scratch, this.scratchBytes(cache, B), "prefill scratch");
-    const rowsVariant = this.variant !== "tiled";
+    const tiled = this.variant === "tiled";
     const perPass = a.keysPerPass ??
-      (rowsVariant ? ROWS_KEYS_PER_BLOCK * ROWS_BLOCKS_PER_PASS : this.#cpu ? 2048 : kvRows);
+      (!tiled ? this.#keysPerBlock * CPU_BLOCKS_PER_PASS : this.#cpu ? 2048 : kvRows);
     if (!Number.isInteger(perPass) || perPass < 1) {
       limit(`keysPerPass ${perPass} must be a positive integer`);
     }
+    if (!tiled && perPass > this.#keysPerBlock * CPU_BLOCKS_PER_PASS) {
+      limit(
+        `keysPerPass ${perPass} exceeds ${this.#keysPerBlock * CPU_BLOCKS_PER_PASS} (loop cap)`,
+      );
+    }
     const passes = Math.ceil(kvRows / perPass);
-    const gx = rowsVariant
-      ? Math.ceil((B * G) / this.#rows)
-      : Math.ceil(B / Math.floor(this.#rows / G));
+    // "tiled" workgroups hold whole tokens (all G heads); the CPU variants flattened rows.
+    const gx = tiled ? Math.ceil(B / Math.floor(this.#rows / G)) : Math.ceil((B * G) / this.#rows);
     if (gx > 65535) {
       limit(`prefill of ${B} tokens needs ${gx} workgroups (max 65535); split the batch`);
     }

@@ -14,6 +14,12 @@
  * Output row r of requested head i (i = h - headStart) at float
  * `outOffset + (i * rowsPerHead + r) * outStride`, n floats.
  *
+ * Passes: statistics over splits of the rows (max and sum per query row), then the pooled rows
+ * from the merged statistics. The "simd" variant (CPU drivers) has a small merge pass between
+ * them and keeps per-lane records in the scratch; it assumes a workgroup of
+ * `device.info.subgroupSize` invocations is one subgroup (true on lavapipe) and uses subgroup
+ * shuffles.
+ *
  * TopK: per row, the indices of the k largest values ascending by position (NaN = -inf, ties to
  * lower positions: the set of src/cache/analysis.ts topkSet), min(k, n) u32 per row.
  */
@@ -33,6 +39,7 @@ function limit(message: string): never {
 
 const STATS_WG = 128;
 const POOL_WG = 64;
+const MERGE_WG = 64;
 /** Per-invocation loop budget of the stats pass, in loop iterations (lavapipe stops an
  * invocation after 65535): one position of one query chunk costs about D/8 * (QC + 1) + QC. */
 const STATS_ITERATIONS = 40_000;
@@ -65,16 +72,30 @@ export interface ScoresArgs {
   scale?: number;
 }
 
+export interface AttentionScoresOptions {
+  headDim: number;
+  /** Query heads per KV head (G). */
+  groupSize: number;
+  /** "lanes": wide workgroups sharing query rows and probability tiles through shared memory
+   * (GPUs); "simd": one subgroup per workgroup, each lane owning whole key rows with the query
+   * rows in registers, no shared memory (SIMD CPU drivers such as lavapipe). Default: "simd"
+   * on CPU devices. */
+  variant?: "lanes" | "simd";
+}
+
 export class AttentionScores implements Disposable {
   readonly device: Device;
   readonly headDim: number;
   readonly groupSize: number;
+  readonly variant: "lanes" | "simd";
   /** Positions per invocation (register blocking; the pool pass keeps G x 64 x P floats shared). */
   readonly #positions: number;
-  /** Kernel pairs by query rows per chunk (a multiple of G, chosen from the window). */
-  readonly #kernels = new Map<number, { stats: Kernel; pool: Kernel }>();
+  /** Lanes of the "simd" variant (its workgroup size). */
+  readonly #lanes: number;
+  /** Kernels by variant-specific shape key. */
+  readonly #kernels = new Map<string, Kernel>();
 
-  constructor(device: Device, opts: { headDim: number; groupSize: number }) {
+  constructor(device: Device, opts: AttentionScoresOptions) {
     checkHeadDim(opts.headDim);
     const G = opts.groupSize;
     if (!Number.isInteger(G) || G < 1 || G > 16) limit(`group size ${G} not in 1..16`);
@@ -82,7 +103,9 @@ export class AttentionScores implements Disposable {
     this.device = device;
     this.headDim = opts.headDim;
     this.groupSize = G;
+    this.variant = opts.variant ?? (deviceParallelism(device).cpu ? "simd" : "lanes");
     this.#positions = G > 8 ? 2 : 4;
+    this.#lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
   }
 
   /** Query rows per chunk for a window: whole windows, about 8 rows, never more than needed. */
@@ -91,33 +114,83 @@ export class AttentionScores implements Disposable {
     return G * Math.max(1, Math.min(window, Math.floor(8 / G)));
   }
 
-  #kernelsFor(qc: number): { stats: Kernel; pool: Kernel } {
-    let k = this.#kernels.get(qc);
+  #kernel(key: string, make: () => Kernel): Kernel {
+    let k = this.#kernels.get(key);
     if (!k) {
-      const spec = [this.groupSize, this.headDim, qc, this.#positions];
-      const stats = this.device.kernel("scores_stats", {
-        bindings: 4,
-        pushBytes: 28,
-        spec: [STATS_WG, ...spec],
-      });
-      try {
-        const pool = this.device.kernel("scores_pool", {
-          bindings: 5,
-          pushBytes: 44,
-          spec: [POOL_WG, ...spec],
-        });
-        k = { stats, pool };
-      } catch (e) {
-        stats.dispose();
-        throw e;
-      }
-      this.#kernels.set(qc, k);
+      k = make();
+      this.#kernels.set(key, k);
     }
     return k;
   }
 
+  #kernelsFor(qc: number): { stats: Kernel; pool: Kernel } {
+    const spec = [this.groupSize, this.headDim, qc, this.#positions];
+    return {
+      stats: this.#kernel(`stats:${qc}`, () =>
+        this.device.kernel("scores_stats", {
+          bindings: 4,
+          pushBytes: 28,
+          spec: [STATS_WG, ...spec],
+        })),
+      pool: this.#kernel(`pool:${qc}`, () =>
+        this.device.kernel("scores_pool", {
+          bindings: 5,
+          pushBytes: 44,
+          spec: [POOL_WG, ...spec],
+        })),
+    };
+  }
+
+  /** "simd" variant: query rows the registers hold at once (about 512 floats of q per lane;
+   * more rows mean longer llvmpipe compiles for little gain). */
+  get #simdRows(): number {
+    return Math.max(1, Math.min(32, Math.floor(512 / this.headDim)));
+  }
+
+  /** "simd" variant: query rows per chunk and positions per lane per block of the stats pass. */
+  #simdStatsShape(window: number): { qc: number; pb: number; chunks: number } {
+    const rows = window * this.groupSize;
+    const qc = Math.min(this.#simdRows, rows);
+    const work = qc * this.headDim;
+    const pb = work <= 256 ? 4 : work <= 1024 ? 2 : 1;
+    return { qc, pb, chunks: Math.ceil(rows / qc) };
+  }
+
+  /** "simd" variant: windows per chunk, output positions per lane and positions per trip of
+   * the pool pass. */
+  #simdPoolShape(
+    window: number,
+    separate: boolean,
+    kernel: number,
+  ): { wc: number; p: number; pk: number } {
+    const G = this.groupSize;
+    const wc = separate ? 1 : Math.max(1, Math.min(window, Math.floor(this.#simdRows / G)));
+    const p = G * (16 + kernel) <= 256 ? 16 : 8;
+    // Unrolled key rows per trip: few load instructions (llvmpipe compile time), little padding.
+    const e = p + 2 * (kernel >> 1);
+    const loads = Math.max(1, Math.floor(16 / (this.headDim / 8)));
+    let pk = 1;
+    for (let c = Math.min(loads, e); c >= 1; c--) {
+      if (Math.ceil(e / c) * c - e <= e / 8) {
+        pk = c;
+        break;
+      }
+    }
+    return { wc, p, pk };
+  }
+
   /** Splits of the stats pass for n rows and `window` queries. */
   splitsFor(n: number, window: number): { splits: number; perSplit: number } {
+    if (this.variant === "simd") {
+      const { qc, pb, chunks } = this.#simdStatsShape(window);
+      // Loop trips per lane: chunks x (perSplit / (lanes x pb) + 2 qc) stay under the budget.
+      const perSplitMax = Math.max(
+        1,
+        (Math.floor(STATS_ITERATIONS / chunks) - 2 * qc) * this.#lanes * pb,
+      );
+      const splits = Math.max(1, Math.ceil(n / perSplitMax), Math.min(64, Math.ceil(n / 2048)));
+      return { splits, perSplit: Math.ceil(n / splits) };
+    }
     const qc = this.#rowsPerChunk(window);
     const chunks = Math.ceil((window * this.groupSize) / qc);
     const perPosition = (this.headDim / 8) * (qc + 1) + qc;
@@ -129,7 +202,9 @@ export class AttentionScores implements Disposable {
 
   #statsBytesPerHead(n: number, window: number): number {
     const { splits } = this.splitsFor(n, window);
-    const bytes = splits * window * this.groupSize * 8;
+    // The "simd" variant keeps a record per lane and the merged (m, 1/l) rows after them.
+    const records = this.variant === "simd" ? splits * this.#lanes + 1 : splits;
+    const bytes = records * window * this.groupSize * 8;
     return Math.ceil(bytes / ALIGN) * ALIGN;
   }
 
@@ -188,10 +263,6 @@ export class AttentionScores implements Disposable {
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * Math.LOG2E;
     const flags = (a.groupReduce === "mean" ? 1 : 0) | (a.windowMode === "separate" ? 2 : 0) |
       (a.poolFirst ? 4 : 0);
-    const tile = span - 2 * (kernel >> 1);
-    const kernels = this.#kernelsFor(this.#rowsPerChunk(window));
-    const tiles = Math.ceil(n / tile);
-    if (tiles > 65535) limit(`score length ${n} needs ${tiles} tiles (max 65535)`);
 
     // Groups of requested heads that sit in one chunk.
     const groups: { c: number; h0: number; h1: number }[] = [];
@@ -205,6 +276,26 @@ export class AttentionScores implements Disposable {
       offset: scratchOff + (h0 - headStart) * perHead,
       bytes: (groups.find((g) => g.h0 === h0)!.h1 - h0) * perHead,
     });
+    const outBase = (h0: number) => outOff + (h0 - headStart) * rowsPerHead * outStride;
+    if (this.variant === "simd") {
+      this.#recordSimd(cmd, a, {
+        groups,
+        statsBinding,
+        outBase,
+        push: [n, window, qOff / 4, qStride / 4],
+        splits,
+        perSplit,
+        scale,
+        flags,
+        kernel,
+        headStride: perHead / 8,
+      });
+      return this;
+    }
+    const tile = span - 2 * (kernel >> 1);
+    const kernels = this.#kernelsFor(this.#rowsPerChunk(window));
+    const tiles = Math.ceil(n / tile);
+    if (tiles > 65535) limit(`score length ${n} needs ${tiles} tiles (max 65535)`);
     for (const { c, h0, h1 } of groups) {
       const push = new ArrayBuffer(28);
       new Uint32Array(push).set([h0, n, window, qOff / 4, qStride / 4, perSplit]);
@@ -225,7 +316,7 @@ export class AttentionScores implements Disposable {
       const u = new Uint32Array(push);
       u.set([h0, n, window, qOff / 4, qStride / 4, splits]);
       new Float32Array(push, 24, 1)[0] = scale;
-      u.set([flags, kernel, outOff + (h0 - headStart) * rowsPerHead * outStride, outStride], 7);
+      u.set([flags, kernel, outBase(h0), outStride], 7);
       cmd.dispatch(kernels.pool, [a.q, cache.k[c], cache.table, statsBinding(h0), a.out], u, [
         tiles,
         h1 - h0,
@@ -234,11 +325,88 @@ export class AttentionScores implements Disposable {
     return this;
   }
 
-  dispose(): void {
-    for (const k of this.#kernels.values()) {
-      k.stats.dispose();
-      k.pool.dispose();
+  /** The "simd" passes: split statistics, merge, pool (barriers between). */
+  #recordSimd(cmd: CommandList, a: ScoresArgs, r: {
+    groups: { c: number; h0: number; h1: number }[];
+    statsBinding: (h0: number) => Binding;
+    outBase: (h0: number) => number;
+    /** n, window, qOff4, qStride4 */
+    push: number[];
+    splits: number;
+    perSplit: number;
+    scale: number;
+    flags: number;
+    kernel: number;
+    headStride: number;
+  }): void {
+    const { cache } = a;
+    const [n, window] = r.push;
+    const G = this.groupSize;
+    const L = this.#lanes;
+    const st = this.#simdStatsShape(window);
+    const separate = a.windowMode === "separate";
+    const pool = this.#simdPoolShape(window, separate, r.kernel);
+    const tiles = Math.ceil(n / (L * pool.p));
+    if (tiles > 65535) limit(`score length ${n} needs ${tiles} tiles (max 65535)`);
+    const spec = [L, G, this.headDim];
+    const stats = this.#kernel(
+      `simd-stats:${st.qc}:${st.pb}`,
+      () =>
+        this.device.kernel("scores_stats_cpu", {
+          bindings: 4,
+          pushBytes: 32,
+          spec: [...spec, st.qc, st.pb],
+        }),
+    );
+    const merge = this.#kernel(
+      "simd-merge",
+      () => this.device.kernel("scores_merge", { bindings: 1, pushBytes: 12, spec: [MERGE_WG] }),
+    );
+    const poolKernel = this.#kernel(
+      `simd-pool:${pool.wc}:${pool.p}:${r.kernel}:${separate ? 1 : 0}:${pool.pk}`,
+      () =>
+        this.device.kernel("scores_pool_cpu", {
+          bindings: 5,
+          pushBytes: 44,
+          spec: [...spec, pool.wc, pool.p, r.kernel, separate ? 1 : 0, pool.pk],
+        }),
+    );
+    for (const { c, h0, h1 } of r.groups) {
+      const push = new ArrayBuffer(32);
+      const u = new Uint32Array(push);
+      u.set([h0, ...r.push, r.perSplit]);
+      new Float32Array(push, 24, 1)[0] = r.scale;
+      u[7] = r.headStride;
+      cmd.dispatch(stats, [a.q, cache.k[c], cache.table, r.statsBinding(h0)], u, [
+        r.splits,
+        h1 - h0,
+      ]);
     }
+    cmd.barrier();
+    for (const { h0, h1 } of r.groups) {
+      cmd.dispatch(
+        merge,
+        [r.statsBinding(h0)],
+        new Uint32Array([window * G, r.splits * L, r.headStride]),
+        [1, h1 - h0],
+      );
+    }
+    cmd.barrier();
+    for (const { c, h0, h1 } of r.groups) {
+      const push = new ArrayBuffer(44);
+      const u = new Uint32Array(push);
+      u.set([h0, ...r.push, r.splits * L]);
+      new Float32Array(push, 24, 1)[0] = r.scale;
+      u.set([r.flags, r.headStride, r.outBase(h0), a.outStride ?? n], 7);
+      cmd.dispatch(poolKernel, [a.q, cache.k[c], cache.table, r.statsBinding(h0), a.out], u, [
+        tiles,
+        h1 - h0,
+      ]);
+    }
+  }
+
+  dispose(): void {
+    for (const k of this.#kernels.values()) k.dispose();
     this.#kernels.clear();
   }
 

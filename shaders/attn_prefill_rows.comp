@@ -1,6 +1,7 @@
 #version 450
-// Causal prefill attention for SIMD CPU drivers (lavapipe), same inputs, outputs and pass
-// protocol as attn_prefill.comp.
+// Causal prefill attention for SIMD CPU drivers (lavapipe), any head dim ("rows" variant; head
+// dims that are a multiple of 2 x lanes go to attn_prefill_split.comp, which loads less): same
+// inputs, outputs and pass protocol as attn_prefill.comp.
 //
 // Why a different kernel: llvmpipe turns every buffer or shared-memory load into a loop over the
 // lanes (a uniform address is no cheaper), runs the subgroups of a workgroup one after another,
@@ -13,7 +14,9 @@
 // G works and a lane's rows may mix tokens. Lane `lane` of workgroup x owns rows
 // x * L * R + i * L + lane, i < R. Keys go in blocks of KB: scores for the whole block, one
 // rescale of the running state per block, then the V products. Every inner loop is unrolled, so
-// an invocation runs about (kv1 - kv0) / KB loop iterations (lavapipe stops at 65535).
+// an invocation runs about (kv1 - kv0) / KB loop iterations (lavapipe stops at 65535). The rows'
+// state enters and leaves through rolled loops that shift the register arrays by one row per
+// trip: unrolled, R rows of loads would make llvmpipe's compile time explode.
 //
 // Masked scores are -inf; probabilities 2^(s - m) below 2^-100 are flushed to 0 (no denormals:
 // llvmpipe runs them ~30x slower; the dropped mass is < 2^-100 of the row's).
@@ -69,28 +72,40 @@ void main() {
   const uint lastRow = min(nRows, row0 + L * R) - 1;
   const bool first = (p.flags & 1u) != 0u;
 
+  // Keys past the workgroup's last query token (or past the capacity) are never visible.
+  const uint kEnd = min(min(p.kv1, cap), p.p0 + lastRow / G + 1u);
+
+  // Rolled loop, one row per trip (row i ends in slot i).
   vec4 q[R * D4];
   vec4 o[R * D4];
   float m[R];
   float l[R];
   uint lim[R]; // last visible key of each row
-  [[unroll]] for (uint i = 0; i < R; i++) {
-    const uint r = min(row0 + i * L + lane, lastRow);
+  [[dont_unroll]] for (uint it = 0; it < R; it++) {
+    [[unroll]] for (uint i = 0; i < R - 1u; i++) {
+      [[unroll]] for (uint c = 0; c < D4; c++) {
+        q[i * D4 + c] = q[(i + 1) * D4 + c];
+        o[i * D4 + c] = o[(i + 1) * D4 + c];
+      }
+      m[i] = m[i + 1];
+      l[i] = l[i + 1];
+      lim[i] = lim[i + 1];
+    }
+    const uint r = min(row0 + it * L + lane, lastRow);
     const uint t = r / G;
     const uint qh = h * G + r % G;
-    lim[i] = p.p0 + t;
+    const uint top = R - 1u;
+    lim[top] = min(p.p0 + t, kEnd - 1u);
     [[unroll]] for (uint c = 0; c < D4; c++) {
-      q[i * D4 + c] = q4[p.qOff4 + t * p.qStride4 + qh * D4 + c] * p.scale;
-      o[i * D4 + c] = first ? vec4(0.0) : o4[p.oOff4 + t * p.oStride4 + qh * D4 + c];
+      q[top * D4 + c] = q4[p.qOff4 + t * p.qStride4 + qh * D4 + c] * p.scale;
+      const vec4 prev = o4[p.oOff4 + t * p.oStride4 + qh * D4 + c]; // a select, not a branch
+      o[top * D4 + c] = first ? vec4(0.0) : prev;
     }
-    const vec2 st = first ? vec2(NEG_INF, 0.0) : ml[t * p.nHeads + qh];
-    m[i] = st.x;
-    l[i] = st.y;
+    const vec2 st = ml[t * p.nHeads + qh];
+    m[top] = first ? NEG_INF : st.x;
+    l[top] = first ? 0.0 : st.y;
   }
 
-  // Keys past the workgroup's last query token (or past the capacity) are never visible.
-  const uint kEnd = min(min(p.kv1, cap), p.p0 + lastRow / G + 1u);
-  [[unroll]] for (uint i = 0; i < R; i++) lim[i] = min(lim[i], kEnd - 1u);
   for (uint kb = p.kv0; kb < kEnd; kb += KB) {
     float s[R * KB];
     [[unroll]] for (uint j = 0; j < KB; j++) {
@@ -136,16 +151,21 @@ void main() {
   }
 
   const bool last = (p.flags & 2u) != 0u;
-  [[unroll]] for (uint i = 0; i < R; i++) {
-    const uint r = row0 + i * L + lane;
+  [[dont_unroll]] for (uint it = 0; it < R; it++) {
+    const uint r = row0 + it * L + lane;
     if (r < nRows) {
       const uint t = r / G;
       const uint qh = h * G + r % G;
-      const float inv = last ? (l[i] > 0.0 ? 1.0 / l[i] : 0.0) : 1.0;
+      const float inv = last ? (l[0] > 0.0 ? 1.0 / l[0] : 0.0) : 1.0;
       [[unroll]] for (uint c = 0; c < D4; c++) {
-        o4[p.oOff4 + t * p.oStride4 + qh * D4 + c] = o[i * D4 + c] * inv;
+        o4[p.oOff4 + t * p.oStride4 + qh * D4 + c] = o[c] * inv;
       }
-      if (!last) ml[t * p.nHeads + qh] = vec2(m[i], l[i]);
+      if (!last) ml[t * p.nHeads + qh] = vec2(m[0], l[0]);
+    }
+    [[unroll]] for (uint i = 0; i < R - 1u; i++) {
+      [[unroll]] for (uint c = 0; c < D4; c++) o[i * D4 + c] = o[(i + 1) * D4 + c];
+      m[i] = m[i + 1];
+      l[i] = l[i + 1];
     }
   }
 }
