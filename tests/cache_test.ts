@@ -70,6 +70,25 @@ Deno.test("keep = 1: every policy's logits equal full's (babyllama tok105)", asy
   await keepOneMatchesFull(model);
 });
 
+Deno.test("a compressing session generates again and again (fresh caches every time, same greedy text)", async () => {
+  await using model = await loadModel(sharedPath("models/stories260K.gguf"));
+  const profile = SMALL_PROFILE(model.config.nLayers);
+  for (
+    const opts of [{ cache: "snapkv" as const, keep: 0.5 }, {
+      cache: "heterocache" as const,
+      keep: 0.5,
+      profile,
+    }]
+  ) {
+    using s = model.session({ ...opts, contextTokens: 200 });
+    const a = await s.complete(PROMPT, { temperature: 0, maxTokens: 12 });
+    const b = await s.complete(PROMPT, { temperature: 0, maxTokens: 12 });
+    const c = await s.complete("Once", { temperature: 0, maxTokens: 5 });
+    assert.equal(b.text, a.text, opts.cache);
+    assert.equal(c.completionTokens, 5);
+  }
+});
+
 for (const compat of [false, true]) {
   Deno.test(`refreshed satellites hold the host rows at the ${compat ? "compat (§4)" : "default (§10.1)"} positions`, async () => {
     await using model = await loadModel(sharedPath("models/stories260K.gguf"));

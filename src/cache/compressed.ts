@@ -52,6 +52,8 @@ export abstract class CompressedCache implements CachePolicy {
   /** Prompt rows kept per layer and head (set by endPrefill). */
   protected kept: number[][] = [];
   protected stat: CacheStats;
+  // New arrays for every generation: a session's recorded steps are keyed by the caches array,
+  // so a reused array would replay steps recorded against freed buffers.
   #prefill: KvLayerCache[] = [];
   #decode: KvLayerCache[] = [];
 
@@ -85,8 +87,8 @@ export abstract class CompressedCache implements CachePolicy {
     this.stat.promptTokens = promptTokens;
     const c = this.config;
     for (let l = 0; l < c.nLayers; l++) {
-      // Heads that end up full need L + maxNew rows anyway; sizing all heads so keeps prefill
-      // free of special cases and lets a policy that keeps everything skip the copy.
+      // Every head holds the whole prompt during prefill (row = position); endPrefill copies
+      // what each head keeps into caches sized to its budget.
       this.#prefill.push(
         KvLayerCache.create(this.device, {
           headDim: c.headDim,
@@ -120,7 +122,8 @@ export abstract class CompressedCache implements CachePolicy {
     } finally {
       for (const b of owned) b.dispose();
     }
-    for (const p of this.#prefill.splice(0)) p.dispose();
+    for (const p of this.#prefill) p.dispose();
+    this.#prefill = [];
     this.#decode.forEach((cache, l) => cache.setLengths(this.kept[l]));
     this.caches = this.#decode;
   }
@@ -214,7 +217,9 @@ export abstract class CompressedCache implements CachePolicy {
   }
 
   #free(): void {
-    for (const c of [...this.#prefill.splice(0), ...this.#decode.splice(0)]) c.dispose();
+    for (const c of [...this.#prefill, ...this.#decode]) c.dispose();
+    this.#prefill = [];
+    this.#decode = [];
     this.caches = [];
     this.kept = [];
   }
