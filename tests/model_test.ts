@@ -121,6 +121,15 @@ for (const [name, type, tol] of TYPES) {
   });
 }
 
+for (const [name, type] of [["Q8_0", GgmlType.Q8_0], ["Q4_K", GgmlType.Q4_K]] as const) {
+  Deno.test(`synthetic qwen2 (Q/K/V biases, NeoX RoPE), ${name} weights: device matches reference`, async () => {
+    await withModel(
+      { ...BASE, arch: "qwen2", weightType: type, seed: 17 },
+      (path) => compare(path, tokens(33, 320, 2), tokens(3, 320, 7), 2e-2, `qwen2 ${name}`),
+    );
+  });
+}
+
 for (const [arch, nKvHeads] of [["llama", 4], ["llama", 1], ["qwen2", 2], ["qwen2", 1]] as const) {
   Deno.test(`synthetic ${arch}, GQA ratio ${4 / nKvHeads}: device matches reference`, async () => {
     await withModel(
