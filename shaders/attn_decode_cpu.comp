@@ -1,31 +1,47 @@
 #version 450
-// Decode attention, split-K pass for SIMD CPU drivers (lavapipe). Same inputs as
-// attn_decode.comp, but each LANE leaves its own online-softmax record, so the merge pass sees
-// S * L records per (KV head, query head) instead of S.
+// Decode attention, split-K pass for SIMD CPU drivers (lavapipe). Same inputs and record
+// layout as attn_decode.comp (one online-softmax record per split and query head).
 //
 // Why a different kernel: llvmpipe runs the subgroups of a workgroup one after another (a wide
-// workgroup turns every sweep over memory into a strided one), executes every `if` with masks
-// (skipping nothing), and implements subgroup reductions as loops over the lanes. So here a
-// workgroup is ONE subgroup, a lane owns whole rows (row t0 + lane + L*i), and nothing is
-// reduced across lanes: pass 1 computes the lane's scores for all query heads (kept in `sc`,
-// the lane's own scratch) and its maximum; pass 2 turns them into probabilities against that
-// maximum - no rescaling ever - and accumulates V.
+// workgroup turns every sweep over memory into a strided one), executes every `if` with masks,
+// turns every buffer load into a loop over the lanes, and spills what does not fit in 16 SIMD
+// registers. So a workgroup is ONE subgroup of L lanes, and lane `lane` owns a slice of NP
+// f16 pairs of every K/V row (loaded with the widest load the slice allows): each row is loaded
+// once, with one or two load instructions, and the lane's q and output slices (G * NP pairs
+// each) stay small. The partial q.k sums of a block of KB keys are completed by a shuffle-xor
+// butterfly (a register permute on llvmpipe), so every lane sees every score and runs the
+// online softmax itself: no shared memory, no barriers, no score scratch, K and V of a key read
+// back to back. An invocation runs about rows / KB loop trips (lavapipe stops at 65535).
+// Probabilities below 2^-100 of the running maximum are flushed to 0 (denormals are slow).
 #extension GL_GOOGLE_include_directive : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
 #include "common.glsl"
 layout(local_size_x_id = 0) in;
-layout(constant_id = 0) const uint L = 8;   // lanes = workgroup size (the subgroup size)
-layout(constant_id = 1) const uint G = 4;   // query heads per KV head
-layout(constant_id = 2) const uint D = 128; // head dim, multiple of 8
+layout(constant_id = 0) const uint L = 8;     // lanes = workgroup size = subgroup size (2^k)
+layout(constant_id = 1) const uint G = 4;     // query heads per KV head
+layout(constant_id = 2) const uint D = 128;   // head dim, multiple of 8
+layout(constant_id = 3) const uint KB = 2;    // keys per block
+layout(constant_id = 4) const uint LOG2L = 3; // log2(L)
+layout(constant_id = 5) const bool WIDE = true; // u64vec4 loads where the slice allows
 
-const uint D4 = D / 4;
-const uint D8 = D / 8;
+const uint HD = D / 2;                // f16 pairs (words) per row
+const uint NP = (HD + L - 1u) / L;    // words per lane
+const bool EXACT = HD % L == 0u;      // every lane owns NP real words
 
-layout(std430, binding = 0) readonly buffer Qb { vec4 q4[]; };
-layout(std430, binding = 1) readonly buffer Kb { uvec4 k8[]; };
-layout(std430, binding = 2) readonly buffer Vb { uvec4 v8[]; };
+layout(std430, binding = 0) readonly buffer Qb { vec2 q2[]; };
+layout(std430, binding = 1) readonly buffer Kb8 { u64vec4 k8[]; };
+layout(std430, binding = 1) readonly buffer Kb4 { uvec4 k4[]; };
+layout(std430, binding = 1) readonly buffer Kb2 { uvec2 k2[]; };
+layout(std430, binding = 1) readonly buffer Kb1 { uint k1[]; };
+layout(std430, binding = 2) readonly buffer Vb8 { u64vec4 v8[]; };
+layout(std430, binding = 2) readonly buffer Vb4 { uvec4 v4[]; };
+layout(std430, binding = 2) readonly buffer Vb2 { uvec2 v2[]; };
+layout(std430, binding = 2) readonly buffer Vb1 { uint v1[]; };
 layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 4) readonly buffer Lb { uint lens[]; };
-layout(std430, binding = 5) buffer Pb { float part[]; }; // records, then (m, l), then scores
+layout(std430, binding = 5) buffer Pb { float part[]; }; // records, then (m, l)
+layout(std430, binding = 5) buffer Pb2 { vec2 part2[]; };
 
 layout(push_constant) uniform Push {
   uint headBase;
@@ -33,11 +49,63 @@ layout(push_constant) uniform Push {
   uint qOff4;
   uint mlOff;    // float offset of the (m, l) pairs
   float scale;
-  uint scOff;    // float offset of the score scratch
-  uint maxPer;   // rows of one split's score region
 } p;
 
 const float NEG_INF = -1.0 / 0.0;
+const float FLUSH = -100.0;
+
+// 2^x, or 0 when x < FLUSH (also for x = -inf or NaN).
+float pexp(float x) {
+  return x >= FLUSH ? exp2(max(x, FLUSH)) : 0.0;
+}
+
+uvec2 split64(uint64_t x) {
+  return unpackUint2x32(x);
+}
+
+// The lane's NP words of K (v = false) or V (v = true) row `row`. Inexact slices (HD not a
+// multiple of L) load clamped words one at a time; their excess words meet a zero q / are
+// never written.
+void loadRow(bool v, uint row, uint lane, out uint w[NP]) {
+  const uint at = row * HD + lane * NP;
+  if (EXACT && WIDE && NP % 8u == 0u) {
+    [[unroll]] for (uint i = 0; i < NP / 8u; i++) {
+      const u64vec4 x = v ? v8[at / 8u + i] : k8[at / 8u + i];
+      const uvec2 a = split64(x.x);
+      const uvec2 b = split64(x.y);
+      const uvec2 c = split64(x.z);
+      const uvec2 d = split64(x.w);
+      w[8 * i] = a.x;
+      w[8 * i + 1] = a.y;
+      w[8 * i + 2] = b.x;
+      w[8 * i + 3] = b.y;
+      w[8 * i + 4] = c.x;
+      w[8 * i + 5] = c.y;
+      w[8 * i + 6] = d.x;
+      w[8 * i + 7] = d.y;
+    }
+  } else if (EXACT && NP % 4u == 0u) {
+    [[unroll]] for (uint i = 0; i < NP / 4u; i++) {
+      const uvec4 x = v ? v4[at / 4u + i] : k4[at / 4u + i];
+      w[4 * i] = x.x;
+      w[4 * i + 1] = x.y;
+      w[4 * i + 2] = x.z;
+      w[4 * i + 3] = x.w;
+    }
+  } else if (EXACT && NP % 2u == 0u) {
+    [[unroll]] for (uint i = 0; i < NP / 2u; i++) {
+      const uvec2 x = v ? v2[at / 2u + i] : k2[at / 2u + i];
+      w[2 * i] = x.x;
+      w[2 * i + 1] = x.y;
+    }
+  } else {
+    const uint last = row * HD + HD - 1u;
+    [[unroll]] for (uint i = 0; i < NP; i++) {
+      const uint a = min(at + i, last);
+      w[i] = v ? v1[a] : k1[a];
+    }
+  }
+}
 
 void main() {
   const uint lane = gl_LocalInvocationID.x;
@@ -52,81 +120,87 @@ void main() {
   const uint per = (len + ns - 1) / ns;
   const uint t0 = min(len, s * per);
   const uint t1 = min(len, t0 + per);
-  const uint scBase = p.scOff + (h * S + s) * p.maxPer * G;
 
-  vec4 qa[G * D8];
-  vec4 qb[G * D8];
+  // The lane's q slices, pre-scaled; words past the row (inexact slices) are zero.
+  vec2 q[G * NP];
   [[unroll]] for (uint g = 0; g < G; g++) {
-    [[unroll]] for (uint c = 0; c < D8; c++) {
-      const uint qi = p.qOff4 + (h * G + g) * D4 + 2 * c;
-      qa[g * D8 + c] = q4[qi] * p.scale;
-      qb[g * D8 + c] = q4[qi + 1] * p.scale;
+    const uint qa = p.qOff4 * 2u + (h * G + g) * HD;
+    [[unroll]] for (uint i = 0; i < NP; i++) {
+      const uint wi = lane * NP + i;
+      const vec2 x = q2[qa + min(wi, HD - 1u)] * p.scale;
+      q[g * NP + i] = (EXACT || wi < HD) ? x : vec2(0.0);
     }
   }
-
-  // Pass 1: scores of the lane's rows, and their maximum per query head.
   float m[G];
-  [[unroll]] for (uint g = 0; g < G; g++) m[g] = NEG_INF;
-  for (uint t = t0 + lane; t < t1; t += L) {
-    const uint row = (base + t) * D8;
-    float acc[G];
-    [[unroll]] for (uint g = 0; g < G; g++) acc[g] = 0.0;
-    [[unroll]] for (uint c = 0; c < D8; c++) {
-      const uvec4 w = k8[row + c];
-      const vec4 a = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
-      const vec4 b = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
-      [[unroll]] for (uint g = 0; g < G; g++) acc[g] += dot(qa[g * D8 + c], a) + dot(qb[g * D8 + c], b);
-    }
-    [[unroll]] for (uint g = 0; g < G; g++) {
-      part[scBase + (t - t0) * G + g] = acc[g];
-      m[g] = max(m[g], acc[g]);
-    }
+  float l[G];
+  vec2 o[G * NP];
+  [[unroll]] for (uint g = 0; g < G; g++) {
+    m[g] = NEG_INF;
+    l[g] = 0.0;
+    [[unroll]] for (uint i = 0; i < NP; i++) o[g * NP + i] = vec2(0.0);
   }
 
-  // Pass 2: probabilities against the lane's maximum, V accumulation.
-  float l[G];
-  vec4 oa[G * D8];
-  vec4 ob[G * D8];
-  [[unroll]] for (uint g = 0; g < G; g++) {
-    l[g] = 0.0;
-    [[unroll]] for (uint c = 0; c < D8; c++) {
-      oa[g * D8 + c] = vec4(0.0);
-      ob[g * D8 + c] = vec4(0.0);
+  // Every register array is swept once per block, the KB keys innermost, so each q and o
+  // slice element (they outgrow the registers for G > 1) is touched once per block.
+  for (uint t = t0; t < t1; t += KB) {
+    vec2 kv[KB * NP];
+    [[unroll]] for (uint j = 0; j < KB; j++) {
+      uint w[NP];
+      loadRow(false, base + min(t + j, t1 - 1u), lane, w);
+      [[unroll]] for (uint i = 0; i < NP; i++) kv[j * NP + i] = unpackHalf2x16(w[i]);
     }
-  }
-  for (uint t = t0 + lane; t < t1; t += L) {
-    const uint row = (base + t) * D8;
-    float pr[G];
+    float sc[KB * G];
+    [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] = 0.0;
     [[unroll]] for (uint g = 0; g < G; g++) {
-      pr[g] = exp2(part[scBase + (t - t0) * G + g] - m[g]);
-      l[g] += pr[g];
+      [[unroll]] for (uint i = 0; i < NP; i++) {
+        const vec2 qq = q[g * NP + i];
+        [[unroll]] for (uint j = 0; j < KB; j++) sc[j * G + g] += dot(qq, kv[j * NP + i]);
+      }
     }
-    [[unroll]] for (uint c = 0; c < D8; c++) {
-      const uvec4 w = v8[row + c];
-      const vec4 a = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
-      const vec4 b = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
-      [[unroll]] for (uint g = 0; g < G; g++) {
-        oa[g * D8 + c] += pr[g] * a;
-        ob[g * D8 + c] += pr[g] * b;
+    [[unroll]] for (uint e = 0; e < LOG2L; e++) {
+      [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] += subgroupShuffleXor(sc[k], 1u << e);
+    }
+    float alpha[G];
+    [[unroll]] for (uint g = 0; g < G; g++) {
+      float mb = sc[g];
+      [[unroll]] for (uint j = 1; j < KB; j++) {
+        sc[j * G + g] = t + j < t1 ? sc[j * G + g] : NEG_INF;
+        mb = max(mb, sc[j * G + g]);
+      }
+      const float mn = max(m[g], mb);
+      alpha[g] = pexp(m[g] - mn);
+      m[g] = mn;
+      l[g] *= alpha[g];
+      [[unroll]] for (uint j = 0; j < KB; j++) {
+        sc[j * G + g] = pexp(sc[j * G + g] - mn);
+        l[g] += sc[j * G + g];
+      }
+    }
+    vec2 vv[KB * NP];
+    [[unroll]] for (uint j = 0; j < KB; j++) {
+      uint w[NP];
+      loadRow(true, base + min(t + j, t1 - 1u), lane, w);
+      [[unroll]] for (uint i = 0; i < NP; i++) vv[j * NP + i] = unpackHalf2x16(w[i]);
+    }
+    [[unroll]] for (uint g = 0; g < G; g++) {
+      [[unroll]] for (uint i = 0; i < NP; i++) {
+        vec2 acc = o[g * NP + i] * alpha[g];
+        [[unroll]] for (uint j = 0; j < KB; j++) acc += sc[j * G + g] * vv[j * NP + i];
+        o[g * NP + i] = acc;
       }
     }
   }
 
-  // One record per (split, lane, query head); lanes without rows leave m = -inf, l = 0.
+  // One record per (split, query head); an empty split leaves m = -inf, l = 0.
   [[unroll]] for (uint g = 0; g < G; g++) {
-    const uint rec = ((h * S + s) * L + lane) * G + g;
-    [[unroll]] for (uint c = 0; c < D8; c++) {
-      const uint o = rec * D + 8 * c;
-      part[o] = oa[g * D8 + c].x;
-      part[o + 1] = oa[g * D8 + c].y;
-      part[o + 2] = oa[g * D8 + c].z;
-      part[o + 3] = oa[g * D8 + c].w;
-      part[o + 4] = ob[g * D8 + c].x;
-      part[o + 5] = ob[g * D8 + c].y;
-      part[o + 6] = ob[g * D8 + c].z;
-      part[o + 7] = ob[g * D8 + c].w;
+    const uint rec = (h * S + s) * G + g;
+    [[unroll]] for (uint i = 0; i < NP; i++) {
+      const uint wi = lane * NP + i;
+      if (EXACT || wi < HD) part2[rec * HD + wi] = o[g * NP + i];
     }
-    part[p.mlOff + rec * 2] = m[g];
-    part[p.mlOff + rec * 2 + 1] = l[g];
+    if (lane == 0u) {
+      part[p.mlOff + rec * 2] = m[g];
+      part[p.mlOff + rec * 2 + 1] = l[g];
+    }
   }
 }

@@ -60,8 +60,9 @@ export interface DecodeAttentionOptions {
    * (2048 for the "simd" variant). */
   maxTokensPerSplit?: number;
   /** "lanes": a workgroup of many invocations splits rows and dims, with workgroup reductions
-   * (GPUs); "simd": a workgroup is one subgroup whose lanes own whole rows and never talk to
-   * each other (SIMD CPU drivers such as lavapipe). Default: "simd" on CPU devices. */
+   * (GPUs); "simd": a workgroup is one subgroup whose lanes each own a slice of every row's
+   * dims and complete the scores with subgroup shuffles (SIMD CPU drivers such as lavapipe).
+   * Default: "simd" on CPU devices with shaderInt64. */
   variant?: "lanes" | "simd";
 }
 
@@ -108,7 +109,12 @@ export class DecodeAttention implements Disposable {
     }
     this.#lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
     this.#maxBinding = device.info.maxStorageBufferRange;
-    this.variant = opts.variant ?? (deviceParallelism(device).cpu ? "simd" : "lanes");
+    // The simd shader declares 64-bit integers (its widest loads), so it needs shaderInt64.
+    this.variant = opts.variant ??
+      (deviceParallelism(device).cpu && device.info.int64 ? "simd" : "lanes");
+    if (this.variant === "simd" && !device.info.int64) {
+      limit(`the simd decode variant needs shaderInt64, which ${device.info.name} lacks`);
+    }
     this.minTokensPerSplit = opts.minTokensPerSplit ?? 256;
     this.maxTokensPerSplit = opts.maxTokensPerSplit ?? (this.variant === "simd" ? 2048 : 4096);
     if (
@@ -120,11 +126,25 @@ export class DecodeAttention implements Disposable {
       );
     }
     this.#targetGroups = deviceParallelism(device).targetGroups;
+    if (this.variant === "simd" && this.maxTokensPerSplit > 65535) {
+      // One invocation walks a whole split (a trip per 1-2 keys): lavapipe's loop cap.
+      limit(`maxTokensPerSplit ${this.maxTokensPerSplit} exceeds 65535 for the simd variant`);
+    }
     if (this.variant === "simd") {
+      // Keys per block: the shuffle butterfly and the rescale run once per block; 2 keys keep
+      // llvmpipe's compile time low for wide slices.
+      const perLane = Math.ceil(opts.headDim / 2 / this.#lanes);
       this.#split = device.kernel("attn_decode_cpu", {
         bindings: 6,
-        pushBytes: 28,
-        spec: [this.#lanes, opts.groupSize, opts.headDim],
+        pushBytes: 20,
+        spec: [
+          this.#lanes,
+          opts.groupSize,
+          opts.headDim,
+          perLane <= 8 ? 2 : 1,
+          Math.log2(this.#lanes),
+          1,
+        ],
       });
     } else {
       this.#split = device.kernel("attn_decode", {
@@ -158,27 +178,10 @@ export class DecodeAttention implements Disposable {
     return s;
   }
 
-  /** Records per (split, query head): one, or one per lane for the simd variant. */
-  get #recordsPerSplit(): number {
-    return this.variant === "simd" ? this.#lanes : 1;
-  }
-
-  /** Rows of one split's score scratch (simd variant): the longest split any length gets. */
-  #maxPer(cache: KvLayerCache): number {
-    return Math.max(
-      this.minTokensPerSplit,
-      Math.ceil(Math.max(1, cache.maxCapRows) / this.splitsFor(cache)),
-    );
-  }
-
-  #layout(cache: KvLayerCache): { records: number; mlOff: number; scOff: number; floats: number } {
-    const G = this.groupSize;
-    const S = this.splitsFor(cache);
-    const records = cache.nKvHeads * S * this.#recordsPerSplit * G;
+  #layout(cache: KvLayerCache): { records: number; mlOff: number; floats: number } {
+    const records = cache.nKvHeads * this.splitsFor(cache) * this.groupSize;
     const mlOff = records * this.headDim;
-    const scOff = mlOff + records * 2;
-    const scores = this.variant === "simd" ? cache.nKvHeads * S * this.#maxPer(cache) * G : 0;
-    return { records, mlOff, scOff, floats: scOff + scores };
+    return { records, mlOff, floats: mlOff + records * 2 };
   }
 
   /** Scratch bytes for the split partials of this cache. */
@@ -206,19 +209,14 @@ export class DecodeAttention implements Disposable {
       );
     }
     requireBytes(a.scratch, scratchBytes, "decode scratch");
-    const { mlOff, scOff } = this.#layout(cache);
+    const { mlOff } = this.#layout(cache);
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
-    const simd = this.variant === "simd";
-    const push = new ArrayBuffer(simd ? 28 : 20);
+    const push = new ArrayBuffer(20);
     const u = new Uint32Array(push);
     new Float32Array(push, 16, 1)[0] = scale;
     u[1] = this.minTokensPerSplit;
     u[2] = qOff / 4;
     u[3] = mlOff;
-    if (simd) {
-      u[5] = scOff;
-      u[6] = this.#maxPer(cache);
-    }
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
       u[0] = h0;
@@ -233,7 +231,7 @@ export class DecodeAttention implements Disposable {
     cmd.dispatch(
       this.#merge,
       [a.scratch, cache.table, cache.lengthsBuffer, a.out],
-      new Uint32Array([S, this.minTokensPerSplit, mlOff, outOff, this.#recordsPerSplit]),
+      new Uint32Array([S, this.minTokensPerSplit, mlOff, outOff, 1]),
       [nHeads],
     );
     return this;
