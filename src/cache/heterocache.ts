@@ -496,7 +496,8 @@ export class HeteroCache extends CompressedCache {
         });
       }
     }
-    return plan.map((e) => ({
+    // A satellite whose budget rounds to zero rows has nothing to refresh.
+    return plan.filter((e) => e.take > 0).map((e) => ({
       layer: e.p.layer,
       head: e.s,
       positions: all.slice(e.at, e.at + e.take),
