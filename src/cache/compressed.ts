@@ -9,7 +9,8 @@ import { HcError } from "../errors.ts";
 import { KvLayerCache } from "../kernels/kv.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Captures } from "../model/forward.ts";
-import type { Buffer, Device } from "../vk/mod.ts";
+import type { ScoresArgs } from "../kernels/scores.ts";
+import type { Buffer, CommandList, Device } from "../vk/mod.ts";
 import type { CacheKernels } from "./kernels.ts";
 import {
   type CachePolicy,
@@ -70,6 +71,47 @@ export abstract class CompressedCache implements CachePolicy {
     prefill: readonly KvLayerCache[],
     captures: Captures,
   ): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }>;
+
+  /**
+   * Scores every KV head of each prefill layer with the last `window` captured prompt queries
+   * (rows [nKvHeads][L] in a scratch buffer), then lets `select` record its top-k picks from
+   * them; one submission per layer, so the scores buffer is reused.
+   */
+  protected scoreLayers(
+    prefill: readonly KvLayerCache[],
+    captures: Captures,
+    how: Pick<ScoresArgs, "window" | "groupReduce" | "windowMode" | "poolFirst" | "poolKernel">,
+    select: (cmd: CommandList, scores: Buffer, layer: number) => void,
+  ): void {
+    const c = this.config;
+    const L = this.promptTokens;
+    const qDim = c.nHeads * c.headDim;
+    const K = this.kernels;
+    using scores = this.device.buffer(c.nKvHeads * L * 4);
+    using scratch = this.device.buffer(
+      K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: how.window }),
+    );
+    using cmd = this.device.commands();
+    for (let l = 0; l < c.nLayers; l++) {
+      cmd.begin();
+      K.scores.record(cmd, {
+        ...how,
+        cache: prefill[l],
+        headStart: 0,
+        headCount: c.nKvHeads,
+        n: L,
+        q: captures.prefillQ!,
+        qOffset: (l * captures.prefillWindow + captures.prefillWindow - how.window) * qDim,
+        qStride: qDim,
+        out: scores,
+        scratch,
+      });
+      cmd.barrier();
+      select(cmd, scores, l);
+      cmd.end();
+      this.device.waitSync("compute", cmd.submit());
+    }
+  }
 
   /** Hook: runs after the kept rows are copied, while the prefill caches still exist. */
   protected afterCompress(_prefill: readonly KvLayerCache[]): Promise<void> {

@@ -191,11 +191,8 @@ export class HeteroCache extends CompressedCache {
     prefill: readonly KvLayerCache[],
     captures: Captures,
   ): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
-    const c = this.config;
     const L = this.promptTokens;
     const K = this.kernels;
-    const qDim = c.nHeads * c.headDim;
-    const W = captures.prefillWindow;
     const base = Math.min(this.#base, L);
     // One index list per head: cap rows for compressed heads, the reference set for pivots.
     const slots = this.#caps.map((layer, l) =>
@@ -207,50 +204,28 @@ export class HeteroCache extends CompressedCache {
     let total = 0;
     for (const layer of slots) offsets.push(layer.map((n) => (total += n) - n));
     const indices = this.device.buffer(Math.max(16, total * 4));
-    const scores = this.device.buffer(c.nKvHeads * L * 4);
-    const scratch = this.device.buffer(
-      K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: 1 }),
-    );
-    try {
-      using cmd = this.device.commands();
-      for (let l = 0; l < c.nLayers; l++) {
-        cmd.begin();
-        K.scores.record(cmd, {
-          cache: prefill[l],
-          headStart: 0,
-          headCount: c.nKvHeads,
+    const how = {
+      window: 1,
+      groupReduce: "max",
+      windowMode: "separate",
+      poolFirst: true,
+      poolKernel: this.#poolKernel,
+    } as const;
+    this.scoreLayers(prefill, captures, how, (cmd, scores, l) => {
+      slots[l].forEach((k, h) => {
+        if (k === 0) return;
+        K.topk.record(cmd, {
+          rows: scores,
+          rowOffset: h * L,
+          rowStride: L,
+          rowCount: 1,
           n: L,
-          q: captures.prefillQ!,
-          qOffset: (l * W + W - 1) * qDim,
-          window: 1,
-          groupReduce: "max",
-          windowMode: "separate",
-          poolFirst: true,
-          poolKernel: this.#poolKernel,
-          out: scores,
-          scratch,
+          k,
+          out: indices,
+          outOffset: offsets[l][h],
         });
-        cmd.barrier();
-        slots[l].forEach((k, h) => {
-          if (k === 0) return;
-          K.topk.record(cmd, {
-            rows: scores,
-            rowOffset: h * L,
-            rowStride: L,
-            rowCount: 1,
-            n: L,
-            k,
-            out: indices,
-            outOffset: offsets[l][h],
-          });
-        });
-        cmd.end();
-        this.device.waitSync("compute", cmd.submit());
-      }
-    } finally {
-      scores.dispose();
-      scratch.dispose();
-    }
+      });
+    });
     const all = new Int32Array(this.device.download(indices).buffer);
     this.#pivots = this.#makePivots((l, p) =>
       all.slice(offsets[l][p], offsets[l][p] + slots[l][p])

@@ -67,10 +67,9 @@ export class HostKvStore {
     const h = this.head(layer, head);
     const at = h.rows * this.rowBytes;
     if (at + this.rowBytes > h.k.byteLength) return; // past the generation budget: nothing to keep
-    const k16 = f32ToF16Array(k);
-    const v16 = f32ToF16Array(v);
-    h.k.set(new Uint8Array(k16.buffer, k16.byteOffset, this.rowBytes), at);
-    h.v.set(new Uint8Array(v16.buffer, v16.byteOffset, this.rowBytes), at);
+    // Converted straight into the store: no per-step copies on the decode path.
+    f32ToF16Array(k, new Uint16Array(h.k.buffer, at, this.rowBytes / 2));
+    f32ToF16Array(v, new Uint16Array(h.v.buffer, at, this.rowBytes / 2));
     h.rows++;
   }
 

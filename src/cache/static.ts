@@ -110,36 +110,17 @@ export class SnapKvCache extends CompressedCache {
     const k = cap - W;
     const n = L - W;
     const K = this.kernels;
-    const qDim = c.nHeads * c.headDim;
-    const owned: Buffer[] = [];
-    const scores = this.device.buffer(c.nKvHeads * L * 4);
-    const scratch = this.device.buffer(
-      K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: W }),
-    );
     const indices = this.device.buffer(c.nLayers * c.nKvHeads * cap * 4);
-    owned.push(indices);
     try {
-      using cmd = this.device.commands();
-      for (let l = 0; l < c.nLayers; l++) {
-        cmd.begin();
-        K.scores.record(cmd, {
-          cache: prefill[l],
-          headStart: 0,
-          headCount: c.nKvHeads,
-          n: L,
-          q: captures.prefillQ!,
-          qOffset: l * captures.prefillWindow * qDim + (captures.prefillWindow - W) * qDim,
-          qStride: qDim,
-          window: W,
-          groupReduce: "mean",
-          windowMode: "sum",
-          poolFirst: false,
-          poolKernel: this.#poolKernel,
-          out: scores,
-          scratch,
-        });
-        cmd.barrier();
-        // Top positions of the prefix, then the window appended after them.
+      const how = {
+        window: W,
+        groupReduce: "mean",
+        windowMode: "sum",
+        poolFirst: false,
+        poolKernel: this.#poolKernel,
+      } as const;
+      this.scoreLayers(prefill, captures, how, (cmd, scores, l) => {
+        // Top positions of the prefix; the window itself is appended below.
         K.topk.record(cmd, {
           rows: scores,
           rowStride: L,
@@ -150,18 +131,16 @@ export class SnapKvCache extends CompressedCache {
           outOffset: l * c.nKvHeads * cap,
           outStride: cap,
         });
-        cmd.end();
-        this.device.waitSync("compute", cmd.submit());
-      }
+      });
       // The window positions complete each head's index list.
       const idx = new Uint32Array(this.device.download(indices).buffer);
       for (let row = 0; row < c.nLayers * c.nKvHeads; row++) {
         for (let i = 0; i < W; i++) idx[row * cap + k + i] = n + i;
       }
       this.device.upload(indices, idx);
-    } finally {
-      scores.dispose();
-      scratch.dispose();
+    } catch (e) {
+      indices.dispose();
+      throw e;
     }
     const selections = Array.from(
       { length: c.nLayers },
@@ -173,7 +152,7 @@ export class SnapKvCache extends CompressedCache {
           count: cap,
         })),
     );
-    return Promise.resolve({ selections, owned });
+    return Promise.resolve({ selections, owned: [indices] });
   }
 
   protected roleOf(): HeadInfo["role"] {

@@ -54,6 +54,22 @@ export function checkedWindow(
   return w;
 }
 
+/** checkedWindow for operands bound whole in one dispatch: `neededBytes` must also fit one
+ * storage binding (`maxRange`), and the window is clamped to it. */
+export function checkedRangeWindow(
+  device: Device,
+  b: Binding,
+  neededBytes: number,
+  maxRange: number,
+  what: string,
+): Window {
+  const w = checkedWindow(device, b, neededBytes, what);
+  if (neededBytes > maxRange) {
+    badKernelArgs(`${what}: needs ${neededBytes} bytes, above the ${maxRange}-byte storage range`);
+  }
+  return { buffer: w.buffer, offset: w.offset, bytes: Math.min(w.bytes, maxRange) };
+}
+
 /** A sub-window `[from, from + bytes)` of `w` (clamped to its end), as a dispatch binding. */
 export function subWindow(w: Window, from: number, bytes: number): Binding {
   return { buffer: w.buffer, offset: w.offset + from, bytes: Math.min(bytes, w.bytes - from) };

@@ -8,6 +8,7 @@
  */
 import { HcError } from "../errors.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
+import { checkedRangeWindow } from "./elementwise.ts";
 import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
 
 const SHADER_SUFFIX: Record<number, string> = {
@@ -50,13 +51,6 @@ export interface GetRowsRecord {
   out: Binding;
   /** Floats between output rows, default cols. */
   outStride?: number;
-}
-
-function bindingParts(b: Binding): { buffer: Buffer; offset: number; bytes: number } {
-  if ("buffer" in b) {
-    return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
-  }
-  return { buffer: b, offset: 0, bytes: b.bytes };
 }
 
 export class GetRows implements Disposable {
@@ -140,8 +134,14 @@ export class GetRows implements Disposable {
       );
     }
     const maxRange = Math.min(info.maxStorageBufferRange, MAX_BINDING_BYTES);
-    const ids = this.#checked("ids", a.ids, a.count * 4, maxRange);
-    const out = this.#checked("out", a.out, ((a.count - 1) * outStride + a.cols) * 4, maxRange);
+    const ids = checkedRangeWindow(this.device, a.ids, a.count * 4, maxRange, "get_rows ids");
+    const out = checkedRangeWindow(
+      this.device,
+      a.out,
+      ((a.count - 1) * outStride + a.cols) * 4,
+      maxRange,
+      "get_rows out",
+    );
     const maxWeightRange = Math.min(maxRange, this.#maxBindingBytes ?? maxRange);
 
     const align = info.minStorageBufferOffsetAlignment;
@@ -196,29 +196,6 @@ export class GetRows implements Disposable {
       row0 += n;
     }
     return { dispatches };
-  }
-
-  #checked(what: string, b: Binding, needBytes: number, maxRange: number): Binding {
-    const { buffer, offset, bytes } = bindingParts(b);
-    if (offset < 0 || offset % this.device.info.minStorageBufferOffsetAlignment !== 0) {
-      throw new HcError(
-        "E_VK_LIMIT",
-        `get_rows: ${what} offset ${offset} is not a multiple of ${this.device.info.minStorageBufferOffsetAlignment}`,
-      );
-    }
-    if (bytes < needBytes || offset + bytes > buffer.bytes) {
-      throw new HcError(
-        "E_VK_LIMIT",
-        `get_rows: ${what} binding holds ${bytes} bytes, needs ${needBytes}`,
-      );
-    }
-    if (needBytes > maxRange) {
-      throw new HcError(
-        "E_VK_LIMIT",
-        `get_rows: ${what} needs ${needBytes} bytes, above the ${maxRange}-byte storage range`,
-      );
-    }
-    return { buffer, offset, bytes: Math.min(bytes, maxRange) };
   }
 
   get disposed(): boolean {

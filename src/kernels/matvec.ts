@@ -21,6 +21,7 @@
  */
 import { HcError } from "../errors.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
+import { checkedRangeWindow } from "./elementwise.ts";
 import type { Binding, Buffer, CommandList, Device, DeviceInfo, Kernel } from "../vk/mod.ts";
 
 /** Columns of x handled by one dispatch at most (the shader's NUM_COLS). */
@@ -135,13 +136,6 @@ export type KernelKind = "generic" | "step" | "rowloop";
 interface Variant {
   kind: KernelKind;
   cols: number;
-}
-
-function bindingParts(b: Binding): { buffer: Buffer; offset: number; bytes: number } {
-  if ("buffer" in b) {
-    return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
-  }
-  return { buffer: b, offset: 0, bytes: b.bytes };
 }
 
 function isPow2(n: number): boolean {
@@ -356,8 +350,20 @@ export class MatVec implements Disposable {
     const maxRange = Math.min(info.maxStorageBufferRange, MAX_BINDING_BYTES);
     if (a.maxBindingBytes !== undefined) positiveInt("maxBindingBytes", a.maxBindingBytes);
     const maxWeightRange = Math.min(maxRange, a.maxBindingBytes ?? maxRange);
-    const x = this.#checkedBinding("x", a.x, ((batch - 1) * xStride + a.cols) * 4, maxRange);
-    const y = this.#checkedBinding("y", a.y, ((batch - 1) * yStride + a.rows) * 4, maxRange);
+    const x = checkedRangeWindow(
+      this.device,
+      a.x,
+      ((batch - 1) * xStride + a.cols) * 4,
+      maxRange,
+      "matvec x",
+    );
+    const y = checkedRangeWindow(
+      this.device,
+      a.y,
+      ((batch - 1) * yStride + a.rows) * 4,
+      maxRange,
+      "matvec y",
+    );
 
     const kind = this.chooseKernel(
       weightOffset,
@@ -451,29 +457,6 @@ export class MatVec implements Disposable {
       dispatches,
     };
     return this.lastPlan;
-  }
-
-  #checkedBinding(what: string, b: Binding, needBytes: number, maxRange: number): Binding {
-    const { buffer, offset, bytes } = bindingParts(b);
-    if (offset < 0 || offset % this.device.info.minStorageBufferOffsetAlignment !== 0) {
-      throw new HcError(
-        "E_VK_LIMIT",
-        `matvec: ${what} offset ${offset} is not a multiple of ${this.device.info.minStorageBufferOffsetAlignment}`,
-      );
-    }
-    if (bytes < needBytes || offset + bytes > buffer.bytes) {
-      throw new HcError(
-        "E_VK_LIMIT",
-        `matvec: ${what} binding holds ${bytes} bytes, needs ${needBytes}`,
-      );
-    }
-    if (needBytes > maxRange) {
-      throw new HcError(
-        "E_VK_LIMIT",
-        `matvec: ${what} needs ${needBytes} bytes, above the ${maxRange}-byte storage range; split the batch`,
-      );
-    }
-    return { buffer, offset, bytes: Math.min(bytes, maxRange) };
   }
 
   get disposed(): boolean {
