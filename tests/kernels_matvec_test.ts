@@ -67,13 +67,22 @@ function randomWeight(type: TypeName, rows: number, cols: number): Uint8Array {
 const pool = new Map<string, MatVec>();
 
 function matvecFor(dev: Device, type: TypeName, options: MatVecOptions = {}): MatVec {
-  const key = `${type} ${JSON.stringify(options)} ${Deno.env.get("HC_NO_SUBGROUP") ?? ""}`;
+  const key = `${type} ${JSON.stringify(options)} ${dev.subgroups}`;
   let mv = pool.get(key);
   if (!mv || mv.device !== dev) {
     mv = new MatVec(dev, typeId(type), options);
     pool.set(key, mv);
   }
   return mv;
+}
+
+/** Disposes the pooled MatVecs of `dev` (before it closes). */
+function releasePooled(dev: Device): void {
+  for (const [key, mv] of pool) {
+    if (mv.device !== dev) continue;
+    mv.dispose();
+    pool.delete(key);
+  }
 }
 
 /** One device for the whole file, so each pipeline is compiled once (the last test closes it). */
@@ -147,18 +156,6 @@ const GENERIC: MatVecOptions = { path: "generic" };
 const RUN: MatVecOptions = { path: "run" };
 const RUN32: MatVecOptions = { path: "run", load64: false };
 
-/** Runs `fn` with the shared-memory reduction variants (HC_NO_SUBGROUP is read at kernel creation). */
-function withoutSubgroups(fn: () => void): void {
-  const before = Deno.env.get("HC_NO_SUBGROUP");
-  Deno.env.set("HC_NO_SUBGROUP", "1");
-  try {
-    fn();
-  } finally {
-    if (before === undefined) Deno.env.delete("HC_NO_SUBGROUP");
-    else Deno.env.set("HC_NO_SUBGROUP", before);
-  }
-}
-
 Deno.test(
   "matvec: every type, generic path, rows not a multiple of the workgroup's rows",
   withDevice((dev) => {
@@ -182,10 +179,10 @@ Deno.test(
 );
 
 Deno.test(
-  "matvec: shared-memory reductions (HC_NO_SUBGROUP=1), generic and run paths",
-  withDevice((dev) => {
-    withoutSubgroups(() => {
-      // HC_NO_SUBGROUP=1 makes Kernel.create load the variants without HC_SUBGROUP.
+  "matvec: shared-memory reductions, generic and run paths",
+  () => {
+    using dev = Device.open(undefined, { subgroups: false });
+    try {
       for (const type of TYPES) {
         const cols = type === "Q4_K" || type === "Q6_K" ? 1024 : 512;
         check(dev, { type, rows: 45, cols, batch: 2, options: GENERIC });
@@ -195,8 +192,10 @@ Deno.test(
         variant: "step",
       });
       check(dev, { type: "Q8_0", rows: 9, cols: 512, options: { ...GENERIC, workgroupSize: 64 } });
-    });
-  }),
+    } finally {
+      releasePooled(dev);
+    }
+  },
 );
 
 Deno.test(
@@ -381,8 +380,7 @@ Deno.test("matvec: bad shapes and bindings are HcErrors", () => {
 });
 
 Deno.test("matvec: release the shared device", () => {
-  for (const mv of pool.values()) mv.dispose();
-  pool.clear();
+  if (shared) releasePooled(shared);
   shared?.close();
   shared = null;
 });

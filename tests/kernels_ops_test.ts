@@ -30,18 +30,6 @@ import { randomF32, relError, rng } from "./helpers.ts";
 const SEED = Date.now() >>> 0;
 const why = (what: string, err: number) => `${what}: error ${err.toExponential(2)} (seed ${SEED})`;
 
-/** Creates kernels with HC_NO_SUBGROUP set as asked (the loader reads it at creation). */
-function withPath<T>(subgroup: boolean, make: () => T): T {
-  const prev = Deno.env.get("HC_NO_SUBGROUP");
-  Deno.env.set("HC_NO_SUBGROUP", subgroup ? "0" : "1");
-  try {
-    return make();
-  } finally {
-    if (prev === undefined) Deno.env.delete("HC_NO_SUBGROUP");
-    else Deno.env.set("HC_NO_SUBGROUP", prev);
-  }
-}
-
 function upload(dev: Device, data: ArrayBufferView, extraBytes = 0): Buffer {
   const b = dev.buffer(data.byteLength + extraBytes);
   dev.upload(b, data);
@@ -69,8 +57,8 @@ for (const subgroup of [true, false]) {
   const path = subgroup ? "subgroup" : "shared memory";
 
   Deno.test(`rmsnorm: rows of 16384 (vec4) and of 4099 with strides, in place (${path})`, () => {
-    using dev = Device.open();
-    using norm = withPath(subgroup, () => new RmsNorm(dev));
+    using dev = Device.open(undefined, { subgroups: subgroup });
+    using norm = new RmsNorm(dev);
     const r = rng(SEED);
     for (const [n, rows, stride] of [[16384, 3, 16384], [4099, 2, 4103]]) {
       const x = randomF32(rows * stride, SEED + n, 3);

@@ -134,14 +134,8 @@ for (
 ) {
   const path = `${variant}, ${subgroup ? "subgroup" : "shared-memory"}`;
   const withPath = (fn: (dev: Device) => void) => () => {
-    if (subgroup) Deno.env.delete("HC_NO_SUBGROUP");
-    else Deno.env.set("HC_NO_SUBGROUP", "1");
-    try {
-      using dev = Device.open();
-      fn(dev);
-    } finally {
-      Deno.env.delete("HC_NO_SUBGROUP");
-    }
+    using dev = Device.open(undefined, { subgroups: subgroup });
+    fn(dev);
   };
 
   Deno.test(

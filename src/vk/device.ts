@@ -48,27 +48,39 @@ const u64out = new BigUint64Array(1);
 /** Staging space for Device.upload/download; big enough to amortise a submit per chunk. */
 const STAGING_BYTES = 32 << 20;
 
+export interface DeviceOpenOptions {
+  /** Use the `__sg` kernel variants (subgroup reductions) where the device has subgroup
+   * arithmetic. Default: yes, unless HC_NO_SUBGROUP=1. Fixed per device rather than read from
+   * the environment at each kernel creation: the environment is process-wide, and test modules
+   * run as threads of one process. */
+  subgroups?: boolean;
+}
+
 export class Device implements Disposable {
   readonly handle: bigint;
   readonly info: DeviceInfo;
+  /** Whether kernels of this device use their subgroup-reduction variants. */
+  readonly subgroups: boolean;
   #closed = false;
   #staging: { up: Buffer; down: Buffer; cmd: CommandList } | null = null;
   readonly #background = new Set<Promise<unknown>>();
 
-  private constructor(handle: bigint) {
+  private constructor(handle: bigint, opts: DeviceOpenOptions) {
     this.handle = handle;
     const out = new Uint8Array(8192);
     check(native().hc_device_info(handle, out, BigInt(out.length)), "reading device info");
     const end = out.indexOf(0);
     this.info = JSON.parse(new TextDecoder().decode(out.subarray(0, end)));
+    this.subgroups = this.info.subgroupArithmetic &&
+      (opts.subgroups ?? Deno.env.get("HC_NO_SUBGROUP") !== "1");
   }
 
   /** Opens the device named by `selector` (index or name substring), else HC_VK_DEVICE, else
    * the best one (discrete > integrated > virtual > CPU). */
-  static open(selector?: string): Device {
+  static open(selector?: string, opts: DeviceOpenOptions = {}): Device {
     const sel = selector ?? Deno.env.get("HC_VK_DEVICE") ?? "";
     check(native().hc_device_open(cstr(sel), u64out), "opening a Vulkan device");
-    return new Device(u64out[0]);
+    return new Device(u64out[0], opts);
   }
 
   get closed(): boolean {

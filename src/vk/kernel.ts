@@ -63,13 +63,12 @@ export class Kernel implements Disposable {
     return this.#disposed;
   }
 
-  /** Uses the `<name>__sg` variant (subgroup reductions) when it was built and the device has
-   * subgroup arithmetic, unless HC_NO_SUBGROUP=1 asks for the shared-memory fallback. */
+  /** Uses the `<name>__sg` variant (subgroup reductions) when it was built and the device uses
+   * subgroups (`Device.subgroups`); else the shared-memory fallback. */
   static create(device: Device, name: string, options: KernelOptions): Kernel {
     let code: Uint8Array;
-    const useSubgroup = device.info.subgroupArithmetic && Deno.env.get("HC_NO_SUBGROUP") !== "1";
     try {
-      code = useSubgroup ? loadSpirv(`${name}__sg`) : loadSpirv(name);
+      code = device.subgroups ? loadSpirv(`${name}__sg`) : loadSpirv(name);
     } catch {
       code = loadSpirv(name);
     }

@@ -1,3 +1,10 @@
-export { Buffer, type BufferKind, Device, type DeviceInfo, listDevices } from "./device.ts";
+export {
+  Buffer,
+  type BufferKind,
+  Device,
+  type DeviceInfo,
+  type DeviceOpenOptions,
+  listDevices,
+} from "./device.ts";
 export { type Binding, CommandList, type CopyRegion, type Queue } from "./commands.ts";
 export { Kernel, type KernelOptions } from "./kernel.ts";
