@@ -240,10 +240,10 @@ export function lineChart(spec: ChartSpec): string {
     o.push(...marks);
     const lx = x1 + 12, ly = y0 + 8 + 18 * i;
     o.push(
-      `<line x1="${n2(lx)}" y1="${n2(ly)}" x2="${n2(lx + 22)}" y2="${
+      `<line class="swatch" x1="${n2(lx)}" y1="${n2(ly)}" x2="${n2(lx + 22)}" y2="${
         n2(ly)
       }" stroke="${colour}" stroke-width="2"${dash}/>`,
-      `<circle cx="${n2(lx + 11)}" cy="${n2(ly)}" r="3" fill="${colour}"/>`,
+      `<circle class="swatch" cx="${n2(lx + 11)}" cy="${n2(ly)}" r="3" fill="${colour}"/>`,
       `<text class="legend" x="${n2(lx + 28)}" y="${n2(ly)}" dy="0.32em">${esc(s.name)}</text>`,
     );
   });
