@@ -266,7 +266,7 @@ export function fidelityCharts(r: {
     policy: string;
     keep: number | null;
     status: string;
-    agreement: number;
+    agreement: number | null;
   }[];
 }): { model: string; svg: string }[] {
   return r.models.flatMap(({ id }) => {
@@ -274,8 +274,8 @@ export function fidelityCharts(r: {
     if (!cells.length) return [];
     const keeps = cells.map((c) => c.keep).filter((k): k is number => k !== null);
     const kLo = keeps.length ? Math.min(...keeps) : 0, kHi = keeps.length ? Math.max(...keeps) : 1;
-    const pct = (c: { status: string; agreement: number }) =>
-      c.status === "ok" ? c.agreement * 100 : NaN;
+    const pct = (c: { status: string; agreement: number | null }) =>
+      c.status === "ok" && c.agreement !== null ? c.agreement * 100 : NaN;
     const series = [...groupBy(cells, (c) => c.policy)].map(([policy, cs]): Series => {
       const kept = cs.filter((c) => c.keep !== null);
       // The full cache has no keep: drawn as the reference level the policies are measured against.

@@ -239,3 +239,30 @@ Deno.test("device memory at keep 0.25, 8 KV heads, 16K prompt: as budgeted, unde
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("benchDecode: decode steps after a synthetic prompt, every policy at its budget; the session stays usable", async () => {
+  await using model = await loadModel(sharedPath("models/stories260K.gguf"));
+  const profile = SMALL_PROFILE(model.config.nLayers);
+  const bytes: Record<string, number> = {};
+  for (const cache of ["full", "snapkv", "heterocache"] as const) {
+    using s = model.session({ cache, keep: 0.5, profile, contextTokens: 420 });
+    const times = await s.benchDecode(400, 6);
+    assert.equal(times.length, 6);
+    assert.ok(times.every((t) => t > 0));
+    const st = s.cacheStats();
+    assert.equal(st.promptTokens, 400);
+    assert.equal(s.stats().positions, 406);
+    bytes[cache] = st.deviceKvBytes;
+    await assert.rejects(
+      s.benchDecode(415, 6),
+      (e: Error & { code?: string }) => e.code === "E_CONTEXT_FULL",
+    );
+    // A real generation afterwards starts from a clean cache: the same text as a fresh session.
+    using fresh = model.session({ cache, keep: 0.5, profile, contextTokens: 420 });
+    const want = await fresh.complete(PROMPT, { temperature: 0, maxTokens: 12 });
+    const got = await s.complete(PROMPT, { temperature: 0, maxTokens: 12 });
+    assert.equal(got.text, want.text);
+  }
+  assert.ok(bytes.snapkv < 0.6 * bytes.full, JSON.stringify(bytes));
+  assert.ok(bytes.heterocache < 0.6 * bytes.full, JSON.stringify(bytes));
+});

@@ -9,6 +9,8 @@ import type { ForwardState } from "../model/forward.ts";
 import type { CachePolicy, CacheStats } from "../cache/policy.ts";
 import type { LoadedModel, Prompt } from "./model.ts";
 import { StopMatcher } from "./stops.ts";
+import { f32ToF16Array } from "../model/quant/f16.ts";
+import type { Buffer, Device } from "../vk/mod.ts";
 
 export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate. Default 256. */
@@ -302,6 +304,69 @@ export class Session implements Disposable {
     }
   }
 
+  /**
+   * Decode benchmark: `steps` greedy decode steps after a synthetic prompt of `promptTokens`
+   * positions. The prompt's K/V rows, and the prompt queries a compressing policy scores them
+   * with, are random values written straight into the caches instead of computed by a prefill:
+   * a 64K-token prefill is quadratic and takes hours on a CPU Vulkan driver, while the decode
+   * steps after it read exactly the bytes real ones would. The policy then compresses as after
+   * a real prefill (selection, host store, drift checks). Returns each step's wall time, ms.
+   */
+  async benchDecode(promptTokens: number, steps: number, seed = 1): Promise<number[]> {
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
+    if (promptTokens < 1 || steps < 1 || promptTokens + steps > this.#state.capacity) {
+      throw new HcError(
+        "E_CONTEXT_FULL",
+        `prompt ${promptTokens} + ${steps} steps do not fit ${this.#state.capacity}`,
+      );
+    }
+    this.#busy = true;
+    try {
+      const c = this.model.config;
+      const device = this.model.device;
+      this.#state.reset();
+      this.#tokens = [];
+      this.#stepMs = 0;
+      this.policy.begin(promptTokens, steps);
+      this.policy.advance(promptTokens);
+      const pool = randomHalfs(1 << 20, seed);
+      const rowBytes = c.headDim * 2;
+      let turn = 0;
+      for (const cache of this.policy.caches) {
+        for (let h = 0; h < cache.nKvHeads; h++) {
+          const at = cache.location(h, 0);
+          for (const side of [at.k, at.v]) {
+            // Rows cycle through the pool from a different start for every head and side.
+            const start = ((turn++ * 7919) % (pool.length / c.headDim)) * rowBytes;
+            writeCycled(device, side, at.byteOffset, promptTokens * rowBytes, pool, start);
+          }
+        }
+      }
+      const window = Math.min(this.policy.captureWindow, promptTokens);
+      if (window > 0) {
+        this.#state.reservePrefillCapture(window);
+        const q = new Float32Array(this.#state.captures.prefillQ!.bytes / 4);
+        const r = lcg(seed + 1);
+        for (let i = 0; i < q.length; i++) q[i] = r() * 2 - 1;
+        device.upload(this.#state.captures.prefillQ!, q);
+      }
+      this.#state.seek(promptTokens);
+      await this.model.queue.run(() => this.policy.endPrefill(this.#state.captures));
+      const times: number[] = [];
+      let next = this.model.tokenizer.bos ?? 1;
+      for (let i = 0; i < steps; i++) {
+        const t0 = performance.now();
+        next = await this.#forward([next], "argmax", "decode") as number;
+        times.push(performance.now() - t0);
+      }
+      return times;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
   /** Cache statistics of the current (or last) generation. */
   cacheStats(): CacheStats {
     return { ...this.policy.stats(), stepMs: this.#stepMs };
@@ -326,5 +391,44 @@ export class Session implements Disposable {
     this.#state[Symbol.dispose]();
     this.policy[Symbol.dispose]();
     this.model.forgetSession(this);
+  }
+}
+
+/** A small deterministic generator in [0, 1): benchmark data, not statistics. */
+function lcg(seed: number): () => number {
+  let x = (seed >>> 0) || 1;
+  return () => {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    return x / 2 ** 32;
+  };
+}
+
+/** `n` roughly normal f16 values (sum of three uniforms), as raw bytes. */
+function randomHalfs(n: number, seed: number): Uint8Array {
+  const r = lcg(seed);
+  const f = new Float32Array(n);
+  for (let i = 0; i < n; i++) f[i] = r() + r() + r() - 1.5;
+  const h = f32ToF16Array(f);
+  return new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
+}
+
+/** Fills `bytes` of `dst` from `offset` with `pool` repeated, starting at pool byte `start`. */
+function writeCycled(
+  device: Device,
+  dst: Buffer,
+  offset: number,
+  bytes: number,
+  pool: Uint8Array,
+  start: number,
+): void {
+  const block = new Uint8Array(Math.min(bytes, 8 * pool.length));
+  for (let i = 0; i < block.length;) {
+    const from = (start + i) % pool.length;
+    const n = Math.min(block.length - i, pool.length - from);
+    block.set(pool.subarray(from, from + n), i);
+    i += n;
+  }
+  for (let done = 0; done < bytes; done += block.length) {
+    device.upload(dst, block.subarray(0, Math.min(block.length, bytes - done)), offset + done);
   }
 }

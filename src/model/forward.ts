@@ -41,6 +41,9 @@ export interface ForwardState extends Disposable {
   reservePrefillCapture(window: number): void;
   /** Forgets every token (keeps the device memory). */
   reset(): void;
+  /** Moves to `position` without running the model: the KV rows before it were written
+   * directly (synthetic prompts of the decode benchmark). */
+  seek(position: number): void;
   /** Runs `tokens` at the next positions; returns nothing, the argmax of the last token's
    * logits, or those logits. */
   eval(tokens: readonly number[], want: "none", opts: StepOptions): Promise<void>;

@@ -88,6 +88,13 @@ export class LlamaState implements ForwardState {
     this.#position = 0;
   }
 
+  seek(position: number): void {
+    if (!Number.isSafeInteger(position) || position < 0 || position > this.capacity) {
+      throw new HcError("E_CONTEXT_FULL", `position ${position} is outside 0..${this.capacity}`);
+    }
+    this.#position = position;
+  }
+
   reservePrefillCapture(window: number): void {
     if (window <= this.#prefillWindow) return;
     const c = this.model.config;
