@@ -1,11 +1,13 @@
 /**
- * `deno task bench` (quick) / `deno task bench --full`: fidelity, ablation and the synthetic
- * retrieval task in one go; each writes its JSON into bench/results/, and the tables go into
- * docs/benchmarks.md with the machine, the device and the date. (The speed sweep across
- * contexts and the charts are not part of this command yet.)
+ * `deno task bench` (quick) / `deno task bench --full`: fidelity, the synthetic retrieval task,
+ * the ablation and the decode-speed sweep in one go; each writes its JSON into bench/results/,
+ * the tables go into docs/benchmarks.md with the machine, the device and the date, and the
+ * charts (fidelity vs keep, step time vs context) into docs/charts/*.svg.
  */
 import { parseArgs } from "node:util";
 import { runAblation } from "./ablation.ts";
+import { fidelityCharts, speedCharts } from "./charts.ts";
+import { runSpeed } from "./decode.ts";
 import { fidelityReport, runFidelity } from "./fidelity.ts";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { retrievalReport, runRetrieval } from "./retrieval.ts";
@@ -19,6 +21,19 @@ if (import.meta.main) {
   const fidelity = await runFidelity({ quick });
   const retrieval = await runRetrieval({ quick });
   const ablation = await runAblation({ quick });
+  const speed = await runSpeed({ quick });
+  const charts = join(ROOT, "docs", "charts");
+  await Deno.mkdir(charts, { recursive: true });
+  const images: string[] = [];
+  for (const c of fidelityCharts(fidelity)) {
+    await Deno.writeTextFile(join(charts, `fidelity-${c.model}.svg`), c.svg);
+    images.push(`![fidelity vs keep, ${c.model}](charts/fidelity-${c.model}.svg)`);
+  }
+  const speedImages: string[] = [];
+  for (const c of speedCharts(speed)) {
+    await Deno.writeTextFile(join(charts, `speed-${c.shape}.svg`), c.svg);
+    speedImages.push(`![decode step vs context, ${c.shape}](charts/speed-${c.shape}.svg)`);
+  }
   const minutes = ((performance.now() - t0) / 60000).toFixed(1);
   const md = [
     "# Benchmarks",
@@ -33,6 +48,8 @@ if (import.meta.main) {
     "",
     fidelityReport(fidelity),
     "",
+    ...images,
+    "",
     "## Synthetic long-context retrieval",
     "",
     retrievalReport(retrieval),
@@ -40,6 +57,12 @@ if (import.meta.main) {
     "## Ablation: refresh every step / every 2nd step / on drift",
     "",
     ablation.table,
+    "",
+    "## Decode step time vs context (HeteroCache vs full vs llama.cpp)",
+    "",
+    speed.table,
+    "",
+    ...speedImages,
     "",
   ].join("\n");
   await Deno.mkdir(join(ROOT, "docs"), { recursive: true });

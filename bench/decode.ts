@@ -1,15 +1,35 @@
 /**
- * `deno task bench:decode`: prefill and greedy decode tokens/s of our engine next to llama.cpp
- * (node-llama-cpp's prebuilt Vulkan build, run under Node) on the same Vulkan device, for
- * stories260K and a synthetic ~100M-parameter Llama in F16 and Q8_0. Both sides get the same
- * token ids, a warm-up run, and the full KV cache. Prints a table and writes
- * bench/results/decode.json.
+ * `deno task bench:decode`: decode speed, two ways, each side by side with llama.cpp
+ * (node-llama-cpp's prebuilt Vulkan build, run under Node) on the same Vulkan device.
+ *
+ * 1. The context sweep (`runSpeed`): median decode step time of each cache policy at contexts
+ *    1K..64K on synthetic models with real attention shapes (Llama-3.1-8B's 32 query / 8 KV
+ *    heads x 128, TinyLlama-1.1B's 32 / 4 x 64; four layers, a small FFN), next to the bytes a
+ *    step reads and the device's copy bandwidth measured in the same run. The prompt KV is
+ *    synthetic (Session.benchDecode): a real 64K prefill is quadratic and takes hours on a CPU
+ *    driver. llama.cpp has no such shortcut, so it runs a real prefill, up to `--llamacpp-max`.
+ *    Writes bench/results/speed.json.
+ * 2. Throughput (`runThroughput`): prefill and greedy decode tokens/s for stories260K and a
+ *    synthetic ~100M-parameter Llama in F16 and Q8_0, full cache. Writes
+ *    bench/results/decode.json.
  */
 import { parseArgs } from "node:util";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { loadModel } from "../mod.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { writeSyntheticModel } from "../src/model/synthetic.ts";
+import {
+  type HeadProfile,
+  type HeadRole,
+  importOfficialProfile,
+  parseProfile,
+  PROFILE_SCHEMA,
+  PROFILE_VERSION,
+  serializeProfile,
+} from "../src/cache/profile.ts";
+import { isFullRole } from "../src/cache/profile.ts";
+import type { PolicyName } from "../src/cache/policy.ts";
+import { Device, listDevices } from "../src/vk/mod.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
 const LLAMACPP = join(HERE, "llamacpp");
@@ -88,17 +108,21 @@ async function llamaCpp(
   };
 }
 
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      prompt: { type: "string", default: "128" },
-      decode: { type: "string", default: "64" },
-      quick: { type: "boolean" },
-    },
-  });
-  const promptTokens = Number(values.prompt);
-  const decodeTokens = Number(values.decode);
+export interface ThroughputResult {
+  date: string;
+  device: string;
+  promptTokens: number;
+  decodeTokens: number;
+  rows: (Row | { model: string; engine: string; error: string })[];
+  table: string;
+}
+
+/** Prefill and decode tokens/s of both engines on three models (full cache). */
+export async function runThroughput(
+  opts: { quick?: boolean; promptTokens?: number; decodeTokens?: number } = {},
+): Promise<ThroughputResult> {
+  const promptTokens = opts.promptTokens ?? 128;
+  const decodeTokens = opts.decodeTokens ?? 64;
   await ensureLlamaCpp();
   const tmp = await Deno.makeTempDir();
   const models: [string, string][] = [[
@@ -116,14 +140,14 @@ if (import.meta.main) {
     contextLength: 2048,
     seed: 1,
   };
-  if (!values.quick) {
+  if (!opts.quick) {
     for (const [name, type] of [["F16", GgmlType.F16], ["Q8_0", GgmlType.Q8_0]] as const) {
       const path = join(tmp, `synthetic-100m-${name}.gguf`);
       await writeSyntheticModel(path, { ...spec, weightType: type });
       models.push([`synthetic 100M (${name})`, path]);
     }
   }
-  const rows: (Row | { model: string; engine: string; error: string })[] = [];
+  const rows: ThroughputResult["rows"] = [];
   try {
     for (const [name, path] of models) {
       rows.push({
@@ -141,16 +165,16 @@ if (import.meta.main) {
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
-  const { listDevices } = await import("../src/vk/mod.ts");
   const device = listDevices()[0]?.name ?? "unknown";
-  console.log(
-    `\ndecode benchmark on ${device}: prompt ${promptTokens} tokens, ${decodeTokens} greedy tokens, full KV cache\n`,
-  );
-  console.log("| model | engine | prefill tok/s | decode tok/s | decode vs llama.cpp |");
-  console.log("|---|---|---:|---:|---:|");
+  const lines = [
+    `Prompt ${promptTokens} tokens, ${decodeTokens} greedy tokens, full KV cache, on ${device}.`,
+    "",
+    "| model | engine | prefill tok/s | decode tok/s | decode vs llama.cpp |",
+    "|---|---|---:|---:|---:|",
+  ];
   for (const r of rows) {
     if ("error" in r) {
-      console.log(`| ${r.model} | ${r.engine} | - | - | ${r.error} |`);
+      lines.push(`| ${r.model} | ${r.engine} | - | - | ${r.error} |`);
       continue;
     }
     const other = rows.find((o) =>
@@ -159,19 +183,430 @@ if (import.meta.main) {
     const ratio = r.engine === "heterocache-vk" && other
       ? `${(r.decodeTokensPerSecond / other.decodeTokensPerSecond).toFixed(2)}x`
       : "";
-    console.log(
+    lines.push(
       `| ${r.model} | ${r.engine} | ${r.prefillTokensPerSecond.toFixed(1)} | ${
         r.decodeTokensPerSecond.toFixed(1)
       } | ${ratio} |`,
     );
   }
+  const result = {
+    date: new Date().toISOString(),
+    device,
+    promptTokens,
+    decodeTokens,
+    rows,
+    table: lines.join("\n"),
+  };
+  await writeJson("decode.json", result);
+  return result;
+}
+
+async function writeJson(name: string, value: unknown): Promise<void> {
   await Deno.mkdir(join(HERE, "results"), { recursive: true });
-  await Deno.writeTextFile(
-    join(HERE, "results", "decode.json"),
-    JSON.stringify(
-      { date: new Date().toISOString(), device, promptTokens, decodeTokens, rows },
-      null,
-      2,
-    ),
+  await Deno.writeTextFile(join(HERE, "results", name), JSON.stringify(value, null, 2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The context sweep.
+
+const OFFICIAL_LLAMA8B = new URL(
+  "../../shared/profiles/Head_Analysis_llama-3.1-8b-instruct_topk1024_th0.5_sim0.5_step5000.json",
+  import.meta.url,
+).pathname;
+
+/** Policies of the sweep, all at the same device KV (keep) but full. */
+const SWEEP_POLICIES: readonly PolicyName[] = ["full", "snapkv", "streaming", "heterocache"];
+
+interface Shape {
+  id: string;
+  label: string;
+  dim: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  profile: () => Promise<HeadProfile>;
+  profileNote: string;
+}
+
+/** Keeps `layers` of a profile, multipliers rescaled to mean 1 over its compressed heads. */
+function sliceProfile(p: HeadProfile, layers: readonly number[]): HeadProfile {
+  const kept = layers.map((l) => structuredClone(p.layers[l]));
+  const ratios = kept.flatMap((l) =>
+    l.roles.flatMap((r, h) => isFullRole(r) ? [] : [l.multipliers[h]])
   );
+  const mean = ratios.reduce((a, b) => a + b, 0) / ratios.length;
+  for (const l of kept) {
+    l.roles.forEach((r, h) => {
+      if (!isFullRole(r)) l.multipliers[h] /= mean;
+    });
+  }
+  const json = JSON.parse(serializeProfile({
+    ...p,
+    model: { ...p.model, arch: null, nLayers: layers.length, headDim: null, attnHash: null },
+    layers: kept,
+  }));
+  return parseProfile(json);
+}
+
+/** A profile of `nLayers` layers alternating a one-cluster layer and an all-anchor layer. */
+function alternatingProfile(nLayers: number, nKvHeads: number): HeadProfile {
+  const clustered: HeadRole[] = ["pivot", ...Array(nKvHeads - 1).fill("satellite")];
+  const anchors: HeadRole[] = Array(nKvHeads).fill("anchor");
+  const layers = Array.from({ length: nLayers }, (_, l) => {
+    const roles = l % 2 === 0 ? clustered : anchors;
+    return {
+      roles,
+      multipliers: roles.map((r, h) => (isFullRole(r) ? -1 : 0.8 + (0.4 * h) / nKvHeads)),
+      stability: roles.map(() => null),
+      clusters: l % 2 === 0
+        ? [{ pivot: 0, satellites: roles.flatMap((_, h) => (h > 0 ? [h] : [])) }]
+        : [],
+    };
+  });
+  const ratios = layers.flatMap((l) => l.multipliers.filter((m) => m >= 0));
+  const mean = ratios.reduce((a, b) => a + b, 0) / ratios.length;
+  for (const l of layers) l.multipliers = l.multipliers.map((m) => (m >= 0 ? m / mean : m));
+  return parseProfile({
+    schema: PROFILE_SCHEMA,
+    version: PROFILE_VERSION,
+    model: { arch: null, nLayers, nKvHeads, headDim: null, attnHash: null },
+    params: {
+      source: "calibrated",
+      topk: null,
+      stableThreshold: 0.5,
+      simThreshold: 0.5,
+      calibrationTokens: null,
+      decodeSteps: null,
+      similarityKeyTokens: null,
+      groupReduce: "mean",
+      poolKernel: 5,
+    },
+    layers,
+  });
+}
+
+const SWEEP_LAYERS = 4;
+
+const SHAPES: readonly Shape[] = [
+  {
+    id: "llama8b",
+    label: "Llama-3.1-8B attention (32 q / 8 KV heads x 128), 4 layers",
+    dim: 4096,
+    nHeads: 32,
+    nKvHeads: 8,
+    headDim: 128,
+    profile: async () => {
+      const text = await Deno.readTextFile(OFFICIAL_LLAMA8B);
+      const p = importOfficialProfile(text, { nLayers: 32, nKvHeads: 8 }, {
+        fileName: OFFICIAL_LLAMA8B.split("/").pop(),
+      });
+      return sliceProfile(p, [0, 1, 2, 3]);
+    },
+    profileNote: "layers 0-3 of the official Llama-3.1-8B profile (6 of 32 heads full)",
+  },
+  {
+    id: "tinyllama",
+    label: "TinyLlama-1.1B attention (32 q / 4 KV heads x 64), 4 layers",
+    dim: 2048,
+    nHeads: 32,
+    nKvHeads: 4,
+    headDim: 64,
+    profile: () => Promise.resolve(alternatingProfile(SWEEP_LAYERS, 4)),
+    profileNote: "synthetic: a pivot + 3 satellites, then 4 anchors, alternating (2 of 16 full)",
+  },
+];
+
+export interface SpeedCell {
+  shape: string;
+  /** A cache policy, or "llama.cpp". */
+  engine: string;
+  context: number;
+  /** Median decode step, ms (null: not measured, see `note`). */
+  stepMs: number | null;
+  /** Device KV bytes the step's caches hold (llama.cpp: its full cache). */
+  kvBytes: number | null;
+  triggerRate?: number;
+  stepRetrievalRate?: number;
+  note?: string;
+}
+
+export interface SpeedResult {
+  date: string;
+  device: string;
+  cores: number;
+  quick: boolean;
+  keep: number;
+  steps: number;
+  copyGbps: number;
+  shapes: { id: string; label: string; profile: string; weightBytes: number }[];
+  cells: SpeedCell[];
+  table: string;
+}
+
+/** Median device-to-device copy bandwidth of a 256 MiB buffer, GB/s. */
+function copyBandwidth(): number {
+  using dev = Device.open();
+  const bytes = 256 << 20;
+  using a = dev.buffer(bytes);
+  using b = dev.buffer(bytes);
+  using cmd = dev.commands();
+  cmd.begin().copy(a, b, [[0, 0, bytes]]).end();
+  const ms: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    const t0 = performance.now();
+    dev.waitSync("compute", cmd.submit());
+    ms.push(performance.now() - t0);
+  }
+  return bytes / median(ms.slice(1)) / 1e6;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)] : NaN;
+}
+
+/**
+ * A copy of a synthetic GGUF whose `llama.context_length` says `n`: node-llama-cpp sizes its KV
+ * tensors by the trained context, and on lavapipe one above 128 MiB (8 KV heads x 128 past 64K
+ * tokens) cannot be bound, so llama.cpp gets a model trained "for" the context it runs.
+ */
+async function withContextLength(src: string, dst: string, n: number): Promise<void> {
+  await Deno.copyFile(src, dst);
+  using f = await Deno.open(dst, { read: true, write: true });
+  const head = new Uint8Array(1 << 16);
+  const got = await f.read(head) ?? 0;
+  const key = new TextEncoder().encode("llama.context_length");
+  const at = head.subarray(0, got).findIndex((_, i) => key.every((b, j) => head[i + j] === b));
+  // The key is followed by its value type (u32 = 4) and the u32 value.
+  const view = new DataView(head.buffer);
+  if (at < 0 || view.getUint32(at + key.length, true) !== 4) {
+    throw new Error(`${src}: no u32 llama.context_length in the header`);
+  }
+  const value = new Uint8Array(4);
+  new DataView(value.buffer).setUint32(0, n, true);
+  await f.seek(at + key.length + 4, Deno.SeekMode.Start);
+  await f.write(value);
+}
+
+async function llamaCppStep(
+  path: string,
+  context: number,
+  steps: number,
+): Promise<{ stepMs: number; prefillMs: number } | string> {
+  const r = await new Deno.Command("node", {
+    args: [join(LLAMACPP, "step.mjs"), path, String(context), String(steps)],
+    env: {
+      GGML_VK_VISIBLE_DEVICES: Deno.env.get("GGML_VK_VISIBLE_DEVICES") ??
+        Deno.env.get("HC_VK_DEVICE") ?? "0",
+    },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const out = new TextDecoder().decode(r.stdout).trim().split("\n").pop() ?? "";
+  if (!r.success || !out.startsWith("{")) {
+    return `llama.cpp failed: ${
+      new TextDecoder().decode(r.stderr).trim().split("\n").slice(-2).join(" | ")
+    }`;
+  }
+  return JSON.parse(out);
+}
+
+export interface SpeedOptions {
+  quick?: boolean;
+  contexts?: number[];
+  /** Largest context llama.cpp is measured at (it prefills for real). */
+  llamaCppMax?: number;
+  keep?: number;
+  steps?: number;
+  log?: (line: string) => void;
+}
+
+export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
+  const quick = opts.quick ?? true;
+  const contexts = opts.contexts ?? (quick ? [1024, 16384, 65536] : [1024, 4096, 16384, 65536]);
+  // llama.cpp prefills for real: about 1 minute per 1K tokens of the 8B shape on lavapipe.
+  const llamaCppMax = opts.llamaCppMax ?? (quick ? 1024 : 4096);
+  const keep = opts.keep ?? 0.25;
+  const steps = opts.steps ?? (quick ? 10 : 32);
+  const log = opts.log ?? ((l: string) => console.error(l));
+  await ensureLlamaCpp();
+  const copyGbps = copyBandwidth();
+  log(`speed: copy bandwidth ${copyGbps.toFixed(1)} GB/s`);
+  const cells: SpeedCell[] = [];
+  const shapes: SpeedResult["shapes"] = [];
+  const tmp = await Deno.makeTempDir();
+  try {
+    for (const shape of SHAPES) {
+      const path = join(tmp, `${shape.id}.gguf`);
+      await writeSyntheticModel(path, {
+        dim: shape.dim,
+        nLayers: SWEEP_LAYERS,
+        nHeads: shape.nHeads,
+        nKvHeads: shape.nKvHeads,
+        headDim: shape.headDim,
+        ffnDim: 1024,
+        vocabSize: 4096,
+        contextLength: Math.max(...contexts) + steps + 64,
+        weightType: GgmlType.Q8_0,
+        seed: 7,
+      });
+      const profile = await shape.profile();
+      await using model = await loadModel(path);
+      shapes.push({
+        id: shape.id,
+        label: shape.label,
+        profile: shape.profileNote,
+        weightBytes: model.info().weightBytes,
+      });
+      for (const context of contexts) {
+        for (const cache of SWEEP_POLICIES) {
+          using s = model.session({
+            cache,
+            keep,
+            profile,
+            contextTokens: context + steps + 1,
+          });
+          const times = await s.benchDecode(context, steps);
+          const st = s.cacheStats();
+          const cell: SpeedCell = {
+            shape: shape.id,
+            engine: cache,
+            context,
+            stepMs: median(times.slice(1)),
+            kvBytes: st.deviceKvBytes,
+            triggerRate: st.triggerRate,
+            stepRetrievalRate: st.stepRetrievalRate,
+          };
+          cells.push(cell);
+          log(`speed: ${shape.id} ${context} ${cache}: ${cell.stepMs!.toFixed(1)} ms`);
+        }
+        if (context > llamaCppMax) {
+          cells.push({
+            shape: shape.id,
+            engine: "llama.cpp",
+            context,
+            stepMs: null,
+            kvBytes: null,
+            note: `not run: above --llamacpp-max ${llamaCppMax} (a real prefill)`,
+          });
+          continue;
+        }
+        const lcPath = join(tmp, `${shape.id}-llamacpp.gguf`);
+        await withContextLength(path, lcPath, context + steps + 64);
+        const l = await llamaCppStep(lcPath, context, steps);
+        await Deno.remove(lcPath);
+        const kv = SWEEP_LAYERS * shape.nKvHeads * context * shape.headDim * 2 * 2;
+        cells.push(
+          typeof l === "string"
+            ? { shape: shape.id, engine: "llama.cpp", context, stepMs: null, kvBytes: kv, note: l }
+            : { shape: shape.id, engine: "llama.cpp", context, stepMs: l.stepMs, kvBytes: kv },
+        );
+        log(
+          `speed: ${shape.id} ${context} llama.cpp: ${
+            typeof l === "string" ? l : l.stepMs.toFixed(1) + " ms"
+          }`,
+        );
+      }
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+  const device = listDevices()[0]?.name ?? "unknown";
+  const result: SpeedResult = {
+    date: new Date().toISOString(),
+    device,
+    cores: navigator.hardwareConcurrency,
+    quick,
+    keep,
+    steps,
+    copyGbps,
+    shapes,
+    cells,
+    table: "",
+  };
+  result.table = speedReport(result);
+  await writeJson("speed.json", result);
+  return result;
+}
+
+const fmtCtx = (n: number) => (n % 1024 === 0 ? `${n / 1024}K` : String(n));
+
+/** Per shape: step time of each engine per context, and the ratios the targets name. */
+export function speedReport(r: SpeedResult): string {
+  const engines = [...SWEEP_POLICIES, "llama.cpp"];
+  const out: string[] = [
+    `Median decode step (ms) after a synthetic prompt of the given context, ${r.steps} steps, ` +
+    `keep ${r.keep} for the compressing policies (the same device KV), Q8_0 weights; ` +
+    `copy bandwidth ${r.copyGbps.toFixed(1)} GB/s on ${r.device}. "bytes" is what a full-cache ` +
+    'step reads (weights + KV); "at copy speed" is that over the copy bandwidth.',
+  ];
+  for (const shape of r.shapes) {
+    const cell = (e: string, c: number) =>
+      r.cells.find((x) => x.shape === shape.id && x.engine === e && x.context === c);
+    const contexts = [
+      ...new Set(r.cells.filter((x) => x.shape === shape.id).map((x) => x.context)),
+    ];
+    out.push(
+      "",
+      `**${shape.label}**; profile: ${shape.profile}; weights ${
+        (shape.weightBytes / 2 ** 20).toFixed(0)
+      } MiB.`,
+      "",
+      `| context | ${
+        engines.join(" | ")
+      } | bytes (full) | at copy speed | heterocache vs full | heterocache vs llama.cpp | hc retrieval steps |`,
+      `|---|${engines.map(() => "---:").join("|")}|---:|---:|---:|---:|---:|`,
+    );
+    for (const c of contexts) {
+      const ms = (e: string) => cell(e, c)?.stepMs ?? null;
+      const full = cell("full", c);
+      const bytes = shape.weightBytes + (full?.kvBytes ?? 0);
+      const hc = ms("heterocache");
+      const ratio = (a: number | null, b: number | null) =>
+        a !== null && b !== null ? `${(b / a).toFixed(2)}x` : "-";
+      out.push(
+        `| ${fmtCtx(c)} | ${
+          engines.map((e) => (ms(e) === null ? "-" : ms(e)!.toFixed(1))).join(" | ")
+        } | ${(bytes / 2 ** 20).toFixed(0)} MiB | ${(bytes / r.copyGbps / 1e6).toFixed(1)} ms | ${
+          ratio(hc, ms("full"))
+        } | ${ratio(hc, ms("llama.cpp"))} | ${
+          cell("heterocache", c)?.stepRetrievalRate !== undefined
+            ? `${(100 * cell("heterocache", c)!.stepRetrievalRate!).toFixed(0)}%`
+            : "-"
+        } |`,
+      );
+    }
+  }
+  const notes = [
+    ...new Set(r.cells.flatMap((x) => x.engine === "llama.cpp" && x.note ? [x.note] : [])),
+  ];
+  for (const n of notes) out.push("", `llama.cpp: ${n}.`);
+  return out.join("\n");
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      full: { type: "boolean" },
+      contexts: { type: "string" },
+      "llamacpp-max": { type: "string" },
+      keep: { type: "string" },
+      steps: { type: "string" },
+      "skip-throughput": { type: "boolean" },
+    },
+  });
+  const quick = !values.full;
+  const speed = await runSpeed({
+    quick,
+    contexts: values.contexts?.split(",").map(Number),
+    llamaCppMax: values["llamacpp-max"] ? Number(values["llamacpp-max"]) : undefined,
+    keep: values.keep ? Number(values.keep) : undefined,
+    steps: values.steps ? Number(values.steps) : undefined,
+  });
+  console.log(`\n## Decode step time vs context\n\n${speed.table}`);
+  if (!values["skip-throughput"]) {
+    const t = await runThroughput({ quick });
+    console.log(`\n## Throughput\n\n${t.table}`);
+  }
 }
