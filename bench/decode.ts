@@ -414,7 +414,8 @@ async function llamaCppStep(
 export interface SpeedOptions {
   quick?: boolean;
   contexts?: number[];
-  /** Largest context llama.cpp is measured at (it prefills for real). */
+  /** Largest context llama.cpp is measured at (it prefills for real); 0: not at all (a
+   * machine without node-llama-cpp, such as the GPU box, which reaches no registry). */
   llamaCppMax?: number;
   keep?: number;
   steps?: number;
@@ -429,7 +430,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
   const keep = opts.keep ?? 0.25;
   const steps = opts.steps ?? (quick ? 10 : 32);
   const log = opts.log ?? ((l: string) => console.error(l));
-  await ensureLlamaCpp();
+  if (llamaCppMax > 0) await ensureLlamaCpp();
   const copyGbps = copyBandwidth();
   log(`speed: copy bandwidth ${copyGbps.toFixed(1)} GB/s`);
   const cells: SpeedCell[] = [];
@@ -487,7 +488,9 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
             context,
             stepMs: null,
             kvBytes: null,
-            note: `not run: above --llamacpp-max ${llamaCppMax} (a real prefill)`,
+            note: llamaCppMax > 0
+              ? `not run: above --llamacpp-max ${llamaCppMax} (a real prefill)`
+              : "not run (--llamacpp-max 0)",
           });
           continue;
         }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs on the GPU box (device tool): the kernel and engine tests that need no ../shared, then
+# the kernel-bandwidth benchmark and the decode-speed sweep on the real driver (no llama.cpp:
+# the box reaches no registry), all in one command that fits a 10-minute call. Results land in
+# $OUT (bench/results/*.json and the log); copy them into bench/results/gpu/ and write the
+# figures into docs/results-gpu.md beside docs/results-lavapipe.md.
+# Prepare first with bench/gpu/prepare.sh; call with carry [".gl", ".gpu", "build"].
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+mkdir -p /tmp/deno && xz -dc .gpu/deno.xz >/tmp/deno/deno && chmod +x /tmp/deno/deno
+export PATH=/tmp/deno:$PATH NO_COLOR=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+{
+  deno run -A src/cli.ts devices
+  timeout 180 deno test -A --parallel tests/vk_runtime_test.ts tests/kernels_*_test.ts
+  timeout 120 deno run -A bench/kernels.ts
+  timeout 240 deno run -A bench/decode.ts --llamacpp-max 0 --skip-throughput \
+    --contexts 1024,4096,16384,65536,131072 --steps 32
+} 2>&1 | tee "$OUT/gpu.log"
+cp bench/results/kernels.json bench/results/speed.json "$OUT/" 2>/dev/null
