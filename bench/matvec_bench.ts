@@ -1,20 +1,22 @@
 /**
  * Matvec bandwidth benchmark: y = W·x for a [rows x cols] weight (cols = K, the reduced
  * dimension, GGUF dims[0]) of every supported type, at 4096x4096 and 4096x14336, next to a
- * plain buffer-to-buffer copy of 256 MiB measured in the same run.
+ * plain buffer-to-buffer copy of 256 MiB.
  *
  * Bytes read per matvec = weight bytes + x bytes + y bytes; GB/s = bytes / median time of one
  * matvec, timed with device timestamps around `reps` back-to-back replays recorded in one
  * command list. The copy's GB/s is bytes copied / time, i.e. (read + write) / 2 / time: the floor
- * a memory-bound kernel can aim for.
+ * a memory-bound kernel can aim for. The machine may be shared, so every shape alternates copy
+ * and matvec submissions (copy, matvec, copy, matvec, ...) and reports the median of each: both
+ * see the same load, and the ratio is what to compare between runs.
  *
- *   deno run -A bench/matvec_bench.ts [--reps 10] [--types F16,Q8_0] [--path auto|generic|run]
+ *   deno run -A bench/matvec_bench.ts [--reps 10] [--submits 5] [--types F16,Q8_0] [--path auto|generic|run]
  */
 import { parseArgs } from "node:util";
 import { GgmlType, ggmlTypeInfo } from "../src/gguf/types.ts";
 import { MatVec, type MatVecOptions } from "../src/kernels/matvec.ts";
 import { quantize } from "../src/model/quant.ts";
-import { Device } from "../src/vk/mod.ts";
+import { type Buffer, type CommandList, Device } from "../src/vk/mod.ts";
 
 export interface MatvecBenchRow {
   type: string;
@@ -22,6 +24,9 @@ export interface MatvecBenchRow {
   cols: number;
   ms: number;
   gbps: number;
+  /** The 256 MiB copy, submitted alternately with this shape's matvec: bytes copied / s. */
+  copyGbps: number;
+  kernel: string;
 }
 
 export const BENCH_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"] as const;
@@ -50,16 +55,56 @@ function weightBytes(type: number, rows: number, cols: number): Uint8Array {
   return out;
 }
 
-/** Times one matvec shape; returns ms per matvec (median over submissions). */
+/** A buffer-to-buffer copy recorded once, timed per submission. */
+export class CopyProbe implements Disposable {
+  readonly bytes: number;
+  #a: Buffer;
+  #b: Buffer;
+  #cmd: CommandList;
+
+  constructor(readonly device: Device, bytes = 256 << 20) {
+    this.bytes = bytes;
+    this.#a = device.buffer(bytes);
+    this.#b = device.buffer(bytes);
+    this.#cmd = device.commands();
+    this.#cmd.begin().fill(this.#a, 0, bytes, 0x3f800000).fill(this.#b, 0, bytes, 0).end();
+    device.waitSync("compute", this.#cmd.submit());
+    this.#cmd.begin().timestamp(0).copy(this.#a, this.#b, [[0, 0, bytes]]).timestamp(1).end();
+  }
+
+  /** GPU ms of one copy. */
+  async time(): Promise<number> {
+    await this.device.wait("compute", this.#cmd.submit());
+    return timedMs(this.device, this.#cmd);
+  }
+
+  [Symbol.dispose](): void {
+    this.#cmd[Symbol.dispose]();
+    this.#b[Symbol.dispose]();
+    this.#a[Symbol.dispose]();
+  }
+}
+
+function timedMs(device: Device, cmd: CommandList): number {
+  const [t0, t1] = cmd.timestamps(2);
+  return (t1 - t0) * device.info.timestampPeriodNs / 1e6;
+}
+
+/**
+ * Times one matvec shape, alternating with `copy` (a fresh 256 MiB probe when omitted); ms per
+ * matvec and the copy's GB/s are medians over `submits` submissions of each.
+ */
 export async function benchOne(
   device: Device,
   type: number,
   rows: number,
   cols: number,
-  opts: { reps?: number; submits?: number } & MatVecOptions = {},
-): Promise<MatvecBenchRow & { kernel: string }> {
+  opts: { reps?: number; submits?: number; copy?: CopyProbe } & MatVecOptions = {},
+): Promise<MatvecBenchRow> {
   const reps = opts.reps ?? 10;
   const submits = opts.submits ?? 5;
+  using ownCopy = opts.copy ? null : new CopyProbe(device);
+  const copy = opts.copy ?? ownCopy!;
   using mv = new MatVec(device, type, opts);
   const wb = weightBytes(type, rows, cols);
   using w = device.buffer(Math.ceil(wb.length / 4) * 4 + 256);
@@ -76,11 +121,13 @@ export async function benchOne(
   }
   cmd.timestamp(1).end();
   await device.wait("compute", cmd.submit()); // warm-up: pipeline compile, page faults
+  await copy.time();
   const times: number[] = [];
+  const copyTimes: number[] = [];
   for (let s = 0; s < submits; s++) {
+    copyTimes.push(await copy.time());
     await device.wait("compute", cmd.submit());
-    const [t0, t1] = cmd.timestamps(2);
-    times.push((t1 - t0) / 1e6 / reps);
+    times.push(timedMs(device, cmd) / reps);
   }
   const ms = median(times);
   const bytes = wb.length + cols * 4 + rows * 4;
@@ -90,6 +137,7 @@ export async function benchOne(
     cols,
     ms,
     gbps: bytes / ms / 1e6,
+    copyGbps: copy.bytes / median(copyTimes) / 1e6,
     kernel,
   };
 }
@@ -97,14 +145,15 @@ export async function benchOne(
 /** Every type at every benchmark shape. */
 export async function benchMatvec(
   device: Device,
-  opts: { reps: number; types?: readonly string[] } & MatVecOptions,
+  opts: { reps: number; submits?: number; types?: readonly string[] } & MatVecOptions,
 ): Promise<MatvecBenchRow[]> {
+  using copy = new CopyProbe(device);
   const out: MatvecBenchRow[] = [];
   for (const name of opts.types ?? BENCH_TYPES) {
     const type = (GgmlType as Record<string, number>)[name];
+    if (type === undefined) throw new Error(`unknown type ${name}`);
     for (const [rows, cols] of BENCH_SHAPES) {
-      const r = await benchOne(device, type, rows, cols, opts);
-      out.push({ type: r.type, rows: r.rows, cols: r.cols, ms: r.ms, gbps: r.gbps });
+      out.push(await benchOne(device, type, rows, cols, { ...opts, copy }));
     }
   }
   return out;
@@ -115,27 +164,18 @@ export async function benchCopy(
   device: Device,
   opts: { bytes?: number; submits?: number } = {},
 ): Promise<{ bytes: number; ms: number; gbps: number }> {
-  const bytes = opts.bytes ?? 256 << 20;
-  using a = device.buffer(bytes);
-  using b = device.buffer(bytes);
-  using cmd = device.commands();
-  cmd.begin().fill(a, 0, bytes, 0x3f800000).fill(b, 0, bytes, 0).end();
-  await device.wait("compute", cmd.submit());
-  cmd.begin().timestamp(0).copy(a, b, [[0, 0, bytes]]).timestamp(1).end();
+  using probe = new CopyProbe(device, opts.bytes);
   const times: number[] = [];
-  for (let s = 0; s < (opts.submits ?? 5); s++) {
-    await device.wait("compute", cmd.submit());
-    const [t0, t1] = cmd.timestamps(2);
-    times.push((t1 - t0) / 1e6);
-  }
+  for (let s = 0; s < (opts.submits ?? 5); s++) times.push(await probe.time());
   const ms = median(times);
-  return { bytes, ms, gbps: bytes / ms / 1e6 };
+  return { bytes: probe.bytes, ms, gbps: probe.bytes / ms / 1e6 };
 }
 
 if (import.meta.main) {
   const { values } = parseArgs({
     options: {
       reps: { type: "string", default: "10" },
+      submits: { type: "string", default: "5" },
       types: { type: "string" },
       path: { type: "string", default: "auto" },
       rows: { type: "string" },
@@ -148,28 +188,20 @@ if (import.meta.main) {
   if (values.wg) opts.workgroupSize = Number(values.wg);
   const types = values.types ? values.types.split(",") : BENCH_TYPES;
   console.log(`device: ${device.info.name}`);
-  const copyBefore = await benchCopy(device);
-  const rows: (MatvecBenchRow & { kernel: string })[] = [];
-  for (const name of types) {
-    const type = (GgmlType as Record<string, number>)[name];
-    if (type === undefined) throw new Error(`unknown type ${name}`);
-    for (const [r, c] of BENCH_SHAPES) {
-      rows.push(await benchOne(device, type, r, c, { ...opts, reps: Number(values.reps) }));
-    }
-  }
-  const copyAfter = await benchCopy(device);
-  const copy = Math.max(copyBefore.gbps, copyAfter.gbps);
-  console.log(
-    `copy 256 MiB: ${copyBefore.gbps.toFixed(2)} / ${
-      copyAfter.gbps.toFixed(2)
-    } GB/s (before / after)`,
-  );
-  console.log("type   rows x cols      ms      GB/s   vs copy  kernel");
+  const rows = await benchMatvec(device, {
+    ...opts,
+    types,
+    reps: Number(values.reps),
+    submits: Number(values.submits),
+  });
+  console.log("type   rows x cols      ms      GB/s  copy GB/s  vs copy  kernel");
   for (const r of rows) {
     console.log(
       `${r.type.padEnd(6)} ${`${r.rows}x${r.cols}`.padEnd(12)} ${r.ms.toFixed(3).padStart(8)} ${
         r.gbps.toFixed(2).padStart(8)
-      } ${(r.gbps / copy * 100).toFixed(0).padStart(7)}%  ${r.kernel}`,
+      } ${r.copyGbps.toFixed(2).padStart(10)} ${
+        (r.gbps / r.copyGbps * 100).toFixed(0).padStart(7)
+      }%  ${r.kernel}`,
     );
   }
 }
