@@ -28,6 +28,11 @@ layout(std430, binding = 0) readonly buffer Qb { vec4 q4[]; };
 layout(std430, binding = 1) readonly buffer Kb { uvec4 k8[]; };
 layout(std430, binding = 2) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 3) writeonly buffer Sb { vec2 stats[]; }; // per head: [split][lane][row]
+#ifdef HC_STORE_LOGITS
+// The scaled logits themselves, per head [row][n] at hi * logitStride: the pool pass reads them
+// back instead of recomputing every dot product (scores_pool_logits_cpu.comp).
+layout(std430, binding = 4) writeonly buffer Lb { float logits[]; };
+#endif
 
 layout(push_constant) uniform Push {
   uint headBase;
@@ -38,6 +43,7 @@ layout(push_constant) uniform Push {
   uint perSplit;  // rows per split (grid x = ceil(n / perSplit))
   float scale;    // log2(e) / sqrt(D)
   uint headStride; // vec2 entries per head region of `stats`
+  uint logitStride; // floats per head region of `logits` (HC_STORE_LOGITS)
 } p;
 
 const float NEG_INF = -1.0 / 0.0;
@@ -96,6 +102,13 @@ void main() {
             sv[r * PB + u] += dot(q[r * D4 + 2 * c], a) + dot(q[r * D4 + 2 * c + 1], b);
           }
         }
+#ifdef HC_STORE_LOGITS
+        if (jb + u < j1) {
+          [[unroll]] for (uint r = 0; r < QC; r++) {
+            if (r0 + r < NR) logits[hi * p.logitStride + (r0 + r) * p.n + jb + u] = sv[r * PB + u];
+          }
+        }
+#endif
         [[unroll]] for (uint r = 0; r < QC; r++) {
           sv[r * PB + u] = jb + u < j1 ? sv[r * PB + u] : NEG_INF;
         }

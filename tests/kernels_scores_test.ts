@@ -37,6 +37,8 @@ interface ScoreCase {
   /** Deliberately wrong n given to the device (the comparison must then fail). */
   deviceN?: number;
   variant?: "lanes" | "simd";
+  /** "simd": false makes the pool pass recompute the logits instead of reading stored ones. */
+  storeLogits?: boolean;
   /** Output row stride (default n) and float offset of the first row (default 0). */
   outStride?: number;
   outOffset?: number;
@@ -56,7 +58,12 @@ function runScores(dev: Device, c: ScoreCase): { got: Float32Array[]; want: Floa
   });
   const nHeads = c.nKv * c.G;
   const q = randomF32(c.window * nHeads * c.D, nextSeed(), 4);
-  using scores = new AttentionScores(dev, { headDim: c.D, groupSize: c.G, variant: c.variant });
+  using scores = new AttentionScores(dev, {
+    headDim: c.D,
+    groupSize: c.G,
+    variant: c.variant,
+    storeLogits: c.storeLogits,
+  });
   const n = c.deviceN ?? c.n;
   const rowsPerHead = c.windowMode === "separate" ? c.window : 1;
   const outStride = c.outStride ?? n;
@@ -130,9 +137,16 @@ function checkScores(dev: Device, c: ScoreCase, what: string): void {
 // The "simd" variant (CPU drivers) has no reductions, so one path; the "lanes" variant (GPUs)
 // runs through both reduction paths.
 for (
-  const [variant, subgroup] of [["simd", true], ["lanes", true], ["lanes", false]] as const
+  const [variant, subgroup, storeLogits] of [
+    ["simd", true, true],
+    ["simd", true, false],
+    ["lanes", true, false],
+    ["lanes", false, false],
+  ] as const
 ) {
-  const path = `${variant}, ${subgroup ? "subgroup" : "shared-memory"}`;
+  const path = `${variant}${
+    variant === "simd" ? (storeLogits ? ", stored logits" : ", recomputed") : ""
+  }, ${subgroup ? "subgroup" : "shared-memory"}`;
   const withPath = (fn: (dev: Device) => void) => () => {
     using dev = Device.open(undefined, { subgroups: subgroup });
     fn(dev);
@@ -145,6 +159,7 @@ for (
       // in different chunks.
       checkScores(dev, {
         variant,
+        storeLogits,
         D: 64,
         G: 4,
         nKv: 3,
@@ -161,6 +176,7 @@ for (
       // Drift check: 5 buffered queries, one row each.
       checkScores(dev, {
         variant,
+        storeLogits,
         D: 32,
         G: 2,
         nKv: 2,
@@ -177,6 +193,7 @@ for (
       for (const groupReduce of ["mean", "max"] as const) {
         checkScores(dev, {
           variant,
+          storeLogits,
           D: 16,
           G: 4,
           nKv: 2,
@@ -194,6 +211,7 @@ for (
       // Tiny rows: pool padding on both sides of a 3-row head.
       checkScores(dev, {
         variant,
+        storeLogits,
         D: 8,
         G: 1,
         nKv: 1,
@@ -210,6 +228,7 @@ for (
       // offset; then separate windows over more rows than one chunk holds.
       checkScores(dev, {
         variant,
+        storeLogits,
         D: 24,
         G: 3,
         nKv: 2,
@@ -227,6 +246,7 @@ for (
       }, "calibration");
       checkScores(dev, {
         variant,
+        storeLogits,
         D: 128,
         G: 2,
         nKv: 1,
@@ -248,6 +268,7 @@ for (
     withPath((dev) => {
       checkScores(dev, {
         variant,
+        storeLogits,
         D: 128,
         G: 4,
         nKv: 1,

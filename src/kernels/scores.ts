@@ -81,13 +81,20 @@ export interface AttentionScoresOptions {
    * rows in registers, no shared memory (SIMD CPU drivers such as lavapipe). Default: "simd"
    * on CPU devices. */
   variant?: "lanes" | "simd";
+  /** "simd" variant: the stats pass stores the logits for the pool pass when they fit in
+   * LOGITS_BUDGET bytes, instead of the pool pass recomputing them. Default true. */
+  storeLogits?: boolean;
 }
+
+/** Most scratch bytes of stored logits one record may use (drift checks need ~5 MB at 64K). */
+const LOGITS_BUDGET = 64 << 20;
 
 export class AttentionScores implements Disposable {
   readonly device: Device;
   readonly headDim: number;
   readonly groupSize: number;
   readonly variant: "lanes" | "simd";
+  readonly #storeLogits: boolean;
   /** Positions per invocation (register blocking; the pool pass keeps G x 64 x P floats shared). */
   readonly #positions: number;
   /** Lanes of the "simd" variant (its workgroup size). */
@@ -104,6 +111,7 @@ export class AttentionScores implements Disposable {
     this.headDim = opts.headDim;
     this.groupSize = G;
     this.variant = opts.variant ?? (deviceParallelism(device).cpu ? "simd" : "lanes");
+    this.#storeLogits = this.variant === "simd" && (opts.storeLogits ?? true);
     this.#positions = G > 8 ? 2 : 4;
     this.#lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
   }
@@ -208,8 +216,21 @@ export class AttentionScores implements Disposable {
     return Math.ceil(bytes / ALIGN) * ALIGN;
   }
 
+  #logitsBytesPerHead(n: number, window: number): number {
+    return Math.ceil((window * this.groupSize * n * 4) / ALIGN) * ALIGN;
+  }
+
+  /** Whether a record of these sizes keeps the logits (see storeLogits). */
+  #keepsLogits(headCount: number, n: number, window: number): boolean {
+    return this.#storeLogits && headCount * this.#logitsBytesPerHead(n, window) <= LOGITS_BUDGET;
+  }
+
   scratchBytes(args: { headCount: number; n: number; window: number }): number {
-    return args.headCount * this.#statsBytesPerHead(args.n, args.window);
+    const { headCount, n, window } = args;
+    const logits = this.#keepsLogits(headCount, n, window)
+      ? headCount * this.#logitsBytesPerHead(n, window)
+      : 0;
+    return headCount * this.#statsBytesPerHead(n, window) + logits;
   }
 
   record(cmd: CommandList, a: ScoresArgs): this {
@@ -256,7 +277,7 @@ export class AttentionScores implements Disposable {
       "scores output",
     );
     const perHead = this.#statsBytesPerHead(n, window);
-    requireBytes(a.scratch, headCount * perHead, "scores scratch");
+    requireBytes(a.scratch, this.scratchBytes({ headCount, n, window }), "scores scratch");
     const scratchBuf = "buffer" in a.scratch ? a.scratch.buffer : a.scratch;
     const scratchOff = "buffer" in a.scratch ? a.scratch.offset : 0;
     const { splits, perSplit } = this.splitsFor(n, window);
@@ -278,9 +299,19 @@ export class AttentionScores implements Disposable {
     });
     const outBase = (h0: number) => outOff + (h0 - headStart) * rowsPerHead * outStride;
     if (this.variant === "simd") {
+      const logitsPerHead = this.#logitsBytesPerHead(n, window);
+      const logitsBinding = this.#keepsLogits(headCount, n, window)
+        ? (h0: number) => ({
+          buffer: scratchBuf,
+          offset: scratchOff + headCount * perHead + (h0 - headStart) * logitsPerHead,
+          bytes: (groups.find((g) => g.h0 === h0)!.h1 - h0) * logitsPerHead,
+        })
+        : null;
       this.#recordSimd(cmd, a, {
         groups,
         statsBinding,
+        logitsBinding,
+        logitStride: logitsPerHead / 4,
         outBase,
         push: [n, window, qOff / 4, qStride / 4],
         splits,
@@ -329,6 +360,9 @@ export class AttentionScores implements Disposable {
   #recordSimd(cmd: CommandList, a: ScoresArgs, r: {
     groups: { c: number; h0: number; h1: number }[];
     statsBinding: (h0: number) => Binding;
+    /** Where the stats pass stores the logits, or null: the pool pass recomputes them. */
+    logitsBinding: ((h0: number) => Binding) | null;
+    logitStride: number;
     outBase: (h0: number) => number;
     /** n, window, qOff4, qStride4 */
     push: number[];
@@ -349,12 +383,13 @@ export class AttentionScores implements Disposable {
     const tiles = Math.ceil(n / (L * pool.p));
     if (tiles > 65535) limit(`score length ${n} needs ${tiles} tiles (max 65535)`);
     const spec = [L, G, this.headDim];
+    const keep = r.logitsBinding !== null;
     const stats = this.#kernel(
-      `simd-stats:${st.qc}:${st.pb}`,
+      `simd-stats:${st.qc}:${st.pb}:${keep ? 1 : 0}`,
       () =>
-        this.device.kernel("scores_stats_cpu", {
-          bindings: 4,
-          pushBytes: 32,
+        this.device.kernel(keep ? "scores_stats_logits_cpu" : "scores_stats_cpu", {
+          bindings: keep ? 5 : 4,
+          pushBytes: 36,
           spec: [...spec, st.qc, st.pb],
         }),
     );
@@ -362,25 +397,32 @@ export class AttentionScores implements Disposable {
       "simd-merge",
       () => this.device.kernel("scores_merge", { bindings: 1, pushBytes: 12, spec: [MERGE_WG] }),
     );
+    const poolShape = [pool.wc, pool.p, r.kernel, separate ? 1 : 0, pool.pk];
     const poolKernel = this.#kernel(
-      `simd-pool:${pool.wc}:${pool.p}:${r.kernel}:${separate ? 1 : 0}:${pool.pk}`,
+      `simd-pool:${poolShape.join(":")}:${keep ? 1 : 0}`,
       () =>
-        this.device.kernel("scores_pool_cpu", {
-          bindings: 5,
-          pushBytes: 44,
-          spec: [...spec, pool.wc, pool.p, r.kernel, separate ? 1 : 0, pool.pk],
-        }),
+        keep
+          ? this.device.kernel("scores_pool_logits_cpu", {
+            bindings: 3,
+            pushBytes: 32,
+            spec: [L, G, ...poolShape],
+          })
+          : this.device.kernel("scores_pool_cpu", {
+            bindings: 5,
+            pushBytes: 44,
+            spec: [...spec, ...poolShape],
+          }),
     );
     for (const { c, h0, h1 } of r.groups) {
-      const push = new ArrayBuffer(32);
+      const push = new ArrayBuffer(36);
       const u = new Uint32Array(push);
       u.set([h0, ...r.push, r.perSplit]);
       new Float32Array(push, 24, 1)[0] = r.scale;
       u[7] = r.headStride;
-      cmd.dispatch(stats, [a.q, cache.k[c], cache.table, r.statsBinding(h0)], u, [
-        r.splits,
-        h1 - h0,
-      ]);
+      u[8] = r.logitStride;
+      const bindings = [a.q, cache.k[c], cache.table, r.statsBinding(h0)];
+      if (keep) bindings.push(r.logitsBinding!(h0));
+      cmd.dispatch(stats, bindings, u, [r.splits, h1 - h0]);
     }
     cmd.barrier();
     for (const { h0, h1 } of r.groups) {
@@ -393,6 +435,24 @@ export class AttentionScores implements Disposable {
     }
     cmd.barrier();
     for (const { c, h0, h1 } of r.groups) {
+      if (keep) {
+        cmd.dispatch(
+          poolKernel,
+          [r.statsBinding(h0), r.logitsBinding!(h0), a.out],
+          new Uint32Array([
+            n,
+            window,
+            r.splits * L,
+            r.flags,
+            r.headStride,
+            r.outBase(h0),
+            a.outStride ?? n,
+            r.logitStride,
+          ]),
+          [tiles, h1 - h0],
+        );
+        continue;
+      }
       const push = new ArrayBuffer(44);
       const u = new Uint32Array(push);
       u.set([h0, ...r.push, r.splits * L]);
