@@ -284,12 +284,16 @@ export function fidelityCharts(r: {
       }
       return { name: policy, points: kept.map((c) => [c.keep as number, pct(c)]) };
     });
-    // Agreement cannot exceed 100%, so a fixed 0..100 axis compares models at a glance.
+    // Agreement ends at 100%; the axis starts 5 points below the worst cell (a multiple of 5),
+    // since the policies differ by a few points and a 0..100 axis flattens them into one line.
+    const worst = Math.min(
+      ...series.flatMap((x) => x.points.map((pt) => pt[1]).filter(Number.isFinite)),
+    );
     const svg = lineChart({
       title: `Next-token agreement vs keep: ${id}`,
       xLabel: "keep (fraction of the KV cache)",
       yLabel: "next-token agreement (%)",
-      yMin: 0,
+      yMin: Number.isFinite(worst) ? Math.max(0, Math.min(90, Math.floor(worst / 5) * 5 - 5)) : 0,
       yMax: 100,
       series,
     });
