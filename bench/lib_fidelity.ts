@@ -235,6 +235,8 @@ export interface PolicyConfig {
   compat?: boolean;
   /** HeteroCache drift threshold (0: the median overlap is never below it, so no refresh). */
   threshold?: number;
+  /** Prefill observation window (SnapKV; HeteroCache's compressed heads). */
+  window?: number;
 }
 
 export const POLICIES: readonly PolicyConfig[] = [
@@ -333,6 +335,7 @@ export async function evaluateCell(
       cache: cfg.cache,
       compat: cfg.compat,
       threshold: cfg.threshold,
+      window: cfg.window,
       keep: keep ?? undefined,
       profile: needsProfile(cfg) ? profile : undefined,
       contextTokens,

@@ -266,3 +266,33 @@ Deno.test("benchDecode: decode steps after a synthetic prompt, every policy at i
   assert.ok(bytes.snapkv < 0.6 * bytes.full, JSON.stringify(bytes));
   assert.ok(bytes.heterocache < 0.6 * bytes.full, JSON.stringify(bytes));
 });
+
+Deno.test("heterocache observation window: a wider window changes what compressed heads keep; bad windows are errors", async () => {
+  await using model = await loadModel(sharedPath("models/stories260K.gguf"));
+  const profile = SMALL_PROFILE(model.config.nLayers);
+  const prompt = model.tokenizer.encode(PROMPT);
+  const forced = model.tokenizer.encode(" the ball was red and big", { addSpecial: false });
+  const run = (window?: number) =>
+    teacherForced(model, { cache: "heterocache", keep: 0.5, profile, window }, prompt, forced);
+  const one = await run(1);
+  const eight = await run(8);
+  assert.deepEqual(await run(), await run(16), "16 is the default");
+  const compat = (window?: number) =>
+    teacherForced(
+      model,
+      { cache: "heterocache", keep: 0.5, profile, compat: true, window },
+      prompt,
+      forced,
+    );
+  assert.deepEqual(await compat(), await compat(1), "compat keeps the official last token");
+  assert.ok(
+    eight.some((l, i) => relError(l, one[i]) > 1e-3),
+    "summing 8 prompt queries must select other rows than the last token alone",
+  );
+  for (const bad of [0, 65, 1.5]) {
+    assert.throws(
+      () => model.session({ cache: "heterocache", keep: 0.5, profile, window: bad }),
+      (e: Error & { code?: string }) => e.code === "E_BAD_REQUEST",
+    );
+  }
+});

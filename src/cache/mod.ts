@@ -29,7 +29,8 @@ export interface CacheOptions {
   threshold?: number;
   /** fixed-interval: refresh every N steps (default 2). */
   interval?: number;
-  /** SnapKV observation window (default 32). */
+  /** Prefill observation window: the last `window` prompt queries score which rows a
+   * compressed head keeps (SnapKV default 32; HeteroCache default 16, compat 1: the last token). */
   window?: number;
   /** StreamingLLM sink tokens (default 4). */
   sinkTokens?: number;
@@ -95,6 +96,7 @@ export function createPolicy(opts: CacheOptions, ctx: PolicyContext): CachePolic
           checkEvery: opts.checkEvery,
           threshold: opts.threshold,
           interval: opts.interval,
+          window: opts.window,
         },
       );
     }
