@@ -370,7 +370,7 @@ function median(xs: number[]): number {
  * tensors by the trained context, and on lavapipe one above 128 MiB (8 KV heads x 128 past 64K
  * tokens) cannot be bound, so llama.cpp gets a model trained "for" the context it runs.
  */
-async function withContextLength(src: string, dst: string, n: number): Promise<void> {
+export async function withContextLength(src: string, dst: string, n: number): Promise<void> {
   await Deno.copyFile(src, dst);
   using f = await Deno.open(dst, { read: true, write: true });
   const head = new Uint8Array(1 << 16);

@@ -4,6 +4,8 @@
  * question on a short prompt, and a static policy that evicted the facts cannot.
  */
 import assert from "node:assert/strict";
+import { withContextLength } from "../bench/decode.ts";
+import { parseGgufHeader } from "../src/gguf/reader.ts";
 import { loadModel } from "../mod.ts";
 import { openGguf } from "../src/gguf/reader.ts";
 import { writeSyntheticModel } from "../src/model/synthetic.ts";
@@ -162,6 +164,26 @@ Deno.test("retrieval model: the full cache answers every question on a 300-token
     assert.equal(perStep.accuracyAfterCheck, 1, JSON.stringify(perStep));
     assert.equal(perStep.questionsAnswered, perStep.questions);
     assert.equal(perStep.meanAsksBeforeAnswer, 1, "the first ask of each question is missed");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("bench: a model copy claims another trained context; nothing else changes", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const spec = { dim: 32, nLayers: 1, nHeads: 2, nKvHeads: 2, ffnDim: 16, contextLength: 70000 };
+    await writeSyntheticModel(`${dir}/a.gguf`, spec);
+    await withContextLength(`${dir}/a.gguf`, `${dir}/b.gguf`, 4160);
+    const a = await Deno.readFile(`${dir}/a.gguf`);
+    const b = await Deno.readFile(`${dir}/b.gguf`);
+    const ha = parseGgufHeader(a);
+    const hb = parseGgufHeader(b);
+    assert.equal(ha.metadata.get("llama.context_length"), 70000);
+    assert.equal(hb.metadata.get("llama.context_length"), 4160);
+    assert.equal(a.length, b.length);
+    const differing = a.reduce((n, x, i) => n + (x !== b[i] ? 1 : 0), 0);
+    assert.ok(differing >= 1 && differing <= 4, `${differing} bytes differ`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
