@@ -440,6 +440,7 @@ export class MatVec implements Disposable {
         yStride,
         row0,
         batch,
+        // Bit 31 stays clear: matvec_run.comp tests it only to keep a value alive.
         (a.accumulate ? 1 : 0) | (slices << 8),
       ]);
       cmd.dispatch(kernel, [{ buffer: a.weight, offset: bindOffset, bytes }, x, y], push, [
