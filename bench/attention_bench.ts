@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { type Buffer, type CommandList, Device } from "../src/vk/mod.ts";
 import { DecodeAttention } from "../src/kernels/attention.ts";
 import { KvLayerCache } from "../src/kernels/kv.ts";
+import { CpuShare } from "./cpu_share.ts";
 
 const KV_HEADS = 8;
 const HEAD_DIM = 128;
@@ -22,6 +23,8 @@ export interface AttentionBenchRow {
   /** A buffer copy of the same K + V bytes, replayed alternately with the attention: bytes
    * copied per second ((read + write) / 2). */
   copyGbps: number;
+  /** Cores the attention replays used on average (see cpu_share.ts). */
+  cores: number;
 }
 
 function median(xs: number[]): number {
@@ -89,14 +92,23 @@ export async function benchAttention(
     replayMs(device, copy);
     const attnMs: number[] = [];
     const copyMs: number[] = [];
+    const share = new CpuShare();
     for (let i = 0; i < reps; i++) {
+      share.start();
       attnMs.push(replayMs(device, cmd));
+      share.stop();
       copyMs.push(replayMs(device, copy));
       await Promise.resolve();
     }
     const bytes = 2 * KV_HEADS * tokens * HEAD_DIM * 2;
     const ms = median(attnMs);
-    rows.push({ tokens, ms, gbps: bytes / ms / 1e6, copyGbps: bytes / median(copyMs) / 1e6 });
+    rows.push({
+      tokens,
+      ms,
+      gbps: bytes / ms / 1e6,
+      copyGbps: bytes / median(copyMs) / 1e6,
+      cores: share.cores,
+    });
   }
   return rows;
 }
@@ -123,13 +135,13 @@ if (import.meta.main) {
   console.log(
     `decode attention, ${KV_HEADS} KV heads x ${HEAD_DIM} dims, G=${GROUP}, f16 K/V, median of ${reps}`,
   );
-  console.log("tokens\tKV MiB\tms\tGB/s\tcopy GB/s\tvs copy");
+  console.log("tokens\tKV MiB\tms\tGB/s\tcopy GB/s\tvs copy\tcores");
   for (const r of await benchAttention(device, { contexts, reps, variant })) {
     const mib = (2 * KV_HEADS * r.tokens * HEAD_DIM * 2) / (1 << 20);
     console.log(
       `${r.tokens}\t${mib.toFixed(0)}\t${r.ms.toFixed(3)}\t${r.gbps.toFixed(2)}\t${
         r.copyGbps.toFixed(2)
-      }\t\t${(100 * r.gbps / r.copyGbps).toFixed(0)}%`,
+      }\t\t${(100 * r.gbps / r.copyGbps).toFixed(0)}%\t${r.cores.toFixed(2)}`,
     );
   }
 }

@@ -43,20 +43,24 @@ if (import.meta.main) {
     } GB/s ` +
       `(before ${copyBefore.gbps.toFixed(2)}, after ${copyAfter.gbps.toFixed(2)})\n`,
   );
-  console.log("| kernel | shape | ms | GB/s | copy GB/s | vs copy |");
-  console.log("|---|---|---:|---:|---:|---:|");
+  console.log(
+    `cores: CPU cores the kernel used on average (this machine has ${navigator.hardwareConcurrency}); ` +
+      `fewer means another process took CPU time, which slows the kernels but not the one-thread copy\n`,
+  );
+  console.log("| kernel | shape | ms | GB/s | copy GB/s | vs copy | cores |");
+  console.log("|---|---|---:|---:|---:|---:|---:|");
   for (const r of matvec) {
     console.log(
       `| matvec ${r.type} | ${r.rows}x${r.cols} | ${r.ms.toFixed(3)} | ${r.gbps.toFixed(2)} | ${
         r.copyGbps.toFixed(2)
-      } | ${(100 * r.gbps / r.copyGbps).toFixed(0)}% |`,
+      } | ${(100 * r.gbps / r.copyGbps).toFixed(0)}% | ${r.cores.toFixed(2)} |`,
     );
   }
   for (const r of attention) {
     console.log(
       `| decode attention | ${r.tokens} tokens | ${r.ms.toFixed(3)} | ${r.gbps.toFixed(2)} | ${
         r.copyGbps.toFixed(2)
-      } | ${(100 * r.gbps / r.copyGbps).toFixed(0)}% |`,
+      } | ${(100 * r.gbps / r.copyGbps).toFixed(0)}% | ${r.cores.toFixed(2)} |`,
     );
   }
   await Deno.mkdir(join(HERE, "results"), { recursive: true });

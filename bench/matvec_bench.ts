@@ -16,6 +16,7 @@ import { parseArgs } from "node:util";
 import { GgmlType, ggmlTypeInfo } from "../src/gguf/types.ts";
 import { MatVec, type MatVecOptions } from "../src/kernels/matvec.ts";
 import { quantize } from "../src/model/quant.ts";
+import { CpuShare } from "./cpu_share.ts";
 import { type Buffer, type CommandList, Device } from "../src/vk/mod.ts";
 
 export interface MatvecBenchRow {
@@ -26,6 +27,9 @@ export interface MatvecBenchRow {
   gbps: number;
   /** The 256 MiB copy, submitted alternately with this shape's matvec: bytes copied / s. */
   copyGbps: number;
+  /** Cores the matvec submissions used on average (see cpu_share.ts); on lavapipe a value
+   * well under the machine's core count means another process took CPU time. */
+  cores: number;
   kernel: string;
 }
 
@@ -124,9 +128,12 @@ export async function benchOne(
   await copy.time();
   const times: number[] = [];
   const copyTimes: number[] = [];
+  const share = new CpuShare();
   for (let s = 0; s < submits; s++) {
     copyTimes.push(await copy.time());
+    share.start();
     await device.wait("compute", cmd.submit());
+    share.stop();
     times.push(timedMs(device, cmd) / reps);
   }
   const ms = median(times);
@@ -138,6 +145,7 @@ export async function benchOne(
     ms,
     gbps: bytes / ms / 1e6,
     copyGbps: copy.bytes / median(copyTimes) / 1e6,
+    cores: share.cores,
     kernel,
   };
 }
@@ -194,14 +202,14 @@ if (import.meta.main) {
     reps: Number(values.reps),
     submits: Number(values.submits),
   });
-  console.log("type   rows x cols      ms      GB/s  copy GB/s  vs copy  kernel");
+  console.log("type   rows x cols      ms      GB/s  copy GB/s  vs copy  cores  kernel");
   for (const r of rows) {
     console.log(
       `${r.type.padEnd(6)} ${`${r.rows}x${r.cols}`.padEnd(12)} ${r.ms.toFixed(3).padStart(8)} ${
         r.gbps.toFixed(2).padStart(8)
       } ${r.copyGbps.toFixed(2).padStart(10)} ${
         (r.gbps / r.copyGbps * 100).toFixed(0).padStart(7)
-      }%  ${r.kernel}`,
+      }%  ${r.cores.toFixed(2).padStart(5)}  ${r.kernel}`,
     );
   }
 }
