@@ -6,7 +6,7 @@
  *    1K..64K on synthetic models with real attention shapes (Llama-3.1-8B's 32 query / 8 KV
  *    heads x 128, TinyLlama-1.1B's 32 / 4 x 64; four layers, a small FFN), next to the bytes a
  *    step reads and the device's copy bandwidth measured in the same run. The prompt KV is
- *    synthetic (Session.benchDecode): a real 64K prefill is quadratic and takes hours on a CPU
+ *    synthetic (Session.benchPrefill): a real 64K prefill is quadratic and takes hours on a CPU
  *    driver. llama.cpp has no such shortcut, so it runs a real prefill, up to `--llamacpp-max`.
  *    Writes bench/results/speed.json.
  * 2. Throughput (`runThroughput`): prefill and greedy decode tokens/s for stories260K and a
@@ -428,7 +428,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
   // llama.cpp prefills for real: about 1 minute per 1K tokens of the 8B shape on lavapipe.
   const llamaCppMax = opts.llamaCppMax ?? (quick ? 1024 : 4096);
   const keep = opts.keep ?? 0.25;
-  const steps = opts.steps ?? (quick ? 10 : 32);
+  const steps = opts.steps ?? (quick ? 16 : 32);
   const log = opts.log ?? ((l: string) => console.error(l));
   if (llamaCppMax > 0) await ensureLlamaCpp();
   const copyGbps = copyBandwidth();
@@ -460,26 +460,33 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
         weightBytes: model.info().weightBytes,
       });
       for (const context of contexts) {
-        for (const cache of SWEEP_POLICIES) {
-          using s = model.session({
-            cache,
-            keep,
-            profile,
-            contextTokens: context + steps + 1,
+        // Every policy's session at once, their steps interleaved (one of each in turn), so a
+        // noisy machine slows them alike and the ratios hold.
+        const sessions = SWEEP_POLICIES.map((cache) =>
+          model.session({ cache, keep, profile, contextTokens: context + steps + 1 })
+        );
+        try {
+          for (const s of sessions) await s.benchPrefill(context, steps);
+          const times: number[][] = sessions.map(() => []);
+          for (let i = 0; i < steps; i++) {
+            for (const [j, s] of sessions.entries()) times[j].push(await s.benchStep());
+          }
+          sessions.forEach((s, j) => {
+            const st = s.cacheStats();
+            const cell: SpeedCell = {
+              shape: shape.id,
+              engine: SWEEP_POLICIES[j],
+              context,
+              stepMs: median(times[j].slice(1)),
+              kvBytes: st.deviceKvBytes,
+              triggerRate: st.triggerRate,
+              stepRetrievalRate: st.stepRetrievalRate,
+            };
+            cells.push(cell);
+            log(`speed: ${shape.id} ${context} ${cell.engine}: ${cell.stepMs!.toFixed(1)} ms`);
           });
-          const times = await s.benchDecode(context, steps);
-          const st = s.cacheStats();
-          const cell: SpeedCell = {
-            shape: shape.id,
-            engine: cache,
-            context,
-            stepMs: median(times.slice(1)),
-            kvBytes: st.deviceKvBytes,
-            triggerRate: st.triggerRate,
-            stepRetrievalRate: st.stepRetrievalRate,
-          };
-          cells.push(cell);
-          log(`speed: ${shape.id} ${context} ${cache}: ${cell.stepMs!.toFixed(1)} ms`);
+        } finally {
+          for (const s of sessions) s[Symbol.dispose]();
         }
         if (context > llamaCppMax) {
           cells.push({

@@ -240,21 +240,24 @@ Deno.test("device memory at keep 0.25, 8 KV heads, 16K prompt: as budgeted, unde
   }
 });
 
-Deno.test("benchDecode: decode steps after a synthetic prompt, every policy at its budget; the session stays usable", async () => {
+Deno.test("benchPrefill/benchStep: decode steps after a synthetic prompt, every policy at its budget; the session stays usable", async () => {
   await using model = await loadModel(sharedPath("models/stories260K.gguf"));
   const profile = SMALL_PROFILE(model.config.nLayers);
   const bytes: Record<string, number> = {};
   for (const cache of ["full", "snapkv", "heterocache"] as const) {
     using s = model.session({ cache, keep: 0.5, profile, contextTokens: 420 });
-    const times = await s.benchDecode(400, 6);
-    assert.equal(times.length, 6);
-    assert.ok(times.every((t) => t > 0));
+    await s.benchPrefill(400, 6);
+    for (let i = 0; i < 6; i++) assert.ok((await s.benchStep()) > 0);
+    await assert.rejects(
+      s.benchStep(),
+      (e: Error & { code?: string }) => e.code === "E_CONTEXT_FULL",
+    );
     const st = s.cacheStats();
     assert.equal(st.promptTokens, 400);
     assert.equal(s.stats().positions, 406);
     bytes[cache] = st.deviceKvBytes;
     await assert.rejects(
-      s.benchDecode(415, 6),
+      s.benchPrefill(415, 6),
       (e: Error & { code?: string }) => e.code === "E_CONTEXT_FULL",
     );
     // A real generation afterwards starts from a clean cache: the same text as a fresh session.

@@ -68,6 +68,9 @@ export class Session implements Disposable {
   #last: GenerationSummary | null = null;
   /** Device step time of the current generation's decode steps (transfer waits included). */
   #stepMs = 0;
+  /** benchPrefill/benchStep: the next token and the steps left. */
+  #benchNext = 0;
+  #benchLeft = 0;
 
   constructor(model: LoadedModel, state: ForwardState, policy: CachePolicy) {
     this.model = model;
@@ -130,6 +133,7 @@ export class Session implements Disposable {
     try {
       this.#state.reset();
       this.#tokens = [];
+      this.#benchLeft = 0;
       this.policy.begin(promptTokens.length, Math.min(maxTokens, capacity - promptTokens.length));
       this.#stepMs = 0;
       const want = greedy ? "argmax" : "logits";
@@ -290,6 +294,7 @@ export class Session implements Disposable {
     try {
       this.#state.reset();
       this.#tokens = [];
+      this.#benchLeft = 0;
       this.policy.begin(prompt.length, forced.length);
       this.#stepMs = 0;
       let logits = await this.#prefill(prompt, "logits") as Float32Array;
@@ -305,14 +310,14 @@ export class Session implements Disposable {
   }
 
   /**
-   * Decode benchmark: `steps` greedy decode steps after a synthetic prompt of `promptTokens`
-   * positions. The prompt's K/V rows, and the prompt queries a compressing policy scores them
-   * with, are random values written straight into the caches instead of computed by a prefill:
-   * a 64K-token prefill is quadratic and takes hours on a CPU Vulkan driver, while the decode
-   * steps after it read exactly the bytes real ones would. The policy then compresses as after
-   * a real prefill (selection, host store, drift checks). Returns each step's wall time, ms.
+   * Decode benchmark, part 1: a synthetic prompt of `promptTokens` positions, room for `steps`
+   * decode steps (each `benchStep()`). The prompt's K/V rows, and the prompt queries a
+   * compressing policy scores them with, are random values written straight into the caches
+   * instead of computed by a prefill: a 64K-token prefill is quadratic and takes hours on a CPU
+   * Vulkan driver, while the decode steps after it read exactly the bytes real ones would. The
+   * policy then compresses as after a real prefill (selection, host store, drift checks).
    */
-  async benchDecode(promptTokens: number, steps: number, seed = 1): Promise<number[]> {
+  async benchPrefill(promptTokens: number, steps: number, seed = 1): Promise<void> {
     if (this.#busy) {
       throw new HcError("E_BUSY", "this session is already generating; use another session");
     }
@@ -329,6 +334,7 @@ export class Session implements Disposable {
       this.#state.reset();
       this.#tokens = [];
       this.#stepMs = 0;
+      this.#benchLeft = 0;
       this.policy.begin(promptTokens, steps);
       this.policy.advance(promptTokens);
       const pool = randomHalfs(1 << 20, seed);
@@ -354,14 +360,28 @@ export class Session implements Disposable {
       }
       this.#state.seek(promptTokens);
       await this.model.queue.run(() => this.policy.endPrefill(this.#state.captures));
-      const times: number[] = [];
-      let next = this.model.tokenizer.bos ?? 1;
-      for (let i = 0; i < steps; i++) {
-        const t0 = performance.now();
-        next = await this.#forward([next], "argmax", "decode") as number;
-        times.push(performance.now() - t0);
-      }
-      return times;
+      this.#benchNext = this.model.tokenizer.bos ?? 1;
+      this.#benchLeft = steps;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** Decode benchmark, part 2: one greedy decode step after `benchPrefill`; its wall time, ms.
+   * Steps of several sessions can be interleaved, so that a noisy machine slows them alike. */
+  async benchStep(): Promise<number> {
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
+    if (this.#benchLeft < 1) {
+      throw new HcError("E_CONTEXT_FULL", "no benchmark step left: call benchPrefill first");
+    }
+    this.#busy = true;
+    try {
+      const t0 = performance.now();
+      this.#benchNext = await this.#forward([this.#benchNext], "argmax", "decode") as number;
+      this.#benchLeft--;
+      return performance.now() - t0;
     } finally {
       this.#busy = false;
     }
