@@ -3,6 +3,10 @@
 // scores_pool.comp (see there and src/kernels/scores.ts for the flags), from the merged (m, 1/l)
 // of scores_merge.comp.
 //
+// Built with HC_STORE_LOGITS, it reads the scaled logits scores_stats_cpu.comp stored (binding 5)
+// instead of recomputing them: for drift checks (G x 5 query rows) the dot products were most of
+// the work of the two passes.
+//
 // Each lane owns P consecutive output positions x0 .. x0 + P - 1 and recomputes the
 // probabilities of the P + 2 * H positions its pooling window reaches (H = K / 2 halo on each
 // side; E slots rounded up to whole trips), for a chunk of WC windows (all G query heads of
@@ -37,6 +41,9 @@ layout(std430, binding = 1) readonly buffer Kb { uvec4 k8[]; };
 layout(std430, binding = 2) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 3) readonly buffer Sb { vec2 stats[]; };
 layout(std430, binding = 4) writeonly buffer Ob { float outv[]; };
+#ifdef HC_STORE_LOGITS
+layout(std430, binding = 5) readonly buffer Lb { float logits[]; }; // per head [row][n]
+#endif
 
 layout(push_constant) uniform Push {
   uint headBase;
@@ -50,6 +57,7 @@ layout(push_constant) uniform Push {
   uint headStride; // vec2 entries per head region of `stats`
   uint outOff;     // float offset of the first output row
   uint outStride;  // floats between output rows
+  uint logitStride; // floats per head region of `logits` (HC_STORE_LOGITS)
 } p;
 
 const float FLUSH = -100.0;
@@ -77,17 +85,22 @@ void main() {
   for (uint w0 = 0; w0 < p.window; w0 += WC) {
     // The chunk's rows (and their statistics) enter through a rolled loop that shifts the
     // register arrays by one row per trip.
+#ifndef HC_STORE_LOGITS
     vec4 q[QC * D4];
+#endif
     float mr[QC];
     float il[QC];
     [[dont_unroll]] for (uint it = 0; it < QC; it++) {
       [[unroll]] for (uint i = 0; i < QC - 1u; i++) {
+#ifndef HC_STORE_LOGITS
         [[unroll]] for (uint c = 0; c < D4; c++) q[i * D4 + c] = q[(i + 1) * D4 + c];
+#endif
         mr[i] = mr[i + 1];
         il[i] = il[i + 1];
       }
       const uint rr = w0 * G + it;
       const uint r = min(rr, NR - 1u);
+#ifndef HC_STORE_LOGITS
       const uint qa = p.qOff4 + (r / G) * p.qStride4 + (h * G + r % G) * D4;
       // The lanes load the row together; each vec4 reaches every lane by a constant-index
       // shuffle (a register permute), so the row costs D4 / L load instructions, not D4.
@@ -96,6 +109,7 @@ void main() {
       [[unroll]] for (uint c = 0; c < D4; c++) {
         q[(QC - 1u) * D4 + c] = subgroupShuffle(ld[c / L], c % L) * p.scale;
       }
+#endif
       const vec2 st = stats[merged + r];
       mr[QC - 1u] = st.x;
       il[QC - 1u] = rr < NR ? st.y : 0.0; // rows past the last window add nothing
@@ -106,8 +120,14 @@ void main() {
       [[unroll]] for (uint u = 0; u < PK; u++) {
         const int j = x0 - int(H) + int(e0 + u);
         const bool valid = j >= 0 && j < int(p.n);
-        const uint at = (base + uint(clamp(j, 0, int(p.n) - 1))) * D8;
+        const uint jj = uint(clamp(j, 0, int(p.n) - 1));
         float sv[QC];
+#ifdef HC_STORE_LOGITS
+        [[unroll]] for (uint r = 0; r < QC; r++) {
+          sv[r] = logits[hi * p.logitStride + min(w0 * G + r, NR - 1u) * p.n + jj];
+        }
+#else
+        const uint at = (base + jj) * D8;
         [[unroll]] for (uint r = 0; r < QC; r++) sv[r] = 0.0;
         [[unroll]] for (uint c = 0; c < D8; c++) {
           const uvec4 w = k8[at + c];
@@ -117,6 +137,7 @@ void main() {
             sv[r] += dot(q[r * D4 + 2 * c], a) + dot(q[r * D4 + 2 * c + 1], b);
           }
         }
+#endif
         [[unroll]] for (uint g = 0; g < G; g++) pn[u * G + g] = 0.0;
         [[unroll]] for (uint r = 0; r < QC; r++) pn[u * G + r % G] += pexp(sv[r] - mr[r]) * il[r];
         [[unroll]] for (uint g = 0; g < G; g++) pn[u * G + g] = valid ? pn[u * G + g] : 0.0;

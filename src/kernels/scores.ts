@@ -397,21 +397,14 @@ export class AttentionScores implements Disposable {
       "simd-merge",
       () => this.device.kernel("scores_merge", { bindings: 1, pushBytes: 12, spec: [MERGE_WG] }),
     );
-    const poolShape = [pool.wc, pool.p, r.kernel, separate ? 1 : 0, pool.pk];
     const poolKernel = this.#kernel(
-      `simd-pool:${poolShape.join(":")}:${keep ? 1 : 0}`,
+      `simd-pool:${pool.wc}:${pool.p}:${r.kernel}:${separate ? 1 : 0}:${pool.pk}:${keep ? 1 : 0}`,
       () =>
-        keep
-          ? this.device.kernel("scores_pool_logits_cpu", {
-            bindings: 3,
-            pushBytes: 32,
-            spec: [L, G, ...poolShape],
-          })
-          : this.device.kernel("scores_pool_cpu", {
-            bindings: 5,
-            pushBytes: 44,
-            spec: [...spec, ...poolShape],
-          }),
+        this.device.kernel(keep ? "scores_pool_logits_cpu" : "scores_pool_cpu", {
+          bindings: keep ? 6 : 5,
+          pushBytes: 48,
+          spec: [...spec, pool.wc, pool.p, r.kernel, separate ? 1 : 0, pool.pk],
+        }),
     );
     for (const { c, h0, h1 } of r.groups) {
       const push = new ArrayBuffer(36);
@@ -435,33 +428,14 @@ export class AttentionScores implements Disposable {
     }
     cmd.barrier();
     for (const { c, h0, h1 } of r.groups) {
-      if (keep) {
-        cmd.dispatch(
-          poolKernel,
-          [r.statsBinding(h0), r.logitsBinding!(h0), a.out],
-          new Uint32Array([
-            n,
-            window,
-            r.splits * L,
-            r.flags,
-            r.headStride,
-            r.outBase(h0),
-            a.outStride ?? n,
-            r.logitStride,
-          ]),
-          [tiles, h1 - h0],
-        );
-        continue;
-      }
-      const push = new ArrayBuffer(44);
+      const push = new ArrayBuffer(48);
       const u = new Uint32Array(push);
       u.set([h0, ...r.push, r.splits * L]);
       new Float32Array(push, 24, 1)[0] = r.scale;
-      u.set([r.flags, r.headStride, r.outBase(h0), a.outStride ?? n], 7);
-      cmd.dispatch(poolKernel, [a.q, cache.k[c], cache.table, r.statsBinding(h0), a.out], u, [
-        tiles,
-        h1 - h0,
-      ]);
+      u.set([r.flags, r.headStride, r.outBase(h0), a.outStride ?? n, r.logitStride], 7);
+      const bindings = [a.q, cache.k[c], cache.table, r.statsBinding(h0), a.out];
+      if (keep) bindings.push(r.logitsBinding!(h0));
+      cmd.dispatch(poolKernel, bindings, u, [tiles, h1 - h0]);
     }
   }
 
