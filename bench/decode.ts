@@ -414,8 +414,9 @@ async function llamaCppStep(
 export interface SpeedOptions {
   quick?: boolean;
   contexts?: number[];
-  /** Largest context llama.cpp is measured at (it prefills for real); 0: not at all (a
-   * machine without node-llama-cpp, such as the GPU box, which reaches no registry). */
+  /** Largest context llama.cpp is measured at (it prefills for real): default 1K on CPU
+   * drivers and in the quick run, else 64K; 0: not at all (a machine without node-llama-cpp,
+   * such as the GPU box, which reaches no registry). */
   llamaCppMax?: number;
   keep?: number;
   steps?: number;
@@ -425,12 +426,14 @@ export interface SpeedOptions {
 export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
   const quick = opts.quick ?? true;
   const contexts = opts.contexts ?? (quick ? [1024, 16384, 65536] : [1024, 4096, 16384, 65536]);
-  // llama.cpp prefills for real: about 1 minute per 1K tokens of the 8B shape on lavapipe.
-  const llamaCppMax = opts.llamaCppMax ?? (quick ? 1024 : 4096);
+  // llama.cpp prefills for real: on lavapipe about a minute for 1K tokens of the 8B shape, and
+  // a 4K prefill ran 16 minutes without finishing; a GPU takes the long contexts in stride.
+  const llamaCppMaxFor = (device: Device) =>
+    opts.llamaCppMax ?? (quick || device.info.type === "cpu" ? 1024 : 65536);
   const keep = opts.keep ?? 0.25;
   const steps = opts.steps ?? (quick ? 16 : 32);
   const log = opts.log ?? ((l: string) => console.error(l));
-  if (llamaCppMax > 0) await ensureLlamaCpp();
+  if (opts.llamaCppMax !== 0) await ensureLlamaCpp();
   const copyGbps = copyBandwidth();
   log(`speed: copy bandwidth ${copyGbps.toFixed(1)} GB/s`);
   const cells: SpeedCell[] = [];
@@ -453,6 +456,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
       });
       const profile = await shape.profile();
       await using model = await loadModel(path);
+      const llamaCppMax = llamaCppMaxFor(model.device);
       shapes.push({
         id: shape.id,
         label: shape.label,
