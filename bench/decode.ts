@@ -23,10 +23,10 @@ import {
   type HeadRole,
   importOfficialProfile,
   parseProfile,
-  PROFILE_SCHEMA,
-  PROFILE_VERSION,
   serializeProfile,
 } from "../src/cache/profile.ts";
+import { layeredProfile } from "../src/cache/profile_io.ts";
+import { benchCopy } from "./matvec_bench.ts";
 import { isFullRole } from "../src/cache/profile.ts";
 import type { PolicyName } from "../src/cache/policy.ts";
 import { Device, listDevices } from "../src/vk/mod.ts";
@@ -228,18 +228,24 @@ interface Shape {
   profileNote: string;
 }
 
-/** Keeps `layers` of a profile, multipliers rescaled to mean 1 over its compressed heads. */
-function sliceProfile(p: HeadProfile, layers: readonly number[]): HeadProfile {
-  const kept = layers.map((l) => structuredClone(p.layers[l]));
-  const ratios = kept.flatMap((l) =>
-    l.roles.flatMap((r, h) => isFullRole(r) ? [] : [l.multipliers[h]])
+/** Rescales the compressed heads' multipliers to mean 1 over all layers (the budget rule's
+ * assumption), in place. */
+function normalizeMultipliers(layers: { roles: HeadRole[]; multipliers: number[] }[]): void {
+  const ratios = layers.flatMap((l) =>
+    l.roles.flatMap((r, h) => (isFullRole(r) ? [] : [l.multipliers[h]]))
   );
   const mean = ratios.reduce((a, b) => a + b, 0) / ratios.length;
-  for (const l of kept) {
+  for (const l of layers) {
     l.roles.forEach((r, h) => {
       if (!isFullRole(r)) l.multipliers[h] /= mean;
     });
   }
+}
+
+/** Keeps `layers` of a profile, multipliers rescaled to mean 1 over its compressed heads. */
+function sliceProfile(p: HeadProfile, layers: readonly number[]): HeadProfile {
+  const kept = layers.map((l) => structuredClone(p.layers[l]));
+  normalizeMultipliers(kept);
   const json = JSON.parse(serializeProfile({
     ...p,
     model: { ...p.model, arch: null, nLayers: layers.length, headDim: null, attnHash: null },
@@ -254,35 +260,11 @@ function alternatingProfile(nLayers: number, nKvHeads: number): HeadProfile {
   const anchors: HeadRole[] = Array(nKvHeads).fill("anchor");
   const layers = Array.from({ length: nLayers }, (_, l) => {
     const roles = l % 2 === 0 ? clustered : anchors;
-    return {
-      roles,
-      multipliers: roles.map((r, h) => (isFullRole(r) ? -1 : 0.8 + (0.4 * h) / nKvHeads)),
-      stability: roles.map(() => null),
-      clusters: l % 2 === 0
-        ? [{ pivot: 0, satellites: roles.flatMap((_, h) => (h > 0 ? [h] : [])) }]
-        : [],
-    };
+    const multipliers = roles.map((r, h) => (isFullRole(r) ? -1 : 0.8 + (0.4 * h) / nKvHeads));
+    return { roles, multipliers };
   });
-  const ratios = layers.flatMap((l) => l.multipliers.filter((m) => m >= 0));
-  const mean = ratios.reduce((a, b) => a + b, 0) / ratios.length;
-  for (const l of layers) l.multipliers = l.multipliers.map((m) => (m >= 0 ? m / mean : m));
-  return parseProfile({
-    schema: PROFILE_SCHEMA,
-    version: PROFILE_VERSION,
-    model: { arch: null, nLayers, nKvHeads, headDim: null, attnHash: null },
-    params: {
-      source: "calibrated",
-      topk: null,
-      stableThreshold: 0.5,
-      simThreshold: 0.5,
-      calibrationTokens: null,
-      decodeSteps: null,
-      similarityKeyTokens: null,
-      groupReduce: "mean",
-      poolKernel: 5,
-    },
-    layers,
-  });
+  normalizeMultipliers(layers);
+  return layeredProfile(layers);
 }
 
 const SWEEP_LAYERS = 4;
@@ -341,23 +323,6 @@ export interface SpeedResult {
   shapes: { id: string; label: string; profile: string; weightBytes: number }[];
   cells: SpeedCell[];
   table: string;
-}
-
-/** Median device-to-device copy bandwidth of a 256 MiB buffer, GB/s. */
-function copyBandwidth(): number {
-  using dev = Device.open();
-  const bytes = 256 << 20;
-  using a = dev.buffer(bytes);
-  using b = dev.buffer(bytes);
-  using cmd = dev.commands();
-  cmd.begin().copy(a, b, [[0, 0, bytes]]).end();
-  const ms: number[] = [];
-  for (let i = 0; i < 6; i++) {
-    const t0 = performance.now();
-    dev.waitSync("compute", cmd.submit());
-    ms.push(performance.now() - t0);
-  }
-  return bytes / median(ms.slice(1)) / 1e6;
 }
 
 function median(xs: number[]): number {
@@ -434,7 +399,10 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
   const steps = opts.steps ?? (quick ? 16 : 32);
   const log = opts.log ?? ((l: string) => console.error(l));
   if (opts.llamaCppMax !== 0) await ensureLlamaCpp();
-  const copyGbps = copyBandwidth();
+  const copyGbps = await (async () => {
+    using dev = Device.open();
+    return (await benchCopy(dev)).gbps;
+  })();
   log(`speed: copy bandwidth ${copyGbps.toFixed(1)} GB/s`);
   const cells: SpeedCell[] = [];
   const shapes: SpeedResult["shapes"] = [];

@@ -57,12 +57,26 @@ export function uniformProfile(
   roles: readonly HeadRole[],
   multipliers: readonly number[],
 ): HeadProfile {
-  const pivot = roles.indexOf("pivot");
-  const satellites = roles.flatMap((r, h) => (r === "satellite" ? [h] : []));
+  return layeredProfile(Array.from({ length: nLayers }, () => ({ roles, multipliers })));
+}
+
+/**
+ * A profile from per-layer roles and multipliers; a layer with a pivot gets one cluster (the
+ * pivot and every satellite). For synthetic models without a calibration of their own.
+ */
+export function layeredProfile(
+  layers: readonly { roles: readonly HeadRole[]; multipliers: readonly number[] }[],
+): HeadProfile {
   return parseProfile({
     schema: PROFILE_SCHEMA,
     version: PROFILE_VERSION,
-    model: { arch: null, nLayers, nKvHeads: roles.length, headDim: null, attnHash: null },
+    model: {
+      arch: null,
+      nLayers: layers.length,
+      nKvHeads: layers[0]?.roles.length ?? 0,
+      headDim: null,
+      attnHash: null,
+    },
     params: {
       source: "calibrated",
       topk: null,
@@ -74,11 +88,15 @@ export function uniformProfile(
       groupReduce: "mean",
       poolKernel: 5,
     },
-    layers: Array.from({ length: nLayers }, () => ({
-      roles: [...roles],
-      multipliers: [...multipliers],
-      stability: roles.map(() => null),
-      clusters: pivot >= 0 ? [{ pivot, satellites }] : [],
-    })),
+    layers: layers.map(({ roles, multipliers }) => {
+      const pivot = roles.indexOf("pivot");
+      const satellites = roles.flatMap((r, h) => (r === "satellite" ? [h] : []));
+      return {
+        roles: [...roles],
+        multipliers: [...multipliers],
+        stability: roles.map(() => null),
+        clusters: pivot >= 0 ? [{ pivot, satellites }] : [],
+      };
+    }),
   });
 }
