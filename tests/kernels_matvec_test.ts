@@ -2,7 +2,9 @@
  * Matvec kernels (src/kernels/matvec.ts) against the plain-TS reference over the DEQUANTIZED
  * weights (src/model/reference_matvec.ts), on fresh random data every run. Covers every weight
  * type on the generic (GPU) path and the CPU run path (row loop at batch 1, step variant for
- * batches, 64- and 32-bit chunk loads), the subgroup and shared-memory reductions, K = 16384,
+ * batches; weights and x as texel buffers, or as storage buffers with 64- and 32-bit chunk
+ * loads, and the fallback from texels to storage buffers), the subgroup and shared-memory
+ * reductions, K = 16384,
  * row counts that are not multiples of the rows per workgroup, batches, the accumulate flag,
  * weights bound at an offset and split into row ranges, and a deliberately wrong recording.
  */
@@ -149,12 +151,15 @@ function check(dev: Device, c: Case, expect?: Partial<MatVecPlan>): MatVecPlan {
   assertClose(got, want, tolerance(c.type), what);
   if (expect?.variant) assert.equal(plan.variant, expect.variant, `${what}: variant`);
   if (expect?.dispatches) assert.equal(plan.dispatches, expect.dispatches, `${what}: dispatches`);
+  if (expect?.texel !== undefined) assert.equal(plan.texel, expect.texel, `${what}: texel`);
   return plan;
 }
 
 const GENERIC: MatVecOptions = { path: "generic" };
 const RUN: MatVecOptions = { path: "run" };
-const RUN32: MatVecOptions = { path: "run", load64: false };
+/** The run path with storage buffers, as on devices without texel buffers. */
+const RUN64: MatVecOptions = { path: "run", texel: false };
+const RUN32: MatVecOptions = { path: "run", texel: false, load64: false };
 
 Deno.test(
   "matvec: every type, generic path, rows not a multiple of the workgroup's rows",
@@ -167,10 +172,17 @@ Deno.test(
 );
 
 Deno.test(
-  "matvec: every type, run path (row loop; 64- and 32-bit chunk loads)",
+  "matvec: every type, run path (row loop; texel, 64- and 32-bit chunk loads)",
   withDevice((dev) => {
     for (const type of TYPES) {
-      check(dev, { type, rows: 131, cols: 1024, options: RUN }, { variant: "rowloop" });
+      check(dev, { type, rows: 131, cols: 1024, options: RUN }, {
+        variant: "rowloop",
+        texel: dev.info.texelBuffer,
+      });
+      check(dev, { type, rows: 131, cols: 1024, options: RUN64 }, {
+        variant: "rowloop",
+        texel: false,
+      });
     }
     const r16 = { ...RUN32, rowsPerGroup: 16 };
     check(dev, { type: "Q8_0", rows: 67, cols: 1024, options: r16 }, { variant: "rowloop" });
@@ -215,9 +227,12 @@ Deno.test(
     for (const type of TYPES) {
       // Q6_K has no step variant: its row loop runs once per column.
       const variant = type === "Q6_K" ? "rowloop" : "step";
-      check(dev, { type, rows: 29, cols: 1024, batch: 2, accumulate: true, options: RUN }, {
-        variant,
-      });
+      for (const options of [RUN, RUN64]) {
+        check(dev, { type, rows: 29, cols: 1024, batch: 2, accumulate: true, options }, {
+          variant,
+          texel: options === RUN && dev.info.texelBuffer,
+        });
+      }
       check(dev, { type, rows: 29, cols: 1024, batch: 2, accumulate: true, options: GENERIC });
       check(dev, { type, rows: 90, cols: 1024, accumulate: true, options: RUN });
     }
@@ -282,6 +297,44 @@ Deno.test(
   }),
 );
 
+Deno.test(
+  "matvec: texel path falls back to storage buffers without texel support or room",
+  withDevice((dev) => {
+    if (!dev.info.texelBuffer) return; // the fallback is the only path there, tested above
+    const c: Case = { type: "Q4_K", rows: 100, cols: 1024, weightOffset: 4096 + 32, options: RUN };
+    const bytes = 100 * 1024 / 256 * 144;
+    check(dev, c, { variant: "rowloop", texel: true, dispatches: 1 });
+    // A weight over the texel view limit (here a cap) goes to storage buffers, split.
+    const plan = check(dev, { ...c, maxBindingBytes: bytes - 32 }, { texel: false });
+    assert.ok(plan.dispatches >= 2, `${plan.dispatches} dispatches`);
+    check(dev, { ...c, batch: 3, maxBindingBytes: bytes - 32 }, { variant: "step", texel: false });
+    check(dev, { ...c, type: "Q6_K", maxBindingBytes: 100 * 1024 / 256 * 210 }, { texel: false });
+    // A device whose info says it lacks the format: same kernels, storage bindings.
+    const noTexel = Object.create(dev, {
+      info: { value: { ...dev.info, texelBuffer: false } },
+    }) as Device;
+    for (const batch of [1, 3]) {
+      using mv = new MatVec(noTexel, GgmlType.Q4_K, RUN);
+      const weight = randomWeight("Q4_K", 64, 1024);
+      const x = randomF32(batch * 1024, nextSeed());
+      const want = referenceMatvec({ type: GgmlType.Q4_K, weight, rows: 64, cols: 1024, x, batch });
+      using wbuf = dev.buffer(weight.length);
+      dev.upload(wbuf, weight);
+      using xbuf = dev.buffer(x.byteLength);
+      dev.upload(xbuf, x);
+      using ybuf = dev.buffer(batch * 64 * 4);
+      using cmd = dev.commands();
+      cmd.begin();
+      const plan = mv.record(cmd, { weight: wbuf, rows: 64, cols: 1024, x: xbuf, y: ybuf, batch });
+      cmd.end();
+      dev.waitSync("compute", cmd.submit());
+      assert.equal(plan.texel, false);
+      assert.ok(!/_(rl|run)t_/.test(plan.kernel), plan.kernel);
+      assertClose(new Float32Array(dev.download(ybuf).buffer), want, 1e-3, `no texel ${batch}`);
+    }
+  }),
+);
+
 Deno.test("matvec: a weight larger than maxStorageBufferRange is split by the device limit", () => {
   using dev = Device.open();
   const rows = 2100, cols = 16384; // 137.6 MB of F32: over lavapipe's 128 MiB range
@@ -301,14 +354,21 @@ Deno.test("matvec: a weight larger than maxStorageBufferRange is split by the de
   using xbuf = dev.buffer(cols * 4);
   dev.upload(xbuf, x);
   using ybuf = dev.buffer(rows * 4);
-  using mv = new MatVec(dev, GgmlType.F32);
-  using cmd = dev.commands();
-  cmd.begin();
-  const plan = mv.record(cmd, { weight: wbuf, rows, cols, x: xbuf, y: ybuf });
-  cmd.end();
-  dev.waitSync("compute", cmd.submit());
-  assert.ok(plan.dispatches >= 2, `${plan.dispatches} dispatches`);
-  assertClose(new Float32Array(dev.download(ybuf).buffer), want, 1e-4, `F32 ${rows}x${cols} split`);
+  // Storage buffers split by maxStorageBufferRange; a texel view (up to
+  // maxTexelBufferElements, 2 GiB on lavapipe) takes the weight whole.
+  for (const texel of [false, true]) {
+    using mv = new MatVec(dev, GgmlType.F32, { texel });
+    using cmd = dev.commands();
+    cmd.begin();
+    const plan = mv.record(cmd, { weight: wbuf, rows, cols, x: xbuf, y: ybuf });
+    cmd.end();
+    dev.waitSync("compute", cmd.submit());
+    const whole = texel && plan.texel;
+    assert.ok(whole || plan.dispatches >= 2, `${plan.dispatches} dispatches`);
+    if (whole) assert.equal(plan.dispatches, 1);
+    const got = new Float32Array(dev.download(ybuf).buffer);
+    assertClose(got, want, 1e-4, `F32 ${rows}x${cols} ${whole ? "texel" : "split"}`);
+  }
 });
 
 Deno.test(

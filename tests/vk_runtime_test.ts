@@ -174,3 +174,62 @@ Deno.test("a host→device transfer runs beside a dispatch, ordered only where i
   // The event loop kept running while the gather and the device work were in flight.
   assert.ok(ticks >= 1, `JS timer ticked ${ticks} times during ${ms.toFixed(1)} ms of device work`);
 });
+
+Deno.test("texel bindings: one view per bound range, owned by its buffer; bad ranges are errors", () => {
+  using dev = Device.open();
+  const kinds = ["texel", "texel", "storage"] as const;
+  // matvec_rlt_f32: the CPU row-loop matvec reading weights (binding 0) and x (1) as texels.
+  const make = () =>
+    dev.kernel("matvec_rlt_f32", { bindings: 3, kinds, pushBytes: 36, spec: [8, 4, 1] });
+  if (!dev.info.texelBuffer) {
+    assert.throws(make, (e) => isHcError(e, "E_VK_LIMIT"));
+    return;
+  }
+  assert.ok(dev.info.maxTexelBufferElements >= 65536); // the Vulkan minimum
+  assert.throws(
+    () => dev.kernel("matvec_rlt_f32", { bindings: 3, kinds: ["texel"], pushBytes: 36 }),
+    (e) => isHcError(e, "E_VK"),
+  );
+  using mv = make();
+  const rows = 4, cols = 64, wBytes = rows * cols * 4;
+  // Three weights in one buffer at 16-byte aligned offsets, each its own view.
+  const offsets = [0, wBytes + 16, 2 * wBytes + 48];
+  using w = dev.buffer(3 * wBytes + 48);
+  using x = dev.buffer(cols * 4);
+  using y = dev.buffer(offsets.length * rows * 4, "readback");
+  const ws = offsets.map((_, i) => randomF32(rows * cols, 40 + i));
+  ws.forEach((wi, i) => dev.upload(w, wi, offsets[i]));
+  const xv = randomF32(cols, 50);
+  dev.upload(x, xv);
+  const push = new Uint32Array([rows, cols, 0, cols * 4, cols, rows, 0, 1, 1 << 8]);
+  using cmd = dev.commands();
+  for (let rep = 0; rep < 2; rep++) { // a second recording reuses the buffer's views
+    cmd.begin();
+    offsets.forEach((off, i) => {
+      const yb = { buffer: y, offset: i * rows * 4, bytes: rows * 4 };
+      cmd.dispatch(mv, [{ buffer: w, offset: off, bytes: wBytes }, x, yb], push, [1]);
+    });
+    cmd.end();
+    dev.waitSync("compute", cmd.submit());
+    const got = new Float32Array(y.mapped().buffer.slice(0));
+    ws.forEach((wi, i) => {
+      const want = Array.from({ length: rows }, (_, r) => {
+        let s = 0;
+        for (let k = 0; k < cols; k++) s += wi[r * cols + k] * xv[k];
+        return s;
+      });
+      assert.ok(relError(got.subarray(i * rows, (i + 1) * rows), want) < 1e-5, `weight ${i}`);
+    });
+  }
+  cmd.begin();
+  const bad = (binding: { buffer: typeof w; offset: number; bytes?: number }, code: string) =>
+    assert.throws(
+      () => cmd.dispatch(mv, [binding, x, y], push, [1]),
+      (e) => isHcError(e, code as "E_VK"),
+    );
+  bad({ buffer: w, offset: 8, bytes: wBytes }, "E_VK"); // offset off the texel alignment
+  bad({ buffer: w, offset: 0, bytes: wBytes + 4 }, "E_VK"); // not whole texels
+  using odd = dev.buffer(wBytes + 4);
+  bad({ buffer: odd, offset: 0 }, "E_VK"); // "to the end": a partial texel
+  cmd.end();
+});

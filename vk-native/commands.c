@@ -7,15 +7,18 @@
 #define SETS_PER_POOL 256u
 
 static int32_t add_desc_pool(struct hc_cmd *c) {
-  VkDescriptorPoolSize size = {
-      .type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-      .descriptorCount = SETS_PER_POOL * 16,
+  /* Texel bindings are few per set (weights, x): four per set is plenty, and a pool that runs
+   * out simply chains another. */
+  VkDescriptorPoolSize sizes[2] = {
+      {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = SETS_PER_POOL * 16},
+      {.type = VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER, .descriptorCount = SETS_PER_POOL * 4},
   };
+  uint32_t n_sizes = c->dev->texel ? 2 : 1;
   VkDescriptorPoolCreateInfo ci = {
       .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
       .maxSets = SETS_PER_POOL,
-      .poolSizeCount = 1,
-      .pPoolSizes = &size,
+      .poolSizeCount = n_sizes,
+      .pPoolSizes = sizes,
   };
   VkDescriptorPool pool;
   VkResult r = vkCreateDescriptorPool(c->dev->device, &ci, NULL, &pool);
@@ -188,9 +191,12 @@ int32_t hc_cmd_dispatch(hc_handle cmd, hc_handle kernel, const uint64_t *binding
     return hc_fail(HC_E_LIMIT, "hc_cmd_dispatch: %u x %u x %u workgroups (device max %u x %u x %u)",
                    gx, gy, gz, mx[0], mx[1], mx[2]);
   VkDescriptorBufferInfo infos[16];
+  VkBufferView views[16];
   VkWriteDescriptorSet writes[16];
-  uint64_t align = d->props.limits.minStorageBufferOffsetAlignment;
+  const VkPhysicalDeviceLimits *lim = &d->props.limits;
   for (uint32_t i = 0; i < n; i++) {
+    bool texel = k->kinds[i] != HC_BIND_STORAGE;
+    uint64_t align = texel ? lim->minTexelBufferOffsetAlignment : lim->minStorageBufferOffsetAlignment;
     hc_handle bh = bindings[i * 3];
     uint64_t off = bindings[i * 3 + 1], range = bindings[i * 3 + 2];
     struct hc_buffer *b = hc_handle_get(bh, HC_KIND_BUFFER);
@@ -200,9 +206,20 @@ int32_t hc_cmd_dispatch(hc_handle cmd, hc_handle kernel, const uint64_t *binding
     if (align && off % align) return hc_fail(HC_E_ARG, "hc_cmd_dispatch: binding %u: offset %llu not aligned to %llu", i, (unsigned long long)off, (unsigned long long)align);
     if (range == 0) range = b->bytes - off;
     if (off + range > b->bytes) return hc_fail(HC_E_ARG, "hc_cmd_dispatch: binding %u: range past the end", i);
-    if (range > d->props.limits.maxStorageBufferRange)
+    if (texel) {
+      if (range % HC_TEXEL_BYTES)
+        return hc_fail(HC_E_ARG, "hc_cmd_dispatch: binding %u: texel range of %llu bytes is not a multiple of %u", i,
+                       (unsigned long long)range, HC_TEXEL_BYTES);
+      if (range / HC_TEXEL_BYTES > lim->maxTexelBufferElements)
+        return hc_fail(HC_E_LIMIT, "hc_cmd_dispatch: binding %u: %llu texels exceed maxTexelBufferElements (%u); split the buffer or bind it as storage",
+                       i, (unsigned long long)(range / HC_TEXEL_BYTES), lim->maxTexelBufferElements);
+      rc = hc_buffer_view(b, off, range, &views[i]);
+      if (rc) return rc;
+      continue;
+    }
+    if (range > lim->maxStorageBufferRange)
       return hc_fail(HC_E_LIMIT, "hc_cmd_dispatch: binding %u: %llu bytes exceed maxStorageBufferRange (%u); split the buffer",
-                     i, (unsigned long long)range, d->props.limits.maxStorageBufferRange);
+                     i, (unsigned long long)range, lim->maxStorageBufferRange);
     infos[i] = (VkDescriptorBufferInfo){.buffer = b->buffer, .offset = off, .range = range};
   }
   VkDescriptorSet set;
@@ -214,8 +231,9 @@ int32_t hc_cmd_dispatch(hc_handle cmd, hc_handle kernel, const uint64_t *binding
         .dstSet = set,
         .dstBinding = i,
         .descriptorCount = 1,
-        .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-        .pBufferInfo = &infos[i],
+        .descriptorType = hc_descriptor_type(k->kinds[i]),
+        .pBufferInfo = k->kinds[i] == HC_BIND_STORAGE ? &infos[i] : NULL,
+        .pTexelBufferView = k->kinds[i] == HC_BIND_STORAGE ? NULL : &views[i],
     };
   vkUpdateDescriptorSets(d->device, n, writes, 0, NULL);
   vkCmdBindPipeline(c->cb, VK_PIPELINE_BIND_POINT_COMPUTE, k->pipeline);

@@ -78,6 +78,7 @@ struct caps {
   bool subgroup_arith;
   uint64_t max_alloc;
   bool timeline, storage16, storage8, float16, int8, int64;
+  bool texel;
 };
 
 static void query_caps(VkPhysicalDevice pd, struct caps *c) {
@@ -101,6 +102,9 @@ static void query_caps(VkPhysicalDevice pd, struct caps *c) {
   c->float16 = f12.shaderFloat16;
   c->int8 = f12.shaderInt8;
   c->int64 = f2.features.shaderInt64;
+  VkFormatProperties fp;
+  vkGetPhysicalDeviceFormatProperties(pd, VK_FORMAT_R32G32B32A32_UINT, &fp);
+  c->texel = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
 }
 
 /* Appends printf output to a bounded buffer; reports truncation through *ok. */
@@ -141,7 +145,8 @@ static void json_caps(struct jbuf *b, uint32_t index, const struct caps *c) {
        "\"maxComputeWorkGroupCount\":[%u,%u,%u],\"maxPushConstantsBytes\":%u,"
        "\"minStorageBufferOffsetAlignment\":%llu,\"timestampPeriodNs\":%g,"
        "\"timelineSemaphore\":%s,\"storage16\":%s,\"storage8\":%s,\"float16\":%s,\"int8\":%s,"
-       "\"int64\":%s}",
+       "\"int64\":%s,\"maxTexelBufferElements\":%u,\"minTexelBufferOffsetAlignment\":%llu,"
+       "\"texelBuffer\":%s}",
        index, name, type_name(c->props.deviceType), c->props.vendorID, c->props.deviceID,
        VK_API_VERSION_MAJOR(c->props.apiVersion), VK_API_VERSION_MINOR(c->props.apiVersion),
        VK_API_VERSION_PATCH(c->props.apiVersion), c->props.driverVersion, c->subgroup_size,
@@ -152,7 +157,8 @@ static void json_caps(struct jbuf *b, uint32_t index, const struct caps *c) {
        (unsigned long long)l->minStorageBufferOffsetAlignment, (double)l->timestampPeriod,
        c->timeline ? "true" : "false", c->storage16 ? "true" : "false",
        c->storage8 ? "true" : "false", c->float16 ? "true" : "false", c->int8 ? "true" : "false",
-       c->int64 ? "true" : "false");
+       c->int64 ? "true" : "false", l->maxTexelBufferElements,
+       (unsigned long long)l->minTexelBufferOffsetAlignment, c->texel ? "true" : "false");
 }
 
 int32_t hc_devices_json(char *out, uint64_t cap) {
@@ -294,6 +300,7 @@ int32_t hc_device_open(const char *selector, hc_handle *out_device) {
   d->float16 = c.float16;
   d->storage16 = c.storage16;
   d->storage8 = c.storage8;
+  d->texel = c.texel;
   vkGetPhysicalDeviceMemoryProperties(d->physical, &d->mem_props);
 
   uint32_t cf;

@@ -49,11 +49,20 @@ int32_t hc_buffer_destroy(hc_handle buffer);
 /* Host address of a mapped (UPLOAD/READBACK) buffer, valid until destroy. */
 int32_t hc_buffer_map(hc_handle buffer, uint64_t *out_address);
 
-/* A compute kernel from SPIR-V: n_bindings storage buffers at set 0, bindings 0..n-1, a push
- * constant block of push_bytes, and uint32 specialization constants with ids 0..n_spec-1. */
+/* Descriptor kinds of kernel bindings. A texel binding is a read-only uniform texel buffer that
+ * sees its buffer range as R32G32B32A32_UINT texels, 16 bytes each (GLSL usamplerBuffer +
+ * texelFetch): lavapipe gathers those with vector loads where it fetches storage buffers lane
+ * by lane. The buffer views they need are made by hc_cmd_dispatch and owned by the buffer. */
+#define HC_BIND_STORAGE 0
+#define HC_BIND_TEXEL 1
+#define HC_TEXEL_BYTES 16
+
+/* A compute kernel from SPIR-V: n_bindings descriptors at set 0, bindings 0..n-1, of the kinds
+ * in binding_kinds (NULL = all storage buffers), a push constant block of push_bytes, and
+ * uint32 specialization constants with ids 0..n_spec-1. */
 int32_t hc_kernel_create(hc_handle device, const uint32_t *spirv, uint64_t spirv_bytes,
-                         uint32_t n_bindings, uint32_t push_bytes, const uint32_t *spec,
-                         uint32_t n_spec, hc_handle *out_kernel);
+                         const uint32_t *binding_kinds, uint32_t n_bindings, uint32_t push_bytes,
+                         const uint32_t *spec, uint32_t n_spec, hc_handle *out_kernel);
 int32_t hc_kernel_destroy(hc_handle kernel);
 
 /* A command list records for one queue; it can be submitted many times once ended. */
@@ -61,7 +70,9 @@ int32_t hc_cmd_create(hc_handle device, int32_t queue, hc_handle *out_cmd);
 int32_t hc_cmd_destroy(hc_handle cmd);
 /* Waits for the list's previous submission (if any), then starts recording afresh. */
 int32_t hc_cmd_begin(hc_handle cmd);
-/* bindings: n triples (buffer handle, offset bytes, range bytes; range 0 = to the end). */
+/* bindings: n triples (buffer handle, offset bytes, range bytes; range 0 = to the end). A texel
+ * binding needs an offset aligned to minTexelBufferOffsetAlignment, a range that is a whole
+ * number of texels and at most maxTexelBufferElements of them (HC_E_LIMIT otherwise). */
 int32_t hc_cmd_dispatch(hc_handle cmd, hc_handle kernel, const uint64_t *bindings, uint32_t n,
                         const void *push, uint32_t push_bytes, uint32_t gx, uint32_t gy,
                         uint32_t gz);

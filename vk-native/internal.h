@@ -32,6 +32,8 @@ struct hc_device {
   bool storage16;
   bool storage8;
   bool separate_transfer;
+  /* R32G32B32A32_UINT usable as a uniform texel buffer (HC_BIND_TEXEL). */
+  bool texel;
   struct hc_queue queues[2];
   uint32_t families[2];
   uint32_t n_families;
@@ -39,6 +41,13 @@ struct hc_device {
    * threads, so every vkQueueSubmit takes this lock. */
   pthread_mutex_t submit_lock;
   uint32_t live_objects;
+};
+
+/* A texel view of a buffer range, made on first use by a dispatch and kept until the buffer
+ * is destroyed: a recorded list may be replayed long after the dispatch call. */
+struct hc_view {
+  VkBufferView view;
+  uint64_t offset, range;
 };
 
 struct hc_buffer {
@@ -49,6 +58,9 @@ struct hc_buffer {
   uint64_t bytes;
   int32_t kind;
   void *mapped;
+  bool texel_usage; /* created with the texel usage bit (the device supports the format) */
+  struct hc_view *views;
+  uint32_t n_views, cap_views;
 };
 
 struct hc_kernel {
@@ -59,6 +71,7 @@ struct hc_kernel {
   VkPipeline pipeline;
   uint32_t n_bindings;
   uint32_t push_bytes;
+  uint32_t kinds[16]; /* HC_BIND_* per binding */
 };
 
 struct hc_cmd {
@@ -82,9 +95,17 @@ static inline struct hc_queue *hc_queue_of(struct hc_device *d, int32_t queue) {
   return (queue == HC_QUEUE_TRANSFER && d->separate_transfer) ? &d->queues[1] : &d->queues[0];
 }
 
+static inline VkDescriptorType hc_descriptor_type(uint32_t kind) {
+  return kind == HC_BIND_TEXEL ? VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER
+                              : VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+}
+
 /* Error reporting (errors.c). */
 int32_t hc_fail(int32_t code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int32_t hc_vk_fail(VkResult r, const char *what);
+
+/* A cached texel view of buffer b's [offset, offset + range) (resources.c). */
+int32_t hc_buffer_view(struct hc_buffer *b, uint64_t offset, uint64_t range, VkBufferView *out);
 
 /* Handle table (handles.c). */
 hc_handle hc_handle_new(enum hc_kind kind, void *object);

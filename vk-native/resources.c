@@ -25,11 +25,16 @@ int32_t hc_buffer_create(hc_handle device, uint64_t bytes, int32_t kind, hc_hand
   b->dev_handle = device;
   b->bytes = bytes;
   b->kind = kind;
+  VkBufferUsageFlags usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
+                             VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  /* Any buffer may be bound as texels later; the bit is only asked for where the format
+   * supports it, so a device without texel support allocates as before. */
+  if (d->texel) usage |= VK_BUFFER_USAGE_UNIFORM_TEXEL_BUFFER_BIT;
+  b->texel_usage = d->texel;
   VkBufferCreateInfo bci = {
       .sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
       .size = bytes,
-      .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-               VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+      .usage = usage,
       /* Shared by the compute and transfer families without ownership transfers. */
       .sharingMode = d->n_families > 1 ? VK_SHARING_MODE_CONCURRENT : VK_SHARING_MODE_EXCLUSIVE,
       .queueFamilyIndexCount = d->n_families > 1 ? d->n_families : 0,
@@ -102,6 +107,8 @@ int32_t hc_buffer_destroy(hc_handle buffer) {
   vkDeviceWaitIdle(d->device);
   pthread_mutex_unlock(&d->submit_lock);
   if (b->mapped) vkUnmapMemory(d->device, b->memory);
+  for (uint32_t i = 0; i < b->n_views; i++) vkDestroyBufferView(d->device, b->views[i].view, NULL);
+  free(b->views);
   vkDestroyBuffer(d->device, b->buffer, NULL);
   vkFreeMemory(d->device, b->memory, NULL);
   d->live_objects--;
@@ -117,6 +124,36 @@ int32_t hc_buffer_map(hc_handle buffer, uint64_t *out_address) {
   return HC_OK;
 }
 
+int32_t hc_buffer_view(struct hc_buffer *b, uint64_t offset, uint64_t range, VkBufferView *out) {
+  for (uint32_t i = 0; i < b->n_views; i++)
+    if (b->views[i].offset == offset && b->views[i].range == range) {
+      *out = b->views[i].view;
+      return HC_OK;
+    }
+  if (!b->texel_usage)
+    return hc_fail(HC_E_LIMIT, "the device has no R32G32B32A32_UINT texel buffers; bind a storage buffer");
+  if (b->n_views == b->cap_views) {
+    uint32_t cap = b->cap_views ? b->cap_views * 2 : 4;
+    struct hc_view *v = realloc(b->views, cap * sizeof *v);
+    if (!v) return hc_fail(HC_E_OOM, "out of host memory");
+    b->views = v;
+    b->cap_views = cap;
+  }
+  VkBufferViewCreateInfo ci = {
+      .sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO,
+      .buffer = b->buffer,
+      .format = VK_FORMAT_R32G32B32A32_UINT,
+      .offset = offset,
+      .range = range,
+  };
+  VkBufferView view;
+  VkResult r = vkCreateBufferView(b->dev->device, &ci, NULL, &view);
+  if (r != VK_SUCCESS) return hc_vk_fail(r, "vkCreateBufferView");
+  b->views[b->n_views++] = (struct hc_view){.view = view, .offset = offset, .range = range};
+  *out = view;
+  return HC_OK;
+}
+
 static void destroy_kernel(struct hc_kernel *k, VkShaderModule module) {
   VkDevice dev = k->dev->device;
   if (module) vkDestroyShaderModule(dev, module, NULL);
@@ -127,8 +164,8 @@ static void destroy_kernel(struct hc_kernel *k, VkShaderModule module) {
 }
 
 int32_t hc_kernel_create(hc_handle device, const uint32_t *spirv, uint64_t spirv_bytes,
-                         uint32_t n_bindings, uint32_t push_bytes, const uint32_t *spec,
-                         uint32_t n_spec, hc_handle *out_kernel) {
+                         const uint32_t *binding_kinds, uint32_t n_bindings, uint32_t push_bytes,
+                         const uint32_t *spec, uint32_t n_spec, hc_handle *out_kernel) {
   HC_GET(d, struct hc_device, HC_KIND_DEVICE, device, "hc_kernel_create");
   if (!out_kernel || !spirv) return hc_fail(HC_E_ARG, "hc_kernel_create: null argument");
   if (spirv_bytes < 20 || spirv_bytes % 4 || spirv[0] != 0x07230203u)
@@ -140,6 +177,13 @@ int32_t hc_kernel_create(hc_handle device, const uint32_t *spirv, uint64_t spirv
     return hc_fail(HC_E_LIMIT, "hc_kernel_create: push block of %u bytes (device max %u, multiple of 4)",
                    push_bytes, d->props.limits.maxPushConstantsSize);
   if (n_spec > 32) return hc_fail(HC_E_ARG, "hc_kernel_create: %u specialization constants", n_spec);
+  for (uint32_t i = 0; binding_kinds && i < n_bindings; i++) {
+    uint32_t kd = binding_kinds[i];
+    if (kd > HC_BIND_TEXEL)
+      return hc_fail(HC_E_ARG, "hc_kernel_create: binding %u has unknown kind %u", i, kd);
+    if (kd == HC_BIND_TEXEL && !d->texel)
+      return hc_fail(HC_E_LIMIT, "hc_kernel_create: binding %u: the device has no R32G32B32A32_UINT texel buffers", i);
+  }
   struct hc_kernel *k = calloc(1, sizeof *k);
   if (!k) return hc_fail(HC_E_OOM, "out of host memory");
   k->dev = d;
@@ -148,13 +192,15 @@ int32_t hc_kernel_create(hc_handle device, const uint32_t *spirv, uint64_t spirv
   k->push_bytes = push_bytes;
 
   VkDescriptorSetLayoutBinding binds[16];
-  for (uint32_t i = 0; i < n_bindings; i++)
+  for (uint32_t i = 0; i < n_bindings; i++) {
+    k->kinds[i] = binding_kinds ? binding_kinds[i] : HC_BIND_STORAGE;
     binds[i] = (VkDescriptorSetLayoutBinding){
         .binding = i,
-        .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+        .descriptorType = hc_descriptor_type(k->kinds[i]),
         .descriptorCount = 1,
         .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT,
     };
+  }
   VkDescriptorSetLayoutCreateInfo dci = {
       .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
       .bindingCount = n_bindings,

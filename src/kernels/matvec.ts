@@ -16,13 +16,26 @@
  * the layout allows, else "generic". Weights larger than maxStorageBufferRange are split into
  * row ranges, each bound at an aligned offset; big row counts use a 2-D grid.
  *
+ * The run path binds weights and x as texel buffers where the device has them and the whole
+ * weight fits one texel view (maxTexelBufferElements): lavapipe gathers texels with vector
+ * loads but fetches storage buffers lane by lane, 1.4-2x slower. Otherwise it falls back to
+ * storage buffers, per record() call.
+ *
  *   using mv = new MatVec(device, GgmlType.Q4_K);
  *   mv.record(cmd, { weight, weightOffset, rows: 4096, cols: 14336, x, y, accumulate: true });
  */
 import { HcError } from "../errors.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
 import { checkedRangeWindow } from "./elementwise.ts";
-import type { Binding, Buffer, CommandList, Device, DeviceInfo, Kernel } from "../vk/mod.ts";
+import {
+  type Binding,
+  type Buffer,
+  type CommandList,
+  type Device,
+  type DeviceInfo,
+  type Kernel,
+  TEXEL_BYTES,
+} from "../vk/mod.ts";
 
 /** Columns of x handled by one dispatch at most (the shader's NUM_COLS). */
 export const MATVEC_MAX_COLS = 8;
@@ -94,6 +107,9 @@ export interface MatVecOptions {
   /** Rows per workgroup; default up to 128 for the run path at batch 1 (fewer for small
    * matrices), 16/columns (at least 4) for its batches, 2 for the generic path. */
   rowsPerGroup?: number;
+  /** Bind weights and x as texel buffers on the run path where the layout allows (see the
+   * header). Default: on where the device has texel buffers. */
+  texel?: boolean;
 }
 
 export interface MatVecRecord {
@@ -117,8 +133,9 @@ export interface MatVecRecord {
   xStride?: number;
   /** Floats between y columns, default rows. */
   yStride?: number;
-  /** Cap on one weight binding's bytes (default: the device's maxStorageBufferRange); lets
-   * tests exercise the split into row ranges with small weights. */
+  /** Cap on one weight binding's bytes (default: the device's maxStorageBufferRange, or
+   * maxTexelBufferElements for a texel binding); lets tests exercise the split into row ranges
+   * and the fallback from texels to storage buffers with small weights. */
   maxBindingBytes?: number;
 }
 
@@ -129,6 +146,8 @@ export interface MatVecPlan {
   variant: KernelKind;
   kernel: string;
   dispatches: number;
+  /** Whether weights and x were bound as texel buffers. */
+  texel: boolean;
 }
 
 export type KernelKind = "generic" | "step" | "rowloop";
@@ -136,6 +155,7 @@ export type KernelKind = "generic" | "step" | "rowloop";
 interface Variant {
   kind: KernelKind;
   cols: number;
+  texel: boolean;
 }
 
 function isPow2(n: number): boolean {
@@ -159,7 +179,7 @@ export class MatVec implements Disposable {
   readonly typeName: string;
   readonly blockElems: number;
   readonly blockBytes: number;
-  readonly options: Required<Pick<MatVecOptions, "path" | "load64">> & MatVecOptions;
+  readonly options: Required<Pick<MatVecOptions, "path" | "load64" | "texel">> & MatVecOptions;
   #kernels = new Map<string, Kernel>();
   #disposed = false;
   /** What the last record() call did. */
@@ -186,6 +206,7 @@ export class MatVec implements Disposable {
       load64: options.load64 ?? deviceLoad64(device.info),
       workgroupSize: options.workgroupSize,
       rowsPerGroup: options.rowsPerGroup,
+      texel: options.texel ?? device.info.texelBuffer === true,
     };
     if (
       options.workgroupSize !== undefined &&
@@ -244,7 +265,8 @@ export class MatVec implements Disposable {
   ): { kernel: Kernel; wg: number; rowsPerGroup: number; name: string } {
     const wg = this.#workgroupSize(v.kind);
     const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols, rows);
-    const l64 = this.options.load64 ? "64" : "";
+    // Texel variants read x as texels too, so they have no LOAD64 twin.
+    const l64 = v.texel ? "t" : this.options.load64 ? "64" : "";
     const base = v.kind === "rowloop"
       ? `matvec_rl${l64}_`
       : v.kind === "step"
@@ -256,6 +278,7 @@ export class MatVec implements Disposable {
     if (!k) {
       k = this.device.kernel(name, {
         bindings: 3,
+        kinds: v.texel ? ["texel", "texel", "storage"] : undefined,
         pushBytes: PUSH_WORDS * 4,
         spec: [wg, rowsPerGroup, v.cols],
       });
@@ -374,7 +397,25 @@ export class MatVec implements Disposable {
       a.weight.bytes - weightOffset - weightBytes,
     );
     const ncols = kind === "rowloop" ? 1 : Math.min(batch, MATVEC_MAX_COLS);
-    const { kernel, rowsPerGroup, wg, name: kname } = this.#kernel({ kind, cols: ncols }, a.rows);
+    // Binding offsets aligned to the device rules and to the run path's 32-byte chunks.
+    const storageAlign = Math.max(info.minStorageBufferOffsetAlignment, 32);
+    const texelAlign = Math.max(storageAlign, info.minTexelBufferOffsetAlignment);
+    const spare = kind === "rowloop" && this.type === GgmlType.Q6_K ? Q6K_WINDOW_SPARE : 0;
+    const texelX = this.#texelWindow(kind, x, ((batch - 1) * xStride + a.cols) * 4);
+    // One texel view must hold the whole weight (its slack included); else storage buffers,
+    // split into row ranges as needed.
+    const texelLimit = Math.min(
+      info.maxTexelBufferElements * TEXEL_BYTES,
+      MAX_BINDING_BYTES,
+      a.maxBindingBytes ?? Infinity,
+    );
+    const texel = texelX !== null &&
+      weightOffset % texelAlign + weightBytes + spare <= texelLimit;
+    const align = texel ? texelAlign : storageAlign;
+    const { kernel, rowsPerGroup, wg, name: kname } = this.#kernel(
+      { kind, cols: ncols, texel },
+      a.rows,
+    );
     // Row loop: split each unit's rows into slices when the units do not divide evenly among
     // the lanes (e.g. 28 units of a 14336-wide row on 8 lanes), so no lane idles.
     let slices = 1;
@@ -393,8 +434,6 @@ export class MatVec implements Disposable {
       );
     }
 
-    // Binding offsets aligned to both the device rule and the run path's 32-byte chunks.
-    const align = Math.max(info.minStorageBufferOffsetAlignment, 32);
     const [maxX, maxY] = info.maxComputeWorkGroupCount;
     const maxRowsByGrid = maxX * maxY * rowsPerGroup;
     const overreads = OVERREADS.has(this.type) && kind === "generic";
@@ -404,7 +443,9 @@ export class MatVec implements Disposable {
       const start = weightOffset + row0 * rowBytes;
       const bindOffset = Math.floor(start / align) * align;
       const wByte0 = start - bindOffset;
-      const fitRows = Math.floor((maxWeightRange - wByte0 - 128) / rowBytes);
+      const fitRows = texel
+        ? a.rows - row0
+        : Math.floor((maxWeightRange - wByte0 - 128) / rowBytes);
       if (fitRows < 1) {
         throw new HcError(
           "E_VK_LIMIT",
@@ -418,8 +459,11 @@ export class MatVec implements Disposable {
       const reach = kind === "rowloop" && this.type === GgmlType.Q6_K
         ? Math.ceil((used + 46) / 32) * 32
         : used;
-      let bytes = Math.ceil(reach / 4) * 4;
-      if (bindOffset + bytes > a.weight.bytes) {
+      // A texel view spans whole 16-byte texels; the run path's reach is whole 32-byte chunks.
+      let bytes = Math.ceil(reach / (texel ? TEXEL_BYTES : 4)) * (texel ? TEXEL_BYTES : 4);
+      if (texel && bindOffset + bytes > a.weight.bytes) {
+        bytes = Math.floor((a.weight.bytes - bindOffset) / TEXEL_BYTES) * TEXEL_BYTES;
+      } else if (bindOffset + bytes > a.weight.bytes) {
         if (overreads) {
           throw new HcError(
             "E_VK_LIMIT",
@@ -443,11 +487,16 @@ export class MatVec implements Disposable {
         // Bit 31 stays clear: matvec_run.comp tests it only to keep a value alive.
         (a.accumulate ? 1 : 0) | (slices << 8),
       ]);
-      cmd.dispatch(kernel, [{ buffer: a.weight, offset: bindOffset, bytes }, x, y], push, [
-        gx,
-        gy,
-        zGroups,
-      ]);
+      cmd.dispatch(
+        kernel,
+        [{ buffer: a.weight, offset: bindOffset, bytes }, texel && texelX ? texelX : x, y],
+        push,
+        [
+          gx,
+          gy,
+          zGroups,
+        ],
+      );
       dispatches++;
       row0 += n;
     }
@@ -456,8 +505,25 @@ export class MatVec implements Disposable {
       variant: kind,
       kernel: kname,
       dispatches,
+      texel,
     };
     return this.lastPlan;
+  }
+
+  /** x as a texel binding for the run path, or null where texels are off or x's window does
+   * not fit a texel view (offset alignment, maxTexelBufferElements). */
+  #texelWindow(
+    kind: KernelKind,
+    x: { buffer: Buffer; offset: number; bytes: number },
+    neededBytes: number,
+  ): Binding | null {
+    const info = this.device.info;
+    if (kind === "generic" || !this.options.texel || !info.texelBuffer) return null;
+    if (x.offset % Math.max(info.minTexelBufferOffsetAlignment, 1) !== 0) return null;
+    const maxBytes = info.maxTexelBufferElements * TEXEL_BYTES;
+    const bytes = Math.min(Math.floor(x.bytes / TEXEL_BYTES), maxBytes / TEXEL_BYTES) *
+      TEXEL_BYTES;
+    return bytes >= neededBytes ? { buffer: x.buffer, offset: x.offset, bytes } : null;
   }
 
   get disposed(): boolean {

@@ -32,6 +32,11 @@ export interface DeviceInfo {
   int8: boolean;
   /** shaderInt64, enabled when present. */
   int64: boolean;
+  /** Texels (of any format) one texel-buffer view may span. */
+  maxTexelBufferElements: number;
+  minTexelBufferOffsetAlignment: number;
+  /** R32G32B32A32_UINT works as a uniform texel buffer (BindingKind "texel"). */
+  texelBuffer: boolean;
   separateTransferQueue?: boolean;
 }
 

@@ -11,7 +11,7 @@ const SYMBOLS = {
   hc_buffer_destroy: { parameters: ["u64"], result: "i32" },
   hc_buffer_map: { parameters: ["u64", "buffer"], result: "i32" },
   hc_kernel_create: {
-    parameters: ["u64", "buffer", "u64", "u32", "u32", "buffer", "u32", "buffer"],
+    parameters: ["u64", "buffer", "u64", "buffer", "u32", "u32", "buffer", "u32", "buffer"],
     result: "i32",
   },
   hc_kernel_destroy: { parameters: ["u64"], result: "i32" },

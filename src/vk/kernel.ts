@@ -3,9 +3,23 @@ import { HcError } from "../errors.ts";
 import { check, native } from "./ffi.ts";
 import type { Device } from "./device.ts";
 
+/**
+ * What a binding is in the shader: a storage buffer (default), or "texel": a read-only uniform
+ * texel buffer seeing the range as R32G32B32A32_UINT texels, 16 bytes each (`usamplerBuffer` +
+ * texelFetch). lavapipe fetches texels for all lanes with one vector gather but storage-buffer
+ * data lane by lane. Texel bindings need the device's `texelBuffer` flag, an offset aligned to
+ * minTexelBufferOffsetAlignment, a whole number of texels and at most maxTexelBufferElements.
+ */
+export type BindingKind = "storage" | "texel";
+const BINDING_KIND_ID: Record<BindingKind, number> = { storage: 0, texel: 1 };
+/** Bytes per texel of a texel binding. */
+export const TEXEL_BYTES = 16;
+
 export interface KernelOptions {
-  /** Storage buffers at set 0, bindings 0..n-1. */
+  /** Descriptors at set 0, bindings 0..n-1. */
   bindings: number;
+  /** Kind of each binding (length `bindings`); default all "storage". */
+  kinds?: readonly BindingKind[];
   /** Size of the push-constant block (multiple of 4, at most 128). */
   pushBytes?: number;
   /** uint32 specialization constants with ids 0..n-1 (workgroup size first, by convention). */
@@ -42,6 +56,7 @@ export class Kernel implements Disposable {
   readonly name: string;
   readonly handle: bigint;
   readonly bindings: number;
+  readonly kinds: readonly BindingKind[];
   readonly pushBytes: number;
   #disposed = false;
 
@@ -49,13 +64,14 @@ export class Kernel implements Disposable {
     device: Device,
     name: string,
     handle: bigint,
-    bindings: number,
+    kinds: readonly BindingKind[],
     pushBytes: number,
   ) {
     this.device = device;
     this.name = name;
     this.handle = handle;
-    this.bindings = bindings;
+    this.bindings = kinds.length;
+    this.kinds = kinds;
     this.pushBytes = pushBytes;
   }
 
@@ -74,11 +90,21 @@ export class Kernel implements Disposable {
     }
     const spec = new Uint32Array(options.spec ?? []);
     const push = options.pushBytes ?? 0;
+    const kinds = options.kinds ? [...options.kinds] : Array(options.bindings).fill("storage");
+    if (kinds.length !== options.bindings || kinds.some((k) => !(k in BINDING_KIND_ID))) {
+      throw new HcError(
+        "E_VK",
+        `kernel ${name}: kinds must name one of ${
+          Object.keys(BINDING_KIND_ID).join(", ")
+        } for each of its ${options.bindings} bindings`,
+      );
+    }
     check(
       native().hc_kernel_create(
         device.handle,
         code,
         BigInt(code.byteLength),
+        new Uint32Array(kinds.map((k) => BINDING_KIND_ID[k as BindingKind])),
         options.bindings,
         push,
         spec,
@@ -87,7 +113,7 @@ export class Kernel implements Disposable {
       ),
       `creating kernel ${name}`,
     );
-    return new Kernel(device, name, u64out[0], options.bindings, push);
+    return new Kernel(device, name, u64out[0], kinds, push);
   }
 
   dispose(): void {

@@ -7,4 +7,4 @@ export {
   listDevices,
 } from "./device.ts";
 export { type Binding, CommandList, type CopyRegion, type Queue } from "./commands.ts";
-export { Kernel, type KernelOptions } from "./kernel.ts";
+export { type BindingKind, Kernel, type KernelOptions, TEXEL_BYTES } from "./kernel.ts";
