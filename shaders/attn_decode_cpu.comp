@@ -30,6 +30,12 @@ const uint NP = (HD + L - 1u) / L;    // words per lane
 const bool EXACT = HD % L == 0u;      // every lane owns NP real words
 
 layout(std430, binding = 0) readonly buffer Qb { vec2 q2[]; };
+#ifdef TEXEL
+// K and V as uniform texel buffers of R32G32B32A32_UINT (4 words per texel): llvmpipe gathers
+// a texel for all lanes at once where it loads storage buffers lane by lane.
+layout(binding = 1) uniform highp usamplerBuffer kt;
+layout(binding = 2) uniform highp usamplerBuffer vt;
+#else
 layout(std430, binding = 1) readonly buffer Kb8 { u64vec4 k8[]; };
 layout(std430, binding = 1) readonly buffer Kb4 { uvec4 k4[]; };
 layout(std430, binding = 1) readonly buffer Kb2 { uvec2 k2[]; };
@@ -38,6 +44,7 @@ layout(std430, binding = 2) readonly buffer Vb8 { u64vec4 v8[]; };
 layout(std430, binding = 2) readonly buffer Vb4 { uvec4 v4[]; };
 layout(std430, binding = 2) readonly buffer Vb2 { uvec2 v2[]; };
 layout(std430, binding = 2) readonly buffer Vb1 { uint v1[]; };
+#endif
 layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 4) readonly buffer Lb { uint lens[]; };
 layout(std430, binding = 5) buffer Pb { float part[]; }; // records, then (m, l)
@@ -68,6 +75,24 @@ uvec2 split64(uint64_t x) {
 // never written.
 void loadRow(bool v, uint row, uint lane, out uint w[NP]) {
   const uint at = row * HD + lane * NP;
+#ifdef TEXEL
+  if (EXACT && NP % 4u == 0u) {
+    [[unroll]] for (uint i = 0; i < NP / 4u; i++) {
+      const uvec4 x = v ? texelFetch(vt, int(at / 4u + i)) : texelFetch(kt, int(at / 4u + i));
+      w[4 * i] = x.x;
+      w[4 * i + 1] = x.y;
+      w[4 * i + 2] = x.z;
+      w[4 * i + 3] = x.w;
+    }
+  } else {
+    const uint last = row * HD + HD - 1u;
+    [[unroll]] for (uint i = 0; i < NP; i++) {
+      const uint a = min(at + i, last);
+      const uvec4 x = v ? texelFetch(vt, int(a / 4u)) : texelFetch(kt, int(a / 4u));
+      w[i] = x[a % 4u];
+    }
+  }
+#else
   if (EXACT && WIDE && NP % 8u == 0u) {
     [[unroll]] for (uint i = 0; i < NP / 8u; i++) {
       const u64vec4 x = v ? v8[at / 8u + i] : k8[at / 8u + i];
@@ -105,6 +130,7 @@ void loadRow(bool v, uint row, uint lane, out uint w[NP]) {
       w[i] = v ? v1[a] : k1[a];
     }
   }
+#endif
 }
 
 void main() {

@@ -1,12 +1,14 @@
 /**
  * KV append, decode attention (ragged per-head caches, GQA, split-K) and causal prefill against
  * src/model/reference_attention.ts on fresh random data, through both the subgroup and the
- * shared-memory reduction paths.
+ * shared-memory reduction paths, and for the CPU decode variant with K/V bound as texel or as
+ * storage buffers.
  */
 import assert from "node:assert/strict";
 import { Device } from "../src/vk/mod.ts";
 import {
   DecodeAttention,
+  type DecodeAttentionOptions,
   PrefillAttention,
   type PrefillAttentionOptions,
 } from "../src/kernels/attention.ts";
@@ -81,10 +83,12 @@ function runDecode(
   fc: FilledCache,
   G: number,
   q: Float32Array,
-  opts: { minTokensPerSplit?: number; maxTokensPerSplit?: number; variant?: "lanes" | "simd" } = {},
+  opts: Omit<DecodeAttentionOptions, "headDim" | "groupSize"> = {},
+  onRecord?: (attn: DecodeAttention) => void,
+  attnDev: Device = dev,
 ): Float32Array {
   const D = fc.cache.headDim;
-  using attn = new DecodeAttention(dev, { headDim: D, groupSize: G, ...opts });
+  using attn = new DecodeAttention(attnDev, { headDim: D, groupSize: G, ...opts });
   using qBuf = dev.buffer(q.byteLength);
   using out = dev.buffer(q.byteLength);
   using scratch = dev.buffer(attn.scratchBytes(fc.cache));
@@ -92,12 +96,14 @@ function runDecode(
   using cmd = dev.commands();
   cmd.begin();
   attn.record(cmd, { cache: fc.cache, q: qBuf, out, scratch });
+  onRecord?.(attn);
   cmd.end();
   dev.waitSync("compute", cmd.submit());
   return f32(dev.download(out));
 }
 
-type Variant = "lanes" | "simd";
+/** "simd" reads K/V as texels where the device has them; "simd-storage" never does. */
+type Variant = "lanes" | "simd" | "simd-storage";
 
 function decodeCase(
   dev: Device,
@@ -111,7 +117,13 @@ function decodeCase(
   const fc = filledCache(dev, D, caps, lens, maxChunkBytes);
   try {
     const q = randomF32(caps.length * G * D, nextSeed(), 3);
-    const got = runDecode(dev, fc, G, q, { variant });
+    const opts = variant === "simd-storage"
+      ? { variant: "simd" as const, texel: false }
+      : { variant };
+    const got = runDecode(dev, fc, G, q, opts, (attn) => {
+      const texel = variant === "simd" && dev.info.texelBuffer;
+      assert.equal(attn.lastBindings.storage === 0, texel, JSON.stringify(attn.lastBindings));
+    });
     const want = refDecodeAttention({ q, k: fc.k, v: fc.v, headDim: D, groupSize: G });
     expectClose(got, want, `decode ${variant} D=${D} G=${G} lens=${lens}`);
   } finally {
@@ -127,7 +139,8 @@ for (const subgroup of [true, false]) {
   };
 
   // The simd variant has no reductions: it runs once, under the default path.
-  for (const variant of subgroup ? ["lanes", "simd"] as const : ["lanes"] as const) {
+  const variants = subgroup ? ["lanes", "simd", "simd-storage"] as const : ["lanes"] as const;
+  for (const variant of variants) {
     const label = variant === "lanes" ? `${variant}, ${path}` : variant;
     Deno.test(
       `decode attention (${label}): ragged heads, GQA 1/2/4`,
@@ -150,6 +163,27 @@ for (const subgroup of [true, false]) {
     );
   }
 }
+
+Deno.test("decode attention (simd): a chunk over the texel view limit falls back to storage", () => {
+  using dev = Device.open();
+  if (!dev.info.texelBuffer || !dev.info.int64) return; // no texel (or simd) path to leave
+  // Chunk 0 holds heads 0-1 (5020 rows of 256 bytes), chunk 1 head 2 (2100 rows); a texel
+  // limit of exactly chunk 1's texels sends chunk 0 to the storage-buffer kernel.
+  const fc = filledCache(dev, 128, [5000, 20, 2100], [4999, 20, 2049], 128 * 2 * 5100);
+  const small = Object.create(dev, {
+    info: { value: { ...dev.info, maxTexelBufferElements: 2100 * 256 / 16 } },
+  }) as Device;
+  try {
+    const q = randomF32(3 * 4 * 128, nextSeed(), 3);
+    const want = refDecodeAttention({ q, k: fc.k, v: fc.v, headDim: 128, groupSize: 4 });
+    const got = runDecode(dev, fc, 4, q, { variant: "simd" }, (attn) => {
+      assert.deepEqual(attn.lastBindings, { texel: 1, storage: 1 });
+    }, small);
+    expectClose(got, want, "decode simd, texel and storage chunks");
+  } finally {
+    fc.cache.dispose();
+  }
+});
 
 Deno.test("decode attention: a wrong length is caught by the comparison", () => {
   using dev = Device.open();

@@ -17,7 +17,13 @@
  * here.
  */
 import { HcError } from "../errors.ts";
-import type { Binding, CommandList, Device, Kernel } from "../vk/mod.ts";
+import {
+  type Binding,
+  type CommandList,
+  type Device,
+  type Kernel,
+  TEXEL_BYTES,
+} from "../vk/mod.ts";
 import {
   checkHeadDim,
   deviceParallelism,
@@ -64,6 +70,10 @@ export interface DecodeAttentionOptions {
    * dims and complete the scores with subgroup shuffles (SIMD CPU drivers such as lavapipe).
    * Default: "simd" on CPU devices with shaderInt64. */
   variant?: "lanes" | "simd";
+  /** "simd": read K and V as texel buffers where the device has them (default), falling back
+   * to storage buffers per cache chunk that does not fit a texel view. lavapipe gathers texels
+   * with vector loads but loads storage buffers lane by lane. */
+  texel?: boolean;
 }
 
 export interface DecodeAttentionArgs {
@@ -94,8 +104,15 @@ export class DecodeAttention implements Disposable {
   readonly #targetGroups: number;
   readonly #lanes: number;
   readonly #maxBinding: number;
-  readonly #split: Kernel;
+  readonly #maxTexelBytes: number;
+  /** The split pass over storage buffers; made on first use where texels are the default. */
+  #split: Kernel | null = null;
+  readonly #makeSplit: () => Kernel;
+  /** The "simd" split pass reading K/V as texels, where the device has them. */
+  readonly #splitTexel: Kernel | null = null;
   readonly #merge: Kernel;
+  /** Split-pass dispatches of the last record() call by K/V binding kind. */
+  lastBindings = { texel: 0, storage: 0 };
 
   constructor(device: Device, opts: DecodeAttentionOptions) {
     checkHeadDim(opts.headDim);
@@ -109,6 +126,7 @@ export class DecodeAttention implements Disposable {
     }
     this.#lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
     this.#maxBinding = device.info.maxStorageBufferRange;
+    this.#maxTexelBytes = device.info.maxTexelBufferElements * TEXEL_BYTES;
     // The simd shader declares 64-bit integers (its widest loads), so it needs shaderInt64.
     this.variant = opts.variant ??
       (deviceParallelism(device).cpu && device.info.int64 ? "simd" : "lanes");
@@ -134,24 +152,34 @@ export class DecodeAttention implements Disposable {
       // Keys per block: the shuffle butterfly and the rescale run once per block; 2 keys keep
       // llvmpipe's compile time low for wide slices.
       const perLane = Math.ceil(opts.headDim / 2 / this.#lanes);
-      this.#split = device.kernel("attn_decode_cpu", {
-        bindings: 6,
-        pushBytes: 20,
-        spec: [
-          this.#lanes,
-          opts.groupSize,
-          opts.headDim,
-          perLane <= 8 ? 2 : 1,
-          Math.log2(this.#lanes),
-          1,
-        ],
-      });
+      const spec = [
+        this.#lanes,
+        opts.groupSize,
+        opts.headDim,
+        perLane <= 8 ? 2 : 1,
+        Math.log2(this.#lanes),
+        1,
+      ];
+      this.#makeSplit = () =>
+        device.kernel("attn_decode_cpu", { bindings: 6, pushBytes: 20, spec });
+      if ((opts.texel ?? true) && device.info.texelBuffer) {
+        this.#splitTexel = device.kernel("attn_decode_cpu_texel", {
+          bindings: 6,
+          kinds: ["storage", "texel", "texel", "storage", "storage", "storage"],
+          pushBytes: 20,
+          spec,
+        });
+      } else {
+        this.#split = this.#makeSplit();
+      }
     } else {
-      this.#split = device.kernel("attn_decode", {
-        bindings: 6,
-        pushBytes: 20,
-        spec: [wg, opts.groupSize, opts.headDim],
-      });
+      this.#makeSplit = () =>
+        device.kernel("attn_decode", {
+          bindings: 6,
+          pushBytes: 20,
+          spec: [wg, opts.groupSize, opts.headDim],
+        });
+      this.#split = this.#makeSplit();
     }
     try {
       this.#merge = device.kernel("attn_merge", {
@@ -160,7 +188,8 @@ export class DecodeAttention implements Disposable {
         spec: [64, opts.groupSize, opts.headDim],
       });
     } catch (e) {
-      this.#split.dispose();
+      this.#split?.dispose();
+      this.#splitTexel?.dispose();
       throw e;
     }
   }
@@ -217,11 +246,17 @@ export class DecodeAttention implements Disposable {
     u[1] = this.minTokensPerSplit;
     u[2] = qOff / 4;
     u[3] = mlOff;
+    this.lastBindings = { texel: 0, storage: 0 };
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
       u[0] = h0;
+      // A chunk (whole rows of 2 * headDim bytes, so whole 16-byte texels) too big for one
+      // texel view takes the storage-buffer pass.
+      const texel = this.#splitTexel !== null &&
+        Math.max(cache.k[c].bytes, cache.v[c].bytes) <= this.#maxTexelBytes;
+      this.lastBindings[texel ? "texel" : "storage"]++;
       cmd.dispatch(
-        this.#split,
+        texel ? this.#splitTexel! : (this.#split ??= this.#makeSplit()),
         [a.q, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer, a.scratch],
         new Uint32Array(push.slice(0)),
         [S, h1 - h0],
@@ -238,7 +273,8 @@ export class DecodeAttention implements Disposable {
   }
 
   dispose(): void {
-    this.#split.dispose();
+    this.#split?.dispose();
+    this.#splitTexel?.dispose();
     this.#merge.dispose();
   }
 
