@@ -58,7 +58,7 @@ function replayMs(device: Device, cmd: CommandList): number {
  */
 export async function benchAttention(
   device: Device,
-  opts: { contexts: number[]; reps?: number; variant?: "lanes" | "simd" },
+  opts: { contexts: number[]; reps?: number; variant?: "lanes" | "simd"; texel?: boolean },
 ): Promise<AttentionBenchRow[]> {
   const reps = opts.reps ?? 7;
   const rows: AttentionBenchRow[] = [];
@@ -66,6 +66,7 @@ export async function benchAttention(
     headDim: HEAD_DIM,
     groupSize: GROUP,
     variant: opts.variant,
+    texel: opts.texel,
   });
   const nHeads = KV_HEADS * GROUP;
   using q = device.buffer(nHeads * HEAD_DIM * 4);

@@ -4,7 +4,8 @@
  * 64K tokens), next to a plain buffer copy. Ratio = read bytes / time over the copy's
  * (read + write) / 2 / time, where the copy is submitted alternately with each shape's kernel
  * (copy, kernel, copy, kernel, ...; medians of each) so both see the same load on a shared
- * machine. Prints a table; writes bench/results/kernels.json.
+ * machine. Prints a table; writes bench/results/kernels.json. `--texel off` binds weights, x and
+ * K/V as storage buffers only (the path of devices without texel buffers), for comparison.
  */
 import { parseArgs } from "node:util";
 import { Device } from "../src/vk/mod.ts";
@@ -22,18 +23,22 @@ if (import.meta.main) {
       types: { type: "string", default: BENCH_TYPES.join(",") },
       reps: { type: "string", default: "10" },
       submits: { type: "string", default: "7" },
+      texel: { type: "string", default: "on" },
     },
   });
+  const texel = values.texel !== "off";
   using device = Device.open();
   const copyBefore = await benchCopy(device);
   const matvec = await benchMatvec(device, {
     reps: Number(values.reps),
     submits: Number(values.submits),
     types: values.types.split(","),
+    texel,
   });
   const attention = await benchAttention(device, {
     contexts: values.contexts.split(",").map(Number),
     reps: Number(values.submits),
+    texel,
   });
   const copyAfter = await benchCopy(device);
   const copyGbps = (copyBefore.gbps + copyAfter.gbps) / 2;
@@ -73,6 +78,7 @@ if (import.meta.main) {
         copyGbps,
         copyBefore,
         copyAfter,
+        texel,
         matvec,
         attention,
       },
