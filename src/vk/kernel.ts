@@ -91,7 +91,9 @@ export class Kernel implements Disposable {
     const spec = new Uint32Array(options.spec ?? []);
     const push = options.pushBytes ?? 0;
     const kinds = options.kinds ? [...options.kinds] : Array(options.bindings).fill("storage");
-    if (kinds.length !== options.bindings || kinds.some((k) => !(k in BINDING_KIND_ID))) {
+    if (
+      kinds.length !== options.bindings || kinds.some((k) => !Object.hasOwn(BINDING_KIND_ID, k))
+    ) {
       throw new HcError(
         "E_VK",
         `kernel ${name}: kinds must name one of ${
