@@ -7,8 +7,8 @@
  *    heads x 128, TinyLlama-1.1B's 32 / 4 x 64; four layers, a small FFN), next to the bytes a
  *    step reads and the device's copy bandwidth measured in the same run. The prompt KV is
  *    synthetic (Session.benchPrefill): a real 64K prefill is quadratic and takes hours on a CPU
- *    driver. llama.cpp has no such shortcut, so it runs a real prefill, up to `--llamacpp-max`.
- *    Writes bench/results/speed.json.
+ *    driver. llama.cpp's cache is filled the same way, from a sequence state file of random
+ *    K/V rows (bench/llamacpp/step.mjs). Writes bench/results/speed.json.
  * 2. Throughput (`runThroughput`): prefill and greedy decode tokens/s for stories260K and a
  *    synthetic ~100M-parameter Llama in F16 and Q8_0, full cache. Writes
  *    bench/results/decode.json.
@@ -319,6 +319,8 @@ export interface SpeedResult {
   quick: boolean;
   keep: number;
   steps: number;
+  /** Steps in llama.cpp's median. */
+  llamaSteps: number;
   copyGbps: number;
   shapes: { id: string; label: string; profile: string; weightBytes: number }[];
   cells: SpeedCell[];
@@ -333,7 +335,7 @@ function median(xs: number[]): number {
 /**
  * A copy of a synthetic GGUF whose `llama.context_length` says `n`: node-llama-cpp sizes its KV
  * tensors by the trained context, and on lavapipe one above 128 MiB (8 KV heads x 128 past 64K
- * tokens) cannot be bound, so llama.cpp gets a model trained "for" the context it runs.
+ * tokens) cannot be bound, so llama.cpp gets a model trained for exactly the context it runs.
  */
 export async function withContextLength(src: string, dst: string, n: number): Promise<void> {
   await Deno.copyFile(src, dst);
@@ -357,7 +359,7 @@ async function llamaCppStep(
   path: string,
   context: number,
   steps: number,
-): Promise<{ stepMs: number; prefillMs: number } | string> {
+): Promise<{ stepMs: number; cells: number; fillMs: number } | string> {
   const r = await new Deno.Command("node", {
     args: [join(LLAMACPP, "step.mjs"), path, String(context), String(steps)],
     env: {
@@ -379,9 +381,8 @@ async function llamaCppStep(
 export interface SpeedOptions {
   quick?: boolean;
   contexts?: number[];
-  /** Largest context llama.cpp is measured at (it prefills for real): default 1K on CPU
-   * drivers and in the quick run, else 64K; 0: not at all (a machine without node-llama-cpp,
-   * such as the GPU box, which reaches no registry). */
+  /** Largest context llama.cpp is measured at (default: every one); 0: not at all (a machine
+   * without node-llama-cpp, such as the GPU box, which reaches no registry). */
   llamaCppMax?: number;
   keep?: number;
   steps?: number;
@@ -391,12 +392,12 @@ export interface SpeedOptions {
 export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
   const quick = opts.quick ?? true;
   const contexts = opts.contexts ?? (quick ? [1024, 16384, 65536] : [1024, 4096, 16384, 65536]);
-  // llama.cpp prefills for real: on lavapipe about a minute for 1K tokens of the 8B shape, and
-  // a 4K prefill ran 16 minutes without finishing; a GPU takes the long contexts in stride.
-  const llamaCppMaxFor = (device: Device) =>
-    opts.llamaCppMax ?? (quick || device.info.type === "cpu" ? 1024 : 65536);
+  const llamaCppMax = opts.llamaCppMax ?? Infinity;
   const keep = opts.keep ?? 0.25;
   const steps = opts.steps ?? (quick ? 16 : 32);
+  // llama.cpp's long-context steps take seconds on a CPU driver (about 20 s at 64K on the 8B
+  // shape), and far apart from ours, so a few of them make the quick median.
+  const llamaSteps = quick ? Math.min(steps, 4) : steps;
   const log = opts.log ?? ((l: string) => console.error(l));
   if (opts.llamaCppMax !== 0) await ensureLlamaCpp();
   const copyGbps = await (async () => {
@@ -424,7 +425,6 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
       });
       const profile = await shape.profile();
       await using model = await loadModel(path);
-      const llamaCppMax = llamaCppMaxFor(model.device);
       shapes.push({
         id: shape.id,
         label: shape.label,
@@ -468,14 +468,16 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
             stepMs: null,
             kvBytes: null,
             note: llamaCppMax > 0
-              ? `not run: above --llamacpp-max ${llamaCppMax} (a real prefill)`
+              ? `not run above --llamacpp-max ${llamaCppMax}`
               : "not run (--llamacpp-max 0)",
           });
           continue;
         }
         const lcPath = join(tmp, `${shape.id}-llamacpp.gguf`);
-        await withContextLength(path, lcPath, context + steps + 64);
-        const l = await llamaCppStep(lcPath, context, steps);
+        // llama.cpp's context is exactly `context` (its steps end there; ours go `steps` past
+        // it): one token more and, at 64K, a layer's K tensor passes a CPU driver's 128 MiB.
+        await withContextLength(path, lcPath, context);
+        const l = await llamaCppStep(lcPath, context, llamaSteps);
         await Deno.remove(lcPath);
         const kv = SWEEP_LAYERS * shape.nKvHeads * context * shape.headDim * 2 * 2;
         cells.push(
@@ -501,6 +503,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
     quick,
     keep,
     steps,
+    llamaSteps,
     copyGbps,
     shapes,
     cells,
@@ -520,7 +523,10 @@ export function speedReport(r: SpeedResult): string {
     `Median decode step (ms) after a synthetic prompt of the given context, ${r.steps} steps, ` +
     `keep ${r.keep} for the compressing policies (the same device KV), Q8_0 weights; ` +
     `copy bandwidth ${r.copyGbps.toFixed(1)} GB/s on ${r.device}. "bytes" is what a full-cache ` +
-    'step reads (weights + KV); "at copy speed" is that over the copy bandwidth.',
+    'step reads (weights + KV); "at copy speed" is that over the copy bandwidth. llama.cpp ' +
+    `(full cache, its default attention path) is the median of ${r.llamaSteps} steps after its ` +
+    "cache was filled from a state file of random rows so that its steps end just short of " +
+    "the context (ours start at it).",
   ];
   for (const shape of r.shapes) {
     const cell = (e: string, c: number) =>
