@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run here (x86-64, registry access) before a device session: puts what the GPU box lacks into
 # ignored folders that the device tool carries: the Vulkan loader (.gl/, per the device
-# README), Deno as an xz-compressed binary (.gpu/deno.xz: the 64 MiB carry limit), and the
-# built shim and shaders (build/). Then: run bench/gpu/run.sh there (see its header).
+# README), Deno as an xz-compressed binary (.gpu/deno.xz: the 64 MiB carry limit), the npm
+# packages the runs import (.gpu/denodir, a DENO_DIR holding only those, with
+# .gpu/import_map.json: the box reaches no registry, and deno.json's full dependency list would
+# have Deno fetch test-only packages too), and the built shim and shaders (build/). Then run
+# bench/gpu/run.sh there (see its header).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >>.git/info/exclude
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >>.git/info/exclude
 mkdir -p .gl .gpu /tmp/amd64/partial
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
 # shellcheck disable=SC2086
@@ -15,6 +16,16 @@ apt-get $o update -qq
 deno_bin=$(command -v deno || true)
 [ -n "$deno_bin" ] || deno_bin=$(npx -y deno@2.9.6 eval 'console.log(Deno.execPath())')
 xz -T0 -9 -c "$(readlink -f "$deno_bin")" >.gpu/deno.xz
-npx -y deno@2.9.6 task build
+python3 -c 'import json; json.dump({"imports": json.load(open("deno.json"))["imports"]}, open(".gpu/import_map.json", "w"))'
+rm -rf .gpu/denodir
+DENO_DIR=$PWD/.gpu/denodir "$deno_bin" cache --no-config --no-lock --node-modules-dir=none \
+  --import-map .gpu/import_map.json src/cli.ts bench/kernels.ts bench/decode.ts \
+  tests/vk_runtime_test.ts tests/kernels_*_test.ts
+"$deno_bin" task build
+# The sweep's 8B-shaped model uses the official Llama-3.1-8B profile from ../shared, which the
+# box does not get (only the checkout travels): run.sh links ../shared to this copy there.
+mkdir -p .gpu/shared/profiles
+cp ../shared/profiles/Head_Analysis_llama-3.1-8b-instruct_topk1024_th0.5_sim0.5_step5000.json \
+  .gpu/shared/profiles/
 du -sh .gl .gpu build
 echo 'carry: [".gl", ".gpu", "build"]; command: bash bench/gpu/run.sh'

@@ -5,6 +5,8 @@
 # $OUT (bench/results/*.json and the log); copy them into bench/results/gpu/ and write the
 # figures into docs/results-gpu.md beside docs/results-lavapipe.md.
 # Prepare first with bench/gpu/prepare.sh; call with carry [".gl", ".gpu", "build"].
+# HC_GPU_CONTEXTS overrides the sweep's contexts. A dry run here, offline and on lavapipe:
+#   HC_GPU_CONTEXTS=1024,16384 OUT=/tmp/out unshare -n bash bench/gpu/run.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -13,14 +15,17 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
 mkdir -p /tmp/deno && xz -dc .gpu/deno.xz >/tmp/deno/deno && chmod +x /tmp/deno/deno
-export PATH=/tmp/deno:$PATH NO_COLOR=1
+export PATH=/tmp/deno:$PATH NO_COLOR=1 DENO_DIR=$PWD/.gpu/denodir
+# Offline: only the packages prepare.sh cached, resolved through the import map.
+off=(--cached-only --no-config --no-lock --node-modules-dir=none --import-map .gpu/import_map.json)
+[ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 {
-  deno run -A src/cli.ts devices
-  timeout 180 deno test -A --parallel tests/vk_runtime_test.ts tests/kernels_*_test.ts
-  timeout 120 deno run -A bench/kernels.ts
-  timeout 240 deno run -A bench/decode.ts --llamacpp-max 0 --skip-throughput \
-    --contexts 1024,4096,16384,65536,131072 --steps 32
+  deno run "${off[@]}" -A src/cli.ts devices
+  timeout 180 deno test "${off[@]}" -A --parallel tests/vk_runtime_test.ts tests/kernels_*_test.ts
+  timeout 120 deno run "${off[@]}" -A bench/kernels.ts
+  timeout 240 deno run "${off[@]}" -A bench/decode.ts --llamacpp-max 0 --skip-throughput \
+    --contexts "${HC_GPU_CONTEXTS:-1024,4096,16384,65536,131072}" --steps 32
 } 2>&1 | tee "$OUT/gpu.log"
 cp bench/results/kernels.json bench/results/speed.json "$OUT/" 2>/dev/null
