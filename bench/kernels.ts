@@ -9,11 +9,34 @@
  */
 import { parseArgs } from "node:util";
 import { Device } from "../src/vk/mod.ts";
-import { benchAttention } from "./attention_bench.ts";
-import { BENCH_TYPES, benchCopy, benchMatvec } from "./matvec_bench.ts";
+import { type AttentionBenchRow, benchAttention } from "./attention_bench.ts";
+import { BENCH_TYPES, benchCopy, benchMatvec, type MatvecBenchRow } from "./matvec_bench.ts";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
+
+/** The rows of bench/results/kernels.json that the table shows. */
+export interface KernelsResult {
+  matvec: MatvecBenchRow[];
+  attention: AttentionBenchRow[];
+}
+
+/** Markdown: each kernel's bandwidth against the copy interleaved with it, and the cores used. */
+export function kernelsTable(r: KernelsResult): string {
+  const row = (kernel: string, shape: string, x: MatvecBenchRow | AttentionBenchRow) =>
+    `| ${kernel} | ${shape} | ${x.ms.toFixed(3)} | ${x.gbps.toFixed(2)} | ${
+      x.copyGbps.toFixed(2)
+    } | ${(100 * x.gbps / x.copyGbps).toFixed(0)}% | ${x.cores.toFixed(2)} |`;
+  return [
+    "cores: CPU cores the kernel used on average (on a CPU driver; fewer means another process " +
+    "took CPU time, which slows the kernels but not the one-thread copy)",
+    "",
+    "| kernel | shape | ms | GB/s | copy GB/s | vs copy | cores |",
+    "|---|---|---:|---:|---:|---:|---:|",
+    ...r.matvec.map((x) => row(`matvec ${x.type}`, `${x.rows}x${x.cols}`, x)),
+    ...r.attention.map((x) => row("decode attention", `${x.tokens} tokens`, x)),
+  ].join("\n");
+}
 
 if (import.meta.main) {
   const { values } = parseArgs({
@@ -48,26 +71,7 @@ if (import.meta.main) {
     } GB/s ` +
       `(before ${copyBefore.gbps.toFixed(2)}, after ${copyAfter.gbps.toFixed(2)})\n`,
   );
-  console.log(
-    `cores: CPU cores the kernel used on average (this machine has ${navigator.hardwareConcurrency}); ` +
-      `fewer means another process took CPU time, which slows the kernels but not the one-thread copy\n`,
-  );
-  console.log("| kernel | shape | ms | GB/s | copy GB/s | vs copy | cores |");
-  console.log("|---|---|---:|---:|---:|---:|---:|");
-  for (const r of matvec) {
-    console.log(
-      `| matvec ${r.type} | ${r.rows}x${r.cols} | ${r.ms.toFixed(3)} | ${r.gbps.toFixed(2)} | ${
-        r.copyGbps.toFixed(2)
-      } | ${(100 * r.gbps / r.copyGbps).toFixed(0)}% | ${r.cores.toFixed(2)} |`,
-    );
-  }
-  for (const r of attention) {
-    console.log(
-      `| decode attention | ${r.tokens} tokens | ${r.ms.toFixed(3)} | ${r.gbps.toFixed(2)} | ${
-        r.copyGbps.toFixed(2)
-      } | ${(100 * r.gbps / r.copyGbps).toFixed(0)}% | ${r.cores.toFixed(2)} |`,
-    );
-  }
+  console.log(kernelsTable({ matvec, attention }));
   await Deno.mkdir(join(HERE, "results"), { recursive: true });
   await Deno.writeTextFile(
     join(HERE, "results", "kernels.json"),

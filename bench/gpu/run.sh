@@ -2,8 +2,9 @@
 # Runs on the GPU box (device tool): the kernel and engine tests that need no ../shared, then
 # the kernel-bandwidth benchmark and the decode-speed sweep on the real driver (no llama.cpp:
 # the box reaches no registry), all in one command that fits a 10-minute call. Results land in
-# $OUT (bench/results/*.json and the log); copy them into bench/results/gpu/ and write the
-# figures into docs/results-gpu.md beside docs/results-lavapipe.md.
+# $OUT (kernels.json, speed.json, gpu.log); back here, `deno run -A bench/gpu/collect.ts DIR`
+# (DIR: where the device tool put them) files them in bench/results/gpu/ and writes
+# docs/results-gpu.md beside docs/results-lavapipe.md.
 # Prepare first with bench/gpu/prepare.sh; call with carry [".gl", ".gpu", "build"].
 # HC_GPU_CONTEXTS overrides the sweep's contexts. A dry run here, offline and on lavapipe:
 #   HC_GPU_CONTEXTS=1024,16384 OUT=/tmp/out unshare -n bash bench/gpu/run.sh
