@@ -25,7 +25,15 @@ const uint D8 = D / 8;
 const uint QL = (D4 + L - 1) / L; // q loads per lane per row
 
 layout(std430, binding = 0) readonly buffer Qb { vec4 q4[]; };
+#ifdef TEXEL
+// K as a uniform texel buffer of R32G32B32A32_UINT (8 halves per texel): llvmpipe gathers a
+// texel for all lanes at once where it loads storage buffers lane by lane.
+layout(binding = 1) uniform highp usamplerBuffer kt;
+#define LOADK(i) texelFetch(kt, int(i))
+#else
 layout(std430, binding = 1) readonly buffer Kb { uvec4 k8[]; };
+#define LOADK(i) k8[i]
+#endif
 layout(std430, binding = 2) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 3) writeonly buffer Sb { vec2 stats[]; }; // per head: [split][lane][row]
 #ifdef HC_STORE_LOGITS
@@ -95,7 +103,7 @@ void main() {
         const uint at = (base + min(jb + u, j1 - 1u)) * D8;
         [[unroll]] for (uint r = 0; r < QC; r++) sv[r * PB + u] = 0.0;
         [[unroll]] for (uint c = 0; c < D8; c++) {
-          const uvec4 w = k8[at + c];
+          const uvec4 w = LOADK(at + c);
           const vec4 a = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
           const vec4 b = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
           [[unroll]] for (uint r = 0; r < QC; r++) {

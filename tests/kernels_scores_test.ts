@@ -39,6 +39,8 @@ interface ScoreCase {
   variant?: "lanes" | "simd";
   /** "simd": false makes the pool pass recompute the logits instead of reading stored ones. */
   storeLogits?: boolean;
+  /** "simd": false makes the stats pass read K as a storage buffer even where texels exist. */
+  texel?: boolean;
   /** Output row stride (default n) and float offset of the first row (default 0). */
   outStride?: number;
   outOffset?: number;
@@ -63,6 +65,7 @@ function runScores(dev: Device, c: ScoreCase): { got: Float32Array[]; want: Floa
     groupSize: c.G,
     variant: c.variant,
     storeLogits: c.storeLogits,
+    texel: c.texel,
   });
   const n = c.deviceN ?? c.n;
   const rowsPerHead = c.windowMode === "separate" ? c.window : 1;
@@ -94,6 +97,15 @@ function runScores(dev: Device, c: ScoreCase): { got: Float32Array[]; want: Floa
     scratch,
   });
   cmd.end();
+  if (scores.variant === "simd") {
+    // The path asked for is the path taken: texels wherever the device has them, unless off.
+    const texel = (c.texel ?? true) && dev.info.texelBuffer;
+    const { texel: t, storage } = scores.lastStatsBindings;
+    assert.ok(
+      texel ? t > 0 && storage === 0 : t === 0 && storage > 0,
+      `stats pass ${t}/${storage}`,
+    );
+  }
   dev.waitSync("compute", cmd.submit());
   const bytes = dev.download(out);
   const all = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
@@ -137,15 +149,18 @@ function checkScores(dev: Device, c: ScoreCase, what: string): void {
 // The "simd" variant (CPU drivers) has no reductions, so one path; the "lanes" variant (GPUs)
 // runs through both reduction paths.
 for (
-  const [variant, subgroup, storeLogits] of [
-    ["simd", true, true],
-    ["simd", true, false],
-    ["lanes", true, false],
-    ["lanes", false, false],
+  const [variant, subgroup, storeLogits, texel] of [
+    ["simd", true, true, true],
+    ["simd", true, true, false],
+    ["simd", true, false, true],
+    ["lanes", true, false, false],
+    ["lanes", false, false, false],
   ] as const
 ) {
   const path = `${variant}${
-    variant === "simd" ? (storeLogits ? ", stored logits" : ", recomputed") : ""
+    variant === "simd"
+      ? `${storeLogits ? ", stored logits" : ", recomputed"}, K ${texel ? "texels" : "storage"}`
+      : ""
   }, ${subgroup ? "subgroup" : "shared-memory"}`;
   const withPath = (fn: (dev: Device) => void) => () => {
     using dev = Device.open(undefined, { subgroups: subgroup });
@@ -160,6 +175,7 @@ for (
       checkScores(dev, {
         variant,
         storeLogits,
+        texel,
         D: 64,
         G: 4,
         nKv: 3,
@@ -177,6 +193,7 @@ for (
       checkScores(dev, {
         variant,
         storeLogits,
+        texel,
         D: 32,
         G: 2,
         nKv: 2,
@@ -194,6 +211,7 @@ for (
         checkScores(dev, {
           variant,
           storeLogits,
+          texel,
           D: 16,
           G: 4,
           nKv: 2,
@@ -212,6 +230,7 @@ for (
       checkScores(dev, {
         variant,
         storeLogits,
+        texel,
         D: 8,
         G: 1,
         nKv: 1,
@@ -229,6 +248,7 @@ for (
       checkScores(dev, {
         variant,
         storeLogits,
+        texel,
         D: 24,
         G: 3,
         nKv: 2,
@@ -247,6 +267,7 @@ for (
       checkScores(dev, {
         variant,
         storeLogits,
+        texel,
         D: 128,
         G: 2,
         nKv: 1,
@@ -269,6 +290,7 @@ for (
       checkScores(dev, {
         variant,
         storeLogits,
+        texel,
         D: 128,
         G: 4,
         nKv: 1,

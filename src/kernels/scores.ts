@@ -24,7 +24,14 @@
  * lower positions: the set of src/cache/analysis.ts topkSet), min(k, n) u32 per row.
  */
 import { HcError } from "../errors.ts";
-import type { Binding, CommandList, Device, Kernel } from "../vk/mod.ts";
+import {
+  type Binding,
+  type BindingKind,
+  type CommandList,
+  type Device,
+  type Kernel,
+  TEXEL_BYTES,
+} from "../vk/mod.ts";
 import {
   checkHeadDim,
   deviceParallelism,
@@ -84,6 +91,10 @@ export interface AttentionScoresOptions {
   /** "simd" variant: the stats pass stores the logits for the pool pass when they fit in
    * LOGITS_BUDGET bytes, instead of the pool pass recomputing them. Default true. */
   storeLogits?: boolean;
+  /** "simd" variant: the stats pass reads K as texel buffers where the device has them
+   * (default), storage buffers for a cache chunk too big for one texel view. lavapipe gathers
+   * texels with vector loads but loads storage buffers lane by lane. */
+  texel?: boolean;
 }
 
 /** Most scratch bytes of stored logits one record may use (drift checks need ~5 MB at 64K). */
@@ -95,6 +106,10 @@ export class AttentionScores implements Disposable {
   readonly groupSize: number;
   readonly variant: "lanes" | "simd";
   readonly #storeLogits: boolean;
+  /** Largest cache chunk the stats pass reads as a texel buffer (0: never). */
+  readonly #maxTexelBytes: number;
+  /** Stats-pass dispatches of the last "simd" record by K binding kind. */
+  lastStatsBindings = { texel: 0, storage: 0 };
   /** Positions per invocation (register blocking; the pool pass keeps G x 64 x P floats shared). */
   readonly #positions: number;
   /** Lanes of the "simd" variant (its workgroup size). */
@@ -112,6 +127,9 @@ export class AttentionScores implements Disposable {
     this.groupSize = G;
     this.variant = opts.variant ?? (deviceParallelism(device).cpu ? "simd" : "lanes");
     this.#storeLogits = this.variant === "simd" && (opts.storeLogits ?? true);
+    this.#maxTexelBytes = (opts.texel ?? true) && device.info.texelBuffer
+      ? device.info.maxTexelBufferElements * TEXEL_BYTES
+      : 0;
     this.#positions = G > 8 ? 2 : 4;
     this.#lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
   }
@@ -380,19 +398,26 @@ export class AttentionScores implements Disposable {
     const st = this.#simdStatsShape(window);
     const separate = a.windowMode === "separate";
     const pool = this.#simdPoolShape(window, separate, r.kernel);
+    this.lastStatsBindings = { texel: 0, storage: 0 };
     const tiles = Math.ceil(n / (L * pool.p));
     if (tiles > 65535) limit(`score length ${n} needs ${tiles} tiles (max 65535)`);
     const spec = [L, G, this.headDim];
     const keep = r.logitsBinding !== null;
-    const stats = this.#kernel(
-      `simd-stats:${st.qc}:${st.pb}:${keep ? 1 : 0}`,
-      () =>
-        this.device.kernel(keep ? "scores_stats_logits_cpu" : "scores_stats_cpu", {
-          bindings: keep ? 5 : 4,
-          pushBytes: 36,
-          spec: [...spec, st.qc, st.pb],
-        }),
-    );
+    const stats = (texel: boolean) =>
+      this.#kernel(
+        `simd-stats:${st.qc}:${st.pb}:${keep ? 1 : 0}:${texel ? 1 : 0}`,
+        () =>
+          this.device.kernel(
+            `scores_stats${keep ? "_logits" : ""}_cpu${texel ? "_texel" : ""}`,
+            {
+              bindings: keep ? 5 : 4,
+              kinds: ["storage", texel ? "texel" : "storage", "storage", "storage", "storage"]
+                .slice(0, keep ? 5 : 4) as BindingKind[],
+              pushBytes: 36,
+              spec: [...spec, st.qc, st.pb],
+            },
+          ),
+      );
     const merge = this.#kernel(
       "simd-merge",
       () => this.device.kernel("scores_merge", { bindings: 1, pushBytes: 12, spec: [MERGE_WG] }),
@@ -415,7 +440,10 @@ export class AttentionScores implements Disposable {
       u[8] = r.logitStride;
       const bindings = [a.q, cache.k[c], cache.table, r.statsBinding(h0)];
       if (keep) bindings.push(r.logitsBinding!(h0));
-      cmd.dispatch(stats, bindings, u, [r.splits, h1 - h0]);
+      // A chunk holds whole rows of 2 * headDim bytes, so whole 16-byte texels.
+      const texel = cache.k[c].bytes <= this.#maxTexelBytes;
+      this.lastStatsBindings[texel ? "texel" : "storage"]++;
+      cmd.dispatch(stats(texel), bindings, u, [r.splits, h1 - h0]);
     }
     cmd.barrier();
     for (const { h0, h1 } of r.groups) {
