@@ -443,26 +443,28 @@ export class HeteroCache extends CompressedCache {
     return fired;
   }
 
-  /** Positions each satellite of the fired pivots takes from the pivot's last scores row. */
+  /**
+   * Positions each satellite of the fired pivots takes from the pivot's last scores row. One
+   * top-M pass per pivot (M: its largest satellite cap) serves all its satellites: compat takes
+   * the first cap_s of the top-M by position (the §4 quirk); the default takes the top cap_s by
+   * score, which lie inside the top-M because the kernel ranks by one total order (score
+   * descending, NaN lowest, then position ascending), so the host ranks the M again by score.
+   */
   async #selectRefresh(fired: PivotState[], lastSlot: number): Promise<RefreshJob[]> {
     const L = this.promptTokens;
     const K = this.kernels;
-    const plan: { p: PivotState; s: number; k: number; take: number; at: number }[] = [];
     let at = 0;
-    for (const p of fired) {
+    const plan = fired.map((p) => {
       const caps = p.satellites.map((s) => this.#caps[p.layer][s]);
-      const M = Math.max(...caps);
-      p.satellites.forEach((s, j) => {
-        // compat: the first cap_s of the top-M by position (§4 quirk); default: own top-cap_s.
-        const k = this.#compat ? M : caps[j];
-        plan.push({ p, s, k, take: caps[j], at });
-        at += k;
-      });
-    }
+      const e = { p, caps, M: Math.max(...caps), at };
+      at += e.M;
+      return e;
+    });
     if (this.#trigger.kind !== "drift") this.stat.driftChecks += fired.length;
     if (this.#trigger.kind !== "drift") this.stat.triggers += fired.length;
-    const need = at * 4;
-    this.#ensureIndices(need);
+    // The readback holds the indices, then (default mode) each pivot's scores row.
+    const rowsAt = at * 4;
+    this.#ensureIndices(rowsAt + (this.#compat ? 0 : fired.length * L * 4));
     const cmd = (this.#selectCmd ??= this.device.commands());
     cmd.begin();
     for (const e of plan) {
@@ -472,41 +474,55 @@ export class HeteroCache extends CompressedCache {
         rowStride: L,
         rowCount: 1,
         n: L,
-        k: e.k,
+        k: e.M,
         out: this.#indices!,
         outOffset: e.at,
       });
     }
     cmd.barrier();
-    cmd.copy(this.#indices!, this.#readback!, [[0, 0, need]]);
+    cmd.copy(this.#indices!, this.#readback!, [[0, 0, rowsAt]]);
+    if (!this.#compat) {
+      plan.forEach((e, i) =>
+        cmd.copy(e.p.scores!, this.#readback!, [[lastSlot * L * 4, rowsAt + i * L * 4, L * 4]])
+      );
+    }
     cmd.end();
     await this.device.wait("compute", cmd.submit());
     const m = this.#readback!.mapped();
     const all = new Uint32Array(m.buffer, m.byteOffset, at);
-    if (this.#record) {
-      for (const e of plan) {
-        const row = new Float32Array(
-          this.device.download(e.p.scores!, lastSlot * L * 4, L * 4).buffer,
-        );
-        const caps = e.p.satellites.map((s) => this.#caps[e.p.layer][s]);
-        this.refreshLog.push({
-          layer: e.p.layer,
-          pivot: e.p.pivot,
-          head: e.s,
-          caps,
-          index: e.p.satellites.indexOf(e.s),
-          positions: all.slice(e.at, e.at + e.take),
-          scores: row,
-        });
+    const jobs: RefreshJob[] = [];
+    plan.forEach((e, i) => {
+      const top = all.slice(e.at, e.at + e.M);
+      let byScore = top;
+      if (!this.#compat) {
+        const row = new Float32Array(m.buffer, m.byteOffset + rowsAt + i * L * 4, L);
+        const key = (j: number) => (Number.isNaN(row[j]) ? -Infinity : row[j]);
+        byScore = top.slice().sort((x, y) => key(y) - key(x) || x - y);
       }
-    }
-    // A satellite whose budget rounds to zero rows has nothing to refresh.
-    return plan.filter((e) => e.take > 0).map((e) => ({
-      layer: e.p.layer,
-      head: e.s,
-      positions: all.slice(e.at, e.at + e.take),
-      host: this.#store.head(e.p.layer, e.s),
-    }));
+      e.p.satellites.forEach((s, j) => {
+        const take = e.caps[j];
+        const positions = this.#compat ? top.slice(0, take) : byScore.slice(0, take).sort();
+        if (this.#record) {
+          const row = new Float32Array(
+            this.device.download(e.p.scores!, lastSlot * L * 4, L * 4).buffer,
+          );
+          this.refreshLog.push({
+            layer: e.p.layer,
+            pivot: e.p.pivot,
+            head: s,
+            caps: e.caps,
+            index: j,
+            positions,
+            scores: row,
+          });
+        }
+        // A satellite whose budget rounds to zero rows has nothing to refresh.
+        if (take > 0) {
+          jobs.push({ layer: e.p.layer, head: s, positions, host: this.#store.head(e.p.layer, s) });
+        }
+      });
+    });
+    return jobs;
   }
 
   #freeDecodeBuffers(): void {
