@@ -73,15 +73,17 @@ export abstract class CompressedCache implements CachePolicy {
   ): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }>;
 
   /**
-   * Scores every KV head of each prefill layer with the last `window` captured prompt queries
-   * (rows [nKvHeads][L] in a scratch buffer), then lets `select` record its top-k picks from
-   * them; one submission per layer, so the scores buffer is reused.
+   * Scores the KV heads `heads(layer)` picks (default all) of each prefill layer with the last
+   * `window` captured prompt queries (head h's row at [h][L] in a scratch buffer), then lets
+   * `select` record its top-k picks from them; one submission per layer, so the scores buffer
+   * is reused.
    */
   protected scoreLayers(
     prefill: readonly KvLayerCache[],
     captures: Captures,
     how: Pick<ScoresArgs, "window" | "groupReduce" | "windowMode" | "poolFirst" | "poolKernel">,
     select: (cmd: CommandList, scores: Buffer, layer: number) => void,
+    heads: (layer: number) => boolean[] = () => Array(this.config.nKvHeads).fill(true),
   ): void {
     const c = this.config;
     const L = this.promptTokens;
@@ -93,18 +95,32 @@ export abstract class CompressedCache implements CachePolicy {
     );
     using cmd = this.device.commands();
     for (let l = 0; l < c.nLayers; l++) {
+      // One record per run of wanted heads; the runs share the scratch, hence the barriers.
+      const want = heads(l);
+      const runs: [number, number][] = [];
+      want.forEach((w, h) => {
+        if (!w) return;
+        const r = runs.at(-1);
+        if (r && r[1] === h) r[1]++;
+        else runs.push([h, h + 1]);
+      });
+      if (runs.length === 0) continue;
       cmd.begin();
-      K.scores.record(cmd, {
-        ...how,
-        cache: prefill[l],
-        headStart: 0,
-        headCount: c.nKvHeads,
-        n: L,
-        q: captures.prefillQ!,
-        qOffset: (l * captures.prefillWindow + captures.prefillWindow - how.window) * qDim,
-        qStride: qDim,
-        out: scores,
-        scratch,
+      runs.forEach(([h0, h1], i) => {
+        if (i > 0) cmd.barrier();
+        K.scores.record(cmd, {
+          ...how,
+          cache: prefill[l],
+          headStart: h0,
+          headCount: h1 - h0,
+          n: L,
+          q: captures.prefillQ!,
+          qOffset: (l * captures.prefillWindow + captures.prefillWindow - how.window) * qDim,
+          qStride: qDim,
+          out: scores,
+          outOffset: h0 * L,
+          scratch,
+        });
       });
       cmd.barrier();
       select(cmd, scores, l);

@@ -238,22 +238,22 @@ export class HeteroCache extends CompressedCache {
       poolKernel: this.#poolKernel,
     } as const;
     const W = Math.min(this.captureWindow, L);
-    // Pivots' references (and, with a one-token window, every head) from the last prompt token.
-    this.scoreLayers(prefill, captures, last, (cmd, scores, l) => {
-      slots[l].forEach((k, h) => {
-        if (k > 0 && (W === 1 || this.roleOf(l, h) === "pivot")) topk(cmd, scores, l, h);
-      });
-    });
+    // Pivots' references (and, with a one-token window, every head's rows) come from the last
+    // prompt token; with a wider window, the other heads' rows come from the window. Each head
+    // is scored once.
+    const wanted = (pivots: boolean) => (l: number) =>
+      slots[l].map((k, h) => k > 0 && (W === 1 || (this.roleOf(l, h) === "pivot") === pivots));
+    const pick = (pivots: boolean) => (cmd: CommandList, scores: Buffer, l: number) =>
+      wanted(pivots)(l).forEach((w, h) => w && topk(cmd, scores, l, h));
+    this.scoreLayers(prefill, captures, last, pick(true), wanted(true));
     if (W > 1) {
-      this.scoreLayers(prefill, captures, { ...last, window: W, windowMode: "sum" }, (
-        cmd,
-        scores,
-        l,
-      ) => {
-        slots[l].forEach((k, h) => {
-          if (k > 0 && this.roleOf(l, h) !== "pivot") topk(cmd, scores, l, h);
-        });
-      });
+      this.scoreLayers(
+        prefill,
+        captures,
+        { ...last, window: W, windowMode: "sum" },
+        pick(false),
+        wanted(false),
+      );
     }
     const all = new Int32Array(this.device.download(indices).buffer);
     this.#pivots = this.#makePivots((l, p) =>
@@ -462,9 +462,11 @@ export class HeteroCache extends CompressedCache {
     });
     if (this.#trigger.kind !== "drift") this.stat.driftChecks += fired.length;
     if (this.#trigger.kind !== "drift") this.stat.triggers += fired.length;
-    // The readback holds the indices, then (default mode) each pivot's scores row.
+    // The readback holds the indices, then each pivot's scores row where the default ranking
+    // or the refresh log needs it.
+    const rows = !this.#compat || this.#record;
     const rowsAt = at * 4;
-    this.#ensureIndices(rowsAt + (this.#compat ? 0 : fired.length * L * 4));
+    this.#ensureIndices(rowsAt + (rows ? fired.length * L * 4 : 0));
     const cmd = (this.#selectCmd ??= this.device.commands());
     cmd.begin();
     for (const e of plan) {
@@ -481,7 +483,7 @@ export class HeteroCache extends CompressedCache {
     }
     cmd.barrier();
     cmd.copy(this.#indices!, this.#readback!, [[0, 0, rowsAt]]);
-    if (!this.#compat) {
+    if (rows) {
       plan.forEach((e, i) =>
         cmd.copy(e.p.scores!, this.#readback!, [[lastSlot * L * 4, rowsAt + i * L * 4, L * 4]])
       );
@@ -493,19 +495,16 @@ export class HeteroCache extends CompressedCache {
     const jobs: RefreshJob[] = [];
     plan.forEach((e, i) => {
       const top = all.slice(e.at, e.at + e.M);
+      const row = rows ? new Float32Array(m.buffer, m.byteOffset + rowsAt + i * L * 4, L) : null;
       let byScore = top;
       if (!this.#compat) {
-        const row = new Float32Array(m.buffer, m.byteOffset + rowsAt + i * L * 4, L);
-        const key = (j: number) => (Number.isNaN(row[j]) ? -Infinity : row[j]);
+        const key = (j: number) => (Number.isNaN(row![j]) ? -Infinity : row![j]);
         byScore = top.slice().sort((x, y) => key(y) - key(x) || x - y);
       }
       e.p.satellites.forEach((s, j) => {
         const take = e.caps[j];
         const positions = this.#compat ? top.slice(0, take) : byScore.slice(0, take).sort();
         if (this.#record) {
-          const row = new Float32Array(
-            this.device.download(e.p.scores!, lastSlot * L * 4, L * 4).buffer,
-          );
           this.refreshLog.push({
             layer: e.p.layer,
             pivot: e.p.pivot,
@@ -513,7 +512,7 @@ export class HeteroCache extends CompressedCache {
             caps: e.caps,
             index: j,
             positions,
-            scores: row,
+            scores: row!.slice(), // the readback is reused by the next selection
           });
         }
         // A satellite whose budget rounds to zero rows has nothing to refresh.

@@ -319,10 +319,10 @@ export class AttentionScores implements Disposable {
     if (this.variant === "simd") {
       const logitsPerHead = this.#logitsBytesPerHead(n, window);
       const logitsBinding = this.#keepsLogits(headCount, n, window)
-        ? (h0: number) => ({
+        ? (h0: number, h1: number) => ({
           buffer: scratchBuf,
           offset: scratchOff + headCount * perHead + (h0 - headStart) * logitsPerHead,
-          bytes: (groups.find((g) => g.h0 === h0)!.h1 - h0) * logitsPerHead,
+          bytes: (h1 - h0) * logitsPerHead,
         })
         : null;
       this.#recordSimd(cmd, a, {
@@ -379,7 +379,7 @@ export class AttentionScores implements Disposable {
     groups: { c: number; h0: number; h1: number }[];
     statsBinding: (h0: number) => Binding;
     /** Where the stats pass stores the logits, or null: the pool pass recomputes them. */
-    logitsBinding: ((h0: number) => Binding) | null;
+    logitsBinding: ((h0: number, h1: number) => Binding) | null;
     logitStride: number;
     outBase: (h0: number) => number;
     /** n, window, qOff4, qStride4 */
@@ -411,8 +411,11 @@ export class AttentionScores implements Disposable {
             `scores_stats${keep ? "_logits" : ""}_cpu${texel ? "_texel" : ""}`,
             {
               bindings: keep ? 5 : 4,
-              kinds: ["storage", texel ? "texel" : "storage", "storage", "storage", "storage"]
-                .slice(0, keep ? 5 : 4) as BindingKind[],
+              // Binding 1 is K.
+              kinds: Array.from(
+                { length: keep ? 5 : 4 },
+                (_, i): BindingKind => i === 1 && texel ? "texel" : "storage",
+              ),
               pushBytes: 36,
               spec: [...spec, st.qc, st.pb],
             },
@@ -439,7 +442,7 @@ export class AttentionScores implements Disposable {
       u[7] = r.headStride;
       u[8] = r.logitStride;
       const bindings = [a.q, cache.k[c], cache.table, r.statsBinding(h0)];
-      if (keep) bindings.push(r.logitsBinding!(h0));
+      if (keep) bindings.push(r.logitsBinding!(h0, h1));
       // A chunk holds whole rows of 2 * headDim bytes, so whole 16-byte texels.
       const texel = cache.k[c].bytes <= this.#maxTexelBytes;
       this.lastStatsBindings[texel ? "texel" : "storage"]++;
@@ -462,7 +465,7 @@ export class AttentionScores implements Disposable {
       new Float32Array(push, 24, 1)[0] = r.scale;
       u.set([r.flags, r.headStride, r.outBase(h0), a.outStride ?? n, r.logitStride], 7);
       const bindings = [a.q, cache.k[c], cache.table, r.statsBinding(h0), a.out];
-      if (keep) bindings.push(r.logitsBinding!(h0));
+      if (keep) bindings.push(r.logitsBinding!(h0, h1));
       cmd.dispatch(poolKernel, bindings, u, [tiles, h1 - h0]);
     }
   }
