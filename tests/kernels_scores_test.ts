@@ -457,3 +457,34 @@ Deno.test("scores then top-k in one recorded list (HeteroCache selection)", () =
     );
   }
 });
+
+Deno.test("scores: a scratch sized for H heads serves a record of fewer heads (kept logits)", () => {
+  using dev = Device.open();
+  // 64 window rows x G 4 x 40000 positions: one head's logits (41 MB) fit the stored-logits
+  // budget, two heads' (82 MB) do not, so a one-head record needs more scratch per head.
+  const D = 64, G = 4, n = 40_000, window = 64;
+  using cache = KvLayerCache.create(dev, { headDim: D, capRows: [n, n] });
+  using scores = new AttentionScores(dev, { headDim: D, groupSize: G, variant: "simd" });
+  const two = scores.scratchBytes({ headCount: 2, n, window });
+  assert.ok(two >= scores.scratchBytes({ headCount: 1, n, window }));
+  assert.ok(two > 41_000_000, `a two-head scratch of ${two} bytes cannot hold one head's logits`);
+  using scratch = dev.buffer(two);
+  using q = dev.buffer(window * 2 * G * D * 4);
+  using out = dev.buffer(window * n * 4);
+  using cmd = dev.commands();
+  cmd.begin();
+  scores.record(cmd, {
+    cache,
+    headStart: 1,
+    headCount: 1,
+    n,
+    q,
+    window,
+    groupReduce: "max",
+    windowMode: "separate",
+    poolFirst: true,
+    out,
+    scratch,
+  });
+  cmd.end();
+});

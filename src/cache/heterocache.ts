@@ -245,17 +245,23 @@ export class HeteroCache extends CompressedCache {
       slots[l].map((k, h) => k > 0 && (W === 1 || (this.roleOf(l, h) === "pivot") === pivots));
     const pick = (pivots: boolean) => (cmd: CommandList, scores: Buffer, l: number) =>
       wanted(pivots)(l).forEach((w, h) => w && topk(cmd, scores, l, h));
-    this.scoreLayers(prefill, captures, last, pick(true), wanted(true));
-    if (W > 1) {
-      this.scoreLayers(
-        prefill,
-        captures,
-        { ...last, window: W, windowMode: "sum" },
-        pick(false),
-        wanted(false),
-      );
+    let all: Int32Array;
+    try {
+      this.scoreLayers(prefill, captures, last, pick(true), wanted(true));
+      if (W > 1) {
+        this.scoreLayers(
+          prefill,
+          captures,
+          { ...last, window: W, windowMode: "sum" },
+          pick(false),
+          wanted(false),
+        );
+      }
+      all = new Int32Array(this.device.download(indices).buffer);
+    } catch (e) {
+      indices.dispose();
+      throw e;
     }
-    const all = new Int32Array(this.device.download(indices).buffer);
     this.#pivots = this.#makePivots((l, p) =>
       all.slice(offsets[l][p], offsets[l][p] + slots[l][p])
     );

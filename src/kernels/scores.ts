@@ -243,12 +243,25 @@ export class AttentionScores implements Disposable {
     return this.#storeLogits && headCount * this.#logitsBytesPerHead(n, window) <= LOGITS_BUDGET;
   }
 
-  scratchBytes(args: { headCount: number; n: number; window: number }): number {
-    const { headCount, n, window } = args;
+  /** Scratch one record of exactly `headCount` heads uses. */
+  #recordBytes(headCount: number, n: number, window: number): number {
     const logits = this.#keepsLogits(headCount, n, window)
       ? headCount * this.#logitsBytesPerHead(n, window)
       : 0;
     return headCount * this.#statsBytesPerHead(n, window) + logits;
+  }
+
+  /** Scratch for records of up to `headCount` heads: fewer heads may keep their logits where
+   * more would not, so a smaller record can need more bytes than a larger one. */
+  scratchBytes(args: { headCount: number; n: number; window: number }): number {
+    const { headCount, n, window } = args;
+    const keeping = this.#storeLogits
+      ? Math.min(headCount, Math.floor(LOGITS_BUDGET / this.#logitsBytesPerHead(n, window)))
+      : 0;
+    return Math.max(
+      this.#recordBytes(headCount, n, window),
+      keeping > 0 ? this.#recordBytes(keeping, n, window) : 0,
+    );
   }
 
   record(cmd: CommandList, a: ScoresArgs): this {
@@ -295,7 +308,7 @@ export class AttentionScores implements Disposable {
       "scores output",
     );
     const perHead = this.#statsBytesPerHead(n, window);
-    requireBytes(a.scratch, this.scratchBytes({ headCount, n, window }), "scores scratch");
+    requireBytes(a.scratch, this.#recordBytes(headCount, n, window), "scores scratch");
     const scratchBuf = "buffer" in a.scratch ? a.scratch.buffer : a.scratch;
     const scratchOff = "buffer" in a.scratch ? a.scratch.offset : 0;
     const { splits, perSplit } = this.splitsFor(n, window);
