@@ -30,6 +30,8 @@ import { benchCopy } from "./matvec_bench.ts";
 import { isFullRole } from "../src/cache/profile.ts";
 import type { PolicyName } from "../src/cache/policy.ts";
 import { Device, listDevices } from "../src/vk/mod.ts";
+import { HcError } from "../src/errors.ts";
+import type { Session } from "../src/engine/session.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
 const LLAMACPP = join(HERE, "llamacpp");
@@ -391,7 +393,8 @@ export interface SpeedOptions {
 
 export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
   const quick = opts.quick ?? true;
-  const contexts = opts.contexts ?? (quick ? [1024, 16384, 65536] : [1024, 4096, 16384, 65536]);
+  const contexts = opts.contexts ??
+    (quick ? [1024, 16384, 65536, 131072] : [1024, 4096, 16384, 65536, 131072]);
   const llamaCppMax = opts.llamaCppMax ?? Infinity;
   const keep = opts.keep ?? 0.25;
   const steps = opts.steps ?? (quick ? 16 : 32);
@@ -400,9 +403,9 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
   const llamaSteps = quick ? Math.min(steps, 4) : steps;
   const log = opts.log ?? ((l: string) => console.error(l));
   if (opts.llamaCppMax !== 0) await ensureLlamaCpp();
-  const copyGbps = await (async () => {
+  const { copyGbps, maxBinding } = await (async () => {
     using dev = Device.open();
-    return (await benchCopy(dev)).gbps;
+    return { copyGbps: (await benchCopy(dev)).gbps, maxBinding: dev.info.maxStorageBufferRange };
   })();
   log(`speed: copy bandwidth ${copyGbps.toFixed(1)} GB/s`);
   const cells: SpeedCell[] = [];
@@ -434,10 +437,13 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
       for (const context of contexts) {
         // Every policy's session at once, their steps interleaved (one of each in turn), so a
         // noisy machine slows them alike and the ratios hold.
-        const sessions = SWEEP_POLICIES.map((cache) =>
-          model.session({ cache, keep, profile, contextTokens: context + steps + 1 })
-        );
+        const sessions: Session[] = [];
         try {
+          for (const cache of SWEEP_POLICIES) {
+            sessions.push(
+              model.session({ cache, keep, profile, contextTokens: context + steps + 1 }),
+            );
+          }
           for (const s of sessions) await s.benchPrefill(context, steps);
           const times: number[][] = sessions.map(() => []);
           for (let i = 0; i < steps; i++) {
@@ -457,20 +463,41 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
             cells.push(cell);
             log(`speed: ${shape.id} ${context} ${cell.engine}: ${cell.stepMs!.toFixed(1)} ms`);
           });
+        } catch (e) {
+          // "Where memory allows": a context the device cannot hold is a row of notes.
+          if (!(e instanceof HcError && e.code === "E_VK_OOM")) throw e;
+          const note = `out of device memory at this context (${e.message})`;
+          for (const engine of SWEEP_POLICIES) {
+            cells.push({ shape: shape.id, engine, context, stepMs: null, kvBytes: null, note });
+          }
+          log(`speed: ${shape.id} ${context}: ${note}`);
         } finally {
           for (const s of sessions) s[Symbol.dispose]();
         }
-        if (context > llamaCppMax) {
+        // llama.cpp clamps each binding to maxStorageBufferRange (VULKAN-NOTES.md §1.2): with
+        // a larger per-layer K tensor its attention would read part of the cache and time that.
+        const kTensor = context * shape.nKvHeads * shape.headDim * 2;
+        const skip = context > llamaCppMax
+          ? llamaCppMax > 0
+            ? `not run above --llamacpp-max ${llamaCppMax}`
+            : "not run (--llamacpp-max 0)"
+          : kTensor > maxBinding
+          ? `not run at ${fmtCtx(context)} on ${shape.id}: a layer's K cache (${
+            kTensor / 2 ** 20
+          } MiB) passes the device's ${
+            maxBinding / 2 ** 20
+          } MiB storage-buffer range, which llama.cpp clamps its bindings to`
+          : null;
+        if (skip !== null) {
           cells.push({
             shape: shape.id,
             engine: "llama.cpp",
             context,
             stepMs: null,
             kvBytes: null,
-            note: llamaCppMax > 0
-              ? `not run above --llamacpp-max ${llamaCppMax}`
-              : "not run (--llamacpp-max 0)",
+            note: skip,
           });
+          log(`speed: ${shape.id} ${context} llama.cpp: ${skip}`);
           continue;
         }
         const lcPath = join(tmp, `${shape.id}-llamacpp.gguf`);
@@ -565,10 +592,8 @@ export function speedReport(r: SpeedResult): string {
       );
     }
   }
-  const notes = [
-    ...new Set(r.cells.flatMap((x) => x.engine === "llama.cpp" && x.note ? [x.note] : [])),
-  ];
-  for (const n of notes) out.push("", `llama.cpp: ${n}.`);
+  const notes = [...new Set(r.cells.flatMap((x) => x.note ? [`${x.engine}: ${x.note}.`] : []))];
+  for (const n of notes) out.push("", n);
   return out.join("\n");
 }
 
