@@ -307,6 +307,9 @@ export interface SpeedCell {
   context: number;
   /** Median decode step, ms (null: not measured, see `note`). */
   stepMs: number | null;
+  /** Mean decode step, ms: HeteroCache's drift checks and refreshes run on some steps only,
+   * which the median leaves out and the mean spreads over every step (ours only). */
+  meanMs?: number;
   /** Device KV bytes the step's caches hold (llama.cpp: its full cache). */
   kvBytes: number | null;
   triggerRate?: number;
@@ -456,6 +459,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
               engine: SWEEP_POLICIES[j],
               context,
               stepMs: median(times[j].slice(1)),
+              meanMs: times[j].slice(1).reduce((a, b) => a + b, 0) / (times[j].length - 1),
               kvBytes: st.deviceKvBytes,
               triggerRate: st.triggerRate,
               stepRetrievalRate: st.stepRetrievalRate,
@@ -549,6 +553,8 @@ export function speedReport(r: SpeedResult): string {
   const out: string[] = [
     `Median decode step (ms) after a synthetic prompt of the given context, ${r.steps} steps, ` +
     `keep ${r.keep} for the compressing policies (the same device KV), Q8_0 weights; ` +
+    "hc mean is HeteroCache's mean step, its drift checks and refreshes included (the median " +
+    "leaves those steps out), against full's mean; " +
     `copy bandwidth ${r.copyGbps.toFixed(1)} GB/s on ${r.device}. "bytes" is what a full-cache ` +
     'step reads (weights + KV); "at copy speed" is that over the copy bandwidth. llama.cpp ' +
     `(full cache, its default attention path) is the median of ${r.llamaSteps} steps after its ` +
@@ -569,14 +575,15 @@ export function speedReport(r: SpeedResult): string {
       "",
       `| context | ${
         engines.join(" | ")
-      } | bytes (full) | at copy speed | heterocache vs full | heterocache vs llama.cpp | hc retrieval steps |`,
-      `|---|${engines.map(() => "---:").join("|")}|---:|---:|---:|---:|---:|`,
+      } | bytes (full) | at copy speed | heterocache vs full | heterocache vs llama.cpp | hc mean | hc mean vs full mean | hc retrieval steps |`,
+      `|---|${engines.map(() => "---:").join("|")}|---:|---:|---:|---:|---:|---:|---:|`,
     );
     for (const c of contexts) {
       const ms = (e: string) => cell(e, c)?.stepMs ?? null;
       const full = cell("full", c);
       const bytes = shape.weightBytes + (full?.kvBytes ?? 0);
       const hc = ms("heterocache");
+      const hcMean = cell("heterocache", c)?.meanMs ?? null;
       const ratio = (a: number | null, b: number | null) =>
         a !== null && b !== null ? `${(b / a).toFixed(2)}x` : "-";
       out.push(
@@ -584,7 +591,9 @@ export function speedReport(r: SpeedResult): string {
           engines.map((e) => (ms(e) === null ? "-" : ms(e)!.toFixed(1))).join(" | ")
         } | ${(bytes / 2 ** 20).toFixed(0)} MiB | ${(bytes / r.copyGbps / 1e6).toFixed(1)} ms | ${
           ratio(hc, ms("full"))
-        } | ${ratio(hc, ms("llama.cpp"))} | ${
+        } | ${ratio(hc, ms("llama.cpp"))} | ${hcMean === null ? "-" : hcMean.toFixed(1)} | ${
+          ratio(hcMean, cell("full", c)?.meanMs ?? null)
+        } | ${
           cell("heterocache", c)?.stepRetrievalRate !== undefined
             ? `${(100 * cell("heterocache", c)!.stepRetrievalRate!).toFixed(0)}%`
             : "-"

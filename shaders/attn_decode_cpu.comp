@@ -135,14 +135,20 @@ void loadRow(bool v, uint row, uint lane, out uint w[NP]) {
 
 void main() {
   const uint lane = gl_LocalInvocationID.x;
-  const uint S = gl_NumWorkGroups.x;
-  const uint s = gl_WorkGroupID.x;
-  const uint h = p.headBase + gl_WorkGroupID.y;
+  // Heads along x, splits along y: llvmpipe hands each thread a contiguous block of the grid,
+  // so with heads of very different lengths (HeteroCache's full heads beside its compressed
+  // ones) a head-major order gave one thread the long heads; split-major spreads every head.
+  const uint S = gl_NumWorkGroups.y;
+  const uint y = gl_WorkGroupID.y;
+  const uint h = p.headBase + gl_WorkGroupID.x;
 
   const uint base = tab[2 * h];
   const uint len = min(lens[h], tab[2 * h + 1]);
   const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
-  if (s >= ns) return;
+  // A head with ns < S splits spreads them over the grid's rows (split s sits at the first y
+  // with y * ns / S == s) rather than taking rows 0..ns-1, for the same reason.
+  const uint s = (y * ns) / S;
+  if (y > 0u && ((y - 1u) * ns) / S == s) return;
   const uint per = (len + ns - 1) / ns;
   const uint t0 = min(len, s * per);
   const uint t1 = min(len, t0 + per);

@@ -259,7 +259,8 @@ export class DecodeAttention implements Disposable {
         texel ? this.#splitTexel! : (this.#split ??= this.#makeSplit()),
         [a.q, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer, a.scratch],
         new Uint32Array(push.slice(0)),
-        [S, h1 - h0],
+        // The CPU pass is split-major (see attn_decode_cpu.comp), the GPU pass head-major.
+        this.variant === "simd" ? [h1 - h0, S] : [S, h1 - h0],
       );
     });
     cmd.barrier();
