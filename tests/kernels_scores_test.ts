@@ -332,15 +332,19 @@ Deno.test("scores: a wrong row count is caught by the comparison", () => {
   );
 });
 
+/** `texel`: the rows buffer is a whole number of texels (the texel path on CPU devices) or
+ * one float past it (the storage path). */
 function runTopK(
   dev: Device,
   rows: Float32Array[],
   n: number,
   k: number,
   stride = n,
+  texel = true,
 ): Uint32Array[] {
   using topk = new TopK(dev);
-  const data = new Float32Array(rows.length * stride);
+  const floats = rows.length * stride;
+  const data = new Float32Array(texel ? Math.ceil(floats / 4) * 4 : (floats >> 2) * 4 + 5);
   rows.forEach((r, i) => data.set(r, i * stride));
   const kk = Math.min(k, n);
   using rowBuf = dev.buffer(data.byteLength);
@@ -350,6 +354,10 @@ function runTopK(
   cmd.begin();
   topk.record(cmd, { rows: rowBuf, rowStride: stride, rowCount: rows.length, n, k, out });
   cmd.end();
+  if (k > 0) {
+    const cpuTexel = dev.info.type === "cpu" && dev.info.texelBuffer;
+    assert.equal(topk.lastBinding, texel && cpuTexel ? "texel" : "storage");
+  }
   dev.waitSync("compute", cmd.submit());
   const bytes = dev.download(out);
   const all = new Uint32Array(bytes.buffer, bytes.byteOffset, rows.length * kk);
@@ -367,11 +375,12 @@ Deno.test("top-k: exact sets sorted by position, ties, NaN, -0, k edge cases", (
     (_, i) => (i % 97 === 0 ? NaN : i % 89 === 0 ? -0 : r() - 0.5),
   );
   const rows = [smooth, ties, odd];
-  for (const k of [4096, 1, 3000]) {
-    const got = runTopK(dev, rows, n, k, n + 5);
+  for (const [k, texel] of [[4096, true], [1, true], [3000, true], [3000, false]] as const) {
+    // Rows n + 5 apart: every row but the first starts inside a texel.
+    const got = runTopK(dev, rows, n, k, n + 5, texel);
     rows.forEach((row, i) => {
       const want = refTopK(row, k);
-      assert.deepEqual(got[i], want, `row ${i} k=${k} (seed ${SEED})`);
+      assert.deepEqual(got[i], want, `row ${i} k=${k} texel ${texel} (seed ${SEED})`);
       assert.deepEqual(Int32Array.from(got[i]), topkSet(row, k), `row ${i} k=${k} matches topkSet`);
     });
   }

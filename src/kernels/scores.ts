@@ -509,14 +509,46 @@ export interface TopKArgs {
 
 /** Exact top-k by radix select, indices ascending by position, one workgroup per row. */
 export class TopK implements Disposable {
+  readonly #device: Device;
   readonly #kernel: Kernel;
+  /** The pass reading the rows as a texel buffer (CPU devices with texel buffers): lavapipe
+   * gathers texels with vector loads but loads storage buffers lane by lane. */
+  readonly #texel: Kernel | null = null;
   readonly #wg: number;
   readonly #cpu: boolean;
+  /** Row bindings of the last record() by kind. */
+  lastBinding: "texel" | "storage" | null = null;
 
-  constructor(device: Device) {
+  constructor(device: Device, opts: { texel?: boolean } = {}) {
+    this.#device = device;
     this.#cpu = deviceParallelism(device).cpu;
     this.#wg = this.#cpu ? 256 : 1024;
     this.#kernel = device.kernel("scores_topk", { bindings: 2, pushBytes: 24, spec: [this.#wg] });
+    if (this.#cpu && (opts.texel ?? true) && device.info.texelBuffer) {
+      try {
+        this.#texel = device.kernel("scores_topk_texel", {
+          bindings: 2,
+          kinds: ["texel", "storage"],
+          pushBytes: 24,
+          spec: [this.#wg],
+        });
+      } catch (e) {
+        this.#kernel.dispose();
+        throw e;
+      }
+    }
+  }
+
+  /** Whether `rows` can be bound as a texel buffer: an aligned offset, whole texels, not too
+   * many of them (allocate row buffers in multiples of 16 bytes to get this path). */
+  #texelRows(rows: Binding): boolean {
+    if (this.#texel === null) return false;
+    const info = this.#device.info;
+    const buf = "buffer" in rows ? rows.buffer : rows;
+    const off = "buffer" in rows ? rows.offset : 0;
+    const bytes = "buffer" in rows ? rows.bytes ?? buf.bytes - off : buf.bytes;
+    return off % info.minTexelBufferOffsetAlignment === 0 && bytes % TEXEL_BYTES === 0 &&
+      bytes / TEXEL_BYTES <= info.maxTexelBufferElements;
   }
 
   record(cmd: CommandList, a: TopKArgs): this {
@@ -542,8 +574,10 @@ export class TopK implements Disposable {
     requireBytes(a.rows, (rowOff + (rowCount - 1) * a.rowStride + n) * 4, "top-k rows");
     requireBytes(a.out, (outOff + (rowCount - 1) * outStride + kk) * 4, "top-k output");
     if (kk === 0) return this;
+    const texel = this.#texelRows(a.rows);
+    this.lastBinding = texel ? "texel" : "storage";
     cmd.dispatch(
-      this.#kernel,
+      texel ? this.#texel! : this.#kernel,
       [a.rows, a.out],
       new Uint32Array([n, k, rowOff, a.rowStride, outOff, outStride]),
       [rowCount],
@@ -553,6 +587,7 @@ export class TopK implements Disposable {
 
   dispose(): void {
     this.#kernel.dispose();
+    this.#texel?.dispose();
   }
 
   [Symbol.dispose](): void {
