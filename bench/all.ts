@@ -19,7 +19,7 @@ if (import.meta.main) {
   const quick = !values.full;
   const t0 = performance.now();
   const fidelity = await runFidelity({ quick });
-  const retrieval = await runRetrieval({ quick });
+  const retrieval = await runRetrieval({ quick, full: !quick });
   const ablation = await runAblation({ quick });
   const speed = await runSpeed({ quick });
   const charts = join(ROOT, "docs", "charts");
