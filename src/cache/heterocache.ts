@@ -313,13 +313,6 @@ export class HeteroCache extends CompressedCache {
     const K = this.kernels;
     this.#scratch = this.device.buffer(K.scores.scratchBytes({ headCount: 1, n: L, window: W }));
     this.#ensureIndices(this.#pivots.length * W * Math.min(this.#base, L) * 4);
-    // The largest refresh moves every satellite's rows (K and V, f16).
-    this.#retrieval.reserve(
-      this.#pivots.reduce(
-        (n, p) => n + p.satellites.reduce((m, s) => m + this.#caps[p.layer][s], 0),
-        0,
-      ) * c.headDim * 4,
-    );
     await Promise.resolve();
   }
 

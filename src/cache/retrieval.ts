@@ -67,18 +67,13 @@ export class Retrieval implements Disposable {
   async start(jobs: RefreshJob[], caches: readonly KvLayerCache[]): Promise<void> {
     const bytes = jobs.reduce((n, j) => n + 2 * j.positions.length * this.#rowBytes, 0);
     const slot = await this.#freeSlot(bytes);
-    slot.pending = { caches, jobs };
-    slot.seq = ++this.#seq;
-    slot.gathered = false;
-    slot.abandoned = false;
-    // One native gather at a time: started all at once, each took a thread of Deno's blocking
-    // pool, and the first refresh spawned dozens of threads on the JS thread (150 ms at 64K on
-    // the 8B shape, 52 gathers); a CPU has few cores for them to run on anyway.
-    slot.gather = (async () => {
-      let at = 0;
-      for (const j of jobs) {
-        for (const side of ["k", "v"] as const) {
-          await this.#device.gatherRows(
+    let at = 0;
+    const gathers: Promise<void>[] = [];
+    for (const j of jobs) {
+      const n = j.positions.length;
+      for (const side of ["k", "v"] as const) {
+        gathers.push(
+          this.#device.gatherRows(
             slot.staging,
             at,
             this.#rowBytes,
@@ -86,31 +81,21 @@ export class Retrieval implements Disposable {
             this.#rowBytes,
             j.positions,
             this.#rowBytes,
-          );
-          at += j.positions.length * this.#rowBytes;
-        }
+          ),
+        );
+        at += n * this.#rowBytes;
       }
+    }
+    slot.pending = { caches, jobs };
+    slot.seq = ++this.#seq;
+    slot.gathered = false;
+    slot.abandoned = false;
+    slot.gather = Promise.all(gathers).then(() => {
       slot.gathered = true;
-    })();
+    });
     if (!this.#async) {
       await slot.gather;
       this.#submit(slot);
-    }
-  }
-
-  /** Makes sure one slot's staging holds `bytes`, so that the first refresh of a generation
-   * does not allocate (and fault in) its staging memory on a decode step: at 64K on lavapipe
-   * that cost the first refresh 100-180 ms. */
-  reserve(bytes: number): void {
-    if (bytes <= 0) return;
-    const slot = this.#slots.find((s) => !s.pending && this.#device.poll("transfer") >= s.value);
-    if (!slot) {
-      if (this.#slots.length < RING) this.#newSlot(bytes);
-      return;
-    }
-    if (slot.staging.bytes < bytes) {
-      slot.staging.dispose();
-      slot.staging = this.#device.buffer(bytes, "upload");
     }
   }
 
