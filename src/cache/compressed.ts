@@ -9,8 +9,8 @@ import { HcError } from "../errors.ts";
 import { KvLayerCache } from "../kernels/kv.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Captures } from "../model/forward.ts";
-import type { ScoresArgs } from "../kernels/scores.ts";
-import { type Buffer, type CommandList, type Device, TEXEL_BYTES } from "../vk/mod.ts";
+import { type ScoresArgs, TopK } from "../kernels/scores.ts";
+import type { Buffer, CommandList, Device } from "../vk/mod.ts";
 import type { CacheKernels } from "./kernels.ts";
 import {
   type CachePolicy,
@@ -89,8 +89,7 @@ export abstract class CompressedCache implements CachePolicy {
     const L = this.promptTokens;
     const qDim = c.nHeads * c.headDim;
     const K = this.kernels;
-    // Whole texels, so the top-k reads the rows as a texel buffer on CPU devices.
-    using scores = this.device.buffer(Math.ceil((c.nKvHeads * L * 4) / TEXEL_BYTES) * TEXEL_BYTES);
+    using scores = this.device.buffer(TopK.rowsBytes(c.nKvHeads * L));
     using scratch = this.device.buffer(
       K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: how.window }),
     );

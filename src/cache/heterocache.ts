@@ -13,7 +13,8 @@
 import { HcError } from "../errors.ts";
 import type { KvLayerCache } from "../kernels/kv.ts";
 import type { Captures } from "../model/forward.ts";
-import { type Buffer, type CommandList, TEXEL_BYTES } from "../vk/mod.ts";
+import type { Buffer, CommandList } from "../vk/mod.ts";
+import { TopK } from "../kernels/scores.ts";
 import { intersectionSize, median } from "./analysis.ts";
 import { baseLength, headCaps, headCapsFromTokens } from "./budget.ts";
 import {
@@ -307,9 +308,7 @@ export class HeteroCache extends CompressedCache {
     this.#queries = this.device.buffer(c.nLayers * W * c.nHeads * c.headDim * 4, "upload");
     const m = this.#queries.mapped();
     this.#queryView = new Float32Array(m.buffer, m.byteOffset, m.byteLength / 4);
-    // Whole texels, so the top-k reads the rows as a texel buffer on CPU devices.
-    const rowsBytes = Math.ceil((W * L * 4) / TEXEL_BYTES) * TEXEL_BYTES;
-    for (const p of this.#pivots) p.scores = this.device.buffer(rowsBytes);
+    for (const p of this.#pivots) p.scores = this.device.buffer(TopK.rowsBytes(W * L));
     const K = this.kernels;
     this.#scratch = this.device.buffer(K.scores.scratchBytes({ headCount: 1, n: L, window: W }));
     this.#ensureIndices(this.#pivots.length * W * Math.min(this.#base, L) * 4);

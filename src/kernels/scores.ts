@@ -539,8 +539,13 @@ export class TopK implements Disposable {
     }
   }
 
-  /** Whether `rows` can be bound as a texel buffer: an aligned offset, whole texels, not too
-   * many of them (allocate row buffers in multiples of 16 bytes to get this path). */
+  /** Bytes to allocate for `floats` f32 row values so that the rows take the texel path. */
+  static rowsBytes(floats: number): number {
+    return Math.ceil((floats * 4) / TEXEL_BYTES) * TEXEL_BYTES;
+  }
+
+  /** Whether `rows` can be bound as a texel buffer: an aligned offset, whole texels (see
+   * `rowsBytes`), not too many of them. */
   #texelRows(rows: Binding): boolean {
     if (this.#texel === null) return false;
     const info = this.#device.info;
