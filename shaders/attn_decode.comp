@@ -8,6 +8,10 @@
 // every query head, so no cross-lane sums); the block max per head is the only workgroup
 // reduction; the V phase gives each team of D/8 invocations one row at a time, each invocation
 // owning 8 dimensions of every query head's accumulator.
+//
+// WATCH: see attn_decode_cpu.comp (per watched head, the mass over the prompt rows and over the
+// rows marked in its mask, under the record's running maximum). Each row owner keeps its own
+// sums; a workgroup reduction adds them at the end.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 layout(local_size_x_id = 0) in;
@@ -24,6 +28,10 @@ layout(std430, binding = 2) readonly buffer Vb { uvec4 v8[]; };
 layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };    // per head: baseRow, capRows
 layout(std430, binding = 4) readonly buffer Lb { uint lens[]; };   // per head: rows valid
 layout(std430, binding = 5) writeonly buffer Pb { float part[]; }; // partial records
+#ifdef WATCH
+layout(std430, binding = 6) readonly buffer Wt { uint watchTab[]; }; // per head: mask word, or ~0
+layout(std430, binding = 7) readonly buffer Wm { uint masks[]; };
+#endif
 
 layout(push_constant) uniform Push {
   uint headBase; // first KV head of this dispatch (grid y indexes heads from here)
@@ -31,6 +39,10 @@ layout(push_constant) uniform Push {
   uint qOff4;    // q offset in vec4 units
   uint mlOff;    // float offset of the (m, l) records inside `part`
   float scale;   // log2(e) / sqrt(D)
+#ifdef WATCH
+  uint covOff;     // float offset of the (held, prompt) mass records
+  uint promptRows; // rows [0, promptRows) are the prompt
+#endif
 } p;
 
 // One buffer each suffices: a block's writes to sc come after its first barrier, which every
@@ -79,6 +91,16 @@ void main() {
     oa[g] = vec4(0.0);
     ob[g] = vec4(0.0);
   }
+#ifdef WATCH
+  const uint mo = watchTab[h];
+  const bool watch = mo != 0xFFFFFFFFu;
+  float hs[G];
+  float ps[G];
+  [[unroll]] for (uint g = 0; g < G; g++) {
+    hs[g] = 0.0;
+    ps[g] = 0.0;
+  }
+#endif
   barrier();
 
   for (uint tb = t0; tb < t1; tb += WG) {
@@ -135,7 +157,22 @@ void main() {
       l[g] *= alpha;
       oa[g] *= alpha;
       ob[g] *= alpha;
+#ifdef WATCH
+      hs[g] *= alpha;
+      ps[g] *= alpha;
+#endif
     }
+#ifdef WATCH
+    if (watch && tid < nrows && tb + tid < p.promptRows) {
+      const uint pos = tb + tid;
+      const bool held = ((masks[mo + pos / 32u] >> (pos % 32u)) & 1u) != 0u;
+      [[unroll]] for (uint g = 0; g < G; g++) {
+        const float pr = sc[g * WGS + tid];
+        ps[g] += pr;
+        hs[g] += held ? pr : 0.0;
+      }
+    }
+#endif
     barrier();
 
     if (team < NT) {
@@ -186,4 +223,22 @@ void main() {
     part[p.mlOff + (rec0 + tid) * 2] = m[tid];
     part[p.mlOff + (rec0 + tid) * 2 + 1] = lred[tid];
   }
+#ifdef WATCH
+  // watch is uniform over the workgroup, so every invocation reaches the same barriers.
+  if (watch) {
+    barrier();
+    [[unroll]] for (uint k = 0; k < 2u; k++) {
+      [[unroll]] for (uint g = 0; g < G; g++) bmax[g * WGS + tid] = k == 0u ? hs[g] : ps[g];
+      barrier();
+      for (uint st = WG / 2; st > 0; st >>= 1) {
+        if (tid < st) {
+          [[unroll]] for (uint g = 0; g < G; g++) bmax[g * WGS + tid] += bmax[g * WGS + tid + st];
+        }
+        barrier();
+      }
+      if (tid < G) part[p.covOff + (rec0 + tid) * 2 + k] = bmax[tid * WGS];
+      barrier();
+    }
+  }
+#endif
 }

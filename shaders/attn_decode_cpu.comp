@@ -13,6 +13,12 @@
 // online softmax itself: no shared memory, no barriers, no score scratch, K and V of a key read
 // back to back. An invocation runs about rows / KB loop trips (lavapipe stops at 65535).
 // Probabilities below 2^-100 of the running maximum are flushed to 0 (denormals are slow).
+//
+// WATCH (HeteroCache's coverage trigger): for a head whose entry in the watch table is not
+// ~0, each record also carries two more sums under the same running maximum: the attention
+// mass over rows [0, promptRows) and over the rows of that range marked in the head's bit mask
+// (the rows its satellites hold on the device). attn_merge.comp turns them into fractions of
+// the head's total mass. Row index = position for a watched head (it holds every row).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
@@ -49,6 +55,10 @@ layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 4) readonly buffer Lb { uint lens[]; };
 layout(std430, binding = 5) buffer Pb { float part[]; }; // records, then (m, l)
 layout(std430, binding = 5) buffer Pb2 { vec2 part2[]; };
+#ifdef WATCH
+layout(std430, binding = 6) readonly buffer Wt { uint watchTab[]; }; // per head: mask word, or ~0
+layout(std430, binding = 7) readonly buffer Wm { uint masks[]; };
+#endif
 
 layout(push_constant) uniform Push {
   uint headBase;
@@ -56,6 +66,10 @@ layout(push_constant) uniform Push {
   uint qOff4;
   uint mlOff;    // float offset of the (m, l) pairs
   float scale;
+#ifdef WATCH
+  uint covOff;     // float offset of the (held, prompt) mass records
+  uint promptRows; // rows [0, promptRows) are the prompt
+#endif
 } p;
 
 const float NEG_INF = -1.0 / 0.0;
@@ -172,6 +186,18 @@ void main() {
     [[unroll]] for (uint i = 0; i < NP; i++) o[g * NP + i] = vec2(0.0);
   }
 
+#ifdef WATCH
+  const uint mo = watchTab[h];
+  const bool watch = mo != 0xFFFFFFFFu;
+  const uint pr = p.promptRows;
+  float hs[G];
+  float ps[G];
+  [[unroll]] for (uint g = 0; g < G; g++) {
+    hs[g] = 0.0;
+    ps[g] = 0.0;
+  }
+#endif
+
   // Every register array is swept once per block, the KB keys innermost, so each q and o
   // slice element (they outgrow the registers for G > 1) is touched once per block.
   for (uint t = t0; t < t1; t += KB) {
@@ -208,6 +234,25 @@ void main() {
         l[g] += sc[j * G + g];
       }
     }
+#ifdef WATCH
+    if (watch) {
+      // Keys past the split or the prompt add nothing (their sc is 0, or they are masked out).
+      [[unroll]] for (uint g = 0; g < G; g++) {
+        hs[g] *= alpha[g];
+        ps[g] *= alpha[g];
+      }
+      [[unroll]] for (uint j = 0; j < KB; j++) {
+        const uint pos = t + j;
+        if (pos < pr) {
+          const bool held = ((masks[mo + pos / 32u] >> (pos % 32u)) & 1u) != 0u;
+          [[unroll]] for (uint g = 0; g < G; g++) {
+            ps[g] += sc[j * G + g];
+            hs[g] += held ? sc[j * G + g] : 0.0;
+          }
+        }
+      }
+    }
+#endif
     vec2 vv[KB * NP];
     [[unroll]] for (uint j = 0; j < KB; j++) {
       uint w[NP];
@@ -233,6 +278,12 @@ void main() {
     if (lane == 0u) {
       part[p.mlOff + rec * 2] = m[g];
       part[p.mlOff + rec * 2 + 1] = l[g];
+#ifdef WATCH
+      if (watch) {
+        part[p.covOff + rec * 2] = hs[g];
+        part[p.covOff + rec * 2 + 1] = ps[g];
+      }
+#endif
     }
   }
 }

@@ -12,6 +12,12 @@ layout(std430, binding = 0) readonly buffer Pb { float part[]; };
 layout(std430, binding = 1) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 2) readonly buffer Lb { uint lens[]; };
 layout(std430, binding = 3) writeonly buffer Ob { float outv[]; }; // [nHeads][D] f32
+#ifdef WATCH
+// Watched heads (see attn_decode_cpu.comp): per query head, the fractions of its attention
+// mass on held prompt rows and on all prompt rows.
+layout(std430, binding = 4) readonly buffer Wt { uint watchTab[]; };
+layout(std430, binding = 5) writeonly buffer Cb { float cov[]; };
+#endif
 
 layout(push_constant) uniform Push {
   uint splits;   // S of the split pass
@@ -19,6 +25,10 @@ layout(push_constant) uniform Push {
   uint mlOff;
   uint outOff;   // float offset of query head 0's output
   uint perSplit; // records per split and query head (1, or the lanes of attn_decode_cpu)
+#ifdef WATCH
+  uint covOff;   // float offset of the (held, prompt) mass records
+  uint covOut;   // float offset of query head 0's (held, prompt) fractions in cov
+#endif
 } p;
 
 void main() {
@@ -42,6 +52,23 @@ void main() {
     if (mj != -1.0 / 0.0) lsum += exp2(mj - mx) * part[p.mlOff + r * 2 + 1];
   }
   const float inv = lsum > 0.0 ? 1.0 / lsum : 0.0;
+#ifdef WATCH
+  if (gl_LocalInvocationID.x == 0u && watchTab[h] != 0xFFFFFFFFu) {
+    float hsum = 0.0;
+    float psum = 0.0;
+    for (uint j = 0; j < nr; j++) {
+      const uint r = (r0 + j) * G + g;
+      const float mj = part[p.mlOff + r * 2];
+      if (mj != -1.0 / 0.0) {
+        const float w = exp2(mj - mx);
+        hsum += w * part[p.covOff + r * 2];
+        psum += w * part[p.covOff + r * 2 + 1];
+      }
+    }
+    cov[p.covOut + qh * 2] = hsum * inv;
+    cov[p.covOut + qh * 2 + 1] = psum * inv;
+  }
+#endif
   for (uint d = gl_LocalInvocationID.x; d < D; d += WG) {
     float acc = 0.0;
     for (uint j = 0; j < nr; j++) {

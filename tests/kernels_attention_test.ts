@@ -563,3 +563,112 @@ Deno.test("kv layout: planning splits chunks by head and rejects bad sizes", () 
     /capacity/,
   );
 });
+
+/** Host reference of the decode attention's watch: per query head of each watched KV head, the
+ * fractions of its softmax mass on rows [0, prompt) and on the marked rows of that range. */
+function refWatch(
+  q: Float32Array,
+  k: Float32Array[],
+  D: number,
+  G: number,
+  prompt: number,
+  marked: (h: number, row: number) => boolean,
+): Float32Array {
+  const out = new Float32Array(k.length * G * 2);
+  k.forEach((rows, h) => {
+    const n = rows.length / D;
+    for (let g = 0; g < G; g++) {
+      const qh = h * G + g;
+      const s = new Float64Array(n);
+      let mx = -Infinity;
+      for (let j = 0; j < n; j++) {
+        let d = 0;
+        for (let i = 0; i < D; i++) d += q[qh * D + i] * rows[j * D + i];
+        s[j] = d / Math.sqrt(D);
+        mx = Math.max(mx, s[j]);
+      }
+      let total = 0, held = 0, inPrompt = 0;
+      for (let j = 0; j < n; j++) {
+        const p = Math.exp(s[j] - mx);
+        total += p;
+        if (j < prompt) {
+          inPrompt += p;
+          if (marked(h, j)) held += p;
+        }
+      }
+      out[qh * 2] = held / total;
+      out[qh * 2 + 1] = inPrompt / total;
+    }
+  });
+  return out;
+}
+
+for (const subgroup of [true, false]) {
+  const variants = subgroup ? ["lanes", "simd", "simd-storage"] as const : ["lanes"] as const;
+  for (const variant of variants) {
+    const label = variant === "lanes" ? `${variant}, ${subgroup ? "subgroup" : "shared"}` : variant;
+    Deno.test(`decode attention (${label}): the watch's attention mass equals the host's`, () => {
+      using dev = Device.open(undefined, { subgroups: subgroup });
+      for (
+        const [D, G, caps, lens, prompt] of [
+          [64, 4, [3000, 700, 5000], [2990, 700, 4100], 2900],
+          [16, 2, [600, 40, 600, 600], [600, 33, 301, 599], 300],
+        ] as const
+      ) {
+        const fc = filledCache(dev, D, [...caps], [...lens]);
+        try {
+          const nH = caps.length;
+          // Watch every head but the second; random marks, one word past the prompt unused.
+          const words = Math.ceil(prompt / 32);
+          const table = new Uint32Array(nH).fill(0xffffffff);
+          const masks = new Uint32Array(nH * words);
+          let next = nextSeed();
+          for (let i = 0; i < masks.length; i++) {
+            next = (Math.imul(next, 1664525) + 1013904223) >>> 0;
+            masks[i] = next;
+          }
+          for (let h = 0; h < nH; h++) if (h !== 1) table[h] = h * words;
+          using tableBuf = dev.buffer(table.byteLength);
+          using maskBuf = dev.buffer(masks.byteLength);
+          using covBuf = dev.buffer((8 + nH * G * 2) * 4);
+          dev.upload(tableBuf, table);
+          dev.upload(maskBuf, masks);
+          fc.cache.watch = {
+            table: tableBuf,
+            masks: maskBuf,
+            promptRows: prompt,
+            out: covBuf,
+            outOffset: 8,
+          };
+          const q = randomF32(nH * G * D, nextSeed(), 3);
+          const opts = variant === "simd-storage"
+            ? { variant: "simd" as const, texel: false }
+            : { variant };
+          const got = runDecode(dev, fc, G, q, opts);
+          expectClose(
+            got,
+            refDecodeAttention({ q, k: fc.k, v: fc.v, headDim: D, groupSize: G }),
+            `decode ${variant} with a watch`,
+          );
+          const cov = f32(dev.download(covBuf)).subarray(8);
+          const marked = (h: number, r: number) =>
+            ((masks[h * words + (r >> 5)] >>> (r & 31)) & 1) === 1;
+          const want = refWatch(q, fc.k, D, G, prompt, marked);
+          for (let h = 0; h < nH; h++) {
+            if (h === 1) continue; // not watched: not written
+            for (let i = h * G * 2; i < (h + 1) * G * 2; i++) {
+              assert.ok(
+                Math.abs(cov[i] - want[i]) <= 1e-4,
+                `${variant} D=${D} head ${h} value ${i}: ${cov[i]} vs ${want[i]} (seed ${SEED})`,
+              );
+            }
+          }
+          // A mask that marks nothing is caught.
+          assert.ok(want.some((x, i) => i % 2 === 0 && x > 1e-3));
+        } finally {
+          fc.cache.dispose();
+        }
+      }
+    });
+  }
+}

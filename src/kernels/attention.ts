@@ -111,6 +111,9 @@ export class DecodeAttention implements Disposable {
   /** The "simd" split pass reading K/V as texels, where the device has them. */
   readonly #splitTexel: Kernel | null = null;
   readonly #merge: Kernel;
+  /** The WATCH variants (split, texel split, merge), made on first use by a watched cache. */
+  readonly #makeWatch: () => { split: Kernel; texel: Kernel | null; merge: Kernel };
+  #watch: { split: Kernel; texel: Kernel | null; merge: Kernel } | null = null;
   /** Split-pass dispatches of the last record() call by K/V binding kind. */
   lastBindings = { texel: 0, storage: 0 };
 
@@ -162,17 +165,44 @@ export class DecodeAttention implements Disposable {
       ];
       this.#makeSplit = () =>
         device.kernel("attn_decode_cpu", { bindings: 6, pushBytes: 20, spec });
-      if ((opts.texel ?? true) && device.info.texelBuffer) {
+      const texel = (opts.texel ?? true) && device.info.texelBuffer;
+      const texelKinds = ["storage", "texel", "texel", "storage", "storage", "storage"] as const;
+      if (texel) {
         this.#splitTexel = device.kernel("attn_decode_cpu_texel", {
           bindings: 6,
-          kinds: ["storage", "texel", "texel", "storage", "storage", "storage"],
+          kinds: [...texelKinds],
           pushBytes: 20,
           spec,
         });
       } else {
         this.#split = this.#makeSplit();
       }
+      this.#makeWatch = () =>
+        this.#watchKernels(
+          device,
+          () => device.kernel("attn_decode_cpu_watch", { bindings: 8, pushBytes: 28, spec }),
+          texel
+            ? () =>
+              device.kernel("attn_decode_cpu_texel_watch", {
+                bindings: 8,
+                kinds: [...texelKinds, "storage", "storage"],
+                pushBytes: 28,
+                spec,
+              })
+            : null,
+        );
     } else {
+      this.#makeWatch = () =>
+        this.#watchKernels(
+          device,
+          () =>
+            device.kernel("attn_decode_watch", {
+              bindings: 8,
+              pushBytes: 28,
+              spec: [wg, opts.groupSize, opts.headDim],
+            }),
+          null,
+        );
       this.#makeSplit = () =>
         device.kernel("attn_decode", {
           bindings: 6,
@@ -194,6 +224,29 @@ export class DecodeAttention implements Disposable {
     }
   }
 
+  #watchKernels(
+    device: Device,
+    split: () => Kernel,
+    texel: (() => Kernel) | null,
+  ): { split: Kernel; texel: Kernel | null; merge: Kernel } {
+    const made: Kernel[] = [];
+    try {
+      const s = split();
+      made.push(s);
+      const t = texel ? texel() : null;
+      if (t) made.push(t);
+      const merge = device.kernel("attn_merge_watch", {
+        bindings: 6,
+        pushBytes: 28,
+        spec: [64, this.groupSize, this.headDim],
+      });
+      return { split: s, texel: t, merge };
+    } catch (e) {
+      for (const k of made) k.dispose();
+      throw e;
+    }
+  }
+
   /** Splits per head the recorded dispatch uses for this cache (fixed by the capacities). */
   splitsFor(cache: KvLayerCache): number {
     const cap = Math.max(1, cache.maxCapRows);
@@ -207,10 +260,15 @@ export class DecodeAttention implements Disposable {
     return s;
   }
 
-  #layout(cache: KvLayerCache): { records: number; mlOff: number; floats: number } {
+  /** Scratch floats: the records' outputs, their (m, l) pairs, then (watched caches) their
+   * (held, prompt) mass pairs. */
+  #layout(
+    cache: KvLayerCache,
+  ): { records: number; mlOff: number; covOff: number; floats: number } {
     const records = cache.nKvHeads * this.splitsFor(cache) * this.groupSize;
     const mlOff = records * this.headDim;
-    return { records, mlOff, floats: mlOff + records * 2 };
+    const covOff = mlOff + records * 2;
+    return { records, mlOff, covOff, floats: covOff + (cache.watch ? records * 2 : 0) };
   }
 
   /** Scratch bytes for the split partials of this cache. */
@@ -238,14 +296,27 @@ export class DecodeAttention implements Disposable {
       );
     }
     requireBytes(a.scratch, scratchBytes, "decode scratch");
-    const { mlOff } = this.#layout(cache);
+    const { mlOff, covOff } = this.#layout(cache);
+    const w = cache.watch;
+    if (w) {
+      requireBytes(w.table, cache.nKvHeads * 4, "watch table");
+      requireBytes(w.out, (w.outOffset + nHeads * 2) * 4, "watch output");
+      if (!Number.isInteger(w.promptRows) || w.promptRows < 0) {
+        limit(`watch prompt rows ${w.promptRows} is not a row count`);
+      }
+      if (!Number.isInteger(w.outOffset) || w.outOffset < 0) {
+        limit(`watch outOffset ${w.outOffset} is not a float index`);
+      }
+    }
+    const watch = w ? (this.#watch ??= this.#makeWatch()) : null;
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
-    const push = new ArrayBuffer(20);
+    const push = new ArrayBuffer(w ? 28 : 20);
     const u = new Uint32Array(push);
     new Float32Array(push, 16, 1)[0] = scale;
     u[1] = this.minTokensPerSplit;
     u[2] = qOff / 4;
     u[3] = mlOff;
+    if (w) u.set([covOff, w.promptRows], 5);
     this.lastBindings = { texel: 0, storage: 0 };
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
@@ -255,19 +326,32 @@ export class DecodeAttention implements Disposable {
       const texel = this.#splitTexel !== null &&
         Math.max(cache.k[c].bytes, cache.v[c].bytes) <= this.#maxTexelBytes;
       this.lastBindings[texel ? "texel" : "storage"]++;
+      const kernel = watch
+        ? (texel ? watch.texel! : watch.split)
+        : texel
+        ? this.#splitTexel!
+        : (this.#split ??= this.#makeSplit());
+      const bindings = [a.q, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer, a.scratch];
+      if (w) bindings.push(w.table, w.masks);
       cmd.dispatch(
-        texel ? this.#splitTexel! : (this.#split ??= this.#makeSplit()),
-        [a.q, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer, a.scratch],
+        kernel,
+        bindings,
         new Uint32Array(push.slice(0)),
         // The CPU pass is split-major (see attn_decode_cpu.comp), the GPU pass head-major.
         this.variant === "simd" ? [h1 - h0, S] : [S, h1 - h0],
       );
     });
     cmd.barrier();
+    const merge = [a.scratch, cache.table, cache.lengthsBuffer, a.out];
+    if (w) merge.push(w.table, w.out);
     cmd.dispatch(
-      this.#merge,
-      [a.scratch, cache.table, cache.lengthsBuffer, a.out],
-      new Uint32Array([S, this.minTokensPerSplit, mlOff, outOff, 1]),
+      watch ? watch.merge : this.#merge,
+      merge,
+      new Uint32Array(
+        w
+          ? [S, this.minTokensPerSplit, mlOff, outOff, 1, covOff, w.outOffset]
+          : [S, this.minTokensPerSplit, mlOff, outOff, 1],
+      ),
       [nHeads],
     );
     return this;
@@ -277,6 +361,11 @@ export class DecodeAttention implements Disposable {
     this.#split?.dispose();
     this.#splitTexel?.dispose();
     this.#merge.dispose();
+    if (this.#watch) {
+      this.#watch.split.dispose();
+      this.#watch.texel?.dispose();
+      this.#watch.merge.dispose();
+    }
   }
 
   [Symbol.dispose](): void {

@@ -128,6 +128,27 @@ export function deviceParallelism(device: Device): { cpu: boolean; targetGroups:
   return { cpu, targetGroups: cpu ? Math.max(4, 4 * navigator.hardwareConcurrency) : 1024 };
 }
 
+/**
+ * An attention-mass watch over some heads of a layer (HeteroCache's coverage trigger): the decode
+ * attention adds, for each query head of a watched KV head, the fraction of its attention on
+ * rows [0, promptRows) and on the rows of that range marked in the head's bit mask. A watched
+ * head must hold every row at its position (a full head). Set before the decode step is recorded;
+ * the buffers' contents may change between steps.
+ */
+export interface KvWatch {
+  /** Device u32 [nKvHeads]: word offset of each head's mask in `masks`, or WATCH_NONE. */
+  table: Binding;
+  /** Device u32 bit masks: bit r % 32 of word (offset + r / 32) marks row r. */
+  masks: Binding;
+  promptRows: number;
+  /** f32 (held, prompt) fraction pairs, query head qh's at float outOffset + 2 * qh. */
+  out: Binding;
+  outOffset: number;
+}
+
+/** A watch-table entry for a head that is not watched. */
+export const WATCH_NONE = 0xffffffff;
+
 export class KvLayerCache implements Disposable {
   readonly device: Device;
   readonly layout: KvLayerLayout;
@@ -141,6 +162,8 @@ export class KvLayerCache implements Disposable {
   readonly lengthsStaging: Buffer;
   /** The mapped staging lengths: write here, then upload. */
   readonly lengths: Uint32Array;
+  /** The attention-mass watch the decode attention fills, if the policy set one. */
+  watch: KvWatch | null = null;
   #disposed = false;
 
   private constructor(device: Device, layout: KvLayerLayout) {
