@@ -137,45 +137,62 @@ for (const compat of [false, true]) {
   });
 }
 
-Deno.test("drift: a synthetic model whose attention moves triggers refreshes; a still one never does", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const spec = {
-      dim: 64,
-      nLayers: 2,
-      nHeads: 4,
-      nKvHeads: 4,
-      ffnDim: 96,
-      contextLength: 1024,
-      seed: 5,
-    };
-    const moving = `${dir}/moving.gguf`;
-    const still = `${dir}/still.gguf`;
-    await writeSyntheticModel(moving, { ...spec, weightScale: 0.6 });
-    await writeSyntheticModel(still, { ...spec, queryScale: 0 });
-    const profile = makeProfile(2, ["pivot", "satellite", "satellite", "anchor"], [-1, 1, 1, 1]);
-    const prompt = "the cat and the dog went to the park and played with a ball. ".repeat(8);
-    const run = async (path: string) => {
-      await using model = await loadModel(path);
-      using s = model.session({ cache: "heterocache", keep: 0.5, profile, contextTokens: 512 });
-      // 41 tokens: the first comes from the prompt, then 40 decode steps = 8 checks per pivot.
-      await s.complete(prompt, { temperature: 1, seed: 3, maxTokens: 41, ignoreEos: true });
-      return s.cacheStats();
-    };
-    const m = await run(moving);
-    const st = await run(still);
-    assert.equal(m.driftChecks, 2 * 8, "two pivots checked every 5 of 40 steps");
-    assert.ok(
-      m.triggers > 0 && m.refreshedHeads >= 2 * m.triggers && m.bytesMoved > 0,
-      JSON.stringify(m),
-    );
-    assert.equal(st.driftChecks, 2 * 8);
-    assert.equal(st.triggers, 0, JSON.stringify(st));
-    assert.equal(st.bytesMoved, 0);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+for (const trigger of ["drift", "coverage"] as const) {
+  Deno.test(`${trigger}: a synthetic model whose attention moves triggers refreshes; a still one never does`, async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const spec = {
+        dim: 64,
+        nLayers: 2,
+        nHeads: 4,
+        nKvHeads: 4,
+        ffnDim: 96,
+        contextLength: 1024,
+        seed: 5,
+      };
+      const moving = `${dir}/moving.gguf`;
+      const still = `${dir}/still.gguf`;
+      await writeSyntheticModel(moving, { ...spec, weightScale: 0.6 });
+      await writeSyntheticModel(still, { ...spec, queryScale: 0 });
+      const profile = makeProfile(2, ["pivot", "satellite", "satellite", "anchor"], [-1, 1, 1, 1]);
+      const prompt = "the cat and the dog went to the park and played with a ball. ".repeat(8);
+      const run = async (path: string) => {
+        await using model = await loadModel(path);
+        using s = model.session({
+          cache: "heterocache",
+          keep: 0.5,
+          profile,
+          contextTokens: 512,
+          trigger,
+        });
+        // 41 tokens: the first comes from the prompt, then 40 decode steps.
+        await s.complete(prompt, { temperature: 1, seed: 3, maxTokens: 41, ignoreEos: true });
+        return s.cacheStats();
+      };
+      const m = await run(moving);
+      const st = await run(still);
+      if (trigger === "drift") {
+        assert.equal(m.driftChecks, 2 * 8, "two pivots checked every 5 of 40 steps");
+        assert.equal(st.driftChecks, 2 * 8);
+        assert.equal(m.stepsWithCheck, 8);
+      } else {
+        // Every step is checked; the first sets each pivot's reference, and a refreshing
+        // cluster is not tested until its rows land.
+        assert.equal(st.stepsWithCheck, 40);
+        assert.equal(st.driftChecks, 2 * 39, JSON.stringify(st));
+        assert.ok(m.driftChecks > 0 && m.driftChecks <= 2 * 39, JSON.stringify(m));
+      }
+      assert.ok(
+        m.triggers > 0 && m.refreshedHeads >= 2 * m.triggers && m.bytesMoved > 0,
+        JSON.stringify(m),
+      );
+      assert.equal(st.triggers, 0, JSON.stringify(st));
+      assert.equal(st.bytesMoved, 0);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
 
 Deno.test("device memory at keep 0.25, 8 KV heads, 16K prompt: as budgeted, under 40% of full", async () => {
   const dir = await Deno.makeTempDir();

@@ -160,7 +160,15 @@ Deno.test("a host→device transfer runs beside a dispatch, ordered only where i
   let ticks = 0;
   const timer = setInterval(() => ticks++, 1);
   const t0 = performance.now();
-  await dev.gatherRows(staging, 0, rowBytes, host, rowBytes, order, rowBytes);
+  await dev.gatherRows([{
+    dst: staging,
+    dstOffsetBytes: 0,
+    dstStrideBytes: rowBytes,
+    src: host,
+    srcStrideBytes: rowBytes,
+    rows: order,
+    rowBytes,
+  }]);
   const vTransfer = transfer.submit();
   // The consumer waits for the transfer's value (and the compute queue's order), nothing else.
   const vConsume = consume.submit({ transfer: vTransfer });

@@ -311,6 +311,17 @@ int32_t hc_cmd_end(hc_handle cmd) {
   HC_GET(c, struct hc_cmd, HC_KIND_CMD, cmd, "hc_cmd_end");
   int32_t rc = check_recording(c, "hc_cmd_end");
   if (rc) return rc;
+  /* The host reads results (sampled tokens, logits, readback copies) after waiting on the
+   * timeline: a semaphore wait alone does not make device writes visible to host reads. */
+  VkMemoryBarrier host = {
+      .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+      .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+      .dstAccessMask = VK_ACCESS_HOST_READ_BIT,
+  };
+  VkPipelineStageFlags src = c->queue == HC_QUEUE_TRANSFER && c->dev->separate_transfer
+                                 ? VK_PIPELINE_STAGE_TRANSFER_BIT
+                                 : VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+  vkCmdPipelineBarrier(c->cb, src, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &host, 0, NULL, 0, NULL);
   VkResult r = vkEndCommandBuffer(c->cb);
   c->recording = false;
   if (r != VK_SUCCESS) return hc_vk_fail(r, "vkEndCommandBuffer");
@@ -404,5 +415,15 @@ int32_t hc_gather(uint64_t dst_address, uint64_t dst_stride, uint64_t src_addres
   unsigned char *dst = (unsigned char *)(uintptr_t)dst_address;
   const unsigned char *src = (const unsigned char *)(uintptr_t)src_address;
   for (uint32_t i = 0; i < n_rows; i++) memcpy(dst + (uint64_t)i * dst_stride, src + (uint64_t)rows[i] * src_stride, row_bytes);
+  return HC_OK;
+}
+
+int32_t hc_gather_batch(const uint64_t *jobs, uint32_t n_jobs) {
+  if (!jobs && n_jobs) return hc_fail(HC_E_ARG, "hc_gather_batch: null job list");
+  for (uint32_t j = 0; j < n_jobs; j++) {
+    const uint64_t *g = jobs + (uint64_t)j * HC_GATHER_JOB_WORDS;
+    int32_t rc = hc_gather(g[0], g[1], g[2], g[3], (const uint32_t *)(uintptr_t)g[4], (uint32_t)g[5], g[6]);
+    if (rc) return rc;
+  }
   return HC_OK;
 }

@@ -4,7 +4,7 @@
  * It knows buffers, kernels and command lists, nothing about models. Every object is an
  * opaque 64-bit handle checked against a table, so a stale or forged handle is an error
  * (HC_E_HANDLE), never a crash. Every call returns a status; hc_last_error() gives the text.
- * Only hc_wait and hc_gather are meant to be called off the JS thread (Deno `nonblocking`).
+ * Only hc_wait and hc_gather_batch are meant to be called off the JS thread (Deno `nonblocking`).
  */
 #ifndef HCVK_H
 #define HCVK_H
@@ -104,5 +104,11 @@ int32_t hc_poll(hc_handle device, int32_t queue, uint64_t *out_value);
 int32_t hc_gather(uint64_t dst_address, uint64_t dst_stride, uint64_t src_address,
                   uint64_t src_stride, const uint32_t *rows, uint32_t n_rows,
                   uint64_t row_bytes);
+/* Several row gathers in one call (one worker thread, one round trip): `jobs` holds n_jobs
+ * records of HC_GATHER_JOB_WORDS u64 each, the arguments of hc_gather in order (dst_address,
+ * dst_stride, src_address, src_stride, rows address, n_rows, row_bytes). Stops at the first
+ * failing job. */
+#define HC_GATHER_JOB_WORDS 7
+int32_t hc_gather_batch(const uint64_t *jobs, uint32_t n_jobs);
 
 #endif

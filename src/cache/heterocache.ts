@@ -9,9 +9,18 @@
  * reference set of the i-th pivot in ascending index order used for the i-th cluster in dict
  * order; refresh applied before the next step). The default refreshes by score, keeps one
  * reference set per pivot, and lets the host gather run off the JS thread while decoding goes on.
+ *
+ * Triggers (docs/algorithm.md §10): "drift" is the official overlap test (every `checkEvery`
+ * steps, the top-K sets of the buffered queries against the pivot's reference set: a device
+ * round trip per check). "coverage" (the default) costs nothing extra: the decode attention
+ * already reads every prompt row of a pivot, so it also sums the pivot's attention mass over the
+ * prompt and over the rows its satellites hold (a bit mask per cluster, refreshed with them;
+ * src/kernels/kv.ts KvWatch). After each step the host reads those two numbers per pivot; when
+ * the held share falls below `coverageDrop` times what it was just after the cluster's last
+ * refresh (or the prompt), the cluster refreshes.
  */
 import { HcError } from "../errors.ts";
-import type { KvLayerCache } from "../kernels/kv.ts";
+import { type KvLayerCache, WATCH_NONE } from "../kernels/kv.ts";
 import type { Captures } from "../model/forward.ts";
 import type { Buffer, CommandList } from "../vk/mod.ts";
 import { TopK } from "../kernels/scores.ts";
@@ -29,10 +38,18 @@ import type { PolicyName } from "./policy.ts";
 import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "./profile.ts";
 import { type RefreshJob, Retrieval } from "./retrieval.ts";
 
-export type Trigger = { kind: "drift"; every: number; threshold: number } | {
-  kind: "interval";
-  every: number;
-};
+export type Trigger =
+  | { kind: "drift"; every: number; threshold: number }
+  | { kind: "coverage"; every: 1; drop: number }
+  | { kind: "interval"; every: number };
+
+/** HeteroCache's trigger: the official overlap test, or the attention-coverage test. */
+export const TRIGGER_NAMES = ["coverage", "drift"] as const;
+export type TriggerName = (typeof TRIGGER_NAMES)[number];
+
+/** Default coverage drop: a cluster refreshes when its pivot's held share falls below this
+ * fraction of the share right after its last refresh. */
+export const DEFAULT_COVERAGE_DROP = 0.8;
 
 export interface HeteroOptions {
   keep: number;
@@ -47,6 +64,10 @@ export interface HeteroOptions {
   threshold?: number;
   /** For fixed-interval: refresh every N steps (default 2). */
   interval?: number;
+  /** heterocache: "coverage" (default) or the official "drift" test (compat's default). */
+  trigger?: TriggerName;
+  /** The coverage trigger's drop (default DEFAULT_COVERAGE_DROP), in (0, 1). */
+  coverageDrop?: number;
   poolKernel?: number;
   /** Prompt queries whose summed attention picks the rows a compressed head keeps at prefill.
    * Default 16 (compat: 1, the official last token; SnapKV sums 32): on the real models' full
@@ -79,6 +100,13 @@ interface PivotState {
   ref: Int32Array;
   /** Device rows [window][L]: pooled, group-maxed scores of the buffered queries. */
   scores: Buffer | null;
+  /** Coverage trigger: prompt rows the satellites hold (bit per position), its word offset in
+   * the device masks, the held share right after the last refresh (null: take the next), and
+   * the refresh in flight (its Retrieval sequence number; 0: none). */
+  mask: Uint32Array;
+  maskWord: number;
+  refCoverage: number | null;
+  refreshing: number;
 }
 
 export class HeteroCache extends CompressedCache {
@@ -107,6 +135,11 @@ export class HeteroCache extends CompressedCache {
   /** Command lists of the drift check and the refresh selection, re-recorded each time. */
   #checkCmd: CommandList | null = null;
   #selectCmd: CommandList | null = null;
+  /** Coverage trigger: per-layer watch tables (256-byte aligned), the masks, the read-back
+   * (held, prompt) fractions [nLayers][nHeads][2]. */
+  #watchTable: Buffer | null = null;
+  #watchMasks: Buffer | null = null;
+  #watchOut: Buffer | null = null;
   readonly #record: boolean;
   /** Refreshes of the current generation (only with `record`). */
   readonly refreshLog: RefreshRecord[] = [];
@@ -136,7 +169,20 @@ export class HeteroCache extends CompressedCache {
       );
     }
     const threshold = opts.threshold ?? opts.profile.params.stableThreshold ?? 0.5;
-    if (name === "heterocache") {
+    const trigger = opts.trigger ?? (this.#compat ? "drift" : "coverage");
+    if (!(TRIGGER_NAMES as readonly string[]).includes(trigger)) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `unknown trigger "${trigger}"; use one of ${TRIGGER_NAMES.join(", ")}`,
+      );
+    }
+    if (name === "heterocache" && trigger === "coverage") {
+      const drop = opts.coverageDrop ?? DEFAULT_COVERAGE_DROP;
+      if (!(drop > 0 && drop < 1)) {
+        throw new HcError("E_BAD_REQUEST", `coverageDrop must be in (0, 1), got ${drop}`);
+      }
+      this.#trigger = { kind: "coverage", every: 1, drop };
+    } else if (name === "heterocache") {
       this.#trigger = { kind: "drift", every: opts.checkEvery ?? 5, threshold };
     } else if (name === "per-step") this.#trigger = { kind: "interval", every: 1 };
     else this.#trigger = { kind: "interval", every: opts.interval ?? 2 };
@@ -263,9 +309,8 @@ export class HeteroCache extends CompressedCache {
       indices.dispose();
       throw e;
     }
-    this.#pivots = this.#makePivots((l, p) =>
-      all.slice(offsets[l][p], offsets[l][p] + slots[l][p])
-    );
+    const rows = (l: number, h: number) => all.subarray(offsets[l][h], offsets[l][h] + slots[l][h]);
+    this.#pivots = this.#makePivots((l, p) => rows(l, p).slice(), (l, s) => rows(l, s));
     const selections = slots.map((layer, l) =>
       layer.map((k, h): HeadSelection => {
         const role = this.roleOf(l, h);
@@ -278,22 +323,64 @@ export class HeteroCache extends CompressedCache {
 
   /** Pivot states in cluster (dict) order; compat pairs them with reference sets the way the
    * official code does (HETEROCACHE.md §9.1). */
-  #makePivots(refOf: (layer: number, pivot: number) => Int32Array): PivotState[] {
+  #makePivots(
+    refOf: (layer: number, pivot: number) => Int32Array,
+    keptOf: (layer: number, head: number) => ArrayLike<number>,
+  ): PivotState[] {
     const out: PivotState[] = [];
+    const words = Math.ceil(this.promptTokens / 32);
     this.#profile.layers.forEach((layer, l) => {
       const byIndex = layer.clusters.map((cl) => cl.pivot).sort((a, b) => a - b);
       layer.clusters.forEach((cl, i) => {
         const refPivot = this.#compat ? byIndex[i] : cl.pivot;
+        const mask = new Uint32Array(words);
+        for (const s of cl.satellites) markRows(mask, keptOf(l, s));
         out.push({
           layer: l,
           pivot: cl.pivot,
           satellites: cl.satellites,
           ref: refOf(l, refPivot),
           scores: null,
+          mask,
+          maskWord: out.length * words,
+          refCoverage: null,
+          refreshing: 0,
         });
       });
     });
     return out;
+  }
+
+  /** Coverage trigger: after the decode caches exist, each layer's cache gets its watch. */
+  override async endPrefill(captures: Captures): Promise<void> {
+    await super.endPrefill(captures);
+    if (this.#trigger.kind !== "coverage" || this.#pivots.length === 0) return;
+    const c = this.config;
+    const words = Math.ceil(this.promptTokens / 32);
+    const stride = Math.ceil((c.nKvHeads * 4) / 256) * 256;
+    this.#watchTable = this.device.buffer(c.nLayers * stride);
+    this.#watchMasks = this.device.buffer(Math.max(16, this.#pivots.length * words * 4));
+    this.#watchOut = this.device.buffer(c.nLayers * c.nHeads * 2 * 4, "readback");
+    const table = new Uint32Array((c.nLayers * stride) / 4).fill(WATCH_NONE);
+    const masks = new Uint32Array(this.#pivots.length * words);
+    for (const p of this.#pivots) {
+      table[(p.layer * stride) / 4 + p.pivot] = p.maskWord;
+      masks.set(p.mask, p.maskWord);
+    }
+    this.device.upload(this.#watchTable, table);
+    this.device.upload(this.#watchMasks, masks);
+    this.caches.forEach((cache, l) => {
+      const watched = this.#pivots.some((p) => p.layer === l);
+      cache.watch = watched
+        ? {
+          table: { buffer: this.#watchTable!, offset: l * stride, bytes: c.nKvHeads * 4 },
+          masks: this.#watchMasks!,
+          promptRows: this.promptTokens,
+          out: this.#watchOut!,
+          outOffset: l * c.nHeads * 2,
+        }
+        : null;
+    });
   }
 
   protected override async afterCompress(prefill: readonly KvLayerCache[]): Promise<void> {
@@ -363,12 +450,22 @@ export class HeteroCache extends CompressedCache {
     this.#buffered++;
     if (this.#buffered % this.#trigger.every !== 0 || this.#pivots.length === 0) return;
     const t0 = performance.now();
-    const triggered = await this.#check(slot);
-    const jobs = triggered.length ? await this.#selectRefresh(triggered, slot) : [];
+    this.stat.stepsWithCheck++;
+    const coverage = this.#trigger.kind === "coverage";
+    const triggered = coverage ? this.#coverageCheck() : await this.#check(slot);
+    const jobs = triggered.length ? await this.#selectRefresh(triggered, slot, coverage) : [];
     this.stat.monitorMs += performance.now() - t0;
     if (jobs.length) {
       const t1 = performance.now();
-      await this.#retrieval.start(jobs, this.caches);
+      const tails = coverage
+        ? triggered.map((p) => ({
+          bytes: new Uint8Array(p.mask.buffer, p.mask.byteOffset, p.mask.byteLength),
+          dst: this.#watchMasks!,
+          dstOffset: p.maskWord * 4,
+        }))
+        : [];
+      const seq = await this.#retrieval.start(jobs, this.caches, tails);
+      for (const p of triggered) p.refreshing = seq;
       this.stat.transferWaitMs += performance.now() - t1;
       for (const j of jobs) {
         this.stat.refreshedHeads++;
@@ -377,6 +474,72 @@ export class HeteroCache extends CompressedCache {
         this.stat.refreshedMap[j.layer][j.head] = true;
       }
     }
+  }
+
+  /**
+   * Coverage trigger: the step's (held, prompt) attention fractions of each pivot (the decode
+   * attention wrote them; the step has completed). A pivot whose refresh has landed takes this
+   * step's share as its new reference; one still refreshing is not tested.
+   */
+  #coverageCheck(): PivotState[] {
+    const c = this.config;
+    const G = c.nHeads / c.nKvHeads;
+    const m = this.#watchOut!.mapped();
+    const out = new Float32Array(m.buffer, m.byteOffset, c.nLayers * c.nHeads * 2);
+    const drop = (this.#trigger as { drop: number }).drop;
+    const fired: PivotState[] = [];
+    for (const p of this.#pivots) {
+      if (p.refreshing) {
+        if (!this.#retrieval.landed(p.refreshing)) continue;
+        p.refreshing = 0;
+        p.refCoverage = null;
+      }
+      let held = 0, prompt = 0;
+      for (let g = 0; g < G; g++) {
+        const at = (p.layer * c.nHeads + p.pivot * G + g) * 2;
+        held += out[at];
+        prompt += out[at + 1];
+      }
+      // A pivot looking almost only at generated tokens says nothing about the prompt rows.
+      if (!(prompt > 1e-3 * G)) continue;
+      const share = held / prompt;
+      if (p.refCoverage === null) {
+        p.refCoverage = share;
+        continue;
+      }
+      this.stat.driftChecks++;
+      if (share < drop * p.refCoverage) {
+        this.stat.triggers++;
+        fired.push(p);
+      }
+    }
+    return fired;
+  }
+
+  /** Records the pooled, group-maxed scores rows of `pivots` over their buffered queries. */
+  #recordScores(cmd: CommandList, pivots: readonly PivotState[]): void {
+    const W = this.#window;
+    const c = this.config;
+    const qDim = c.nHeads * c.headDim;
+    pivots.forEach((p, i) => {
+      if (i > 0) cmd.barrier(); // the scores scratch is shared
+      this.kernels.scores.record(cmd, {
+        cache: this.caches[p.layer],
+        headStart: p.pivot,
+        headCount: 1,
+        n: this.promptTokens,
+        q: this.#queries!,
+        qOffset: p.layer * W * qDim,
+        qStride: qDim,
+        window: W,
+        groupReduce: "max",
+        windowMode: "separate",
+        poolFirst: true,
+        poolKernel: this.#poolKernel,
+        out: p.scores!,
+        scratch: this.#scratch!,
+      });
+    });
   }
 
   /** Scores every pivot's buffered queries; returns the pivots whose clusters refresh. */
@@ -390,25 +553,7 @@ export class HeteroCache extends CompressedCache {
     const kRef = Math.min(this.#base, L);
     const cmd = (this.#checkCmd ??= this.device.commands());
     cmd.begin();
-    this.#pivots.forEach((p, i) => {
-      if (i > 0) cmd.barrier(); // the scores scratch is shared
-      K.scores.record(cmd, {
-        cache: this.caches[p.layer],
-        headStart: p.pivot,
-        headCount: 1,
-        n: L,
-        q: this.#queries!,
-        qOffset: p.layer * W * qDim,
-        qStride: qDim,
-        window: W,
-        groupReduce: "max",
-        windowMode: "separate",
-        poolFirst: true,
-        poolKernel: this.#poolKernel,
-        out: p.scores!,
-        scratch: this.#scratch!,
-      });
-    });
+    this.#recordScores(cmd, this.#pivots);
     if (drift && kRef > 0) {
       cmd.barrier();
       this.#pivots.forEach((p, i) => {
@@ -457,7 +602,11 @@ export class HeteroCache extends CompressedCache {
    * score, which lie inside the top-M because the kernel ranks by one total order (score
    * descending, NaN lowest, then position ascending), so the host ranks the M again by score.
    */
-  async #selectRefresh(fired: PivotState[], lastSlot: number): Promise<RefreshJob[]> {
+  async #selectRefresh(
+    fired: PivotState[],
+    lastSlot: number,
+    score: boolean,
+  ): Promise<RefreshJob[]> {
     const L = this.promptTokens;
     const K = this.kernels;
     let at = 0;
@@ -467,8 +616,10 @@ export class HeteroCache extends CompressedCache {
       at += e.M;
       return e;
     });
-    if (this.#trigger.kind !== "drift") this.stat.driftChecks += fired.length;
-    if (this.#trigger.kind !== "drift") this.stat.triggers += fired.length;
+    if (this.#trigger.kind === "interval") {
+      this.stat.driftChecks += fired.length;
+      this.stat.triggers += fired.length;
+    }
     // The readback holds the indices, then each pivot's scores row where the default ranking
     // or the refresh log needs it.
     const rows = !this.#compat || this.#record;
@@ -476,6 +627,11 @@ export class HeteroCache extends CompressedCache {
     this.#ensureIndices(rowsAt + (rows ? fired.length * L * 4 : 0));
     const cmd = (this.#selectCmd ??= this.device.commands());
     cmd.begin();
+    if (score) {
+      // The coverage trigger scores only the fired pivots, with this step's query.
+      this.#recordScores(cmd, fired);
+      cmd.barrier();
+    }
     for (const e of plan) {
       K.topk.record(cmd, {
         rows: e.p.scores!,
@@ -508,9 +664,11 @@ export class HeteroCache extends CompressedCache {
         const key = (j: number) => (Number.isNaN(row![j]) ? -Infinity : row![j]);
         byScore = top.slice().sort((x, y) => key(y) - key(x) || x - y);
       }
+      const mask = score ? new Uint32Array(e.p.mask.length) : null;
       e.p.satellites.forEach((s, j) => {
         const take = e.caps[j];
         const positions = this.#compat ? top.slice(0, take) : byScore.slice(0, take).sort();
+        if (mask) markRows(mask, positions);
         if (this.#record) {
           this.refreshLog.push({
             layer: e.p.layer,
@@ -527,6 +685,7 @@ export class HeteroCache extends CompressedCache {
           jobs.push({ layer: e.p.layer, head: s, positions, host: this.#store.head(e.p.layer, s) });
         }
       });
+      if (mask) e.p.mask = mask;
     });
     return jobs;
   }
@@ -534,11 +693,17 @@ export class HeteroCache extends CompressedCache {
   #freeDecodeBuffers(): void {
     for (const p of this.#pivots) p.scores?.dispose();
     this.#pivots = [];
-    for (const b of [this.#queries, this.#scratch, this.#indices, this.#readback]) b?.dispose();
+    for (const cache of this.caches) cache.watch = null;
+    const owned = [this.#queries, this.#scratch, this.#indices, this.#readback];
+    owned.push(this.#watchTable, this.#watchMasks, this.#watchOut);
+    for (const b of owned) b?.dispose();
     this.#queries =
       this.#scratch =
       this.#indices =
       this.#readback =
+      this.#watchTable =
+      this.#watchMasks =
+      this.#watchOut =
         null;
     this.#queryView = null;
   }
@@ -551,4 +716,9 @@ export class HeteroCache extends CompressedCache {
     this.#store.clear();
     super[Symbol.dispose]();
   }
+}
+
+/** Sets the bits of `rows` (prompt positions) in a row mask. */
+function markRows(mask: Uint32Array, rows: ArrayLike<number>): void {
+  for (let i = 0; i < rows.length; i++) mask[rows[i] >>> 5] |= 1 << (rows[i] & 31);
 }

@@ -3,7 +3,7 @@ import { HcError } from "../errors.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Device } from "../vk/mod.ts";
 import { FullCache } from "./full.ts";
-import { HeteroCache } from "./heterocache.ts";
+import { HeteroCache, type TriggerName } from "./heterocache.ts";
 import type { CacheKernels } from "./kernels.ts";
 import { type CachePolicy, POLICY_NAMES, type PolicyName } from "./policy.ts";
 import { checkProfileMatches, type HeadProfile, type ModelIdentity } from "./profile.ts";
@@ -29,6 +29,12 @@ export interface CacheOptions {
   threshold?: number;
   /** fixed-interval: refresh every N steps (default 2). */
   interval?: number;
+  /** HeteroCache: "coverage" (default; free, every step) or the official "drift" test (every
+   * `checkEvery` steps; the compat default). */
+  trigger?: TriggerName;
+  /** HeteroCache's coverage trigger: refresh when a pivot's held share falls below this
+   * fraction of its share after the last refresh (default 0.8). */
+  coverageDrop?: number;
   /** Prefill observation window: the last `window` prompt queries score which rows a
    * compressed head keeps (SnapKV default 32; HeteroCache default 16, compat 1: the last token). */
   window?: number;
@@ -96,6 +102,8 @@ export function createPolicy(opts: CacheOptions, ctx: PolicyContext): CachePolic
           checkEvery: opts.checkEvery,
           threshold: opts.threshold,
           interval: opts.interval,
+          trigger: opts.trigger,
+          coverageDrop: opts.coverageDrop,
           window: opts.window,
         },
       );

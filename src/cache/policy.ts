@@ -29,6 +29,9 @@ export interface CacheStats {
   fullKvBytes: number;
   promptTokens: number;
   decodeSteps: number;
+  /** Decode steps after which the trigger was evaluated (every step for the coverage trigger,
+   * whose statistic the decode attention computes; every Nth for the drift test). */
+  stepsWithCheck: number;
   driftChecks: number;
   triggers: number;
   refreshedHeads: number;
@@ -88,6 +91,7 @@ export function emptyStats(policy: PolicyName, nLayers: number, nKvHeads: number
     fullKvBytes: 0,
     promptTokens: 0,
     decodeSteps: 0,
+    stepsWithCheck: 0,
     driftChecks: 0,
     triggers: 0,
     refreshedHeads: 0,

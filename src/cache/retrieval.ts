@@ -9,7 +9,7 @@
  * no step is reading the rows it overwrites; the next step's submission waits for the copy.
  */
 import type { KvLayerCache } from "../kernels/kv.ts";
-import type { Buffer, CommandList, Device } from "../vk/mod.ts";
+import type { Buffer, CommandList, Device, GatherJob } from "../vk/mod.ts";
 import type { HostHead } from "./host_store.ts";
 
 export interface RefreshJob {
@@ -20,6 +20,20 @@ export interface RefreshJob {
   host: HostHead;
 }
 
+/** Host bytes that land together with a refresh's rows (e.g. the mask of rows they fill). */
+export interface RefreshTail {
+  bytes: Uint8Array;
+  dst: Buffer;
+  dstOffset: number;
+}
+
+interface Pending {
+  caches: readonly KvLayerCache[];
+  jobs: RefreshJob[];
+  /** Tails staged after the rows: staging offset, destination, bytes. */
+  tails: { at: number; dst: Buffer; dstOffset: number; bytes: number }[];
+}
+
 interface Slot {
   staging: Buffer;
   cmd: CommandList;
@@ -27,7 +41,7 @@ interface Slot {
   gather: Promise<void> | null;
   gathered: boolean;
   /** Copy regions waiting for submission once gathered. */
-  pending: { caches: readonly KvLayerCache[]; jobs: RefreshJob[] } | null;
+  pending: Pending | null;
   /** Transfer timeline value of the slot's last copy (0n: none). */
   value: bigint;
   abandoned: boolean;
@@ -62,41 +76,60 @@ export class Retrieval implements Disposable {
     }
   }
 
-  /** Starts the refresh of `jobs` into `caches`; resolves once it is queued (async) or
-   * submitted (sync). */
-  async start(jobs: RefreshJob[], caches: readonly KvLayerCache[]): Promise<void> {
-    const bytes = jobs.reduce((n, j) => n + 2 * j.positions.length * this.#rowBytes, 0);
-    const slot = await this.#freeSlot(bytes);
+  /** Starts the refresh of `jobs` into `caches` (and `tails` into their buffers, in the same
+   * copy); resolves to its sequence number once it is queued (async) or submitted (sync). One
+   * native gather call serves the whole refresh. */
+  async start(
+    jobs: RefreshJob[],
+    caches: readonly KvLayerCache[],
+    tails: readonly RefreshTail[] = [],
+  ): Promise<number> {
+    const rowsBytes = jobs.reduce((n, j) => n + 2 * j.positions.length * this.#rowBytes, 0);
+    const tailBytes = tails.reduce((n, t) => n + align4(t.bytes.byteLength), 0);
+    const slot = await this.#freeSlot(rowsBytes + tailBytes);
     let at = 0;
-    const gathers: Promise<void>[] = [];
+    const gathers: GatherJob[] = [];
     for (const j of jobs) {
       const n = j.positions.length;
       for (const side of ["k", "v"] as const) {
-        gathers.push(
-          this.#device.gatherRows(
-            slot.staging,
-            at,
-            this.#rowBytes,
-            j.host[side],
-            this.#rowBytes,
-            j.positions,
-            this.#rowBytes,
-          ),
-        );
+        gathers.push({
+          dst: slot.staging,
+          dstOffsetBytes: at,
+          dstStrideBytes: this.#rowBytes,
+          src: j.host[side],
+          srcStrideBytes: this.#rowBytes,
+          rows: j.positions,
+          rowBytes: this.#rowBytes,
+        });
         at += n * this.#rowBytes;
       }
     }
-    slot.pending = { caches, jobs };
+    // Tails are small: staged here, on the JS thread, while the slot is idle.
+    const staged: Pending["tails"] = [];
+    const mapped = tails.length ? slot.staging.mapped() : null;
+    for (const t of tails) {
+      mapped!.set(t.bytes, at);
+      staged.push({ at, dst: t.dst, dstOffset: t.dstOffset, bytes: t.bytes.byteLength });
+      at += align4(t.bytes.byteLength);
+    }
+    slot.pending = { caches, jobs, tails: staged };
     slot.seq = ++this.#seq;
     slot.gathered = false;
     slot.abandoned = false;
-    slot.gather = Promise.all(gathers).then(() => {
+    slot.gather = this.#device.gatherRows(gathers).then(() => {
       slot.gathered = true;
     });
     if (!this.#async) {
       await slot.gather;
       this.#submit(slot);
     }
+    return slot.seq;
+  }
+
+  /** Whether the refresh `start` numbered `seq` has landed on the device (or was dropped). */
+  landed(seq: number): boolean {
+    const done = this.#device.poll("transfer");
+    return !this.#slots.some((s) => s.seq === seq && (s.pending !== null || s.value > done));
   }
 
   /** Whether a refresh is gathering, waiting to land, or copying. */
@@ -132,7 +165,7 @@ export class Retrieval implements Disposable {
   }
 
   #submit(slot: Slot): void {
-    const { caches, jobs } = slot.pending!;
+    const { caches, jobs, tails } = slot.pending!;
     slot.pending = null;
     if (slot.abandoned || this.#disposed) return;
     const cmd = slot.cmd;
@@ -146,6 +179,7 @@ export class Retrieval implements Disposable {
       cmd.copy(slot.staging, dst.v, [[at, dst.byteOffset, bytes]]);
       at += bytes;
     }
+    for (const t of tails) cmd.copy(slot.staging, t.dst, [[t.at, t.dstOffset, t.bytes]]);
     cmd.end();
     slot.value = cmd.submit();
     this.submitted++;
@@ -205,4 +239,8 @@ export class Retrieval implements Disposable {
       else free();
     }
   }
+}
+
+function align4(n: number): number {
+  return Math.ceil(n / 4) * 4;
 }

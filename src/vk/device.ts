@@ -61,6 +61,17 @@ export interface DeviceOpenOptions {
   subgroups?: boolean;
 }
 
+/** One row gather of `Device.gatherRows`. */
+export interface GatherJob {
+  dst: Buffer;
+  dstOffsetBytes: number;
+  dstStrideBytes: number;
+  src: Uint8Array;
+  srcStrideBytes: number;
+  rows: Uint32Array;
+  rowBytes: number;
+}
+
 export class Device implements Disposable {
   readonly handle: bigint;
   readonly info: DeviceInfo;
@@ -219,44 +230,48 @@ export class Device implements Disposable {
   }
 
   /**
-   * Copies rows `rows[i]` of host memory `src` (row stride `srcStrideBytes`) into consecutive
-   * rows of the mapped buffer `dst` (from `dstOffsetBytes`, stride `dstStrideBytes`), on a
-   * native thread: the JS thread stays free. `src` and `rows` must not change until it settles.
+   * Row gathers from host memory into mapped buffers, all in one native call on a worker thread
+   * (one thread, one round trip; the JS thread stays free): job i copies rows `rows[r]` of
+   * `src` (row stride `srcStrideBytes`) into consecutive rows of `dst` from `dstOffsetBytes`
+   * (stride `dstStrideBytes`). Every job is checked before any runs. `src` and `rows` must not
+   * change until it settles.
    */
-  async gatherRows(
-    dst: Buffer,
-    dstOffsetBytes: number,
-    dstStrideBytes: number,
-    src: Uint8Array,
-    srcStrideBytes: number,
-    rows: Uint32Array,
-    rowBytes: number,
-  ): Promise<void> {
-    if (rows.length === 0) return;
-    let maxRow = 0;
-    for (const r of rows) if (r > maxRow) maxRow = r;
-    if (
-      rowBytes > srcStrideBytes || rowBytes > dstStrideBytes ||
-      maxRow * srcStrideBytes + rowBytes > src.byteLength
-    ) {
-      throw new HcError(
-        "E_VK_LIMIT",
-        `gatherRows: row ${maxRow} of ${rowBytes} bytes lies outside the ${src.byteLength}-byte source`,
+  async gatherRows(jobs: readonly GatherJob[]): Promise<void> {
+    const work = jobs.filter((j) => j.rows.length > 0);
+    if (work.length === 0) return;
+    const words = new BigUint64Array(work.length * 7);
+    work.forEach((j, i) => {
+      let maxRow = 0;
+      for (const r of j.rows) if (r > maxRow) maxRow = r;
+      if (
+        j.rowBytes > j.srcStrideBytes || j.rowBytes > j.dstStrideBytes ||
+        maxRow * j.srcStrideBytes + j.rowBytes > j.src.byteLength
+      ) {
+        throw new HcError(
+          "E_VK_LIMIT",
+          `gatherRows: row ${maxRow} of ${j.rowBytes} bytes lies outside the ${j.src.byteLength}-byte source`,
+        );
+      }
+      j.dst.checkRange(
+        j.dstOffsetBytes,
+        (j.rows.length - 1) * j.dstStrideBytes + j.rowBytes,
+        "gatherRows",
       );
-    }
-    dst.checkRange(dstOffsetBytes, (rows.length - 1) * dstStrideBytes + rowBytes, "gatherRows");
-    const srcAddr = Deno.UnsafePointer.value(Deno.UnsafePointer.of(src as Uint8Array<ArrayBuffer>));
-    const dstAddr = dst.address() + BigInt(dstOffsetBytes);
-    const status = await native().hc_gather(
-      dstAddr,
-      BigInt(dstStrideBytes),
-      BigInt(srcAddr),
-      BigInt(srcStrideBytes),
-      rows,
-      rows.length,
-      BigInt(rowBytes),
-    );
-    check(status, "gathering rows");
+      const addr = (a: Uint8Array | Uint32Array) =>
+        BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a as Uint8Array<ArrayBuffer>)));
+      words.set([
+        j.dst.address() + BigInt(j.dstOffsetBytes),
+        BigInt(j.dstStrideBytes),
+        addr(j.src),
+        BigInt(j.srcStrideBytes),
+        addr(j.rows),
+        BigInt(j.rows.length),
+        BigInt(j.rowBytes),
+      ], i * 7);
+    });
+    // `work` keeps every source and row list reachable until the native call returns.
+    const status = await native().hc_gather_batch(words, work.length);
+    check(status, `gathering rows (${work.length} jobs)`);
   }
 
   /** Registers work that still uses this device's memory off the JS thread (a native gather

@@ -4,6 +4,7 @@ export {
   Device,
   type DeviceInfo,
   type DeviceOpenOptions,
+  type GatherJob,
   listDevices,
 } from "./device.ts";
 export { type Binding, CommandList, type CopyRegion, type Queue } from "./commands.ts";
