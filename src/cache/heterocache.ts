@@ -547,8 +547,6 @@ export class HeteroCache extends CompressedCache {
     const W = this.#window;
     const L = this.promptTokens;
     const K = this.kernels;
-    const c = this.config;
-    const qDim = c.nHeads * c.headDim;
     const drift = this.#trigger.kind === "drift";
     const kRef = Math.min(this.#base, L);
     const cmd = (this.#checkCmd ??= this.device.commands());
