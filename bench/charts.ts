@@ -301,10 +301,17 @@ export function fidelityCharts(r: {
   });
 }
 
-/** One chart per shape (shapes without cells are left out): step time (ms, log) vs context (log2). */
+/** One chart per shape (shapes without cells are left out): mean step time (ms, log; the
+ * median where a cell has no mean) vs context (log2). */
 export function speedCharts(r: {
   shapes: { id: string; label: string }[];
-  cells: { shape: string; engine: string; context: number; stepMs: number | null }[];
+  cells: {
+    shape: string;
+    engine: string;
+    context: number;
+    stepMs: number | null;
+    meanMs?: number;
+  }[];
 }): { shape: string; svg: string }[] {
   return r.shapes.flatMap(({ id, label }) => {
     const cells = r.cells.filter((c) => c.shape === id);
@@ -313,12 +320,12 @@ export function speedCharts(r: {
       name: engine,
       // llama.cpp is the external baseline, not one of our engines: dashed sets it apart.
       dashed: engine === "llama.cpp",
-      points: cs.map((c) => [c.context, c.stepMs ?? NaN]),
+      points: cs.map((c) => [c.context, c.stepMs === null ? NaN : c.meanMs ?? c.stepMs]),
     }));
     const svg = lineChart({
       title: `Decode step time: ${label}`,
       xLabel: "context (tokens)",
-      yLabel: "median decode step (ms)",
+      yLabel: "mean decode step (ms)",
       xLog: true,
       yLog: true,
       series,
