@@ -354,7 +354,14 @@ export class HeteroCache extends CompressedCache {
   /** Coverage trigger: after the decode caches exist, each layer's cache gets its watch. */
   override async endPrefill(captures: Captures): Promise<void> {
     await super.endPrefill(captures);
-    if (this.#trigger.kind !== "coverage" || this.#pivots.length === 0) return;
+    if (this.#pivots.length === 0) return;
+    // Recording creates the pipelines of the decode-time scoring (nothing runs): CPU drivers
+    // compile at creation, ~0.7 s that would otherwise land on the first refresh's step.
+    const warm = (this.#checkCmd ??= this.device.commands());
+    warm.begin();
+    this.#recordScores(warm, this.#pivots.slice(0, 1));
+    warm.end();
+    if (this.#trigger.kind !== "coverage") return;
     const c = this.config;
     const words = Math.ceil(this.promptTokens / 32);
     const stride = Math.ceil((c.nKvHeads * 4) / 256) * 256;
