@@ -235,6 +235,8 @@ export interface PolicyConfig {
   compat?: boolean;
   /** HeteroCache drift threshold (0: the median overlap is never below it, so no refresh). */
   threshold?: number;
+  /** HeteroCache's trigger (default: the policy's, coverage; compat: drift). */
+  trigger?: "coverage" | "drift";
   /** Prefill observation window (SnapKV; HeteroCache's compressed heads). */
   window?: number;
 }
@@ -244,6 +246,7 @@ export const POLICIES: readonly PolicyConfig[] = [
   { label: "snapkv", cache: "snapkv" },
   { label: "streaming", cache: "streaming" },
   { label: "heterocache", cache: "heterocache" },
+  { label: "heterocache drift", cache: "heterocache", trigger: "drift" },
   { label: "heterocache compat", cache: "heterocache", compat: true },
   { label: "per-step", cache: "per-step" },
   { label: "fixed-interval", cache: "fixed-interval" },
@@ -335,6 +338,7 @@ export async function evaluateCell(
       cache: cfg.cache,
       compat: cfg.compat,
       threshold: cfg.threshold,
+      trigger: cfg.trigger,
       window: cfg.window,
       keep: keep ?? undefined,
       profile: needsProfile(cfg) ? profile : undefined,

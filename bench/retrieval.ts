@@ -32,7 +32,12 @@ const CHECK_EVERY = 5;
  * isolates its prefill selection. */
 export const RETRIEVAL_POLICIES: readonly PolicyConfig[] = [
   ...POLICIES,
-  { label: "heterocache no-refresh", cache: "heterocache", threshold: 0 },
+  {
+    label: "heterocache no-refresh",
+    cache: "heterocache",
+    trigger: "drift",
+    threshold: 0,
+  },
 ];
 
 export interface RetrievalOptions {
@@ -103,6 +108,7 @@ async function runCell(
     cache: cfg.cache,
     compat: cfg.compat,
     threshold: cfg.threshold,
+    trigger: cfg.trigger,
     keep: keep ?? undefined,
     profile: usesProfile ? retrievalProfile(lay) : undefined,
     contextTokens: L + task.forced.length + 1,

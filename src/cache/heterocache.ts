@@ -496,10 +496,11 @@ export class HeteroCache extends CompressedCache {
     const drop = (this.#trigger as { drop: number }).drop;
     const fired: PivotState[] = [];
     for (const p of this.#pivots) {
+      let landed = false;
       if (p.refreshing) {
         if (!this.#retrieval.landed(p.refreshing)) continue;
         p.refreshing = 0;
-        p.refCoverage = null;
+        landed = true;
       }
       let held = 0, prompt = 0;
       for (let g = 0; g < G; g++) {
@@ -515,6 +516,12 @@ export class HeteroCache extends CompressedCache {
         continue;
       }
       this.stat.driftChecks++;
+      // A refresh that restored the share sets the new reference; one that did not (the
+      // attention moved again while it landed) keeps the old one and refreshes again.
+      if (landed && share >= drop * p.refCoverage) {
+        p.refCoverage = share;
+        continue;
+      }
       if (share < drop * p.refCoverage) {
         this.stat.triggers++;
         fired.push(p);
