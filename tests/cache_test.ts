@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { loadModel } from "../mod.ts";
 import type { LoadedModel } from "../src/engine/model.ts";
 import type { CacheOptions } from "../src/cache/mod.ts";
-import type { HeteroCache } from "../src/cache/heterocache.ts";
+import { coverageShare, type HeteroCache } from "../src/cache/heterocache.ts";
 import type { HeadRole } from "../src/cache/profile.ts";
 import { uniformProfile } from "../src/cache/profile_io.ts";
 import { satelliteRefresh } from "../src/cache/select.ts";
@@ -292,8 +292,15 @@ Deno.test("heterocache observation window: a wider window changes what compresse
   const profile = SMALL_PROFILE(model.config.nLayers);
   const prompt = model.tokenizer.encode(PROMPT);
   const forced = model.tokenizer.encode(" the ball was red and big", { addSpecial: false });
+  // The drift trigger checks every 5th step, so over these few steps no refresh lands at a
+  // timing-dependent step and runs compare exactly (the coverage trigger may refresh sooner).
   const run = (window?: number) =>
-    teacherForced(model, { cache: "heterocache", keep: 0.5, profile, window }, prompt, forced);
+    teacherForced(
+      model,
+      { cache: "heterocache", keep: 0.5, profile, window, trigger: "drift" },
+      prompt,
+      forced,
+    );
   const one = await run(1);
   const eight = await run(8);
   assert.deepEqual(await run(), await run(16), "16 is the default");
@@ -315,4 +322,51 @@ Deno.test("heterocache observation window: a wider window changes what compresse
       (e: Error & { code?: string }) => e.code === "E_BAD_REQUEST",
     );
   }
+});
+
+Deno.test("coverage: each pivot's share is read from its own layer and query heads", () => {
+  const nLayers = 3, nKvHeads = 4, G = 2, nHeads = nKvHeads * G;
+  const out = new Float32Array(nLayers * nHeads * 2);
+  // Query head qh of layer l: held = (l * 10 + qh) / 100 of a prompt mass of 0.5.
+  for (let l = 0; l < nLayers; l++) {
+    for (let qh = 0; qh < nHeads; qh++) {
+      out[(l * nHeads + qh) * 2] = (l * 10 + qh) / 100;
+      out[(l * nHeads + qh) * 2 + 1] = 0.5;
+    }
+  }
+  for (const [l, p] of [[0, 0], [1, 3], [2, 1]]) {
+    const want = ((l * 10 + p * G) + (l * 10 + p * G + 1)) / 100 / (0.5 * G);
+    assert.ok(
+      Math.abs(coverageShare(out, nHeads, G, l, p)! - want) < 1e-6,
+      `layer ${l} pivot ${p}`,
+    );
+  }
+  // A pivot whose prompt mass is negligible gives no share.
+  out.fill(0, (2 * nHeads) * 2);
+  assert.equal(coverageShare(out, nHeads, G, 2, 1), null);
+});
+
+Deno.test("a refresh is read by the next step in compat; by default it lands once gathered, never earlier", async () => {
+  await using model = await loadModel(sharedPath("models/stories260K.gguf"));
+  const profile = SMALL_PROFILE(model.config.nLayers);
+  const landings = async (compat: boolean) => {
+    using s = model.session({
+      cache: "fixed-interval",
+      interval: 3,
+      keep: 0.4,
+      profile,
+      compat,
+      record: true,
+      contextTokens: 200,
+    });
+    await s.complete(PROMPT, { temperature: 0, maxTokens: 14, ignoreEos: true });
+    return (s.policy as HeteroCache).landingLog.filter((x) => x.firstRead !== null);
+  };
+  const compat = await landings(true);
+  const late = await landings(false);
+  assert.ok(compat.length >= 3 && late.length >= 2, `${compat.length} / ${late.length} landed`);
+  for (const x of compat) assert.equal(x.firstRead, x.decidedAfter + 1, JSON.stringify(x));
+  // The default does not wait for the host gather: a refresh lands at the first step after
+  // its rows are gathered (the next step at the earliest, later on a busy machine).
+  for (const x of late) assert.ok(x.firstRead! >= x.decidedAfter + 1, JSON.stringify(x));
 });

@@ -143,6 +143,10 @@ export class HeteroCache extends CompressedCache {
   readonly #record: boolean;
   /** Refreshes of the current generation (only with `record`). */
   readonly refreshLog: RefreshRecord[] = [];
+  /** With `record`: per refresh, the decode step after which it was decided and the first step
+   * that read its rows (steps counted from 1). */
+  readonly landingLog: { decidedAfter: number; firstRead: number | null }[] = [];
+  readonly #landingBySeq = new Map<number, number>();
 
   constructor(
     deps: PolicyDeps,
@@ -237,6 +241,8 @@ export class HeteroCache extends CompressedCache {
     }
     this.#buffered = 0;
     this.refreshLog.length = 0;
+    this.landingLog.length = 0;
+    this.#landingBySeq.clear();
   }
 
   /** Whether a refresh is in flight (gathering on the host or copying to the device). */
@@ -419,8 +425,18 @@ export class HeteroCache extends CompressedCache {
     this.#readback = this.device.buffer(Math.max(16, bytes), "readback");
   }
 
+  /** Notes, with `record`, which step first reads the refreshes submitted just now. */
+  #logLandings(): void {
+    for (const seq of this.#retrieval.drainSubmitted()) {
+      const i = this.#landingBySeq.get(seq);
+      if (i !== undefined) this.landingLog[i].firstRead = this.stat.decodeSteps + 1;
+      this.#landingBySeq.delete(seq);
+    }
+  }
+
   override transferWait(): bigint {
     const v = this.#retrieval.landing();
+    this.#logLandings();
     // A step carries a transfer when a refresh landed since the previous step (or it must wait).
     if (v > 0n || this.#retrieval.submitted > this.#landedBefore) this.stat.stepsWithTransfer++;
     this.#landedBefore = this.#retrieval.submitted;
@@ -473,6 +489,11 @@ export class HeteroCache extends CompressedCache {
         : [];
       const seq = await this.#retrieval.start(jobs, this.caches, tails);
       for (const p of triggered) p.refreshing = seq;
+      if (this.#record) {
+        this.#landingBySeq.set(seq, this.landingLog.length);
+        this.landingLog.push({ decidedAfter: this.stat.decodeSteps, firstRead: null });
+        this.#logLandings(); // compat submits at once
+      }
       this.stat.transferWaitMs += performance.now() - t1;
       for (const j of jobs) {
         this.stat.refreshedHeads++;
@@ -502,15 +523,8 @@ export class HeteroCache extends CompressedCache {
         p.refreshing = 0;
         landed = true;
       }
-      let held = 0, prompt = 0;
-      for (let g = 0; g < G; g++) {
-        const at = (p.layer * c.nHeads + p.pivot * G + g) * 2;
-        held += out[at];
-        prompt += out[at + 1];
-      }
-      // A pivot looking almost only at generated tokens says nothing about the prompt rows.
-      if (!(prompt > 1e-3 * G)) continue;
-      const share = held / prompt;
+      const share = coverageShare(out, c.nHeads, G, p.layer, p.pivot);
+      if (share === null) continue;
       if (p.refCoverage === null) {
         p.refCoverage = share;
         continue;
@@ -733,4 +747,26 @@ export class HeteroCache extends CompressedCache {
 /** Sets the bits of `rows` (prompt positions) in a row mask. */
 function markRows(mask: Uint32Array, rows: ArrayLike<number>): void {
   for (let i = 0; i < rows.length; i++) mask[rows[i] >>> 5] |= 1 << (rows[i] & 31);
+}
+
+/**
+ * The held share of one pivot from the decode attention's watch output ([nLayers][nHeads] pairs
+ * of (held, prompt) fractions): its G query heads' mass on held prompt rows over their mass on
+ * all prompt rows; null when the pivot looks almost only at generated tokens (the share then
+ * says nothing about the prompt rows).
+ */
+export function coverageShare(
+  out: Float32Array,
+  nHeads: number,
+  groupSize: number,
+  layer: number,
+  pivot: number,
+): number | null {
+  let held = 0, prompt = 0;
+  for (let g = 0; g < groupSize; g++) {
+    const at = (layer * nHeads + pivot * groupSize + g) * 2;
+    held += out[at];
+    prompt += out[at + 1];
+  }
+  return prompt > 1e-3 * groupSize ? held / prompt : null;
 }

@@ -59,6 +59,8 @@ export class Retrieval implements Disposable {
   #seq = 0;
   /** Copies submitted so far. */
   submitted = 0;
+  /** Sequence numbers of the refreshes submitted since the last `drainSubmitted()`. */
+  #justSubmitted: number[] = [];
   #disposed = false;
 
   /** `async` false: the gather is awaited and the copy submitted at once (official order). */
@@ -126,6 +128,11 @@ export class Retrieval implements Disposable {
     return slot.seq;
   }
 
+  /** The refreshes submitted since the last call (their copies precede any later step). */
+  drainSubmitted(): number[] {
+    return this.#justSubmitted.splice(0);
+  }
+
   /** Whether the refresh `start` numbered `seq` has landed on the device (or was dropped). */
   landed(seq: number): boolean {
     const done = this.#device.poll("transfer");
@@ -183,6 +190,7 @@ export class Retrieval implements Disposable {
     cmd.end();
     slot.value = cmd.submit();
     this.submitted++;
+    this.#justSubmitted.push(slot.seq);
   }
 
   /** A slot with no gather or copy in flight and room for `bytes`. */
