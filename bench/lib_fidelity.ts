@@ -237,6 +237,8 @@ export interface PolicyConfig {
   threshold?: number;
   /** HeteroCache's trigger (default: the policy's, coverage; compat: drift). */
   trigger?: "coverage" | "drift";
+  /** The coverage trigger's drop. */
+  coverageDrop?: number;
   /** Prefill observation window (SnapKV; HeteroCache's compressed heads). */
   window?: number;
 }
@@ -339,6 +341,7 @@ export async function evaluateCell(
       compat: cfg.compat,
       threshold: cfg.threshold,
       trigger: cfg.trigger,
+      coverageDrop: cfg.coverageDrop,
       window: cfg.window,
       keep: keep ?? undefined,
       profile: needsProfile(cfg) ? profile : undefined,

@@ -109,6 +109,7 @@ async function runCell(
     compat: cfg.compat,
     threshold: cfg.threshold,
     trigger: cfg.trigger,
+    coverageDrop: cfg.coverageDrop,
     keep: keep ?? undefined,
     profile: usesProfile ? retrievalProfile(lay) : undefined,
     contextTokens: L + task.forced.length + 1,

@@ -49,7 +49,7 @@ export type TriggerName = (typeof TRIGGER_NAMES)[number];
 
 /** Default coverage drop: a cluster refreshes when its pivot's held share falls below this
  * fraction of the share right after its last refresh. */
-export const DEFAULT_COVERAGE_DROP = 0.8;
+export const DEFAULT_COVERAGE_DROP = 0.5;
 
 export interface HeteroOptions {
   keep: number;
@@ -107,6 +107,8 @@ interface PivotState {
   maskWord: number;
   refCoverage: number | null;
   refreshing: number;
+  /** The share the last refresh aimed at: the selecting query's (pooled) mass on its rows. */
+  expectedCoverage: number;
 }
 
 export class HeteroCache extends CompressedCache {
@@ -351,6 +353,7 @@ export class HeteroCache extends CompressedCache {
           maskWord: out.length * words,
           refCoverage: null,
           refreshing: 0,
+          expectedCoverage: 0,
         });
       });
     });
@@ -530,13 +533,13 @@ export class HeteroCache extends CompressedCache {
         continue;
       }
       this.stat.driftChecks++;
-      // A refresh that restored the share sets the new reference; one that did not (the
-      // attention moved again while it landed) keeps the old one and refreshes again.
-      if (landed && share >= drop * p.refCoverage) {
+      // A landed refresh sets the new reference, unless it fell well short of the share its
+      // selecting query aimed at: the attention moved again while it landed, so refresh again.
+      if (landed) {
         p.refCoverage = share;
-        continue;
+        if (share >= drop * p.expectedCoverage) continue;
       }
-      if (share < drop * p.refCoverage) {
+      if (share < drop * p.refCoverage || landed) {
         this.stat.triggers++;
         fired.push(p);
       }
@@ -648,7 +651,7 @@ export class HeteroCache extends CompressedCache {
     }
     // The readback holds the indices, then each pivot's scores row where the default ranking
     // or the refresh log needs it.
-    const rows = !this.#compat || this.#record;
+    const rows = !this.#compat || this.#record || score;
     const rowsAt = at * 4;
     this.#ensureIndices(rowsAt + (rows ? fired.length * L * 4 : 0));
     const cmd = (this.#selectCmd ??= this.device.commands());
@@ -711,7 +714,10 @@ export class HeteroCache extends CompressedCache {
           jobs.push({ layer: e.p.layer, head: s, positions, host: this.#store.head(e.p.layer, s) });
         }
       });
-      if (mask) e.p.mask = mask;
+      if (mask) {
+        e.p.mask = mask;
+        e.p.expectedCoverage = maskedShare(row!, mask);
+      }
     });
     return jobs;
   }
@@ -769,4 +775,15 @@ export function coverageShare(
     prompt += out[at + 1];
   }
   return prompt > 1e-3 * groupSize ? held / prompt : null;
+}
+
+/** The share of a scores row's total on the rows a mask marks (NaN counts as 0). */
+function maskedShare(row: Float32Array, mask: Uint32Array): number {
+  let held = 0, total = 0;
+  for (let i = 0; i < row.length; i++) {
+    const x = Number.isNaN(row[i]) ? 0 : row[i];
+    total += x;
+    if ((mask[i >>> 5] >>> (i & 31)) & 1) held += x;
+  }
+  return total > 0 ? held / total : 0;
 }

@@ -33,7 +33,7 @@ export interface CacheOptions {
    * `checkEvery` steps; the compat default). */
   trigger?: TriggerName;
   /** HeteroCache's coverage trigger: refresh when a pivot's held share falls below this
-   * fraction of its share after the last refresh (default 0.8). */
+   * fraction of its share after the last refresh (default 0.5). */
   coverageDrop?: number;
   /** Prefill observation window: the last `window` prompt queries score which rows a
    * compressed head keeps (SnapKV default 32; HeteroCache default 16, compat 1: the last token). */
