@@ -20,7 +20,7 @@ import {
   grid2d,
   subWindow,
   type Window,
-} from "./elementwise.ts";
+} from "./checks.ts";
 
 const U32_MAX = 0xffff_ffff;
 

@@ -8,7 +8,7 @@
  */
 import { HcError } from "../errors.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
-import { checkedRangeWindow } from "./elementwise.ts";
+import { checkedRangeWindow } from "./checks.ts";
 import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
 
 const SHADER_SUFFIX: Record<number, string> = {

@@ -42,6 +42,7 @@
  */
 import { HcError } from "../errors.ts";
 import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
+import { requireBytes, requireFloatOffset } from "./checks.ts";
 
 export interface KvHeadSlot {
   chunk: number;
@@ -103,29 +104,6 @@ export function planKvLayer(
     chunkHeads[c][1] = h + 1;
   });
   return { headDim: opts.headDim, rowBytes, heads, chunkRows, chunkHeads };
-}
-
-/** Bytes of a binding (whole buffer or window). */
-export function bindingBytes(b: Binding): number {
-  if ("buffer" in b) return b.bytes ?? b.buffer.bytes - b.offset;
-  return b.bytes;
-}
-
-export function requireBytes(b: Binding, bytes: number, what: string): void {
-  const have = bindingBytes(b);
-  if (have < bytes) limit(`${what}: binding holds ${have} bytes, needs ${bytes}`);
-}
-
-export function requireFloatOffset(value: number, what: string): void {
-  if (!Number.isInteger(value) || value < 0 || value % 4 !== 0) {
-    limit(`${what} must be a non-negative multiple of 4 floats (16 bytes), got ${value}`);
-  }
-}
-
-/** Workgroup budget for split work: CPU drivers have few cores, GPUs many compute units. */
-export function deviceParallelism(device: Device): { cpu: boolean; targetGroups: number } {
-  const cpu = device.info.type === "cpu";
-  return { cpu, targetGroups: cpu ? Math.max(4, 4 * navigator.hardwareConcurrency) : 1024 };
 }
 
 export class KvLayerCache implements Disposable {

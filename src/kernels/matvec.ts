@@ -26,7 +26,7 @@
  */
 import { HcError } from "../errors.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
-import { checkedRangeWindow } from "./elementwise.ts";
+import { checkedRangeWindow } from "./checks.ts";
 import {
   type Binding,
   type Buffer,

@@ -19,7 +19,7 @@ import {
   splitRows,
   subWindow,
   type Window,
-} from "./elementwise.ts";
+} from "./checks.ts";
 
 const F32 = 4;
 /** Largest row the selection kernels accept (indices and counts stay far inside u32). */
