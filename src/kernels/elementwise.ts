@@ -6,7 +6,14 @@
  * `cmd.barrier()` between it and the dispatch that produced its input and the one that reads its
  * output. All sizes are in f32 elements unless a name says bytes.
  */
-import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
+import {
+  type Binding,
+  type Buffer,
+  type CommandList,
+  type Device,
+  type Kernel,
+  pushLayout,
+} from "../vk/mod.ts";
 import type { RopePairing } from "../model/config.ts";
 import {
   badKernelArgs,
@@ -21,6 +28,41 @@ import {
 } from "./checks.ts";
 
 const F32 = 4;
+
+/** shaders/rmsnorm.comp's push block. */
+const RMSNORM_PUSH = pushLayout({
+  n: "u32",
+  rows: "u32",
+  xStride: "u32",
+  outStride: "u32",
+  eps: "f32",
+  vec4ok: "u32",
+});
+
+/** shaders/rope.comp's push block. */
+const ROPE_PUSH = pushLayout({
+  nTokens: "u32",
+  nHeads: "u32",
+  halfDim: "u32",
+  xTokenStride: "u32",
+  outTokenStride: "u32",
+  posSlot: "u32",
+  posOffset: "u32",
+  flags: "u32",
+});
+
+/** shaders/swiglu.comp's push block. */
+const SWIGLU_PUSH = pushLayout({
+  n: "u32",
+  rows: "u32",
+  gateStride: "u32",
+  upStride: "u32",
+  outStride: "u32",
+  vec4ok: "u32",
+});
+
+/** shaders/add.comp's push block (HC_AXPBY). */
+const AXPBY_PUSH = pushLayout({ n: "u32", alpha: "f32", beta: "f32", flags: "u32" });
 
 export interface RmsNormArgs {
   /** Input rows, `rows` of `n` elements, `xStride` apart. */
@@ -44,7 +86,7 @@ export class RmsNorm implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     const wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("rmsnorm", { bindings: 3, pushBytes: 24, spec: [wg] });
+    this.kernel = device.kernel("rmsnorm", { bindings: 3, push: RMSNORM_PUSH, spec: [wg] });
   }
 
   record(cmd: CommandList, a: RmsNormArgs): void {
@@ -64,13 +106,14 @@ export class RmsNorm implements Disposable {
       const ob = subWindow(o, r0 * os * F32, count * os * F32);
       const vec4 = n % 4 === 0 && xs % 4 === 0 && os % 4 === 0 &&
         [windowOf(xb), w, windowOf(ob)].every((v) => v.offset % 16 === 0);
-      const push = new DataView(new ArrayBuffer(24));
-      push.setUint32(0, n, true);
-      push.setUint32(4, count, true);
-      push.setUint32(8, xs, true);
-      push.setUint32(12, os, true);
-      push.setFloat32(16, a.eps, true);
-      push.setUint32(20, vec4 ? 1 : 0, true);
+      const push = RMSNORM_PUSH.pack({
+        n,
+        rows: count,
+        xStride: xs,
+        outStride: os,
+        eps: a.eps,
+        vec4ok: vec4 ? 1 : 0,
+      });
       cmd.dispatch(
         this.kernel,
         [xb, subWindow(w, 0, n * F32), ob],
@@ -187,7 +230,7 @@ export class Rope implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 128);
-    this.kernel = device.kernel("rope", { bindings: 4, pushBytes: 32, spec: [this.#wg] });
+    this.kernel = device.kernel("rope", { bindings: 4, push: ROPE_PUSH, spec: [this.#wg] });
   }
 
   record(cmd: CommandList, a: RopeArgs): void {
@@ -221,16 +264,16 @@ export class Rope implements Disposable {
     );
     const table = subWindow(windowOf(a.table.buffer), 0, a.table.pairs * 8);
     for (const [t0, count] of splitRows(this.device, tokens, [xs * F32, os * F32])) {
-      const push = new Uint32Array([
-        count,
-        heads,
-        dim / 2,
-        xs,
-        os,
-        perToken ? slot + t0 : slot,
-        perToken ? offset : (offset + t0) >>> 0,
-        (a.pairing === "halves" ? 1 : 0) | (perToken ? 2 : 0),
-      ]);
+      const push = ROPE_PUSH.pack({
+        nTokens: count,
+        nHeads: heads,
+        halfDim: dim / 2,
+        xTokenStride: xs,
+        outTokenStride: os,
+        posSlot: perToken ? slot + t0 : slot,
+        posOffset: perToken ? offset : (offset + t0) >>> 0,
+        flags: (a.pairing === "halves" ? 1 : 0) | (perToken ? 2 : 0),
+      });
       const groups = Math.ceil((count * heads * (dim / 2)) / this.#wg);
       cmd.dispatch(
         this.kernel,
@@ -272,7 +315,7 @@ export class Swiglu implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("swiglu", { bindings: 3, pushBytes: 24, spec: [this.#wg] });
+    this.kernel = device.kernel("swiglu", { bindings: 3, push: SWIGLU_PUSH, spec: [this.#wg] });
   }
 
   record(cmd: CommandList, a: SwigluArgs): void {
@@ -292,7 +335,14 @@ export class Swiglu implements Disposable {
       ];
       const vec4 = n % 4 === 0 && gs % 4 === 0 && us % 4 === 0 && os % 4 === 0 &&
         binds.every((b) => windowOf(b).offset % 16 === 0);
-      const push = new Uint32Array([n, count, gs, us, os, vec4 ? 1 : 0]);
+      const push = SWIGLU_PUSH.pack({
+        n,
+        rows: count,
+        gateStride: gs,
+        upStride: us,
+        outStride: os,
+        vec4ok: vec4 ? 1 : 0,
+      });
       const gx = Math.ceil((vec4 ? n / 4 : n) / this.#wg);
       cmd.dispatch(this.kernel, binds, push, gridRows(this.device, gx, count));
     }
@@ -323,7 +373,7 @@ export class Axpby implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("axpby", { bindings: 3, pushBytes: 16, spec: [this.#wg] });
+    this.kernel = device.kernel("axpby", { bindings: 3, push: AXPBY_PUSH, spec: [this.#wg] });
   }
 
   record(cmd: CommandList, args: AxpbyArgs): void {
@@ -340,11 +390,12 @@ export class Axpby implements Disposable {
     for (const [e0, count] of splitRows(this.device, n, [F32, F32, F32], 4)) {
       const binds = [a, b, o].map((w) => subWindow(w, e0 * F32, count * F32));
       const vec4 = count % 4 === 0 && binds.every((w) => windowOf(w).offset % 16 === 0);
-      const push = new DataView(new ArrayBuffer(16));
-      push.setUint32(0, count, true);
-      push.setFloat32(4, alpha, true);
-      push.setFloat32(8, beta, true);
-      push.setUint32(12, (vec4 ? 1 : 0) | (args.b ? 2 : 0), true);
+      const push = AXPBY_PUSH.pack({
+        n: count,
+        alpha,
+        beta,
+        flags: (vec4 ? 1 : 0) | (args.b ? 2 : 0),
+      });
       const groups = Math.ceil((vec4 ? count / 4 : count) / this.#wg);
       cmd.dispatch(this.kernel, binds, push, grid2d(this.device, groups));
     }
