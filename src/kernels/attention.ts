@@ -22,6 +22,7 @@ import {
   type CommandList,
   type Device,
   type Kernel,
+  pushLayout,
   TEXEL_BYTES,
 } from "../vk/mod.ts";
 import { checkHeadDim, type KvLayerCache } from "./kv.ts";
@@ -48,6 +49,40 @@ function checkCache(cache: KvLayerCache, headDim: number): void {
 }
 
 const LOG2E = Math.LOG2E;
+
+/** The push block of the decode split pass (shaders/attn_decode.comp, attn_decode_cpu.comp). */
+const DECODE_PUSH = pushLayout({
+  headBase: "u32",
+  minTok: "u32",
+  qOff4: "u32",
+  mlOff: "u32",
+  scale: "f32",
+});
+
+/** shaders/attn_merge.comp's push block. */
+const MERGE_PUSH = pushLayout({
+  splits: "u32",
+  minTok: "u32",
+  mlOff: "u32",
+  outOff: "u32",
+  perSplit: "u32",
+});
+
+/** The push block of every prefill variant (shaders/attn_prefill*.comp). */
+const PREFILL_PUSH = pushLayout({
+  headBase: "u32",
+  tokens: "u32",
+  p0: "u32",
+  qOff4: "u32",
+  qStride4: "u32",
+  oOff4: "u32",
+  oStride4: "u32",
+  kv0: "u32",
+  kv1: "u32",
+  flags: "u32",
+  nHeads: "u32",
+  scale: "f32",
+});
 
 export interface DecodeAttentionOptions {
   headDim: number;
@@ -156,12 +191,12 @@ export class DecodeAttention implements Disposable {
         1,
       ];
       this.#makeSplit = () =>
-        device.kernel("attn_decode_cpu", { bindings: 6, pushBytes: 20, spec });
+        device.kernel("attn_decode_cpu", { bindings: 6, push: DECODE_PUSH, spec });
       if ((opts.texel ?? true) && device.info.texelBuffer) {
         this.#splitTexel = device.kernel("attn_decode_cpu_texel", {
           bindings: 6,
           kinds: ["storage", "texel", "texel", "storage", "storage", "storage"],
-          pushBytes: 20,
+          push: DECODE_PUSH,
           spec,
         });
       } else {
@@ -171,7 +206,7 @@ export class DecodeAttention implements Disposable {
       this.#makeSplit = () =>
         device.kernel("attn_decode", {
           bindings: 6,
-          pushBytes: 20,
+          push: DECODE_PUSH,
           spec: [wg, opts.groupSize, opts.headDim],
         });
       this.#split = this.#makeSplit();
@@ -179,7 +214,7 @@ export class DecodeAttention implements Disposable {
     try {
       this.#merge = device.kernel("attn_merge", {
         bindings: 4,
-        pushBytes: 20,
+        push: MERGE_PUSH,
         spec: [64, opts.groupSize, opts.headDim],
       });
     } catch (e) {
@@ -235,16 +270,9 @@ export class DecodeAttention implements Disposable {
     requireBytes(a.scratch, scratchBytes, "decode scratch");
     const { mlOff } = this.#layout(cache);
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
-    const push = new ArrayBuffer(20);
-    const u = new Uint32Array(push);
-    new Float32Array(push, 16, 1)[0] = scale;
-    u[1] = this.minTokensPerSplit;
-    u[2] = qOff / 4;
-    u[3] = mlOff;
     this.lastBindings = { texel: 0, storage: 0 };
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
-      u[0] = h0;
       // A chunk (whole rows of 2 * headDim bytes, so whole 16-byte texels) too big for one
       // texel view takes the storage-buffer pass.
       const texel = this.#splitTexel !== null &&
@@ -253,7 +281,13 @@ export class DecodeAttention implements Disposable {
       cmd.dispatch(
         texel ? this.#splitTexel! : (this.#split ??= this.#makeSplit()),
         [a.q, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer, a.scratch],
-        new Uint32Array(push.slice(0)),
+        DECODE_PUSH.pack({
+          headBase: h0,
+          minTok: this.minTokensPerSplit,
+          qOff4: qOff / 4,
+          mlOff,
+          scale,
+        }),
         // The CPU pass is split-major (see attn_decode_cpu.comp), the GPU pass head-major.
         this.variant === "simd" ? [h1 - h0, S] : [S, h1 - h0],
       );
@@ -262,7 +296,13 @@ export class DecodeAttention implements Disposable {
     cmd.dispatch(
       this.#merge,
       [a.scratch, cache.table, cache.lengthsBuffer, a.out],
-      new Uint32Array([S, this.minTokensPerSplit, mlOff, outOff, 1]),
+      MERGE_PUSH.pack({
+        splits: S,
+        minTok: this.minTokensPerSplit,
+        mlOff,
+        outOff,
+        perSplit: 1,
+      }),
       [nHeads],
     );
     return this;
@@ -369,7 +409,7 @@ export class PrefillAttention implements Disposable {
       this.#rows = rows;
       this.#kernel = device.kernel("attn_prefill_split", {
         bindings: 6,
-        pushBytes: 48,
+        push: PREFILL_PUSH,
         spec: [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)],
       });
       return;
@@ -382,7 +422,7 @@ export class PrefillAttention implements Disposable {
       this.#rows = lanes * perLane;
       this.#kernel = device.kernel("attn_prefill_rows", {
         bindings: 6,
-        pushBytes: 48,
+        push: PREFILL_PUSH,
         spec: [lanes, G, D, perLane, this.#keysPerBlock],
       });
       return;
@@ -394,7 +434,7 @@ export class PrefillAttention implements Disposable {
     this.#rows = rows;
     this.#kernel = device.kernel("attn_prefill", {
       bindings: 6,
-      pushBytes: 48,
+      push: PREFILL_PUSH,
       spec: [4 * rows, G, D, big ? 16 : 32, rows],
     });
   }
@@ -460,26 +500,24 @@ export class PrefillAttention implements Disposable {
       const flags = (pass === 0 ? 1 : 0) | (pass === passes - 1 ? 2 : 0);
       cache.layout.chunkHeads.forEach(([h0, h1], c) => {
         if (h1 <= h0) return;
-        const push = new ArrayBuffer(48);
-        const u = new Uint32Array(push);
-        u.set([
-          h0,
-          B,
+        const push = PREFILL_PUSH.pack({
+          headBase: h0,
+          tokens: B,
           p0,
-          qOff / 4,
-          qStride / 4,
-          oOff / 4,
-          oStride / 4,
-          pass * perPass,
-          Math.min(kvRows, (pass + 1) * perPass),
+          qOff4: qOff / 4,
+          qStride4: qStride / 4,
+          oOff4: oOff / 4,
+          oStride4: oStride / 4,
+          kv0: pass * perPass,
+          kv1: Math.min(kvRows, (pass + 1) * perPass),
           flags,
           nHeads,
-        ]);
-        new Float32Array(push, 44, 1)[0] = scale;
+          scale,
+        });
         cmd.dispatch(
           this.#kernel,
           [a.q, cache.k[c], cache.v[c], cache.table, a.out, a.scratch],
-          u,
+          push,
           [gx, h1 - h0],
         );
       });

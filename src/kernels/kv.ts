@@ -41,7 +41,14 @@
  * chunk below 2^32 / (headDim / 8) (u32 uvec4 indices in the kernels).
  */
 import { HcError } from "../errors.ts";
-import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
+import {
+  type Binding,
+  type Buffer,
+  type CommandList,
+  type Device,
+  type Kernel,
+  pushLayout,
+} from "../vk/mod.ts";
 import { requireBytes, requireFloatOffset } from "./checks.ts";
 
 export interface KvHeadSlot {
@@ -272,6 +279,16 @@ export interface KvAppendArgs {
   mode?: "preset" | "bump";
 }
 
+/** shaders/kv_append.comp's push block. */
+const KV_APPEND_PUSH = pushLayout({
+  headBase: "u32",
+  tokens: "u32",
+  kOff4: "u32",
+  vOff4: "u32",
+  tokStride4: "u32",
+  mode: "u32",
+});
+
 /** Writes new tokens' K and V into every head's next rows (f32 in, f16 out). */
 export class KvAppend implements Disposable {
   readonly headDim: number;
@@ -283,7 +300,7 @@ export class KvAppend implements Disposable {
     this.headDim = opts.headDim;
     this.#kernel = device.kernel("kv_append", {
       bindings: 6,
-      pushBytes: 24,
+      push: KV_APPEND_PUSH,
       spec: [KvAppend.WORKGROUP, opts.headDim],
     });
   }
@@ -311,7 +328,14 @@ export class KvAppend implements Disposable {
     }
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
-      const push = new Uint32Array([h0, B, kOff / 4, vOff / 4, stride / 4, bump ? 1 : 0]);
+      const push = KV_APPEND_PUSH.pack({
+        headBase: h0,
+        tokens: B,
+        kOff4: kOff / 4,
+        vOff4: vOff / 4,
+        tokStride4: stride / 4,
+        mode: bump ? 1 : 0,
+      });
       cmd.dispatch(
         this.#kernel,
         [a.k, a.v, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer],
