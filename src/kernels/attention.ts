@@ -17,6 +17,7 @@
  * here.
  */
 import { HcError } from "../errors.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 import {
   type Binding,
   type CommandList,
@@ -191,9 +192,13 @@ export class DecodeAttention implements Disposable {
         1,
       ];
       this.#makeSplit = () =>
-        device.kernel("attn_decode_cpu", { bindings: 6, push: DECODE_PUSH, spec });
+        device.kernel(SHADERS.attn_decode_cpu.variant({ texel: false }), {
+          bindings: 6,
+          push: DECODE_PUSH,
+          spec,
+        });
       if ((opts.texel ?? true) && device.info.texelBuffer) {
-        this.#splitTexel = device.kernel("attn_decode_cpu_texel", {
+        this.#splitTexel = device.kernel(SHADERS.attn_decode_cpu.variant({ texel: true }), {
           bindings: 6,
           kinds: ["storage", "texel", "texel", "storage", "storage", "storage"],
           push: DECODE_PUSH,
@@ -204,7 +209,7 @@ export class DecodeAttention implements Disposable {
       }
     } else {
       this.#makeSplit = () =>
-        device.kernel("attn_decode", {
+        device.kernel(SHADERS.attn_decode.variant(), {
           bindings: 6,
           push: DECODE_PUSH,
           spec: [wg, opts.groupSize, opts.headDim],
@@ -212,7 +217,7 @@ export class DecodeAttention implements Disposable {
       this.#split = this.#makeSplit();
     }
     try {
-      this.#merge = device.kernel("attn_merge", {
+      this.#merge = device.kernel(SHADERS.attn_merge.variant(), {
         bindings: 4,
         push: MERGE_PUSH,
         spec: [64, opts.groupSize, opts.headDim],
@@ -407,7 +412,7 @@ export class PrefillAttention implements Disposable {
         limit(`rowsPerGroup ${rows} must be a multiple of ${lanes} lanes, at most 64`);
       }
       this.#rows = rows;
-      this.#kernel = device.kernel("attn_prefill_split", {
+      this.#kernel = device.kernel(SHADERS.attn_prefill_split.variant(), {
         bindings: 6,
         push: PREFILL_PUSH,
         spec: [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)],
@@ -420,7 +425,7 @@ export class PrefillAttention implements Disposable {
         limit(`rowsPerLane ${perLane} must be an integer in 1..32`);
       }
       this.#rows = lanes * perLane;
-      this.#kernel = device.kernel("attn_prefill_rows", {
+      this.#kernel = device.kernel(SHADERS.attn_prefill_rows.variant(), {
         bindings: 6,
         push: PREFILL_PUSH,
         spec: [lanes, G, D, perLane, this.#keysPerBlock],
@@ -432,7 +437,7 @@ export class PrefillAttention implements Disposable {
     const rows = big ? 8 : 16;
     if (G > rows) limit(`prefill supports at most ${rows} query heads per KV head`);
     this.#rows = rows;
-    this.#kernel = device.kernel("attn_prefill", {
+    this.#kernel = device.kernel(SHADERS.attn_prefill.variant(), {
       bindings: 6,
       push: PREFILL_PUSH,
       spec: [4 * rows, G, D, big ? 16 : 32, rows],

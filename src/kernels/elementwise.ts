@@ -15,6 +15,7 @@ import {
   pushLayout,
 } from "../vk/mod.ts";
 import type { RopePairing } from "../model/config.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 import {
   badKernelArgs,
   checkedWindow,
@@ -86,7 +87,11 @@ export class RmsNorm implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     const wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("rmsnorm", { bindings: 3, push: RMSNORM_PUSH, spec: [wg] });
+    this.kernel = device.kernel(SHADERS.rmsnorm.variant(), {
+      bindings: 3,
+      push: RMSNORM_PUSH,
+      spec: [wg],
+    });
   }
 
   record(cmd: CommandList, a: RmsNormArgs): void {
@@ -230,7 +235,11 @@ export class Rope implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 128);
-    this.kernel = device.kernel("rope", { bindings: 4, push: ROPE_PUSH, spec: [this.#wg] });
+    this.kernel = device.kernel(SHADERS.rope.variant(), {
+      bindings: 4,
+      push: ROPE_PUSH,
+      spec: [this.#wg],
+    });
   }
 
   record(cmd: CommandList, a: RopeArgs): void {
@@ -315,7 +324,11 @@ export class Swiglu implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("swiglu", { bindings: 3, push: SWIGLU_PUSH, spec: [this.#wg] });
+    this.kernel = device.kernel(SHADERS.swiglu.variant(), {
+      bindings: 3,
+      push: SWIGLU_PUSH,
+      spec: [this.#wg],
+    });
   }
 
   record(cmd: CommandList, a: SwigluArgs): void {
@@ -373,7 +386,11 @@ export class Axpby implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("axpby", { bindings: 3, push: AXPBY_PUSH, spec: [this.#wg] });
+    this.kernel = device.kernel(SHADERS.add.variant({ op: "axpby" }), {
+      bindings: 3,
+      push: AXPBY_PUSH,
+      spec: [this.#wg],
+    });
   }
 
   record(cmd: CommandList, args: AxpbyArgs): void {

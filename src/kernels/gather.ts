@@ -21,6 +21,7 @@ import {
   subWindow,
   type Window,
 } from "./checks.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 
 const U32_MAX = 0xffff_ffff;
 
@@ -113,7 +114,11 @@ export class RowGather implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("gather", { bindings: 4, push: GATHER_PUSH, spec: [this.#wg] });
+    this.kernel = device.kernel(SHADERS.gather.variant(), {
+      bindings: 4,
+      push: GATHER_PUSH,
+      spec: [this.#wg],
+    });
   }
 
   #side(s: RowSide, count: number, rowWords: number, what: string) {

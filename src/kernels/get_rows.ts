@@ -7,6 +7,7 @@
  * ranges, one dispatch each; more than 65535 ids are split too.
  */
 import { HcError } from "../errors.ts";
+import { SHADERS, weightTypeName } from "../../shaders/variants.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
 import {
   checkedRangeWindow,
@@ -23,16 +24,6 @@ import {
   type Kernel,
   pushLayout,
 } from "../vk/mod.ts";
-
-const SHADER_SUFFIX: Record<number, string> = {
-  [GgmlType.F32]: "f32",
-  [GgmlType.F16]: "f16",
-  [GgmlType.BF16]: "bf16",
-  [GgmlType.Q8_0]: "q8_0",
-  [GgmlType.Q4_0]: "q4_0",
-  [GgmlType.Q4_K]: "q4_k",
-  [GgmlType.Q6_K]: "q6_k",
-};
 
 /** Elements one invocation produces (the shader's UNIT). */
 const UNIT: Record<number, number> = {
@@ -90,7 +81,7 @@ export class GetRows implements Disposable {
   /** `maxBindingBytes` caps one weight binding (default: the device's maxStorageBufferRange),
    * so tests can exercise the split into row ranges with small weights. */
   constructor(device: Device, type: number, options: { maxBindingBytes?: number } = {}) {
-    const suffix = SHADER_SUFFIX[type];
+    const suffix = weightTypeName(type);
     const info = ggmlTypeInfo(type);
     if (!suffix || !info) {
       throw new HcError(
@@ -113,7 +104,7 @@ export class GetRows implements Disposable {
       );
     }
     this.#maxBindingBytes = cap;
-    this.#kernel = device.kernel(`get_rows_${suffix}`, {
+    this.#kernel = device.kernel(SHADERS.get_rows.variant({ type: suffix }), {
       bindings: 3,
       push: GET_ROWS_PUSH,
       spec: [this.workgroupSize],

@@ -50,6 +50,7 @@ import {
   pushLayout,
 } from "../vk/mod.ts";
 import { requireBytes, requireFloatOffset } from "./checks.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 
 export interface KvHeadSlot {
   chunk: number;
@@ -298,7 +299,7 @@ export class KvAppend implements Disposable {
   constructor(device: Device, opts: { headDim: number }) {
     checkHeadDim(opts.headDim);
     this.headDim = opts.headDim;
-    this.#kernel = device.kernel("kv_append", {
+    this.#kernel = device.kernel(SHADERS.kv_append.variant(), {
       bindings: 6,
       push: KV_APPEND_PUSH,
       spec: [KvAppend.WORKGROUP, opts.headDim],

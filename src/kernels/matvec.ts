@@ -25,6 +25,7 @@
  *   mv.record(cmd, { weight, weightOffset, rows: 4096, cols: 14336, x, y, accumulate: true });
  */
 import { HcError } from "../errors.ts";
+import { SHADERS, type WeightTypeName, weightTypeName } from "../../shaders/variants.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
 import {
   checkedRangeWindow,
@@ -47,16 +48,6 @@ import {
 
 /** Columns of x handled by one dispatch at most (the shader's NUM_COLS). */
 export const MATVEC_MAX_COLS = 8;
-
-const SHADER_SUFFIX: Record<number, string> = {
-  [GgmlType.F32]: "f32",
-  [GgmlType.F16]: "f16",
-  [GgmlType.BF16]: "bf16",
-  [GgmlType.Q8_0]: "q8_0",
-  [GgmlType.Q4_0]: "q4_0",
-  [GgmlType.Q4_K]: "q4_k",
-  [GgmlType.Q6_K]: "q6_k",
-};
 
 /** Elements per lane-unit of the run path's step variant; undefined where the type has none. */
 const RUN_UNIT: Record<number, number | undefined> = {
@@ -229,7 +220,7 @@ export function deviceLoad64(info: DeviceInfo): boolean {
 export class MatVec implements Disposable {
   readonly device: Device;
   readonly type: number;
-  readonly typeName: string;
+  readonly typeName: WeightTypeName;
   readonly blockElems: number;
   readonly blockBytes: number;
   readonly options: Required<Pick<MatVecOptions, "path" | "load64" | "texel">> & MatVecOptions;
@@ -239,7 +230,7 @@ export class MatVec implements Disposable {
   lastPlan: MatVecPlan | null = null;
 
   constructor(device: Device, type: number, options: MatVecOptions = {}) {
-    const suffix = SHADER_SUFFIX[type];
+    const suffix = weightTypeName(type);
     const info = ggmlTypeInfo(type);
     if (!suffix || !info) {
       throw new HcError(
@@ -321,13 +312,17 @@ export class MatVec implements Disposable {
     const wg = this.#workgroupSize(v.kind);
     const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols, rows);
     // Texel variants read x as texels too, so they have no LOAD64 twin.
-    const l64 = v.texel ? "t" : this.options.load64 ? "64" : "";
-    const base = v.kind === "rowloop"
-      ? `matvec_rl${l64}_`
-      : v.kind === "step"
-      ? `matvec_run${l64}_`
-      : "matvec_";
-    const name = base + this.typeName;
+    const name = SHADERS.matvec.variant({
+      path: v.kind,
+      load: v.kind === "generic"
+        ? "word"
+        : v.texel
+        ? "texel"
+        : this.options.load64
+        ? "u64"
+        : "word",
+      type: this.typeName,
+    });
     const key = `${name}/${wg}/${rowsPerGroup}/${v.cols}`;
     let k = this.#kernels.get(key);
     if (!k) {

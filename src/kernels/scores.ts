@@ -24,6 +24,7 @@
  * lower positions: the set of src/cache/analysis.ts topkSet), min(k, n) u32 per row.
  */
 import { HcError } from "../errors.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 import {
   type Binding,
   type BindingKind,
@@ -199,13 +200,13 @@ export class AttentionScores implements Disposable {
     const spec = [this.groupSize, this.headDim, qc, this.#positions];
     return {
       stats: this.#kernel(`stats:${qc}`, () =>
-        this.device.kernel("scores_stats", {
+        this.device.kernel(SHADERS.scores_stats.variant(), {
           bindings: 4,
           push: STATS_PUSH,
           spec: [STATS_WG, ...spec],
         })),
       pool: this.#kernel(`pool:${qc}`, () =>
-        this.device.kernel("scores_pool", {
+        this.device.kernel(SHADERS.scores_pool.variant(), {
           bindings: 5,
           push: POOL_PUSH,
           spec: [POOL_WG, ...spec],
@@ -481,7 +482,7 @@ export class AttentionScores implements Disposable {
         `simd-stats:${st.qc}:${st.pb}:${keep ? 1 : 0}:${texel ? 1 : 0}`,
         () =>
           this.device.kernel(
-            `scores_stats${keep ? "_logits" : ""}_cpu${texel ? "_texel" : ""}`,
+            SHADERS.scores_stats_cpu.variant({ logits: keep, texel }),
             {
               bindings: keep ? 5 : 4,
               // Binding 1 is K.
@@ -496,12 +497,17 @@ export class AttentionScores implements Disposable {
       );
     const merge = this.#kernel(
       "simd-merge",
-      () => this.device.kernel("scores_merge", { bindings: 1, push: MERGE_PUSH, spec: [MERGE_WG] }),
+      () =>
+        this.device.kernel(SHADERS.scores_merge.variant(), {
+          bindings: 1,
+          push: MERGE_PUSH,
+          spec: [MERGE_WG],
+        }),
     );
     const poolKernel = this.#kernel(
       `simd-pool:${pool.wc}:${pool.p}:${r.kernel}:${separate ? 1 : 0}:${pool.pk}:${keep ? 1 : 0}`,
       () =>
-        this.device.kernel(keep ? "scores_pool_logits_cpu" : "scores_pool_cpu", {
+        this.device.kernel(SHADERS.scores_pool_cpu.variant({ logits: keep }), {
           bindings: keep ? 6 : 5,
           push: POOL_CPU_PUSH,
           spec: [...spec, pool.wc, pool.p, r.kernel, separate ? 1 : 0, pool.pk],
@@ -597,10 +603,14 @@ export class TopK implements Disposable {
     this.#device = device;
     this.#cpu = deviceParallelism(device).cpu;
     this.#wg = this.#cpu ? 256 : 1024;
-    this.#kernel = device.kernel("scores_topk", { bindings: 2, push: TOPK_PUSH, spec: [this.#wg] });
+    this.#kernel = device.kernel(SHADERS.scores_topk.variant({ texel: false }), {
+      bindings: 2,
+      push: TOPK_PUSH,
+      spec: [this.#wg],
+    });
     if (this.#cpu && (opts.texel ?? true) && device.info.texelBuffer) {
       try {
-        this.#texel = device.kernel("scores_topk_texel", {
+        this.#texel = device.kernel(SHADERS.scores_topk.variant({ texel: true }), {
           bindings: 2,
           kinds: ["texel", "storage"],
           push: TOPK_PUSH,

@@ -20,6 +20,7 @@ import {
   subWindow,
   type Window,
 } from "./checks.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 
 const F32 = 4;
 
@@ -87,9 +88,17 @@ export class Argmax implements Disposable {
     const wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
     this.#chunkElems = wg *
       checkInt(options.itemsPerInvocation ?? 8, "itemsPerInvocation", 1, 4096);
-    this.#partial = device.kernel("argmax_partial", { bindings: 3, push: ARGMAX_PUSH, spec: [wg] });
+    this.#partial = device.kernel(SHADERS.argmax.variant({ stage: "partial" }), {
+      bindings: 3,
+      push: ARGMAX_PUSH,
+      spec: [wg],
+    });
     try {
-      this.#merge = device.kernel("argmax_merge", { bindings: 3, push: ARGMAX_PUSH, spec: [wg] });
+      this.#merge = device.kernel(SHADERS.argmax.variant({ stage: "merge" }), {
+        bindings: 3,
+        push: ARGMAX_PUSH,
+        spec: [wg],
+      });
     } catch (e) {
       this.#partial.dispose();
       throw e;
@@ -188,16 +197,20 @@ export class TopK implements Disposable {
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
     const made: Kernel[] = [];
     try {
-      const k = (name: string) => {
-        const kernel = device.kernel(name, { bindings: 4, push: TOPK_PUSH, spec: [this.#wg] });
+      const k = (stage: "hist" | "select" | "count" | "compact") => {
+        const kernel = device.kernel(SHADERS.topk.variant({ stage }), {
+          bindings: 4,
+          push: TOPK_PUSH,
+          spec: [this.#wg],
+        });
         made.push(kernel);
         return kernel;
       };
       this.#kernels = {
-        hist: k("topk_hist"),
-        select: k("topk_select"),
-        count: k("topk_count"),
-        compact: k("topk_compact"),
+        hist: k("hist"),
+        select: k("select"),
+        count: k("count"),
+        compact: k("compact"),
       };
     } catch (e) {
       for (const m of made) m.dispose();
