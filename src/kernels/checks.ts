@@ -6,7 +6,9 @@
  * before anything is recorded.
  */
 import { HcError } from "../errors.ts";
+import { type GgmlTypeInfo, ggmlTypeInfo } from "../gguf/types.ts";
 import type { Binding, Buffer, Device } from "../vk/mod.ts";
+import { type WeightTypeName, weightTypeName } from "../../shaders/variants.ts";
 
 /** Throws the error every kernel wrapper uses for arguments outside the kernel's contract. */
 export function badKernelArgs(message: string): never {
@@ -171,6 +173,25 @@ export function checkWeightOffset(kernel: string, offset: number, multiple: numb
     );
   }
   return offset;
+}
+
+/** The shader name and block geometry of a weight type the matvec and get_rows shaders read
+ * (E_MODEL_TENSOR for any other). */
+export function shaderWeightType(
+  kernel: string,
+  type: number,
+): { name: WeightTypeName; info: GgmlTypeInfo } {
+  const name = weightTypeName(type);
+  const info = ggmlTypeInfo(type);
+  if (!name || !info) {
+    throw new HcError(
+      "E_MODEL_TENSOR",
+      `${kernel}: weight type ${
+        info?.name ?? type
+      } is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`,
+    );
+  }
+  return { name, info };
 }
 
 /** Bytes of a binding (whole buffer or window). */

@@ -7,13 +7,14 @@
  * ranges, one dispatch each; more than 65535 ids are split too.
  */
 import { HcError } from "../errors.ts";
-import { SHADERS, weightTypeName } from "../../shaders/variants.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
 import {
   checkedRangeWindow,
   checkWeightOffset,
   maxBindingRange,
   positiveInt,
+  shaderWeightType,
   type Window,
 } from "./checks.ts";
 import {
@@ -81,16 +82,7 @@ export class GetRows implements Disposable {
   /** `maxBindingBytes` caps one weight binding (default: the device's maxStorageBufferRange),
    * so tests can exercise the split into row ranges with small weights. */
   constructor(device: Device, type: number, options: { maxBindingBytes?: number } = {}) {
-    const suffix = weightTypeName(type);
-    const info = ggmlTypeInfo(type);
-    if (!suffix || !info) {
-      throw new HcError(
-        "E_MODEL_TENSOR",
-        `get_rows: weight type ${
-          info?.name ?? type
-        } is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`,
-      );
-    }
+    const { name, info } = shaderWeightType("get_rows", type);
     this.device = device;
     this.type = type;
     this.blockElems = info.blockElems;
@@ -104,7 +96,7 @@ export class GetRows implements Disposable {
       );
     }
     this.#maxBindingBytes = cap;
-    this.#kernel = device.kernel(SHADERS.get_rows.variant({ type: suffix }), {
+    this.#kernel = device.kernel(SHADERS.get_rows.variant({ type: name }), {
       bindings: 3,
       push: GET_ROWS_PUSH,
       spec: [this.workgroupSize],

@@ -25,7 +25,7 @@
  *   mv.record(cmd, { weight, weightOffset, rows: 4096, cols: 14336, x, y, accumulate: true });
  */
 import { HcError } from "../errors.ts";
-import { SHADERS, type WeightTypeName, weightTypeName } from "../../shaders/variants.ts";
+import { SHADERS, type WeightTypeName } from "../../shaders/variants.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
 import {
   checkedRangeWindow,
@@ -33,6 +33,7 @@ import {
   MAX_BINDING_BYTES,
   maxBindingRange,
   positiveInt,
+  shaderWeightType,
   type Window,
 } from "./checks.ts";
 import {
@@ -230,19 +231,10 @@ export class MatVec implements Disposable {
   lastPlan: MatVecPlan | null = null;
 
   constructor(device: Device, type: number, options: MatVecOptions = {}) {
-    const suffix = weightTypeName(type);
-    const info = ggmlTypeInfo(type);
-    if (!suffix || !info) {
-      throw new HcError(
-        "E_MODEL_TENSOR",
-        `matvec: weight type ${
-          info?.name ?? type
-        } is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`,
-      );
-    }
+    const { name, info } = shaderWeightType("matvec", type);
     this.device = device;
     this.type = type;
-    this.typeName = suffix;
+    this.typeName = name;
     this.blockElems = info.blockElems;
     this.blockBytes = info.blockBytes;
     this.options = {
@@ -311,18 +303,10 @@ export class MatVec implements Disposable {
   ): { kernel: Kernel; wg: number; rowsPerGroup: number; name: string } {
     const wg = this.#workgroupSize(v.kind);
     const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols, rows);
-    // Texel variants read x as texels too, so they have no LOAD64 twin.
-    const name = SHADERS.matvec.variant({
-      path: v.kind,
-      load: v.kind === "generic"
-        ? "word"
-        : v.texel
-        ? "texel"
-        : this.options.load64
-        ? "u64"
-        : "word",
-      type: this.typeName,
-    });
+    // The generic path reads words; texel variants read x as texels too (no LOAD64 twin).
+    let load: "word" | "u64" | "texel" = "word";
+    if (v.kind !== "generic") load = v.texel ? "texel" : this.options.load64 ? "u64" : "word";
+    const name = SHADERS.matvec.variant({ path: v.kind, load, type: this.typeName });
     const key = `${name}/${wg}/${rowsPerGroup}/${v.cols}`;
     let k = this.#kernels.get(key);
     if (!k) {
