@@ -51,6 +51,7 @@ const TOPK_PUSH = pushLayout({
   outOffset: "u32",
   flags: "u32",
 });
+
 /** Largest row the selection kernels accept (indices and counts stay far inside u32). */
 export const MAX_SELECT_ROW = 1 << 28;
 
