@@ -13,9 +13,9 @@ import {
   Rope,
   RopeTable,
   ropeTurnWords,
-  splitRows,
   Swiglu,
 } from "../src/kernels/elementwise.ts";
+import { splitRows } from "../src/kernels/checks.ts";
 import { RowGather } from "../src/kernels/gather.ts";
 import {
   gatherRows,

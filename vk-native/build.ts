@@ -1,12 +1,14 @@
 /**
  * `deno task build`: makes sure the toolchain is there (installing it with apt-get when run as
  * root on Debian/Ubuntu), then compiles the shim into build/libhcvk.so and every shader variant
- * listed in shaders/*.json into build/spv/<name>.spv, validated with spirv-val. Work whose
+ * that shaders/variants.ts generates (each family's product of axes) into build/spv/<name>.spv,
+ * validated with spirv-val. Work whose
  * outputs are newer than all their inputs is skipped. `--test-tools` also makes sure of what the
  * test suite needs beyond the build (a headless Chromium for the playground test).
  */
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { type ShaderVariant, shaderVariants } from "../shaders/variants.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const BUILD = join(ROOT, "build");
@@ -169,50 +171,44 @@ async function buildNative(): Promise<void> {
   if (!r.ok) throw new Error("compiling vk-native failed (see above)");
 }
 
-/** One SPIR-V variant: a GLSL file compiled with a set of defines. */
-export interface ShaderVariant {
-  name: string;
-  file: string;
-  defines?: Record<string, string | number>;
-}
-
-async function readManifests(): Promise<ShaderVariant[]> {
-  const variants: ShaderVariant[] = [];
+/** The generated variants, each name once. */
+function listVariants(): ShaderVariant[] {
+  const variants = shaderVariants();
   const seen = new Set<string>();
-  for (const path of await listFiles(SHADERS, ".json")) {
-    const list = JSON.parse(await Deno.readTextFile(path)) as ShaderVariant[];
-    for (const v of list) {
-      if (seen.has(v.name)) throw new Error(`shader variant ${v.name} listed twice (${path})`);
-      seen.add(v.name);
-      variants.push(v);
-    }
+  for (const v of variants) {
+    if (seen.has(v.name)) throw new Error(`shader variant ${v.name} generated twice`);
+    seen.add(v.name);
   }
   return variants;
 }
 
 async function buildShaders(): Promise<void> {
   await Deno.mkdir(SPV, { recursive: true });
-  const variants = await readManifests();
-  // A variant dropped from the manifests must not linger: the loader would still find it.
+  const variants = listVariants();
+  // A variant dropped from the table must not linger: the loader would still find it.
   const listed = new Set(variants.map((v) => `${v.name}.spv`));
   for (const stale of await listFiles(SPV, ".spv")) {
     if (!listed.has(stale.split("/").pop()!)) await Deno.remove(stale);
   }
   const includes = await listFiles(SHADERS, ".glsl");
   const includeTime = await newestOf(includes);
+  // The table's defines change what a variant compiles to (TYPE comes from the ggml type ids).
+  const tableTime = await newestOf([
+    join(SHADERS, "variants.ts"),
+    join(ROOT, "src", "gguf", "types.ts"),
+  ]);
   const todo: ShaderVariant[] = [];
   for (const v of variants) {
-    const manifestTime = await newestOf(await listFiles(SHADERS, ".json"));
     const src = join(SHADERS, v.file);
     const out = join(SPV, `${v.name}.spv`);
-    if ((await mtime(out)) <= Math.max(await mtime(src), includeTime, manifestTime)) todo.push(v);
+    if ((await mtime(out)) <= Math.max(await mtime(src), includeTime, tableTime)) todo.push(v);
   }
   if (todo.length === 0) return;
   console.log(`build: compiling ${todo.length} shader variant(s)`);
   const failures: string[] = [];
   const compileOne = async (v: ShaderVariant) => {
     const out = join(SPV, `${v.name}.spv`);
-    const defs = Object.entries(v.defines ?? {}).map(([k, val]) => `-D${k}=${val}`);
+    const defs = Object.entries(v.defines).map(([k, val]) => `-D${k}=${val}`);
     const c = await run([
       "glslangValidator",
       "--quiet",

@@ -17,20 +17,17 @@
  * here.
  */
 import { HcError } from "../errors.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 import {
   type Binding,
   type CommandList,
   type Device,
   type Kernel,
+  pushLayout,
   TEXEL_BYTES,
 } from "../vk/mod.ts";
-import {
-  checkHeadDim,
-  deviceParallelism,
-  type KvLayerCache,
-  requireBytes,
-  requireFloatOffset,
-} from "./kv.ts";
+import { checkHeadDim, type KvLayerCache } from "./kv.ts";
+import { deviceParallelism, requireBytes, requireFloatOffset } from "./checks.ts";
 
 function limit(message: string): never {
   throw new HcError("E_VK_LIMIT", message);
@@ -53,6 +50,62 @@ function checkCache(cache: KvLayerCache, headDim: number): void {
 }
 
 const LOG2E = Math.LOG2E;
+
+/** The push block of the decode split pass (shaders/attn_decode.comp, attn_decode_cpu.comp). */
+const DECODE_PUSH = pushLayout({
+  headBase: "u32",
+  minTok: "u32",
+  qOff4: "u32",
+  mlOff: "u32",
+  scale: "f32",
+});
+
+/** The split pass's push block with a watch (KvWatch). */
+const DECODE_WATCH_PUSH = pushLayout({
+  headBase: "u32",
+  minTok: "u32",
+  qOff4: "u32",
+  mlOff: "u32",
+  scale: "f32",
+  covOff: "u32",
+  promptRows: "u32",
+});
+
+/** shaders/attn_merge.comp's push block. */
+const MERGE_PUSH = pushLayout({
+  splits: "u32",
+  minTok: "u32",
+  mlOff: "u32",
+  outOff: "u32",
+  perSplit: "u32",
+});
+
+/** The merge pass's push block with a watch (KvWatch). */
+const MERGE_WATCH_PUSH = pushLayout({
+  splits: "u32",
+  minTok: "u32",
+  mlOff: "u32",
+  outOff: "u32",
+  perSplit: "u32",
+  covOff: "u32",
+  covOut: "u32",
+});
+
+/** The push block of every prefill variant (shaders/attn_prefill*.comp). */
+const PREFILL_PUSH = pushLayout({
+  headBase: "u32",
+  tokens: "u32",
+  p0: "u32",
+  qOff4: "u32",
+  qStride4: "u32",
+  oOff4: "u32",
+  oStride4: "u32",
+  kv0: "u32",
+  kv1: "u32",
+  flags: "u32",
+  nHeads: "u32",
+  scale: "f32",
+});
 
 export interface DecodeAttentionOptions {
   headDim: number;
@@ -164,29 +217,41 @@ export class DecodeAttention implements Disposable {
         1,
       ];
       this.#makeSplit = () =>
-        device.kernel("attn_decode_cpu", { bindings: 6, pushBytes: 20, spec });
+        device.kernel(SHADERS.attn_decode_cpu.variant({ texel: false, watch: false }), {
+          bindings: 6,
+          push: DECODE_PUSH,
+          spec,
+        });
       const texel = (opts.texel ?? true) && device.info.texelBuffer;
       const texelKinds = ["storage", "texel", "texel", "storage", "storage", "storage"] as const;
       if (texel) {
-        this.#splitTexel = device.kernel("attn_decode_cpu_texel", {
-          bindings: 6,
-          kinds: [...texelKinds],
-          pushBytes: 20,
-          spec,
-        });
+        this.#splitTexel = device.kernel(
+          SHADERS.attn_decode_cpu.variant({ texel: true, watch: false }),
+          {
+            bindings: 6,
+            kinds: [...texelKinds],
+            push: DECODE_PUSH,
+            spec,
+          },
+        );
       } else {
         this.#split = this.#makeSplit();
       }
       this.#makeWatch = () =>
         this.#watchKernels(
           device,
-          () => device.kernel("attn_decode_cpu_watch", { bindings: 8, pushBytes: 28, spec }),
+          () =>
+            device.kernel(SHADERS.attn_decode_cpu.variant({ texel: false, watch: true }), {
+              bindings: 8,
+              push: DECODE_WATCH_PUSH,
+              spec,
+            }),
           texel
             ? () =>
-              device.kernel("attn_decode_cpu_texel_watch", {
+              device.kernel(SHADERS.attn_decode_cpu.variant({ texel: true, watch: true }), {
                 bindings: 8,
                 kinds: [...texelKinds, "storage", "storage"],
-                pushBytes: 28,
+                push: DECODE_WATCH_PUSH,
                 spec,
               })
             : null,
@@ -196,25 +261,25 @@ export class DecodeAttention implements Disposable {
         this.#watchKernels(
           device,
           () =>
-            device.kernel("attn_decode_watch", {
+            device.kernel(SHADERS.attn_decode.variant({ watch: true }), {
               bindings: 8,
-              pushBytes: 28,
+              push: DECODE_WATCH_PUSH,
               spec: [wg, opts.groupSize, opts.headDim],
             }),
           null,
         );
       this.#makeSplit = () =>
-        device.kernel("attn_decode", {
+        device.kernel(SHADERS.attn_decode.variant({ watch: false }), {
           bindings: 6,
-          pushBytes: 20,
+          push: DECODE_PUSH,
           spec: [wg, opts.groupSize, opts.headDim],
         });
       this.#split = this.#makeSplit();
     }
     try {
-      this.#merge = device.kernel("attn_merge", {
+      this.#merge = device.kernel(SHADERS.attn_merge.variant({ watch: false }), {
         bindings: 4,
-        pushBytes: 20,
+        push: MERGE_PUSH,
         spec: [64, opts.groupSize, opts.headDim],
       });
     } catch (e) {
@@ -235,9 +300,9 @@ export class DecodeAttention implements Disposable {
       made.push(s);
       const t = texel ? texel() : null;
       if (t) made.push(t);
-      const merge = device.kernel("attn_merge_watch", {
+      const merge = device.kernel(SHADERS.attn_merge.variant({ watch: true }), {
         bindings: 6,
-        pushBytes: 28,
+        push: MERGE_WATCH_PUSH,
         spec: [64, this.groupSize, this.headDim],
       });
       return { split: s, texel: t, merge };
@@ -310,17 +375,10 @@ export class DecodeAttention implements Disposable {
     }
     const watch = w ? (this.#watch ??= this.#makeWatch()) : null;
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
-    const push = new ArrayBuffer(w ? 28 : 20);
-    const u = new Uint32Array(push);
-    new Float32Array(push, 16, 1)[0] = scale;
-    u[1] = this.minTokensPerSplit;
-    u[2] = qOff / 4;
-    u[3] = mlOff;
-    if (w) u.set([covOff, w.promptRows], 5);
     this.lastBindings = { texel: 0, storage: 0 };
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
-      u[0] = h0;
+      const push = { headBase: h0, minTok: this.minTokensPerSplit, qOff4: qOff / 4, mlOff, scale };
       // A chunk (whole rows of 2 * headDim bytes, so whole 16-byte texels) too big for one
       // texel view takes the storage-buffer pass.
       const texel = this.#splitTexel !== null &&
@@ -336,7 +394,9 @@ export class DecodeAttention implements Disposable {
       cmd.dispatch(
         kernel,
         bindings,
-        new Uint32Array(push.slice(0)),
+        w
+          ? DECODE_WATCH_PUSH.pack({ ...push, covOff, promptRows: w.promptRows })
+          : DECODE_PUSH.pack(push),
         // The CPU pass is split-major (see attn_decode_cpu.comp), the GPU pass head-major.
         this.variant === "simd" ? [h1 - h0, S] : [S, h1 - h0],
       );
@@ -344,14 +404,13 @@ export class DecodeAttention implements Disposable {
     cmd.barrier();
     const merge = [a.scratch, cache.table, cache.lengthsBuffer, a.out];
     if (w) merge.push(w.table, w.out);
+    const mergePush = { splits: S, minTok: this.minTokensPerSplit, mlOff, outOff, perSplit: 1 };
     cmd.dispatch(
       watch ? watch.merge : this.#merge,
       merge,
-      new Uint32Array(
-        w
-          ? [S, this.minTokensPerSplit, mlOff, outOff, 1, covOff, w.outOffset]
-          : [S, this.minTokensPerSplit, mlOff, outOff, 1],
-      ),
+      w
+        ? MERGE_WATCH_PUSH.pack({ ...mergePush, covOff, covOut: w.outOffset })
+        : MERGE_PUSH.pack(mergePush),
       [nHeads],
     );
     return this;
@@ -461,9 +520,9 @@ export class PrefillAttention implements Disposable {
         limit(`rowsPerGroup ${rows} must be a multiple of ${lanes} lanes, at most 64`);
       }
       this.#rows = rows;
-      this.#kernel = device.kernel("attn_prefill_split", {
+      this.#kernel = device.kernel(SHADERS.attn_prefill_split.variant(), {
         bindings: 6,
-        pushBytes: 48,
+        push: PREFILL_PUSH,
         spec: [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)],
       });
       return;
@@ -474,9 +533,9 @@ export class PrefillAttention implements Disposable {
         limit(`rowsPerLane ${perLane} must be an integer in 1..32`);
       }
       this.#rows = lanes * perLane;
-      this.#kernel = device.kernel("attn_prefill_rows", {
+      this.#kernel = device.kernel(SHADERS.attn_prefill_rows.variant(), {
         bindings: 6,
-        pushBytes: 48,
+        push: PREFILL_PUSH,
         spec: [lanes, G, D, perLane, this.#keysPerBlock],
       });
       return;
@@ -486,9 +545,9 @@ export class PrefillAttention implements Disposable {
     const rows = big ? 8 : 16;
     if (G > rows) limit(`prefill supports at most ${rows} query heads per KV head`);
     this.#rows = rows;
-    this.#kernel = device.kernel("attn_prefill", {
+    this.#kernel = device.kernel(SHADERS.attn_prefill.variant(), {
       bindings: 6,
-      pushBytes: 48,
+      push: PREFILL_PUSH,
       spec: [4 * rows, G, D, big ? 16 : 32, rows],
     });
   }
@@ -554,26 +613,24 @@ export class PrefillAttention implements Disposable {
       const flags = (pass === 0 ? 1 : 0) | (pass === passes - 1 ? 2 : 0);
       cache.layout.chunkHeads.forEach(([h0, h1], c) => {
         if (h1 <= h0) return;
-        const push = new ArrayBuffer(48);
-        const u = new Uint32Array(push);
-        u.set([
-          h0,
-          B,
+        const push = PREFILL_PUSH.pack({
+          headBase: h0,
+          tokens: B,
           p0,
-          qOff / 4,
-          qStride / 4,
-          oOff / 4,
-          oStride / 4,
-          pass * perPass,
-          Math.min(kvRows, (pass + 1) * perPass),
+          qOff4: qOff / 4,
+          qStride4: qStride / 4,
+          oOff4: oOff / 4,
+          oStride4: oStride / 4,
+          kv0: pass * perPass,
+          kv1: Math.min(kvRows, (pass + 1) * perPass),
           flags,
           nHeads,
-        ]);
-        new Float32Array(push, 44, 1)[0] = scale;
+          scale,
+        });
         cmd.dispatch(
           this.#kernel,
           [a.q, cache.k[c], cache.v[c], cache.table, a.out, a.scratch],
-          u,
+          push,
           [gx, h1 - h0],
         );
       });

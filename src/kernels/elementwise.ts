@@ -5,151 +5,65 @@
  * recorded decode step replays as is. A `record` call does not add barriers around itself: put
  * `cmd.barrier()` between it and the dispatch that produced its input and the one that reads its
  * output. All sizes are in f32 elements unless a name says bytes.
- *
- * The helpers at the top (windows, grids, row splits) are shared with select.ts and gather.ts.
  */
-import { HcError } from "../errors.ts";
-import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
+import {
+  type Binding,
+  type Buffer,
+  type CommandList,
+  type Device,
+  type Kernel,
+  pushLayout,
+} from "../vk/mod.ts";
 import type { RopePairing } from "../model/config.ts";
-
-/** Throws the error every kernel wrapper uses for arguments outside the kernel's contract. */
-export function badKernelArgs(message: string): never {
-  throw new HcError("E_VK_LIMIT", message);
-}
-
-/** A resolved binding: `bytes` from `offset` (the whole rest of the buffer when not given). */
-export interface Window {
-  buffer: Buffer;
-  offset: number;
-  bytes: number;
-}
-
-export function windowOf(b: Binding): Window {
-  if ("buffer" in b) {
-    return { buffer: b.buffer, offset: b.offset, bytes: b.bytes ?? b.buffer.bytes - b.offset };
-  }
-  return { buffer: b, offset: 0, bytes: b.bytes };
-}
-
-/** Resolves `b` and checks it holds `neededBytes` within its buffer at an aligned offset. */
-export function checkedWindow(
-  device: Device,
-  b: Binding,
-  neededBytes: number,
-  what: string,
-): Window {
-  const w = windowOf(b);
-  const align = device.info.minStorageBufferOffsetAlignment;
-  if (!Number.isSafeInteger(w.offset) || w.offset < 0 || w.offset % align !== 0) {
-    badKernelArgs(`${what}: offset ${w.offset} is not a multiple of ${align} bytes`);
-  }
-  if (!Number.isSafeInteger(w.bytes) || w.bytes < 0 || w.offset + w.bytes > w.buffer.bytes) {
-    badKernelArgs(
-      `${what}: window ${w.offset}+${w.bytes} is outside a ${w.buffer.bytes}-byte buffer`,
-    );
-  }
-  if (neededBytes > w.bytes) {
-    badKernelArgs(`${what}: needs ${neededBytes} bytes, the binding has ${w.bytes}`);
-  }
-  return w;
-}
-
-/** checkedWindow for operands bound whole in one dispatch: `neededBytes` must also fit one
- * storage binding (`maxRange`), and the window is clamped to it. */
-export function checkedRangeWindow(
-  device: Device,
-  b: Binding,
-  neededBytes: number,
-  maxRange: number,
-  what: string,
-): Window {
-  const w = checkedWindow(device, b, neededBytes, what);
-  if (neededBytes > maxRange) {
-    badKernelArgs(`${what}: needs ${neededBytes} bytes, above the ${maxRange}-byte storage range`);
-  }
-  return { buffer: w.buffer, offset: w.offset, bytes: Math.min(w.bytes, maxRange) };
-}
-
-/** A sub-window `[from, from + bytes)` of `w` (clamped to its end), as a dispatch binding. */
-export function subWindow(w: Window, from: number, bytes: number): Binding {
-  return { buffer: w.buffer, offset: w.offset + from, bytes: Math.min(bytes, w.bytes - from) };
-}
-
-/** Checks `value` is an integer in [min, max]; returns it. */
-export function checkInt(value: number, what: string, min = 0, max = 0xffff_ffff): number {
-  if (!Number.isInteger(value) || value < min || value > max) {
-    badKernelArgs(`${what} must be an integer in [${min}, ${max}], got ${value}`);
-  }
-  return value;
-}
-
-/** Workgroup size checked against the shaders' WG_MAX (1024) and the device. */
-export function checkWorkgroupSize(device: Device, size: number): number {
-  const max = Math.min(1024, device.info.maxComputeWorkGroupInvocations);
-  if (!Number.isInteger(size) || size < 1 || size > max || (size & (size - 1)) !== 0) {
-    badKernelArgs(`workgroup size must be a power of two in [1, ${max}], got ${size}`);
-  }
-  return size;
-}
-
-/** A grid of `groups` workgroups folded into x and y (kernels rebuild the flat index). */
-export function grid2d(device: Device, groups: number): [number, number] {
-  const maxX = device.info.maxComputeWorkGroupCount[0];
-  const maxY = device.info.maxComputeWorkGroupCount[1];
-  if (groups <= maxX) return [Math.max(1, groups), 1];
-  const gy = Math.ceil(groups / maxX);
-  if (gy > maxY) badKernelArgs(`${groups} workgroups exceed the device's grid`);
-  return [Math.ceil(groups / gy), gy];
-}
-
-/** `rows` folded into y and z, for kernels whose x walks within a row. */
-export function gridRows(device: Device, gx: number, rows: number): [number, number, number] {
-  const maxY = device.info.maxComputeWorkGroupCount[1];
-  if (gx > device.info.maxComputeWorkGroupCount[0]) {
-    badKernelArgs(`${gx} workgroups per row exceed the grid`);
-  }
-  if (rows <= maxY) return [gx, Math.max(1, rows), 1];
-  const gz = Math.ceil(rows / maxY);
-  if (gz > device.info.maxComputeWorkGroupCount[2]) badKernelArgs(`${rows} rows exceed the grid`);
-  return [gx, Math.ceil(rows / gz), gz];
-}
-
-function gcd(a: number, b: number): number {
-  while (b) [a, b] = [b, a % b];
-  return a;
-}
-
-/**
- * Splits `rows` into runs whose bindings each stay within maxStorageBufferRange, for operands
- * advancing `rowBytes[j]` per row. Every run starts at a row whose byte offset is a multiple of
- * the offset alignment (and of `rowMultiple` rows), so sub-windows can be bound there. One run
- * when everything fits, which is the usual case.
- */
-export function splitRows(
-  device: Device,
-  rows: number,
-  rowBytes: readonly number[],
-  rowMultiple = 1,
-): [row0: number, count: number][] {
-  const range = device.info.maxStorageBufferRange;
-  if (rowBytes.every((b) => rows * b <= range)) return [[0, rows]];
-  const align = device.info.minStorageBufferOffsetAlignment;
-  let step = rowMultiple;
-  for (const b of rowBytes) {
-    const need = align / gcd(b % align || align, align);
-    step = (step * need) / gcd(step, need);
-  }
-  const fit = Math.min(...rowBytes.map((b) => Math.floor(range / b)));
-  const per = Math.floor(fit / step) * step;
-  if (per < 1) {
-    badKernelArgs(`a row of ${Math.max(...rowBytes)} bytes cannot be bound within ${range} bytes`);
-  }
-  const out: [number, number][] = [];
-  for (let r = 0; r < rows; r += per) out.push([r, Math.min(per, rows - r)]);
-  return out;
-}
+import { SHADERS } from "../../shaders/variants.ts";
+import {
+  badKernelArgs,
+  checkedWindow,
+  checkInt,
+  checkWorkgroupSize,
+  grid2d,
+  gridRows,
+  splitRows,
+  subWindow,
+  windowOf,
+} from "./checks.ts";
 
 const F32 = 4;
+
+/** shaders/rmsnorm.comp's push block. */
+const RMSNORM_PUSH = pushLayout({
+  n: "u32",
+  rows: "u32",
+  xStride: "u32",
+  outStride: "u32",
+  eps: "f32",
+  vec4ok: "u32",
+});
+
+/** shaders/rope.comp's push block. */
+const ROPE_PUSH = pushLayout({
+  nTokens: "u32",
+  nHeads: "u32",
+  halfDim: "u32",
+  xTokenStride: "u32",
+  outTokenStride: "u32",
+  posSlot: "u32",
+  posOffset: "u32",
+  flags: "u32",
+});
+
+/** shaders/swiglu.comp's push block. */
+const SWIGLU_PUSH = pushLayout({
+  n: "u32",
+  rows: "u32",
+  gateStride: "u32",
+  upStride: "u32",
+  outStride: "u32",
+  vec4ok: "u32",
+});
+
+/** shaders/add.comp's push block (HC_AXPBY). */
+const AXPBY_PUSH = pushLayout({ n: "u32", alpha: "f32", beta: "f32", flags: "u32" });
 
 export interface RmsNormArgs {
   /** Input rows, `rows` of `n` elements, `xStride` apart. */
@@ -173,7 +87,11 @@ export class RmsNorm implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     const wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("rmsnorm", { bindings: 3, pushBytes: 24, spec: [wg] });
+    this.kernel = device.kernel(SHADERS.rmsnorm.variant(), {
+      bindings: 3,
+      push: RMSNORM_PUSH,
+      spec: [wg],
+    });
   }
 
   record(cmd: CommandList, a: RmsNormArgs): void {
@@ -193,13 +111,14 @@ export class RmsNorm implements Disposable {
       const ob = subWindow(o, r0 * os * F32, count * os * F32);
       const vec4 = n % 4 === 0 && xs % 4 === 0 && os % 4 === 0 &&
         [windowOf(xb), w, windowOf(ob)].every((v) => v.offset % 16 === 0);
-      const push = new DataView(new ArrayBuffer(24));
-      push.setUint32(0, n, true);
-      push.setUint32(4, count, true);
-      push.setUint32(8, xs, true);
-      push.setUint32(12, os, true);
-      push.setFloat32(16, a.eps, true);
-      push.setUint32(20, vec4 ? 1 : 0, true);
+      const push = RMSNORM_PUSH.pack({
+        n,
+        rows: count,
+        xStride: xs,
+        outStride: os,
+        eps: a.eps,
+        vec4ok: vec4 ? 1 : 0,
+      });
       cmd.dispatch(
         this.kernel,
         [xb, subWindow(w, 0, n * F32), ob],
@@ -316,7 +235,11 @@ export class Rope implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 128);
-    this.kernel = device.kernel("rope", { bindings: 4, pushBytes: 32, spec: [this.#wg] });
+    this.kernel = device.kernel(SHADERS.rope.variant(), {
+      bindings: 4,
+      push: ROPE_PUSH,
+      spec: [this.#wg],
+    });
   }
 
   record(cmd: CommandList, a: RopeArgs): void {
@@ -350,16 +273,16 @@ export class Rope implements Disposable {
     );
     const table = subWindow(windowOf(a.table.buffer), 0, a.table.pairs * 8);
     for (const [t0, count] of splitRows(this.device, tokens, [xs * F32, os * F32])) {
-      const push = new Uint32Array([
-        count,
-        heads,
-        dim / 2,
-        xs,
-        os,
-        perToken ? slot + t0 : slot,
-        perToken ? offset : (offset + t0) >>> 0,
-        (a.pairing === "halves" ? 1 : 0) | (perToken ? 2 : 0),
-      ]);
+      const push = ROPE_PUSH.pack({
+        nTokens: count,
+        nHeads: heads,
+        halfDim: dim / 2,
+        xTokenStride: xs,
+        outTokenStride: os,
+        posSlot: perToken ? slot + t0 : slot,
+        posOffset: perToken ? offset : (offset + t0) >>> 0,
+        flags: (a.pairing === "halves" ? 1 : 0) | (perToken ? 2 : 0),
+      });
       const groups = Math.ceil((count * heads * (dim / 2)) / this.#wg);
       cmd.dispatch(
         this.kernel,
@@ -401,7 +324,11 @@ export class Swiglu implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("swiglu", { bindings: 3, pushBytes: 24, spec: [this.#wg] });
+    this.kernel = device.kernel(SHADERS.swiglu.variant(), {
+      bindings: 3,
+      push: SWIGLU_PUSH,
+      spec: [this.#wg],
+    });
   }
 
   record(cmd: CommandList, a: SwigluArgs): void {
@@ -421,7 +348,14 @@ export class Swiglu implements Disposable {
       ];
       const vec4 = n % 4 === 0 && gs % 4 === 0 && us % 4 === 0 && os % 4 === 0 &&
         binds.every((b) => windowOf(b).offset % 16 === 0);
-      const push = new Uint32Array([n, count, gs, us, os, vec4 ? 1 : 0]);
+      const push = SWIGLU_PUSH.pack({
+        n,
+        rows: count,
+        gateStride: gs,
+        upStride: us,
+        outStride: os,
+        vec4ok: vec4 ? 1 : 0,
+      });
       const gx = Math.ceil((vec4 ? n / 4 : n) / this.#wg);
       cmd.dispatch(this.kernel, binds, push, gridRows(this.device, gx, count));
     }
@@ -452,7 +386,11 @@ export class Axpby implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("axpby", { bindings: 3, pushBytes: 16, spec: [this.#wg] });
+    this.kernel = device.kernel(SHADERS.add.variant({ op: "axpby" }), {
+      bindings: 3,
+      push: AXPBY_PUSH,
+      spec: [this.#wg],
+    });
   }
 
   record(cmd: CommandList, args: AxpbyArgs): void {
@@ -469,11 +407,12 @@ export class Axpby implements Disposable {
     for (const [e0, count] of splitRows(this.device, n, [F32, F32, F32], 4)) {
       const binds = [a, b, o].map((w) => subWindow(w, e0 * F32, count * F32));
       const vec4 = count % 4 === 0 && binds.every((w) => windowOf(w).offset % 16 === 0);
-      const push = new DataView(new ArrayBuffer(16));
-      push.setUint32(0, count, true);
-      push.setFloat32(4, alpha, true);
-      push.setFloat32(8, beta, true);
-      push.setUint32(12, (vec4 ? 1 : 0) | (args.b ? 2 : 0), true);
+      const push = AXPBY_PUSH.pack({
+        n: count,
+        alpha,
+        beta,
+        flags: (vec4 ? 1 : 0) | (args.b ? 2 : 0),
+      });
       const groups = Math.ceil((vec4 ? count / 4 : count) / this.#wg);
       cmd.dispatch(this.kernel, binds, push, grid2d(this.device, groups));
     }

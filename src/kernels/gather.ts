@@ -11,7 +11,7 @@
  * part, so every row is copied exactly once. `record` adds no barrier before or after itself.
  * The rows copied must not overlap the rows read (invocations copy in no particular order).
  */
-import type { Binding, CommandList, Device, Kernel } from "../vk/mod.ts";
+import { type Binding, type CommandList, type Device, type Kernel, pushLayout } from "../vk/mod.ts";
 import {
   badKernelArgs,
   checkedWindow,
@@ -20,9 +20,31 @@ import {
   grid2d,
   subWindow,
   type Window,
-} from "./elementwise.ts";
+} from "./checks.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 
 const U32_MAX = 0xffff_ffff;
+
+/** shaders/gather.comp's push block. */
+const GATHER_PUSH = pushLayout({
+  count: "u32",
+  rowWords: "u32",
+  srcStride: "u32",
+  dstStride: "u32",
+  srcBase: "u32",
+  dstBase: "u32",
+  srcIdxStart: "u32",
+  dstIdxStart: "u32",
+  srcWin: "u32",
+  dstWin: "u32",
+  srcOwnLo: "u32",
+  srcOwnHi: "u32",
+  dstOwnLo: "u32",
+  dstOwnHi: "u32",
+  srcLen: "u32",
+  dstLen: "u32",
+  flags: "u32",
+});
 
 /** One side (source or destination) of a gather. */
 export interface RowSide {
@@ -92,7 +114,11 @@ export class RowGather implements Disposable {
   constructor(device: Device, options: { workgroupSize?: number } = {}) {
     this.device = device;
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
-    this.kernel = device.kernel("gather", { bindings: 4, pushBytes: 68, spec: [this.#wg] });
+    this.kernel = device.kernel(SHADERS.gather.variant(), {
+      bindings: 4,
+      push: GATHER_PUSH,
+      spec: [this.#wg],
+    });
   }
 
   #side(s: RowSide, count: number, rowWords: number, what: string) {
@@ -140,25 +166,25 @@ export class RowGather implements Disposable {
     const flags = (src.rows ? 1 : 0) | (dst.rows ? 2 : 0) | (wide ? 4 : 0);
     for (const sp of srcParts) {
       for (const dp of dstParts) {
-        const push = new Uint32Array([
+        const push = GATHER_PUSH.pack({
           count,
           rowWords,
-          src.stride,
-          dst.stride,
-          src.base,
-          dst.base,
-          src.start,
-          dst.start,
-          sp.winWords,
-          dp.winWords,
-          sp.ownLo,
-          sp.ownHi,
-          dp.ownLo,
-          dp.ownHi,
-          sp.lenWords,
-          dp.lenWords,
+          srcStride: src.stride,
+          dstStride: dst.stride,
+          srcBase: src.base,
+          dstBase: dst.base,
+          srcIdxStart: src.start,
+          dstIdxStart: dst.start,
+          srcWin: sp.winWords,
+          dstWin: dp.winWords,
+          srcOwnLo: sp.ownLo,
+          srcOwnHi: sp.ownHi,
+          dstOwnLo: dp.ownLo,
+          dstOwnHi: dp.ownHi,
+          srcLen: sp.lenWords,
+          dstLen: dp.lenWords,
           flags,
-        ]);
+        });
         // An unused index binding still needs a valid buffer; the flags keep it unread.
         const anyIdx = src.rows ?? dst.rows ?? subWindow(src.win, sp.winWords * 4, 16);
         cmd.dispatch(

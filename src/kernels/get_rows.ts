@@ -7,19 +7,24 @@
  * ranges, one dispatch each; more than 65535 ids are split too.
  */
 import { HcError } from "../errors.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
-import { checkedRangeWindow } from "./elementwise.ts";
-import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
-
-const SHADER_SUFFIX: Record<number, string> = {
-  [GgmlType.F32]: "f32",
-  [GgmlType.F16]: "f16",
-  [GgmlType.BF16]: "bf16",
-  [GgmlType.Q8_0]: "q8_0",
-  [GgmlType.Q4_0]: "q4_0",
-  [GgmlType.Q4_K]: "q4_k",
-  [GgmlType.Q6_K]: "q6_k",
-};
+import {
+  checkedRangeWindow,
+  checkWeightOffset,
+  maxBindingRange,
+  positiveInt,
+  shaderWeightType,
+  type Window,
+} from "./checks.ts";
+import {
+  type Binding,
+  type Buffer,
+  type CommandList,
+  type Device,
+  type Kernel,
+  pushLayout,
+} from "../vk/mod.ts";
 
 /** Elements one invocation produces (the shader's UNIT). */
 const UNIT: Record<number, number> = {
@@ -32,8 +37,19 @@ const UNIT: Record<number, number> = {
   [GgmlType.Q6_K]: 64,
 };
 
-const PUSH_WORDS = 10;
-const MAX_BINDING_BYTES = 2 ** 31;
+/** shaders/get_rows.comp's push block. */
+const GET_ROWS_PUSH = pushLayout({
+  cols: "u32",
+  rowBytes: "u32",
+  wByte0: "u32",
+  rowBase: "u32",
+  rows: "u32",
+  totalRows: "u32",
+  outStride: "u32",
+  idBase: "u32",
+  nids: "u32",
+  flags: "u32",
+});
 
 export interface GetRowsRecord {
   /** Buffer holding the weight in GGUF layout. */
@@ -66,16 +82,7 @@ export class GetRows implements Disposable {
   /** `maxBindingBytes` caps one weight binding (default: the device's maxStorageBufferRange),
    * so tests can exercise the split into row ranges with small weights. */
   constructor(device: Device, type: number, options: { maxBindingBytes?: number } = {}) {
-    const suffix = SHADER_SUFFIX[type];
-    const info = ggmlTypeInfo(type);
-    if (!suffix || !info) {
-      throw new HcError(
-        "E_MODEL_TENSOR",
-        `get_rows: weight type ${
-          info?.name ?? type
-        } is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`,
-      );
-    }
+    const { name, info } = shaderWeightType("get_rows", type);
     this.device = device;
     this.type = type;
     this.blockElems = info.blockElems;
@@ -89,27 +96,66 @@ export class GetRows implements Disposable {
       );
     }
     this.#maxBindingBytes = cap;
-    this.#kernel = device.kernel(`get_rows_${suffix}`, {
+    this.#kernel = device.kernel(SHADERS.get_rows.variant({ type: name }), {
       bindings: 3,
-      pushBytes: PUSH_WORDS * 4,
+      push: GET_ROWS_PUSH,
       spec: [this.workgroupSize],
     });
   }
 
-  /** Records the fetch; returns how many dispatches it took. */
+  /** Records the fetch; returns how many dispatches it took. Nothing is recorded when a check
+   * fails. */
   record(cmd: CommandList, a: GetRowsRecord): { dispatches: number } {
-    if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "get_rows: used after dispose");
-    const info = this.device.info;
-    const name = ggmlTypeInfo(this.type)?.name ?? String(this.type);
-    for (const [k, v] of [["rows", a.rows], ["cols", a.cols], ["count", a.count]] as const) {
-      if (!Number.isSafeInteger(v) || v <= 0) {
-        throw new HcError("E_BAD_REQUEST", `get_rows: ${k} = ${v} is not a positive integer`);
+    const shape = this.#validate(a);
+    const ranges = this.#rowRanges(a, shape);
+    const maxIds = this.device.info.maxComputeWorkGroupCount[1];
+    let dispatches = 0;
+    for (const r of ranges) {
+      for (let id0 = 0; id0 < a.count; id0 += maxIds) {
+        const nids = Math.min(maxIds, a.count - id0);
+        cmd.dispatch(
+          this.#kernel,
+          [{ buffer: a.weight, offset: r.bindOffset, bytes: r.bytes }, shape.ids, shape.out],
+          GET_ROWS_PUSH.pack({
+            cols: a.cols,
+            rowBytes: shape.rowBytes,
+            wByte0: r.wByte0,
+            rowBase: r.row0,
+            rows: r.rows,
+            totalRows: a.rows,
+            outStride: shape.outStride,
+            idBase: id0,
+            nids,
+            // The first range writes zero rows for ids outside the weight.
+            flags: r.row0 === 0 ? 1 : 0,
+          }),
+          [shape.gx, nids, 1],
+        );
+        dispatches++;
       }
     }
+    return { dispatches };
+  }
+
+  /** Checks the call's shapes and bindings; resolves the defaults. */
+  #validate(a: GetRowsRecord): {
+    rowBytes: number;
+    weightOffset: number;
+    outStride: number;
+    ids: Window;
+    out: Window;
+    /** Workgroups along a row. */
+    gx: number;
+  } {
+    if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "get_rows: used after dispose");
+    const info = this.device.info;
+    positiveInt("get_rows", "rows", a.rows);
+    positiveInt("get_rows", "cols", a.cols);
+    positiveInt("get_rows", "count", a.count);
     if (a.cols % this.blockElems !== 0) {
       throw new HcError(
         "E_MODEL_TENSOR",
-        `get_rows: ${name} needs cols to be a multiple of ${this.blockElems}, got ${a.cols}`,
+        `get_rows: ${this.#typeLabel} needs cols to be a multiple of ${this.blockElems}, got ${a.cols}`,
       );
     }
     const outStride = a.outStride ?? a.cols;
@@ -119,21 +165,15 @@ export class GetRows implements Disposable {
         `get_rows: outStride ${outStride} must be >= cols (${a.cols})`,
       );
     }
-    const weightOffset = a.weightOffset ?? 0;
-    if (!Number.isSafeInteger(weightOffset) || weightOffset < 0 || weightOffset % 4 !== 0) {
-      throw new HcError(
-        "E_BAD_REQUEST",
-        `get_rows: weightOffset ${weightOffset} must be a non-negative multiple of 4`,
-      );
-    }
+    const weightOffset = checkWeightOffset("get_rows", a.weightOffset ?? 0, 4);
     const rowBytes = (a.cols / this.blockElems) * this.blockBytes;
     if (weightOffset + rowBytes * a.rows > a.weight.bytes) {
       throw new HcError(
         "E_VK_LIMIT",
-        `get_rows: a ${a.rows}x${a.cols} ${name} weight at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`,
+        `get_rows: a ${a.rows}x${a.cols} ${this.#typeLabel} weight at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`,
       );
     }
-    const maxRange = Math.min(info.maxStorageBufferRange, MAX_BINDING_BYTES);
+    const maxRange = maxBindingRange(this.device);
     const ids = checkedRangeWindow(this.device, a.ids, a.count * 4, maxRange, "get_rows ids");
     const out = checkedRangeWindow(
       this.device,
@@ -142,60 +182,49 @@ export class GetRows implements Disposable {
       maxRange,
       "get_rows out",
     );
-    const maxWeightRange = Math.min(maxRange, this.#maxBindingBytes ?? maxRange);
-
-    const align = info.minStorageBufferOffsetAlignment;
     const gx = Math.ceil(Math.ceil(a.cols / UNIT[this.type]) / this.workgroupSize);
-    const maxIds = info.maxComputeWorkGroupCount[1];
     if (gx > info.maxComputeWorkGroupCount[0]) {
       throw new HcError("E_VK_LIMIT", `get_rows: rows of ${a.cols} elements are too long`);
     }
-    const push = new Uint32Array(PUSH_WORDS);
-    let dispatches = 0;
+    return { rowBytes, weightOffset, outStride, ids, out, gx };
+  }
+
+  /** The weight's row ranges, each bound at an aligned offset within one binding's range. */
+  #rowRanges(
+    a: GetRowsRecord,
+    s: { rowBytes: number; weightOffset: number },
+  ): { row0: number; rows: number; bindOffset: number; wByte0: number; bytes: number }[] {
+    const maxRange = maxBindingRange(this.device);
+    const maxWeightRange = Math.min(maxRange, this.#maxBindingBytes ?? maxRange);
+    const align = this.device.info.minStorageBufferOffsetAlignment;
+    const ranges = [];
     for (let row0 = 0; row0 < a.rows;) {
-      const start = weightOffset + row0 * rowBytes;
+      const start = s.weightOffset + row0 * s.rowBytes;
       const bindOffset = Math.floor(start / align) * align;
       const wByte0 = start - bindOffset;
-      const n = Math.min(a.rows - row0, Math.floor((maxWeightRange - wByte0 - 4) / rowBytes));
+      const n = Math.min(a.rows - row0, Math.floor((maxWeightRange - wByte0 - 4) / s.rowBytes));
       if (n < 1) {
         throw new HcError(
           "E_VK_LIMIT",
-          `get_rows: one ${rowBytes}-byte row exceeds the ${maxWeightRange}-byte storage range`,
+          `get_rows: one ${s.rowBytes}-byte row exceeds the ${maxWeightRange}-byte storage range`,
         );
       }
       // Word reads of 2-byte aligned data reach up to the next multiple of 4 bytes.
-      const bytes = Math.ceil((wByte0 + n * rowBytes) / 4) * 4;
+      const bytes = Math.ceil((wByte0 + n * s.rowBytes) / 4) * 4;
       if (bindOffset + bytes > a.weight.bytes) {
         throw new HcError(
           "E_VK_LIMIT",
-          `get_rows: the ${name} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`,
+          `get_rows: the ${this.#typeLabel} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`,
         );
       }
-      for (let id0 = 0; id0 < a.count; id0 += maxIds) {
-        const nids = Math.min(maxIds, a.count - id0);
-        push.set([
-          a.cols,
-          rowBytes,
-          wByte0,
-          row0,
-          n,
-          a.rows,
-          outStride,
-          id0,
-          nids,
-          row0 === 0 ? 1 : 0,
-        ]);
-        cmd.dispatch(
-          this.#kernel,
-          [{ buffer: a.weight, offset: bindOffset, bytes }, ids, out],
-          push,
-          [gx, nids, 1],
-        );
-        dispatches++;
-      }
+      ranges.push({ row0, rows: n, bindOffset, wByte0, bytes });
       row0 += n;
     }
-    return { dispatches };
+    return ranges;
+  }
+
+  get #typeLabel(): string {
+    return ggmlTypeInfo(this.type)?.name ?? String(this.type);
   }
 
   get disposed(): boolean {

@@ -41,7 +41,16 @@
  * chunk below 2^32 / (headDim / 8) (u32 uvec4 indices in the kernels).
  */
 import { HcError } from "../errors.ts";
-import type { Binding, Buffer, CommandList, Device, Kernel } from "../vk/mod.ts";
+import {
+  type Binding,
+  type Buffer,
+  type CommandList,
+  type Device,
+  type Kernel,
+  pushLayout,
+} from "../vk/mod.ts";
+import { requireBytes, requireFloatOffset } from "./checks.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 
 export interface KvHeadSlot {
   chunk: number;
@@ -103,29 +112,6 @@ export function planKvLayer(
     chunkHeads[c][1] = h + 1;
   });
   return { headDim: opts.headDim, rowBytes, heads, chunkRows, chunkHeads };
-}
-
-/** Bytes of a binding (whole buffer or window). */
-export function bindingBytes(b: Binding): number {
-  if ("buffer" in b) return b.bytes ?? b.buffer.bytes - b.offset;
-  return b.bytes;
-}
-
-export function requireBytes(b: Binding, bytes: number, what: string): void {
-  const have = bindingBytes(b);
-  if (have < bytes) limit(`${what}: binding holds ${have} bytes, needs ${bytes}`);
-}
-
-export function requireFloatOffset(value: number, what: string): void {
-  if (!Number.isInteger(value) || value < 0 || value % 4 !== 0) {
-    limit(`${what} must be a non-negative multiple of 4 floats (16 bytes), got ${value}`);
-  }
-}
-
-/** Workgroup budget for split work: CPU drivers have few cores, GPUs many compute units. */
-export function deviceParallelism(device: Device): { cpu: boolean; targetGroups: number } {
-  const cpu = device.info.type === "cpu";
-  return { cpu, targetGroups: cpu ? Math.max(4, 4 * navigator.hardwareConcurrency) : 1024 };
 }
 
 /**
@@ -317,6 +303,16 @@ export interface KvAppendArgs {
   mode?: "preset" | "bump";
 }
 
+/** shaders/kv_append.comp's push block. */
+const KV_APPEND_PUSH = pushLayout({
+  headBase: "u32",
+  tokens: "u32",
+  kOff4: "u32",
+  vOff4: "u32",
+  tokStride4: "u32",
+  mode: "u32",
+});
+
 /** Writes new tokens' K and V into every head's next rows (f32 in, f16 out). */
 export class KvAppend implements Disposable {
   readonly headDim: number;
@@ -326,9 +322,9 @@ export class KvAppend implements Disposable {
   constructor(device: Device, opts: { headDim: number }) {
     checkHeadDim(opts.headDim);
     this.headDim = opts.headDim;
-    this.#kernel = device.kernel("kv_append", {
+    this.#kernel = device.kernel(SHADERS.kv_append.variant(), {
       bindings: 6,
-      pushBytes: 24,
+      push: KV_APPEND_PUSH,
       spec: [KvAppend.WORKGROUP, opts.headDim],
     });
   }
@@ -356,7 +352,14 @@ export class KvAppend implements Disposable {
     }
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
-      const push = new Uint32Array([h0, B, kOff / 4, vOff / 4, stride / 4, bump ? 1 : 0]);
+      const push = KV_APPEND_PUSH.pack({
+        headBase: h0,
+        tokens: B,
+        kOff4: kOff / 4,
+        vOff4: vOff / 4,
+        tokStride4: stride / 4,
+        mode: bump ? 1 : 0,
+      });
       cmd.dispatch(
         this.#kernel,
         [a.k, a.v, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer],

@@ -25,8 +25,17 @@
  *   mv.record(cmd, { weight, weightOffset, rows: 4096, cols: 14336, x, y, accumulate: true });
  */
 import { HcError } from "../errors.ts";
+import { SHADERS, type WeightTypeName } from "../../shaders/variants.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
-import { checkedRangeWindow } from "./elementwise.ts";
+import {
+  checkedRangeWindow,
+  checkWeightOffset,
+  MAX_BINDING_BYTES,
+  maxBindingRange,
+  positiveInt,
+  shaderWeightType,
+  type Window,
+} from "./checks.ts";
 import {
   type Binding,
   type Buffer,
@@ -34,21 +43,12 @@ import {
   type Device,
   type DeviceInfo,
   type Kernel,
+  pushLayout,
   TEXEL_BYTES,
 } from "../vk/mod.ts";
 
 /** Columns of x handled by one dispatch at most (the shader's NUM_COLS). */
 export const MATVEC_MAX_COLS = 8;
-
-const SHADER_SUFFIX: Record<number, string> = {
-  [GgmlType.F32]: "f32",
-  [GgmlType.F16]: "f16",
-  [GgmlType.BF16]: "bf16",
-  [GgmlType.Q8_0]: "q8_0",
-  [GgmlType.Q4_0]: "q4_0",
-  [GgmlType.Q4_K]: "q4_k",
-  [GgmlType.Q6_K]: "q6_k",
-};
 
 /** Elements per lane-unit of the run path's step variant; undefined where the type has none. */
 const RUN_UNIT: Record<number, number | undefined> = {
@@ -85,12 +85,21 @@ const GENERIC_UNIT: Record<number, number> = {
 /** Types whose 2-byte aligned blocks make the generic path read up to 2 bytes past a row. */
 const OVERREADS = new Set<number>([GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q6_K]);
 
-const PUSH_WORDS = 9;
+/** shaders/matvec.comp's and matvec_run.comp's push block. */
+const MATVEC_PUSH = pushLayout({
+  rows: "u32",
+  cols: "u32",
+  wByte0: "u32",
+  rowBytes: "u32",
+  xStride: "u32",
+  yStride: "u32",
+  yRow0: "u32",
+  ncols: "u32",
+  flags: "u32",
+});
 /** Bytes the Q6_K row loop may read past the weight: its 256-byte window minus a 210-byte
  * block, rounded up to whole 32-byte chunks. */
 const Q6K_WINDOW_SPARE = 78;
-/** Shader byte arithmetic is 32-bit: keep every bound range well inside it. */
-const MAX_BINDING_BYTES = 2 ** 31;
 /** common.glsl's hc_red array, present in every variant. */
 const COMMON_SHARED_BYTES = 4096;
 
@@ -158,14 +167,50 @@ interface Variant {
   texel: boolean;
 }
 
-function isPow2(n: number): boolean {
-  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+/** A record() call's arguments, checked, with their defaults resolved. */
+interface Shape {
+  batch: number;
+  xStride: number;
+  yStride: number;
+  weightOffset: number;
+  rowBytes: number;
+  weightBytes: number;
+  /** Most bytes one weight binding may span. */
+  maxWeightRange: number;
+  x: Window;
+  /** Bytes of x the call reads. */
+  xBytes: number;
+  y: Window;
 }
 
-function positiveInt(name: string, v: number): void {
-  if (!Number.isSafeInteger(v) || v <= 0) {
-    throw new HcError("E_BAD_REQUEST", `matvec: ${name} = ${v} is not a positive integer`);
-  }
+/** One dispatch's part of the weight. */
+interface RowRange {
+  row0: number;
+  rows: number;
+  /** Where the weight binding starts (aligned), and row0's byte within it. */
+  bindOffset: number;
+  wByte0: number;
+  bytes: number;
+  gx: number;
+  gy: number;
+}
+
+/** What record() dispatches, decided before anything is recorded. */
+interface Plan {
+  kind: KernelKind;
+  kernel: Kernel;
+  kernelName: string;
+  texel: boolean;
+  /** x as bound: a texel view on the texel path, else the storage window. */
+  x: Binding;
+  /** Row-loop slices per unit (1 elsewhere). */
+  slices: number;
+  zGroups: number;
+  ranges: RowRange[];
+}
+
+function isPow2(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
 
 /** Whether the device can run the u64vec4 loads (see MatVecOptions.load64). */
@@ -176,7 +221,7 @@ export function deviceLoad64(info: DeviceInfo): boolean {
 export class MatVec implements Disposable {
   readonly device: Device;
   readonly type: number;
-  readonly typeName: string;
+  readonly typeName: WeightTypeName;
   readonly blockElems: number;
   readonly blockBytes: number;
   readonly options: Required<Pick<MatVecOptions, "path" | "load64" | "texel">> & MatVecOptions;
@@ -186,19 +231,10 @@ export class MatVec implements Disposable {
   lastPlan: MatVecPlan | null = null;
 
   constructor(device: Device, type: number, options: MatVecOptions = {}) {
-    const suffix = SHADER_SUFFIX[type];
-    const info = ggmlTypeInfo(type);
-    if (!suffix || !info) {
-      throw new HcError(
-        "E_MODEL_TENSOR",
-        `matvec: weight type ${
-          info?.name ?? type
-        } is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`,
-      );
-    }
+    const { name, info } = shaderWeightType("matvec", type);
     this.device = device;
     this.type = type;
-    this.typeName = suffix;
+    this.typeName = name;
     this.blockElems = info.blockElems;
     this.blockBytes = info.blockBytes;
     this.options = {
@@ -218,7 +254,9 @@ export class MatVec implements Disposable {
         `matvec: workgroupSize ${options.workgroupSize} must be a power of two <= ${device.info.maxComputeWorkGroupInvocations}`,
       );
     }
-    if (options.rowsPerGroup !== undefined) positiveInt("rowsPerGroup", options.rowsPerGroup);
+    if (options.rowsPerGroup !== undefined) {
+      positiveInt("matvec", "rowsPerGroup", options.rowsPerGroup);
+    }
   }
 
   /** Bytes of a [rows x cols] weight of this type. */
@@ -265,21 +303,17 @@ export class MatVec implements Disposable {
   ): { kernel: Kernel; wg: number; rowsPerGroup: number; name: string } {
     const wg = this.#workgroupSize(v.kind);
     const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols, rows);
-    // Texel variants read x as texels too, so they have no LOAD64 twin.
-    const l64 = v.texel ? "t" : this.options.load64 ? "64" : "";
-    const base = v.kind === "rowloop"
-      ? `matvec_rl${l64}_`
-      : v.kind === "step"
-      ? `matvec_run${l64}_`
-      : "matvec_";
-    const name = base + this.typeName;
+    // The generic path reads words; texel variants read x as texels too (no LOAD64 twin).
+    let load: "word" | "u64" | "texel" = "word";
+    if (v.kind !== "generic") load = v.texel ? "texel" : this.options.load64 ? "u64" : "word";
+    const name = SHADERS.matvec.variant({ path: v.kind, load, type: this.typeName });
     const key = `${name}/${wg}/${rowsPerGroup}/${v.cols}`;
     let k = this.#kernels.get(key);
     if (!k) {
       k = this.device.kernel(name, {
         bindings: 3,
         kinds: v.texel ? ["texel", "texel", "storage"] : undefined,
-        pushBytes: PUSH_WORDS * 4,
+        push: MATVEC_PUSH,
         spec: [wg, rowsPerGroup, v.cols],
       });
       this.#kernels.set(key, k);
@@ -327,30 +361,55 @@ export class MatVec implements Disposable {
   /**
    * Records y = W·x (or y += W·x) into `cmd`. Validates shapes and bindings (HcError), splits
    * the weight into row ranges that fit the device's storage-buffer range and the workgroup
-   * grid, and uses one dispatch per range and per group of 8 columns' worth of z.
+   * grid, and uses one dispatch per range and per group of 8 columns' worth of z. Nothing is
+   * recorded when a check fails.
    */
   record(cmd: CommandList, a: MatVecRecord): MatVecPlan {
-    if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "matvec: used after dispose");
-    const info = this.device.info;
-    const name = ggmlTypeInfo(this.type)?.name ?? String(this.type);
-    positiveInt("rows", a.rows);
-    positiveInt("cols", a.cols);
-    const batch = a.batch ?? 1;
-    positiveInt("batch", batch);
-    const xStride = a.xStride ?? a.cols;
-    const yStride = a.yStride ?? a.rows;
-    const weightOffset = a.weightOffset ?? 0;
-    if (!Number.isSafeInteger(weightOffset) || weightOffset < 0 || weightOffset % 16 !== 0) {
-      throw new HcError(
-        "E_BAD_REQUEST",
-        `matvec: weightOffset ${weightOffset} must be a non-negative multiple of 16`,
+    const shape = this.#validate(a);
+    const plan = this.#plan(a, shape);
+    for (const r of plan.ranges) {
+      cmd.dispatch(
+        plan.kernel,
+        [{ buffer: a.weight, offset: r.bindOffset, bytes: r.bytes }, plan.x, shape.y],
+        MATVEC_PUSH.pack({
+          rows: r.rows,
+          cols: a.cols,
+          wByte0: r.wByte0,
+          rowBytes: shape.rowBytes,
+          xStride: shape.xStride,
+          yStride: shape.yStride,
+          yRow0: r.row0,
+          ncols: shape.batch,
+          // Bit 31 stays clear: matvec_run.comp tests it only to keep a value alive.
+          flags: (a.accumulate ? 1 : 0) | (plan.slices << 8),
+        }),
+        [r.gx, r.gy, plan.zGroups],
       );
     }
+    this.lastPlan = {
+      path: plan.kind === "generic" ? "generic" : "run",
+      variant: plan.kind,
+      kernel: plan.kernelName,
+      dispatches: plan.ranges.length,
+      texel: plan.texel,
+    };
+    return this.lastPlan;
+  }
+
+  /** Checks the call's shapes, strides and bindings; resolves the defaults. */
+  #validate(a: MatVecRecord): Shape {
+    if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "matvec: used after dispose");
+    positiveInt("matvec", "rows", a.rows);
+    positiveInt("matvec", "cols", a.cols);
+    const batch = positiveInt("matvec", "batch", a.batch ?? 1);
+    const xStride = a.xStride ?? a.cols;
+    const yStride = a.yStride ?? a.rows;
+    const weightOffset = checkWeightOffset("matvec", a.weightOffset ?? 0, 16);
     const colMultiple = this.blockElems === 1 ? 4 : this.blockElems;
     if (a.cols % colMultiple !== 0) {
       throw new HcError(
         "E_MODEL_TENSOR",
-        `matvec: ${name} needs cols to be a multiple of ${colMultiple}, got ${a.cols}`,
+        `matvec: ${this.#typeLabel} needs cols to be a multiple of ${colMultiple}, got ${a.cols}`,
       );
     }
     if (!Number.isSafeInteger(xStride) || xStride < a.cols || xStride % 4 !== 0) {
@@ -367,41 +426,49 @@ export class MatVec implements Disposable {
     if (weightOffset + weightBytes > a.weight.bytes) {
       throw new HcError(
         "E_VK_LIMIT",
-        `matvec: a ${a.rows}x${a.cols} ${name} weight (${weightBytes} bytes) at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`,
+        `matvec: a ${a.rows}x${a.cols} ${this.#typeLabel} weight (${weightBytes} bytes) at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`,
       );
     }
-    const maxRange = Math.min(info.maxStorageBufferRange, MAX_BINDING_BYTES);
-    if (a.maxBindingBytes !== undefined) positiveInt("maxBindingBytes", a.maxBindingBytes);
-    const maxWeightRange = Math.min(maxRange, a.maxBindingBytes ?? maxRange);
-    const x = checkedRangeWindow(
-      this.device,
-      a.x,
-      ((batch - 1) * xStride + a.cols) * 4,
-      maxRange,
-      "matvec x",
-    );
-    const y = checkedRangeWindow(
-      this.device,
-      a.y,
-      ((batch - 1) * yStride + a.rows) * 4,
-      maxRange,
-      "matvec y",
-    );
-
-    const kind = this.chooseKernel(
-      weightOffset,
-      a.rows,
-      a.cols,
+    const maxRange = maxBindingRange(this.device);
+    if (a.maxBindingBytes !== undefined) {
+      positiveInt("matvec", "maxBindingBytes", a.maxBindingBytes);
+    }
+    const xBytes = ((batch - 1) * xStride + a.cols) * 4;
+    const x = checkedRangeWindow(this.device, a.x, xBytes, maxRange, "matvec x");
+    const yBytes = ((batch - 1) * yStride + a.rows) * 4;
+    const y = checkedRangeWindow(this.device, a.y, yBytes, maxRange, "matvec y");
+    return {
       batch,
       xStride,
-      a.weight.bytes - weightOffset - weightBytes,
+      yStride,
+      weightOffset,
+      rowBytes,
+      weightBytes,
+      maxWeightRange: Math.min(maxRange, a.maxBindingBytes ?? maxRange),
+      x,
+      xBytes,
+      y,
+    };
+  }
+
+  /** Picks the variant, its binding kinds and launch shape, and splits the weight into the row
+   * ranges one dispatch each binds. */
+  #plan(a: MatVecRecord, s: Shape): Plan {
+    const info = this.device.info;
+    const kind = this.chooseKernel(
+      s.weightOffset,
+      a.rows,
+      a.cols,
+      s.batch,
+      s.xStride,
+      a.weight.bytes - s.weightOffset - s.weightBytes,
     );
-    const ncols = kind === "rowloop" ? 1 : Math.min(batch, MATVEC_MAX_COLS);
+    const ncols = kind === "rowloop" ? 1 : Math.min(s.batch, MATVEC_MAX_COLS);
     // Binding offsets aligned to the device rules and to the run path's 32-byte chunks.
     const storageAlign = Math.max(info.minStorageBufferOffsetAlignment, 32);
     const texelAlign = Math.max(storageAlign, info.minTexelBufferOffsetAlignment);
     const spare = kind === "rowloop" && this.type === GgmlType.Q6_K ? Q6K_WINDOW_SPARE : 0;
-    const texelX = this.#texelWindow(kind, x, ((batch - 1) * xStride + a.cols) * 4);
+    const texelX = this.#texelWindow(kind, s.x, s.xBytes);
     // One texel view must hold the whole weight (its slack included); else storage buffers,
     // split into row ranges as needed.
     const texelLimit = Math.min(
@@ -410,12 +477,8 @@ export class MatVec implements Disposable {
       a.maxBindingBytes ?? Infinity,
     );
     const texel = texelX !== null &&
-      weightOffset % texelAlign + weightBytes + spare <= texelLimit;
-    const align = texel ? texelAlign : storageAlign;
-    const { kernel, rowsPerGroup, wg, name: kname } = this.#kernel(
-      { kind, cols: ncols, texel },
-      a.rows,
-    );
+      s.weightOffset % texelAlign + s.weightBytes + spare <= texelLimit;
+    const { kernel, rowsPerGroup, wg, name } = this.#kernel({ kind, cols: ncols, texel }, a.rows);
     // Row loop: split each unit's rows into slices when the units do not divide evenly among
     // the lanes (e.g. 28 units of a 14336-wide row on 8 lanes), so no lane idles.
     let slices = 1;
@@ -424,99 +487,92 @@ export class MatVec implements Disposable {
       while (slices < 8 && slices * 2 <= rowsPerGroup && (units * slices) % wg !== 0) slices *= 2;
       if ((units * slices) % wg !== 0) slices = 1;
     }
-    const zGroups = Math.ceil(batch / ncols);
+    const zGroups = Math.ceil(s.batch / ncols);
     if (zGroups > info.maxComputeWorkGroupCount[2]) {
       throw new HcError(
         "E_VK_LIMIT",
-        `matvec: batch ${batch} needs ${zGroups} workgroups in z, over the device's ${
+        `matvec: batch ${s.batch} needs ${zGroups} workgroups in z, over the device's ${
           info.maxComputeWorkGroupCount[2]
         }`,
       );
     }
+    const ranges = this.#rowRanges(a, s, {
+      kind,
+      texel,
+      align: texel ? texelAlign : storageAlign,
+      rowsPerGroup,
+    });
+    return {
+      kind,
+      kernel,
+      kernelName: name,
+      texel,
+      x: texel && texelX ? texelX : s.x,
+      slices,
+      zGroups,
+      ranges,
+    };
+  }
 
-    const [maxX, maxY] = info.maxComputeWorkGroupCount;
-    const maxRowsByGrid = maxX * maxY * rowsPerGroup;
-    const overreads = OVERREADS.has(this.type) && kind === "generic";
-    const push = new Uint32Array(PUSH_WORDS);
-    let dispatches = 0;
+  /** The weight's row ranges: each bound at an aligned offset within one binding's range (a
+   * texel view holds the whole weight) and within the x-y workgroup grid. */
+  #rowRanges(
+    a: MatVecRecord,
+    s: Shape,
+    p: { kind: KernelKind; texel: boolean; align: number; rowsPerGroup: number },
+  ): RowRange[] {
+    const [maxX, maxY] = this.device.info.maxComputeWorkGroupCount;
+    const maxRowsByGrid = maxX * maxY * p.rowsPerGroup;
+    const overreads = OVERREADS.has(this.type) && p.kind === "generic";
+    const q6kRowLoop = p.kind === "rowloop" && this.type === GgmlType.Q6_K;
+    const ranges: RowRange[] = [];
     for (let row0 = 0; row0 < a.rows;) {
-      const start = weightOffset + row0 * rowBytes;
-      const bindOffset = Math.floor(start / align) * align;
+      const start = s.weightOffset + row0 * s.rowBytes;
+      const bindOffset = Math.floor(start / p.align) * p.align;
       const wByte0 = start - bindOffset;
-      const fitRows = texel
+      const fitRows = p.texel
         ? a.rows - row0
-        : Math.floor((maxWeightRange - wByte0 - 128) / rowBytes);
+        : Math.floor((s.maxWeightRange - wByte0 - 128) / s.rowBytes);
       if (fitRows < 1) {
         throw new HcError(
           "E_VK_LIMIT",
-          `matvec: one ${rowBytes}-byte row exceeds the ${maxWeightRange}-byte storage range`,
+          `matvec: one ${s.rowBytes}-byte row exceeds the ${s.maxWeightRange}-byte storage range`,
         );
       }
       const n = Math.min(a.rows - row0, fitRows, maxRowsByGrid);
-      const used = wByte0 + n * rowBytes;
+      const used = wByte0 + n * s.rowBytes;
       // Word reads of 2-byte aligned blocks reach up to the next multiple of 4 bytes; the Q6_K
       // row loop reads whole 32-byte chunks up to 46 bytes past the last block.
-      const reach = kind === "rowloop" && this.type === GgmlType.Q6_K
-        ? Math.ceil((used + 46) / 32) * 32
-        : used;
+      const reach = q6kRowLoop ? Math.ceil((used + 46) / 32) * 32 : used;
       // A texel view spans whole 16-byte texels; the run path's reach is whole 32-byte chunks.
-      let bytes = Math.ceil(reach / (texel ? TEXEL_BYTES : 4)) * (texel ? TEXEL_BYTES : 4);
-      if (texel && bindOffset + bytes > a.weight.bytes) {
+      const unit = p.texel ? TEXEL_BYTES : 4;
+      let bytes = Math.ceil(reach / unit) * unit;
+      if (p.texel && bindOffset + bytes > a.weight.bytes) {
         bytes = Math.floor((a.weight.bytes - bindOffset) / TEXEL_BYTES) * TEXEL_BYTES;
       } else if (bindOffset + bytes > a.weight.bytes) {
         if (overreads) {
           throw new HcError(
             "E_VK_LIMIT",
-            `matvec: the ${name} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`,
+            `matvec: the ${this.#typeLabel} weight ends 2 bytes before a multiple of 4 at its buffer's end; allocate the buffer 2 bytes larger`,
           );
         }
         bytes = a.weight.bytes - bindOffset;
       }
-      const groups = Math.ceil(n / rowsPerGroup);
+      const groups = Math.ceil(n / p.rowsPerGroup);
       const gx = Math.min(groups, maxX);
-      const gy = Math.ceil(groups / gx);
-      push.set([
-        n,
-        a.cols,
-        wByte0,
-        rowBytes,
-        xStride,
-        yStride,
-        row0,
-        batch,
-        // Bit 31 stays clear: matvec_run.comp tests it only to keep a value alive.
-        (a.accumulate ? 1 : 0) | (slices << 8),
-      ]);
-      cmd.dispatch(
-        kernel,
-        [{ buffer: a.weight, offset: bindOffset, bytes }, texel && texelX ? texelX : x, y],
-        push,
-        [
-          gx,
-          gy,
-          zGroups,
-        ],
-      );
-      dispatches++;
+      ranges.push({ row0, rows: n, bindOffset, wByte0, bytes, gx, gy: Math.ceil(groups / gx) });
       row0 += n;
     }
-    this.lastPlan = {
-      path: kind === "generic" ? "generic" : "run",
-      variant: kind,
-      kernel: kname,
-      dispatches,
-      texel,
-    };
-    return this.lastPlan;
+    return ranges;
+  }
+
+  get #typeLabel(): string {
+    return ggmlTypeInfo(this.type)?.name ?? String(this.type);
   }
 
   /** x as a texel binding for the run path, or null where texels are off or x's window does
    * not fit a texel view (offset alignment, maxTexelBufferElements). */
-  #texelWindow(
-    kind: KernelKind,
-    x: { buffer: Buffer; offset: number; bytes: number },
-    neededBytes: number,
-  ): Binding | null {
+  #texelWindow(kind: KernelKind, x: Window, neededBytes: number): Binding | null {
     const info = this.device.info;
     if (kind === "generic" || !this.options.texel || !info.texelBuffer) return null;
     if (x.offset % Math.max(info.minTexelBufferOffsetAlignment, 1) !== 0) return null;

@@ -24,21 +24,18 @@
  * lower positions: the set of src/cache/analysis.ts topkSet), min(k, n) u32 per row.
  */
 import { HcError } from "../errors.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 import {
   type Binding,
   type BindingKind,
   type CommandList,
   type Device,
   type Kernel,
+  pushLayout,
   TEXEL_BYTES,
 } from "../vk/mod.ts";
-import {
-  checkHeadDim,
-  deviceParallelism,
-  type KvLayerCache,
-  requireBytes,
-  requireFloatOffset,
-} from "./kv.ts";
+import { checkHeadDim, type KvLayerCache } from "./kv.ts";
+import { deviceParallelism, requireBytes, requireFloatOffset } from "./checks.ts";
 
 function limit(message: string): never {
   throw new HcError("E_VK_LIMIT", message);
@@ -52,6 +49,56 @@ const MERGE_WG = 64;
 const STATS_ITERATIONS = 40_000;
 const MAX_ROWS = 256;
 const ALIGN = 256;
+
+/** The fields every stats and pool pass's push block starts with: the dispatch's first head
+ * and the call's rows, window and query layout (in vec4s). */
+const HEAD_AND_QUERY = {
+  headBase: "u32",
+  n: "u32",
+  window: "u32",
+  qOff4: "u32",
+  qStride4: "u32",
+} as const;
+/** The push blocks of shaders/scores_stats.comp, scores_pool.comp, scores_stats_cpu.comp,
+ * scores_merge.comp and scores_pool_cpu.comp. */
+const STATS_PUSH = pushLayout({ ...HEAD_AND_QUERY, perSplit: "u32", scale: "f32" });
+const POOL_PUSH = pushLayout({
+  ...HEAD_AND_QUERY,
+  splits: "u32",
+  scale: "f32",
+  flags: "u32",
+  kernel: "u32",
+  outOff: "u32",
+  outStride: "u32",
+});
+const STATS_CPU_PUSH = pushLayout({
+  ...HEAD_AND_QUERY,
+  perSplit: "u32",
+  scale: "f32",
+  headStride: "u32",
+  logitStride: "u32",
+});
+const MERGE_PUSH = pushLayout({ rows: "u32", records: "u32", headStride: "u32" });
+const POOL_CPU_PUSH = pushLayout({
+  ...HEAD_AND_QUERY,
+  records: "u32",
+  scale: "f32",
+  flags: "u32",
+  headStride: "u32",
+  outOff: "u32",
+  outStride: "u32",
+  logitStride: "u32",
+});
+
+/** shaders/scores_topk.comp's push block. */
+const TOPK_PUSH = pushLayout({
+  n: "u32",
+  k: "u32",
+  rowOff: "u32",
+  rowStride: "u32",
+  outOff: "u32",
+  outStride: "u32",
+});
 
 export interface ScoresArgs {
   cache: KvLayerCache;
@@ -153,15 +200,15 @@ export class AttentionScores implements Disposable {
     const spec = [this.groupSize, this.headDim, qc, this.#positions];
     return {
       stats: this.#kernel(`stats:${qc}`, () =>
-        this.device.kernel("scores_stats", {
+        this.device.kernel(SHADERS.scores_stats.variant(), {
           bindings: 4,
-          pushBytes: 28,
+          push: STATS_PUSH,
           spec: [STATS_WG, ...spec],
         })),
       pool: this.#kernel(`pool:${qc}`, () =>
-        this.device.kernel("scores_pool", {
+        this.device.kernel(SHADERS.scores_pool.variant(), {
           bindings: 5,
-          pushBytes: 44,
+          push: POOL_PUSH,
           spec: [POOL_WG, ...spec],
         })),
     };
@@ -359,13 +406,19 @@ export class AttentionScores implements Disposable {
     const tiles = Math.ceil(n / tile);
     if (tiles > 65535) limit(`score length ${n} needs ${tiles} tiles (max 65535)`);
     for (const { c, h0, h1 } of groups) {
-      const push = new ArrayBuffer(28);
-      new Uint32Array(push).set([h0, n, window, qOff / 4, qStride / 4, perSplit]);
-      new Float32Array(push, 24, 1)[0] = scale;
+      const push = STATS_PUSH.pack({
+        headBase: h0,
+        n,
+        window,
+        qOff4: qOff / 4,
+        qStride4: qStride / 4,
+        perSplit,
+        scale,
+      });
       cmd.dispatch(
         kernels.stats,
         [a.q, cache.k[c], cache.table, statsBinding(h0)],
-        new Uint32Array(push),
+        push,
         [
           splits,
           h1 - h0,
@@ -374,12 +427,20 @@ export class AttentionScores implements Disposable {
     }
     cmd.barrier();
     for (const { c, h0, h1 } of groups) {
-      const push = new ArrayBuffer(44);
-      const u = new Uint32Array(push);
-      u.set([h0, n, window, qOff / 4, qStride / 4, splits]);
-      new Float32Array(push, 24, 1)[0] = scale;
-      u.set([flags, kernel, outBase(h0), outStride], 7);
-      cmd.dispatch(kernels.pool, [a.q, cache.k[c], cache.table, statsBinding(h0), a.out], u, [
+      const push = POOL_PUSH.pack({
+        headBase: h0,
+        n,
+        window,
+        qOff4: qOff / 4,
+        qStride4: qStride / 4,
+        splits,
+        scale,
+        flags,
+        kernel,
+        outOff: outBase(h0),
+        outStride,
+      });
+      cmd.dispatch(kernels.pool, [a.q, cache.k[c], cache.table, statsBinding(h0), a.out], push, [
         tiles,
         h1 - h0,
       ]);
@@ -405,7 +466,7 @@ export class AttentionScores implements Disposable {
     headStride: number;
   }): void {
     const { cache } = a;
-    const [n, window] = r.push;
+    const [n, window, qOff4, qStride4] = r.push;
     const G = this.groupSize;
     const L = this.#lanes;
     const st = this.#simdStatsShape(window);
@@ -421,7 +482,7 @@ export class AttentionScores implements Disposable {
         `simd-stats:${st.qc}:${st.pb}:${keep ? 1 : 0}:${texel ? 1 : 0}`,
         () =>
           this.device.kernel(
-            `scores_stats${keep ? "_logits" : ""}_cpu${texel ? "_texel" : ""}`,
+            SHADERS.scores_stats_cpu.variant({ logits: keep, texel }),
             {
               bindings: keep ? 5 : 4,
               // Binding 1 is K.
@@ -429,57 +490,76 @@ export class AttentionScores implements Disposable {
                 { length: keep ? 5 : 4 },
                 (_, i): BindingKind => i === 1 && texel ? "texel" : "storage",
               ),
-              pushBytes: 36,
+              push: STATS_CPU_PUSH,
               spec: [...spec, st.qc, st.pb],
             },
           ),
       );
     const merge = this.#kernel(
       "simd-merge",
-      () => this.device.kernel("scores_merge", { bindings: 1, pushBytes: 12, spec: [MERGE_WG] }),
+      () =>
+        this.device.kernel(SHADERS.scores_merge.variant(), {
+          bindings: 1,
+          push: MERGE_PUSH,
+          spec: [MERGE_WG],
+        }),
     );
     const poolKernel = this.#kernel(
       `simd-pool:${pool.wc}:${pool.p}:${r.kernel}:${separate ? 1 : 0}:${pool.pk}:${keep ? 1 : 0}`,
       () =>
-        this.device.kernel(keep ? "scores_pool_logits_cpu" : "scores_pool_cpu", {
+        this.device.kernel(SHADERS.scores_pool_cpu.variant({ logits: keep }), {
           bindings: keep ? 6 : 5,
-          pushBytes: 48,
+          push: POOL_CPU_PUSH,
           spec: [...spec, pool.wc, pool.p, r.kernel, separate ? 1 : 0, pool.pk],
         }),
     );
     for (const { c, h0, h1 } of r.groups) {
-      const push = new ArrayBuffer(36);
-      const u = new Uint32Array(push);
-      u.set([h0, ...r.push, r.perSplit]);
-      new Float32Array(push, 24, 1)[0] = r.scale;
-      u[7] = r.headStride;
-      u[8] = r.logitStride;
+      const push = STATS_CPU_PUSH.pack({
+        headBase: h0,
+        n,
+        window,
+        qOff4,
+        qStride4,
+        perSplit: r.perSplit,
+        scale: r.scale,
+        headStride: r.headStride,
+        logitStride: r.logitStride,
+      });
       const bindings = [a.q, cache.k[c], cache.table, r.statsBinding(h0)];
       if (keep) bindings.push(r.logitsBinding!(h0, h1));
       // A chunk holds whole rows of 2 * headDim bytes, so whole 16-byte texels.
       const texel = cache.k[c].bytes <= this.#maxTexelBytes;
       this.lastStatsBindings[texel ? "texel" : "storage"]++;
-      cmd.dispatch(stats(texel), bindings, u, [r.splits, h1 - h0]);
+      cmd.dispatch(stats(texel), bindings, push, [r.splits, h1 - h0]);
     }
     cmd.barrier();
     for (const { h0, h1 } of r.groups) {
       cmd.dispatch(
         merge,
         [r.statsBinding(h0)],
-        new Uint32Array([window * G, r.splits * L, r.headStride]),
+        MERGE_PUSH.pack({ rows: window * G, records: r.splits * L, headStride: r.headStride }),
         [1, h1 - h0],
       );
     }
     cmd.barrier();
     for (const { c, h0, h1 } of r.groups) {
-      const push = new ArrayBuffer(48);
-      const u = new Uint32Array(push);
-      u.set([h0, ...r.push, r.splits * L]);
-      new Float32Array(push, 24, 1)[0] = r.scale;
-      u.set([r.flags, r.headStride, r.outBase(h0), a.outStride ?? n, r.logitStride], 7);
+      const push = POOL_CPU_PUSH.pack({
+        headBase: h0,
+        n,
+        window,
+        qOff4,
+        qStride4,
+        records: r.splits * L,
+        scale: r.scale,
+        flags: r.flags,
+        headStride: r.headStride,
+        outOff: r.outBase(h0),
+        outStride: a.outStride ?? n,
+        logitStride: r.logitStride,
+      });
       const bindings = [a.q, cache.k[c], cache.table, r.statsBinding(h0), a.out];
       if (keep) bindings.push(r.logitsBinding!(h0, h1));
-      cmd.dispatch(poolKernel, bindings, u, [tiles, h1 - h0]);
+      cmd.dispatch(poolKernel, bindings, push, [tiles, h1 - h0]);
     }
   }
 
@@ -523,13 +603,17 @@ export class TopK implements Disposable {
     this.#device = device;
     this.#cpu = deviceParallelism(device).cpu;
     this.#wg = this.#cpu ? 256 : 1024;
-    this.#kernel = device.kernel("scores_topk", { bindings: 2, pushBytes: 24, spec: [this.#wg] });
+    this.#kernel = device.kernel(SHADERS.scores_topk.variant({ texel: false }), {
+      bindings: 2,
+      push: TOPK_PUSH,
+      spec: [this.#wg],
+    });
     if (this.#cpu && (opts.texel ?? true) && device.info.texelBuffer) {
       try {
-        this.#texel = device.kernel("scores_topk_texel", {
+        this.#texel = device.kernel(SHADERS.scores_topk.variant({ texel: true }), {
           bindings: 2,
           kinds: ["texel", "storage"],
-          pushBytes: 24,
+          push: TOPK_PUSH,
           spec: [this.#wg],
         });
       } catch (e) {
@@ -584,7 +668,7 @@ export class TopK implements Disposable {
     cmd.dispatch(
       texel ? this.#texel! : this.#kernel,
       [a.rows, a.out],
-      new Uint32Array([n, k, rowOff, a.rowStride, outOff, outStride]),
+      TOPK_PUSH.pack({ n, k, rowOff, rowStride: a.rowStride, outOff, outStride }),
       [rowCount],
     );
     return this;

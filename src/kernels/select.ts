@@ -9,7 +9,7 @@
  * its own dispatches but none before the first or after the last: put `cmd.barrier()` between it
  * and the dispatch that writes `x`, and between it and whatever reads its outputs.
  */
-import type { Binding, CommandList, Device, Kernel } from "../vk/mod.ts";
+import { type Binding, type CommandList, type Device, type Kernel, pushLayout } from "../vk/mod.ts";
 import {
   checkedWindow,
   checkInt,
@@ -19,9 +19,39 @@ import {
   splitRows,
   subWindow,
   type Window,
-} from "./elementwise.ts";
+} from "./checks.ts";
+import { SHADERS } from "../../shaders/variants.ts";
 
 const F32 = 4;
+
+/** shaders/argmax.comp's push block (both stages). */
+const ARGMAX_PUSH = pushLayout({
+  n: "u32",
+  rows: "u32",
+  rowStride: "u32",
+  chunkElems: "u32",
+  chunks: "u32",
+  outOffset: "u32",
+});
+
+/** shaders/topk.comp's push block (every stage). */
+const TOPK_PUSH = pushLayout({
+  n: "u32",
+  k: "u32",
+  rows: "u32",
+  rowStride: "u32",
+  chunks: "u32",
+  shift: "u32",
+  bits: "u32",
+  pass: "u32",
+  histOff: "u32",
+  stateOff: "u32",
+  countOff: "u32",
+  outStride: "u32",
+  outOffset: "u32",
+  flags: "u32",
+});
+
 /** Largest row the selection kernels accept (indices and counts stay far inside u32). */
 export const MAX_SELECT_ROW = 1 << 28;
 
@@ -59,9 +89,17 @@ export class Argmax implements Disposable {
     const wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
     this.#chunkElems = wg *
       checkInt(options.itemsPerInvocation ?? 8, "itemsPerInvocation", 1, 4096);
-    this.#partial = device.kernel("argmax_partial", { bindings: 3, pushBytes: 24, spec: [wg] });
+    this.#partial = device.kernel(SHADERS.argmax.variant({ stage: "partial" }), {
+      bindings: 3,
+      push: ARGMAX_PUSH,
+      spec: [wg],
+    });
     try {
-      this.#merge = device.kernel("argmax_merge", { bindings: 3, pushBytes: 24, spec: [wg] });
+      this.#merge = device.kernel(SHADERS.argmax.variant({ stage: "merge" }), {
+        bindings: 3,
+        push: ARGMAX_PUSH,
+        spec: [wg],
+      });
     } catch (e) {
       this.#partial.dispose();
       throw e;
@@ -100,7 +138,14 @@ export class Argmax implements Disposable {
       const xb = subWindow(x, r0 * stride * F32, count * stride * F32);
       const sb = subWindow(scratch, 0, count * chunks * 8);
       const ob = subWindow(out, 0, (outOffset + rows) * 4);
-      const push = new Uint32Array([a.n, count, stride, this.#chunkElems, chunks, outOffset + r0]);
+      const push = ARGMAX_PUSH.pack({
+        n: a.n,
+        rows: count,
+        rowStride: stride,
+        chunkElems: this.#chunkElems,
+        chunks,
+        outOffset: outOffset + r0,
+      });
       cmd.dispatch(this.#partial, [xb, sb, ob], push, gridRows(this.device, chunks, count));
       cmd.barrier();
       cmd.dispatch(this.#merge, [xb, sb, ob], push, grid2d(this.device, count));
@@ -153,16 +198,20 @@ export class TopK implements Disposable {
     this.#wg = checkWorkgroupSize(device, options.workgroupSize ?? 256);
     const made: Kernel[] = [];
     try {
-      const k = (name: string) => {
-        const kernel = device.kernel(name, { bindings: 4, pushBytes: 56, spec: [this.#wg] });
+      const k = (stage: "hist" | "select" | "count" | "compact") => {
+        const kernel = device.kernel(SHADERS.topk.variant({ stage }), {
+          bindings: 4,
+          push: TOPK_PUSH,
+          spec: [this.#wg],
+        });
         made.push(kernel);
         return kernel;
       };
       this.#kernels = {
-        hist: k("topk_hist"),
-        select: k("topk_select"),
-        count: k("topk_count"),
-        compact: k("topk_compact"),
+        hist: k("hist"),
+        select: k("select"),
+        count: k("count"),
+        compact: k("compact"),
       };
     } catch (e) {
       for (const m of made) m.dispose();
@@ -241,22 +290,22 @@ export class TopK implements Disposable {
     cmd.fill(b.scratch.buffer, b.scratch.offset + layout.hist * 4, rows * HIST_BINS * 4, 0)
       .barrier();
     const push = (pass: number) =>
-      new Uint32Array([
+      TOPK_PUSH.pack({
         n,
         k,
         rows,
-        stride,
+        rowStride: stride,
         chunks,
-        PASSES[Math.min(pass, 2)][0],
-        PASSES[Math.min(pass, 2)][1],
+        shift: PASSES[Math.min(pass, 2)][0],
+        bits: PASSES[Math.min(pass, 2)][1],
         pass,
-        layout.hist,
-        layout.state,
-        layout.count,
-        b.outStride,
-        b.outOffset,
-        b.values ? 1 : 0,
-      ]);
+        histOff: layout.hist,
+        stateOff: layout.state,
+        countOff: layout.count,
+        outStride: b.outStride,
+        outOffset: b.outOffset,
+        flags: b.values ? 1 : 0,
+      });
     const perChunk = gridRows(this.device, chunks, rows);
     for (let pass = 0; pass < PASSES.length; pass++) {
       cmd.dispatch(this.#kernels.hist, binds, push(pass), perChunk).barrier();

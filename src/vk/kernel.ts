@@ -2,6 +2,7 @@
 import { HcError } from "../errors.ts";
 import { check, native } from "./ffi.ts";
 import type { Device } from "./device.ts";
+import type { PushLayout } from "./push.ts";
 
 /**
  * What a binding is in the shader: a storage buffer (default), or "texel": a read-only uniform
@@ -20,7 +21,10 @@ export interface KernelOptions {
   bindings: number;
   /** Kind of each binding (length `bindings`); default all "storage". */
   kinds?: readonly BindingKind[];
-  /** Size of the push-constant block (multiple of 4, at most 128). */
+  /** The push-constant block by field name (push.ts); its size is what the kernel declares. */
+  push?: PushLayout;
+  /** Size of an untyped push-constant block (multiple of 4, at most 128), for a kernel without
+   * a `push` layout (raw runtime use and its tests). */
   pushBytes?: number;
   /** uint32 specialization constants with ids 0..n-1 (workgroup size first, by convention). */
   spec?: number[];
@@ -89,7 +93,10 @@ export class Kernel implements Disposable {
       code = loadSpirv(name);
     }
     const spec = new Uint32Array(options.spec ?? []);
-    const push = options.pushBytes ?? 0;
+    if (options.push && options.pushBytes !== undefined) {
+      throw new HcError("E_VK", `kernel ${name}: give push or pushBytes, not both`);
+    }
+    const push = options.push?.bytes ?? options.pushBytes ?? 0;
     const kinds = options.kinds ? [...options.kinds] : Array(options.bindings).fill("storage");
     if (
       kinds.length !== options.bindings || kinds.some((k) => !Object.hasOwn(BINDING_KIND_ID, k))

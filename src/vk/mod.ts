@@ -9,3 +9,11 @@ export {
 } from "./device.ts";
 export { type Binding, CommandList, type CopyRegion, type Queue } from "./commands.ts";
 export { type BindingKind, Kernel, type KernelOptions, TEXEL_BYTES } from "./kernel.ts";
+export {
+  MAX_PUSH_BYTES,
+  type PushFields,
+  PushLayout,
+  pushLayout,
+  type PushScalar,
+  type PushValues,
+} from "./push.ts";

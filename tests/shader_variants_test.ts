@@ -1,0 +1,73 @@
+import assert from "node:assert/strict";
+import { SHADERS, shaderVariants, SUBGROUP_SUFFIX } from "../shaders/variants.ts";
+import { isHcError } from "../src/errors.ts";
+
+const SHADER_DIR = new URL("../shaders/", import.meta.url);
+
+Deno.test("the variant table names each variant once and compiles every shader file", () => {
+  const variants = shaderVariants();
+  const names = variants.map((v) => v.name);
+  assert.equal(new Set(names).size, names.length);
+  const files = [...Deno.readDirSync(SHADER_DIR)]
+    .filter((e) => e.isFile && e.name.endsWith(".comp"))
+    .map((e) => e.name)
+    .sort();
+  assert.deepEqual([...new Set(variants.map((v) => v.file))].sort(), files);
+  for (const v of variants) {
+    assert.match(v.name, /^[a-z0-9_]+$/);
+    // A subgroup twin is its base variant plus HC_SUBGROUP.
+    if (v.name.endsWith(SUBGROUP_SUFFIX)) {
+      const base = variants.find((b) => b.name === v.name.slice(0, -SUBGROUP_SUFFIX.length));
+      assert.ok(base, v.name);
+      assert.deepEqual(v.defines, { ...base.defines, HC_SUBGROUP: 1 });
+    }
+  }
+});
+
+Deno.test("a family's variants are its product of axes less its filter", () => {
+  // matvec: generic (words only, 7 types) + step (3 loads x 6 types, no Q6_K) + rowloop (3 x 7).
+  const mv = SHADERS.matvec.choices();
+  assert.equal(mv.length, 7 + 18 + 21);
+  assert.equal(SHADERS.matvec.expand().length, 2 * mv.length);
+  assert.equal(
+    SHADERS.matvec.variant({ path: "rowloop", load: "texel", type: "q4_k" }),
+    "matvec_rlt_q4_k",
+  );
+  assert.equal(
+    SHADERS.matvec.variant({ path: "step", load: "u64", type: "f16" }),
+    "matvec_run64_f16",
+  );
+  assert.equal(
+    SHADERS.matvec.variant({ path: "generic", load: "word", type: "q6_k" }),
+    "matvec_q6_k",
+  );
+  assert.equal(
+    SHADERS.scores_stats_cpu.variant({ logits: true, texel: true }),
+    "scores_stats_logits_cpu_texel",
+  );
+  assert.equal(SHADERS.add.variant({ op: "axpby" }), "axpby");
+  assert.equal(SHADERS.attn_merge.variant({ watch: false }), "attn_merge");
+  assert.equal(
+    SHADERS.attn_decode_cpu.variant({ texel: true, watch: true }),
+    "attn_decode_cpu_texel_watch",
+  );
+  const step = SHADERS.matvec.expand().find((v) => v.name === "matvec_rl64_q6_k");
+  assert.deepEqual(step, {
+    name: "matvec_rl64_q6_k",
+    file: "matvec_run.comp",
+    defines: { ROWLOOP: 1, LOAD64: 1, TYPE: 14 },
+  });
+  // Left out by the filter: the build has no SPIR-V for them.
+  for (
+    const c of [
+      { path: "step", load: "word", type: "q6_k" },
+      { path: "generic", load: "texel", type: "f32" },
+    ] as const
+  ) {
+    assert.equal(SHADERS.matvec.has(c), false);
+    assert.throws(() => SHADERS.matvec.variant(c), (e) => isHcError(e, "E_SHADER_MISSING"));
+  }
+  // Subgroup twins only where the family asks for them.
+  const topk = SHADERS.topk.expand().map((v) => v.name);
+  assert.ok(!topk.includes("topk_hist__sg") && topk.includes("topk_select__sg"));
+});
