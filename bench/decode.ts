@@ -220,13 +220,16 @@ const OFFICIAL_LLAMA8B = new URL(
 /** The sweep's engines of ours: every policy at the same device KV, and HeteroCache twice: its
  * default trigger as it behaves on a random prompt, and a refresh every 5th step (a controlled
  * 20% refresh rate; random prompt KV makes triggers unrealistic). */
-const SWEEP_ENGINES: readonly { engine: string; options: SessionOptions }[] = [
-  { engine: "full", options: { cache: "full" } },
-  { engine: "snapkv", options: { cache: "snapkv" } },
-  { engine: "streaming", options: { cache: "streaming" } },
-  { engine: "heterocache", options: { cache: "heterocache" } },
-  { engine: "hc every 5", options: { cache: "fixed-interval", interval: 5 } },
-];
+const ENGINES: Readonly<Record<string, SessionOptions>> = {
+  "full": { cache: "full" },
+  "snapkv": { cache: "snapkv" },
+  "streaming": { cache: "streaming" },
+  "heterocache": { cache: "heterocache" },
+  "hc every 5": { cache: "fixed-interval", interval: 5 },
+  // Not in the default sweep: the official overlap test (a device round trip every 5th step).
+  "hc drift": { cache: "heterocache", trigger: "drift" },
+};
+const DEFAULT_ENGINES = ["full", "snapkv", "streaming", "heterocache", "hc every 5"];
 
 interface Shape {
   id: string;
@@ -402,6 +405,8 @@ export interface SpeedOptions {
   llamaCppMax?: number;
   keep?: number;
   steps?: number;
+  /** Our engines (names of ENGINES; default DEFAULT_ENGINES). */
+  engines?: readonly string[];
   log?: (line: string) => void;
 }
 
@@ -416,6 +421,13 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
   // shape), and far apart from ours, so a few of them make the quick median.
   const llamaSteps = quick ? Math.min(steps, 4) : steps;
   const log = opts.log ?? ((l: string) => console.error(l));
+  const engines = (opts.engines ?? DEFAULT_ENGINES).map((engine) => {
+    const options = ENGINES[engine];
+    if (!options) {
+      throw new Error(`unknown engine "${engine}"; one of ${Object.keys(ENGINES).join(", ")}`);
+    }
+    return { engine, options };
+  });
   if (opts.llamaCppMax !== 0) await ensureLlamaCpp();
   const { copyGbps, maxBinding } = await (async () => {
     using dev = Device.open();
@@ -453,7 +465,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
         // noisy machine slows them alike and the ratios hold.
         const sessions: Session[] = [];
         try {
-          for (const e of SWEEP_ENGINES) {
+          for (const e of engines) {
             sessions.push(
               model.session({ ...e.options, keep, profile, contextTokens: context + steps + 1 }),
             );
@@ -468,7 +480,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
             const after = times[j].slice(1); // the first step warms up
             const cell: SpeedCell = {
               shape: shape.id,
-              engine: SWEEP_ENGINES[j].engine,
+              engine: engines[j].engine,
               context,
               stepMs: median(after),
               meanMs: after.reduce((a, b) => a + b, 0) / after.length,
@@ -488,7 +500,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
           // "Where memory allows": a context the device cannot hold is a row of notes.
           if (!(e instanceof HcError && e.code === "E_VK_OOM")) throw e;
           const note = `out of device memory at this context (${e.message})`;
-          for (const { engine } of SWEEP_ENGINES) {
+          for (const { engine } of engines) {
             cells.push({ shape: shape.id, engine, context, stepMs: null, kvBytes: null, note });
           }
           log(`speed: ${shape.id} ${context}: ${note}`);
@@ -643,6 +655,7 @@ if (import.meta.main) {
       "llamacpp-max": { type: "string" },
       keep: { type: "string" },
       steps: { type: "string" },
+      engines: { type: "string" },
       "skip-throughput": { type: "boolean" },
     },
   });
@@ -653,6 +666,7 @@ if (import.meta.main) {
     llamaCppMax: values["llamacpp-max"] ? Number(values["llamacpp-max"]) : undefined,
     keep: values.keep ? Number(values.keep) : undefined,
     steps: values.steps ? Number(values.steps) : undefined,
+    engines: values.engines?.split(","),
   });
   console.log(`\n## Decode step time vs context\n\n${speed.table}`);
   if (!values["skip-throughput"]) {
