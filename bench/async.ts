@@ -11,7 +11,7 @@ import { loadModel } from "../mod.ts";
 import type { HeteroCache } from "../src/cache/heterocache.ts";
 import { uniformProfile } from "../src/cache/profile_io.ts";
 import type { HeadRole } from "../src/cache/profile.ts";
-import { writeSyntheticModel } from "../src/model/synthetic.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));

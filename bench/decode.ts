@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { loadModel } from "../mod.ts";
 import { GgmlType } from "../src/gguf/types.ts";
-import { writeSyntheticModel } from "../src/model/synthetic.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import {
   type HeadProfile,
   type HeadRole,

@@ -20,7 +20,7 @@
  * drift check sees the question.
  */
 import { HcError } from "../src/errors.ts";
-import { writeSyntheticModel } from "../src/model/synthetic.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { uniformProfile } from "../src/cache/profile_io.ts";
 import type { HeadProfile } from "../src/cache/profile.ts";
 

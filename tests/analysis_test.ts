@@ -25,7 +25,7 @@ import {
   snapkvScores,
   snapkvSelect,
   streamingSelect,
-} from "../src/cache/select.ts";
+} from "../testing/reference_cache.ts";
 import type { ProfileModel } from "../src/cache/profile.ts";
 import { parseProfile, serializeProfile } from "../src/cache/profile.ts";
 

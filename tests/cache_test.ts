@@ -5,8 +5,8 @@ import type { CacheOptions } from "../src/cache/mod.ts";
 import type { HeteroCache } from "../src/cache/heterocache.ts";
 import type { HeadRole } from "../src/cache/profile.ts";
 import { uniformProfile } from "../src/cache/profile_io.ts";
-import { satelliteRefresh } from "../src/cache/select.ts";
-import { writeSyntheticModel } from "../src/model/synthetic.ts";
+import { satelliteRefresh } from "../testing/reference_cache.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { relError, sharedPath } from "./helpers.ts";
 
 const makeProfile = uniformProfile;

@@ -1,6 +1,6 @@
 /**
  * KV append, decode attention (ragged per-head caches, GQA, split-K) and causal prefill against
- * src/model/reference_attention.ts on fresh random data, through both the subgroup and the
+ * testing/reference_attention.ts on fresh random data, through both the subgroup and the
  * shared-memory reduction paths, and for the CPU decode variant with K/V bound as texel or as
  * storage buffers.
  */
@@ -17,7 +17,7 @@ import {
   refDecodeAttention,
   refPrefillAttention,
   roundToF16,
-} from "../src/model/reference_attention.ts";
+} from "../testing/reference_attention.ts";
 import { f32ToF16Array } from "../src/model/quant.ts";
 import { randomF32, relError } from "./helpers.ts";
 

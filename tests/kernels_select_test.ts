@@ -1,5 +1,5 @@
 /**
- * Device tests of argmax and top-k against src/model/reference_ops.ts (and cache/analysis.ts
+ * Device tests of argmax and top-k against testing/reference_ops.ts (and cache/analysis.ts
  * topkSet, which the cache policies use on the host), on fresh random data with planted ties,
  * NaNs and signed zeros; every test runs on the subgroup and on the shared-memory path.
  */
@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { type Buffer, type CommandList, Device } from "../src/vk/mod.ts";
 import { isHcError } from "../src/errors.ts";
 import { Argmax, TopK } from "../src/kernels/select.ts";
-import { argmaxRows, topkRef } from "../src/model/reference_ops.ts";
+import { argmaxRows, topkRef } from "../testing/reference_ops.ts";
 import { topkSet } from "../src/cache/analysis.ts";
 import { randomF32, rng } from "./helpers.ts";
 

@@ -245,7 +245,7 @@ export class RopeTable implements Disposable {
     this.pairs = pairs;
   }
 
-  /** From per-pair inverse frequencies θ_i / pos (e.g. reference.ts ropeInverseFrequencies). */
+  /** From per-pair inverse frequencies θ_i / pos (model/config.ts ropeInverseFrequencies). */
   static fromInverseFrequencies(device: Device, invFreq: ArrayLike<number>): RopeTable {
     if (invFreq.length < 1 || invFreq.length > 8192) {
       badKernelArgs(`RoPE table needs 1..8192 pairs, got ${invFreq.length}`);

@@ -2,7 +2,7 @@
  * Selection kernels: argmax (the greedy decode step reads back only its u32 result) and top-k
  * (the cache policies' prefill and refresh selections), both multi-workgroup over rows of up to
  * hundreds of thousands of f32 values. Ordering rules (shared with cache/analysis.ts topkSet and
- * model/reference_ops.ts): NaN ranks as -Infinity, -0 equals +0, ties go to the lower index.
+ * testing/reference_ops.ts): NaN ranks as -Infinity, -0 equals +0, ties go to the lower index.
  *
  * Both take a caller-owned device `scratch` buffer (size from `scratchBytes`) so nothing is
  * allocated at record time and a recorded step replays as is. `record` adds the barriers between

@@ -106,6 +106,19 @@ export function validateConfig(c: ModelConfig): ModelConfig {
   return c;
 }
 
+/** The rotation angle step of each pair: base^(-2i/headDim) / factor_i. */
+export function ropeInverseFrequencies(
+  headDim: number,
+  base: number,
+  freqFactors: Float32Array | null = null,
+): Float64Array {
+  const inv = new Float64Array(headDim / 2);
+  for (let i = 0; i < inv.length; i++) {
+    inv[i] = base ** (-(2 * i) / headDim) / (freqFactors ? freqFactors[i] : 1);
+  }
+  return inv;
+}
+
 /**
  * The per-pair divisors llama.cpp's converter writes as `rope_freqs.weight` for rope_type
  * "llama3" (Llama 3.1+): long wavelengths are slowed by `factor`, short ones kept, and the band

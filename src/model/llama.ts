@@ -14,10 +14,9 @@ import { KvAppend } from "../kernels/kv.ts";
 import { MatVec } from "../kernels/matvec.ts";
 import { Argmax } from "../kernels/select.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
-import type { ModelConfig } from "./config.ts";
+import { type ModelConfig, ropeInverseFrequencies } from "./config.ts";
 import { type ForwardState, MAX_BATCH_TOKENS } from "./forward.ts";
 import { type ForwardIo, LlamaState } from "./llama_state.ts";
-import { ropeInverseFrequencies } from "./reference.ts";
 import { dequantize } from "./quant.ts";
 import type { ModelSource, ModelTensor } from "./source.ts";
 

@@ -3,8 +3,8 @@
  * src/model/quant.ts (ggml's own dequantize_row_* semantics) and take f64 dot products, so a
  * kernel is checked against the exact dequantized weights.
  */
-import { HcError } from "../errors.ts";
-import { dequantizeRow, rowBytes } from "./quant.ts";
+import { HcError } from "../src/errors.ts";
+import { dequantizeRow, rowBytes } from "../src/model/quant.ts";
 
 export interface ReferenceMatvecArgs {
   /** ggml type id of the weight. */

@@ -6,7 +6,7 @@
  * Ordering rules shared with the kernels and with cache/analysis.ts topkSet: NaN ranks below
  * every number (as -Infinity), -0 equals +0, and among equal values the lower index wins.
  */
-import type { RopePairing } from "./config.ts";
+import type { RopePairing } from "../src/model/config.ts";
 
 /** out[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight, for `rows` rows of n (strides in elements). */
 export function rmsNormRows(

@@ -4,8 +4,14 @@
  * uniform baselines. Every position set is returned sorted ascending (the order the tokens are
  * written into a head's pages).
  */
-import { HcError } from "../errors.ts";
-import { assertSortedSet, avgPool1d, intersectionSize, median, topkSet } from "./analysis.ts";
+import { HcError } from "../src/errors.ts";
+import {
+  assertSortedSet,
+  avgPool1d,
+  intersectionSize,
+  median,
+  topkSet,
+} from "../src/cache/analysis.ts";
 
 function bad(message: string): never {
   throw new HcError("E_BAD_REQUEST", message);
