@@ -6,7 +6,7 @@
  *    1K..64K on synthetic models with real attention shapes (Llama-3.1-8B's 32 query / 8 KV
  *    heads x 128, TinyLlama-1.1B's 32 / 4 x 64; four layers, a small FFN), next to the bytes a
  *    step reads and the device's copy bandwidth measured in the same run. The prompt KV is
- *    synthetic (Session.benchPrefill): a real 64K prefill is quadratic and takes hours on a CPU
+ *    synthetic (bench/synthetic_prompt.ts): a real 64K prefill is quadratic and takes hours on a CPU
  *    driver. llama.cpp's cache is filled the same way, from a sequence state file of random
  *    K/V rows (bench/llamacpp/step.mjs). Writes bench/results/speed.json.
  * 2. Throughput (`runThroughput`): prefill and greedy decode tokens/s for stories260K and a
@@ -32,6 +32,7 @@ import type { PolicyName } from "../src/cache/policy.ts";
 import { Device, listDevices } from "../src/vk/mod.ts";
 import { HcError } from "../src/errors.ts";
 import type { Session } from "../src/engine/session.ts";
+import { SyntheticDecode } from "./synthetic_prompt.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
 const LLAMACPP = join(HERE, "llamacpp");
@@ -447,10 +448,11 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
               model.session({ cache, keep, profile, contextTokens: context + steps + 1 }),
             );
           }
-          for (const s of sessions) await s.benchPrefill(context, steps);
+          const runs: SyntheticDecode[] = [];
+          for (const s of sessions) runs.push(await SyntheticDecode.start(s, context, steps));
           const times: number[][] = sessions.map(() => []);
           for (let i = 0; i < steps; i++) {
-            for (const [j, s] of sessions.entries()) times[j].push(await s.benchStep());
+            for (const [j, r] of runs.entries()) times[j].push(await r.step());
           }
           sessions.forEach((s, j) => {
             const st = s.cacheStats();

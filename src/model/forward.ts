@@ -42,7 +42,7 @@ export interface ForwardState extends Disposable {
   /** Forgets every token (keeps the device memory). */
   reset(): void;
   /** Moves to `position` without running the model: the KV rows before it were written
-   * directly (synthetic prompts of the decode benchmark). */
+   * directly into the caches (Session.prefillWritten). */
   seek(position: number): void;
   /** Runs `tokens` at the next positions; returns nothing, the argmax of the last token's
    * logits, or those logits. */
