@@ -98,16 +98,6 @@ export function argmaxRows(x: Float32Array, n: number, rows: number, rowStride =
 }
 
 /**
- * Indices of the k largest values of a row, in ascending index order; among equal values at
- * the threshold the lower indices are taken. A plain sort of indices, independent of topkSet.
- */
-export function topkRef(row: Float32Array, k: number): Uint32Array {
-  const order = Array.from({ length: row.length }, (_, i) => i);
-  order.sort((a, b) => rankValue(row[b]) - rankValue(row[a]) || a - b);
-  return Uint32Array.from(order.slice(0, k)).sort();
-}
-
-/**
  * Row gather of 32-bit words: for i < count, dst row dstRows[i] (else i) takes src row
  * srcRows[i] (else i); rows are rowWords long, `stride` words apart. Rows whose source or
  * destination falls outside its array are skipped, as the kernel does.

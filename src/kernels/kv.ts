@@ -21,16 +21,11 @@
  * - **Lengths** (`lengthsBuffer`, device, u32 `[nKvHeads]`): rows of head h that are valid,
  *   `0 <= len <= capRows[h]` (kernels clamp to the capacity). Attention reads rows
  *   `[0, len)` of each head; heads are ragged. Lengths are the only per-step scalars, so one
- *   recorded step replays with growing lengths. Two ways to advance them:
- *     - *preset* (host-driven, the default): the host writes `cache.lengths[h]` (a mapped staging
- *       array) to the length *including* the tokens being appended this step, and the step's
- *       command list starts with `cache.recordLengthsUpload(cmd)` + barrier. Append writes rows
- *       `len - B .. len - 1`.
- *     - *bump* (device-driven): append writes rows `len .. len + B - 1` and then sets
- *       `len += B` on the device (one workgroup per head). The host uploads lengths once and reads
- *       them back with `readLengths()` when it needs them.
- *   Either way, the host checks capacity before appending (`E_CONTEXT_FULL`): rows at or past the
- *   capacity are silently not written.
+ *   recorded step replays with growing lengths. The host advances them: it writes
+ *   `cache.lengths[h]` (a mapped staging array) to the length *including* the tokens being
+ *   appended this step, and the step's command list starts with `cache.recordLengthsUpload(cmd)`
+ *   + barrier. Append writes rows `len - B .. len - 1`. The host checks capacity before appending
+ *   (`E_CONTEXT_FULL`): rows at or past the capacity are silently not written.
  * - **Refresh / retrieval** (HeteroCache satellites) overwrite rows `[0, cap_s)` of a head by
  *   copying f16 rows to `location(head, 0).byteOffset`; the length does not change.
  * - **Prefill** runs over a cache whose heads hold all prompt rows (row index = position); the
@@ -255,7 +250,7 @@ export class KvLayerCache implements Disposable {
     cmd.copy(this.lengthsStaging, this.lengthsBuffer, [[0, 0, this.nKvHeads * 4]]);
   }
 
-  /** Reads the device lengths back (sync; for bump mode and tests). */
+  /** Reads the device lengths back (sync; for tests). */
   readLengths(): Uint32Array {
     const bytes = this.device.download(this.lengthsBuffer);
     return new Uint32Array(bytes.buffer, bytes.byteOffset, this.nKvHeads);
@@ -288,10 +283,8 @@ export interface KvAppendArgs {
   vOffset?: number;
   /** Floats between consecutive tokens (default nKvHeads * headDim). */
   tokenStride?: number;
-  /** Tokens appended to every head (1 for a decode step). */
+  /** Tokens appended to every head (1 for a decode step); the lengths already count them. */
   tokens: number;
-  /** "preset": lengths already include these tokens; "bump": the kernel advances them. */
-  mode?: "preset" | "bump";
 }
 
 /** Writes new tokens' K and V into every head's next rows (f32 in, f16 out). */
@@ -305,7 +298,7 @@ export class KvAppend implements Disposable {
     this.headDim = opts.headDim;
     this.#kernel = device.kernel("kv_append", {
       bindings: 6,
-      pushBytes: 24,
+      pushBytes: 20,
       spec: [KvAppend.WORKGROUP, opts.headDim],
     });
   }
@@ -325,15 +318,11 @@ export class KvAppend implements Disposable {
     const need = (off: number) => (off + (B - 1) * stride + cache.nKvHeads * D) * 4;
     requireBytes(a.k, need(kOff), "K input");
     requireBytes(a.v, need(vOff), "V input");
-    const bump = (a.mode ?? "preset") === "bump";
     const items = 2 * B * (D / 8);
-    const gx = bump ? 1 : Math.min(65535, Math.ceil(items / KvAppend.WORKGROUP));
-    if (bump && items / KvAppend.WORKGROUP > 30000) {
-      limit(`bump-mode append of ${B} tokens is too large`);
-    }
+    const gx = Math.min(65535, Math.ceil(items / KvAppend.WORKGROUP));
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
-      const push = new Uint32Array([h0, B, kOff / 4, vOff / 4, stride / 4, bump ? 1 : 0]);
+      const push = new Uint32Array([h0, B, kOff / 4, vOff / 4, stride / 4]);
       cmd.dispatch(
         this.#kernel,
         [a.k, a.v, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer],
