@@ -6,7 +6,7 @@
 import { HcError } from "../src/errors.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { type ModelConfig, ropeInverseFrequencies, type RopePairing } from "../src/model/config.ts";
-import { dequantize, f16ToF32, f32ToF16 } from "../src/model/quant.ts";
+import { dequantize, f16ToF32, f32ToF16 } from "../src/model/quant/mod.ts";
 import { type ModelSource, readTensorBytes } from "../src/model/source.ts";
 
 /** out = x / sqrt(mean(x^2) + eps) * weight. */

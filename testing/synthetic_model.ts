@@ -7,7 +7,7 @@
 import { type GgufWriteTensor, gv, writeGguf } from "./gguf_writer.ts";
 import { GgufValueType } from "../src/gguf/reader.ts";
 import { GgmlType } from "../src/gguf/types.ts";
-import { quantize } from "../src/model/quant.ts";
+import { quantize } from "../src/model/quant/mod.ts";
 import { HcError } from "../src/errors.ts";
 
 export interface SyntheticSpec {

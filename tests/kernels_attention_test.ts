@@ -18,7 +18,7 @@ import {
   refPrefillAttention,
   roundToF16,
 } from "../testing/reference_attention.ts";
-import { f32ToF16Array } from "../src/model/quant.ts";
+import { f32ToF16Array } from "../src/model/quant/mod.ts";
 import { randomF32, relError } from "./helpers.ts";
 
 const SEED = Date.now() >>> 0;

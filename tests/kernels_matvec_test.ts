@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { isHcError } from "../src/errors.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { MatVec, type MatVecOptions, type MatVecPlan } from "../src/kernels/matvec.ts";
-import { quantize } from "../src/model/quant.ts";
+import { quantize } from "../src/model/quant/mod.ts";
 import { referenceMatvec } from "../testing/reference_matvec.ts";
 import { type Binding, Device } from "../src/vk/mod.ts";
 import { randomF32 } from "./helpers.ts";

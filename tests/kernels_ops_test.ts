@@ -24,7 +24,7 @@ import {
   ropeRows,
   swigluRef,
 } from "../testing/reference_ops.ts";
-import { f32ToF16Array } from "../src/model/quant.ts";
+import { f32ToF16Array } from "../src/model/quant/mod.ts";
 import { randomF32, relError, rng } from "./helpers.ts";
 
 const SEED = Date.now() >>> 0;

@@ -7,7 +7,7 @@ import { Device } from "../src/vk/mod.ts";
 import { KvLayerCache } from "../src/kernels/kv.ts";
 import { AttentionScores, TopK } from "../src/kernels/scores.ts";
 import { refScores, refTopK, roundToF16 } from "../testing/reference_attention.ts";
-import { f32ToF16Array } from "../src/model/quant.ts";
+import { f32ToF16Array } from "../src/model/quant/mod.ts";
 import { topkSet } from "../src/cache/analysis.ts";
 import { randomF32, relError, rng } from "./helpers.ts";
 

@@ -9,8 +9,8 @@ import {
 } from "../testing/gguf_writer.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { configFromGguf, llama3RopeFactors, ropeInverseFrequencies } from "../src/model/config.ts";
-import { parseLlama2cHeader } from "../src/model/llama2c.ts";
-import { quantize } from "../src/model/quant.ts";
+import { parseLlama2cHeader } from "../src/model/llama2c_checkpoint.ts";
+import { quantize } from "../src/model/quant/mod.ts";
 import { applyRope, attention, ReferenceModel } from "../testing/reference_model.ts";
 import { openModelSource, readTensorBytes } from "../src/model/source.ts";
 

@@ -6,7 +6,7 @@
  */
 import { HcError } from "../errors.ts";
 import type { KvLayerCache } from "../kernels/kv.ts";
-import { f32ToF16Array } from "../model/quant.ts";
+import { f32ToF16Array } from "../model/quant/mod.ts";
 import type { Device } from "../vk/mod.ts";
 
 /** Largest host store this process will hold (bounds a hostile prompt or budget). */

@@ -7,7 +7,7 @@ import { type ChatMessage, chatTemplateFromMetadata, renderChat } from "../model
 import type { ModelConfig } from "../model/config.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { openModelSource } from "../model/source.ts";
-import { type Tokenizer, tokenizerFromGguf, tokenizerFromLlama2c } from "../model/tokenizer.ts";
+import { type Tokenizer, tokenizerFromGguf, tokenizerFromLlama2c } from "../model/tokenizer/mod.ts";
 import { Device } from "../vk/mod.ts";
 import { Session } from "./session.ts";
 import { CacheKernels, type CacheOptions, createPolicy } from "../cache/mod.ts";

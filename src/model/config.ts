@@ -1,5 +1,5 @@
 /**
- * Model hyperparameters, read from GGUF metadata (or a llama2.c header, see llama2c.ts), in one
+ * Model hyperparameters, read from GGUF metadata (or a llama2.c header, see llama2c_checkpoint.ts), in one
  * shape every part of the engine uses.
  */
 import { HcError } from "../errors.ts";

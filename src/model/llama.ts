@@ -17,7 +17,7 @@ import type { Buffer, CommandList, Device } from "../vk/mod.ts";
 import { type ModelConfig, ropeInverseFrequencies } from "./config.ts";
 import { type ForwardState, MAX_BATCH_TOKENS } from "./forward.ts";
 import { type ForwardIo, LlamaState } from "./llama_state.ts";
-import { dequantize } from "./quant.ts";
+import { dequantize } from "./quant/mod.ts";
 import type { ModelSource, ModelTensor } from "./source.ts";
 
 interface Weight {
