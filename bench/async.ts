@@ -8,9 +8,9 @@
  */
 import { parseArgs } from "node:util";
 import { loadModel } from "../mod.ts";
-import type { HeteroCache } from "../src/cache/heterocache.ts";
-import { uniformProfile } from "../src/cache/profile_io.ts";
-import type { HeadRole } from "../src/cache/profile.ts";
+import type { HeteroCache } from "../src/cache/heterocache/heterocache.ts";
+import { uniformProfile } from "../src/cache/profile/profile_io.ts";
+import type { HeadRole } from "../src/cache/profile/profile.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 

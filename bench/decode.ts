@@ -24,10 +24,10 @@ import {
   importOfficialProfile,
   parseProfile,
   serializeProfile,
-} from "../src/cache/profile.ts";
-import { layeredProfile } from "../src/cache/profile_io.ts";
+} from "../src/cache/profile/profile.ts";
+import { layeredProfile } from "../src/cache/profile/profile_io.ts";
 import { benchCopy } from "./matvec_bench.ts";
-import { isFullRole } from "../src/cache/profile.ts";
+import { isFullRole } from "../src/cache/profile/profile.ts";
 import type { PolicyName } from "../src/cache/policy.ts";
 import { Device, listDevices } from "../src/vk/mod.ts";
 import { HcError } from "../src/errors.ts";

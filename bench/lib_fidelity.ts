@@ -7,7 +7,7 @@
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { HcError, type HeadProfile, isHcError, type LoadedModel, type PolicyName } from "../mod.ts";
 import { minimumKeep } from "../src/cache/budget.ts";
-import { fullHeadCount, roleCounts } from "../src/cache/profile.ts";
+import { fullHeadCount, roleCounts } from "../src/cache/profile/profile.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
 

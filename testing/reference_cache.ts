@@ -11,7 +11,7 @@ import {
   intersectionSize,
   median,
   topkSet,
-} from "../src/cache/analysis.ts";
+} from "../src/cache/profile/analysis.ts";
 
 function bad(message: string): never {
   throw new HcError("E_BAD_REQUEST", message);

@@ -15,7 +15,7 @@ import {
   similarityGraph,
   stability,
   topkSet,
-} from "../src/cache/analysis.ts";
+} from "../src/cache/profile/analysis.ts";
 import {
   driftStatistic,
   driftTriggered,
@@ -26,8 +26,8 @@ import {
   snapkvSelect,
   streamingSelect,
 } from "../testing/reference_cache.ts";
-import type { ProfileModel } from "../src/cache/profile.ts";
-import { parseProfile, serializeProfile } from "../src/cache/profile.ts";
+import type { ProfileModel } from "../src/cache/profile/profile.ts";
+import { parseProfile, serializeProfile } from "../src/cache/profile/profile.ts";
 
 const f32 = (xs: number[]) => Float32Array.from(xs);
 const i32 = (xs: number[]) => Int32Array.from(xs);

@@ -8,7 +8,7 @@ import { KvLayerCache } from "../src/kernels/kv.ts";
 import { AttentionScores, TopK } from "../src/kernels/scores.ts";
 import { refScores, refTopK, roundToF16 } from "../testing/reference_attention.ts";
 import { f32ToF16Array } from "../src/model/quant/mod.ts";
-import { topkSet } from "../src/cache/analysis.ts";
+import { topkSet } from "../src/cache/profile/analysis.ts";
 import { randomF32, relError, rng } from "./helpers.ts";
 
 const SEED = Date.now() >>> 0;

@@ -10,7 +10,7 @@ import {
   parseProfile,
   roleCounts,
   serializeProfile,
-} from "../src/cache/profile.ts";
+} from "../src/cache/profile/profile.ts";
 import {
   baseLength,
   capsFromBase,

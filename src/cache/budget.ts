@@ -4,7 +4,7 @@
  * where ratio_h is the profile multiplier (mean 1 over compressed heads model-wide).
  */
 import { HcError } from "../errors.ts";
-import { fullHeadCount, type HeadProfile, isFullRole } from "./profile.ts";
+import { fullHeadCount, type HeadProfile, isFullRole } from "./profile/profile.ts";
 
 const MAX_PROMPT_TOKENS = 2 ** 31 - 1;
 

@@ -3,11 +3,11 @@ import { HcError } from "../errors.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Device } from "../vk/mod.ts";
 import { FullCache } from "./full.ts";
-import { HeteroCache } from "./heterocache.ts";
+import { HeteroCache } from "./heterocache/heterocache.ts";
 import type { CacheKernels } from "./kernels.ts";
 import { type CachePolicy, POLICY_NAMES, type PolicyName } from "./policy.ts";
-import { checkProfileMatches, type HeadProfile, type ModelIdentity } from "./profile.ts";
-import { SnapKvCache, StreamingCache } from "./static.ts";
+import { checkProfileMatches, type HeadProfile, type ModelIdentity } from "./profile/profile.ts";
+import { SnapKvCache, StreamingCache } from "./snapkv.ts";
 
 export * from "./policy.ts";
 export { CacheKernels } from "./kernels.ts";

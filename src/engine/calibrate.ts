@@ -6,9 +6,9 @@
  * CalibrationRecorder, so no attention matrix is ever stored.
  */
 import { HcError } from "../errors.ts";
-import { CalibrationRecorder } from "../cache/analysis.ts";
+import { CalibrationRecorder } from "../cache/profile/analysis.ts";
 import { FullCache } from "../cache/full.ts";
-import type { HeadProfile } from "../cache/profile.ts";
+import type { HeadProfile } from "../cache/profile/profile.ts";
 import type { LoadedModel } from "./model.ts";
 import { CALIBRATION_TEXT } from "./calibration_text.ts";
 import { MAX_BATCH_TOKENS } from "../model/forward.ts";

@@ -11,7 +11,7 @@ import { type Tokenizer, tokenizerFromGguf, tokenizerFromLlama2c } from "../mode
 import { Device } from "../vk/mod.ts";
 import { Session } from "./session.ts";
 import { CacheKernels, type CacheOptions, createPolicy } from "../cache/mod.ts";
-import type { ModelIdentity } from "../cache/profile.ts";
+import type { ModelIdentity } from "../cache/profile/profile.ts";
 
 export interface LoadOptions {
   /** A device to use (the caller keeps ownership), or a selector (index or name substring). */
@@ -31,9 +31,9 @@ export interface SessionOptions extends CacheOptions {
 /** Default session size: a full KV cache of a long-context model would not fit most devices. */
 export const DEFAULT_CONTEXT_TOKENS = 8192;
 export { POLICY_NAMES, type PolicyName } from "../cache/policy.ts";
-export type { HeadProfile } from "../cache/profile.ts";
-export { profileFromText, readProfile } from "../cache/profile_io.ts";
-export { serializeProfile } from "../cache/profile.ts";
+export type { HeadProfile } from "../cache/profile/profile.ts";
+export { profileFromText, readProfile } from "../cache/profile/profile_io.ts";
+export { serializeProfile } from "../cache/profile/profile.ts";
 
 export interface ModelInfo {
   path: string;

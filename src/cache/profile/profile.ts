@@ -34,7 +34,7 @@
  * code's weight reordering is unnecessary. Cluster order is kept because `compat` mode
  * reproduces the official pivot/reference-set mix-up that depends on it (§9.1).
  */
-import { HcError } from "../errors.ts";
+import { HcError } from "../../errors.ts";
 
 export const PROFILE_SCHEMA = "heterocache-profile";
 export const PROFILE_VERSION = 1;

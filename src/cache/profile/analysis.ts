@@ -3,7 +3,7 @@
  * top-k sets, stability, similarity clustering and budget multipliers, and a streaming recorder
  * that turns the engine's per-head attention rows into a HeadProfile without keeping matrices.
  */
-import { HcError } from "../errors.ts";
+import { HcError } from "../../errors.ts";
 import {
   type Cluster,
   type HeadProfile,

@@ -10,23 +10,23 @@
  * order; refresh applied before the next step). The default refreshes by score, keeps one
  * reference set per pivot, and lets the host gather run off the JS thread while decoding goes on.
  */
-import { HcError } from "../errors.ts";
-import type { KvLayerCache } from "../kernels/kv.ts";
-import type { Captures } from "../model/forward.ts";
-import type { Buffer, CommandList } from "../vk/mod.ts";
-import { TopK } from "../kernels/scores.ts";
-import { intersectionSize, median } from "./analysis.ts";
-import { baseLength, headCaps, headCapsFromTokens } from "./budget.ts";
+import { HcError } from "../../errors.ts";
+import type { KvLayerCache } from "../../kernels/kv.ts";
+import type { Captures } from "../../model/forward.ts";
+import type { Buffer, CommandList } from "../../vk/mod.ts";
+import { TopK } from "../../kernels/scores.ts";
+import { intersectionSize, median } from "../profile/analysis.ts";
+import { baseLength, headCaps, headCapsFromTokens } from "../budget.ts";
 import {
   checkBudgetTokens,
   checkKeep,
   CompressedCache,
   type HeadSelection,
   type PolicyDeps,
-} from "./compressed.ts";
+} from "../compressed.ts";
 import { HostKvStore } from "./host_store.ts";
-import type { PolicyName } from "./policy.ts";
-import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "./profile.ts";
+import type { PolicyName } from "../policy.ts";
+import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "../profile/profile.ts";
 import { type RefreshJob, Retrieval } from "./retrieval.ts";
 
 export type Trigger = { kind: "drift"; every: number; threshold: number } | {
