@@ -7,6 +7,7 @@
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { HcError, type HeadProfile, isHcError, type LoadedModel, type PolicyName } from "../mod.ts";
 import { minimumKeep } from "../src/cache/budget.ts";
+import { cacheOptions } from "../src/cache/options.ts";
 import { fullHeadCount, roleCounts } from "../src/cache/profile/profile.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
@@ -332,12 +333,14 @@ export async function evaluateCell(
   for (const ref of refs) {
     // A fresh session per prompt, so nothing of one prompt's cache state can reach the next.
     using s = model.session({
-      cache: cfg.cache,
-      compat: cfg.compat,
-      threshold: cfg.threshold,
-      window: cfg.window,
-      keep: keep ?? undefined,
-      profile: needsProfile(cfg) ? profile : undefined,
+      ...cacheOptions({
+        cache: cfg.cache,
+        compat: cfg.compat,
+        threshold: cfg.threshold,
+        window: cfg.window,
+        keep,
+        profile: needsProfile(cfg) ? profile : undefined,
+      }),
       contextTokens,
     });
     try {

@@ -12,6 +12,7 @@
 import { parseArgs } from "node:util";
 import { isHcError, type LoadedModel, loadModel } from "../mod.ts";
 import { minimumKeep } from "../src/cache/budget.ts";
+import { cacheOptions } from "../src/cache/options.ts";
 import { argmax, POLICIES, type PolicyConfig, writeResult } from "./lib_fidelity.ts";
 import {
   makeRetrievalTask,
@@ -100,11 +101,13 @@ async function runCell(
     return { ...base, status: "n/a", note: `needs keep ≥ ${min.toFixed(4)}` };
   }
   using s = model.session({
-    cache: cfg.cache,
-    compat: cfg.compat,
-    threshold: cfg.threshold,
-    keep: keep ?? undefined,
-    profile: usesProfile ? retrievalProfile(lay) : undefined,
+    ...cacheOptions({
+      cache: cfg.cache,
+      compat: cfg.compat,
+      threshold: cfg.threshold,
+      keep,
+      profile: usesProfile ? retrievalProfile(lay) : undefined,
+    }),
     contextTokens: L + task.forced.length + 1,
   });
   const am: number[] = [];

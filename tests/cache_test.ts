@@ -53,7 +53,9 @@ async function keepOneMatchesFull(model: LoadedModel): Promise<void> {
       const e = relError(g, reference[i]);
       assert.ok(
         e < 1e-4,
-        `${v.cache}${v.compat ? " compat" : ""} step ${i}: logits differ from full by ${e}`,
+        `${v.cache}${
+          "compat" in v && v.compat ? " compat" : ""
+        } step ${i}: logits differ from full by ${e}`,
       );
     });
   }

@@ -22,15 +22,16 @@ export interface LoadOptions {
   onProgress?: (doneBytes: number, totalBytes: number) => void;
 }
 
-export interface SessionOptions extends CacheOptions {
+export type SessionOptions = CacheOptions & {
   /** Most tokens (prompt + generated) the session holds. Default: the model's context length,
    * at most DEFAULT_CONTEXT_TOKENS. */
   contextTokens?: number;
-}
+};
 
 /** Default session size: a full KV cache of a long-context model would not fit most devices. */
 export const DEFAULT_CONTEXT_TOKENS = 8192;
-export { POLICY_NAMES, type PolicyName } from "../cache/policy.ts";
+export { isPolicyName, POLICY_NAMES, type PolicyName } from "../cache/policy.ts";
+export { cacheOptions, type CacheRequest } from "../cache/options.ts";
 export type { HeadProfile } from "../cache/profile/profile.ts";
 export { profileFromText, readProfile } from "../cache/profile/profile_io.ts";
 export { serializeProfile } from "../cache/profile/profile.ts";

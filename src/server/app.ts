@@ -3,7 +3,12 @@
  * no socket; `serve` in ./mod.ts puts it behind Deno.serve, tests may call `fetch` directly.
  */
 import { Hono } from "hono";
-import { type HeadProfile, type LoadedModel, profileFromText } from "../engine/model.ts";
+import {
+  type HeadProfile,
+  isPolicyName,
+  type LoadedModel,
+  profileFromText,
+} from "../engine/model.ts";
 import type { Session } from "../engine/session.ts";
 import { ApiError, errorResponse, toApiError } from "./errors.ts";
 import {
@@ -115,7 +120,7 @@ export class HcServer implements AsyncDisposable {
       opts.maxActive ?? DEFAULT_MAX_ACTIVE,
       opts.maxQueue ?? DEFAULT_MAX_QUEUE,
     );
-    if (opts.cache !== undefined && !(CACHE_POLICIES as readonly string[]).includes(opts.cache)) {
+    if (opts.cache !== undefined && !isPolicyName(opts.cache)) {
       throw new RangeError(
         `unknown cache policy '${opts.cache}'; available: ${CACHE_POLICIES.join(", ")}`,
       );
@@ -271,7 +276,7 @@ export class HcServer implements AsyncDisposable {
     app.get("/v1/hc/heads", (c) => {
       const served = this.#served();
       const asked = c.req.query("cache");
-      if (asked !== undefined && !(CACHE_POLICIES as readonly string[]).includes(asked)) {
+      if (asked !== undefined && !isPolicyName(asked)) {
         throw new ApiError(
           400,
           `unknown cache policy '${asked}'; this server offers: ${CACHE_POLICIES.join(", ")}`,
@@ -281,7 +286,7 @@ export class HcServer implements AsyncDisposable {
           },
         );
       }
-      return c.json(headMap(served, (asked as CachePolicyName | undefined) ?? served.defaultCache));
+      return c.json(headMap(served, asked ?? served.defaultCache));
     });
 
     for (

@@ -16,14 +16,8 @@ import type { Captures } from "../../model/forward.ts";
 import type { Buffer, CommandList } from "../../vk/mod.ts";
 import { TopK } from "../../kernels/scores.ts";
 import { intersectionSize, median } from "../profile/analysis.ts";
-import { baseLength, headCaps, headCapsFromTokens } from "../budget.ts";
-import {
-  checkBudgetTokens,
-  checkKeep,
-  CompressedCache,
-  type HeadSelection,
-  type PolicyDeps,
-} from "../compressed.ts";
+import { baseLength, type Budget, checkBudget, headCaps, headCapsFromTokens } from "../budget.ts";
+import { CompressedCache, type HeadSelection, type PolicyDeps } from "../compressed.ts";
 import { HostKvStore } from "./host_store.ts";
 import type { PolicyName } from "../policy.ts";
 import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "../profile/profile.ts";
@@ -35,9 +29,8 @@ export type Trigger = { kind: "drift"; every: number; threshold: number } | {
 };
 
 export interface HeteroOptions {
-  keep: number;
-  /** Mean prompt-KV tokens of a compressed head instead of a fraction (overrides keep). */
-  budgetTokens?: number;
+  /** keep, or the mean prompt-KV tokens of a compressed head. */
+  budget: Budget;
   profile: HeadProfile;
   /** Official behaviour, quirks included (HETEROCACHE.md §1-4). */
   compat?: boolean;
@@ -86,8 +79,7 @@ export class HeteroCache extends CompressedCache {
   readonly captureWindow: number;
   override readonly captureSteps = true;
   readonly #profile: HeadProfile;
-  readonly #keep: number;
-  readonly #budgetTokens: number | null;
+  readonly #budget: Budget;
   readonly #compat: boolean;
   readonly #trigger: Trigger;
   readonly #poolKernel: number;
@@ -119,10 +111,7 @@ export class HeteroCache extends CompressedCache {
     super(deps, name);
     this.name = name;
     this.#profile = opts.profile;
-    this.#keep = checkKeep(opts.keep);
-    this.#budgetTokens = opts.budgetTokens === undefined
-      ? null
-      : checkBudgetTokens(opts.budgetTokens);
+    this.#budget = checkBudget(opts.budget);
     this.#compat = opts.compat ?? false;
     this.#record = opts.record ?? false;
     this.#poolKernel = opts.poolKernel ?? opts.profile.params.poolKernel ?? 5;
@@ -177,17 +166,18 @@ export class HeteroCache extends CompressedCache {
     this.#freeDecodeBuffers();
     super.begin(promptTokens, maxNewTokens);
     const N = this.config.nLayers * this.config.nKvHeads;
-    if (this.#budgetTokens !== null) {
-      this.#base = Math.min(this.#budgetTokens, promptTokens);
-      this.#caps = headCapsFromTokens(this.#profile, this.#budgetTokens, promptTokens);
-    } else if (this.#keep >= 1) {
+    const budget = this.#budget;
+    if ("tokens" in budget) {
+      this.#base = Math.min(budget.tokens, promptTokens);
+      this.#caps = headCapsFromTokens(this.#profile, budget.tokens, promptTokens);
+    } else if (budget.keep >= 1) {
       // keep = 1 means no compression at all (the official formula would still trim heads
       // whose multiplier is below 1).
       this.#base = promptTokens;
       this.#caps = this.#profile.layers.map((l) => l.roles.map(() => promptTokens));
     } else {
-      this.#base = baseLength(this.#keep, N, fullHeadCount(this.#profile), promptTokens);
-      this.#caps = headCaps(this.#profile, this.#keep, promptTokens);
+      this.#base = baseLength(budget.keep, N, fullHeadCount(this.#profile), promptTokens);
+      this.#caps = headCaps(this.#profile, budget.keep, promptTokens);
     }
     this.#buffered = 0;
     this.refreshLog.length = 0;
