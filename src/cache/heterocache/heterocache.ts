@@ -12,7 +12,7 @@
  */
 import { HcError } from "../../errors.ts";
 import type { KvLayerCache } from "../../kernels/kv.ts";
-import type { Captures } from "../../model/forward.ts";
+import { type Captures, stepView } from "../../model/forward.ts";
 import type { Buffer, CommandList } from "../../vk/mod.ts";
 import { TopK } from "../../kernels/scores.ts";
 import { intersectionSize, median } from "../profile/analysis.ts";
@@ -327,28 +327,17 @@ export class HeteroCache extends CompressedCache {
     this.stat.decodeSteps++;
     const c = this.config;
     const qDim = c.nHeads * c.headDim;
-    const kvDim = c.nKvHeads * c.headDim;
-    const per = qDim + 2 * kvDim;
-    const step = captures.step;
+    const step = stepView(c, captures);
     // Decoded rows of satellites go to the host store; queries to the drift buffer.
     for (const p of this.#pivots) {
-      const base = p.layer * per;
       for (const s of p.satellites) {
-        this.#store.append(
-          p.layer,
-          s,
-          step.subarray(base + qDim + s * c.headDim, base + qDim + (s + 1) * c.headDim),
-          step.subarray(
-            base + qDim + kvDim + s * c.headDim,
-            base + qDim + kvDim + (s + 1) * c.headDim,
-          ),
-        );
+        this.#store.append(p.layer, s, step.k(p.layer, s), step.v(p.layer, s));
       }
     }
     const W = this.#window;
     const slot = this.#buffered % W;
     for (let l = 0; l < c.nLayers; l++) {
-      this.#queryView!.set(step.subarray(l * per, l * per + qDim), (l * W + slot) * qDim);
+      this.#queryView!.set(step.q(l), (l * W + slot) * qDim);
     }
     this.#buffered++;
     if (this.#buffered % this.#trigger.every !== 0 || this.#pivots.length === 0) return;
