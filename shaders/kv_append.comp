@@ -1,6 +1,6 @@
 #version 450
 // KV append: writes B tokens' K and V (f32, after RoPE) as f16 into rows of each KV head's slot
-// region (layout: src/kernels/kv.ts). Grid y = heads of this dispatch, grid x covers B*D/8*2
+// region (layout: src/cache/kv_layer.ts). Grid y = heads of this dispatch, grid x covers B*D/8*2
 // uvec4 outputs (K then V). lens[h] already counts the new tokens: rows lens[h]-B .. lens[h]-1.
 // Rows at or past a head's capacity are never written (the host reports E_CONTEXT_FULL first).
 #extension GL_GOOGLE_include_directive : require

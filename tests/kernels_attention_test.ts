@@ -12,7 +12,8 @@ import {
   PrefillAttention,
   type PrefillAttentionOptions,
 } from "../src/kernels/attention.ts";
-import { KvAppend, KvLayerCache, planKvLayer } from "../src/kernels/kv.ts";
+import { KvAppend } from "../src/kernels/kv.ts";
+import { KvLayerCache, planKvLayer } from "../src/cache/kv_layer.ts";
 import {
   refDecodeAttention,
   refPrefillAttention,

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { Device } from "../src/vk/mod.ts";
-import { KvLayerCache } from "../src/kernels/kv.ts";
+import { KvLayerCache } from "../src/cache/kv_layer.ts";
 import { AttentionScores, TopK } from "../src/kernels/scores.ts";
 import { refScores, refTopK, roundToF16 } from "../testing/reference_attention.ts";
 import { f32ToF16Array } from "../src/model/quant/mod.ts";

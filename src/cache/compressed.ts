@@ -5,7 +5,7 @@
  * (`kept + maxNew` rows per head: real device savings, nothing masked), copies the kept rows on
  * the device, and frees the prefill caches.
  */
-import { KvLayerCache } from "../kernels/kv.ts";
+import { KvLayerCache } from "./kv_layer.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Captures } from "../model/forward.ts";
 import { type ScoresArgs, TopK } from "../kernels/scores.ts";

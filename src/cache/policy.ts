@@ -7,7 +7,7 @@
  * → decode steps (advance(1), the step waiting for transferWait(), then afterStep()).
  */
 import { HcError } from "../errors.ts";
-import type { KvLayerCache } from "../kernels/kv.ts";
+import type { KvLayerCache } from "./kv_layer.ts";
 import type { Captures } from "../model/forward.ts";
 import type { HeadRole } from "./profile/profile.ts";
 

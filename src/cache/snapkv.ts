@@ -3,7 +3,7 @@
  * head gets the same budget; its rows are picked by an observation window of the last prompt
  * queries (pooled attention, per KV head with its query group combined).
  */
-import type { KvLayerCache } from "../kernels/kv.ts";
+import type { KvLayerCache } from "./kv_layer.ts";
 import type { Captures } from "../model/forward.ts";
 import type { Buffer } from "../vk/mod.ts";
 import { type Budget, checkBudget, uniformBudget } from "./budget.ts";

@@ -9,7 +9,7 @@ import type { Captures, ForwardState } from "../model/forward.ts";
 import type { CachePolicy, CacheStats } from "../cache/policy.ts";
 import type { LoadedModel, Prompt } from "./model.ts";
 import { StopMatcher } from "./stops.ts";
-import type { KvLayerCache } from "../kernels/kv.ts";
+import type { KvLayerCache } from "../cache/kv_layer.ts";
 
 export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate. Default 256. */

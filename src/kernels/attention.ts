@@ -1,5 +1,5 @@
 /**
- * Attention over the per-head KV caches of src/kernels/kv.ts.
+ * Attention over the per-head KV caches of src/cache/kv_layer.ts.
  *
  * GQA convention (llama.cpp and HF `repeat_kv`): query head `qh` reads KV head
  * `floor(qh / groupSize)`; the G query heads of KV head h are h*G .. h*G+G-1, so a token's query
@@ -24,13 +24,8 @@ import {
   type Kernel,
   TEXEL_BYTES,
 } from "../vk/mod.ts";
-import {
-  checkHeadDim,
-  deviceParallelism,
-  type KvLayerCache,
-  requireBytes,
-  requireFloatOffset,
-} from "./kv.ts";
+import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
+import { deviceParallelism, requireBytes, requireFloatOffset } from "./kv.ts";
 
 function limit(message: string): never {
   throw new HcError("E_VK_LIMIT", message);

@@ -32,13 +32,8 @@ import {
   type Kernel,
   TEXEL_BYTES,
 } from "../vk/mod.ts";
-import {
-  checkHeadDim,
-  deviceParallelism,
-  type KvLayerCache,
-  requireBytes,
-  requireFloatOffset,
-} from "./kv.ts";
+import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
+import { deviceParallelism, requireBytes, requireFloatOffset } from "./kv.ts";
 
 function limit(message: string): never {
   throw new HcError("E_VK_LIMIT", message);

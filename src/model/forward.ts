@@ -2,7 +2,7 @@
  * What the engine and the cache policies see of a forward pass: the per-step options, the
  * captured activations, and a session's forward state (implemented in llama_state.ts).
  */
-import type { KvLayerCache } from "../kernels/kv.ts";
+import type { KvLayerCache } from "../cache/kv_layer.ts";
 import type { Buffer } from "../vk/mod.ts";
 import type { ModelConfig } from "./config.ts";
 

@@ -1,7 +1,7 @@
 /** One session's side of the forward pass: per-token parameters, scratch, captures, and the
  * recorded decode steps that are replayed token after token. */
 import { HcError } from "../errors.ts";
-import type { KvLayerCache } from "../kernels/kv.ts";
+import type { KvLayerCache } from "../cache/kv_layer.ts";
 import type { Buffer, CommandList } from "../vk/mod.ts";
 import {
   type Captures,

@@ -11,7 +11,7 @@
  * reference set per pivot, and lets the host gather run off the JS thread while decoding goes on.
  */
 import { HcError } from "../../errors.ts";
-import type { KvLayerCache } from "../../kernels/kv.ts";
+import type { KvLayerCache } from "../kv_layer.ts";
 import { type Captures, stepView } from "../../model/forward.ts";
 import type { Buffer, CommandList } from "../../vk/mod.ts";
 import { TopK } from "../../kernels/scores.ts";

@@ -5,7 +5,7 @@
  * rows while the JS thread appends decoded ones: no reallocation, disjoint rows.
  */
 import { HcError } from "../../errors.ts";
-import type { KvLayerCache } from "../../kernels/kv.ts";
+import type { KvLayerCache } from "../kv_layer.ts";
 import { f32ToF16Array } from "../../model/quant/mod.ts";
 import type { Device } from "../../vk/mod.ts";
 

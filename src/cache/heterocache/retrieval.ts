@@ -8,7 +8,7 @@
  * Ordering: the engine runs one step at a time and awaits it, so when `landing()` submits a copy
  * no step is reading the rows it overwrites; the next step's submission waits for the copy.
  */
-import type { KvLayerCache } from "../../kernels/kv.ts";
+import type { KvLayerCache } from "../kv_layer.ts";
 import type { Buffer, CommandList, Device } from "../../vk/mod.ts";
 import type { HostHead } from "./host_store.ts";
 
