@@ -602,6 +602,28 @@ Deno.test("failing and aborted requests do not disturb the ones running beside t
   });
 });
 
+Deno.test("hc_sessions counts live sessions: 1 while a streamed request is open, 0 after", async () => {
+  await withServer({}, async (url) => {
+    assert.equal((await metrics(url)).get("hc_sessions"), 0, "no request, no session");
+    const holder = new AbortController();
+    const res = await post(`${url}/v1/completions`, {
+      prompt: "Once",
+      max_tokens: 1800,
+      temperature: 0,
+      stream: true,
+    }, { signal: holder.signal });
+    const reader = res.body!.getReader();
+    await reader.read();
+    const live = await metrics(url);
+    assert.equal(live.get("hc_active_requests"), 1, "the request is still running");
+    assert.equal(live.get("hc_sessions"), 1);
+    assert.ok(live.get("hc_device_kv_bytes")! > 0);
+    holder.abort();
+    await reader.cancel().catch(() => {});
+    await metricsUntil(url, (m) => m.get("hc_sessions") === 0, "the session to be freed");
+  });
+});
+
 Deno.test("metrics are Prometheus text with the documented families", async () => {
   await withServer({}, async (url) => {
     await post(`${url}/v1/completions`, { prompt: "Once", max_tokens: 4 }).then((r) =>

@@ -252,8 +252,7 @@ export class HcServer implements AsyncDisposable {
         queueDepth: this.queue.waiting,
         activeRequests: this.queue.active,
         deviceQueueDepth: model?.queue.depth ?? 0,
-        // The tokenizer session holds one position; it is not a request.
-        sessions: Math.max(0, (model?.sessionCount ?? 0) - (this.ready ? 1 : 0)),
+        sessions: this.#live.size,
         deviceKvBytes: kv,
       });
       return c.body(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
