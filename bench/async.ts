@@ -4,7 +4,7 @@
  * few steps (`fixed-interval`, so refreshes are regular); each step is timed and classed by what
  * it carried: a refresh selection (the synchronous drift-check/selection work), a refresh in
  * flight (host gather and device copy running beside it), or nothing. Prints the medians and
- * ratios; writes bench/results/async.json.
+ * ratios; with `--write`, also writes bench/results/async.json.
  */
 import { parseArgs } from "node:util";
 import { loadModel } from "../mod.ts";
@@ -30,6 +30,7 @@ if (import.meta.main) {
       steps: { type: "string", default: "64" },
       interval: { type: "string", default: "4" },
       keep: { type: "string", default: "0.25" },
+      write: { type: "boolean", default: false },
     },
   });
   const L = Number(values.context);
@@ -119,28 +120,30 @@ if (import.meta.main) {
         st.transferWaitMs.toFixed(1)
       } ms in all; step retrieval rate ${st.stepRetrievalRate.toFixed(2)}`,
     );
-    await Deno.mkdir(join(HERE, "results"), { recursive: true });
-    await Deno.writeTextFile(
-      join(HERE, "results", "async.json"),
-      JSON.stringify(
-        {
-          date: new Date().toISOString(),
-          device: model.info().device,
-          L,
-          headDim,
-          interval,
-          keep: Number(values.keep),
-          plainMs: plain,
-          inFlightMs: flight,
-          selectionMs: sel,
-          ratio: flight / plain,
-          stats: st,
-          rows,
-        },
-        null,
-        2,
-      ),
-    );
+    if (values.write) {
+      await Deno.mkdir(join(HERE, "results"), { recursive: true });
+      await Deno.writeTextFile(
+        join(HERE, "results", "async.json"),
+        JSON.stringify(
+          {
+            date: new Date().toISOString(),
+            device: model.info().device,
+            L,
+            headDim,
+            interval,
+            keep: Number(values.keep),
+            plainMs: plain,
+            inFlightMs: flight,
+            selectionMs: sel,
+            ratio: flight / plain,
+            stats: st,
+            rows,
+          },
+          null,
+          2,
+        ),
+      );
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -8,10 +8,13 @@
  *    step reads and the device's copy bandwidth measured in the same run. The prompt KV is
  *    synthetic (bench/synthetic_prompt.ts): a real 64K prefill is quadratic and takes hours on a CPU
  *    driver. llama.cpp's cache is filled the same way, from a sequence state file of random
- *    K/V rows (bench/llamacpp/step.mjs). Writes bench/results/speed.json.
+ *    K/V rows (bench/llamacpp/step.mjs). With `--write`, writes bench/results/speed.json.
  * 2. Throughput (`runThroughput`): prefill and greedy decode tokens/s for stories260K and a
- *    synthetic ~100M-parameter Llama in F16 and Q8_0, full cache. Writes
+ *    synthetic ~100M-parameter Llama in F16 and Q8_0, full cache. With `--write`, writes
  *    bench/results/decode.json.
+ *
+ *   deno run -A bench/decode.ts [--full] [--contexts 1024,4096] [--llamacpp-max N] [--keep X]
+ *     [--steps N] [--skip-throughput] [--write]
  */
 import { parseArgs } from "node:util";
 import { dirname, fromFileUrl, join } from "./paths.ts";
@@ -122,7 +125,7 @@ export interface ThroughputResult {
 
 /** Prefill and decode tokens/s of both engines on three models (full cache). */
 export async function runThroughput(
-  opts: { quick?: boolean; promptTokens?: number; decodeTokens?: number } = {},
+  opts: { quick?: boolean; promptTokens?: number; decodeTokens?: number; write?: boolean } = {},
 ): Promise<ThroughputResult> {
   const promptTokens = opts.promptTokens ?? 128;
   const decodeTokens = opts.decodeTokens ?? 64;
@@ -200,7 +203,7 @@ export async function runThroughput(
     rows,
     table: lines.join("\n"),
   };
-  await writeJson("decode.json", result);
+  if (opts.write) await writeJson("decode.json", result);
   return result;
 }
 
@@ -392,6 +395,8 @@ export interface SpeedOptions {
   llamaCppMax?: number;
   keep?: number;
   steps?: number;
+  /** Write bench/results/speed.json. */
+  write?: boolean;
   log?: (line: string) => void;
 }
 
@@ -544,7 +549,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
     table: "",
   };
   result.table = speedReport(result);
-  await writeJson("speed.json", result);
+  if (opts.write) await writeJson("speed.json", result);
   return result;
 }
 
@@ -619,8 +624,18 @@ if (import.meta.main) {
       keep: { type: "string" },
       steps: { type: "string" },
       "skip-throughput": { type: "boolean" },
+      write: { type: "boolean" },
+      help: { type: "boolean" },
     },
   });
+  if (values.help) {
+    console.log(
+      "deno run -A bench/decode.ts [--full] [--contexts 1024,4096] [--llamacpp-max N] [--keep X]\n" +
+        "  [--steps N] [--skip-throughput] [--write]\n" +
+        "--write saves bench/results/speed.json and decode.json; without it nothing is written.",
+    );
+    Deno.exit(0);
+  }
   const quick = !values.full;
   const speed = await runSpeed({
     quick,
@@ -628,10 +643,11 @@ if (import.meta.main) {
     llamaCppMax: values["llamacpp-max"] ? Number(values["llamacpp-max"]) : undefined,
     keep: values.keep ? Number(values.keep) : undefined,
     steps: values.steps ? Number(values.steps) : undefined,
+    write: values.write,
   });
   console.log(`\n## Decode step time vs context\n\n${speed.table}`);
   if (!values["skip-throughput"]) {
-    const t = await runThroughput({ quick });
+    const t = await runThroughput({ quick, write: values.write });
     console.log(`\n## Throughput\n\n${t.table}`);
   }
 }

@@ -4,7 +4,7 @@
  * 64K tokens), next to a plain buffer copy. Ratio = read bytes / time over the copy's
  * (read + write) / 2 / time, where the copy is submitted alternately with each shape's kernel
  * (copy, kernel, copy, kernel, ...; medians of each) so both see the same load on a shared
- * machine. Prints a table; writes bench/results/kernels.json. `--texel off` binds weights, x and
+ * machine. Prints a table; `--write` also writes bench/results/kernels.json. `--texel off` binds weights, x and
  * K/V as storage buffers only (the path of devices without texel buffers), for comparison.
  */
 import { parseArgs } from "node:util";
@@ -47,6 +47,7 @@ if (import.meta.main) {
       reps: { type: "string", default: "10" },
       submits: { type: "string", default: "7" },
       texel: { type: "string", default: "on" },
+      write: { type: "boolean", default: false },
     },
   });
   const texel = values.texel !== "off";
@@ -72,22 +73,24 @@ if (import.meta.main) {
       `(before ${copyBefore.gbps.toFixed(2)}, after ${copyAfter.gbps.toFixed(2)})\n`,
   );
   console.log(kernelsTable({ matvec, attention }));
-  await Deno.mkdir(join(HERE, "results"), { recursive: true });
-  await Deno.writeTextFile(
-    join(HERE, "results", "kernels.json"),
-    JSON.stringify(
-      {
-        date: new Date().toISOString(),
-        device: device.info,
-        copyGbps,
-        copyBefore,
-        copyAfter,
-        texel,
-        matvec,
-        attention,
-      },
-      null,
-      2,
-    ),
-  );
+  if (values.write) {
+    await Deno.mkdir(join(HERE, "results"), { recursive: true });
+    await Deno.writeTextFile(
+      join(HERE, "results", "kernels.json"),
+      JSON.stringify(
+        {
+          date: new Date().toISOString(),
+          device: device.info,
+          copyGbps,
+          copyBefore,
+          copyAfter,
+          texel,
+          matvec,
+          attention,
+        },
+        null,
+        2,
+      ),
+    );
+  }
 }

@@ -4,10 +4,10 @@
  * scattered through it; questions are then teacher-forced during decode, each repeated, and an
  * answer is right when the argmax after "ask i" is fact i's value token. A policy that evicted
  * a fact at prefill cannot answer it; a refreshing one can, once the pivot's drift check sees
- * the question and the fact is copied back into the satellites. Prints a Markdown table and
- * writes bench/results/retrieval.json.
+ * the question and the fact is copied back into the satellites. Prints a Markdown table; with
+ * `--write`, also writes bench/results/retrieval.json.
  *
- *   deno run -A bench/retrieval.ts [--quick] [--full] [--no-write]
+ *   deno run -A bench/retrieval.ts [--quick] [--full] [--write]
  */
 import { parseArgs } from "node:util";
 import { isHcError, type LoadedModel, loadModel } from "../mod.ts";
@@ -46,6 +46,7 @@ export interface RetrievalOptions {
   policies?: readonly PolicyConfig[];
   /** Questions per prompt (default 16 = every key; quick 8). */
   questions?: number;
+  /** Write bench/results/<name>; null or absent: do not write. */
   resultName?: string | null;
   log?: (line: string) => void;
 }
@@ -206,7 +207,7 @@ export async function runRetrieval(opts: RetrievalOptions = {}): Promise<Retriev
     table: retrievalTable(cells),
     seconds: (performance.now() - t0) / 1000,
   };
-  const name = opts.resultName === undefined ? "retrieval.json" : opts.resultName;
+  const name = opts.resultName ?? null;
   if (name !== null) log(`wrote ${await writeResult(name, result)}`);
   return result;
 }
@@ -270,13 +271,13 @@ if (import.meta.main) {
     options: {
       quick: { type: "boolean", default: false },
       full: { type: "boolean", default: false },
-      "no-write": { type: "boolean", default: false },
+      write: { type: "boolean", default: false },
     },
   });
   const r = await runRetrieval({
     quick: values.quick,
     full: values.full,
-    resultName: values["no-write"] ? null : "retrieval.json",
+    resultName: values.write ? "retrieval.json" : null,
   });
   console.log(retrievalReport(r));
 }
