@@ -1,5 +1,5 @@
 /**
- * The paper's ablation (HETEROCACHE.md §11, second row): refresh every step (`per-step`), every
+ * The paper's ablation (docs/algorithm.md §11, second row): refresh every step (`per-step`), every
  * 2nd step (`fixed-interval`) or on drift (`heterocache`), same budgets, same metric, with the
  * retrieval rates printed. Measured with the fidelity machinery on the real models (agreement and
  * KL against the full cache) and on the long synthetic retrieval task (answer accuracy), at keep

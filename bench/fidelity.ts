@@ -1,5 +1,5 @@
 /**
- * Fidelity of every cache policy against the full cache (HETEROCACHE.md §11, first row): on the
+ * Fidelity of every cache policy against the full cache (docs/algorithm.md §11, first row): on the
  * real models in ../shared/models, each policy at keep 0.1 / 0.25 / 0.5 is teacher-forced on the
  * full cache's greedy continuation of prompts the model wrote itself, and scored by next-token
  * agreement and KL(full || policy), with its drift-check trigger rate and step retrieval rate.

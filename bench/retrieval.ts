@@ -1,5 +1,5 @@
 /**
- * Long synthetic retrieval (HETEROCACHE.md §11, "long synthetic retrieval prompts"): a hand-built
+ * Long synthetic retrieval (docs/algorithm.md §11, "long synthetic retrieval prompts"): a hand-built
  * one-layer model (bench/lib_retrieval.ts) reads 4K-16K tokens of filler with one fact per key
  * scattered through it; questions are then teacher-forced during decode, each repeated, and an
  * answer is right when the argmax after "ask i" is fact i's value token. A policy that evicted

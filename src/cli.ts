@@ -357,7 +357,7 @@ KV cache:
 
 Runs the model with the full cache over calibration text, records each KV head's top-k attention
 sets at the last prompt token and at every greedy decode step, and derives head roles (anchor,
-volatile, pivot, satellite), clusters and budget multipliers (HETEROCACHE.md §1, §10.5).
+volatile, pivot, satellite), clusters and budget multipliers (docs/algorithm.md §1, §10.5).
 
 ${MODEL_USAGE}
 

@@ -1,6 +1,6 @@
 /**
  * Selection decisions of the cache policies, on score rows the device returns (CPU side).
- * HeteroCache prefill/refresh follow HETEROCACHE.md §3-4; SnapKV and StreamingLLM are the
+ * HeteroCache prefill/refresh follow docs/algorithm.md §3-4; SnapKV and StreamingLLM are the
  * uniform baselines. Every position set is returned sorted ascending (the order the tokens are
  * written into a head's pages).
  */

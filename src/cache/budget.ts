@@ -1,5 +1,5 @@
 /**
- * Per-head prompt-KV budgets (HETEROCACHE.md §3). Full heads (volatile, pivot) keep all L prompt
+ * Per-head prompt-KV budgets (docs/algorithm.md §3). Full heads (volatile, pivot) keep all L prompt
  * tokens; a compressed head (anchor, satellite) keeps cap_h = min(int(base·ratio_h), L) tokens,
  * where ratio_h is the profile multiplier (mean 1 over compressed heads model-wide). The uniform
  * policies (snapkv, streaming) give every head the same cap.
@@ -155,7 +155,7 @@ export interface KeptSummary {
   keptTokens: number;
   totalTokens: number;
   keptFraction: number;
-  /** Per layer: kept prompt rows / (KV heads × L), the "kept" column of HETEROCACHE.md §8. */
+  /** Per layer: kept prompt rows / (KV heads × L), the "kept" column of docs/algorithm.md §8. */
   layerKeptFraction: number[];
 }
 

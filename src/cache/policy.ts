@@ -37,7 +37,7 @@ export function checkPolicyName(name: unknown): PolicyName {
   return name;
 }
 
-/** Device KV bytes and retrieval accounting (HETEROCACHE.md §10.4), per generation. */
+/** Device KV bytes and retrieval accounting (docs/algorithm.md §10.4), per generation. */
 export interface CacheStats {
   policy: PolicyName;
   /** Device bytes of the KV pools in use now (K and V). */

@@ -1,5 +1,5 @@
 /**
- * `calibrate()`: profiles a model once for HeteroCache (HETEROCACHE.md §1b-1f, §10.5). The model
+ * `calibrate()`: profiles a model once for HeteroCache (docs/algorithm.md §1b-1f, §10.5). The model
  * runs over calibration text with the full cache; at the last prompt token and at every greedy
  * decode step, each KV head's attention over the prompt keys (softmax per query head, mean over
  * its query group) is computed on the device and reduced at once to top-k sets by the

@@ -50,7 +50,7 @@ export interface ServerOptions {
   maxBodyBytes?: number;
   /** Cache policy of requests that name none. Default "full". */
   cache?: CachePolicyName;
-  /** Budget of requests that name none (see `keep` in DESIGN.md). Default: none. */
+  /** Budget of requests that name none (see `keep` in docs/design.md). Default: none. */
   keep?: number | null;
   /** Head profile (or a profile file, ours or the official JSON) for heterocache, per-step
    * and fixed-interval requests; checked against the model when it has loaded. */
@@ -461,7 +461,7 @@ export class HcServer implements AsyncDisposable {
   }
 
   /**
-   * Ends running generations and frees the tokenizer session, and the model when owned. Close the
+   * Ends running generations, and frees the model when owned. Close the
    * socket between abortAll() and this (as `serve` does), so no step runs on a freed model.
    */
   async [Symbol.asyncDispose](): Promise<void> {

@@ -242,7 +242,7 @@ function parseCacheChoice(body: Json): { cache: CachePolicyName | null; keep: nu
 
 /**
  * `keep`: a fraction of the prompt's KV kept on the device, in (0, 1], or an integer > 1 giving an
- * absolute per-head token budget (DESIGN.md, "The cache policies").
+ * absolute per-head token budget (docs/design.md, "The cache policies").
  */
 export function parseKeep(v: unknown): number | null {
   if (v === undefined || v === null) return null;

@@ -1,5 +1,5 @@
 /**
- * HeteroCache (HETEROCACHE.md §2-4, §10) and its ablations. Volatile and pivot heads keep their
+ * HeteroCache (docs/algorithm.md §2-4, §10) and its ablations. Volatile and pivot heads keep their
  * whole KV; anchors and satellites keep a budget chosen from their own last-prompt-token
  * attention. Pivots watch for drift; when a pivot's attention drifts, its satellites' prompt
  * rows are refreshed from the host KV store (retrieval.ts). The ablations share everything and
@@ -32,7 +32,7 @@ export interface HeteroOptions {
   /** keep, or the mean prompt-KV tokens of a compressed head. */
   budget: Budget;
   profile: HeadProfile;
-  /** Official behaviour, quirks included (HETEROCACHE.md §1-4). */
+  /** Official behaviour, quirks included (docs/algorithm.md §1-4). */
   compat?: boolean;
   /** Drift checks every `checkEvery` steps (official `--steps`, default 5). */
   checkEvery?: number;
@@ -44,7 +44,7 @@ export interface HeteroOptions {
   /** Prompt queries whose summed attention picks the rows a compressed head keeps at prefill.
    * Default 16 (compat: 1, the official last token; SnapKV sums 32): on the real models' full
    * fidelity run, 16 kept agreement (98.3% vs 98.3%, 96.5% vs 96.0%) and cut the mean KL by
-   * 38% and 16% against 1 (HETEROCACHE.md §10.8). Pivots' drift references always come from the
+   * 38% and 16% against 1 (docs/algorithm.md §10.8). Pivots' drift references always come from the
    * last token. */
   window?: number;
   /** Keep a log of every refresh with the scores row it came from (tests, debugging). */
@@ -267,7 +267,7 @@ export class HeteroCache extends CompressedCache {
   }
 
   /** Pivot states in cluster (dict) order; compat pairs them with reference sets the way the
-   * official code does (HETEROCACHE.md §9.1). */
+   * official code does (docs/algorithm.md §9.1). */
   #makePivots(refOf: (layer: number, pivot: number) => Int32Array): PivotState[] {
     const out: PivotState[] = [];
     this.#profile.layers.forEach((layer, l) => {
