@@ -9,7 +9,8 @@
  *   deno run -A bench/ablation.ts [--quick] [--write]
  */
 import { parseArgs } from "node:util";
-import { type PolicyConfig, writeResult } from "./lib_fidelity.ts";
+import type { PolicyConfig } from "./lib_fidelity.ts";
+import { writeResult } from "./paths.ts";
 import { type FidelityResult, runFidelity } from "./fidelity.ts";
 import { type RetrievalResult, runRetrieval } from "./retrieval.ts";
 

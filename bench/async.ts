@@ -12,9 +12,7 @@ import type { HeteroCache } from "../src/cache/heterocache/heterocache.ts";
 import { uniformProfile } from "../src/cache/profile/profile_io.ts";
 import type { HeadRole } from "../src/cache/profile/profile.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
-import { dirname, fromFileUrl, join } from "./paths.ts";
-
-const HERE = dirname(fromFileUrl(import.meta.url));
+import { join, writeResult } from "./paths.ts";
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -121,28 +119,20 @@ if (import.meta.main) {
       } ms in all; step retrieval rate ${st.stepRetrievalRate.toFixed(2)}`,
     );
     if (values.write) {
-      await Deno.mkdir(join(HERE, "results"), { recursive: true });
-      await Deno.writeTextFile(
-        join(HERE, "results", "async.json"),
-        JSON.stringify(
-          {
-            date: new Date().toISOString(),
-            device: model.info().device,
-            L,
-            headDim,
-            interval,
-            keep: Number(values.keep),
-            plainMs: plain,
-            inFlightMs: flight,
-            selectionMs: sel,
-            ratio: flight / plain,
-            stats: st,
-            rows,
-          },
-          null,
-          2,
-        ),
-      );
+      await writeResult("async.json", {
+        date: new Date().toISOString(),
+        device: model.info().device,
+        L,
+        headDim,
+        interval,
+        keep: Number(values.keep),
+        plainMs: plain,
+        inFlightMs: flight,
+        selectionMs: sel,
+        ratio: flight / plain,
+        stats: st,
+        rows,
+      });
     }
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -17,7 +17,7 @@
  *     [--steps N] [--skip-throughput] [--write]
  */
 import { parseArgs } from "node:util";
-import { dirname, fromFileUrl, join } from "./paths.ts";
+import { dirname, fromFileUrl, join, writeResult } from "./paths.ts";
 import { loadModel } from "../mod.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
@@ -203,13 +203,8 @@ export async function runThroughput(
     rows,
     table: lines.join("\n"),
   };
-  if (opts.write) await writeJson("decode.json", result);
+  if (opts.write) await writeResult("decode.json", result);
   return result;
-}
-
-async function writeJson(name: string, value: unknown): Promise<void> {
-  await Deno.mkdir(join(HERE, "results"), { recursive: true });
-  await Deno.writeTextFile(join(HERE, "results", name), JSON.stringify(value, null, 2));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -549,7 +544,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
     table: "",
   };
   result.table = speedReport(result);
-  if (opts.write) await writeJson("speed.json", result);
+  if (opts.write) await writeResult("speed.json", result);
   return result;
 }
 

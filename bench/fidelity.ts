@@ -22,8 +22,8 @@ import {
   type ProfileSummary,
   realModels,
   summarizeProfile,
-  writeResult,
 } from "./lib_fidelity.ts";
+import { writeResult } from "./paths.ts";
 
 export interface FidelityOptions {
   /** Fewer prompts and forced tokens: the whole run in a couple of minutes on 2 cores. */

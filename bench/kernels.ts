@@ -11,9 +11,7 @@ import { parseArgs } from "node:util";
 import { Device } from "../src/vk/mod.ts";
 import { type AttentionBenchRow, benchAttention } from "./attention_bench.ts";
 import { BENCH_TYPES, benchCopy, benchMatvec, type MatvecBenchRow } from "./matvec_bench.ts";
-import { dirname, fromFileUrl, join } from "./paths.ts";
-
-const HERE = dirname(fromFileUrl(import.meta.url));
+import { writeResult } from "./paths.ts";
 
 /** The rows of bench/results/kernels.json that the table shows. */
 export interface KernelsResult {
@@ -74,23 +72,15 @@ if (import.meta.main) {
   );
   console.log(kernelsTable({ matvec, attention }));
   if (values.write) {
-    await Deno.mkdir(join(HERE, "results"), { recursive: true });
-    await Deno.writeTextFile(
-      join(HERE, "results", "kernels.json"),
-      JSON.stringify(
-        {
-          date: new Date().toISOString(),
-          device: device.info,
-          copyGbps,
-          copyBefore,
-          copyAfter,
-          texel,
-          matvec,
-          attention,
-        },
-        null,
-        2,
-      ),
-    );
+    await writeResult("kernels.json", {
+      date: new Date().toISOString(),
+      device: device.info,
+      copyGbps,
+      copyBefore,
+      copyAfter,
+      texel,
+      matvec,
+      attention,
+    });
   }
 }

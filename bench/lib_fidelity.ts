@@ -26,16 +26,6 @@ export function sharedPath(rel: string): string {
   return path;
 }
 
-/** Where the benchmarks write their JSON. */
-export const RESULTS_DIR = join(HERE, "results");
-
-export async function writeResult(name: string, value: unknown): Promise<string> {
-  await Deno.mkdir(RESULTS_DIR, { recursive: true });
-  const path = join(RESULTS_DIR, name);
-  await Deno.writeTextFile(path, JSON.stringify(value, null, 2) + "\n");
-  return path;
-}
-
 /** Twenty openings of TinyStories-like text; each seeds one prompt. */
 export const OPENINGS: readonly string[] = [
   "Once upon a time",

@@ -13,7 +13,8 @@ import { parseArgs } from "node:util";
 import { isHcError, type LoadedModel, loadModel } from "../mod.ts";
 import { minimumKeep } from "../src/cache/budget.ts";
 import { cacheOptions } from "../src/cache/options.ts";
-import { argmax, POLICIES, type PolicyConfig, writeResult } from "./lib_fidelity.ts";
+import { argmax, POLICIES, type PolicyConfig } from "./lib_fidelity.ts";
+import { writeResult } from "./paths.ts";
 import {
   makeRetrievalTask,
   type RetrievalLayout,

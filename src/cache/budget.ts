@@ -144,11 +144,11 @@ export function uniformCap(keep: number, promptTokens: number): number {
   return Math.trunc(keep * promptTokens);
 }
 
-/** Rows per head of the uniform policies for a prompt of L tokens. */
-export function uniformBudget(budget: Budget, promptTokens: number): number {
-  return "tokens" in budget
-    ? Math.min(budget.tokens, promptTokens)
-    : uniformCap(budget.keep, promptTokens);
+/** Rows per head of the uniform policies as a function of the prompt length (checks the
+ * budget now). */
+export function uniformBudget(budget: Budget): (promptTokens: number) => number {
+  const b = checkBudget(budget);
+  return "tokens" in b ? (L) => Math.min(b.tokens, L) : (L) => uniformCap(b.keep, L);
 }
 
 export interface KeptSummary {

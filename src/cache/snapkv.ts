@@ -6,7 +6,7 @@
 import type { KvLayerCache } from "./kv_layer.ts";
 import type { Captures } from "../model/forward.ts";
 import type { Buffer } from "../vk/mod.ts";
-import { type Budget, checkBudget, uniformBudget } from "./budget.ts";
+import { type Budget, uniformBudget } from "./budget.ts";
 import { CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
 import type { CacheHeadRole } from "./policy.ts";
 
@@ -31,8 +31,7 @@ export class SnapKvCache extends CompressedCache {
 
   constructor(deps: PolicyDeps, opts: SnapKvOptions) {
     super(deps, "snapkv");
-    const budget = checkBudget(opts.budget);
-    this.#budget = (L) => uniformBudget(budget, L);
+    this.#budget = uniformBudget(opts.budget);
     this.captureWindow = opts.window ?? 32;
     this.#poolKernel = opts.poolKernel ?? 5;
   }

@@ -4,7 +4,7 @@
  * for all.
  */
 import type { Buffer } from "../vk/mod.ts";
-import { type Budget, checkBudget, uniformBudget } from "./budget.ts";
+import { type Budget, uniformBudget } from "./budget.ts";
 import { CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
 import type { CacheHeadRole } from "./policy.ts";
 
@@ -23,8 +23,7 @@ export class StreamingCache extends CompressedCache {
 
   constructor(deps: PolicyDeps, opts: StreamingOptions) {
     super(deps, "streaming");
-    const budget = checkBudget(opts.budget);
-    this.#budget = (L) => uniformBudget(budget, L);
+    this.#budget = uniformBudget(opts.budget);
     this.#sinks = opts.sinkTokens ?? 4;
   }
 
