@@ -96,11 +96,12 @@ export interface CacheRequest {
  */
 export function cacheOptions(input: CacheRequest): CacheOptions {
   const cache = checkPolicyName(input.cache ?? "full");
-  const budget: BudgetOptions = input.keep === null || input.keep === undefined
+  const read = input.keep === null || input.keep === undefined ? null : budgetFromKeep(input.keep);
+  const budget: BudgetOptions = read === null
     ? {}
-    : "tokens" in budgetFromKeep(input.keep)
-    ? { tokens: input.keep }
-    : { keep: input.keep };
+    : "tokens" in read
+    ? { tokens: read.tokens }
+    : { keep: read.keep };
   const hetero = () => {
     if (!input.profile) throw needsProfile(cache);
     return { ...budget, profile: input.profile, compat: input.compat, window: input.window };
