@@ -29,7 +29,13 @@ export {
   readProfile,
   serializeProfile,
 } from "./src/engine/model.ts";
-export type { CacheOptions, CacheStats } from "./src/cache/mod.ts";
+export {
+  type Budget,
+  type CacheOptions,
+  cacheOptions,
+  type CacheRequest,
+  type CacheStats,
+} from "./src/cache/mod.ts";
 export {
   type FinishReason,
   type GenerateOptions,

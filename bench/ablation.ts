@@ -1,15 +1,16 @@
 /**
- * The paper's ablation (HETEROCACHE.md §11, second row): refresh every step (`per-step`), every
+ * The paper's ablation (docs/algorithm.md §11, second row): refresh every step (`per-step`), every
  * 2nd step (`fixed-interval`) or on drift (`heterocache`), same budgets, same metric, with the
  * retrieval rates printed. Measured with the fidelity machinery on the real models (agreement and
  * KL against the full cache) and on the long synthetic retrieval task (answer accuracy), at keep
- * 0.5 and 0.25 where the profile's budget rule allows it. Prints a Markdown table and writes
- * bench/results/ablation.json.
+ * 0.5 and 0.25 where the profile's budget rule allows it. Prints a Markdown table; with
+ * `--write`, also writes bench/results/ablation.json.
  *
- *   deno run -A bench/ablation.ts [--quick] [--no-write]
+ *   deno run -A bench/ablation.ts [--quick] [--write]
  */
 import { parseArgs } from "node:util";
-import { type PolicyConfig, writeResult } from "./lib_fidelity.ts";
+import type { PolicyConfig } from "./lib_fidelity.ts";
+import { writeResult } from "./paths.ts";
 import { type FidelityResult, runFidelity } from "./fidelity.ts";
 import { type RetrievalResult, runRetrieval } from "./retrieval.ts";
 
@@ -30,6 +31,7 @@ export interface AblationOptions {
   keeps?: readonly number[];
   /** Skip the synthetic retrieval task (real models only). */
   noRetrieval?: boolean;
+  /** Write bench/results/<name>; null or absent: do not write. */
   resultName?: string | null;
   log?: (line: string) => void;
 }
@@ -118,7 +120,7 @@ export async function runAblation(opts: AblationOptions = {}): Promise<AblationR
     retrieval,
     seconds: (performance.now() - t0) / 1000,
   };
-  const name = opts.resultName === undefined ? "ablation.json" : opts.resultName;
+  const name = opts.resultName ?? null;
   if (name !== null) log(`wrote ${await writeResult(name, result)}`);
   return result;
 }
@@ -150,12 +152,12 @@ if (import.meta.main) {
     args: Deno.args,
     options: {
       quick: { type: "boolean", default: false },
-      "no-write": { type: "boolean", default: false },
+      write: { type: "boolean", default: false },
     },
   });
   const r = await runAblation({
     quick: values.quick,
-    resultName: values["no-write"] ? null : "ablation.json",
+    resultName: values.write ? "ablation.json" : null,
   });
   console.log(`## Ablation: when to refresh (${r.quick ? "quick" : "full"} run)\n`);
   console.log(r.table);

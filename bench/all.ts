@@ -1,8 +1,9 @@
 /**
  * `deno task bench` (quick) / `deno task bench --full`: fidelity, the synthetic retrieval task,
- * the ablation and the decode-speed sweep in one go; each writes its JSON into bench/results/,
- * the tables go into docs/benchmarks.md with the machine, the device and the date, and the
- * charts (fidelity vs keep, step time vs context) into docs/charts/*.svg.
+ * the ablation and the decode-speed sweep in one go. With `--write` (which the task passes) each
+ * writes its JSON into bench/results/, the tables go into docs/benchmarks.md with the machine,
+ * the device and the date, and the charts (fidelity vs keep, step time vs context) into
+ * docs/charts/*.svg; without it the page is printed and nothing is written.
  */
 import { parseArgs } from "node:util";
 import { runAblation } from "./ablation.ts";
@@ -15,23 +16,31 @@ import { retrievalReport, runRetrieval } from "./retrieval.ts";
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..");
 
 if (import.meta.main) {
-  const { values } = parseArgs({ args: Deno.args, options: { full: { type: "boolean" } } });
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: { full: { type: "boolean" }, write: { type: "boolean" } },
+  });
   const quick = !values.full;
+  const write = values.write ?? false;
   const t0 = performance.now();
-  const fidelity = await runFidelity({ quick });
-  const retrieval = await runRetrieval({ quick, full: !quick });
-  const ablation = await runAblation({ quick });
-  const speed = await runSpeed({ quick });
+  const fidelity = await runFidelity({ quick, resultName: write ? "fidelity.json" : null });
+  const retrieval = await runRetrieval({
+    quick,
+    full: !quick,
+    resultName: write ? "retrieval.json" : null,
+  });
+  const ablation = await runAblation({ quick, resultName: write ? "ablation.json" : null });
+  const speed = await runSpeed({ quick, write });
   const charts = join(ROOT, "docs", "charts");
-  await Deno.mkdir(charts, { recursive: true });
+  if (write) await Deno.mkdir(charts, { recursive: true });
   const images: string[] = [];
   for (const c of fidelityCharts(fidelity)) {
-    await Deno.writeTextFile(join(charts, `fidelity-${c.model}.svg`), c.svg);
+    if (write) await Deno.writeTextFile(join(charts, `fidelity-${c.model}.svg`), c.svg);
     images.push(`![fidelity vs keep, ${c.model}](charts/fidelity-${c.model}.svg)`);
   }
   const speedImages: string[] = [];
   for (const c of speedCharts(speed)) {
-    await Deno.writeTextFile(join(charts, `speed-${c.shape}.svg`), c.svg);
+    if (write) await Deno.writeTextFile(join(charts, `speed-${c.shape}.svg`), c.svg);
     speedImages.push(`![decode step vs context, ${c.shape}](charts/speed-${c.shape}.svg)`);
   }
   const minutes = ((performance.now() - t0) / 60000).toFixed(1);
@@ -65,7 +74,9 @@ if (import.meta.main) {
     ...speedImages,
     "",
   ].join("\n");
-  await Deno.mkdir(join(ROOT, "docs"), { recursive: true });
-  await Deno.writeTextFile(join(ROOT, "docs", "benchmarks.md"), md);
-  console.log(`wrote docs/benchmarks.md (${minutes} min)`);
+  if (write) {
+    await Deno.mkdir(join(ROOT, "docs"), { recursive: true });
+    await Deno.writeTextFile(join(ROOT, "docs", "benchmarks.md"), md);
+    console.log(`wrote docs/benchmarks.md (${minutes} min)`);
+  } else console.log(md);
 }

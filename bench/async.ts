@@ -4,17 +4,15 @@
  * few steps (`fixed-interval`, so refreshes are regular); each step is timed and classed by what
  * it carried: a refresh selection (the synchronous drift-check/selection work), a refresh in
  * flight (host gather and device copy running beside it), or nothing. Prints the medians and
- * ratios; writes bench/results/async.json.
+ * ratios; with `--write`, also writes bench/results/async.json.
  */
 import { parseArgs } from "node:util";
 import { loadModel } from "../mod.ts";
-import type { HeteroCache } from "../src/cache/heterocache.ts";
-import { uniformProfile } from "../src/cache/profile_io.ts";
-import type { HeadRole } from "../src/cache/profile.ts";
-import { writeSyntheticModel } from "../src/model/synthetic.ts";
-import { dirname, fromFileUrl, join } from "./paths.ts";
-
-const HERE = dirname(fromFileUrl(import.meta.url));
+import type { HeteroCache } from "../src/cache/heterocache/heterocache.ts";
+import { uniformProfile } from "../src/cache/profile/profile_io.ts";
+import type { HeadRole } from "../src/cache/profile/profile.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
+import { join, writeResult } from "./paths.ts";
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -30,6 +28,7 @@ if (import.meta.main) {
       steps: { type: "string", default: "64" },
       interval: { type: "string", default: "4" },
       keep: { type: "string", default: "0.25" },
+      write: { type: "boolean", default: false },
     },
   });
   const L = Number(values.context);
@@ -119,28 +118,22 @@ if (import.meta.main) {
         st.transferWaitMs.toFixed(1)
       } ms in all; step retrieval rate ${st.stepRetrievalRate.toFixed(2)}`,
     );
-    await Deno.mkdir(join(HERE, "results"), { recursive: true });
-    await Deno.writeTextFile(
-      join(HERE, "results", "async.json"),
-      JSON.stringify(
-        {
-          date: new Date().toISOString(),
-          device: model.info().device,
-          L,
-          headDim,
-          interval,
-          keep: Number(values.keep),
-          plainMs: plain,
-          inFlightMs: flight,
-          selectionMs: sel,
-          ratio: flight / plain,
-          stats: st,
-          rows,
-        },
-        null,
-        2,
-      ),
-    );
+    if (values.write) {
+      await writeResult("async.json", {
+        date: new Date().toISOString(),
+        device: model.info().device,
+        L,
+        headDim,
+        interval,
+        keep: Number(values.keep),
+        plainMs: plain,
+        inFlightMs: flight,
+        selectionMs: sel,
+        ratio: flight / plain,
+        stats: st,
+        rows,
+      });
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -7,7 +7,7 @@
 import { parseArgs } from "node:util";
 import { type Buffer, type CommandList, Device } from "../src/vk/mod.ts";
 import { DecodeAttention } from "../src/kernels/attention.ts";
-import { KvLayerCache } from "../src/kernels/kv.ts";
+import { KvLayerCache } from "../src/cache/kv_layer.ts";
 import { CpuShare } from "./cpu_share.ts";
 
 const KV_HEADS = 8;

@@ -6,32 +6,36 @@
  *    1K..64K on synthetic models with real attention shapes (Llama-3.1-8B's 32 query / 8 KV
  *    heads x 128, TinyLlama-1.1B's 32 / 4 x 64; four layers, a small FFN), next to the bytes a
  *    step reads and the device's copy bandwidth measured in the same run. The prompt KV is
- *    synthetic (Session.benchPrefill): a real 64K prefill is quadratic and takes hours on a CPU
+ *    synthetic (bench/synthetic_prompt.ts): a real 64K prefill is quadratic and takes hours on a CPU
  *    driver. llama.cpp's cache is filled the same way, from a sequence state file of random
- *    K/V rows (bench/llamacpp/step.mjs). Writes bench/results/speed.json.
+ *    K/V rows (bench/llamacpp/step.mjs). With `--write`, writes bench/results/speed.json.
  * 2. Throughput (`runThroughput`): prefill and greedy decode tokens/s for stories260K and a
- *    synthetic ~100M-parameter Llama in F16 and Q8_0, full cache. Writes
+ *    synthetic ~100M-parameter Llama in F16 and Q8_0, full cache. With `--write`, writes
  *    bench/results/decode.json.
+ *
+ *   deno run -A bench/decode.ts [--full] [--contexts 1024,4096] [--llamacpp-max N] [--keep X]
+ *     [--steps N] [--skip-throughput] [--write]
  */
 import { parseArgs } from "node:util";
-import { dirname, fromFileUrl, join } from "./paths.ts";
+import { dirname, fromFileUrl, join, writeResult } from "./paths.ts";
 import { loadModel } from "../mod.ts";
 import { GgmlType } from "../src/gguf/types.ts";
-import { writeSyntheticModel } from "../src/model/synthetic.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import {
   type HeadProfile,
   type HeadRole,
   importOfficialProfile,
   parseProfile,
   serializeProfile,
-} from "../src/cache/profile.ts";
-import { layeredProfile } from "../src/cache/profile_io.ts";
+} from "../src/cache/profile/profile.ts";
+import { layeredProfile } from "../src/cache/profile/profile_io.ts";
 import { benchCopy } from "./matvec_bench.ts";
-import { isFullRole } from "../src/cache/profile.ts";
-import type { SessionOptions } from "../mod.ts";
+import { isFullRole } from "../src/cache/profile/profile.ts";
+import { cacheOptions, type CacheRequest } from "../src/cache/options.ts";
 import { Device, listDevices } from "../src/vk/mod.ts";
 import { HcError } from "../src/errors.ts";
 import type { Session } from "../src/engine/session.ts";
+import { SyntheticDecode } from "./synthetic_prompt.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
 const LLAMACPP = join(HERE, "llamacpp");
@@ -121,7 +125,7 @@ export interface ThroughputResult {
 
 /** Prefill and decode tokens/s of both engines on three models (full cache). */
 export async function runThroughput(
-  opts: { quick?: boolean; promptTokens?: number; decodeTokens?: number } = {},
+  opts: { quick?: boolean; promptTokens?: number; decodeTokens?: number; write?: boolean } = {},
 ): Promise<ThroughputResult> {
   const promptTokens = opts.promptTokens ?? 128;
   const decodeTokens = opts.decodeTokens ?? 64;
@@ -199,13 +203,8 @@ export async function runThroughput(
     rows,
     table: lines.join("\n"),
   };
-  await writeJson("decode.json", result);
+  if (opts.write) await writeResult("decode.json", result);
   return result;
-}
-
-async function writeJson(name: string, value: unknown): Promise<void> {
-  await Deno.mkdir(join(HERE, "results"), { recursive: true });
-  await Deno.writeTextFile(join(HERE, "results", name), JSON.stringify(value, null, 2));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,7 +219,7 @@ const OFFICIAL_LLAMA8B = new URL(
 /** The sweep's engines of ours: every policy at the same device KV, and HeteroCache twice: its
  * default trigger as it behaves on a random prompt, and a refresh every 5th step (a controlled
  * 20% refresh rate; random prompt KV makes triggers unrealistic). */
-const ENGINES: Readonly<Record<string, SessionOptions>> = {
+const ENGINES: Readonly<Record<string, CacheRequest>> = {
   "full": { cache: "full" },
   "snapkv": { cache: "snapkv" },
   "streaming": { cache: "streaming" },
@@ -407,6 +406,8 @@ export interface SpeedOptions {
   steps?: number;
   /** Our engines (names of ENGINES; default DEFAULT_ENGINES). */
   engines?: readonly string[];
+  /** Write bench/results/speed.json. */
+  write?: boolean;
   log?: (line: string) => void;
 }
 
@@ -467,13 +468,17 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
         try {
           for (const e of engines) {
             sessions.push(
-              model.session({ ...e.options, keep, profile, contextTokens: context + steps + 1 }),
+              model.session({
+                ...cacheOptions({ ...e.options, keep, profile }),
+                contextTokens: context + steps + 1,
+              }),
             );
           }
-          for (const s of sessions) await s.benchPrefill(context, steps);
+          const runs: SyntheticDecode[] = [];
+          for (const s of sessions) runs.push(await SyntheticDecode.start(s, context, steps));
           const times: number[][] = sessions.map(() => []);
           for (let i = 0; i < steps; i++) {
-            for (const [j, s] of sessions.entries()) times[j].push(await s.benchStep());
+            for (const [j, r] of runs.entries()) times[j].push(await r.step());
           }
           sessions.forEach((s, j) => {
             const st = s.cacheStats();
@@ -577,7 +582,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
     table: "",
   };
   result.table = speedReport(result);
-  await writeJson("speed.json", result);
+  if (opts.write) await writeResult("speed.json", result);
   return result;
 }
 
@@ -657,8 +662,18 @@ if (import.meta.main) {
       steps: { type: "string" },
       engines: { type: "string" },
       "skip-throughput": { type: "boolean" },
+      write: { type: "boolean" },
+      help: { type: "boolean" },
     },
   });
+  if (values.help) {
+    console.log(
+      "deno run -A bench/decode.ts [--full] [--contexts 1024,4096] [--llamacpp-max N] [--keep X]\n" +
+        "  [--steps N] [--skip-throughput] [--write]\n" +
+        "--write saves bench/results/speed.json and decode.json; without it nothing is written.",
+    );
+    Deno.exit(0);
+  }
   const quick = !values.full;
   const speed = await runSpeed({
     quick,
@@ -667,10 +682,11 @@ if (import.meta.main) {
     keep: values.keep ? Number(values.keep) : undefined,
     steps: values.steps ? Number(values.steps) : undefined,
     engines: values.engines?.split(","),
+    write: values.write,
   });
   console.log(`\n## Decode step time vs context\n\n${speed.table}`);
   if (!values["skip-throughput"]) {
-    const t = await runThroughput({ quick });
+    const t = await runThroughput({ quick, write: values.write });
     console.log(`\n## Throughput\n\n${t.table}`);
   }
 }

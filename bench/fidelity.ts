@@ -1,12 +1,12 @@
 /**
- * Fidelity of every cache policy against the full cache (HETEROCACHE.md §11, first row): on the
+ * Fidelity of every cache policy against the full cache (docs/algorithm.md §11, first row): on the
  * real models in ../shared/models, each policy at keep 0.1 / 0.25 / 0.5 is teacher-forced on the
  * full cache's greedy continuation of prompts the model wrote itself, and scored by next-token
  * agreement and KL(full || policy), with its drift-check trigger rate and step retrieval rate.
- * Profiles come from `calibrate()` on the same model, once per run. Prints a Markdown table and
- * writes bench/results/fidelity.json.
+ * Profiles come from `calibrate()` on the same model, once per run. Prints a Markdown table; with
+ * `--write`, also writes bench/results/fidelity.json.
  *
- *   deno run -A bench/fidelity.ts [--quick] [--no-write]
+ *   deno run -A bench/fidelity.ts [--quick] [--write]
  */
 import { parseArgs } from "node:util";
 import { calibrate, type HeadProfile, loadModel } from "../mod.ts";
@@ -22,8 +22,8 @@ import {
   type ProfileSummary,
   realModels,
   summarizeProfile,
-  writeResult,
 } from "./lib_fidelity.ts";
+import { writeResult } from "./paths.ts";
 
 export interface FidelityOptions {
   /** Fewer prompts and forced tokens: the whole run in a couple of minutes on 2 cores. */
@@ -34,7 +34,7 @@ export interface FidelityOptions {
   policies?: readonly PolicyConfig[];
   /** Models (default both real models). */
   models?: readonly ModelSpec[];
-  /** Write bench/results/<name> (default "fidelity.json"); null: do not write. */
+  /** Write bench/results/<name>; null or absent: do not write. */
   resultName?: string | null;
   log?: (line: string) => void;
 }
@@ -146,7 +146,7 @@ export async function runFidelity(opts: FidelityOptions = {}): Promise<FidelityR
     table: cellsTable(cells),
     seconds: (performance.now() - t0) / 1000,
   };
-  const name = opts.resultName === undefined ? "fidelity.json" : opts.resultName;
+  const name = opts.resultName ?? null;
   if (name !== null) log(`wrote ${await writeResult(name, result)}`);
   return result;
 }
@@ -183,12 +183,12 @@ if (import.meta.main) {
     args: Deno.args,
     options: {
       quick: { type: "boolean", default: false },
-      "no-write": { type: "boolean", default: false },
+      write: { type: "boolean", default: false },
     },
   });
   const r = await runFidelity({
     quick: values.quick,
-    resultName: values["no-write"] ? null : "fidelity.json",
+    resultName: values.write ? "fidelity.json" : null,
   });
   console.log(fidelityReport(r));
 }

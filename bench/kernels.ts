@@ -4,16 +4,14 @@
  * 64K tokens), next to a plain buffer copy. Ratio = read bytes / time over the copy's
  * (read + write) / 2 / time, where the copy is submitted alternately with each shape's kernel
  * (copy, kernel, copy, kernel, ...; medians of each) so both see the same load on a shared
- * machine. Prints a table; writes bench/results/kernels.json. `--texel off` binds weights, x and
+ * machine. Prints a table; `--write` also writes bench/results/kernels.json. `--texel off` binds weights, x and
  * K/V as storage buffers only (the path of devices without texel buffers), for comparison.
  */
 import { parseArgs } from "node:util";
 import { Device } from "../src/vk/mod.ts";
 import { type AttentionBenchRow, benchAttention } from "./attention_bench.ts";
 import { BENCH_TYPES, benchCopy, benchMatvec, type MatvecBenchRow } from "./matvec_bench.ts";
-import { dirname, fromFileUrl, join } from "./paths.ts";
-
-const HERE = dirname(fromFileUrl(import.meta.url));
+import { writeResult } from "./paths.ts";
 
 /** The rows of bench/results/kernels.json that the table shows. */
 export interface KernelsResult {
@@ -47,6 +45,7 @@ if (import.meta.main) {
       reps: { type: "string", default: "10" },
       submits: { type: "string", default: "7" },
       texel: { type: "string", default: "on" },
+      write: { type: "boolean", default: false },
     },
   });
   const texel = values.texel !== "off";
@@ -72,22 +71,16 @@ if (import.meta.main) {
       `(before ${copyBefore.gbps.toFixed(2)}, after ${copyAfter.gbps.toFixed(2)})\n`,
   );
   console.log(kernelsTable({ matvec, attention }));
-  await Deno.mkdir(join(HERE, "results"), { recursive: true });
-  await Deno.writeTextFile(
-    join(HERE, "results", "kernels.json"),
-    JSON.stringify(
-      {
-        date: new Date().toISOString(),
-        device: device.info,
-        copyGbps,
-        copyBefore,
-        copyAfter,
-        texel,
-        matvec,
-        attention,
-      },
-      null,
-      2,
-    ),
-  );
+  if (values.write) {
+    await writeResult("kernels.json", {
+      date: new Date().toISOString(),
+      device: device.info,
+      copyGbps,
+      copyBefore,
+      copyAfter,
+      texel,
+      matvec,
+      attention,
+    });
+  }
 }

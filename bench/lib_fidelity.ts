@@ -7,7 +7,8 @@
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { HcError, type HeadProfile, isHcError, type LoadedModel, type PolicyName } from "../mod.ts";
 import { minimumKeep } from "../src/cache/budget.ts";
-import { fullHeadCount, roleCounts } from "../src/cache/profile.ts";
+import { cacheOptions } from "../src/cache/options.ts";
+import { fullHeadCount, roleCounts } from "../src/cache/profile/profile.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
 
@@ -22,16 +23,6 @@ export function sharedPath(rel: string): string {
       `missing ${path}: the real models live in ../shared beside the checkout`,
     );
   }
-  return path;
-}
-
-/** Where the benchmarks write their JSON. */
-export const RESULTS_DIR = join(HERE, "results");
-
-export async function writeResult(name: string, value: unknown): Promise<string> {
-  await Deno.mkdir(RESULTS_DIR, { recursive: true });
-  const path = join(RESULTS_DIR, name);
-  await Deno.writeTextFile(path, JSON.stringify(value, null, 2) + "\n");
   return path;
 }
 
@@ -337,14 +328,16 @@ export async function evaluateCell(
   for (const ref of refs) {
     // A fresh session per prompt, so nothing of one prompt's cache state can reach the next.
     using s = model.session({
-      cache: cfg.cache,
-      compat: cfg.compat,
-      threshold: cfg.threshold,
-      trigger: cfg.trigger,
-      coverageDrop: cfg.coverageDrop,
-      window: cfg.window,
-      keep: keep ?? undefined,
-      profile: needsProfile(cfg) ? profile : undefined,
+      ...cacheOptions({
+        cache: cfg.cache,
+        compat: cfg.compat,
+        threshold: cfg.threshold,
+        trigger: cfg.trigger,
+        coverageDrop: cfg.coverageDrop,
+        window: cfg.window,
+        keep,
+        profile: needsProfile(cfg) ? profile : undefined,
+      }),
       contextTokens,
     });
     try {

@@ -20,9 +20,9 @@
  * drift check sees the question.
  */
 import { HcError } from "../src/errors.ts";
-import { writeSyntheticModel } from "../src/model/synthetic.ts";
-import { uniformProfile } from "../src/cache/profile_io.ts";
-import type { HeadProfile } from "../src/cache/profile.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
+import { uniformProfile } from "../src/cache/profile/profile_io.ts";
+import type { HeadProfile } from "../src/cache/profile/profile.ts";
 
 export interface RetrievalModelSpec {
   /** Distinct keys (and values); default 16. */

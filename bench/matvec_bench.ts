@@ -15,7 +15,7 @@
 import { parseArgs } from "node:util";
 import { GgmlType, ggmlTypeInfo } from "../src/gguf/types.ts";
 import { MatVec, type MatVecOptions } from "../src/kernels/matvec.ts";
-import { quantize } from "../src/model/quant.ts";
+import { quantize } from "../src/model/quant/mod.ts";
 import { CpuShare } from "./cpu_share.ts";
 import { type Buffer, type CommandList, Device } from "../src/vk/mod.ts";
 

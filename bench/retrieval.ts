@@ -1,18 +1,20 @@
 /**
- * Long synthetic retrieval (HETEROCACHE.md §11, "long synthetic retrieval prompts"): a hand-built
+ * Long synthetic retrieval (docs/algorithm.md §11, "long synthetic retrieval prompts"): a hand-built
  * one-layer model (bench/lib_retrieval.ts) reads 4K-16K tokens of filler with one fact per key
  * scattered through it; questions are then teacher-forced during decode, each repeated, and an
  * answer is right when the argmax after "ask i" is fact i's value token. A policy that evicted
  * a fact at prefill cannot answer it; a refreshing one can, once the pivot's drift check sees
- * the question and the fact is copied back into the satellites. Prints a Markdown table and
- * writes bench/results/retrieval.json.
+ * the question and the fact is copied back into the satellites. Prints a Markdown table; with
+ * `--write`, also writes bench/results/retrieval.json.
  *
- *   deno run -A bench/retrieval.ts [--quick] [--full] [--no-write]
+ *   deno run -A bench/retrieval.ts [--quick] [--full] [--write]
  */
 import { parseArgs } from "node:util";
 import { isHcError, type LoadedModel, loadModel } from "../mod.ts";
 import { minimumKeep } from "../src/cache/budget.ts";
-import { argmax, POLICIES, type PolicyConfig, writeResult } from "./lib_fidelity.ts";
+import { cacheOptions } from "../src/cache/options.ts";
+import { argmax, POLICIES, type PolicyConfig } from "./lib_fidelity.ts";
+import { writeResult } from "./paths.ts";
 import {
   makeRetrievalTask,
   type RetrievalLayout,
@@ -50,6 +52,7 @@ export interface RetrievalOptions {
   policies?: readonly PolicyConfig[];
   /** Questions per prompt (default 16 = every key; quick 8). */
   questions?: number;
+  /** Write bench/results/<name>; null or absent: do not write. */
   resultName?: string | null;
   log?: (line: string) => void;
 }
@@ -105,13 +108,15 @@ async function runCell(
     return { ...base, status: "n/a", note: `needs keep ≥ ${min.toFixed(4)}` };
   }
   using s = model.session({
-    cache: cfg.cache,
-    compat: cfg.compat,
-    threshold: cfg.threshold,
-    trigger: cfg.trigger,
-    coverageDrop: cfg.coverageDrop,
-    keep: keep ?? undefined,
-    profile: usesProfile ? retrievalProfile(lay) : undefined,
+    ...cacheOptions({
+      cache: cfg.cache,
+      compat: cfg.compat,
+      threshold: cfg.threshold,
+      trigger: cfg.trigger,
+      coverageDrop: cfg.coverageDrop,
+      keep,
+      profile: usesProfile ? retrievalProfile(lay) : undefined,
+    }),
     contextTokens: L + task.forced.length + 1,
   });
   const am: number[] = [];
@@ -210,7 +215,7 @@ export async function runRetrieval(opts: RetrievalOptions = {}): Promise<Retriev
     table: retrievalTable(cells),
     seconds: (performance.now() - t0) / 1000,
   };
-  const name = opts.resultName === undefined ? "retrieval.json" : opts.resultName;
+  const name = opts.resultName ?? null;
   if (name !== null) log(`wrote ${await writeResult(name, result)}`);
   return result;
 }
@@ -274,13 +279,13 @@ if (import.meta.main) {
     options: {
       quick: { type: "boolean", default: false },
       full: { type: "boolean", default: false },
-      "no-write": { type: "boolean", default: false },
+      write: { type: "boolean", default: false },
     },
   });
   const r = await runRetrieval({
     quick: values.quick,
     full: values.full,
-    resultName: values["no-write"] ? null : "retrieval.json",
+    resultName: values.write ? "retrieval.json" : null,
   });
   console.log(retrievalReport(r));
 }

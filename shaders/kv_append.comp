@@ -1,10 +1,7 @@
 #version 450
 // KV append: writes B tokens' K and V (f32, after RoPE) as f16 into rows of each KV head's slot
-// region (layout: src/kernels/kv.ts). Grid y = heads of this dispatch, grid x covers B*D/8*2
-// uvec4 outputs (K then V).
-//   mode 0 ("preset"): lens[h] already counts the new tokens; rows lens[h]-B .. lens[h]-1.
-//   mode 1 ("bump"):   rows lens[h] .. lens[h]+B-1, then lens[h] += B (clamped to the capacity).
-//                      Needs grid x = 1: one workgroup per head reads and bumps its length.
+// region (layout: src/cache/kv_layer.ts). Grid y = heads of this dispatch, grid x covers B*D/8*2
+// uvec4 outputs (K then V). lens[h] already counts the new tokens: rows lens[h]-B .. lens[h]-1.
 // Rows at or past a head's capacity are never written (the host reports E_CONTEXT_FULL first).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -18,7 +15,7 @@ layout(std430, binding = 1) readonly buffer Vin { vec4 vin[]; };
 layout(std430, binding = 2) writeonly buffer Kp { uvec4 kpool[]; };
 layout(std430, binding = 3) writeonly buffer Vp { uvec4 vpool[]; };
 layout(std430, binding = 4) readonly buffer Tb { uint tab[]; };
-layout(std430, binding = 5) buffer Lb { uint lens[]; };
+layout(std430, binding = 5) readonly buffer Lb { uint lens[]; };
 
 layout(push_constant) uniform Push {
   uint headBase;
@@ -26,7 +23,6 @@ layout(push_constant) uniform Push {
   uint kOff4;     // vec4 offset of token 0, head 0 in kin
   uint vOff4;
   uint tokStride4; // vec4 stride between tokens in kin / vin
-  uint mode;
 } p;
 
 uvec4 pack8(vec4 a, vec4 b) {
@@ -40,12 +36,11 @@ void main() {
   const uint cap = tab[2 * h + 1];
   const uint B = p.tokens;
   const uint len = lens[h];
-  const bool bump = p.mode == 1u;
-  // A preset length smaller than the batch is a host bug: write nothing rather than wrap.
-  const bool ok = bump || len >= B;
-  const uint start = bump ? len : len - B;
+  // A length smaller than the batch is a host bug: write nothing rather than wrap.
+  const bool ok = len >= B;
+  const uint start = len - B;
   const uint items = B * D8;
-  const uint stride = bump ? WG : WG * gl_NumWorkGroups.x;
+  const uint stride = WG * gl_NumWorkGroups.x;
   for (uint i = gl_WorkGroupID.x * WG + gl_LocalInvocationID.x; ok && i < 2 * items; i += stride) {
     const bool isV = i >= items;
     const uint j = isV ? i - items : i;
@@ -59,9 +54,5 @@ void main() {
     } else {
       kpool[(base + row) * D8 + c] = pack8(kin[src], kin[src + 1]);
     }
-  }
-  if (bump) {
-    barrier();
-    if (gl_LocalInvocationID.x == 0) lens[h] = min(start + B, max(cap, start));
   }
 }

@@ -243,18 +243,6 @@ export const SHADERS = {
     },
     subgroup: true,
   }),
-  topk: family({
-    file: "topk.comp",
-    axes: {
-      stage: {
-        hist: { tag: "_hist", defines: { TOPK_STAGE: 1 } },
-        select: { tag: "_select", defines: { TOPK_STAGE: 2 } },
-        count: { tag: "_count", defines: { TOPK_STAGE: 3 } },
-        compact: { tag: "_compact", defines: { TOPK_STAGE: 4 } },
-      },
-    },
-    subgroup: (c) => c.stage !== "hist",
-  }),
   gather: single("gather.comp"),
 
   // src/kernels/kv.ts and attention.ts

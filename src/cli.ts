@@ -2,12 +2,19 @@
 import { parseArgs } from "node:util";
 import { resolveModelPath } from "./download.ts";
 import { terminalProgress } from "./progress.ts";
-import { type LoadedModel, loadModel, readProfile, serializeProfile } from "./engine/model.ts";
+import {
+  cacheOptions,
+  isPolicyName,
+  type LoadedModel,
+  loadModel,
+  readProfile,
+  serializeProfile,
+} from "./engine/model.ts";
 import { calibrate } from "./engine/calibrate.ts";
 import type { GenerationSummary } from "./engine/session.ts";
 import { HcError } from "./errors.ts";
 import type { ChatMessage } from "./model/chat.ts";
-import { CACHE_POLICIES, type CachePolicyName, serve } from "./server/mod.ts";
+import { CACHE_POLICIES, serve } from "./server/mod.ts";
 import { listDevices } from "./vk/mod.ts";
 
 interface Command {
@@ -142,9 +149,7 @@ server:
         },
       });
       if (values.help) return help("serve");
-      if (
-        values.cache !== undefined && !(CACHE_POLICIES as readonly string[]).includes(values.cache)
-      ) {
+      if (values.cache !== undefined && !isPolicyName(values.cache)) {
         throw usageError(
           `--cache must be one of ${CACHE_POLICIES.join(", ")}, got "${values.cache}"`,
         );
@@ -156,7 +161,7 @@ server:
         maxActive: numberOpt("max-active", values["max-active"], 1, 1024, true),
         maxQueue: numberOpt("max-queue", values["max-queue"], 0, 1 << 20, true),
         maxBodyBytes: numberOpt("max-body-bytes", values["max-body-bytes"], 1024, 1 << 30, true),
-        cache: values.cache as CachePolicyName | undefined,
+        cache: values.cache,
         keep: numberOpt("keep", values.keep, Number.MIN_VALUE, Number.MAX_SAFE_INTEGER, false) ??
           null,
         profile: values.profile,
@@ -242,9 +247,7 @@ KV cache:
         },
       });
       if (values.help) return help("generate");
-      if (
-        values.cache !== undefined && !(CACHE_POLICIES as readonly string[]).includes(values.cache)
-      ) {
+      if (values.cache !== undefined && !isPolicyName(values.cache)) {
         throw usageError(
           `--cache must be one of ${CACHE_POLICIES.join(", ")}, got "${values.cache}"`,
         );
@@ -299,10 +302,7 @@ KV cache:
         : undefined;
       using session = model.session({
         contextTokens,
-        cache: values.cache as CachePolicyName | undefined,
-        ...(keep === undefined ? {} : keep <= 1 ? { keep } : { budgetTokens: keep }),
-        profile,
-        compat: values.compat,
+        ...cacheOptions({ cache: values.cache, keep, profile, compat: values.compat }),
       });
       const abort = new AbortController();
       const stop = untilSignal();
@@ -357,7 +357,7 @@ KV cache:
 
 Runs the model with the full cache over calibration text, records each KV head's top-k attention
 sets at the last prompt token and at every greedy decode step, and derives head roles (anchor,
-volatile, pivot, satellite), clusters and budget multipliers (HETEROCACHE.md §1, §10.5).
+volatile, pivot, satellite), clusters and budget multipliers (docs/algorithm.md §1, §10.5).
 
 ${MODEL_USAGE}
 

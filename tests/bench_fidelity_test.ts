@@ -8,7 +8,7 @@ import { withContextLength } from "../bench/decode.ts";
 import { parseGgufHeader } from "../src/gguf/reader.ts";
 import { loadModel } from "../mod.ts";
 import { openGguf } from "../src/gguf/reader.ts";
-import { writeSyntheticModel } from "../src/model/synthetic.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { argmax, FidelityMeter, klDivergence, logSoftmax } from "../bench/lib_fidelity.ts";
 import {
   makeRetrievalTask,

@@ -80,7 +80,7 @@ Deno.test("collect: a run's files and report land beside the lavapipe results", 
     // The sweep's row: hc 2.50x full, llama.cpp not run.
     assert.match(
       md,
-      /\| 64K \| 2\.5 \| - \| - \| 1\.0 \| - \|.*\| 2\.50x \| - \| 1\.3 \| 2\.00x \| 13% \|/,
+      /\| 64K \| heterocache \| 1\.3 \| 1\.0 \| 2\.00x \| - \| - \| 13% \| 256 MiB \|/,
     );
     assert.match(md, /llama\.cpp: not run \(--llamacpp-max 0\)\./);
     assert.equal(await Deno.readTextFile(`${root}/bench/results/gpu/gpu.log`), "the log\n");

@@ -2,12 +2,13 @@ import assert from "node:assert/strict";
 import { loadModel } from "../mod.ts";
 import type { LoadedModel } from "../src/engine/model.ts";
 import type { CacheOptions } from "../src/cache/mod.ts";
-import { coverageShare, type HeteroCache } from "../src/cache/heterocache.ts";
-import type { HeadRole } from "../src/cache/profile.ts";
-import { uniformProfile } from "../src/cache/profile_io.ts";
-import { satelliteRefresh } from "../src/cache/select.ts";
-import { writeSyntheticModel } from "../src/model/synthetic.ts";
+import { coverageShare, type HeteroCache } from "../src/cache/heterocache/heterocache.ts";
+import type { HeadRole } from "../src/cache/profile/profile.ts";
+import { uniformProfile } from "../src/cache/profile/profile_io.ts";
+import { satelliteRefresh } from "../testing/reference_cache.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { relError, sharedPath } from "./helpers.ts";
+import { SyntheticDecode } from "../bench/synthetic_prompt.ts";
 
 const makeProfile = uniformProfile;
 
@@ -52,7 +53,9 @@ async function keepOneMatchesFull(model: LoadedModel): Promise<void> {
       const e = relError(g, reference[i]);
       assert.ok(
         e < 1e-4,
-        `${v.cache}${v.compat ? " compat" : ""} step ${i}: logits differ from full by ${e}`,
+        `${v.cache}${
+          "compat" in v && v.compat ? " compat" : ""
+        } step ${i}: logits differ from full by ${e}`,
       );
     });
   }
@@ -257,16 +260,16 @@ Deno.test("device memory at keep 0.25, 8 KV heads, 16K prompt: as budgeted, unde
   }
 });
 
-Deno.test("benchPrefill/benchStep: decode steps after a synthetic prompt, every policy at its budget; the session stays usable", async () => {
+Deno.test("synthetic prompt (prefillWritten + decodeStep): decode steps after a synthetic prompt, every policy at its budget; the session stays usable", async () => {
   await using model = await loadModel(sharedPath("models/stories260K.gguf"));
   const profile = SMALL_PROFILE(model.config.nLayers);
   const bytes: Record<string, number> = {};
   for (const cache of ["full", "snapkv", "heterocache"] as const) {
     using s = model.session({ cache, keep: 0.5, profile, contextTokens: 420 });
-    await s.benchPrefill(400, 6);
-    for (let i = 0; i < 6; i++) assert.ok((await s.benchStep()) > 0);
+    const run = await SyntheticDecode.start(s, 400, 6);
+    for (let i = 0; i < 6; i++) assert.ok((await run.step()) > 0);
     await assert.rejects(
-      s.benchStep(),
+      run.step(),
       (e: Error & { code?: string }) => e.code === "E_CONTEXT_FULL",
     );
     const st = s.cacheStats();
@@ -274,11 +277,15 @@ Deno.test("benchPrefill/benchStep: decode steps after a synthetic prompt, every 
     assert.equal(s.stats().positions, 406);
     bytes[cache] = st.deviceKvBytes;
     await assert.rejects(
-      s.benchPrefill(415, 6),
+      SyntheticDecode.start(s, 415, 6),
       (e: Error & { code?: string }) => e.code === "E_CONTEXT_FULL",
     );
     // A real generation afterwards starts from a clean cache: the same text as a fresh session.
     using fresh = model.session({ cache, keep: 0.5, profile, contextTokens: 420 });
+    await assert.rejects(
+      fresh.decodeStep(1),
+      (e: Error & { code?: string }) => e.code === "E_BAD_REQUEST",
+    );
     const want = await fresh.complete(PROMPT, { temperature: 0, maxTokens: 12 });
     const got = await s.complete(PROMPT, { temperature: 0, maxTokens: 12 });
     assert.equal(got.text, want.text);

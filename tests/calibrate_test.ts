@@ -44,12 +44,10 @@ Deno.test("hc calibrate on stories260K writes a profile in under 2 minutes, and 
     assert.equal(r.completionTokens, 21);
     const st = s.cacheStats();
     assert.ok(st.deviceKvBytes < st.fullKvBytes, JSON.stringify(st));
+    // The coverage trigger evaluates every step (the first sets each pivot's reference).
+    assert.equal(st.stepsWithCheck, 20, "a check after each of the 20 decode steps");
     const pivots = roles.filter((x) => x === "pivot").length;
-    assert.equal(
-      st.driftChecks,
-      pivots * 4,
-      "every pivot is checked every 5 of the 20 decode steps",
-    );
+    assert.ok(st.driftChecks > 0 && st.driftChecks <= pivots * 19, JSON.stringify(st));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -7,7 +7,7 @@ import {
   FALLBACK_CHAT_TEMPLATE,
   renderChat,
 } from "../src/model/chat.ts";
-import { tokenizerFromGguf } from "../src/model/tokenizer.ts";
+import { tokenizerFromGguf } from "../src/model/tokenizer/mod.ts";
 
 // Meta-Llama-3-8B-Instruct's published template.
 const LLAMA3_TEMPLATE = "{% set loop_messages = messages %}{% for message in loop_messages %}" +

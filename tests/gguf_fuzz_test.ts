@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { HcError } from "../src/errors.ts";
-import { openGguf, parseGgufHeader } from "../src/gguf/mod.ts";
+import { openGguf, parseGgufHeader } from "../src/gguf/reader.ts";
 
 const MODEL = new URL("../../shared/models/stories260K.gguf", import.meta.url);
 

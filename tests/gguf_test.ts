@@ -1,16 +1,8 @@
 import assert from "node:assert/strict";
 import { HcError, type HcErrorCode } from "../src/errors.ts";
-import {
-  encodeGguf,
-  GgmlType,
-  type GgufTypedValue,
-  GgufValueType,
-  gv,
-  openGguf,
-  openGgufSync,
-  parseGgufHeader,
-  writeGguf,
-} from "../src/gguf/mod.ts";
+import { GgufValueType, openGguf, openGgufSync, parseGgufHeader } from "../src/gguf/reader.ts";
+import { GgmlType } from "../src/gguf/types.ts";
+import { encodeGguf, type GgufTypedValue, gv, writeGguf } from "../testing/gguf_writer.ts";
 
 const MODELS = new URL("../../shared/models/", import.meta.url);
 

@@ -1,6 +1,6 @@
 /**
  * KV append, decode attention (ragged per-head caches, GQA, split-K) and causal prefill against
- * src/model/reference_attention.ts on fresh random data, through both the subgroup and the
+ * testing/reference_attention.ts on fresh random data, through both the subgroup and the
  * shared-memory reduction paths, and for the CPU decode variant with K/V bound as texel or as
  * storage buffers.
  */
@@ -12,13 +12,14 @@ import {
   PrefillAttention,
   type PrefillAttentionOptions,
 } from "../src/kernels/attention.ts";
-import { KvAppend, KvLayerCache, planKvLayer } from "../src/kernels/kv.ts";
+import { KvAppend } from "../src/kernels/kv.ts";
+import { KvLayerCache, planKvLayer } from "../src/cache/kv_layer.ts";
 import {
   refDecodeAttention,
   refPrefillAttention,
   roundToF16,
-} from "../src/model/reference_attention.ts";
-import { f32ToF16Array } from "../src/model/quant.ts";
+} from "../testing/reference_attention.ts";
+import { f32ToF16Array } from "../src/model/quant/mod.ts";
 import { randomF32, relError } from "./helpers.ts";
 
 const SEED = Date.now() >>> 0;
@@ -254,7 +255,7 @@ function readRows(
   return new Uint16Array(bytes.buffer, bytes.byteOffset, n * cache.headDim);
 }
 
-Deno.test("kv append: preset and bump modes, fused QKV layout, capacity guard", () => {
+Deno.test("kv append: preset lengths, fused QKV layout, capacity guard", () => {
   using dev = Device.open();
   const D = 32, nKv = 3, nHeads = 6, B = 2;
   const stride = (nHeads + 2 * nKv) * D;
@@ -277,114 +278,106 @@ Deno.test("kv append: preset and bump modes, fused QKV layout, capacity guard", 
       });
     }
   };
-  for (const mode of ["preset", "bump"] as const) {
-    // Heads 0 and 1 share chunk 0 (head 1's rows right after head 0's), head 2 gets chunk 1.
-    using cache = KvLayerCache.create(dev, {
-      headDim: D,
-      capRows: [5, 10, 20],
-      maxChunkBytes: 20 * D * 2,
-    });
-    assert.deepEqual(cache.layout.chunkHeads, [[0, 2], [2, 3]]);
-    const marker = new Uint16Array(D).fill(0x3c00); // 1.0 in head 1's row 0
-    const row10 = cache.location(1, 0);
-    dev.upload(row10.k, marker, row10.byteOffset);
-    dev.upload(row10.v, marker, row10.byteOffset);
-    // Head 0 (capacity 5) can take only the first of the two tokens (a host bug that the kernel
-    // must contain: setLengths would refuse it, the raw staging array does not).
-    cache.lengths.set(mode === "preset" ? [6, 5, 2] : [4, 3, 0]);
-    dev.upload(cache.lengthsBuffer, cache.lengths);
-    using cmd = dev.commands();
-    cmd.begin();
-    append.record(cmd, {
-      cache,
-      k: src,
-      v: src,
-      kOffset,
-      vOffset,
-      tokenStride: stride,
-      tokens: B,
-      mode,
-    });
-    cmd.end();
-    dev.waitSync("compute", cmd.submit());
-    expectRows(cache, 0, 4, [0]);
-    expectRows(cache, 1, 3, [0, 1]);
-    expectRows(cache, 2, 0, [0, 1]);
-    assert.deepEqual([...cache.readLengths()], mode === "preset" ? [6, 5, 2] : [5, 5, 2]);
-    assert.deepEqual(
-      readRows(dev, cache, "k", 1, 0, 1),
-      marker,
-      "head 0's overflow spilled into head 1",
-    );
-    assert.deepEqual(
-      readRows(dev, cache, "v", 1, 0, 1),
-      marker,
-      "head 0's overflow spilled into head 1",
-    );
-  }
+  // Heads 0 and 1 share chunk 0 (head 1's rows right after head 0's), head 2 gets chunk 1.
+  using cache = KvLayerCache.create(dev, {
+    headDim: D,
+    capRows: [5, 10, 20],
+    maxChunkBytes: 20 * D * 2,
+  });
+  assert.deepEqual(cache.layout.chunkHeads, [[0, 2], [2, 3]]);
+  const marker = new Uint16Array(D).fill(0x3c00); // 1.0 in head 1's row 0
+  const row10 = cache.location(1, 0);
+  dev.upload(row10.k, marker, row10.byteOffset);
+  dev.upload(row10.v, marker, row10.byteOffset);
+  // Head 0 (capacity 5) can take only the first of the two tokens (a host bug that the kernel
+  // must contain: setLengths would refuse it, the raw staging array does not).
+  cache.lengths.set([6, 5, 2]);
+  dev.upload(cache.lengthsBuffer, cache.lengths);
+  using cmd = dev.commands();
+  cmd.begin();
+  append.record(cmd, {
+    cache,
+    k: src,
+    v: src,
+    kOffset,
+    vOffset,
+    tokenStride: stride,
+    tokens: B,
+  });
+  cmd.end();
+  dev.waitSync("compute", cmd.submit());
+  expectRows(cache, 0, 4, [0]);
+  expectRows(cache, 1, 3, [0, 1]);
+  expectRows(cache, 2, 0, [0, 1]);
+  assert.deepEqual([...cache.readLengths()], [6, 5, 2]);
+  assert.deepEqual(
+    readRows(dev, cache, "k", 1, 0, 1),
+    marker,
+    "head 0's overflow spilled into head 1",
+  );
+  assert.deepEqual(
+    readRows(dev, cache, "v", 1, 0, 1),
+    marker,
+    "head 0's overflow spilled into head 1",
+  );
 });
 
 Deno.test("decode step replay: append + attention recorded once, lengths advance", () => {
   using dev = Device.open();
   const D = 64, G = 2, nKv = 2, steps = 4;
-  for (const mode of ["preset", "bump"] as const) {
-    const caps = [50, 30];
-    const start = [20, 3];
-    const fc = filledCache(dev, D, caps, start);
-    try {
-      using append = new KvAppend(dev, { headDim: D });
-      using attn = new DecodeAttention(dev, { headDim: D, groupSize: G, minTokensPerSplit: 8 });
-      using qBuf = dev.buffer(nKv * G * D * 4);
-      using kvBuf = dev.buffer(2 * nKv * D * 4);
-      using out = dev.buffer(nKv * G * D * 4);
-      using scratch = dev.buffer(attn.scratchBytes(fc.cache));
-      using cmd = dev.commands();
-      cmd.begin();
-      if (mode === "preset") fc.cache.recordLengthsUpload(cmd);
-      cmd.barrier();
-      append.record(cmd, {
-        cache: fc.cache,
-        k: kvBuf,
-        v: kvBuf,
-        vOffset: nKv * D,
-        tokens: 1,
-        mode,
+  const caps = [50, 30];
+  const start = [20, 3];
+  const fc = filledCache(dev, D, caps, start);
+  try {
+    using append = new KvAppend(dev, { headDim: D });
+    using attn = new DecodeAttention(dev, { headDim: D, groupSize: G, minTokensPerSplit: 8 });
+    using qBuf = dev.buffer(nKv * G * D * 4);
+    using kvBuf = dev.buffer(2 * nKv * D * 4);
+    using out = dev.buffer(nKv * G * D * 4);
+    using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+    using cmd = dev.commands();
+    cmd.begin();
+    fc.cache.recordLengthsUpload(cmd);
+    cmd.barrier();
+    append.record(cmd, {
+      cache: fc.cache,
+      k: kvBuf,
+      v: kvBuf,
+      vOffset: nKv * D,
+      tokens: 1,
+    });
+    cmd.barrier();
+    attn.record(cmd, { cache: fc.cache, q: qBuf, out, scratch });
+    cmd.end();
+    const rows = fc.kFull.map((k, h) => ({
+      k: k.slice(0, start[h] * D),
+      v: fc.vFull[h].slice(0, start[h] * D),
+    }));
+    for (let step = 0; step < steps; step++) {
+      const q = randomF32(nKv * G * D, nextSeed(), 3);
+      const kv = randomF32(2 * nKv * D, nextSeed());
+      dev.upload(qBuf, q);
+      dev.upload(kvBuf, kv);
+      for (let h = 0; h < nKv; h++) fc.cache.lengths[h] = start[h] + step + 1;
+      dev.waitSync("compute", cmd.submit());
+      rows.forEach((r, h) => {
+        const kr = roundToF16(kv.subarray(h * D, (h + 1) * D));
+        const vr = roundToF16(kv.subarray((nKv + h) * D, (nKv + h + 1) * D));
+        r.k = Float32Array.from([...r.k, ...kr]);
+        r.v = Float32Array.from([...r.v, ...vr]);
       });
-      cmd.barrier();
-      attn.record(cmd, { cache: fc.cache, q: qBuf, out, scratch });
-      cmd.end();
-      const rows = fc.kFull.map((k, h) => ({
-        k: k.slice(0, start[h] * D),
-        v: fc.vFull[h].slice(0, start[h] * D),
-      }));
-      for (let step = 0; step < steps; step++) {
-        const q = randomF32(nKv * G * D, nextSeed(), 3);
-        const kv = randomF32(2 * nKv * D, nextSeed());
-        dev.upload(qBuf, q);
-        dev.upload(kvBuf, kv);
-        if (mode === "preset") {
-          for (let h = 0; h < nKv; h++) fc.cache.lengths[h] = start[h] + step + 1;
-        }
-        dev.waitSync("compute", cmd.submit());
-        rows.forEach((r, h) => {
-          const kr = roundToF16(kv.subarray(h * D, (h + 1) * D));
-          const vr = roundToF16(kv.subarray((nKv + h) * D, (nKv + h + 1) * D));
-          r.k = Float32Array.from([...r.k, ...kr]);
-          r.v = Float32Array.from([...r.v, ...vr]);
-        });
-        const want = refDecodeAttention({
-          q,
-          k: rows.map((r) => r.k),
-          v: rows.map((r) => r.v),
-          headDim: D,
-          groupSize: G,
-        });
-        expectClose(f32(dev.download(out)), want, `${mode} step ${step}`);
-      }
-      assert.deepEqual([...fc.cache.readLengths()], start.map((n) => n + steps));
-    } finally {
-      fc.cache.dispose();
+      const want = refDecodeAttention({
+        q,
+        k: rows.map((r) => r.k),
+        v: rows.map((r) => r.v),
+        headDim: D,
+        groupSize: G,
+      });
+      expectClose(f32(dev.download(out)), want, `step ${step}`);
     }
+    assert.deepEqual([...fc.cache.readLengths()], start.map((n) => n + steps));
+  } finally {
+    fc.cache.dispose();
   }
 });
 

@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import { isHcError } from "../src/errors.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { GetRows } from "../src/kernels/get_rows.ts";
-import { quantize } from "../src/model/quant.ts";
-import { referenceGetRows } from "../src/model/reference_matvec.ts";
+import { quantize } from "../src/model/quant/mod.ts";
+import { referenceGetRows } from "../testing/reference_matvec.ts";
 import { type Binding, type Buffer, Device } from "../src/vk/mod.ts";
 import { randomF32, rng } from "./helpers.ts";
 

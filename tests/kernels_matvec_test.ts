@@ -1,6 +1,6 @@
 /**
  * Matvec kernels (src/kernels/matvec.ts) against the plain-TS reference over the DEQUANTIZED
- * weights (src/model/reference_matvec.ts), on fresh random data every run. Covers every weight
+ * weights (testing/reference_matvec.ts), on fresh random data every run. Covers every weight
  * type on the generic (GPU) path and the CPU run path (row loop at batch 1, step variant for
  * batches; weights and x as texel buffers, or as storage buffers with 64- and 32-bit chunk
  * loads, and the fallback from texels to storage buffers), the subgroup and shared-memory
@@ -12,8 +12,8 @@ import assert from "node:assert/strict";
 import { isHcError } from "../src/errors.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { MatVec, type MatVecOptions, type MatVecPlan } from "../src/kernels/matvec.ts";
-import { quantize } from "../src/model/quant.ts";
-import { referenceMatvec } from "../src/model/reference_matvec.ts";
+import { quantize } from "../src/model/quant/mod.ts";
+import { referenceMatvec } from "../testing/reference_matvec.ts";
 import { type Binding, Device } from "../src/vk/mod.ts";
 import { randomF32 } from "./helpers.ts";
 

@@ -1,6 +1,6 @@
 /**
  * Device tests of RMSNorm, RoPE, SwiGLU, axpby and the row gather against
- * src/model/reference_ops.ts, on fresh random data (the seed is printed in every failure), at
+ * testing/reference_ops.ts, on fresh random data (the seed is printed in every failure), at
  * sizes that break naive kernels on lavapipe. Reducing kernels run once on the subgroup path and
  * once on the shared-memory path.
  */
@@ -23,8 +23,8 @@ import {
   ropeInvFreq,
   ropeRows,
   swigluRef,
-} from "../src/model/reference_ops.ts";
-import { f32ToF16Array } from "../src/model/quant.ts";
+} from "../testing/reference_ops.ts";
+import { f32ToF16Array } from "../src/model/quant/mod.ts";
 import { randomF32, relError, rng } from "./helpers.ts";
 
 const SEED = Date.now() >>> 0;

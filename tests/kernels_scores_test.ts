@@ -1,14 +1,14 @@
 /**
  * Selection scores (softmax, group reduce, window sum, average pool) and the device top-k
- * against src/model/reference_attention.ts on fresh random data, through both reduction paths.
+ * against testing/reference_attention.ts on fresh random data, through both reduction paths.
  */
 import assert from "node:assert/strict";
 import { Device } from "../src/vk/mod.ts";
-import { KvLayerCache } from "../src/kernels/kv.ts";
+import { KvLayerCache } from "../src/cache/kv_layer.ts";
 import { AttentionScores, TopK } from "../src/kernels/scores.ts";
-import { refScores, refTopK, roundToF16 } from "../src/model/reference_attention.ts";
-import { f32ToF16Array } from "../src/model/quant.ts";
-import { topkSet } from "../src/cache/analysis.ts";
+import { refScores, refTopK, roundToF16 } from "../testing/reference_attention.ts";
+import { f32ToF16Array } from "../src/model/quant/mod.ts";
+import { topkSet } from "../src/cache/profile/analysis.ts";
 import { randomF32, relError, rng } from "./helpers.ts";
 
 const SEED = Date.now() >>> 0;

@@ -1,5 +1,5 @@
 /**
- * The device forward pass against the plain TS reference (src/model/reference.ts, K/V rounded to
+ * The device forward pass against the plain TS reference (testing/reference_model.ts, K/V rounded to
  * f16 as the device cache stores them): real models, and synthetic GGUF models for every weight
  * type, both architectures, rope scaling, GQA ratios 1/2/4, and sizes that cross lavapipe's
  * loop cap (long prompts) and its 128 MiB binding limit (a big output matrix).
@@ -7,9 +7,9 @@
 import assert from "node:assert/strict";
 import { loadModel } from "../mod.ts";
 import { GgmlType } from "../src/gguf/types.ts";
-import { ReferenceModel } from "../src/model/reference.ts";
+import { ReferenceModel } from "../testing/reference_model.ts";
 import { openModelSource } from "../src/model/source.ts";
-import { type SyntheticSpec, writeSyntheticModel } from "../src/model/synthetic.ts";
+import { type SyntheticSpec, writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { relError, sharedPath } from "./helpers.ts";
 
 /** Device logits for the prompt's last position and for `decode` forced steps after it. */

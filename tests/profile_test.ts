@@ -10,7 +10,7 @@ import {
   parseProfile,
   roleCounts,
   serializeProfile,
-} from "../src/cache/profile.ts";
+} from "../src/cache/profile/profile.ts";
 import {
   baseLength,
   capsFromBase,
@@ -55,7 +55,7 @@ const LLAMA_ID: ModelIdentity = {
   attnHash: "abc123",
 };
 
-Deno.test("official profiles import with the counts of HETEROCACHE.md §1g", () => {
+Deno.test("official profiles import with the counts of docs/algorithm.md §1g", () => {
   const cases: [string, number, [number, number, number, number], [number, number]][] = [
     [LLAMA, 32, [10, 17, 33, 196], [0.567, 1.997]],
     [DEEPSEEK, 32, [0, 5, 32, 219], [0.511, 2.055]],
@@ -353,7 +353,7 @@ function setCluster(j: any, layer: number, cluster: unknown): any {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Budgets (HETEROCACHE.md §3, §8)
+// Budgets (docs/algorithm.md §3, §8)
 
 Deno.test("baseLength matches §3's worked values and enforces the minimum keep", () => {
   const p = importShared(LLAMA);

@@ -19,7 +19,7 @@ import {
   packScaleMinK4,
   quantize,
   rowBytes,
-} from "../src/model/quant.ts";
+} from "../src/model/quant/mod.ts";
 
 /** mulberry32: a tiny seeded PRNG so every run sees the same "random" data. */
 function rng(seed: number): () => number {

@@ -1,23 +1,17 @@
 import assert from "node:assert/strict";
 import { HcError, type HcErrorCode } from "../src/errors.ts";
+import { GgufValueType, openGguf } from "../src/gguf/reader.ts";
 import {
   type GgufTypedValue,
-  GgufValueType,
   type GgufWriteTensor,
   gv,
-  openGguf,
   writeGguf,
-} from "../src/gguf/mod.ts";
+} from "../testing/gguf_writer.ts";
 import { GgmlType } from "../src/gguf/types.ts";
-import { configFromGguf, llama3RopeFactors } from "../src/model/config.ts";
-import { parseLlama2cHeader } from "../src/model/llama2c.ts";
-import { quantize } from "../src/model/quant.ts";
-import {
-  applyRope,
-  attention,
-  ReferenceModel,
-  ropeInverseFrequencies,
-} from "../src/model/reference.ts";
+import { configFromGguf, llama3RopeFactors, ropeInverseFrequencies } from "../src/model/config.ts";
+import { parseLlama2cHeader } from "../src/model/llama2c_checkpoint.ts";
+import { quantize } from "../src/model/quant/mod.ts";
+import { applyRope, attention, ReferenceModel } from "../testing/reference_model.ts";
 import { openModelSource, readTensorBytes } from "../src/model/source.ts";
 
 const MODELS = new URL("../../shared/models/", import.meta.url);

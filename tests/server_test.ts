@@ -63,6 +63,26 @@ async function metricsUntil(
   }
 }
 
+/** A long streamed completion held open after its first piece (it keeps a slot and a session
+ * until `release`). */
+async function holdStream(url: string): Promise<{ release: () => Promise<void> }> {
+  const holder = new AbortController();
+  const res = await post(`${url}/v1/completions`, {
+    prompt: "Once",
+    max_tokens: 1800,
+    temperature: 0,
+    stream: true,
+  }, { signal: holder.signal });
+  const reader = res.body!.getReader();
+  await reader.read();
+  return {
+    release: async () => {
+      holder.abort();
+      await reader.cancel().catch(() => {});
+    },
+  };
+}
+
 type ErrorBody = {
   error: { message: string; type: string; param: string | null; code: string | null };
 };
@@ -458,17 +478,7 @@ Deno.test("validation: every bad request gets a 4xx OpenAI error and never reach
 Deno.test("the queue is bounded: waiting requests queue, the rest get 429, slots come back", async () => {
   await withServer({ maxActive: 1, maxQueue: 1 }, async (url) => {
     // Holds the only slot: a long stream whose reader stops after the first piece.
-    const holder = new AbortController();
-    const first = await post(`${url}/v1/completions`, {
-      prompt: "Once",
-      max_tokens: 1800,
-      temperature: 0,
-      stream: true,
-    }, {
-      signal: holder.signal,
-    });
-    const reader = first.body!.getReader();
-    await reader.read();
+    const held = await holdStream(url);
     const waiting = post(`${url}/v1/completions`, {
       prompt: "Once upon a time",
       max_tokens: 5,
@@ -485,8 +495,7 @@ Deno.test("the queue is bounded: waiting requests queue, the rest get 429, slots
       "queue_full",
     );
     assert.equal(refused.error.type, "rate_limit_error");
-    holder.abort();
-    await reader.cancel().catch(() => {});
+    await held.release();
     const w = await waiting;
     assert.equal(w.status, 200);
     assert.equal((await w.json()).choices[0].text, await engineText("Once upon a time", 5));
@@ -533,17 +542,7 @@ Deno.test("a client that disconnects mid-stream stops its generation and frees i
 
 Deno.test("a client that leaves while queued never gets a session", async () => {
   await withServer({ maxActive: 1, maxQueue: 4 }, async (url) => {
-    const holder = new AbortController();
-    const first = await post(`${url}/v1/completions`, {
-      prompt: "Once",
-      max_tokens: 1800,
-      temperature: 0,
-      stream: true,
-    }, {
-      signal: holder.signal,
-    });
-    const reader = first.body!.getReader();
-    await reader.read();
+    const held = await holdStream(url);
     const leaver = new AbortController();
     const queued = post(`${url}/v1/completions`, { prompt: "Once", max_tokens: 5 }, {
       signal: leaver.signal,
@@ -554,8 +553,7 @@ Deno.test("a client that leaves while queued never gets a session", async () => 
     await metricsUntil(url, (m) => m.get("hc_queue_depth") === 0, "the queue to empty");
     const m = await metrics(url);
     assert.equal(m.get("hc_generations_total") ?? 0, 0, "the queued request never started");
-    holder.abort();
-    await reader.cancel().catch(() => {});
+    await held.release();
     await metricsUntil(
       url,
       (m) => m.get("hc_sessions") === 0 && m.get("hc_active_requests") === 0,
@@ -599,6 +597,19 @@ Deno.test("failing and aborted requests do not disturb the ones running beside t
     }
     assert.deepEqual([results[1], results[4], results[6]], [400, 400, 400]);
     await metricsUntil(url, (m) => m.get("hc_sessions") === 0, "all sessions freed");
+  });
+});
+
+Deno.test("hc_sessions counts live sessions: 1 while a streamed request is open, 0 after", async () => {
+  await withServer({}, async (url) => {
+    assert.equal((await metrics(url)).get("hc_sessions"), 0, "no request, no session");
+    const held = await holdStream(url);
+    const live = await metrics(url);
+    assert.equal(live.get("hc_active_requests"), 1, "the request is still running");
+    assert.equal(live.get("hc_sessions"), 1);
+    assert.ok(live.get("hc_device_kv_bytes")! > 0);
+    await held.release();
+    await metricsUntil(url, (m) => m.get("hc_sessions") === 0, "the session to be freed");
   });
 });
 

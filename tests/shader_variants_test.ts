@@ -68,6 +68,7 @@ Deno.test("a family's variants are its product of axes less its filter", () => {
     assert.throws(() => SHADERS.matvec.variant(c), (e) => isHcError(e, "E_SHADER_MISSING"));
   }
   // Subgroup twins only where the family asks for them.
-  const topk = SHADERS.topk.expand().map((v) => v.name);
-  assert.ok(!topk.includes("topk_hist__sg") && topk.includes("topk_select__sg"));
+  const gpu = SHADERS.attn_decode.expand().map((v) => v.name);
+  const cpu = SHADERS.attn_decode_cpu.expand().map((v) => v.name);
+  assert.ok(gpu.includes("attn_decode_watch__sg") && !cpu.some((n) => n.endsWith("__sg")));
 });

@@ -2,7 +2,11 @@ import assert from "node:assert/strict";
 import { openGguf } from "../src/gguf/reader.ts";
 import { isHcError } from "../src/errors.ts";
 import { PreTokenizer, preTokenizerSpec } from "../src/model/tokenizer/pretokenize.ts";
-import { type Tokenizer, tokenizerFromGguf, tokenizerFromLlama2c } from "../src/model/tokenizer.ts";
+import {
+  type Tokenizer,
+  tokenizerFromGguf,
+  tokenizerFromLlama2c,
+} from "../src/model/tokenizer/mod.ts";
 
 const MODELS = new URL("../../shared/models/", import.meta.url);
 const VOCABS = new URL("ggml-vocab/", MODELS);

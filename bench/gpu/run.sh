@@ -25,8 +25,8 @@ mkdir -p "$OUT"
 {
   deno run "${off[@]}" -A src/cli.ts devices
   timeout 180 deno test "${off[@]}" -A --parallel tests/vk_runtime_test.ts tests/kernels_*_test.ts
-  timeout 120 deno run "${off[@]}" -A bench/kernels.ts
-  timeout 240 deno run "${off[@]}" -A bench/decode.ts --llamacpp-max 0 --skip-throughput \
+  timeout 120 deno run "${off[@]}" -A bench/kernels.ts --write
+  timeout 240 deno run "${off[@]}" -A bench/decode.ts --write --llamacpp-max 0 --skip-throughput \
     --contexts "${HC_GPU_CONTEXTS:-1024,4096,16384,65536,131072}" --steps 32
 } 2>&1 | tee "$OUT/gpu.log"
 cp bench/results/kernels.json bench/results/speed.json "$OUT/" 2>/dev/null

@@ -1,12 +1,43 @@
 /**
- * Per-head prompt-KV budgets (HETEROCACHE.md §3). Full heads (volatile, pivot) keep all L prompt
+ * Per-head prompt-KV budgets (docs/algorithm.md §3). Full heads (volatile, pivot) keep all L prompt
  * tokens; a compressed head (anchor, satellite) keeps cap_h = min(int(base·ratio_h), L) tokens,
- * where ratio_h is the profile multiplier (mean 1 over compressed heads model-wide).
+ * where ratio_h is the profile multiplier (mean 1 over compressed heads model-wide). The uniform
+ * policies (snapkv, streaming) give every head the same cap.
  */
 import { HcError } from "../errors.ts";
-import { fullHeadCount, type HeadProfile, isFullRole } from "./profile.ts";
+import { fullHeadCount, type HeadProfile, isFullRole } from "./profile/profile.ts";
 
 const MAX_PROMPT_TOKENS = 2 ** 31 - 1;
+
+/**
+ * A compressing policy's prompt-KV budget: `keep`, the fraction of the prompt's KV kept on the
+ * device (the official compression_ratio), or `tokens` of prompt KV per compressed head.
+ */
+export type Budget = { keep: number } | { tokens: number };
+
+/** The budget of a compressing policy given none. */
+export const DEFAULT_KEEP = 0.5;
+
+/**
+ * The one reading of a single user-given number (the server's `keep`, the CLI's `--keep`): a
+ * fraction in (0, 1], or above 1 an integer token budget per head.
+ */
+export function budgetFromKeep(keep: number): Budget {
+  return checkBudget(keep > 1 ? { tokens: keep } : { keep });
+}
+
+/** Returns the budget if it is valid, else throws E_BAD_REQUEST. */
+export function checkBudget(budget: Budget): Budget {
+  if ("tokens" in budget) {
+    if (!Number.isSafeInteger(budget.tokens) || budget.tokens < 1) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `a token budget must be a positive integer, got ${budget.tokens}`,
+      );
+    }
+  } else checkKeep(budget.keep);
+  return budget;
+}
 
 function checkPromptTokens(promptTokens: number): void {
   if (!Number.isInteger(promptTokens) || promptTokens < 1 || promptTokens > MAX_PROMPT_TOKENS) {
@@ -113,11 +144,18 @@ export function uniformCap(keep: number, promptTokens: number): number {
   return Math.trunc(keep * promptTokens);
 }
 
+/** Rows per head of the uniform policies as a function of the prompt length (checks the
+ * budget now). */
+export function uniformBudget(budget: Budget): (promptTokens: number) => number {
+  const b = checkBudget(budget);
+  return "tokens" in b ? (L) => Math.min(b.tokens, L) : (L) => uniformCap(b.keep, L);
+}
+
 export interface KeptSummary {
   keptTokens: number;
   totalTokens: number;
   keptFraction: number;
-  /** Per layer: kept prompt rows / (KV heads × L), the "kept" column of HETEROCACHE.md §8. */
+  /** Per layer: kept prompt rows / (KV heads × L), the "kept" column of docs/algorithm.md §8. */
   layerKeptFraction: number[];
 }
 

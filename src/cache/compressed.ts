@@ -5,14 +5,14 @@
  * (`kept + maxNew` rows per head: real device savings, nothing masked), copies the kept rows on
  * the device, and frees the prefill caches.
  */
-import { HcError } from "../errors.ts";
-import { KvLayerCache } from "../kernels/kv.ts";
+import { KvLayerCache } from "./kv_layer.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Captures } from "../model/forward.ts";
 import { type ScoresArgs, TopK } from "../kernels/scores.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
 import type { CacheKernels } from "./kernels.ts";
 import {
+  type CacheHeadRole,
   type CachePolicy,
   type CacheStats,
   emptyStats,
@@ -135,7 +135,7 @@ export abstract class CompressedCache implements CachePolicy {
   }
 
   /** Role of each head, for maps and for byte accounting. */
-  protected abstract roleOf(layer: number, head: number): HeadInfo["role"];
+  protected abstract roleOf(layer: number, head: number): CacheHeadRole;
 
   begin(promptTokens: number, maxNewTokens: number): void {
     this.#free();
@@ -285,20 +285,4 @@ export abstract class CompressedCache implements CachePolicy {
   [Symbol.dispose](): void {
     this.#free();
   }
-}
-
-/** Validates a keep fraction. */
-export function checkKeep(keep: number): number {
-  if (!(keep > 0 && keep <= 1)) {
-    throw new HcError("E_BAD_REQUEST", `keep must be in (0, 1], got ${keep}`);
-  }
-  return keep;
-}
-
-/** Validates a per-head token budget. */
-export function checkBudgetTokens(tokens: number): number {
-  if (!Number.isSafeInteger(tokens) || tokens < 1) {
-    throw new HcError("E_BAD_REQUEST", `budgetTokens must be a positive integer, got ${tokens}`);
-  }
-  return tokens;
 }

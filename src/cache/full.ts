@@ -1,5 +1,5 @@
 /** `full`: every head keeps every token, in caches allocated once for the session's context. */
-import { KvLayerCache } from "../kernels/kv.ts";
+import { KvLayerCache } from "./kv_layer.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Device } from "../vk/mod.ts";
 import {

@@ -6,8 +6,10 @@
  * (the policy may compress: select rows, build smaller caches, keep the full KV in host memory)
  * → decode steps (advance(1), the step waiting for transferWait(), then afterStep()).
  */
-import type { KvLayerCache } from "../kernels/kv.ts";
+import { HcError } from "../errors.ts";
+import type { KvLayerCache } from "./kv_layer.ts";
 import type { Captures } from "../model/forward.ts";
+import type { HeadRole } from "./profile/profile.ts";
 
 export const POLICY_NAMES = [
   "full",
@@ -19,7 +21,23 @@ export const POLICY_NAMES = [
 ] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
 
-/** Device KV bytes and retrieval accounting (HETEROCACHE.md §10.4), per generation. */
+/** Whether `name` is one of POLICY_NAMES (the one check of a policy name from outside). */
+export function isPolicyName(name: unknown): name is PolicyName {
+  return (POLICY_NAMES as readonly unknown[]).includes(name);
+}
+
+/** `name` as a PolicyName, or E_BAD_REQUEST naming the choices. */
+export function checkPolicyName(name: unknown): PolicyName {
+  if (!isPolicyName(name)) {
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `unknown cache policy "${name}"; use one of ${POLICY_NAMES.join(", ")}`,
+    );
+  }
+  return name;
+}
+
+/** Device KV bytes and retrieval accounting (docs/algorithm.md §10.4), per generation. */
 export interface CacheStats {
   policy: PolicyName;
   /** Device bytes of the KV pools in use now (K and V). */
@@ -54,9 +72,15 @@ export interface CacheStats {
   refreshedMap: boolean[][];
 }
 
+/**
+ * A head's role in maps and reports: its profile role under HeteroCache and its ablations;
+ * "full" or "compressed" under the policies that treat every head alike.
+ */
+export type CacheHeadRole = HeadRole | "full" | "compressed";
+
 /** Per-head description for maps and reports. */
 export interface HeadInfo {
-  role: "full" | "anchor" | "volatile" | "pivot" | "satellite" | "compressed";
+  role: CacheHeadRole;
   /** Rows of prompt KV kept on the device (null before a prompt). */
   budgetTokens: number | null;
 }

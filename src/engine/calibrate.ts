@@ -1,14 +1,14 @@
 /**
- * `calibrate()`: profiles a model once for HeteroCache (HETEROCACHE.md §1b-1f, §10.5). The model
+ * `calibrate()`: profiles a model once for HeteroCache (docs/algorithm.md §1b-1f, §10.5). The model
  * runs over calibration text with the full cache; at the last prompt token and at every greedy
  * decode step, each KV head's attention over the prompt keys (softmax per query head, mean over
  * its query group) is computed on the device and reduced at once to top-k sets by the
  * CalibrationRecorder, so no attention matrix is ever stored.
  */
 import { HcError } from "../errors.ts";
-import { CalibrationRecorder } from "../cache/analysis.ts";
+import { CalibrationRecorder } from "../cache/profile/analysis.ts";
 import { FullCache } from "../cache/full.ts";
-import type { HeadProfile } from "../cache/profile.ts";
+import type { HeadProfile } from "../cache/profile/profile.ts";
 import type { LoadedModel } from "./model.ts";
 import { CALIBRATION_TEXT } from "./calibration_text.ts";
 import { MAX_BATCH_TOKENS } from "../model/forward.ts";

@@ -7,11 +7,11 @@ import { type ChatMessage, chatTemplateFromMetadata, renderChat } from "../model
 import type { ModelConfig } from "../model/config.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { openModelSource } from "../model/source.ts";
-import { type Tokenizer, tokenizerFromGguf, tokenizerFromLlama2c } from "../model/tokenizer.ts";
+import { type Tokenizer, tokenizerFromGguf, tokenizerFromLlama2c } from "../model/tokenizer/mod.ts";
 import { Device } from "../vk/mod.ts";
 import { Session } from "./session.ts";
 import { CacheKernels, type CacheOptions, createPolicy } from "../cache/mod.ts";
-import type { ModelIdentity } from "../cache/profile.ts";
+import type { ModelIdentity } from "../cache/profile/profile.ts";
 
 export interface LoadOptions {
   /** A device to use (the caller keeps ownership), or a selector (index or name substring). */
@@ -22,18 +22,19 @@ export interface LoadOptions {
   onProgress?: (doneBytes: number, totalBytes: number) => void;
 }
 
-export interface SessionOptions extends CacheOptions {
+export type SessionOptions = CacheOptions & {
   /** Most tokens (prompt + generated) the session holds. Default: the model's context length,
    * at most DEFAULT_CONTEXT_TOKENS. */
   contextTokens?: number;
-}
+};
 
 /** Default session size: a full KV cache of a long-context model would not fit most devices. */
 export const DEFAULT_CONTEXT_TOKENS = 8192;
-export { POLICY_NAMES, type PolicyName } from "../cache/policy.ts";
-export type { HeadProfile } from "../cache/profile.ts";
-export { profileFromText, readProfile } from "../cache/profile_io.ts";
-export { serializeProfile } from "../cache/profile.ts";
+export { isPolicyName, POLICY_NAMES, type PolicyName } from "../cache/policy.ts";
+export { cacheOptions, type CacheRequest } from "../cache/options.ts";
+export type { HeadProfile } from "../cache/profile/profile.ts";
+export { profileFromText, readProfile } from "../cache/profile/profile_io.ts";
+export { serializeProfile } from "../cache/profile/profile.ts";
 
 export interface ModelInfo {
   path: string;

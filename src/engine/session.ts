@@ -5,12 +5,11 @@
  */
 import { HcError } from "../errors.ts";
 import { Sampler, type SamplingOptions } from "../model/sampler.ts";
-import type { ForwardState } from "../model/forward.ts";
+import type { Captures, ForwardState } from "../model/forward.ts";
 import type { CachePolicy, CacheStats } from "../cache/policy.ts";
 import type { LoadedModel, Prompt } from "./model.ts";
 import { StopMatcher } from "./stops.ts";
-import { f32ToF16Array } from "../model/quant/f16.ts";
-import type { Buffer, Device } from "../vk/mod.ts";
+import type { KvLayerCache } from "../cache/kv_layer.ts";
 
 export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate. Default 256. */
@@ -68,9 +67,6 @@ export class Session implements Disposable {
   #last: GenerationSummary | null = null;
   /** Device step time of the current generation's decode steps (transfer waits included). */
   #stepMs = 0;
-  /** benchPrefill/benchStep: the next token and the steps left. */
-  #benchNext = 0;
-  #benchLeft = 0;
 
   constructor(model: LoadedModel, state: ForwardState, policy: CachePolicy) {
     this.model = model;
@@ -133,7 +129,6 @@ export class Session implements Disposable {
     try {
       this.#state.reset();
       this.#tokens = [];
-      this.#benchLeft = 0;
       this.policy.begin(promptTokens.length, Math.min(maxTokens, capacity - promptTokens.length));
       this.#stepMs = 0;
       const want = greedy ? "argmax" : "logits";
@@ -294,7 +289,6 @@ export class Session implements Disposable {
     try {
       this.#state.reset();
       this.#tokens = [];
-      this.#benchLeft = 0;
       this.policy.begin(prompt.length, forced.length);
       this.#stepMs = 0;
       let logits = await this.#prefill(prompt, "logits") as Float32Array;
@@ -310,78 +304,61 @@ export class Session implements Disposable {
   }
 
   /**
-   * Decode benchmark, part 1: a synthetic prompt of `promptTokens` positions, room for `steps`
-   * decode steps (each `benchStep()`). The prompt's K/V rows, and the prompt queries a
-   * compressing policy scores them with, are random values written straight into the caches
-   * instead of computed by a prefill: a 64K-token prefill is quadratic and takes hours on a CPU
-   * Vulkan driver, while the decode steps after it read exactly the bytes real ones would. The
-   * policy then compresses as after a real prefill (selection, host store, drift checks).
+   * Starts a generation whose prompt KV rows are written by `write` straight into the caches
+   * (and, for a compressing policy, the prompt queries into `captures.prefillQ`) instead of
+   * computed by a prefill, then lets the policy compress as after a real prefill. The decode
+   * benchmark uses it for long synthetic prompts, whose real prefill takes hours on a CPU
+   * driver; `decodeStep` then runs the steps after it.
    */
-  async benchPrefill(promptTokens: number, steps: number, seed = 1): Promise<void> {
+  async prefillWritten(
+    promptTokens: number,
+    maxNewTokens: number,
+    write: (caches: readonly KvLayerCache[], captures: Captures) => void,
+  ): Promise<void> {
     if (this.#busy) {
       throw new HcError("E_BUSY", "this session is already generating; use another session");
     }
-    if (promptTokens < 1 || steps < 1 || promptTokens + steps > this.#state.capacity) {
+    if (
+      !Number.isSafeInteger(promptTokens) || !Number.isSafeInteger(maxNewTokens) ||
+      promptTokens < 1 || maxNewTokens < 1 || promptTokens + maxNewTokens > this.#state.capacity
+    ) {
       throw new HcError(
         "E_CONTEXT_FULL",
-        `prompt ${promptTokens} + ${steps} steps do not fit ${this.#state.capacity}`,
+        `prompt ${promptTokens} + ${maxNewTokens} steps do not fit ${this.#state.capacity}`,
       );
     }
     this.#busy = true;
     try {
-      const c = this.model.config;
-      const device = this.model.device;
       this.#state.reset();
       this.#tokens = [];
       this.#stepMs = 0;
-      this.#benchLeft = 0;
-      this.policy.begin(promptTokens, steps);
+      this.policy.begin(promptTokens, maxNewTokens);
       this.policy.advance(promptTokens);
-      const pool = randomHalfs(1 << 20, seed);
-      const rowBytes = c.headDim * 2;
-      let turn = 0;
-      for (const cache of this.policy.caches) {
-        for (let h = 0; h < cache.nKvHeads; h++) {
-          const at = cache.location(h, 0);
-          for (const side of [at.k, at.v]) {
-            // Rows cycle through the pool from a different start for every head and side.
-            const start = ((turn++ * 7919) % (pool.length / c.headDim)) * rowBytes;
-            writeCycled(device, side, at.byteOffset, promptTokens * rowBytes, pool, start);
-          }
-        }
-      }
       const window = Math.min(this.policy.captureWindow, promptTokens);
-      if (window > 0) {
-        this.#state.reservePrefillCapture(window);
-        const q = new Float32Array(this.#state.captures.prefillQ!.bytes / 4);
-        const r = lcg(seed + 1);
-        for (let i = 0; i < q.length; i++) q[i] = r() * 2 - 1;
-        device.upload(this.#state.captures.prefillQ!, q);
-      }
+      if (window > 0) this.#state.reservePrefillCapture(window);
+      write(this.policy.caches, this.#state.captures);
       this.#state.seek(promptTokens);
       await this.model.queue.run(() => this.policy.endPrefill(this.#state.captures));
-      this.#benchNext = this.model.tokenizer.bos ?? 1;
-      this.#benchLeft = steps;
     } finally {
       this.#busy = false;
     }
   }
 
-  /** Decode benchmark, part 2: one greedy decode step after `benchPrefill`; its wall time, ms.
-   * Steps of several sessions can be interleaved, so that a noisy machine slows them alike. */
-  async benchStep(): Promise<number> {
+  /** One greedy decode step after a prompt (see prefillWritten): feeds `token`, returns the
+   * argmax of the next one. */
+  async decodeStep(token: number): Promise<number> {
     if (this.#busy) {
       throw new HcError("E_BUSY", "this session is already generating; use another session");
     }
-    if (this.#benchLeft < 1) {
-      throw new HcError("E_CONTEXT_FULL", "no benchmark step left: call benchPrefill first");
+    if (this.#state.position < 1) {
+      throw new HcError("E_BAD_REQUEST", "decodeStep needs a prompt first (prefillWritten)");
+    }
+    if (this.#state.position >= this.#state.capacity) {
+      throw new HcError("E_CONTEXT_FULL", `the session holds at most ${this.#state.capacity}`);
     }
     this.#busy = true;
     try {
-      const t0 = performance.now();
-      this.#benchNext = await this.#forward([this.#benchNext], "argmax", "decode") as number;
-      this.#benchLeft--;
-      return performance.now() - t0;
+      return await this.#forward([token], "argmax", "decode") as number;
     } finally {
       this.#busy = false;
     }
@@ -411,44 +388,5 @@ export class Session implements Disposable {
     this.#state[Symbol.dispose]();
     this.policy[Symbol.dispose]();
     this.model.forgetSession(this);
-  }
-}
-
-/** A small deterministic generator in [0, 1): benchmark data, not statistics. */
-function lcg(seed: number): () => number {
-  let x = (seed >>> 0) || 1;
-  return () => {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    return x / 2 ** 32;
-  };
-}
-
-/** `n` roughly normal f16 values (sum of three uniforms), as raw bytes. */
-function randomHalfs(n: number, seed: number): Uint8Array {
-  const r = lcg(seed);
-  const f = new Float32Array(n);
-  for (let i = 0; i < n; i++) f[i] = r() + r() + r() - 1.5;
-  const h = f32ToF16Array(f);
-  return new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
-}
-
-/** Fills `bytes` of `dst` from `offset` with `pool` repeated, starting at pool byte `start`. */
-function writeCycled(
-  device: Device,
-  dst: Buffer,
-  offset: number,
-  bytes: number,
-  pool: Uint8Array,
-  start: number,
-): void {
-  const block = new Uint8Array(Math.min(bytes, 8 * pool.length));
-  for (let i = 0; i < block.length;) {
-    const from = (start + i) % pool.length;
-    const n = Math.min(block.length - i, pool.length - from);
-    block.set(pool.subarray(from, from + n), i);
-    i += n;
-  }
-  for (let done = 0; done < bytes; done += block.length) {
-    device.upload(dst, block.subarray(0, Math.min(block.length, bytes - done)), offset + done);
   }
 }

@@ -1,5 +1,5 @@
 /**
- * Attention over the per-head KV caches of src/kernels/kv.ts.
+ * Attention over the per-head KV caches of src/cache/kv_layer.ts.
  *
  * GQA convention (llama.cpp and HF `repeat_kv`): query head `qh` reads KV head
  * `floor(qh / groupSize)`; the G query heads of KV head h are h*G .. h*G+G-1, so a token's query
@@ -26,7 +26,7 @@ import {
   pushLayout,
   TEXEL_BYTES,
 } from "../vk/mod.ts";
-import { checkHeadDim, type KvLayerCache } from "./kv.ts";
+import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
 import { deviceParallelism, requireBytes, requireFloatOffset } from "./checks.ts";
 
 function limit(message: string): never {

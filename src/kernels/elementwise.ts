@@ -164,7 +164,7 @@ export class RopeTable implements Disposable {
     this.pairs = pairs;
   }
 
-  /** From per-pair inverse frequencies θ_i / pos (e.g. reference.ts ropeInverseFrequencies). */
+  /** From per-pair inverse frequencies θ_i / pos (model/config.ts ropeInverseFrequencies). */
   static fromInverseFrequencies(device: Device, invFreq: ArrayLike<number>): RopeTable {
     if (invFreq.length < 1 || invFreq.length > 8192) {
       badKernelArgs(`RoPE table needs 1..8192 pairs, got ${invFreq.length}`);
@@ -430,36 +430,5 @@ export class Axpby implements Disposable {
 
   [Symbol.dispose](): void {
     this.kernel.dispose();
-  }
-}
-
-/** All four element-wise kernels of one device, created and disposed together. */
-export class ElementwiseKernels implements Disposable {
-  readonly rmsNorm: RmsNorm;
-  readonly rope: Rope;
-  readonly swiglu: Swiglu;
-  readonly axpby: Axpby;
-
-  constructor(device: Device) {
-    const made: Disposable[] = [];
-    try {
-      this.rmsNorm = new RmsNorm(device);
-      made.push(this.rmsNorm);
-      this.rope = new Rope(device);
-      made.push(this.rope);
-      this.swiglu = new Swiglu(device);
-      made.push(this.swiglu);
-      this.axpby = new Axpby(device);
-    } catch (e) {
-      for (const m of made) m[Symbol.dispose]();
-      throw e;
-    }
-  }
-
-  [Symbol.dispose](): void {
-    this.rmsNorm[Symbol.dispose]();
-    this.rope[Symbol.dispose]();
-    this.swiglu[Symbol.dispose]();
-    this.axpby[Symbol.dispose]();
   }
 }

@@ -1,291 +1,15 @@
 /**
- * KV cache layout on the device, and the append kernel that writes new tokens into it.
- *
- * ## Layout (the engine, the cache policies and every attention kernel follow it)
- *
- * Per layer (one `KvLayerCache`):
- * - **Rows.** A row is one token of one KV head: `headDim` f16 values (IEEE half, little
- *   endian), `rowBytes = headDim * 2` bytes. K and V live in separate pools with identical
- *   geometry, so a (head, row) pair has the same byte offset in both.
- * - **Pools and chunks.** The layer's pool is one or more *chunks*: device buffers of at most
- *   `maxChunkBytes` (default: min(maxStorageBufferRange, maxAllocationBytes), 128 MiB on lavapipe,
- *   about 4 GiB on discrete GPUs). Chunk c has buffers `k[c]` and `v[c]`.
- * - **Heads.** KV head h owns `capRows[h]` consecutive rows of one chunk, starting at row
- *   `baseRow[h]` of that chunk. Heads are packed in index order, so the heads of a chunk form a
- *   contiguous index range (`chunkHeads`); a head never straddles two chunks. Row r of head h
- *   (r < capRows[h]) is at byte `(baseRow[h] + r) * rowBytes` of `k[chunk]` / `v[chunk]`. Rows are
- *   in the order the cache policy wrote them (position order for HeteroCache/SnapKV: prompt rows
- *   first, then decoded tokens). Per-head budgets therefore cost exactly their capacity in bytes.
- * - **Head table** (`table`, device, u32 `[nKvHeads][2]` = baseRow, capRows): static after
- *   creation; every kernel reads it, so recorded command lists never depend on the allocation.
- * - **Lengths** (`lengthsBuffer`, device, u32 `[nKvHeads]`): rows of head h that are valid,
- *   `0 <= len <= capRows[h]` (kernels clamp to the capacity). Attention reads rows
- *   `[0, len)` of each head; heads are ragged. Lengths are the only per-step scalars, so one
- *   recorded step replays with growing lengths. Two ways to advance them:
- *     - *preset* (host-driven, the default): the host writes `cache.lengths[h]` (a mapped staging
- *       array) to the length *including* the tokens being appended this step, and the step's
- *       command list starts with `cache.recordLengthsUpload(cmd)` + barrier. Append writes rows
- *       `len - B .. len - 1`.
- *     - *bump* (device-driven): append writes rows `len .. len + B - 1` and then sets
- *       `len += B` on the device (one workgroup per head). The host uploads lengths once and reads
- *       them back with `readLengths()` when it needs them.
- *   Either way, the host checks capacity before appending (`E_CONTEXT_FULL`): rows at or past the
- *   capacity are silently not written.
- * - **Refresh / retrieval** (HeteroCache satellites) overwrite rows `[0, cap_s)` of a head by
- *   copying f16 rows to `location(head, 0).byteOffset`; the length does not change.
- * - **Prefill** runs over a cache whose heads hold all prompt rows (row index = position); the
- *   policy then copies the selected rows into the compressed cache.
- *
- * Limits: headDim a multiple of 8, at most 256; one head's capacity at most
- * `floor(maxChunkBytes / rowBytes)` rows (524288 rows of 256 bytes on lavapipe); total rows of a
- * chunk below 2^32 / (headDim / 8) (u32 uvec4 indices in the kernels).
+ * The append kernel that writes new tokens' K and V into a layer's KV cache (layout:
+ * src/cache/kv_layer.ts).
  */
 import { HcError } from "../errors.ts";
-import {
-  type Binding,
-  type Buffer,
-  type CommandList,
-  type Device,
-  type Kernel,
-  pushLayout,
-} from "../vk/mod.ts";
+import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
+import { type Binding, type CommandList, type Device, type Kernel, pushLayout } from "../vk/mod.ts";
 import { requireBytes, requireFloatOffset } from "./checks.ts";
 import { SHADERS } from "../../shaders/variants.ts";
 
-export interface KvHeadSlot {
-  chunk: number;
-  baseRow: number;
-  capRows: number;
-}
-
-export interface KvLayerLayout {
-  headDim: number;
-  rowBytes: number;
-  heads: KvHeadSlot[];
-  /** Rows allocated in each chunk. */
-  chunkRows: number[];
-  /** [first, end) KV head index range of each chunk. */
-  chunkHeads: [number, number][];
-}
-
 function limit(message: string): never {
   throw new HcError("E_VK_LIMIT", message);
-}
-
-export function checkHeadDim(headDim: number): void {
-  if (!Number.isInteger(headDim) || headDim < 8 || headDim > 256 || headDim % 8 !== 0) {
-    limit(`head dim ${headDim} is not supported (a multiple of 8 in [8, 256])`);
-  }
-}
-
-/** Places each head's rows in chunks of at most `maxChunkBytes` bytes, in head order. */
-export function planKvLayer(
-  opts: { headDim: number; capRows: readonly number[]; maxChunkBytes: number },
-): KvLayerLayout {
-  checkHeadDim(opts.headDim);
-  const rowBytes = opts.headDim * 2;
-  const maxRows = Math.min(
-    Math.floor(opts.maxChunkBytes / rowBytes),
-    Math.floor(2 ** 32 / (opts.headDim / 8)) - 1,
-  );
-  if (opts.capRows.length === 0 || opts.capRows.length > 4096) {
-    limit(`a layer needs 1..4096 KV heads, got ${opts.capRows.length}`);
-  }
-  const heads: KvHeadSlot[] = [];
-  const chunkRows: number[] = [0];
-  const chunkHeads: [number, number][] = [[0, 0]];
-  opts.capRows.forEach((cap, h) => {
-    if (!Number.isInteger(cap) || cap < 0) limit(`head ${h} capacity ${cap} is not a row count`);
-    if (cap > maxRows) {
-      limit(
-        `head ${h} capacity ${cap} rows exceeds one chunk (${maxRows} rows of ${rowBytes} bytes)`,
-      );
-    }
-    let c = chunkRows.length - 1;
-    if (chunkRows[c] + cap > maxRows) {
-      chunkRows.push(0);
-      chunkHeads.push([h, h]);
-      c++;
-    }
-    heads.push({ chunk: c, baseRow: chunkRows[c], capRows: cap });
-    chunkRows[c] += cap;
-    chunkHeads[c][1] = h + 1;
-  });
-  return { headDim: opts.headDim, rowBytes, heads, chunkRows, chunkHeads };
-}
-
-/**
- * An attention-mass watch over some heads of a layer (HeteroCache's coverage trigger): the decode
- * attention adds, for each query head of a watched KV head, the fraction of its attention on
- * rows [0, promptRows) and on the rows of that range marked in the head's bit mask. A watched
- * head must hold every row at its position (a full head). Set before the decode step is recorded;
- * the buffers' contents may change between steps.
- */
-export interface KvWatch {
-  /** Device u32 [nKvHeads]: word offset of each head's mask in `masks`, or WATCH_NONE. */
-  table: Binding;
-  /** Device u32 bit masks: bit r % 32 of word (offset + r / 32) marks row r. */
-  masks: Binding;
-  promptRows: number;
-  /** f32 (held, prompt) fraction pairs, query head qh's at float outOffset + 2 * qh. */
-  out: Binding;
-  outOffset: number;
-}
-
-/** A watch-table entry for a head that is not watched. */
-export const WATCH_NONE = 0xffffffff;
-
-export class KvLayerCache implements Disposable {
-  readonly device: Device;
-  readonly layout: KvLayerLayout;
-  readonly k: Buffer[] = [];
-  readonly v: Buffer[] = [];
-  /** Device u32 [nKvHeads][2]: baseRow, capRows. */
-  readonly table: Buffer;
-  /** Device u32 [nKvHeads]: what the kernels read. */
-  readonly lengthsBuffer: Buffer;
-  /** Host staging for the lengths (mapped); copied in by recordLengthsUpload. */
-  readonly lengthsStaging: Buffer;
-  /** The mapped staging lengths: write here, then upload. */
-  readonly lengths: Uint32Array;
-  /** The attention-mass watch the decode attention fills, if the policy set one. */
-  watch: KvWatch | null = null;
-  #disposed = false;
-
-  private constructor(device: Device, layout: KvLayerLayout) {
-    this.device = device;
-    this.layout = layout;
-    const n = layout.heads.length;
-    const made: Buffer[] = [];
-    try {
-      for (const rows of layout.chunkRows) {
-        const bytes = Math.max(1, rows) * layout.rowBytes;
-        const kb = device.buffer(bytes);
-        made.push(kb);
-        const vb = device.buffer(bytes);
-        made.push(vb);
-        this.k.push(kb);
-        this.v.push(vb);
-      }
-      this.table = device.buffer(n * 8);
-      made.push(this.table);
-      this.lengthsBuffer = device.buffer(n * 4);
-      made.push(this.lengthsBuffer);
-      this.lengthsStaging = device.buffer(n * 4, "upload");
-      made.push(this.lengthsStaging);
-    } catch (e) {
-      for (const b of made) b.dispose();
-      throw e;
-    }
-    const mapped = this.lengthsStaging.mapped();
-    this.lengths = new Uint32Array(mapped.buffer, mapped.byteOffset, n);
-    this.lengths.fill(0);
-    const tab = new Uint32Array(n * 2);
-    layout.heads.forEach((s, h) => {
-      tab[2 * h] = s.baseRow;
-      tab[2 * h + 1] = s.capRows;
-    });
-    device.upload(this.table, tab);
-    device.upload(this.lengthsBuffer, this.lengths);
-  }
-
-  /** Allocates a layer's pools for per-head capacities (rows), all lengths 0. */
-  static create(
-    device: Device,
-    opts: { headDim: number; capRows: readonly number[]; maxChunkBytes?: number },
-  ): KvLayerCache {
-    const dev = device.info;
-    const maxChunkBytes = Math.min(
-      opts.maxChunkBytes ?? Infinity,
-      dev.maxStorageBufferRange,
-      dev.maxAllocationBytes,
-    );
-    return new KvLayerCache(device, planKvLayer({ ...opts, maxChunkBytes }));
-  }
-
-  get nKvHeads(): number {
-    return this.layout.heads.length;
-  }
-
-  get headDim(): number {
-    return this.layout.headDim;
-  }
-
-  get disposed(): boolean {
-    return this.#disposed;
-  }
-
-  /** Largest capacity of any head (rows). */
-  get maxCapRows(): number {
-    return this.layout.heads.reduce((m, s) => Math.max(m, s.capRows), 0);
-  }
-
-  capRows(head: number): number {
-    return this.#slot(head).capRows;
-  }
-
-  #slot(head: number): KvHeadSlot {
-    const s = this.layout.heads[head];
-    if (!s) limit(`KV head ${head} out of range [0, ${this.nKvHeads})`);
-    return s;
-  }
-
-  /** Where row `row` of `head` lives: chunk buffers and byte offset (same in K and V). */
-  location(head: number, row: number): { chunk: number; k: Buffer; v: Buffer; byteOffset: number } {
-    const s = this.#slot(head);
-    if (!Number.isInteger(row) || row < 0 || row > s.capRows) {
-      limit(`row ${row} outside head ${head}'s capacity ${s.capRows}`);
-    }
-    return {
-      chunk: s.chunk,
-      k: this.k[s.chunk],
-      v: this.v[s.chunk],
-      byteOffset: (s.baseRow + row) * this.layout.rowBytes,
-    };
-  }
-
-  /** Sets every length (host staging) and makes it visible to the device now (sync). */
-  setLengths(values: ArrayLike<number>): void {
-    if (values.length !== this.nKvHeads) {
-      limit(`setLengths: ${values.length} values for ${this.nKvHeads} heads`);
-    }
-    for (let h = 0; h < values.length; h++) {
-      const v = values[h];
-      if (!Number.isInteger(v) || v < 0 || v > this.layout.heads[h].capRows) {
-        limit(`length ${v} of head ${h} outside [0, ${this.layout.heads[h].capRows}]`);
-      }
-      this.lengths[h] = v;
-    }
-    this.device.upload(this.lengthsBuffer, this.lengths);
-  }
-
-  /** Records the staging -> device copy of the lengths; follow it with a barrier. */
-  recordLengthsUpload(cmd: CommandList): void {
-    cmd.copy(this.lengthsStaging, this.lengthsBuffer, [[0, 0, this.nKvHeads * 4]]);
-  }
-
-  /** Reads the device lengths back (sync; for bump mode and tests). */
-  readLengths(): Uint32Array {
-    const bytes = this.device.download(this.lengthsBuffer);
-    return new Uint32Array(bytes.buffer, bytes.byteOffset, this.nKvHeads);
-  }
-
-  /** Device pool bytes of this layer (K and V). */
-  get poolBytes(): number {
-    return this.k.reduce((s, b) => s + b.bytes, 0) * 2;
-  }
-
-  dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    for (const b of [...this.k, ...this.v, this.table, this.lengthsBuffer, this.lengthsStaging]) {
-      b.dispose();
-    }
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
 }
 
 export interface KvAppendArgs {
@@ -297,10 +21,8 @@ export interface KvAppendArgs {
   vOffset?: number;
   /** Floats between consecutive tokens (default nKvHeads * headDim). */
   tokenStride?: number;
-  /** Tokens appended to every head (1 for a decode step). */
+  /** Tokens appended to every head (1 for a decode step); the lengths already count them. */
   tokens: number;
-  /** "preset": lengths already include these tokens; "bump": the kernel advances them. */
-  mode?: "preset" | "bump";
 }
 
 /** shaders/kv_append.comp's push block. */
@@ -310,7 +32,6 @@ const KV_APPEND_PUSH = pushLayout({
   kOff4: "u32",
   vOff4: "u32",
   tokStride4: "u32",
-  mode: "u32",
 });
 
 /** Writes new tokens' K and V into every head's next rows (f32 in, f16 out). */
@@ -344,30 +65,21 @@ export class KvAppend implements Disposable {
     const need = (off: number) => (off + (B - 1) * stride + cache.nKvHeads * D) * 4;
     requireBytes(a.k, need(kOff), "K input");
     requireBytes(a.v, need(vOff), "V input");
-    const bump = (a.mode ?? "preset") === "bump";
     const items = 2 * B * (D / 8);
-    const gx = bump ? 1 : Math.min(65535, Math.ceil(items / KvAppend.WORKGROUP));
-    if (bump && items / KvAppend.WORKGROUP > 30000) {
-      limit(`bump-mode append of ${B} tokens is too large`);
-    }
+    const gx = Math.min(65535, Math.ceil(items / KvAppend.WORKGROUP));
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
-      const push = KV_APPEND_PUSH.pack({
-        headBase: h0,
-        tokens: B,
-        kOff4: kOff / 4,
-        vOff4: vOff / 4,
-        tokStride4: stride / 4,
-        mode: bump ? 1 : 0,
-      });
       cmd.dispatch(
         this.#kernel,
         [a.k, a.v, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer],
-        push,
-        [
-          gx,
-          h1 - h0,
-        ],
+        KV_APPEND_PUSH.pack({
+          headBase: h0,
+          tokens: B,
+          kOff4: kOff / 4,
+          vOff4: vOff / 4,
+          tokStride4: stride / 4,
+        }),
+        [gx, h1 - h0],
       );
     });
     return this;

@@ -9,7 +9,7 @@
  *   windowMode "separate": `window` rows per head x_w[g][j] = p[w][g][j]            (drift checks)
  *   poolFirst false: row = avgpool(reduce_g x)   poolFirst true: row = reduce_g(avgpool x)
  * reduce_g = max or mean over the G query heads; avgpool = odd kernel (default 5), stride 1,
- * zero padding kernel/2, always divided by kernel (count_include_pad). HeteroCache (HETEROCACHE.md
+ * zero padding kernel/2, always divided by kernel (count_include_pad). HeteroCache (docs/algorithm.md
  * §3-4) is poolFirst + max; the brief's SnapKV order is reduce first. For mean both orders agree.
  * Output row r of requested head i (i = h - headStart) at float
  * `outOffset + (i * rowsPerHead + r) * outStride`, n floats.
@@ -34,7 +34,7 @@ import {
   pushLayout,
   TEXEL_BYTES,
 } from "../vk/mod.ts";
-import { checkHeadDim, type KvLayerCache } from "./kv.ts";
+import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
 import { deviceParallelism, requireBytes, requireFloatOffset } from "./checks.ts";
 
 function limit(message: string): never {

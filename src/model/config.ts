@@ -1,5 +1,5 @@
 /**
- * Model hyperparameters, read from GGUF metadata (or a llama2.c header, see llama2c.ts), in one
+ * Model hyperparameters, read from GGUF metadata (or a llama2.c header, see llama2c_checkpoint.ts), in one
  * shape every part of the engine uses.
  */
 import { HcError } from "../errors.ts";
@@ -104,6 +104,19 @@ export function validateConfig(c: ModelConfig): ModelConfig {
     }
   }
   return c;
+}
+
+/** The rotation angle step of each pair: base^(-2i/headDim) / factor_i. */
+export function ropeInverseFrequencies(
+  headDim: number,
+  base: number,
+  freqFactors: Float32Array | null = null,
+): Float64Array {
+  const inv = new Float64Array(headDim / 2);
+  for (let i = 0; i < inv.length; i++) {
+    inv[i] = base ** (-(2 * i) / headDim) / (freqFactors ? freqFactors[i] : 1);
+  }
+  return inv;
 }
 
 /**

@@ -2,8 +2,9 @@
  * What the engine and the cache policies see of a forward pass: the per-step options, the
  * captured activations, and a session's forward state (implemented in llama_state.ts).
  */
-import type { KvLayerCache } from "../kernels/kv.ts";
+import type { KvLayerCache } from "../cache/kv_layer.ts";
 import type { Buffer } from "../vk/mod.ts";
+import type { ModelConfig } from "./config.ts";
 
 /** Most tokens one forward submission takes; longer prompts are fed in chunks. */
 export const MAX_BATCH_TOKENS = 256;
@@ -26,8 +27,61 @@ export interface Captures {
   /** Device f32 [nLayers][window][nHeads * headDim]: queries of the last prompt positions. */
   prefillQ: Buffer | null;
   prefillWindow: number;
-  /** Readback f32 [nLayers][qDim + 2 * kvDim] (q, k, v) of the last decode step. */
+  /** Readback f32 q, k and v of the last decode step, laid out as stepLayout says. */
   step: Float32Array;
+}
+
+type StepShape = Pick<ModelConfig, "nLayers" | "nHeads" | "nKvHeads" | "headDim">;
+
+/**
+ * Where the step capture keeps what, in floats: per layer the post-RoPE queries of every head
+ * (nHeads·headDim), then the keys and the values of every KV head (nKvHeads·headDim each). The
+ * forward pass writes it (llama.ts) and the cache policies read it (stepView).
+ */
+export interface StepLayout {
+  readonly qFloats: number;
+  readonly kvFloats: number;
+  readonly layerFloats: number;
+  readonly totalFloats: number;
+  /** Offset of layer `layer`'s queries, keys or values (of every head). */
+  q(layer: number): number;
+  k(layer: number): number;
+  v(layer: number): number;
+}
+
+export function stepLayout(c: StepShape): StepLayout {
+  const qFloats = c.nHeads * c.headDim;
+  const kvFloats = c.nKvHeads * c.headDim;
+  const layerFloats = qFloats + 2 * kvFloats;
+  return {
+    qFloats,
+    kvFloats,
+    layerFloats,
+    totalFloats: c.nLayers * layerFloats,
+    q: (layer) => layer * layerFloats,
+    k: (layer) => layer * layerFloats + qFloats,
+    v: (layer) => layer * layerFloats + qFloats + kvFloats,
+  };
+}
+
+/** The last decode step's captured rows, by layer and head (views, not copies). */
+export interface StepView {
+  /** Queries of every head of `layer`. */
+  q(layer: number): Float32Array;
+  /** Key / value row of KV head `head` of `layer`. */
+  k(layer: number, head: number): Float32Array;
+  v(layer: number, head: number): Float32Array;
+}
+
+export function stepView(c: StepShape, captures: Captures): StepView {
+  const at = stepLayout(c);
+  const D = c.headDim;
+  const step = captures.step;
+  return {
+    q: (layer) => step.subarray(at.q(layer), at.q(layer) + at.qFloats),
+    k: (layer, head) => step.subarray(at.k(layer) + head * D, at.k(layer) + (head + 1) * D),
+    v: (layer, head) => step.subarray(at.v(layer) + head * D, at.v(layer) + (head + 1) * D),
+  };
 }
 
 /** What a session's forward state offers the engine. */
@@ -42,7 +96,7 @@ export interface ForwardState extends Disposable {
   /** Forgets every token (keeps the device memory). */
   reset(): void;
   /** Moves to `position` without running the model: the KV rows before it were written
-   * directly (synthetic prompts of the decode benchmark). */
+   * directly into the caches (Session.prefillWritten). */
   seek(position: number): void;
   /** Runs `tokens` at the next positions; returns nothing, the argmax of the last token's
    * logits, or those logits. */

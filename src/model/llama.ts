@@ -14,11 +14,10 @@ import { KvAppend } from "../kernels/kv.ts";
 import { MatVec } from "../kernels/matvec.ts";
 import { Argmax } from "../kernels/select.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
-import type { ModelConfig } from "./config.ts";
-import { type ForwardState, MAX_BATCH_TOKENS } from "./forward.ts";
+import { type ModelConfig, ropeInverseFrequencies } from "./config.ts";
+import { type ForwardState, MAX_BATCH_TOKENS, stepLayout } from "./forward.ts";
 import { type ForwardIo, LlamaState } from "./llama_state.ts";
-import { ropeInverseFrequencies } from "./reference.ts";
-import { dequantize } from "./quant.ts";
+import { dequantize } from "./quant/mod.ts";
 import type { ModelSource, ModelTensor } from "./source.ts";
 
 interface Weight {
@@ -425,12 +424,11 @@ export class LlamaModel implements Disposable {
     const c = this.config;
     const a = this.act;
     const qBytes = c.nHeads * c.headDim * 4;
-    const kvBytes = c.nKvHeads * c.headDim * 4;
     if (io.stepCapture) {
-      const base = layer * (qBytes + 2 * kvBytes);
-      cmd.copy(a.q, io.stepCapture, [[0, base, qBytes]]);
-      cmd.copy(a.k, io.stepCapture, [[0, base + qBytes, kvBytes]]);
-      cmd.copy(a.v, io.stepCapture, [[0, base + qBytes + kvBytes, kvBytes]]);
+      const at = stepLayout(c);
+      cmd.copy(a.q, io.stepCapture, [[0, at.q(layer) * 4, at.qFloats * 4]]);
+      cmd.copy(a.k, io.stepCapture, [[0, at.k(layer) * 4, at.kvFloats * 4]]);
+      cmd.copy(a.v, io.stepCapture, [[0, at.v(layer) * 4, at.kvFloats * 4]]);
     }
     if (io.prefillQ && io.captureFrom !== undefined) {
       // Tokens t of this batch with position + t in [from, from + window).

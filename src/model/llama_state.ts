@@ -1,9 +1,15 @@
 /** One session's side of the forward pass: per-token parameters, scratch, captures, and the
  * recorded decode steps that are replayed token after token. */
 import { HcError } from "../errors.ts";
-import type { KvLayerCache } from "../kernels/kv.ts";
+import type { KvLayerCache } from "../cache/kv_layer.ts";
 import type { Buffer, CommandList } from "../vk/mod.ts";
-import { type Captures, type ForwardState, MAX_BATCH_TOKENS, type StepOptions } from "./forward.ts";
+import {
+  type Captures,
+  type ForwardState,
+  MAX_BATCH_TOKENS,
+  stepLayout,
+  type StepOptions,
+} from "./forward.ts";
 import type { LlamaModel } from "./llama.ts";
 
 /** Buffers one recorded forward pass binds. */
@@ -61,7 +67,7 @@ export class LlamaState implements ForwardState {
       this.#token = own(d.buffer(16, "readback"));
       this.#logits = own(d.buffer(c.vocabSize * 4, "readback"));
       this.#stepCapture = own(
-        d.buffer(c.nLayers * (c.nHeads + 2 * c.nKvHeads) * c.headDim * 4, "readback"),
+        d.buffer(stepLayout(c).totalFloats * 4, "readback"),
       );
       this.#batch = own(d.commands());
     } catch (e) {

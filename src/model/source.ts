@@ -8,7 +8,7 @@ import { RandomAccessFile } from "../gguf/random_access_file.ts";
 import { GGUF_MAGIC, type GgufValue, openGguf } from "../gguf/reader.ts";
 import { GgmlType, ggmlTypeInfo, SUPPORTED_WEIGHT_TYPES } from "../gguf/types.ts";
 import { configFromGguf, type ModelConfig } from "./config.ts";
-import { openLlama2c } from "./llama2c.ts";
+import { openLlama2c } from "./llama2c_checkpoint.ts";
 
 export interface ModelTensor {
   readonly name: string;

@@ -3,7 +3,12 @@
  * no socket; `serve` in ./mod.ts puts it behind Deno.serve, tests may call `fetch` directly.
  */
 import { Hono } from "hono";
-import { type HeadProfile, type LoadedModel, profileFromText } from "../engine/model.ts";
+import {
+  type HeadProfile,
+  isPolicyName,
+  type LoadedModel,
+  profileFromText,
+} from "../engine/model.ts";
 import type { Session } from "../engine/session.ts";
 import { ApiError, errorResponse, toApiError } from "./errors.ts";
 import {
@@ -45,7 +50,7 @@ export interface ServerOptions {
   maxBodyBytes?: number;
   /** Cache policy of requests that name none. Default "full". */
   cache?: CachePolicyName;
-  /** Budget of requests that name none (see `keep` in DESIGN.md). Default: none. */
+  /** Budget of requests that name none (see `keep` in docs/design.md). Default: none. */
   keep?: number | null;
   /** Head profile (or a profile file, ours or the official JSON) for heterocache, per-step
    * and fixed-interval requests; checked against the model when it has loaded. */
@@ -115,7 +120,7 @@ export class HcServer implements AsyncDisposable {
       opts.maxActive ?? DEFAULT_MAX_ACTIVE,
       opts.maxQueue ?? DEFAULT_MAX_QUEUE,
     );
-    if (opts.cache !== undefined && !(CACHE_POLICIES as readonly string[]).includes(opts.cache)) {
+    if (opts.cache !== undefined && !isPolicyName(opts.cache)) {
       throw new RangeError(
         `unknown cache policy '${opts.cache}'; available: ${CACHE_POLICIES.join(", ")}`,
       );
@@ -247,8 +252,7 @@ export class HcServer implements AsyncDisposable {
         queueDepth: this.queue.waiting,
         activeRequests: this.queue.active,
         deviceQueueDepth: model?.queue.depth ?? 0,
-        // The tokenizer session holds one position; it is not a request.
-        sessions: Math.max(0, (model?.sessionCount ?? 0) - (this.ready ? 1 : 0)),
+        sessions: this.#live.size,
         deviceKvBytes: kv,
       });
       return c.body(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
@@ -271,7 +275,7 @@ export class HcServer implements AsyncDisposable {
     app.get("/v1/hc/heads", (c) => {
       const served = this.#served();
       const asked = c.req.query("cache");
-      if (asked !== undefined && !(CACHE_POLICIES as readonly string[]).includes(asked)) {
+      if (asked !== undefined && !isPolicyName(asked)) {
         throw new ApiError(
           400,
           `unknown cache policy '${asked}'; this server offers: ${CACHE_POLICIES.join(", ")}`,
@@ -281,7 +285,7 @@ export class HcServer implements AsyncDisposable {
           },
         );
       }
-      return c.json(headMap(served, (asked as CachePolicyName | undefined) ?? served.defaultCache));
+      return c.json(headMap(served, asked ?? served.defaultCache));
     });
 
     for (
@@ -457,7 +461,7 @@ export class HcServer implements AsyncDisposable {
   }
 
   /**
-   * Ends running generations and frees the tokenizer session, and the model when owned. Close the
+   * Ends running generations, and frees the model when owned. Close the
    * socket between abortAll() and this (as `serve` does), so no step runs on a freed model.
    */
   async [Symbol.asyncDispose](): Promise<void> {

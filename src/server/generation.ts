@@ -3,14 +3,13 @@
  * wait for a slot, run a fresh session, and always give the session and the slot back, whether
  * the generation finished, failed, or the client went away.
  */
-import type { HeadProfile, LoadedModel } from "../engine/model.ts";
+import { cacheOptions, type HeadProfile, isPolicyName, type LoadedModel } from "../engine/model.ts";
 import type { GenerationSummary, Session } from "../engine/session.ts";
 import { isHcError } from "../errors.ts";
 import { ApiError } from "./errors.ts";
 import type { AdmissionQueue } from "./limits.ts";
 import type { Metrics } from "./metrics.ts";
 import {
-  CACHE_POLICIES,
   type CachePolicyName,
   checkKeepForPolicy,
   type GenerationRequest,
@@ -67,7 +66,7 @@ export function prepareRequest(served: ServedModel, req: GenerationRequest): Pre
     );
   }
   const cache = req.cache ?? served.defaultCache;
-  if (!(CACHE_POLICIES as readonly string[]).includes(cache)) {
+  if (!isPolicyName(cache)) {
     throw new ApiError(500, `the server's default cache policy '${cache}' is not available`);
   }
   const keep = req.keep ?? (req.cache === null ? served.defaultKeep : null);
@@ -167,13 +166,9 @@ export async function startGeneration(
   const release = await ctx.queue.acquire(signal);
   let session: Session;
   try {
-    const k = p.keep;
     session = ctx.served.model.session({
+      ...cacheOptions({ cache: p.cache, keep: p.keep, profile: ctx.served.profile }),
       contextTokens: p.sessionTokens,
-      cache: p.cache,
-      // keep: a fraction in (0, 1], or an integer token budget per head above 1.
-      ...(k === null ? {} : k <= 1 ? { keep: k } : { budgetTokens: k }),
-      profile: ctx.served.profile ?? undefined,
     });
   } catch (e) {
     release();

@@ -7,7 +7,7 @@
 import type { ChatMessage } from "../model/chat.ts";
 import { resolveSamplingOptions, type SamplingOptions } from "../model/sampler.ts";
 import { isHcError } from "../errors.ts";
-import { POLICY_NAMES } from "../engine/model.ts";
+import { isPolicyName, POLICY_NAMES } from "../engine/model.ts";
 import { ApiError, badParam } from "./errors.ts";
 import type { HcStatsJson } from "./stats.ts";
 
@@ -226,9 +226,7 @@ function parseMessages(v: unknown): ChatMessage[] {
 function parseCacheChoice(body: Json): { cache: CachePolicyName | null; keep: number | null } {
   let cache: CachePolicyName | null = null;
   if (body.cache !== undefined && body.cache !== null) {
-    if (
-      typeof body.cache !== "string" || !(CACHE_POLICIES as readonly string[]).includes(body.cache)
-    ) {
+    if (!isPolicyName(body.cache)) {
       throw badParam(
         "cache",
         `unknown cache policy ${JSON.stringify(body.cache)}; this server offers: ${
@@ -236,7 +234,7 @@ function parseCacheChoice(body: Json): { cache: CachePolicyName | null; keep: nu
         }`,
       );
     }
-    cache = body.cache as CachePolicyName;
+    cache = body.cache;
   }
   const keep = parseKeep(body.keep);
   return { cache, keep };
@@ -244,7 +242,7 @@ function parseCacheChoice(body: Json): { cache: CachePolicyName | null; keep: nu
 
 /**
  * `keep`: a fraction of the prompt's KV kept on the device, in (0, 1], or an integer > 1 giving an
- * absolute per-head token budget (DESIGN.md, "The cache policies").
+ * absolute per-head token budget (docs/design.md, "The cache policies").
  */
 export function parseKeep(v: unknown): number | null {
   if (v === undefined || v === null) return null;

@@ -4,10 +4,10 @@
  * owns two preallocated arrays (prompt + generation), so a native gather thread can read prompt
  * rows while the JS thread appends decoded ones: no reallocation, disjoint rows.
  */
-import { HcError } from "../errors.ts";
-import type { KvLayerCache } from "../kernels/kv.ts";
-import { f32ToF16Array } from "../model/quant.ts";
-import type { Device } from "../vk/mod.ts";
+import { HcError } from "../../errors.ts";
+import type { KvLayerCache } from "../kv_layer.ts";
+import { f32ToF16Array } from "../../model/quant/mod.ts";
+import type { Device } from "../../vk/mod.ts";
 
 /** Largest host store this process will hold (bounds a hostile prompt or budget). */
 const MAX_HOST_BYTES = 64 * 2 ** 30;

@@ -3,13 +3,13 @@
  * native thread (the JS thread and the device keep working), then one copy on the transfer queue
  * moves them into the satellites' device rows [0, n). The decode step that first reads them
  * waits for that copy's timeline value, and nothing else waits. Each refresh in flight owns its
- * own staging slot, so two refreshes never share one (HETEROCACHE.md §9.4).
+ * own staging slot, so two refreshes never share one (docs/algorithm.md §9.4).
  *
  * Ordering: the engine runs one step at a time and awaits it, so when `landing()` submits a copy
  * no step is reading the rows it overwrites; the next step's submission waits for the copy.
  */
-import type { KvLayerCache } from "../kernels/kv.ts";
-import type { Buffer, CommandList, Device, GatherJob } from "../vk/mod.ts";
+import type { KvLayerCache } from "../kv_layer.ts";
+import type { Buffer, CommandList, Device, GatherJob } from "../../vk/mod.ts";
 import type { HostHead } from "./host_store.ts";
 
 export interface RefreshJob {

@@ -1,5 +1,5 @@
 /**
- * HeteroCache (HETEROCACHE.md §2-4, §10) and its ablations. Volatile and pivot heads keep their
+ * HeteroCache (docs/algorithm.md §2-4, §10) and its ablations. Volatile and pivot heads keep their
  * whole KV; anchors and satellites keep a budget chosen from their own last-prompt-token
  * attention. Pivots watch for drift; when a pivot's attention drifts, its satellites' prompt
  * rows are refreshed from the host KV store (retrieval.ts). The ablations share everything and
@@ -19,23 +19,17 @@
  * the held share falls below `coverageDrop` times what it was just after the cluster's last
  * refresh (or the prompt), the cluster refreshes.
  */
-import { HcError } from "../errors.ts";
-import { type KvLayerCache, WATCH_NONE } from "../kernels/kv.ts";
-import type { Captures } from "../model/forward.ts";
-import type { Buffer, CommandList } from "../vk/mod.ts";
-import { TopK } from "../kernels/scores.ts";
-import { intersectionSize, median } from "./analysis.ts";
-import { baseLength, headCaps, headCapsFromTokens } from "./budget.ts";
-import {
-  checkBudgetTokens,
-  checkKeep,
-  CompressedCache,
-  type HeadSelection,
-  type PolicyDeps,
-} from "./compressed.ts";
+import { HcError } from "../../errors.ts";
+import { type KvLayerCache, WATCH_NONE } from "../kv_layer.ts";
+import { type Captures, stepView } from "../../model/forward.ts";
+import type { Buffer, CommandList } from "../../vk/mod.ts";
+import { TopK } from "../../kernels/scores.ts";
+import { intersectionSize, median } from "../profile/analysis.ts";
+import { baseLength, type Budget, checkBudget, headCaps, headCapsFromTokens } from "../budget.ts";
+import { CompressedCache, type HeadSelection, type PolicyDeps } from "../compressed.ts";
 import { HostKvStore } from "./host_store.ts";
-import type { PolicyName } from "./policy.ts";
-import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "./profile.ts";
+import type { PolicyName } from "../policy.ts";
+import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "../profile/profile.ts";
 import { type RefreshJob, Retrieval } from "./retrieval.ts";
 
 export type Trigger =
@@ -52,11 +46,10 @@ export type TriggerName = (typeof TRIGGER_NAMES)[number];
 export const DEFAULT_COVERAGE_DROP = 0.5;
 
 export interface HeteroOptions {
-  keep: number;
-  /** Mean prompt-KV tokens of a compressed head instead of a fraction (overrides keep). */
-  budgetTokens?: number;
+  /** keep, or the mean prompt-KV tokens of a compressed head. */
+  budget: Budget;
   profile: HeadProfile;
-  /** Official behaviour, quirks included (HETEROCACHE.md §1-4). */
+  /** Official behaviour, quirks included (docs/algorithm.md §1-4). */
   compat?: boolean;
   /** Drift checks every `checkEvery` steps (official `--steps`, default 5). */
   checkEvery?: number;
@@ -72,7 +65,7 @@ export interface HeteroOptions {
   /** Prompt queries whose summed attention picks the rows a compressed head keeps at prefill.
    * Default 16 (compat: 1, the official last token; SnapKV sums 32): on the real models' full
    * fidelity run, 16 kept agreement (98.3% vs 98.3%, 96.5% vs 96.0%) and cut the mean KL by
-   * 38% and 16% against 1 (HETEROCACHE.md §10.8). Pivots' drift references always come from the
+   * 38% and 16% against 1 (docs/algorithm.md §10.8). Pivots' drift references always come from the
    * last token. */
   window?: number;
   /** Keep a log of every refresh with the scores row it came from (tests, debugging). */
@@ -116,8 +109,7 @@ export class HeteroCache extends CompressedCache {
   readonly captureWindow: number;
   override readonly captureSteps = true;
   readonly #profile: HeadProfile;
-  readonly #keep: number;
-  readonly #budgetTokens: number | null;
+  readonly #budget: Budget;
   readonly #compat: boolean;
   readonly #trigger: Trigger;
   readonly #poolKernel: number;
@@ -158,10 +150,7 @@ export class HeteroCache extends CompressedCache {
     super(deps, name);
     this.name = name;
     this.#profile = opts.profile;
-    this.#keep = checkKeep(opts.keep);
-    this.#budgetTokens = opts.budgetTokens === undefined
-      ? null
-      : checkBudgetTokens(opts.budgetTokens);
+    this.#budget = checkBudget(opts.budget);
     this.#compat = opts.compat ?? false;
     this.#record = opts.record ?? false;
     this.#poolKernel = opts.poolKernel ?? opts.profile.params.poolKernel ?? 5;
@@ -229,17 +218,18 @@ export class HeteroCache extends CompressedCache {
     this.#freeDecodeBuffers();
     super.begin(promptTokens, maxNewTokens);
     const N = this.config.nLayers * this.config.nKvHeads;
-    if (this.#budgetTokens !== null) {
-      this.#base = Math.min(this.#budgetTokens, promptTokens);
-      this.#caps = headCapsFromTokens(this.#profile, this.#budgetTokens, promptTokens);
-    } else if (this.#keep >= 1) {
+    const budget = this.#budget;
+    if ("tokens" in budget) {
+      this.#base = Math.min(budget.tokens, promptTokens);
+      this.#caps = headCapsFromTokens(this.#profile, budget.tokens, promptTokens);
+    } else if (budget.keep >= 1) {
       // keep = 1 means no compression at all (the official formula would still trim heads
       // whose multiplier is below 1).
       this.#base = promptTokens;
       this.#caps = this.#profile.layers.map((l) => l.roles.map(() => promptTokens));
     } else {
-      this.#base = baseLength(this.#keep, N, fullHeadCount(this.#profile), promptTokens);
-      this.#caps = headCaps(this.#profile, this.#keep, promptTokens);
+      this.#base = baseLength(budget.keep, N, fullHeadCount(this.#profile), promptTokens);
+      this.#caps = headCaps(this.#profile, budget.keep, promptTokens);
     }
     this.#buffered = 0;
     this.refreshLog.length = 0;
@@ -330,7 +320,7 @@ export class HeteroCache extends CompressedCache {
   }
 
   /** Pivot states in cluster (dict) order; compat pairs them with reference sets the way the
-   * official code does (HETEROCACHE.md §9.1). */
+   * official code does (docs/algorithm.md §9.1). */
   #makePivots(
     refOf: (layer: number, pivot: number) => Int32Array,
     keptOf: (layer: number, head: number) => ArrayLike<number>,
@@ -450,28 +440,17 @@ export class HeteroCache extends CompressedCache {
     this.stat.decodeSteps++;
     const c = this.config;
     const qDim = c.nHeads * c.headDim;
-    const kvDim = c.nKvHeads * c.headDim;
-    const per = qDim + 2 * kvDim;
-    const step = captures.step;
+    const step = stepView(c, captures);
     // Decoded rows of satellites go to the host store; queries to the drift buffer.
     for (const p of this.#pivots) {
-      const base = p.layer * per;
       for (const s of p.satellites) {
-        this.#store.append(
-          p.layer,
-          s,
-          step.subarray(base + qDim + s * c.headDim, base + qDim + (s + 1) * c.headDim),
-          step.subarray(
-            base + qDim + kvDim + s * c.headDim,
-            base + qDim + kvDim + (s + 1) * c.headDim,
-          ),
-        );
+        this.#store.append(p.layer, s, step.k(p.layer, s), step.v(p.layer, s));
       }
     }
     const W = this.#window;
     const slot = this.#buffered % W;
     for (let l = 0; l < c.nLayers; l++) {
-      this.#queryView!.set(step.subarray(l * per, l * per + qDim), (l * W + slot) * qDim);
+      this.#queryView!.set(step.q(l), (l * W + slot) * qDim);
     }
     this.#buffered++;
     if (this.#buffered % this.#trigger.every !== 0 || this.#pivots.length === 0) return;

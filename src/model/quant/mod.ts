@@ -5,11 +5,11 @@
  * dequantize_row_* gives. Tests and tools use it to build weights and to check the device
  * kernels; the block layouts are documented in quant/q8_q4.ts and quant/kquants.ts.
  */
-import { HcError } from "../errors.ts";
-import { GgmlType, ggmlTypeInfo, SUPPORTED_WEIGHT_TYPES } from "../gguf/types.ts";
-import { bf16ToF32Array, f16ToF32Array, f32ToBf16Array, f32ToF16Array } from "./quant/f16.ts";
-import { dequantizeQ4_0, dequantizeQ8_0, quantizeQ4_0, quantizeQ8_0 } from "./quant/q8_q4.ts";
-import { dequantizeQ4_K, dequantizeQ6_K, quantizeQ4_K, quantizeQ6_K } from "./quant/kquants.ts";
+import { HcError } from "../../errors.ts";
+import { GgmlType, ggmlTypeInfo, SUPPORTED_WEIGHT_TYPES } from "../../gguf/types.ts";
+import { bf16ToF32Array, f16ToF32Array, f32ToBf16Array, f32ToF16Array } from "./f16.ts";
+import { dequantizeQ4_0, dequantizeQ8_0, quantizeQ4_0, quantizeQ8_0 } from "./q8_q4.ts";
+import { dequantizeQ4_K, dequantizeQ6_K, quantizeQ4_K, quantizeQ6_K } from "./kquants.ts";
 
 export {
   bf16ToF32,
@@ -20,8 +20,8 @@ export {
   f32ToBf16Array,
   f32ToF16,
   f32ToF16Array,
-} from "./quant/f16.ts";
-export { getScaleMinK4, nearestInt, packScaleMinK4, QK_K } from "./quant/kquants.ts";
+} from "./f16.ts";
+export { getScaleMinK4, nearestInt, packScaleMinK4, QK_K } from "./kquants.ts";
 
 type BlockQuantizer = (
   src: Float32Array,

@@ -2,9 +2,14 @@
  * GGUF writer (version 3 by default, little-endian), for tests and tools that need synthetic
  * models. Every value carries its stored type, so a round trip through the reader keeps it.
  */
-import { HcError } from "../errors.ts";
-import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, type GgufValue, GgufValueType } from "./reader.ts";
-import { ggmlBytes, ggmlTypeInfo } from "./types.ts";
+import { HcError } from "../src/errors.ts";
+import {
+  GGUF_DEFAULT_ALIGNMENT,
+  GGUF_MAGIC,
+  type GgufValue,
+  GgufValueType,
+} from "../src/gguf/reader.ts";
+import { ggmlBytes, ggmlTypeInfo } from "../src/gguf/types.ts";
 
 type ScalarType = Exclude<GgufValueType, typeof GgufValueType.ARRAY>;
 

@@ -1,10 +1,10 @@
 /**
  * Plain-TS ground truth for the matvec and get_rows kernels: dequantize each weight row with
- * src/model/quant.ts (ggml's own dequantize_row_* semantics) and take f64 dot products, so a
+ * src/model/quant/mod.ts (ggml's own dequantize_row_* semantics) and take f64 dot products, so a
  * kernel is checked against the exact dequantized weights.
  */
-import { HcError } from "../errors.ts";
-import { dequantizeRow, rowBytes } from "./quant.ts";
+import { HcError } from "../src/errors.ts";
+import { dequantizeRow, rowBytes } from "../src/model/quant/mod.ts";
 
 export interface ReferenceMatvecArgs {
   /** ggml type id of the weight. */

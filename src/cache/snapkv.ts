@@ -1,75 +1,21 @@
 /**
- * Policies that choose once, at the end of prefill, and never move anything afterwards:
- * `snapkv` (observation window, pooled attention, per KV head with its query group combined)
- * and `streaming` (attention sinks plus the most recent tokens). Every head gets the same budget.
+ * `snapkv`: chooses once, at the end of prefill, and never moves anything afterwards. Every
+ * head gets the same budget; its rows are picked by an observation window of the last prompt
+ * queries (pooled attention, per KV head with its query group combined).
  */
-import type { KvLayerCache } from "../kernels/kv.ts";
+import type { KvLayerCache } from "./kv_layer.ts";
 import type { Captures } from "../model/forward.ts";
 import type { Buffer } from "../vk/mod.ts";
-import { uniformCap } from "./budget.ts";
-import {
-  checkBudgetTokens,
-  checkKeep,
-  CompressedCache,
-  type HeadSelection,
-  type PolicyDeps,
-} from "./compressed.ts";
-import type { HeadInfo } from "./policy.ts";
+import { type Budget, uniformBudget } from "./budget.ts";
+import { CompressedCache, type HeadSelection, type PolicyDeps } from "./compressed.ts";
+import type { CacheHeadRole } from "./policy.ts";
 
-export interface StaticOptions {
-  keep: number;
-  /** Tokens of prompt KV per head instead of a fraction (overrides keep). */
-  budgetTokens?: number;
-  /** SnapKV observation window (default 32). */
+export interface SnapKvOptions {
+  budget: Budget;
+  /** Observation window (default 32). */
   window?: number;
-  /** SnapKV pooling kernel (default 5). */
+  /** Pooling kernel (default 5). */
   poolKernel?: number;
-  /** StreamingLLM sink tokens (default 4). */
-  sinkTokens?: number;
-}
-
-/** Rows per head for a prompt of L tokens: a fraction of it, or a fixed token budget. */
-function budgetOf(opts: StaticOptions): (promptTokens: number) => number {
-  if (opts.budgetTokens !== undefined) {
-    const t = checkBudgetTokens(opts.budgetTokens);
-    return (L) => Math.min(t, L);
-  }
-  const keep = checkKeep(opts.keep);
-  return (L) => uniformCap(keep, L);
-}
-
-/** The sinks and the most recent tokens, `cap` rows in all (StreamingLLM). */
-export class StreamingCache extends CompressedCache {
-  readonly name = "streaming" as const;
-  readonly captureWindow = 0;
-  readonly #budget: (promptTokens: number) => number;
-  readonly #sinks: number;
-
-  constructor(deps: PolicyDeps, opts: StaticOptions) {
-    super(deps, "streaming");
-    this.#budget = budgetOf(opts);
-    this.#sinks = opts.sinkTokens ?? 4;
-  }
-
-  protected select(): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
-    const L = this.promptTokens;
-    const cap = this.#budget(L);
-    const sinks = Math.min(this.#sinks, cap);
-    const sel: HeadSelection = cap >= L
-      ? { kind: "all" }
-      : { kind: "ranges", ranges: [[0, sinks], [L - (cap - sinks), cap - sinks]] };
-    return Promise.resolve({
-      selections: Array.from(
-        { length: this.config.nLayers },
-        () => Array(this.config.nKvHeads).fill(sel),
-      ),
-      owned: [],
-    });
-  }
-
-  protected roleOf(): HeadInfo["role"] {
-    return "compressed";
-  }
 }
 
 /**
@@ -83,9 +29,9 @@ export class SnapKvCache extends CompressedCache {
   readonly #budget: (promptTokens: number) => number;
   readonly #poolKernel: number;
 
-  constructor(deps: PolicyDeps, opts: StaticOptions) {
+  constructor(deps: PolicyDeps, opts: SnapKvOptions) {
     super(deps, "snapkv");
-    this.#budget = budgetOf(opts);
+    this.#budget = uniformBudget(opts.budget);
     this.captureWindow = opts.window ?? 32;
     this.#poolKernel = opts.poolKernel ?? 5;
   }
@@ -155,7 +101,7 @@ export class SnapKvCache extends CompressedCache {
     return Promise.resolve({ selections, owned: [indices] });
   }
 
-  protected roleOf(): HeadInfo["role"] {
+  protected roleOf(): CacheHeadRole {
     return "compressed";
   }
 }

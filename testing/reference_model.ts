@@ -3,11 +3,11 @@
  * f64 accumulation. Tests use it as ground truth for the device kernels and the whole model; the
  * building blocks (rmsNorm, matVec, applyRope, attention, swiglu) are exported for kernel tests.
  */
-import { HcError } from "../errors.ts";
-import { GgmlType } from "../gguf/types.ts";
-import type { ModelConfig, RopePairing } from "./config.ts";
-import { dequantize, f16ToF32, f32ToF16 } from "./quant.ts";
-import { type ModelSource, readTensorBytes } from "./source.ts";
+import { HcError } from "../src/errors.ts";
+import { GgmlType } from "../src/gguf/types.ts";
+import { type ModelConfig, ropeInverseFrequencies, type RopePairing } from "../src/model/config.ts";
+import { dequantize, f16ToF32, f32ToF16 } from "../src/model/quant/mod.ts";
+import { type ModelSource, readTensorBytes } from "../src/model/source.ts";
 
 /** out = x / sqrt(mean(x^2) + eps) * weight. */
 export function rmsNorm(
@@ -41,19 +41,6 @@ export function matVec(
     out[o] = acc;
   }
   return out;
-}
-
-/** The rotation angle step of each pair: base^(-2i/headDim) / factor_i. */
-export function ropeInverseFrequencies(
-  headDim: number,
-  base: number,
-  freqFactors: Float32Array | null = null,
-): Float64Array {
-  const inv = new Float64Array(headDim / 2);
-  for (let i = 0; i < inv.length; i++) {
-    inv[i] = base ** (-(2 * i) / headDim) / (freqFactors ? freqFactors[i] : 1);
-  }
-  return inv;
 }
 
 /**

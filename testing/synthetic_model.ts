@@ -4,11 +4,11 @@
  * scaling, long contexts). The tokenizer is a small SentencePiece vocabulary with byte fallback,
  * so any text encodes.
  */
-import { type GgufWriteTensor, gv, writeGguf } from "../gguf/writer.ts";
-import { GgufValueType } from "../gguf/reader.ts";
-import { GgmlType } from "../gguf/types.ts";
-import { quantize } from "./quant.ts";
-import { HcError } from "../errors.ts";
+import { type GgufWriteTensor, gv, writeGguf } from "./gguf_writer.ts";
+import { GgufValueType } from "../src/gguf/reader.ts";
+import { GgmlType } from "../src/gguf/types.ts";
+import { quantize } from "../src/model/quant/mod.ts";
+import { HcError } from "../src/errors.ts";
 
 export interface SyntheticSpec {
   arch?: "llama" | "qwen2";

@@ -1,6 +1,6 @@
 /**
  * HeteroCache head profiles: our versioned JSON, and the importer for the official JSON
- * (HETEROCACHE.md §1g).
+ * (docs/algorithm.md §1g).
  *
  * Our file (`schema: "heterocache-profile"`, `version: 1`):
  *
@@ -34,7 +34,7 @@
  * code's weight reordering is unnecessary. Cluster order is kept because `compat` mode
  * reproduces the official pivot/reference-set mix-up that depends on it (§9.1).
  */
-import { HcError } from "../errors.ts";
+import { HcError } from "../../errors.ts";
 
 export const PROFILE_SCHEMA = "heterocache-profile";
 export const PROFILE_VERSION = 1;
@@ -369,7 +369,7 @@ export function roleCounts(p: HeadProfile): RoleCounts {
   return counts;
 }
 
-/** F in HETEROCACHE.md §3: volatile + pivot heads over the whole model. */
+/** F in docs/algorithm.md §3: volatile + pivot heads over the whole model. */
 export function fullHeadCount(p: HeadProfile): number {
   const c = roleCounts(p);
   return c.volatile + c.pivot;
@@ -404,7 +404,7 @@ export function checkProfileMatches(p: HeadProfile, model: ModelIdentity): void 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Official JSON import (HETEROCACHE.md §1g)
+// Official JSON import (docs/algorithm.md §1g)
 
 const NEW_NAMES: Record<string, HeadRole> = {
   anchor: "anchor",

@@ -1,9 +1,9 @@
 /**
- * Calibration statistics (HETEROCACHE.md §1b-1f, §10.5): the CPU ground truth for the pooled
+ * Calibration statistics (docs/algorithm.md §1b-1f, §10.5): the CPU ground truth for the pooled
  * top-k sets, stability, similarity clustering and budget multipliers, and a streaming recorder
  * that turns the engine's per-head attention rows into a HeadProfile without keeping matrices.
  */
-import { HcError } from "../errors.ts";
+import { HcError } from "../../errors.ts";
 import {
   type Cluster,
   type HeadProfile,

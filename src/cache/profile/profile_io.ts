@@ -1,5 +1,5 @@
 /** Reading a profile file of either schema and tying it to the loaded model. */
-import { HcError } from "../errors.ts";
+import { HcError } from "../../errors.ts";
 import {
   checkProfileMatches,
   type HeadProfile,

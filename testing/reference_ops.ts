@@ -6,7 +6,7 @@
  * Ordering rules shared with the kernels and with cache/analysis.ts topkSet: NaN ranks below
  * every number (as -Infinity), -0 equals +0, and among equal values the lower index wins.
  */
-import type { RopePairing } from "./config.ts";
+import type { RopePairing } from "../src/model/config.ts";
 
 /** out[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight, for `rows` rows of n (strides in elements). */
 export function rmsNormRows(
@@ -95,16 +95,6 @@ export function argmaxRows(x: Float32Array, n: number, rows: number, rowStride =
     out[r] = best;
   }
   return out;
-}
-
-/**
- * Indices of the k largest values of a row, in ascending index order; among equal values at
- * the threshold the lower indices are taken. A plain sort of indices, independent of topkSet.
- */
-export function topkRef(row: Float32Array, k: number): Uint32Array {
-  const order = Array.from({ length: row.length }, (_, i) => i);
-  order.sort((a, b) => rankValue(row[b]) - rankValue(row[a]) || a - b);
-  return Uint32Array.from(order.slice(0, k)).sort();
 }
 
 /**

@@ -1,11 +1,17 @@
 /**
  * Selection decisions of the cache policies, on score rows the device returns (CPU side).
- * HeteroCache prefill/refresh follow HETEROCACHE.md §3-4; SnapKV and StreamingLLM are the
+ * HeteroCache prefill/refresh follow docs/algorithm.md §3-4; SnapKV and StreamingLLM are the
  * uniform baselines. Every position set is returned sorted ascending (the order the tokens are
  * written into a head's pages).
  */
-import { HcError } from "../errors.ts";
-import { assertSortedSet, avgPool1d, intersectionSize, median, topkSet } from "./analysis.ts";
+import { HcError } from "../src/errors.ts";
+import {
+  assertSortedSet,
+  avgPool1d,
+  intersectionSize,
+  median,
+  topkSet,
+} from "../src/cache/profile/analysis.ts";
 
 function bad(message: string): never {
   throw new HcError("E_BAD_REQUEST", message);

@@ -3,8 +3,8 @@
  * loops). K and V are passed as the values the device holds, i.e. already rounded to f16
  * (`roundToF16`). Query head qh reads KV head floor(qh / groupSize) (GQA, see attention.ts).
  */
-import { HcError } from "../errors.ts";
-import { f16ToF32Array, f32ToF16Array } from "./quant.ts";
+import { HcError } from "../src/errors.ts";
+import { f16ToF32Array, f32ToF16Array } from "../src/model/quant/mod.ts";
 
 /** The f32 values an f16 store would keep (round to nearest even). */
 export function roundToF16(x: Float32Array): Float32Array {

@@ -1,3 +1,0 @@
-export * from "./types.ts";
-export * from "./reader.ts";
-export * from "./writer.ts";
