@@ -2,7 +2,7 @@
  * The Hono app: OpenAI routes, /health, /metrics, /v1/hc/heads and the playground. The app owns
  * no socket; `serve` in ./mod.ts puts it behind Deno.serve, tests may call `fetch` directly.
  */
-import { Hono } from "hono";
+import { Hono } from "../deps.ts";
 import { type HeadProfile, type LoadedModel, profileFromText } from "../engine/model.ts";
 import type { Session } from "../engine/session.ts";
 import { ApiError, errorResponse, toApiError } from "./errors.ts";
