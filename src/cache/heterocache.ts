@@ -16,7 +16,7 @@ import type { Captures } from "../model/forward.ts";
 import type { Buffer, CommandList } from "../vk/mod.ts";
 import { TopK } from "../kernels/scores.ts";
 import { intersectionSize, median } from "./analysis.ts";
-import { baseLength, headCaps, headCapsFromTokens } from "./budget.ts";
+import { baseLength, effectiveKeep, headCaps, headCapsFromTokens } from "./budget.ts";
 import {
   checkBudgetTokens,
   checkKeep,
@@ -123,6 +123,7 @@ export class HeteroCache extends CompressedCache {
     this.#budgetTokens = opts.budgetTokens === undefined
       ? null
       : checkBudgetTokens(opts.budgetTokens);
+    this.keepFraction = this.#budgetTokens === null ? this.#keep : null;
     this.#compat = opts.compat ?? false;
     this.#record = opts.record ?? false;
     this.#poolKernel = opts.poolKernel ?? opts.profile.params.poolKernel ?? 5;
@@ -180,14 +181,19 @@ export class HeteroCache extends CompressedCache {
     if (this.#budgetTokens !== null) {
       this.#base = Math.min(this.#budgetTokens, promptTokens);
       this.#caps = headCapsFromTokens(this.#profile, this.#budgetTokens, promptTokens);
-    } else if (this.#keep >= 1) {
-      // keep = 1 means no compression at all (the official formula would still trim heads
-      // whose multiplier is below 1).
-      this.#base = promptTokens;
-      this.#caps = this.#profile.layers.map((l) => l.roles.map(() => promptTokens));
     } else {
-      this.#base = baseLength(this.#keep, N, fullHeadCount(this.#profile), promptTokens);
-      this.#caps = headCaps(this.#profile, this.#keep, promptTokens);
+      // Below the profile's floor, the smallest budget it allows (reported as stats().keep).
+      const keep = effectiveKeep(this.#keep, N, fullHeadCount(this.#profile));
+      this.stat.keep = keep;
+      if (keep >= 1) {
+        // keep = 1 means no compression at all (the official formula would still trim heads
+        // whose multiplier is below 1).
+        this.#base = promptTokens;
+        this.#caps = this.#profile.layers.map((l) => l.roles.map(() => promptTokens));
+      } else {
+        this.#base = baseLength(keep, N, fullHeadCount(this.#profile), promptTokens);
+        this.#caps = headCaps(this.#profile, keep, promptTokens);
+      }
     }
     this.#buffered = 0;
     this.refreshLog.length = 0;

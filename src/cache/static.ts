@@ -29,13 +29,15 @@ export interface StaticOptions {
 }
 
 /** Rows per head for a prompt of L tokens: a fraction of it, or a fixed token budget. */
-function budgetOf(opts: StaticOptions): (promptTokens: number) => number {
+function budgetOf(
+  opts: StaticOptions,
+): { cap: (promptTokens: number) => number; keep: number | null } {
   if (opts.budgetTokens !== undefined) {
     const t = checkBudgetTokens(opts.budgetTokens);
-    return (L) => Math.min(t, L);
+    return { cap: (L) => Math.min(t, L), keep: null };
   }
   const keep = checkKeep(opts.keep);
-  return (L) => uniformCap(keep, L);
+  return { cap: (L) => uniformCap(keep, L), keep };
 }
 
 /** The sinks and the most recent tokens, `cap` rows in all (StreamingLLM). */
@@ -47,7 +49,9 @@ export class StreamingCache extends CompressedCache {
 
   constructor(deps: PolicyDeps, opts: StaticOptions) {
     super(deps, "streaming");
-    this.#budget = budgetOf(opts);
+    const budget = budgetOf(opts);
+    this.#budget = budget.cap;
+    this.keepFraction = budget.keep;
     this.#sinks = opts.sinkTokens ?? 4;
   }
 
@@ -85,7 +89,9 @@ export class SnapKvCache extends CompressedCache {
 
   constructor(deps: PolicyDeps, opts: StaticOptions) {
     super(deps, "snapkv");
-    this.#budget = budgetOf(opts);
+    const budget = budgetOf(opts);
+    this.#budget = budget.cap;
+    this.keepFraction = budget.keep;
     this.captureWindow = opts.window ?? 32;
     this.#poolKernel = opts.poolKernel ?? 5;
   }

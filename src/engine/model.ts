@@ -31,9 +31,10 @@ export interface SessionOptions extends CacheOptions {
 /** Default session size: a full KV cache of a long-context model would not fit most devices. */
 export const DEFAULT_CONTEXT_TOKENS = 8192;
 export { POLICY_NAMES, type PolicyName } from "../cache/policy.ts";
+export { DEFAULT_KEEP } from "../cache/mod.ts";
 export type { HeadProfile } from "../cache/profile.ts";
 export { profileFromText, readProfile } from "../cache/profile_io.ts";
-export { serializeProfile } from "../cache/profile.ts";
+export { parseProfile, serializeProfile } from "../cache/profile.ts";
 
 export interface ModelInfo {
   path: string;
