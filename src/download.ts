@@ -273,10 +273,23 @@ export async function resolveModelPath(opts: ResolveModelOptions = {}): Promise<
   const env = opts.env ?? ((n: string) => Deno.env.get(n));
   const local = opts.model ?? (opts.hf === undefined ? env("HC_MODEL") : undefined);
   if (local !== undefined && local !== "") {
-    if (!(await exists(local))) {
+    const from = opts.model === undefined ? " (from HC_MODEL)" : "";
+    let info: Deno.FileInfo;
+    try {
+      info = await Deno.stat(local);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new HcError("E_IO", `model file ${local} does not exist${from}`);
+      }
       throw new HcError(
         "E_IO",
-        `model file ${local} does not exist${opts.model === undefined ? " (from HC_MODEL)" : ""}`,
+        `cannot read the model file ${local}${from}: ${(e as Error).message}`,
+      );
+    }
+    if (info.isDirectory) {
+      throw new HcError(
+        "E_IO",
+        `${local}${from} is a directory, not a model file; give the .gguf file inside it`,
       );
     }
     return local;
