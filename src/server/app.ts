@@ -83,6 +83,8 @@ export function modelIdFromPath(path: string): string {
 const ROUTES = new Set([
   "/",
   "/playground.js",
+  "/favicon.svg",
+  "/favicon.ico",
   "/health",
   "/metrics",
   "/v1/models",
@@ -232,6 +234,9 @@ export class HcServer implements AsyncDisposable {
 
     app.get("/", async () => await playgroundAsset("playground.html"));
     app.get("/playground.js", async () => await playgroundAsset("playground.js"));
+    // Browsers ask for /favicon.ico on their own when a page names no icon.
+    app.get("/favicon.svg", async () => await playgroundAsset("favicon.svg"));
+    app.get("/favicon.ico", async () => await playgroundAsset("favicon.svg"));
 
     app.get("/health", (c) => {
       const s = this.#state;
