@@ -131,3 +131,62 @@ Deno.test("settings no request could run with are refused when the server is mad
   refused({ cache: "snapkv", keep: 1.5 }, "E_BAD_REQUEST", /integer/);
   refused({ cache: "snapkv", keep: 0 }, "E_BAD_REQUEST", /> 0/);
 });
+
+Deno.test("a generation that fails counts as failed in /metrics, not as the client going away", async () => {
+  const { startGeneration } = await import("../src/server/generation.ts");
+  const { Metrics } = await import("../src/server/metrics.ts");
+  const { AdmissionQueue } = await import("../src/server/limits.ts");
+  const { HcError } = await import("../mod.ts");
+  const metrics = new Metrics();
+  /** A session whose generation fails, or ends as aborted, after its first step. */
+  const fakeSession = (end: "fail" | "abort") => ({
+    stats: () => ({ capacity: 64, deviceKvBytes: 0 }),
+    generate: async function* () {
+      yield { token: 1, text: "x" };
+      if (end === "fail") throw new HcError("E_VK", "the device was lost");
+      return { finishReason: "abort", promptTokens: 3, completionTokens: 1 };
+    },
+    [Symbol.dispose]: () => {},
+  });
+  for (const end of ["fail", "abort"] as const) {
+    const served = {
+      model: { session: () => fakeSession(end), config: { nLayers: 1, nKvHeads: 1 } },
+      id: "fake",
+      contextTokens: 64,
+      defaultCache: "full",
+      defaultKeep: null,
+      profile: null,
+    } as unknown as Parameters<typeof startGeneration>[0]["served"];
+    const ctx: Parameters<typeof startGeneration>[0] = {
+      served,
+      queue: new AdmissionQueue(1, 1),
+      metrics,
+      liveSessions: new Set(),
+    };
+    const prepared = {
+      req: { prompt: "x", sampling: {}, stop: [] },
+      cache: "full",
+      keep: 1,
+      promptTokens: 3,
+      maxTokens: 4,
+      sessionTokens: 7,
+    } as unknown as Parameters<typeof startGeneration>[1];
+    const gen = await startGeneration(ctx, prepared, new AbortController().signal);
+    const drain = async () => {
+      for await (const _ of gen.updates()) { /* pieces */ }
+    };
+    if (end === "fail") await assert.rejects(drain(), /device was lost/);
+    else await drain();
+  }
+  const m = parsePrometheus(metrics.render({
+    modelReady: true,
+    queueDepth: 0,
+    activeRequests: 0,
+    deviceQueueDepth: 0,
+    sessions: 0,
+    deviceKvBytes: 0,
+  }));
+  assert.equal(m.get("hc_generations_total"), 2);
+  assert.equal(m.get("hc_generations_failed_total"), 1);
+  assert.equal(m.get("hc_generations_aborted_total"), 1);
+});
