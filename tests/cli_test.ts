@@ -106,6 +106,30 @@ async function readUntil(
   throw new Error(`no line matched ${re}; output so far:\n${seen.join("\n")}${buf}`);
 }
 
+/** A server started as `deno ARGS`, once it says the model is ready. */
+async function startServer(args: string[], env: Record<string, string>): Promise<{
+  url: string;
+  child: Deno.ChildProcess;
+  lines: ReadableStreamDefaultReader<string>;
+  seen: string[];
+  stderrText: Promise<string>;
+}> {
+  const child = new Deno.Command(DENO, {
+    args,
+    cwd: ROOT,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderrText = new Response(child.stderr).text();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const seen: string[] = [];
+  const url = (await readUntil(lines, /listening on (http:\/\/\S+) /, seen))[1];
+  await readUntil(lines, /model "stories260K" ready/, seen);
+  return { url, child, lines, seen, stderrText };
+}
+
 Deno.test("`deno task serve` with HC_MODEL answers a greedy request with the text `hc generate` prints", async () => {
   const generated = await hc(["generate", "--max-tokens", "60", "Once upon a time"], {
     HC_MODEL: MODEL,
@@ -115,20 +139,11 @@ Deno.test("`deno task serve` with HC_MODEL answers a greedy request with the tex
   const expected = generated.stdout.slice(0, -1);
   assert.ok(expected.length > 100, `60 tokens of story expected, got ${JSON.stringify(expected)}`);
 
-  const child = new Deno.Command(DENO, {
-    args: ["task", "serve", "--port", "0"],
-    cwd: ROOT,
-    env: { NO_COLOR: "1", HC_MODEL: MODEL },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderrText = new Response(child.stderr).text();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const seen: string[] = [];
+  const { url, child, lines, seen, stderrText } = await startServer(
+    ["task", "serve", "--port", "0"],
+    { HC_MODEL: MODEL },
+  );
   try {
-    const url = (await readUntil(lines, /listening on (http:\/\/\S+) /, seen))[1];
-    await readUntil(lines, /model "stories260K" ready/, seen);
     assert.equal((await fetch(`${url}/health`)).status, 200);
     const res = await fetch(`${url}/v1/completions`, {
       method: "POST",
@@ -265,20 +280,11 @@ Deno.test("model file mistakes name the problem and the CLI flag", async () => {
 });
 
 Deno.test("`deno run -A src/cli.ts serve`, the README's way, prints no legacy-abort warning", async () => {
-  const child = new Deno.Command(DENO, {
-    args: ["run", "-A", "src/cli.ts", "serve", "--port", "0", "--model", MODEL],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderrText = new Response(child.stderr).text();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const seen: string[] = [];
+  const { url, child, lines, stderrText } = await startServer(
+    ["run", "-A", "src/cli.ts", "serve", "--port", "0", "--model", MODEL],
+    {},
+  );
   try {
-    const url = (await readUntil(lines, /listening on (http:\/\/\S+) /, seen))[1];
-    await readUntil(lines, /ready/, seen);
     for (const stream of [false, true]) {
       const res = await fetch(`${url}/v1/completions`, {
         method: "POST",

@@ -21,13 +21,20 @@ function chromiumPath(): string {
   return CHROMIUM;
 }
 
+function launchChromium() {
+  return chromium.launch({
+    executablePath: chromiumPath(),
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
+}
+
 Deno.test({
   name: "playground: a prompt streams an answer, with live stats and the head map",
   // Chromium's pipes and the page's sockets outlive single awaits; everything is closed below.
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const executablePath = chromiumPath();
     await using model = await loadModel(sharedPath("models/stories260K.gguf"));
     let reference: string;
     {
@@ -35,11 +42,7 @@ Deno.test({
       reference = (await s.complete("Once upon a time", { maxTokens: 40, temperature: 0 })).text;
     }
     const running = await serve(model, { port: 0 });
-    const browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-    });
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage();
       const pageErrors: string[] = [];
@@ -99,17 +102,12 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const executablePath = chromiumPath();
     await using model = await loadModel(sharedPath("models/stories260K.gguf"));
     const { calibrate } = await import("../mod.ts");
     const profile = await calibrate(model, { promptTokens: 200, decodeSteps: 20 });
     const roles = profile.layers.map((l) => [...l.roles] as string[]);
     const running = await serve(model, { port: 0, profile });
-    const browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-    });
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage();
       const pageErrors: string[] = [];

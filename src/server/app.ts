@@ -364,7 +364,6 @@ export class HcServer implements AsyncDisposable {
         }
         if (first.done && (first.value.summary.finishReason === "abort" || abort.signal.aborted)) {
           gen.close();
-          done();
           if (this.#closing) throw shuttingDown();
           throw new ApiError(499, "the client closed the request", {
             code: "client_closed_request",
