@@ -12,9 +12,12 @@ import {
 } from "./engine/model.ts";
 import { calibrate } from "./engine/calibrate.ts";
 import type { GenerationSummary } from "./engine/session.ts";
-import { HcError } from "./errors.ts";
+import { HcError, isHcError } from "./errors.ts";
 import type { ChatMessage } from "./model/chat.ts";
 import { CACHE_POLICIES, serve } from "./server/mod.ts";
+import { NEEDS_PROFILE } from "./server/openai.ts";
+import { effectiveKeep } from "./cache/budget.ts";
+import { fullHeadCount, type HeadProfile } from "./cache/profile/profile.ts";
 import { listDevices } from "./vk/mod.ts";
 
 interface Command {
@@ -45,6 +48,23 @@ function numberOpt(
       `--${name} must be ${
         integer ? "an integer" : "a number"
       } between ${min} and ${max}, got "${v}"`,
+    );
+  }
+  return n;
+}
+
+/** `--keep`: a fraction in (0, 1], or a whole per-head token budget above 1. */
+function keepOpt(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isFinite(n) || n <= 0) {
+    throw usageError(
+      `--keep must be > 0: a fraction of the prompt KV in (0, 1], or a per-head token budget above 1; got "${v}"`,
+    );
+  }
+  if (n > 1 && !Number.isSafeInteger(n)) {
+    throw usageError(
+      `--keep above 1 is a per-head token budget and must be an integer; got "${v}"`,
     );
   }
   return n;
@@ -93,11 +113,49 @@ async function openModel(
             onUpload?.(done, total);
           },
         });
+      } catch (e) {
+        // Without --tokenizer, a tokenizer failure of a file that is not GGUF can only mean a
+        // llama2.c checkpoint, which carries none: name the flag, not the library option.
+        if (
+          isHcError(e, "E_TOKENIZER") && values.tokenizer === undefined && !(await isGguf(path))
+        ) {
+          throw new HcError(
+            "E_TOKENIZER",
+            `${path} is a llama2.c checkpoint, which carries no tokenizer; pass --tokenizer PATH (its tokenizer.bin, or a GGUF with the same vocabulary)`,
+            { cause: e },
+          );
+        }
+        throw e;
       } finally {
         bar.done();
       }
     },
   };
+}
+
+/** What a default keep below the profile's floor becomes (README, "Cache policies"). */
+function keepFloorNote(
+  profile: HeadProfile | null,
+  cache: string | undefined,
+  keep: number | null,
+): string | null {
+  if (!profile || keep === null || keep > 1 || !NEEDS_PROFILE.has(cache ?? "full")) return null;
+  const heads = profile.model.nLayers * profile.model.nKvHeads;
+  const full = fullHeadCount(profile);
+  const ran = effectiveKeep(keep, heads, full);
+  if (ran === keep) return null;
+  return `keep ${keep} is below what this profile allows (${full} of ${heads} heads are kept ` +
+    `in full); ${cache} requests without their own keep run at keep ${ran.toFixed(4)}`;
+}
+
+async function isGguf(path: string): Promise<boolean> {
+  try {
+    using f = await Deno.open(path);
+    const magic = new Uint8Array(4);
+    return (await f.read(magic)) === 4 && new TextDecoder().decode(magic) === "GGUF";
+  } catch {
+    return false;
+  }
 }
 
 /** Resolves on SIGINT or SIGTERM (SIGINT only on Windows). */
@@ -162,19 +220,26 @@ server:
         maxQueue: numberOpt("max-queue", values["max-queue"], 0, 1 << 20, true),
         maxBodyBytes: numberOpt("max-body-bytes", values["max-body-bytes"], 1024, 1 << 30, true),
         cache: values.cache,
-        keep: numberOpt("keep", values.keep, Number.MIN_VALUE, Number.MAX_SAFE_INTEGER, false) ??
-          null,
+        keep: keepOpt(values.keep) ?? null,
         profile: values.profile,
       };
-      const { path, load } = await openModel(values);
-      let setProgress: (done: number, total: number) => void = () => {};
-      const model = load((done, total) => setProgress(done, total));
+      // The socket and the settings are checked before the model is fetched and loaded, so a
+      // port in use or an impossible setting fails at once.
+      const model = Promise.withResolvers<LoadedModel>();
+      const running = await serve(model.promise, {
+        ...opts,
+        hostname: values.host,
+        port,
+        ownsModel: true,
+      });
       const stop = untilSignal();
-      const running = await serve(model, { ...opts, hostname: values.host, port, ownsModel: true });
-      setProgress = (done, total) => running.server.setLoadProgress(done, total);
-      console.log(
-        `hc serve: listening on ${running.url} (playground at ${running.url}/), loading ${path}`,
-      );
+      const loading = (async () => {
+        const { path, load } = await openModel(values);
+        console.log(`hc serve: loading ${path}`);
+        return await load((done, total) => running.server.setLoadProgress(done, total));
+      })();
+      loading.then(model.resolve, model.reject);
+      console.log(`hc serve: listening on ${running.url} (playground at ${running.url}/)`);
       try {
         const served = await Promise.race([
           running.server.whenReady(),
@@ -182,6 +247,8 @@ server:
         ]);
         if (served) {
           console.log(`hc serve: model "${served.id}" ready on ${served.model.info().device}`);
+          const floor = keepFloorNote(served.profile, opts.cache, opts.keep);
+          if (floor) console.log(`hc serve: ${floor}`);
         }
         const sig = await stop.promise;
         console.log(`hc serve: ${sig}, shutting down`);
@@ -189,7 +256,7 @@ server:
         stop.dispose();
         await running.shutdown();
         // A model that failed to load has no server to tell it to; the error ends the command.
-        await model;
+        await loading;
       }
     },
   },
@@ -252,7 +319,7 @@ KV cache:
           `--cache must be one of ${CACHE_POLICIES.join(", ")}, got "${values.cache}"`,
         );
       }
-      const keep = numberOpt("keep", values.keep, Number.MIN_VALUE, Number.MAX_SAFE_INTEGER, false);
+      const keep = keepOpt(values.keep);
       if (values.prompt !== undefined && positionals.length > 0) {
         throw usageError("give the prompt either as words or with --prompt, not both");
       }

@@ -1,8 +1,10 @@
 /**
  * Finding the model to run: `--model PATH`, else `HC_MODEL`, else the default model, fetched
  * once from Hugging Face into the user's cache folder and checked against its sha256.
- * `--hf owner/repo:file` fetches any GGUF the same way. Downloads go to a temporary file that is
- * renamed into place only after the hash matches, so the cache never holds a partial file.
+ * `--hf owner/repo:file` fetches any GGUF the same way. Downloads go to `<file>.part`, renamed
+ * into place only after the hash matches, so the cache never serves a partial file; a download
+ * that stalls or loses its connection keeps the part, and the next run resumes it with a Range
+ * request (the hash at the end covers the whole file, resumed bytes included).
  */
 import { createHash } from "node:crypto";
 import { HcError } from "./errors.ts";
@@ -39,7 +41,14 @@ export interface DownloadOptions {
   sha256?: string;
   onProgress?: DownloadProgress;
   signal?: AbortSignal;
+  /** Most ms from sending a request to its response headers (connecting included). Default 30 s. */
+  connectTimeoutMs?: number;
+  /** Most ms without a byte of the body before the download gives up. Default 60 s. */
+  idleTimeoutMs?: number;
 }
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 
 const SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -145,19 +154,81 @@ async function recordedSha256(path: string): Promise<string | null> {
 
 const MAX_REDIRECTS = 5;
 
+function timeoutOpt(name: string, v: number | undefined, fallback: number): number {
+  const ms = v ?? fallback;
+  if (!(ms > 0) || !Number.isFinite(ms)) {
+    throw new HcError("E_BAD_REQUEST", `${name} must be a positive number of ms, got ${v}`);
+  }
+  return ms;
+}
+
+const seconds = (ms: number) => `${ms >= 10_000 ? (ms / 1000).toFixed(0) : ms / 1000} s`;
+
+/**
+ * One download's abort: the caller's signal, or a timeout this module armed (the reason it
+ * records tells the two apart, so the error can say which).
+ */
+class Deadline {
+  readonly controller = new AbortController();
+  timedOut: "connect" | "idle" | null = null;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  readonly #onAbort = () => this.controller.abort();
+  readonly #outer?: AbortSignal;
+
+  constructor(outer?: AbortSignal) {
+    this.#outer = outer;
+    if (outer?.aborted) this.controller.abort();
+    outer?.addEventListener("abort", this.#onAbort, { once: true });
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  arm(kind: "connect" | "idle", ms: number): void {
+    this.disarm();
+    this.#timer = setTimeout(() => {
+      this.timedOut = kind;
+      this.controller.abort();
+    }, ms);
+  }
+
+  disarm(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  dispose(): void {
+    this.disarm();
+    this.#outer?.removeEventListener("abort", this.#onAbort);
+  }
+}
+
 /** Follows redirects by hand so the headers of the first answer (the announced hash) are seen. */
 async function fetchFollowing(
   url: string,
-  signal?: AbortSignal,
+  deadline: Deadline,
+  connectMs: number,
+  headers: HeadersInit,
 ): Promise<{ res: Response; sha256: string | null }> {
   let sha256: string | null = null;
   let at = url;
   for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
     let res: Response;
+    deadline.arm("connect", connectMs);
     try {
-      res = await fetch(at, { redirect: "manual", signal });
+      res = await fetch(at, { redirect: "manual", signal: deadline.signal, headers });
     } catch (e) {
-      if (signal?.aborted) throw new HcError("E_ABORTED", "download aborted");
+      if (deadline.timedOut === "connect") {
+        throw new HcError(
+          "E_DOWNLOAD",
+          `no answer from ${new URL(at).origin} within ${
+            seconds(connectMs)
+          } (connecting and waiting for the response) while downloading ${url}. ${offlineHint()}`,
+          { cause: e },
+        );
+      }
+      if (deadline.signal.aborted) throw new HcError("E_ABORTED", "download aborted");
       throw new HcError(
         "E_DOWNLOAD",
         `could not reach ${new URL(at).origin} to download ${url}: ${
@@ -165,6 +236,8 @@ async function fetchFollowing(
         }. ${offlineHint()}`,
         { cause: e },
       );
+    } finally {
+      deadline.disarm();
     }
     sha256 ??= announcedSha256(res.headers);
     if (res.status >= 300 && res.status < 400 && res.headers.get("location")) {
@@ -172,7 +245,7 @@ async function fetchFollowing(
       at = new URL(res.headers.get("location")!, at).href;
       continue;
     }
-    if (!res.ok) {
+    if (!res.ok && res.status !== 416) {
       await res.body?.cancel();
       const why = res.status === 404
         ? "not found (check the repository, file name and revision)"
@@ -189,6 +262,24 @@ async function fetchFollowing(
   );
 }
 
+/** Size of the partial file left by an earlier run (0: none). */
+async function partialBytes(path: string): Promise<number> {
+  try {
+    const info = await Deno.stat(path);
+    return info.isFile ? info.size : 0;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return 0;
+    throw e;
+  }
+}
+
+/** Total file size from a 206's `Content-Range: bytes a-b/total` (null when it does not say). */
+function rangeTotal(res: Response, from: number): number | null {
+  const m = /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(res.headers.get("content-range") ?? "");
+  if (!m || Number(m[1]) !== from) return null;
+  return m[2] === "*" ? null : Number(m[2]);
+}
+
 /**
  * The cached copy of a Hugging Face file, downloading it first if needed. A cached file is used
  * only if its verified hash was recorded (and equals `sha256` when one is expected).
@@ -201,58 +292,124 @@ export async function downloadHf(ref: HfRef, opts: DownloadOptions = {}): Promis
     const recorded = await recordedSha256(dest);
     if (recorded !== null && (expected === null || recorded === expected)) return dest;
   }
+  const connectMs = timeoutOpt(
+    "connectTimeoutMs",
+    opts.connectTimeoutMs,
+    DEFAULT_CONNECT_TIMEOUT_MS,
+  );
+  const idleMs = timeoutOpt("idleTimeoutMs", opts.idleTimeoutMs, DEFAULT_IDLE_TIMEOUT_MS);
   const endpoint = opts.endpoint ?? Deno.env.get("HF_ENDPOINT") ?? DEFAULT_HF_ENDPOINT;
   const url = fileUrl(ref, endpoint);
-  const { res, sha256: announced } = await fetchFollowing(url, opts.signal);
-  const want = expected ?? announced;
-  const lengthHeader = res.headers.get("content-length");
-  const total = lengthHeader !== null && /^\d+$/.test(lengthHeader) ? Number(lengthHeader) : null;
-  const folder = dest.slice(0, dest.lastIndexOf("/"));
-  await Deno.mkdir(folder, { recursive: true });
-  const tmp = `${dest}.part-${crypto.randomUUID().slice(0, 8)}`;
-  const hash = createHash("sha256");
-  let done = 0;
+  const part = `${dest}.part`;
+  const deadline = new Deadline(opts.signal);
   try {
-    const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
+    let have = await partialBytes(part);
+    let { res, sha256: announced } = await fetchFollowing(
+      url,
+      deadline,
+      connectMs,
+      have > 0 ? { range: `bytes=${have}-` } : {},
+    );
+    if (have > 0 && (res.status !== 206 || rangeTotal(res, have) === null)) {
+      // The server does not continue from the part's end (no ranges, or the file changed size):
+      // start again from the first byte. A part that is not a prefix of the file fails the hash.
+      await res.body?.cancel();
+      await Deno.remove(part).catch(() => {});
+      have = 0;
+      ({ res, sha256: announced } = await fetchFollowing(url, deadline, connectMs, {}));
+    }
+    if (res.status === 416) {
+      await res.body?.cancel();
+      throw new HcError("E_DOWNLOAD", `could not download ${url}: HTTP 416. ${offlineHint()}`);
+    }
+    const want = expected ?? announced;
+    const lengthHeader = res.headers.get("content-length");
+    const length = lengthHeader !== null && /^\d+$/.test(lengthHeader)
+      ? Number(lengthHeader)
+      : null;
+    const total = have > 0 ? rangeTotal(res, have) : length;
+    await Deno.mkdir(dest.slice(0, dest.lastIndexOf("/")), { recursive: true });
+    const hash = createHash("sha256");
+    let done = 0;
+    // Bytes of an earlier run count in the hash: read them back from the part.
+    if (have > 0) {
+      using old = await Deno.open(part, { read: true });
+      for await (const chunk of old.readable) {
+        hash.update(chunk);
+        done += chunk.byteLength;
+      }
+      if (done !== have) have = done;
+    }
+    const file = await Deno.open(part, { write: true, create: true, append: have > 0 });
+    if (have === 0) await file.truncate(0);
     try {
-      opts.onProgress?.(0, total);
-      for await (const chunk of res.body!) {
+      opts.onProgress?.(done, total);
+      const reader = res.body!.getReader();
+      for (;;) {
+        deadline.arm("idle", idleMs);
+        let r: ReadableStreamReadResult<Uint8Array>;
+        try {
+          r = await reader.read();
+        } finally {
+          deadline.disarm();
+        }
+        if (r.done) break;
+        const chunk = r.value;
         hash.update(chunk);
         let off = 0;
         while (off < chunk.byteLength) off += await file.write(chunk.subarray(off));
         done += chunk.byteLength;
         opts.onProgress?.(done, total);
       }
+    } catch (e) {
+      const of = total !== null ? ` of ${total}` : "";
+      if (deadline.timedOut === "idle") {
+        throw new HcError(
+          "E_DOWNLOAD",
+          `download of ${url} stalled: no data for ${
+            seconds(idleMs)
+          } after ${done}${of} bytes; run again to resume from there`,
+          { cause: e },
+        );
+      }
+      if (deadline.signal.aborted) throw new HcError("E_ABORTED", "download aborted");
+      throw new HcError(
+        "E_DOWNLOAD",
+        `download of ${url} broke off after ${done}${of} bytes (${
+          (e as Error).message
+        }); run again to resume from there`,
+        { cause: e },
+      );
     } finally {
       file.close();
     }
     if (total !== null && done !== total) {
       throw new HcError(
         "E_DOWNLOAD",
-        `download of ${url} ended after ${done} of ${total} bytes; run again to retry`,
+        `download of ${url} ended after ${done} of ${total} bytes; run again to resume from there`,
       );
     }
     const got = hash.digest("hex");
     if (want !== null && got !== want) {
+      await Deno.remove(part).catch(() => {});
       throw new HcError(
         "E_DOWNLOAD",
         `the file downloaded from ${url} has sha256 ${got}, expected ${want}; it was discarded. Run again to retry`,
       );
     }
-    await Deno.rename(tmp, dest);
+    await Deno.rename(part, dest);
     await Deno.writeTextFile(`${dest}.sha256`, got + "\n");
     return dest;
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
     if (e instanceof HcError) throw e;
     if (opts.signal?.aborted) throw new HcError("E_ABORTED", "download aborted");
     throw new HcError(
       "E_DOWNLOAD",
       `download of ${url} failed: ${(e as Error).message}. ${offlineHint()}`,
-      {
-        cause: e,
-      },
+      { cause: e },
     );
+  } finally {
+    deadline.dispose();
   }
 }
 
@@ -273,10 +430,23 @@ export async function resolveModelPath(opts: ResolveModelOptions = {}): Promise<
   const env = opts.env ?? ((n: string) => Deno.env.get(n));
   const local = opts.model ?? (opts.hf === undefined ? env("HC_MODEL") : undefined);
   if (local !== undefined && local !== "") {
-    if (!(await exists(local))) {
+    const from = opts.model === undefined ? " (from HC_MODEL)" : "";
+    let info: Deno.FileInfo;
+    try {
+      info = await Deno.stat(local);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new HcError("E_IO", `model file ${local} does not exist${from}`);
+      }
       throw new HcError(
         "E_IO",
-        `model file ${local} does not exist${opts.model === undefined ? " (from HC_MODEL)" : ""}`,
+        `cannot read the model file ${local}${from}: ${(e as Error).message}`,
+      );
+    }
+    if (info.isDirectory) {
+      throw new HcError(
+        "E_IO",
+        `${local}${from} is a directory, not a model file; give the .gguf file inside it`,
       );
     }
     return local;
@@ -286,6 +456,8 @@ export async function resolveModelPath(opts: ResolveModelOptions = {}): Promise<
     cacheDir: opts.cacheDir ?? cacheDir(env),
     onProgress: opts.onProgress,
     signal: opts.signal,
+    connectTimeoutMs: opts.connectTimeoutMs,
+    idleTimeoutMs: opts.idleTimeoutMs,
   };
   if (opts.hf !== undefined) {
     return await downloadHf(parseHfRef(opts.hf), { ...dl, sha256: opts.sha256 });

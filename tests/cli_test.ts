@@ -106,6 +106,30 @@ async function readUntil(
   throw new Error(`no line matched ${re}; output so far:\n${seen.join("\n")}${buf}`);
 }
 
+/** A server started as `deno ARGS`, once it says the model is ready. */
+async function startServer(args: string[], env: Record<string, string>): Promise<{
+  url: string;
+  child: Deno.ChildProcess;
+  lines: ReadableStreamDefaultReader<string>;
+  seen: string[];
+  stderrText: Promise<string>;
+}> {
+  const child = new Deno.Command(DENO, {
+    args,
+    cwd: ROOT,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderrText = new Response(child.stderr).text();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const seen: string[] = [];
+  const url = (await readUntil(lines, /listening on (http:\/\/\S+) /, seen))[1];
+  await readUntil(lines, /model "stories260K" ready/, seen);
+  return { url, child, lines, seen, stderrText };
+}
+
 Deno.test("`deno task serve` with HC_MODEL answers a greedy request with the text `hc generate` prints", async () => {
   const generated = await hc(["generate", "--max-tokens", "60", "Once upon a time"], {
     HC_MODEL: MODEL,
@@ -115,20 +139,11 @@ Deno.test("`deno task serve` with HC_MODEL answers a greedy request with the tex
   const expected = generated.stdout.slice(0, -1);
   assert.ok(expected.length > 100, `60 tokens of story expected, got ${JSON.stringify(expected)}`);
 
-  const child = new Deno.Command(DENO, {
-    args: ["task", "serve", "--port", "0"],
-    cwd: ROOT,
-    env: { NO_COLOR: "1", HC_MODEL: MODEL },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderrText = new Response(child.stderr).text();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const seen: string[] = [];
+  const { url, child, lines, seen, stderrText } = await startServer(
+    ["task", "serve", "--port", "0"],
+    { HC_MODEL: MODEL },
+  );
   try {
-    const url = (await readUntil(lines, /listening on (http:\/\/\S+) /, seen))[1];
-    await readUntil(lines, /model "stories260K" ready/, seen);
     assert.equal((await fetch(`${url}/health`)).status, 200);
     const res = await fetch(`${url}/v1/completions`, {
       method: "POST",
@@ -200,4 +215,89 @@ Deno.test("the examples run: generate.ts streams text, server.ts serves until Ct
     await lines.cancel().catch(() => {});
     assert.equal(status.code, 0, seen.join("\n"));
   }
+});
+
+/** A failure as `hc` should print it: one `hc CMD: ...` line on stderr, no stack, non-zero exit. */
+function oneLineFailure(r: Run, command: string, why: RegExp): void {
+  assert.notEqual(r.code, 0, r.stderr);
+  const lines = r.stderr.split("\n").filter((l) => l.trim() !== "");
+  assert.equal(lines.length, 1, `one line expected on stderr, got:\n${r.stderr}`);
+  assert.match(lines[0], new RegExp(`^hc ${command}: `));
+  assert.match(lines[0], why);
+  assert.doesNotMatch(r.stderr, /Uncaught|^\s+at /m);
+}
+
+Deno.test("serve refuses bad startup settings with one line and a non-zero exit", async () => {
+  const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (busy.addr as Deno.NetAddr).port;
+  const dir = await Deno.makeTempDir({ prefix: "hc-cli-serve-" });
+  try {
+    await Deno.writeTextFile(`${dir}/package.json`, JSON.stringify({ name: "not-a-profile" }));
+    const other = sharedPath(
+      "profiles/Head_Analysis_llama-3.1-8b-instruct_topk1024_th0.5_sim0.5_step5000.json",
+    );
+    const serve = (...args: string[]) => hc(["serve", "--model", MODEL, ...args]);
+    const [inUse, noProfile, notProfile, otherModel, keepFull, keepZero] = await Promise.all([
+      serve("--port", String(port)),
+      serve("--port", "0", "--cache", "heterocache"),
+      serve("--port", "0", "--cache", "heterocache", "--profile", `${dir}/package.json`),
+      serve("--port", "0", "--cache", "heterocache", "--profile", other),
+      serve("--port", "0", "--keep", "0.25"),
+      serve("--port", "0", "--keep", "0"),
+    ]);
+    oneLineFailure(inUse, "serve", new RegExp(`port ${port} is already in use.*--port`));
+    oneLineFailure(noProfile, "serve", /needs a head profile.*--profile.*hc calibrate/);
+    oneLineFailure(notProfile, "serve", /package\.json is not a head profile/);
+    oneLineFailure(otherModel, "serve", /E_PROFILE_MISMATCH: .*32 layers.*another model/);
+    oneLineFailure(keepFull, "serve", /keeps every token/);
+    oneLineFailure(keepZero, "serve", /--keep must be > 0/);
+    assert.doesNotMatch(keepZero.stderr, /5e-324|between/);
+  } finally {
+    busy.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("model file mistakes name the problem and the CLI flag", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hc-cli-model-" });
+  try {
+    const bytes = new Uint8Array(4096);
+    crypto.getRandomValues(bytes);
+    await Deno.writeFile(`${dir}/random.gguf`, bytes);
+    const [random, folder, bin] = await Promise.all([
+      hc(["generate", "--model", `${dir}/random.gguf`, "hi"]),
+      hc(["generate", "--model", dir, "hi"]),
+      hc(["generate", "--model", sharedPath("models/stories260K.bin"), "hi"]),
+    ]);
+    oneLineFailure(random, "generate", /E_GGUF_MAGIC: .*random\.gguf is not a GGUF file/);
+    assert.doesNotMatch(random.stderr, /llama2\.c/);
+    oneLineFailure(folder, "generate", /is a directory, not a model file/);
+    oneLineFailure(bin, "generate", /carries no tokenizer; pass --tokenizer PATH/);
+    assert.doesNotMatch(bin.stderr, /tokenizerPath/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("`deno run -A src/cli.ts serve`, the README's way, prints no legacy-abort warning", async () => {
+  const { url, child, lines, stderrText } = await startServer(
+    ["run", "-A", "src/cli.ts", "serve", "--port", "0", "--model", MODEL],
+    {},
+  );
+  try {
+    for (const stream of [false, true]) {
+      const res = await fetch(`${url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: "Once", max_tokens: 3, stream }),
+      });
+      assert.equal(res.status, 200);
+      await res.text();
+    }
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await lines.cancel().catch(() => {});
+  }
+  assert.doesNotMatch(await stderrText, /legacy/i);
 });

@@ -240,6 +240,10 @@ Deno.test("model resolution order: --model, then HC_MODEL; bad specs and missing
     (e: unknown) => e instanceof HcError && e.code === "E_IO" && /HC_MODEL/.test(e.message),
   );
   await assert.rejects(resolveModelPath({ model: local, hf: "a/b:c.gguf", env: none }), HcError);
+  await assert.rejects(
+    resolveModelPath({ model: local.slice(0, local.lastIndexOf("/")), env: none }),
+    (e: unknown) => e instanceof HcError && /is a directory, not a model file/.test(e.message),
+  );
   assert.deepEqual(parseHfRef("ggml-org/models:tinyllamas/stories260K.gguf"), {
     repo: "ggml-org/models",
     file: "tinyllamas/stories260K.gguf",
@@ -274,4 +278,201 @@ Deno.test("model resolution order: --model, then HC_MODEL; bad specs and missing
     assert.equal(cacheDir(env({ HOME: "/h" })), "/h/.cache/heterocache");
     assert.throws(() => cacheDir(env({})), HcError);
   }
+});
+
+/**
+ * A raw TCP server on 127.0.0.1: `onConn` gets each connection and the request head it sent.
+ * Connections stay open until close(), like a server that hangs.
+ */
+function startRaw(onConn: (conn: Deno.Conn, head: string) => Promise<void>): {
+  url: string;
+  heads: string[];
+  close(): Promise<void>;
+} {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  const heads: string[] = [];
+  const tasks: Promise<void>[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      tasks.push((async () => {
+        const buf = new Uint8Array(8192);
+        let head = "";
+        while (!head.includes("\r\n\r\n")) {
+          const n = await conn.read(buf).catch(() => null);
+          if (n === null) return;
+          head += new TextDecoder().decode(buf.subarray(0, n));
+        }
+        heads.push(head);
+        await onConn(conn, head).catch(() => {});
+      })());
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    heads,
+    close: async () => {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed by the client already */ }
+      }
+      await accepting;
+      await Promise.all(tasks);
+    },
+  };
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let off = 0; off < bytes.byteLength;) off += await conn.write(bytes.subarray(off));
+}
+
+/** Answers with the model's first `cut` bytes (of a body announced in full), then stalls. */
+const stallAfter = (cut: number) => async (conn: Deno.Conn) => {
+  await writeAll(
+    conn,
+    new TextEncoder().encode(
+      `HTTP/1.1 200 OK\r\ncontent-length: ${MODEL_BYTES.byteLength}\r\n\r\n`,
+    ),
+  );
+  await writeAll(conn, MODEL_BYTES.subarray(0, cut));
+};
+
+Deno.test("a server that accepts and never answers fails within the connect timeout", async () => {
+  // Reads nothing more and answers nothing, until the client gives up (or the test ends).
+  const silent = startRaw(async (conn) => {
+    await conn.read(new Uint8Array(1)).catch(() => null);
+  });
+  try {
+    await withTempDir(async (dir) => {
+      const t0 = performance.now();
+      await assert.rejects(
+        downloadHf(DEFAULT_MODEL, {
+          endpoint: silent.url,
+          cacheDir: dir,
+          connectTimeoutMs: 300,
+          idleTimeoutMs: 300,
+        }),
+        (e: unknown) =>
+          e instanceof HcError && e.code === "E_DOWNLOAD" &&
+          /no answer from http:\/\/127\.0\.0\.1:\d+ within 0\.3 s/.test(e.message) &&
+          /--model PATH/.test(e.message),
+      );
+      const ms = performance.now() - t0;
+      assert.ok(ms >= 250 && ms < 3000, `failed after ${ms.toFixed(0)} ms`);
+      assert.equal(silent.heads.length, 1);
+      assert.deepEqual(await listFiles(dir).catch(() => []), []);
+    });
+  } finally {
+    await silent.close();
+  }
+});
+
+Deno.test("a download that stalls mid-body fails within the idle timeout, then resumes", async () => {
+  const cut = 400_000;
+  const stalling = startRaw(stallAfter(cut));
+  // Serves byte ranges, as Hugging Face's CDN does.
+  const ranged = startRaw(async (conn, head) => {
+    const m = /\r\nrange: bytes=(\d+)-\r\n/i.exec(head);
+    const from = m ? Number(m[1]) : 0;
+    const body = MODEL_BYTES.subarray(from);
+    const total = MODEL_BYTES.byteLength;
+    const status = m
+      ? `206 Partial Content\r\ncontent-range: bytes ${from}-${total - 1}/${total}`
+      : "200 OK";
+    await writeAll(
+      conn,
+      new TextEncoder().encode(
+        `HTTP/1.1 ${status}\r\ncontent-length: ${body.byteLength}\r\nconnection: close\r\n\r\n`,
+      ),
+    );
+    await writeAll(conn, body);
+    conn.close();
+  });
+  try {
+    await withTempDir(async (dir) => {
+      const opts = { cacheDir: dir, sha256: DEFAULT_MODEL.sha256, idleTimeoutMs: 300 };
+      const t0 = performance.now();
+      await assert.rejects(
+        downloadHf(DEFAULT_MODEL, { ...opts, endpoint: stalling.url }),
+        (e: unknown) =>
+          e instanceof HcError && e.code === "E_DOWNLOAD" &&
+          new RegExp(
+            `stalled: no data for 0\\.3 s after ${cut} of ${MODEL_BYTES.byteLength} bytes; run again to resume`,
+          ).test(e.message),
+      );
+      const ms = performance.now() - t0;
+      assert.ok(ms >= 250 && ms < 3000, `failed after ${ms.toFixed(0)} ms`);
+      const part = `${cachedPath(DEFAULT_MODEL, dir)}.part`;
+      assert.equal((await Deno.stat(part)).size, cut);
+
+      const progress: [number, number | null][] = [];
+      const path = await downloadHf(DEFAULT_MODEL, {
+        ...opts,
+        endpoint: ranged.url,
+        onProgress: (d, t) => progress.push([d, t]),
+      });
+      assert.match(ranged.heads[0], new RegExp(`\r\nrange: bytes=${cut}-\r\n`, "i"));
+      assert.deepEqual(await Deno.readFile(path), MODEL_BYTES);
+      assert.deepEqual(progress[0], [cut, MODEL_BYTES.byteLength]);
+      assert.deepEqual(progress.at(-1), [MODEL_BYTES.byteLength, MODEL_BYTES.byteLength]);
+      assert.deepEqual(await listFiles(dir), [
+        "models/ggml-org/models/main/tinyllamas/stories260K.gguf",
+        "models/ggml-org/models/main/tinyllamas/stories260K.gguf.sha256",
+      ]);
+    });
+  } finally {
+    await stalling.close();
+    await ranged.close();
+  }
+});
+
+Deno.test("a part the server will not continue (no ranges, or wrong bytes) is started over", async () => {
+  const hub = startHub({ [DEFAULT_KEY]: MODEL_BYTES }); // ignores Range: answers 200
+  try {
+    await withTempDir(async (dir) => {
+      const part = `${cachedPath(DEFAULT_MODEL, dir)}.part`;
+      await Deno.mkdir(part.slice(0, part.lastIndexOf("/")), { recursive: true });
+      await Deno.writeFile(part, new Uint8Array(1000).fill(7)); // not the model's bytes
+      const path = await downloadHf(DEFAULT_MODEL, {
+        endpoint: hub.url,
+        cacheDir: dir,
+        sha256: DEFAULT_MODEL.sha256,
+      });
+      assert.deepEqual(await Deno.readFile(path), MODEL_BYTES);
+      assert.equal(hub.hits.length, 2, "one ranged try, then the whole file");
+    });
+  } finally {
+    await hub.close();
+  }
+});
+
+Deno.test("the download bar shows bytes, rate and time left, and only on a terminal", async () => {
+  const { terminalProgress } = await import("../src/progress.ts");
+  let t = 0;
+  const out: string[] = [];
+  const bar = terminalProgress("downloading model", {
+    isTerminal: true,
+    write: (s) => out.push(s),
+    now: () => t,
+  });
+  const MiB = 1 << 20;
+  bar.update(2 * MiB, 10 * MiB); // resumed at 2 MiB: not counted as speed
+  t = 2000;
+  bar.update(6 * MiB, 10 * MiB); // 4 MiB in 2 s: 2 MiB/s, 4 MiB left: 2 s
+  bar.done();
+  const ESC = "\x1b[K";
+  assert.equal(
+    out[0],
+    `\rdownloading model [${"#".repeat(6)}${" ".repeat(24)}]  20% 2.0 MiB / 10.0 MiB${ESC}`,
+  );
+  assert.ok(out[1].endsWith(`]  60% 6.0 MiB / 10.0 MiB  2.0 MiB/s  ETA 0:02${ESC}`), out[1]);
+  assert.equal(out[2], "\n");
+  const quiet: string[] = [];
+  const none = terminalProgress("x", { isTerminal: false, write: (s) => quiet.push(s) });
+  none.update(1, 2);
+  none.done();
+  assert.deepEqual(quiet, []);
 });

@@ -489,11 +489,9 @@ Deno.test("the queue is bounded: waiting requests queue, the rest get 429, slots
       (m) => m.get("hc_queue_depth") === 1 && m.get("hc_active_requests") === 1,
       "one queued",
     );
-    const refused = await expectError(
-      await post(`${url}/v1/completions`, { prompt: "Once", max_tokens: 5 }),
-      429,
-      "queue_full",
-    );
+    const busy = await post(`${url}/v1/completions`, { prompt: "Once", max_tokens: 5 });
+    assert.equal(busy.headers.get("retry-after"), "1");
+    const refused = await expectError(busy, 429, "queue_full");
     assert.equal(refused.error.type, "rate_limit_error");
     await held.release();
     const w = await waiting;

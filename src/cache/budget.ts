@@ -60,6 +60,22 @@ export function minimumKeep(nTotalHeads: number, nFullHeads: number): number {
 }
 
 /**
+ * The keep a HeteroCache budget runs with. The official formula needs int(keep·N) > F (room for
+ * at least one compressed head-equivalent beside the F full heads); a smaller keep asks for less
+ * than the profile can give, so it gets the smallest budget the profile allows, (F + 1) / N, and
+ * the caller reports the keep it ran with. A profile with every head full runs uncompressed (1).
+ */
+export function effectiveKeep(keep: number, nTotalHeads: number, nFullHeads: number): number {
+  checkKeep(keep);
+  if (nFullHeads >= nTotalHeads) return 1;
+  if (Math.trunc(keep * nTotalHeads) > nFullHeads) return keep;
+  let floor = minimumKeep(nTotalHeads, nFullHeads);
+  // (F + 1) / N · N can round to just under F + 1; step up by ulps until int() clears F.
+  while (Math.trunc(floor * nTotalHeads) <= nFullHeads) floor += floor * Number.EPSILON;
+  return Math.min(floor, 1);
+}
+
+/**
  * base = int((r·N − F)·L / (N − F)), evaluated in the same order as the official
  * `get_compress_len` so the doubles (and the truncation) agree bit for bit.
  */

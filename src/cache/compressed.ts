@@ -53,6 +53,8 @@ export abstract class CompressedCache implements CachePolicy {
   /** Prompt rows kept per layer and head (set by endPrefill). */
   protected kept: number[][] = [];
   protected stat: CacheStats;
+  /** The keep reported in stats() (null: the budget is in tokens); set by the policy. */
+  protected keepFraction: number | null = null;
   // New arrays for every generation: a session's recorded steps are keyed by the caches array,
   // so a reused array would replay steps recorded against freed buffers.
   #prefill: KvLayerCache[] = [];
@@ -143,6 +145,7 @@ export abstract class CompressedCache implements CachePolicy {
     this.maxNew = maxNewTokens;
     this.stat = emptyStats(this.name, this.config.nLayers, this.config.nKvHeads);
     this.stat.promptTokens = promptTokens;
+    this.stat.keep = this.keepFraction;
     const c = this.config;
     for (let l = 0; l < c.nLayers; l++) {
       // Every head holds the whole prompt during prefill (row = position); endPrefill copies

@@ -43,6 +43,7 @@ export class FullCache implements CachePolicy {
     this.#maxNew = maxNewTokens;
     this.#stats = emptyStats("full", this.#config.nLayers, this.#config.nKvHeads);
     this.#stats.promptTokens = promptTokens;
+    this.#stats.keep = 1;
   }
 
   advance(tokens: number): void {

@@ -46,6 +46,9 @@ export interface CacheStats {
   /** Bytes the same prompt and generation would take with every head full. */
   fullKvBytes: number;
   promptTokens: number;
+  /** The keep (fraction of prompt KV) this generation's budget ran with: the one asked for, or
+   * HeteroCache's floor when the profile cannot go that low. null: a token budget, or no prompt. */
+  keep: number | null;
   decodeSteps: number;
   /** Decode steps after which the trigger was evaluated (every step for the coverage trigger,
    * whose statistic the decode attention computes; every Nth for the drift test). */
@@ -114,6 +117,7 @@ export function emptyStats(policy: PolicyName, nLayers: number, nKvHeads: number
     deviceKvBytesByRole: { full: 0, compressed: 0 },
     fullKvBytes: 0,
     promptTokens: 0,
+    keep: null,
     decodeSteps: 0,
     stepsWithCheck: 0,
     driftChecks: 0,

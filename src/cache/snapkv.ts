@@ -32,6 +32,7 @@ export class SnapKvCache extends CompressedCache {
   constructor(deps: PolicyDeps, opts: SnapKvOptions) {
     super(deps, "snapkv");
     this.#budget = uniformBudget(opts.budget);
+    this.keepFraction = "keep" in opts.budget ? opts.budget.keep : null;
     this.captureWindow = opts.window ?? 32;
     this.#poolKernel = opts.poolKernel ?? 5;
   }

@@ -24,6 +24,7 @@ export class StreamingCache extends CompressedCache {
   constructor(deps: PolicyDeps, opts: StreamingOptions) {
     super(deps, "streaming");
     this.#budget = uniformBudget(opts.budget);
+    this.keepFraction = "keep" in opts.budget ? opts.budget.keep : null;
     this.#sinks = opts.sinkTokens ?? 4;
   }
 

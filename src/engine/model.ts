@@ -34,7 +34,8 @@ export { isPolicyName, POLICY_NAMES, type PolicyName } from "../cache/policy.ts"
 export { cacheOptions, type CacheRequest } from "../cache/options.ts";
 export type { HeadProfile } from "../cache/profile/profile.ts";
 export { profileFromText, readProfile } from "../cache/profile/profile_io.ts";
-export { serializeProfile } from "../cache/profile/profile.ts";
+export { parseProfile, serializeProfile } from "../cache/profile/profile.ts";
+export { DEFAULT_KEEP } from "../cache/mod.ts";
 
 export interface ModelInfo {
   path: string;

@@ -2,7 +2,7 @@
  * Chat prompts: render a model's `tokenizer.chat_template` (Jinja, as Hugging Face defines it)
  * with @huggingface/jinja, or a fixed ChatML fallback when the model ships none.
  */
-import { Template } from "@huggingface/jinja";
+import { Template } from "../deps.ts";
 import { HcError } from "../errors.ts";
 
 export type ChatRole = "system" | "user" | "assistant";

@@ -189,6 +189,15 @@ export async function openModelSource(
       throw e;
     }
   }
+  const name = path instanceof URL ? path.pathname : path;
+  if (/\.gguf$/i.test(name)) {
+    // Named GGUF but without its magic: say so rather than reading it as a llama2.c header.
+    throw new HcError(
+      "E_GGUF_MAGIC",
+      `${name} is not a GGUF file: it does not start with the "GGUF" magic bytes (a truncated ` +
+        "download, an HTML error page, or another format); download it again",
+    );
+  }
   const ckpt = await openLlama2c(path);
   try {
     validateTensors(ckpt.config, ckpt.tensors);

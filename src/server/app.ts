@@ -2,7 +2,7 @@
  * The Hono app: OpenAI routes, /health, /metrics, /v1/hc/heads and the playground. The app owns
  * no socket; `serve` in ./mod.ts puts it behind Deno.serve, tests may call `fetch` directly.
  */
-import { Hono } from "hono";
+import { Hono } from "../deps.ts";
 import {
   type HeadProfile,
   isPolicyName,
@@ -10,13 +10,16 @@ import {
   profileFromText,
 } from "../engine/model.ts";
 import type { Session } from "../engine/session.ts";
+import { HcError } from "../errors.ts";
 import { ApiError, errorResponse, toApiError } from "./errors.ts";
 import {
+  type Outcome,
   type PreparedRequest,
   prepareRequest,
   type RunContext,
   type ServedModel,
   startGeneration,
+  type StepUpdate,
 } from "./generation.ts";
 import { headMap } from "./generation.ts";
 import { AdmissionQueue, readJsonBody } from "./limits.ts";
@@ -24,7 +27,6 @@ import { Metrics } from "./metrics.ts";
 import {
   CACHE_POLICIES,
   type CachePolicyName,
-  checkKeepForPolicy,
   completionChunk,
   completionResponse,
   newResponseHead,
@@ -35,6 +37,7 @@ import {
   usageChunk,
 } from "./openai.ts";
 import { playgroundAsset } from "./playground.ts";
+import { checkServerOptions, readProfileText } from "./settings.ts";
 import { SSE_HEADERS, sseStream } from "./sse.ts";
 
 export interface ServerOptions {
@@ -67,7 +70,7 @@ export const DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024;
 type ModelState =
   | { kind: "loading"; doneBytes: number; totalBytes: number }
   | { kind: "ready"; served: ServedModel }
-  | { kind: "failed"; message: string };
+  | { kind: "failed"; message: string; error: unknown };
 
 function shuttingDown(): ApiError {
   return new ApiError(503, "the server is shutting down; retry on another instance or later", {
@@ -85,6 +88,8 @@ export function modelIdFromPath(path: string): string {
 const ROUTES = new Set([
   "/",
   "/playground.js",
+  "/favicon.svg",
+  "/favicon.ico",
   "/health",
   "/metrics",
   "/v1/models",
@@ -110,6 +115,8 @@ export class HcServer implements AsyncDisposable {
   readonly #created = Math.floor(Date.now() / 1000);
   #state: ModelState = { kind: "loading", doneBytes: 0, totalBytes: 0 };
   #model: LoadedModel | null = null;
+  /** A profile given as a file: its text, read once when the server is made. */
+  readonly #profileText: string | null;
   #disposed = false;
   /** Set once shutdown began: aborted requests then learn why. */
   #closing = false;
@@ -120,17 +127,17 @@ export class HcServer implements AsyncDisposable {
       opts.maxActive ?? DEFAULT_MAX_ACTIVE,
       opts.maxQueue ?? DEFAULT_MAX_QUEUE,
     );
-    if (opts.cache !== undefined && !isPolicyName(opts.cache)) {
-      throw new RangeError(
-        `unknown cache policy '${opts.cache}'; available: ${CACHE_POLICIES.join(", ")}`,
-      );
-    }
-    checkKeepForPolicy(opts.cache ?? "full", opts.keep ?? null);
+    checkServerOptions(opts);
+    this.#profileText = typeof opts.profile === "string" ? readProfileText(opts.profile) : null;
     this.#routes();
     Promise.resolve(model).then(
       (m) => this.#ready(m),
       (e) => {
-        this.#state = { kind: "failed", message: e instanceof Error ? e.message : String(e) };
+        this.#state = {
+          kind: "failed",
+          message: e instanceof Error ? e.message : String(e),
+          error: e,
+        };
       },
     );
   }
@@ -149,7 +156,11 @@ export class HcServer implements AsyncDisposable {
     for (;;) {
       const s = this.#state;
       if (s.kind === "ready") return s.served;
-      if (s.kind === "failed") throw new Error(`the model failed to load: ${s.message}`);
+      // An HcError (a bad file, a profile for another model) travels as it is, code included.
+      if (s.kind === "failed") {
+        if (s.error instanceof HcError) throw s.error;
+        throw new Error(`the model failed to load: ${s.message}`);
+      }
       await new Promise((r) => setTimeout(r, 10));
     }
   }
@@ -165,22 +176,21 @@ export class HcServer implements AsyncDisposable {
     const limit = model.config.contextLength;
     const contextTokens = Math.min(this.#opts.contextTokens ?? DEFAULT_CONTEXT_CAP_TOKENS, limit);
     if (!Number.isSafeInteger(contextTokens) || contextTokens < 2) {
-      this.#state = {
-        kind: "failed",
-        message: `contextTokens must be an integer >= 2, got ${contextTokens}`,
-      };
+      const message = `contextTokens must be an integer >= 2, got ${contextTokens}`;
+      this.#state = { kind: "failed", message, error: new HcError("E_BAD_REQUEST", message) };
       return;
     }
     let profile: HeadProfile | null = null;
     try {
       const given = this.#opts.profile;
       profile = typeof given === "string"
-        ? profileFromText(Deno.readTextFileSync(given), model.identity(), given.split("/").pop())
+        ? profileFromText(this.#profileText!, model.identity(), given.split("/").pop())
         : given ?? null;
     } catch (e) {
       this.#state = {
         kind: "failed",
         message: `the head profile: ${e instanceof Error ? e.message : String(e)}`,
+        error: e,
       };
       return;
     }
@@ -206,6 +216,7 @@ export class HcServer implements AsyncDisposable {
     throw new ApiError(503, message, {
       type: "service_unavailable_error",
       code: "model_not_ready",
+      ...(s.kind === "loading" ? { retryAfterSeconds: 2 } : {}),
     });
   }
 
@@ -228,6 +239,9 @@ export class HcServer implements AsyncDisposable {
 
     app.get("/", async () => await playgroundAsset("playground.html"));
     app.get("/playground.js", async () => await playgroundAsset("playground.js"));
+    // Browsers ask for /favicon.ico on their own when a page names no icon.
+    app.get("/favicon.svg", async () => await playgroundAsset("favicon.svg"));
+    app.get("/favicon.ico", async () => await playgroundAsset("favicon.svg"));
 
     app.get("/health", (c) => {
       const s = this.#state;
@@ -341,7 +355,26 @@ export class HcServer implements AsyncDisposable {
     };
     try {
       const gen = await startGeneration(this.#context(served), prepared, abort.signal);
-      if (req.stream) return this.#stream(kind, served, prepared, gen, abort, done);
+      if (req.stream) {
+        // The first piece comes before the 200: a request the engine refuses (its prompt,
+        // budget or policy) gets a real HTTP status, not a 200 and then an error event.
+        const it = gen.updates();
+        let first: IteratorResult<StepUpdate, Outcome>;
+        try {
+          first = await it.next();
+        } catch (e) {
+          gen.close();
+          throw e;
+        }
+        if (first.done && (first.value.summary.finishReason === "abort" || abort.signal.aborted)) {
+          gen.close();
+          if (this.#closing) throw shuttingDown();
+          throw new ApiError(499, "the client closed the request", {
+            code: "client_closed_request",
+          });
+        }
+        return this.#stream(kind, served, prepared, gen, it, first, abort, done);
+      }
       try {
         return await this.#collect(kind, served, gen, abort.signal);
       } finally {
@@ -392,6 +425,8 @@ export class HcServer implements AsyncDisposable {
     served: ServedModel,
     p: PreparedRequest,
     gen: Awaited<ReturnType<typeof startGeneration>>,
+    it: AsyncGenerator<StepUpdate, Outcome, undefined>,
+    first: IteratorResult<StepUpdate, Outcome>,
     abort: AbortController,
     done: () => void,
   ): Response {
@@ -400,7 +435,7 @@ export class HcServer implements AsyncDisposable {
     const usageNull = includeUsage ? { usage: null } : {};
     const closing = () => this.#closing;
     async function* events(): AsyncGenerator<string, void, undefined> {
-      const it = gen.updates();
+      let next: IteratorResult<StepUpdate, Outcome> | null = first;
       try {
         if (kind === "chat") {
           yield JSON.stringify(
@@ -408,7 +443,8 @@ export class HcServer implements AsyncDisposable {
           );
         }
         for (;;) {
-          const r = await it.next();
+          const r = next ?? await it.next();
+          next = null;
           if (r.done) {
             const { summary, hc } = r.value;
             if (summary.finishReason === "abort") {

@@ -17,10 +17,17 @@ export class ApiError extends Error {
   readonly type: ApiErrorType;
   readonly code: string | null;
   readonly param: string | null;
+  /** Seconds a client should wait before it retries (sent as Retry-After). */
+  readonly retryAfterSeconds: number | null;
   constructor(
     status: number,
     message: string,
-    opts: { type?: ApiErrorType; code?: string | null; param?: string | null } = {},
+    opts: {
+      type?: ApiErrorType;
+      code?: string | null;
+      param?: string | null;
+      retryAfterSeconds?: number;
+    } = {},
   ) {
     super(message);
     this.name = "ApiError";
@@ -28,6 +35,7 @@ export class ApiError extends Error {
     this.type = opts.type ?? (status >= 500 ? "server_error" : "invalid_request_error");
     this.code = opts.code ?? null;
     this.param = opts.param ?? null;
+    this.retryAfterSeconds = opts.retryAfterSeconds ?? null;
   }
 
   body(): { error: { message: string; type: string; param: string | null; code: string | null } } {
@@ -80,5 +88,6 @@ export function errorResponse(e: unknown, headers?: HeadersInit): Response {
   const err = toApiError(e);
   const h = new Headers(headers);
   h.set("content-type", "application/json; charset=utf-8");
+  if (err.retryAfterSeconds !== null) h.set("retry-after", String(err.retryAfterSeconds));
   return new Response(JSON.stringify(err.body()), { status: err.status, headers: h });
 }

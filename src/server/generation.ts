@@ -3,7 +3,13 @@
  * wait for a slot, run a fresh session, and always give the session and the slot back, whether
  * the generation finished, failed, or the client went away.
  */
-import { cacheOptions, type HeadProfile, isPolicyName, type LoadedModel } from "../engine/model.ts";
+import {
+  cacheOptions,
+  DEFAULT_KEEP,
+  type HeadProfile,
+  isPolicyName,
+  type LoadedModel,
+} from "../engine/model.ts";
 import type { GenerationSummary, Session } from "../engine/session.ts";
 import { isHcError } from "../errors.ts";
 import { ApiError } from "./errors.ts";
@@ -45,7 +51,8 @@ export interface ServedModel {
 export interface PreparedRequest {
   req: GenerationRequest;
   cache: CachePolicyName;
-  keep: number | null;
+  /** The budget: a fraction in (0, 1], or a per-head token budget above 1. */
+  keep: number;
   promptTokens: number;
   maxTokens: number;
   /** The session's size: what this request can use, so memory follows the request. */
@@ -69,8 +76,10 @@ export function prepareRequest(served: ServedModel, req: GenerationRequest): Pre
   if (!isPolicyName(cache)) {
     throw new ApiError(500, `the server's default cache policy '${cache}' is not available`);
   }
-  const keep = req.keep ?? (req.cache === null ? served.defaultKeep : null);
-  checkKeepForPolicy(cache, keep);
+  const asked = req.keep ?? (req.cache === null ? served.defaultKeep : null);
+  checkKeepForPolicy(cache, asked);
+  // Report the budget that applies, the engine's default included (full keeps everything: 1).
+  const keep = asked ?? (cache === "full" ? 1 : DEFAULT_KEEP);
   if (NEEDS_PROFILE.has(cache) && !served.profile) {
     throw new ApiError(
       400,
@@ -190,6 +199,8 @@ export class Generation {
     decodeMs: number;
   };
   #summary: GenerationSummary | null = null;
+  /** The generation threw (a failure, not the client going away). */
+  #failed = false;
   #closed = false;
 
   constructor(
@@ -250,6 +261,9 @@ export class Generation {
       const c = this.#ctx.served.model.config;
       hc.heads = sessionHeadMap(this.#session, p.cache, c.nLayers, c.nKvHeads);
       return { summary: this.#summary, hc };
+    } catch (e) {
+      this.#failed = !this.#signal.aborted && !isHcError(e, "E_ABORTED");
+      throw e;
     } finally {
       // Returned early (client gone): let the engine's generator run its own cleanup first.
       if (!finished) await it.return(undefined as unknown as GenerationSummary).catch(() => {});
@@ -271,7 +285,8 @@ export class Generation {
         prefillMs: s?.prefillMs ?? progress.prefillMs,
         decodeMs: s?.decodeMs ?? progress.decodeMs,
         decodeTokensPerSecond: s?.decodeTokensPerSecond ?? 0,
-        aborted: s === null || s.finishReason === "abort",
+        aborted: !this.#failed && (s === null || s.finishReason === "abort"),
+        failed: this.#failed,
         counters: cacheCounters(this.#session, this.#session.stats()),
       });
     } finally {

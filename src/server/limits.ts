@@ -56,7 +56,8 @@ export class AdmissionQueue {
         new ApiError(
           429,
           `the server is busy: ${this.#active} requests running and ${this.#waiting.length} waiting (the limit); retry later`,
-          { type: "rate_limit_error", code: "queue_full" },
+          // A generation slot frees within seconds on any model this serves.
+          { type: "rate_limit_error", code: "queue_full", retryAfterSeconds: 1 },
         ),
       );
     }

@@ -53,6 +53,7 @@ export class Metrics {
   #lastDecodeTokensPerSecond = 0;
   #generations = 0;
   #aborted = 0;
+  #failed = 0;
   #driftChecks = 0;
   #triggers = 0;
   #bytesMoved = 0;
@@ -70,15 +71,18 @@ export class Metrics {
     decodeMs: number;
     decodeTokensPerSecond: number;
     aborted: boolean;
+    /** It ended with an error (not the client going away). */
+    failed: boolean;
     counters: CacheCounters;
   }): void {
     this.#generations++;
     if (g.aborted) this.#aborted++;
+    if (g.failed) this.#failed++;
     this.#promptTokens += g.promptTokens;
     this.#completionTokens += g.completionTokens;
     this.#prefillMs += g.prefillMs;
     this.#decodeMs += g.decodeMs;
-    if (!g.aborted && g.completionTokens > 1) {
+    if (!g.aborted && !g.failed && g.completionTokens > 1) {
       this.#lastDecodeTokensPerSecond = g.decodeTokensPerSecond;
     }
     this.#driftChecks += g.counters.driftChecks;
@@ -100,7 +104,7 @@ export class Metrics {
         "HTTP requests answered, by route and status.",
         requests,
       ),
-      family("hc_generations_total", "counter", "Generations run (finished or aborted).", [{
+      family("hc_generations_total", "counter", "Generations run (finished, aborted or failed).", [{
         value: this.#generations,
       }]),
       family(
@@ -110,6 +114,12 @@ export class Metrics {
         [{
           value: this.#aborted,
         }],
+      ),
+      family(
+        "hc_generations_failed_total",
+        "counter",
+        "Generations that ended with an error after they started.",
+        [{ value: this.#failed }],
       ),
       family("hc_prompt_tokens_total", "counter", "Prompt tokens prefilled.", [{
         value: this.#promptTokens,

@@ -10,6 +10,7 @@
  * ```
  */
 import type { LoadedModel } from "../engine/model.ts";
+import { HcError } from "../errors.ts";
 import { createServer, type HcServer, type ServerOptions } from "./app.ts";
 
 export {
@@ -49,6 +50,33 @@ export interface RunningServer extends AsyncDisposable {
   shutdown(): Promise<void>;
 }
 
+/** Why the socket could not open, as the user can act on it. */
+function listenError(e: unknown, hostname: string, port: number): unknown {
+  const where = `${hostname}:${port}`;
+  if (e instanceof Deno.errors.AddrInUse) {
+    return new HcError(
+      "E_IO",
+      `port ${port} is already in use on ${hostname}; stop what listens there or choose another with --port (0 picks a free one)`,
+      { cause: e },
+    );
+  }
+  if (e instanceof Deno.errors.PermissionDenied) {
+    return new HcError(
+      "E_IO",
+      `not allowed to listen on ${where} (ports below 1024 need privileges); choose another with --port`,
+      { cause: e },
+    );
+  }
+  if (e instanceof Deno.errors.AddrNotAvailable || e instanceof TypeError) {
+    return new HcError(
+      "E_IO",
+      `cannot listen on ${where}: ${(e as Error).message}; check --host`,
+      { cause: e },
+    );
+  }
+  return e;
+}
+
 /**
  * Listens at once and serves /health (503) while `model` loads; the routes that need the model
  * answer 503 until it is ready.
@@ -60,12 +88,20 @@ export function serve(
   const server = createServer(model, opts);
   const hostname = opts.hostname ?? "127.0.0.1";
   const { promise: listening, resolve } = Promise.withResolvers<{ port: number }>();
-  const http = Deno.serve({
-    hostname,
-    port: opts.port ?? 8000,
-    signal: opts.signal,
-    onListen: (addr) => resolve({ port: addr.port }),
-  }, server.fetch);
+  const port = opts.port ?? 8000;
+  let http: Deno.HttpServer;
+  try {
+    http = Deno.serve({
+      hostname,
+      port,
+      signal: opts.signal,
+      onListen: (addr) => resolve({ port: addr.port }),
+    }, server.fetch);
+  } catch (e) {
+    // Nothing listens: free what the server holds (the model too, when it owns it).
+    void server[Symbol.asyncDispose]();
+    return Promise.reject(listenError(e, hostname, port));
+  }
   let closing: Promise<void> | null = null;
   const shutdown = () => {
     closing ??= (async () => {

@@ -2,7 +2,7 @@
 // shows the request's cache statistics and head map as they arrive. Plain browser JS, no build.
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, messages: [], abort: null, chunks: 0 };
+const state = { model: null, defaultCache: "full", messages: [], abort: null, chunks: 0 };
 
 function setStatus(text, kind) {
   const el = $("status");
@@ -43,6 +43,32 @@ function showStats(hc) {
   }
 }
 
+/** Head roles as the server names them (hc.heads.roles), in the legend's order. */
+const ROLES = [
+  ["full", "full (every token)"],
+  ["volatile", "volatile (full)"],
+  ["pivot", "pivot (full, watches drift)"],
+  ["anchor", "anchor (budget)"],
+  ["satellite", "satellite (budget, refreshed)"],
+  ["compressed", "compressed (budget)"],
+  ["refreshed", "refreshed in this request"],
+];
+
+/** The legend, with the roles the map shows now emphasised. */
+function showLegend(present) {
+  const legend = $("legend");
+  legend.replaceChildren();
+  for (const [role, text] of ROLES) {
+    const item = document.createElement("span");
+    item.dataset.role = role;
+    if (!present.has(role)) item.className = "absent";
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    item.append(swatch, text);
+    legend.append(item);
+  }
+}
+
 /** Draws layers x KV heads from the server's head map (GET /v1/hc/heads or a response's hc.heads). */
 function showHeads(map) {
   const root = $("heads");
@@ -75,6 +101,30 @@ function showHeads(map) {
     root.append(row);
   }
   $("heads-shape").textContent = `${map.layers} layers x ${map.kv_heads} KV heads, ${map.cache}`;
+  const present = new Set(map.roles.flat());
+  if (map.refreshed.flat().some(Boolean)) present.add("refreshed");
+  showLegend(present);
+}
+
+/**
+ * A request with another policy than the map shows starts from that policy's own map (its
+ * roles; budgets come with the answer), so no head keeps the previous request's colour.
+ */
+async function resetHeads(cache) {
+  const root = $("heads");
+  if (root.dataset.cache === cache) return;
+  root.dataset.cache = cache;
+  for (const cell of root.querySelectorAll(".cell")) {
+    cell.removeAttribute("data-role");
+    cell.classList.remove("refreshed");
+    cell.textContent = "";
+  }
+  try {
+    const map = await getJson(`/v1/hc/heads?cache=${encodeURIComponent(cache)}`);
+    if (root.dataset.cache === cache) showHeads(map);
+  } catch {
+    // The request itself will say what is wrong with the policy.
+  }
 }
 
 async function getJson(path) {
@@ -106,6 +156,7 @@ async function init() {
     const models = await getJson("/v1/models");
     const card = models.data[0];
     state.model = card.id;
+    state.defaultCache = card.hc?.default_cache ?? "full";
     $("model").textContent = card.id;
     const select = $("cache");
     for (const p of card.hc?.cache_policies ?? []) {
@@ -173,6 +224,7 @@ async function send(promptText) {
   $("stop").disabled = false;
   let answer = "";
   try {
+    await resetHeads(body.cache ?? state.defaultCache);
     const res = await fetch(path, {
       method: "POST",
       headers: { "content-type": "application/json" },

@@ -5,6 +5,7 @@
 const ASSETS = {
   "playground.html": "text/html; charset=utf-8",
   "playground.js": "text/javascript; charset=utf-8",
+  "favicon.svg": "image/svg+xml",
 } as const;
 
 export type PlaygroundAsset = keyof typeof ASSETS;

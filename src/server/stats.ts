@@ -26,7 +26,7 @@ export interface EngineHead {
  * zero counters, every head full).
  */
 interface CacheView {
-  cacheStats?: () => Partial<CacheCounters> & { refreshedMap?: boolean[][] };
+  cacheStats?: () => Partial<CacheCounters> & { refreshedMap?: boolean[][]; keep?: number | null };
   policy?: { heads?: () => EngineHead[][] };
 }
 
@@ -105,8 +105,12 @@ export function sessionHeadMap(
 
 export interface HcStatsJson {
   cache: string;
-  /** The budget the request ran with (null: the policy keeps everything). */
-  keep: number | null;
+  /** The budget the request asked for, or the default it got: a fraction of the prompt KV in
+   * (0, 1] (1 for the full cache), or a per-head token budget above 1. */
+  keep: number;
+  /** The fraction the budget ran with: `keep`, or HeteroCache's floor when the profile cannot
+   * go as low as `keep` (README, "Cache policies"). null: a token budget. */
+  effective_keep: number | null;
   context_tokens: number;
   device_kv_bytes: number;
   prompt_tokens: number;
@@ -125,7 +129,7 @@ const round = (x: number, digits = 3) => Number(x.toFixed(digits));
 /** Stats of one request while it runs (for stream chunks) or once it ended (with the summary). */
 export function hcStats(
   cache: string,
-  keep: number | null,
+  keep: number,
   session: { stats(): SessionStats },
   progress: { promptTokens: number; completionTokens: number; prefillMs: number; decodeMs: number },
   summary: GenerationSummary | null,
@@ -136,9 +140,12 @@ export function hcStats(
   const decodeMs = summary?.decodeMs ?? progress.decodeMs;
   // Decode speed counts the steps after the first token, as GenerationSummary does.
   const live = completion > 1 && decodeMs > 0 ? ((completion - 1) * 1000) / decodeMs : 0;
+  // Before the policy has begun (no prompt yet) its stats hold no keep: the asked one applies.
+  const ran = view(session).cacheStats?.().keep;
   return {
     cache,
     keep,
+    effective_keep: ran ?? (keep <= 1 ? keep : null),
     context_tokens: stats.capacity,
     device_kv_bytes: stats.deviceKvBytes,
     prompt_tokens: summary?.promptTokens ?? progress.promptTokens,

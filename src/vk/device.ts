@@ -208,7 +208,9 @@ export class Device implements Disposable {
   }
 
   /** Reads bytes of a buffer (any kind) back to the host; returns a fresh array. */
-  download(src: Buffer, srcOffset = 0, bytes = src.bytes - srcOffset): Uint8Array {
+  download(src: Buffer, srcOffset = 0, length?: number): Uint8Array {
+    // Not a default parameter: deno publish's type emit cannot check a default that reads another.
+    const bytes = length ?? src.bytes - srcOffset;
     src.checkRange(srcOffset, bytes, "download");
     const out = new Uint8Array(bytes);
     if (src.kind !== "device") {

@@ -25,7 +25,14 @@ import { type Captures, stepView } from "../../model/forward.ts";
 import type { Buffer, CommandList } from "../../vk/mod.ts";
 import { TopK } from "../../kernels/scores.ts";
 import { intersectionSize, median } from "../profile/analysis.ts";
-import { baseLength, type Budget, checkBudget, headCaps, headCapsFromTokens } from "../budget.ts";
+import {
+  baseLength,
+  type Budget,
+  checkBudget,
+  effectiveKeep,
+  headCaps,
+  headCapsFromTokens,
+} from "../budget.ts";
 import { CompressedCache, type HeadSelection, type PolicyDeps } from "../compressed.ts";
 import { HostKvStore } from "./host_store.ts";
 import type { PolicyName } from "../policy.ts";
@@ -151,6 +158,7 @@ export class HeteroCache extends CompressedCache {
     this.name = name;
     this.#profile = opts.profile;
     this.#budget = checkBudget(opts.budget);
+    this.keepFraction = "keep" in this.#budget ? this.#budget.keep : null;
     this.#compat = opts.compat ?? false;
     this.#record = opts.record ?? false;
     this.#poolKernel = opts.poolKernel ?? opts.profile.params.poolKernel ?? 5;
@@ -222,14 +230,19 @@ export class HeteroCache extends CompressedCache {
     if ("tokens" in budget) {
       this.#base = Math.min(budget.tokens, promptTokens);
       this.#caps = headCapsFromTokens(this.#profile, budget.tokens, promptTokens);
-    } else if (budget.keep >= 1) {
-      // keep = 1 means no compression at all (the official formula would still trim heads
-      // whose multiplier is below 1).
-      this.#base = promptTokens;
-      this.#caps = this.#profile.layers.map((l) => l.roles.map(() => promptTokens));
     } else {
-      this.#base = baseLength(budget.keep, N, fullHeadCount(this.#profile), promptTokens);
-      this.#caps = headCaps(this.#profile, budget.keep, promptTokens);
+      // Below the profile's floor, the smallest budget it allows (reported as stats().keep).
+      const keep = effectiveKeep(budget.keep, N, fullHeadCount(this.#profile));
+      this.stat.keep = keep;
+      if (keep >= 1) {
+        // keep = 1 means no compression at all (the official formula would still trim heads
+        // whose multiplier is below 1).
+        this.#base = promptTokens;
+        this.#caps = this.#profile.layers.map((l) => l.roles.map(() => promptTokens));
+      } else {
+        this.#base = baseLength(keep, N, fullHeadCount(this.#profile), promptTokens);
+        this.#caps = headCaps(this.#profile, keep, promptTokens);
+      }
     }
     this.#buffered = 0;
     this.refreshLog.length = 0;
