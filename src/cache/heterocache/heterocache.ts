@@ -470,8 +470,15 @@ export class HeteroCache extends CompressedCache {
     const t0 = performance.now();
     this.stat.stepsWithCheck++;
     const coverage = this.#trigger.kind === "coverage";
-    const triggered = coverage ? this.#coverageCheck() : await this.#check(slot);
-    const jobs = triggered.length ? await this.#selectRefresh(triggered, slot, coverage) : [];
+    // The drift test scores every pivot to decide; the other triggers decide first, and the
+    // refresh selection scores just the fired pivots in its own submission.
+    const drift = this.#trigger.kind === "drift";
+    const triggered = coverage
+      ? this.#coverageCheck()
+      : drift
+      ? await this.#check(slot)
+      : this.#pivots;
+    const jobs = triggered.length ? await this.#selectRefresh(triggered, slot, !drift) : [];
     this.stat.monitorMs += performance.now() - t0;
     if (jobs.length) {
       const t1 = performance.now();
@@ -565,17 +572,17 @@ export class HeteroCache extends CompressedCache {
     });
   }
 
-  /** Scores every pivot's buffered queries; returns the pivots whose clusters refresh. */
+  /** The drift test: scores every pivot's buffered queries; returns the pivots whose clusters
+   * refresh. */
   async #check(lastSlot: number): Promise<PivotState[]> {
     const W = this.#window;
     const L = this.promptTokens;
     const K = this.kernels;
-    const drift = this.#trigger.kind === "drift";
     const kRef = Math.min(this.#base, L);
     const cmd = (this.#checkCmd ??= this.device.commands());
     cmd.begin();
     this.#recordScores(cmd, this.#pivots);
-    if (drift && kRef > 0) {
+    if (kRef > 0) {
       cmd.barrier();
       this.#pivots.forEach((p, i) => {
         K.topk.record(cmd, {
@@ -593,7 +600,6 @@ export class HeteroCache extends CompressedCache {
     }
     cmd.end();
     await this.device.wait("compute", cmd.submit());
-    if (!drift) return this.#pivots;
     const m = this.#readback!.mapped();
     const sets = new Int32Array(m.buffer, m.byteOffset, this.#pivots.length * W * kRef);
     const fired: PivotState[] = [];
@@ -685,7 +691,7 @@ export class HeteroCache extends CompressedCache {
         const key = (j: number) => (Number.isNaN(row![j]) ? -Infinity : row![j]);
         byScore = top.slice().sort((x, y) => key(y) - key(x) || x - y);
       }
-      const mask = score ? new Uint32Array(e.p.mask.length) : null;
+      const mask = this.#trigger.kind === "coverage" ? new Uint32Array(e.p.mask.length) : null;
       e.p.satellites.forEach((s, j) => {
         const take = e.caps[j];
         const positions = this.#compat ? top.slice(0, take) : byScore.slice(0, take).sort();
