@@ -2,7 +2,11 @@ import assert from "node:assert/strict";
 import { loadModel } from "../mod.ts";
 import type { LoadedModel } from "../src/engine/model.ts";
 import type { CacheOptions } from "../src/cache/mod.ts";
-import { coverageShare, type HeteroCache } from "../src/cache/heterocache/heterocache.ts";
+import {
+  coverageShare,
+  type HeteroCache,
+  rankByScore,
+} from "../src/cache/heterocache/heterocache.ts";
 import type { HeadRole } from "../src/cache/profile/profile.ts";
 import { uniformProfile } from "../src/cache/profile/profile_io.ts";
 import { satelliteRefresh } from "../testing/reference_cache.ts";
@@ -376,4 +380,17 @@ Deno.test("a refresh is read by the next step in compat; by default it lands onc
   // The default does not wait for the host gather: a refresh lands at the first step after
   // its rows are gathered (the next step at the earliest, later on a busy machine).
   for (const x of late) assert.ok(x.firstRead! >= x.decidedAfter + 1, JSON.stringify(x));
+});
+
+Deno.test("rankByScore orders as the kernel does: score descending, NaN lowest, ties by position", () => {
+  const row = new Float32Array([0.5, NaN, 0.5, -1, 0, -0, 3e-39, Infinity, -Infinity, 0.25]);
+  const positions = new Uint32Array([9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+  assert.deepEqual(Array.from(rankByScore(positions, row)), [7, 0, 2, 9, 6, 4, 5, 3, 8, 1]);
+  // Against a comparator sort on random rows with many ties.
+  let seed = 7;
+  const rnd = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const big = new Float32Array(5000).map(() => Math.round(rnd() * 50) / 50 - 0.2);
+  const all = new Uint32Array(5000).map((_, i) => i);
+  const want = Array.from(all).sort((x, y) => big[y] - big[x] || x - y);
+  assert.deepEqual(Array.from(rankByScore(all, big)), want);
 });
