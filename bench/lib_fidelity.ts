@@ -245,6 +245,20 @@ export const POLICIES: readonly PolicyConfig[] = [
   { label: "fixed-interval", cache: "fixed-interval" },
 ];
 
+/** A benchmark policy's session cache options at one keep. */
+export function policyCache(cfg: PolicyConfig, keep: number | null, profile?: HeadProfile) {
+  return cacheOptions({
+    cache: cfg.cache,
+    compat: cfg.compat,
+    threshold: cfg.threshold,
+    trigger: cfg.trigger,
+    coverageDrop: cfg.coverageDrop,
+    window: cfg.window,
+    keep,
+    profile,
+  });
+}
+
 export function needsProfile(p: PolicyConfig): boolean {
   return p.cache === "heterocache" || p.cache === "per-step" || p.cache === "fixed-interval";
 }
@@ -328,16 +342,7 @@ export async function evaluateCell(
   for (const ref of refs) {
     // A fresh session per prompt, so nothing of one prompt's cache state can reach the next.
     using s = model.session({
-      ...cacheOptions({
-        cache: cfg.cache,
-        compat: cfg.compat,
-        threshold: cfg.threshold,
-        trigger: cfg.trigger,
-        coverageDrop: cfg.coverageDrop,
-        window: cfg.window,
-        keep,
-        profile: needsProfile(cfg) ? profile : undefined,
-      }),
+      ...policyCache(cfg, keep, needsProfile(cfg) ? profile : undefined),
       contextTokens,
     });
     try {

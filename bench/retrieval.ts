@@ -12,8 +12,7 @@
 import { parseArgs } from "node:util";
 import { isHcError, type LoadedModel, loadModel } from "../mod.ts";
 import { minimumKeep } from "../src/cache/budget.ts";
-import { cacheOptions } from "../src/cache/options.ts";
-import { argmax, POLICIES, type PolicyConfig } from "./lib_fidelity.ts";
+import { argmax, POLICIES, policyCache, type PolicyConfig } from "./lib_fidelity.ts";
 import { writeResult } from "./paths.ts";
 import {
   makeRetrievalTask,
@@ -108,15 +107,7 @@ async function runCell(
     return { ...base, status: "n/a", note: `needs keep ≥ ${min.toFixed(4)}` };
   }
   using s = model.session({
-    ...cacheOptions({
-      cache: cfg.cache,
-      compat: cfg.compat,
-      threshold: cfg.threshold,
-      trigger: cfg.trigger,
-      coverageDrop: cfg.coverageDrop,
-      keep,
-      profile: usesProfile ? retrievalProfile(lay) : undefined,
-    }),
+    ...policyCache(cfg, keep, usesProfile ? retrievalProfile(lay) : undefined),
     contextTokens: L + task.forced.length + 1,
   });
   const am: number[] = [];
