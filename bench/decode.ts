@@ -215,7 +215,6 @@ const OFFICIAL_LLAMA8B = new URL(
   import.meta.url,
 ).pathname;
 
-/** Policies of the sweep, all at the same device KV (keep) but full. */
 /** The sweep's engines of ours: every policy at the same device KV, and HeteroCache twice: its
  * default trigger as it behaves on a random prompt, and a refresh every 5th step (a controlled
  * 20% refresh rate; random prompt KV makes triggers unrealistic). */
@@ -230,7 +229,7 @@ const ENGINES: Readonly<Record<string, CacheRequest>> = {
 };
 const DEFAULT_ENGINES = ["full", "snapkv", "streaming", "heterocache", "hc every 5"];
 
-interface Shape {
+export interface Shape {
   id: string;
   label: string;
   dim: number;
@@ -280,9 +279,9 @@ function alternatingProfile(nLayers: number, nKvHeads: number): HeadProfile {
   return layeredProfile(layers);
 }
 
-const SWEEP_LAYERS = 4;
+export const SWEEP_LAYERS = 4;
 
-const SHAPES: readonly Shape[] = [
+export const SHAPES: readonly Shape[] = [
   {
     id: "llama8b",
     label: "Llama-3.1-8B attention (32 q / 8 KV heads x 128), 4 layers",

@@ -546,8 +546,13 @@ export class HeteroCache extends CompressedCache {
     return fired;
   }
 
-  /** Records the pooled, group-maxed scores rows of `pivots` over their buffered queries. */
-  #recordScores(cmd: CommandList, pivots: readonly PivotState[]): void {
+  /**
+   * Records the pooled, group-maxed scores rows of `pivots`: over all their buffered queries
+   * (row w for window slot w: the drift test's medians), or, given `slot`, over that one query
+   * alone into row 0 (a refresh selects with the last query only, so scoring the other W-1
+   * would cost W times the pass over the pivot's prompt keys for nothing).
+   */
+  #recordScores(cmd: CommandList, pivots: readonly PivotState[], slot?: number): void {
     const W = this.#window;
     const c = this.config;
     const qDim = c.nHeads * c.headDim;
@@ -559,9 +564,9 @@ export class HeteroCache extends CompressedCache {
         headCount: 1,
         n: this.promptTokens,
         q: this.#queries!,
-        qOffset: p.layer * W * qDim,
+        qOffset: (p.layer * W + (slot ?? 0)) * qDim,
         qStride: qDim,
-        window: W,
+        window: slot === undefined ? W : 1,
         groupReduce: "max",
         windowMode: "separate",
         poolFirst: true,
@@ -654,15 +659,17 @@ export class HeteroCache extends CompressedCache {
     this.#ensureIndices(rowsAt + (rows ? fired.length * L * 4 : 0));
     const cmd = (this.#selectCmd ??= this.device.commands());
     cmd.begin();
+    // Scored here: only the fired pivots, with this step's query alone, into row 0; the drift
+    // test scored every window query already, so its selection reads the last slot's row.
+    const row0 = score ? 0 : lastSlot * L;
     if (score) {
-      // The coverage trigger scores only the fired pivots, with this step's query.
-      this.#recordScores(cmd, fired);
+      this.#recordScores(cmd, fired, lastSlot);
       cmd.barrier();
     }
     for (const e of plan) {
       K.topk.record(cmd, {
         rows: e.p.scores!,
-        rowOffset: lastSlot * L,
+        rowOffset: row0,
         rowStride: L,
         rowCount: 1,
         n: L,
@@ -675,7 +682,7 @@ export class HeteroCache extends CompressedCache {
     cmd.copy(this.#indices!, this.#readback!, [[0, 0, rowsAt]]);
     if (rows) {
       plan.forEach((e, i) =>
-        cmd.copy(e.p.scores!, this.#readback!, [[lastSlot * L * 4, rowsAt + i * L * 4, L * 4]])
+        cmd.copy(e.p.scores!, this.#readback!, [[row0 * 4, rowsAt + i * L * 4, L * 4]])
       );
     }
     cmd.end();
