@@ -237,8 +237,8 @@ export abstract class CompressedCache implements CachePolicy {
     this.device.waitSync("compute", cmd.submit());
   }
 
-  transferWait(): bigint {
-    return 0n;
+  transferWait(): Promise<bigint> {
+    return Promise.resolve(0n);
   }
 
   afterStep(_captures: Captures): Promise<void> {

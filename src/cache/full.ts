@@ -55,8 +55,8 @@ export class FullCache implements CachePolicy {
     return Promise.resolve();
   }
 
-  transferWait(): bigint {
-    return 0n;
+  transferWait(): Promise<bigint> {
+    return Promise.resolve(0n);
   }
 
   afterStep(): Promise<void> {

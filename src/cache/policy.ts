@@ -102,8 +102,9 @@ export interface CachePolicy extends Disposable {
   advance(tokens: number): void;
   /** After the whole prompt is in the caches: compress as the policy does. */
   endPrefill(captures: Captures): Promise<void>;
-  /** A transfer-queue value the next step must wait for (0n: none). */
-  transferWait(): bigint;
+  /** A transfer-queue value the next step must wait for (0n: none), once the refreshes due
+   * at that step are submitted. */
+  transferWait(): Promise<bigint>;
   /** After each decode step (its captures hold the step's q/k/v when captureSteps). */
   afterStep(captures: Captures): Promise<void>;
   stats(): CacheStats;

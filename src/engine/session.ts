@@ -249,7 +249,7 @@ export class Session implements Disposable {
         caches: this.policy.caches,
         captureQueriesFrom: captureFrom,
         captureStep: decoding && this.policy.captureSteps,
-        waitTransfer: decoding ? this.policy.transferWait() : 0n,
+        waitTransfer: decoding ? await this.policy.transferWait() : 0n,
       };
       const t0 = performance.now();
       const out = want === "argmax"

@@ -440,8 +440,8 @@ export class HeteroCache extends CompressedCache {
     }
   }
 
-  override transferWait(): bigint {
-    const v = this.#retrieval.landing();
+  override async transferWait(): Promise<bigint> {
+    const v = await this.#retrieval.landing(this.stat.decodeSteps + 1);
     this.#logLandings();
     // A step carries a transfer when a refresh landed since the previous step (or it must wait).
     if (v > 0n || this.#retrieval.submitted > this.#landedBefore) this.stat.stepsWithTransfer++;
@@ -489,7 +489,10 @@ export class HeteroCache extends CompressedCache {
           dstOffset: p.maskWord * 4,
         }))
         : [];
-      const seq = await this.#retrieval.start(jobs, this.caches, tails);
+      // Compat reads a refresh at the next step (the official timing, the gather awaited here);
+      // the default one step later, so the gather overlaps the next step.
+      const due = this.stat.decodeSteps + (this.#compat ? 1 : 2);
+      const seq = await this.#retrieval.start(jobs, this.caches, tails, due);
       for (const p of triggered) p.refreshing = seq;
       if (this.#record) {
         this.#landingBySeq.set(seq, this.landingLog.length);
@@ -521,7 +524,7 @@ export class HeteroCache extends CompressedCache {
     for (const p of this.#pivots) {
       let landed = false;
       if (p.refreshing) {
-        if (!this.#retrieval.landed(p.refreshing)) continue;
+        if (!this.#retrieval.landed(p.refreshing, this.stat.decodeSteps)) continue;
         p.refreshing = 0;
         landed = true;
       }

@@ -7,6 +7,11 @@
  *
  * Ordering: the engine runs one step at a time and awaits it, so when `landing()` submits a copy
  * no step is reading the rows it overwrites; the next step's submission waits for the copy.
+ *
+ * Each refresh names the step that first reads it (`due`). It lands exactly then: earlier it
+ * waits even when its rows are gathered, later never (that step waits for the gather). So the
+ * tokens a request generates do not depend on how fast the host gathered (run to run, machine
+ * to machine), while the gather and the copy still overlap the steps before `due`.
  */
 import type { KvLayerCache } from "../kv_layer.ts";
 import type { Buffer, CommandList, Device, GatherJob } from "../../vk/mod.ts";
@@ -47,9 +52,14 @@ interface Slot {
   abandoned: boolean;
   /** Start order: copies are submitted oldest first, so a later refresh of a head wins. */
   seq: number;
+  /** The decode step that first reads this refresh. */
+  due: number;
 }
 
-const RING = 2;
+/** Staging slots: refreshes decided on two consecutive steps are in flight at once when each
+ * lands one step late; the third keeps a refresh that fires on the next step from forcing an
+ * early landing. */
+const RING = 3;
 
 export class Retrieval implements Disposable {
   readonly #device: Device;
@@ -79,12 +89,13 @@ export class Retrieval implements Disposable {
   }
 
   /** Starts the refresh of `jobs` into `caches` (and `tails` into their buffers, in the same
-   * copy); resolves to its sequence number once it is queued (async) or submitted (sync). One
-   * native gather call serves the whole refresh. */
+   * copy), to be first read by decode step `due`; resolves to its sequence number once it is
+   * queued (async) or submitted (sync). One native gather call serves the whole refresh. */
   async start(
     jobs: RefreshJob[],
     caches: readonly KvLayerCache[],
-    tails: readonly RefreshTail[] = [],
+    tails: readonly RefreshTail[],
+    due: number,
   ): Promise<number> {
     const rowsBytes = jobs.reduce((n, j) => n + 2 * j.positions.length * this.#rowBytes, 0);
     const tailBytes = tails.reduce((n, t) => n + align4(t.bytes.byteLength), 0);
@@ -116,6 +127,7 @@ export class Retrieval implements Disposable {
     }
     slot.pending = { caches, jobs, tails: staged };
     slot.seq = ++this.#seq;
+    slot.due = due;
     slot.gathered = false;
     slot.abandoned = false;
     slot.gather = this.#device.gatherRows(gathers).then(() => {
@@ -133,10 +145,10 @@ export class Retrieval implements Disposable {
     return this.#justSubmitted.splice(0);
   }
 
-  /** Whether the refresh `start` numbered `seq` has landed on the device (or was dropped). */
-  landed(seq: number): boolean {
-    const done = this.#device.poll("transfer");
-    return !this.#slots.some((s) => s.seq === seq && (s.pending !== null || s.value > done));
+  /** Whether the refresh `start` numbered `seq` was read by decode step `step` (or dropped):
+   * by its due step, whatever the machine's speed. */
+  landed(seq: number, step: number): boolean {
+    return !this.#slots.some((s) => s.seq === seq && !s.abandoned && s.due > step);
   }
 
   /** Whether a refresh is gathering, waiting to land, or copying. */
@@ -154,13 +166,14 @@ export class Retrieval implements Disposable {
     }
   }
 
-  /** Submits every gathered copy; returns the transfer value the next step must wait for. */
-  landing(): bigint {
+  /** Submits the copies due by decode step `step` (waiting for their gathers); returns the
+   * transfer value that step must wait for. */
+  async landing(step: number): Promise<bigint> {
     let wait = 0n;
     for (const s of this.#byAge()) {
-      // In age order, and never past an older refresh still gathering: a head's newer rows
-      // must land after its older ones.
-      if (s.pending && !s.gathered) break;
+      // In age order (due steps rise with it), so a head's newer rows land after its older ones.
+      if (s.pending && s.due > step) break;
+      if (s.gather && !s.gathered) await s.gather;
       if (s.pending) this.#submit(s);
       if (s.value > wait && this.#device.poll("transfer") < s.value) wait = s.value;
     }
@@ -230,6 +243,7 @@ export class Retrieval implements Disposable {
       value: 0n,
       abandoned: false,
       seq: 0,
+      due: 0,
     };
     this.#slots.push(slot);
     return slot;
