@@ -44,12 +44,16 @@ export abstract class CompressedCache implements CachePolicy {
   abstract readonly name: PolicyName;
   abstract readonly captureWindow: number;
   readonly captureSteps: boolean = false;
+  /** Heads hold chosen rows, not row = position: continuation tokens go in as decode steps. */
+  readonly appendByPrefill = false;
   caches: readonly KvLayerCache[] = [];
   protected readonly device: Device;
   protected readonly config: ModelConfig;
   protected readonly kernels: CacheKernels;
   protected promptTokens = 0;
   protected maxNew = 0;
+  /** Tokens advanced through since begin (prompt, generated and appended). */
+  protected positions = 0;
   /** Prompt rows kept per layer and head (set by endPrefill). */
   protected kept: number[][] = [];
   protected stat: CacheStats;
@@ -143,6 +147,7 @@ export abstract class CompressedCache implements CachePolicy {
     this.#free();
     this.promptTokens = promptTokens;
     this.maxNew = maxNewTokens;
+    this.positions = 0;
     this.stat = emptyStats(this.name, this.config.nLayers, this.config.nKvHeads);
     this.stat.promptTokens = promptTokens;
     this.stat.keep = this.keepFraction;
@@ -161,6 +166,7 @@ export abstract class CompressedCache implements CachePolicy {
   }
 
   advance(tokens: number): void {
+    this.positions += tokens;
     for (const c of this.caches) {
       for (let h = 0; h < c.nKvHeads; h++) c.lengths[h] += tokens;
     }
@@ -187,6 +193,62 @@ export abstract class CompressedCache implements CachePolicy {
     this.#prefill = [];
     this.#decode.forEach((cache, l) => cache.setLengths(this.kept[l]));
     this.caches = this.#decode;
+  }
+
+  /**
+   * Continuation: every head appends the new tokens after its rows, as it appends generated
+   * ones (the prompt selection is not redone). Heads without room move, rows and watch, into
+   * caches sized to what they hold plus `tokens + maxNewTokens` (one submission); a new caches
+   * array, so steps recorded against the old buffers are never replayed.
+   */
+  async extend(tokens: number, maxNewTokens: number): Promise<void> {
+    this.maxNew = this.positions - this.promptTokens + tokens + maxNewTokens;
+    const old = this.#decode;
+    const fits = old.every((cache) =>
+      Array.from(cache.lengths).every((n, h) => n + tokens + maxNewTokens <= cache.capRows(h))
+    );
+    if (fits) return;
+    await this.beforeMove();
+    const c = this.config;
+    const rowBytes = c.headDim * 2;
+    const moved: KvLayerCache[] = [];
+    try {
+      for (const cache of old) {
+        moved.push(KvLayerCache.create(this.device, {
+          headDim: c.headDim,
+          capRows: Array.from(cache.lengths, (n) => n + tokens + maxNewTokens),
+        }));
+      }
+      using cmd = this.device.commands();
+      cmd.begin();
+      old.forEach((src, l) => {
+        for (let h = 0; h < src.nKvHeads; h++) {
+          const n = src.lengths[h];
+          if (n === 0) continue;
+          const from = src.location(h, 0);
+          const to = moved[l].location(h, 0);
+          cmd.copy(from.k, to.k, [[from.byteOffset, to.byteOffset, n * rowBytes]]);
+          cmd.copy(from.v, to.v, [[from.byteOffset, to.byteOffset, n * rowBytes]]);
+        }
+      });
+      cmd.end();
+      this.device.waitSync("compute", cmd.submit());
+    } catch (e) {
+      for (const m of moved) m.dispose();
+      throw e;
+    }
+    moved.forEach((m, l) => {
+      m.setLengths(old[l].lengths);
+      m.watch = old[l].watch;
+    });
+    for (const o of old) o.dispose();
+    this.#decode = moved;
+    this.caches = moved;
+  }
+
+  /** Hook: runs before extend moves the caches (nothing may still be copying into them). */
+  protected beforeMove(): Promise<void> {
+    return Promise.resolve();
   }
 
   /** One submission: contiguous runs by copy regions, index selections by the gather kernel. */

@@ -14,6 +14,7 @@ export class FullCache implements CachePolicy {
   readonly name = "full" as const;
   readonly captureWindow = 0;
   readonly captureSteps = false;
+  readonly appendByPrefill = true;
   readonly caches: KvLayerCache[] = [];
   readonly #config: ModelConfig;
   #length = 0;
@@ -44,6 +45,12 @@ export class FullCache implements CachePolicy {
     this.#stats = emptyStats("full", this.#config.nLayers, this.#config.nKvHeads);
     this.#stats.promptTokens = promptTokens;
     this.#stats.keep = 1;
+  }
+
+  /** The caches hold the session's whole context already: appending is only counting. */
+  extend(tokens: number, maxNewTokens: number): Promise<void> {
+    this.#maxNew = this.#length - this.#stats.promptTokens + tokens + maxNewTokens;
+    return Promise.resolve();
   }
 
   advance(tokens: number): void {

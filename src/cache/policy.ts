@@ -5,6 +5,8 @@
  * A generation goes: begin(L, maxNew) → prefill chunks (advance(B) before each) → endPrefill()
  * (the policy may compress: select rows, build smaller caches, keep the full KV in host memory)
  * → decode steps (advance(1), the step waiting for transferWait(), then afterStep()).
+ * A continued conversation then goes: extend(n, maxNew) → the n new tokens (prefill chunks when
+ * `appendByPrefill`, else one decode step each, exactly as generated tokens) → decode steps.
  */
 import { HcError } from "../errors.ts";
 import type { KvLayerCache } from "./kv_layer.ts";
@@ -96,8 +98,14 @@ export interface CachePolicy extends Disposable {
   readonly captureSteps: boolean;
   /** The caches the next step reads and appends to. */
   readonly caches: readonly KvLayerCache[];
+  /** Whether continuation tokens may go in as prefill chunks: every head holds every row at
+   * its position (the prefill attention's layout). Otherwise they go in as decode steps. */
+  readonly appendByPrefill: boolean;
   /** Starts a generation of `promptTokens` prompt tokens and up to `maxNewTokens` more. */
   begin(promptTokens: number, maxNewTokens: number): void;
+  /** Continues the current context: makes room on every head for `tokens` more context tokens
+   * and up to `maxNewTokens` generated after them (rows already held stay as they are). */
+  extend(tokens: number, maxNewTokens: number): Promise<void>;
   /** Sets every head's length to count `tokens` more tokens (call before each step). */
   advance(tokens: number): void;
   /** After the whole prompt is in the caches: compress as the policy does. */

@@ -21,6 +21,13 @@ export interface GenerateOptions extends SamplingOptions {
   ignoreEos?: boolean;
   /** Called with (done, total) prompt tokens while a long prompt is prefilled. */
   onPrefillProgress?: (done: number, total: number) => void;
+  /**
+   * Continue the conversation: the prompt is appended after the session's context (every
+   * earlier prompt and the tokens generated for it) and only it is prefilled. Text is encoded
+   * without a BOS token; chat messages are refused (pass the new turn as text or token ids).
+   * A session without a context starts fresh, as without this flag.
+   */
+  continue?: boolean;
 }
 
 export interface Piece {
@@ -34,7 +41,11 @@ export type FinishReason = "stop" | "length" | "abort";
 
 export interface GenerationSummary {
   finishReason: FinishReason;
+  /** Tokens this call prefilled (a continuation: the new turn, plus the last generated token
+   * when it was not fed back yet). */
   promptTokens: number;
+  /** Context tokens reused from earlier turns (0 for a fresh start). */
+  cachedTokens: number;
   completionTokens: number;
   text: string;
   prefillMs: number;
@@ -60,7 +71,12 @@ export class Session implements Disposable {
   readonly model: LoadedModel;
   readonly policy: CachePolicy;
   #state: ForwardState;
+  /** Tokens whose KV is in the caches, in order. */
   #tokens: number[] = [];
+  /** Context tokens generated but not fed back yet (at most the last one). */
+  #pending: number[] = [];
+  /** Whether #tokens and the caches agree (false after a failure or abort mid-step). */
+  #contextOk = false;
   #busy = false;
   #disposed = false;
   #totals = { generations: 0, promptTokens: 0, completionTokens: 0, decodeMs: 0 };
@@ -84,10 +100,31 @@ export class Session implements Disposable {
     return this.model.tokenize(prompt);
   }
 
+  /** The conversation so far (every prompt and generated token a continuation builds on);
+   * empty when there is none to continue. */
+  context(): number[] {
+    return this.#contextOk ? [...this.#tokens, ...this.#pending] : [];
+  }
+
+  /** Tokens of a continuation prompt: no BOS; chat messages are not a turn on their own. */
+  #continuation(prompt: Prompt): number[] {
+    if (typeof prompt === "string") {
+      return this.model.tokenizer.encode(prompt, { addSpecial: false });
+    }
+    if (prompt.length > 0 && typeof prompt[0] !== "number") {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        "a continuation takes text or token ids; render the new chat turn with its template",
+      );
+    }
+    return this.model.tokenize(prompt);
+  }
+
   /**
    * Streams the continuation of `prompt`. Each call starts from an empty cache (the session's
-   * device memory is reused). Aborting through `signal` ends the stream with finishReason
-   * "abort"; the session stays usable.
+   * device memory is reused), unless `continue` appends to the context. Aborting through
+   * `signal` ends the stream with finishReason "abort"; the session stays usable. A prompt
+   * that does not fit is E_CONTEXT_FULL, thrown before anything changes.
    */
   async *generate(
     prompt: Prompt,
@@ -107,15 +144,30 @@ export class Session implements Disposable {
     const sampler = new Sampler(opts);
     const greedy = sampler.options.temperature <= 0 && sampler.options.repeatPenalty === 1 &&
       sampler.options.presencePenalty === 0 && sampler.options.frequencyPenalty === 0;
-    const promptTokens = this.tokenize(prompt);
+    const cont = opts.continue === true && this.#tokens.length > 0;
+    if (cont && !this.#contextOk) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        "the session's context was lost (a turn failed or was aborted during its prompt); " +
+          "start over without continue",
+      );
+    }
+    const used = cont ? this.#tokens.length : 0;
+    const fresh = cont ? this.#continuation(prompt) : this.tokenize(prompt);
+    const promptTokens = cont ? [...this.#pending, ...fresh] : fresh;
     if (promptTokens.length === 0) {
-      throw new HcError("E_BAD_REQUEST", "the prompt is empty and the model adds no BOS token");
+      throw new HcError(
+        "E_BAD_REQUEST",
+        cont ? "the continuation is empty" : "the prompt is empty and the model adds no BOS token",
+      );
     }
     const capacity = this.#state.capacity;
-    if (promptTokens.length >= capacity) {
+    if (used + promptTokens.length >= capacity) {
+      // Thrown before anything changes: the context stays as it was.
       throw new HcError(
         "E_CONTEXT_FULL",
-        `the prompt has ${promptTokens.length} tokens; this session holds at most ${capacity} (prompt + generated)`,
+        `the prompt needs ${promptTokens.length} tokens and one to generate; the session holds ` +
+          `${capacity} (prompt + generated): ${used} used, ${capacity - used} left`,
       );
     }
     this.#busy = true;
@@ -127,16 +179,26 @@ export class Session implements Disposable {
     let prefillMs = 0;
     let decodeMs = 0;
     try {
-      this.#state.reset();
-      this.#tokens = [];
-      this.policy.begin(promptTokens.length, Math.min(maxTokens, capacity - promptTokens.length));
-      this.#stepMs = 0;
+      const maxNew = Math.min(maxTokens, capacity - used - promptTokens.length);
       const want = greedy ? "argmax" : "logits";
       const t0 = performance.now();
-      let next = this.#choose(
-        await this.#prefill(promptTokens, want, opts.signal, opts.onPrefillProgress),
-        sampler,
-      );
+      let out: number | Float32Array;
+      if (cont) {
+        await this.model.queue.run(() => this.policy.extend(promptTokens.length, maxNew));
+        this.#contextOk = false;
+        this.#pending = [];
+        out = await this.#append(promptTokens, want, opts.signal, opts.onPrefillProgress);
+      } else {
+        this.#contextOk = false;
+        this.#state.reset();
+        this.#tokens = [];
+        this.#pending = [];
+        this.policy.begin(promptTokens.length, maxNew);
+        this.#stepMs = 0;
+        out = await this.#prefill(promptTokens, want, opts.signal, opts.onPrefillProgress);
+      }
+      this.#contextOk = true;
+      let next = this.#choose(out, sampler);
       prefillMs = performance.now() - t0;
       const t1 = performance.now();
       while (generated < maxTokens) {
@@ -149,6 +211,7 @@ export class Session implements Disposable {
           break;
         }
         generated++;
+        this.#pending = [next];
         const piece = stops.push(decoder.push(next));
         text += piece;
         yield { text: piece, token: next };
@@ -161,7 +224,10 @@ export class Session implements Disposable {
           finish = "length";
           break;
         }
-        next = this.#choose(await this.#forward([next], want, "decode"), sampler);
+        this.#contextOk = false;
+        next = this.#choose(await this.#forward(this.#pending, want, "decode"), sampler);
+        this.#pending = [];
+        this.#contextOk = true;
       }
       decodeMs = performance.now() - t1;
       const tail = finish === "abort" ? "" : stops.push(decoder.flush()) + stops.flush();
@@ -175,6 +241,7 @@ export class Session implements Disposable {
     const summary: GenerationSummary = {
       finishReason: finish,
       promptTokens: promptTokens.length,
+      cachedTokens: used,
       completionTokens: generated,
       text,
       prefillMs,
@@ -233,6 +300,25 @@ export class Session implements Disposable {
     return out;
   }
 
+  /** A continuation's tokens: prefill chunks where every head holds row = position, else one
+   * decode step each (the policy appends, monitors and refreshes as for generated tokens). */
+  async #append(
+    tokens: readonly number[],
+    want: "argmax" | "logits",
+    signal?: AbortSignal,
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<number | Float32Array> {
+    const step = this.policy.appendByPrefill ? PREFILL_CHUNK_TOKENS : 1;
+    let out: number | Float32Array = -1;
+    for (let i = 0; i < tokens.length; i += step) {
+      if (signal?.aborted) throw new HcError("E_ABORTED", "generation aborted during prefill");
+      const chunk = tokens.slice(i, i + step);
+      out = await this.#forward(chunk, want, step === 1 ? "decode" : "prefill");
+      onProgress?.(Math.min(i + step, tokens.length), tokens.length);
+    }
+    return out;
+  }
+
   /** One forward step through the device queue; the policy sets lengths and, when decoding,
    * monitors after the step. */
   async #forward(
@@ -287,6 +373,7 @@ export class Session implements Disposable {
     }
     this.#busy = true;
     try {
+      this.#contextOk = false;
       this.#state.reset();
       this.#tokens = [];
       this.policy.begin(prompt.length, forced.length);
@@ -329,6 +416,7 @@ export class Session implements Disposable {
     }
     this.#busy = true;
     try {
+      this.#contextOk = false;
       this.#state.reset();
       this.#tokens = [];
       this.#stepMs = 0;

@@ -250,6 +250,29 @@ export class HeteroCache extends CompressedCache {
     this.#landingBySeq.clear();
   }
 
+  /** Continuation: as every compressing policy, plus room in the host store for the rows the
+   * new tokens (as decode steps) append; the trigger then decides refreshes as for any step. */
+  override async extend(tokens: number, maxNewTokens: number): Promise<void> {
+    await super.extend(tokens, maxNewTokens);
+    if (this.#pivots.length) {
+      await this.#retrieval.settle();
+      this.#store.reserve(tokens + maxNewTokens);
+    }
+  }
+
+  /** A refresh in flight copies into the caches it started with: let it land first. */
+  protected override async beforeMove(): Promise<void> {
+    await this.#retrieval.settle();
+  }
+
+  /** Rows the host store holds for (layer, head) (prompt + appended), or null when the head
+   * is not refreshable. */
+  hostRows(layer: number, head: number): number | null {
+    return this.#pivots.some((p) => p.layer === layer && p.satellites.includes(head))
+      ? this.#store.rows(layer, head)
+      : null;
+  }
+
   /** Whether a refresh is in flight (gathering on the host or copying to the device). */
   get refreshInFlight(): boolean {
     return this.#retrieval.busy;

@@ -62,6 +62,34 @@ export class HostKvStore {
     return h;
   }
 
+  /** Grows every head's arrays to hold `moreRows` rows past those it holds (a continued
+   * conversation). No gather may be reading the store (the caller settles refreshes first). */
+  reserve(moreRows: number): void {
+    for (const h of this.#heads.values()) {
+      const bytes = (h.rows + moreRows) * this.rowBytes;
+      if (bytes <= h.k.byteLength) continue;
+      const grow = 2 * (bytes - h.k.byteLength);
+      if (this.#bytes + grow > MAX_HOST_BYTES) {
+        throw new HcError(
+          "E_VK_OOM",
+          `the host KV store would exceed ${MAX_HOST_BYTES / 2 ** 30} GiB`,
+        );
+      }
+      const k = new Uint8Array(bytes);
+      const v = new Uint8Array(bytes);
+      k.set(h.k.subarray(0, h.rows * this.rowBytes));
+      v.set(h.v.subarray(0, h.rows * this.rowBytes));
+      h.k = k;
+      h.v = v;
+      this.#bytes += grow;
+    }
+  }
+
+  /** Rows (layer, head) holds (prompt + appended). */
+  rows(layer: number, head: number): number {
+    return this.head(layer, head).rows;
+  }
+
   /** Appends one decoded token's row (f32 values, converted to f16). */
   append(layer: number, head: number, k: Float32Array, v: Float32Array): void {
     const h = this.head(layer, head);
