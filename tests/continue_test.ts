@@ -141,3 +141,29 @@ Deno.test("a turn that does not fit is E_CONTEXT_FULL naming tokens used and lef
     );
   }
 });
+
+Deno.test("rewind: a conversation goes on from a shared prefix as one prefill of it would", async () => {
+  await using model = await loadModel(sharedPath("models/stories260K.gguf"));
+  const profile = profileFor(model);
+  for (
+    const v of [
+      { cache: "full" },
+      { cache: "snapkv", keep: 1 },
+      { cache: "heterocache", keep: 1, profile },
+    ] as CacheOptions[]
+  ) {
+    using s = model.session({ ...v, contextTokens: 256 });
+    await s.complete(TURN1, GREEDY);
+    const prefix = s.context();
+    await s.complete(TURN2, { ...GREEDY, continue: true });
+    // Back to turn 1's context (its pending last token included), then another turn 2.
+    assert.ok(s.rewind(prefix.length), v.cache);
+    assert.deepEqual(s.context(), prefix);
+    const again = await tokensOf(s, TURN3, { ...GREEDY, continue: true });
+    using ref = model.session({ contextTokens: 256 });
+    await ref.complete(TURN1, GREEDY);
+    assert.deepEqual(await tokensOf(ref, TURN3, { ...GREEDY, continue: true }), again, v.cache);
+    // Into the first prompt: only full can.
+    assert.equal(s.rewind(5), v.cache === "full", v.cache);
+  }
+});

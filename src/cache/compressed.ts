@@ -246,6 +246,24 @@ export abstract class CompressedCache implements CachePolicy {
     this.caches = moved;
   }
 
+  /** Drops the rows of positions past `positions` from every head: those after the prompt are
+   * each head's last rows, in order. The prompt itself cannot be rewound. */
+  rewind(positions: number): boolean {
+    const drop = this.positions - positions;
+    if (!Number.isInteger(positions) || drop < 0) return false;
+    if (drop === 0) return true;
+    if (this.#decode.length === 0 || positions < this.promptTokens) return false;
+    for (const c of this.#decode) {
+      for (let h = 0; h < c.nKvHeads; h++) c.lengths[h] -= drop;
+    }
+    this.positions = positions;
+    this.afterRewind(drop);
+    return true;
+  }
+
+  /** Hook: `rows` positions were dropped from the end of every head. */
+  protected afterRewind(_rows: number): void {}
+
   /** Hook: runs before extend moves the caches (nothing may still be copying into them). */
   protected beforeMove(): Promise<void> {
     return Promise.resolve();

@@ -53,6 +53,13 @@ export class FullCache implements CachePolicy {
     return Promise.resolve();
   }
 
+  rewind(positions: number): boolean {
+    if (!Number.isInteger(positions) || positions < 0 || positions > this.#length) return false;
+    this.#length = positions;
+    for (const c of this.caches) c.lengths.fill(positions);
+    return true;
+  }
+
   advance(tokens: number): void {
     this.#length += tokens;
     for (const c of this.caches) c.lengths.fill(this.#length);

@@ -106,6 +106,10 @@ export interface CachePolicy extends Disposable {
   /** Continues the current context: makes room on every head for `tokens` more context tokens
    * and up to `maxNewTokens` generated after them (rows already held stay as they are). */
   extend(tokens: number, maxNewTokens: number): Promise<void>;
+  /** Forgets every position from `positions` on (a conversation rewound to a shared prefix);
+   * false, with nothing changed, when the policy cannot (a compressing policy keeps its prompt
+   * selection, so it rewinds only tokens after the prompt). */
+  rewind(positions: number): boolean;
   /** Sets every head's length to count `tokens` more tokens (call before each step). */
   advance(tokens: number): void;
   /** After the whole prompt is in the caches: compress as the policy does. */

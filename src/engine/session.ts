@@ -106,6 +106,29 @@ export class Session implements Disposable {
     return this.#contextOk ? [...this.#tokens, ...this.#pending] : [];
   }
 
+  /**
+   * Keeps only the first `tokens` tokens of the context (a conversation that goes on from a
+   * shared prefix). Returns false, with nothing changed, when the cache policy cannot forget
+   * those positions (a compressing policy keeps its first prompt) or there is no context.
+   */
+  rewind(tokens: number): boolean {
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
+    const forwarded = this.#tokens.length;
+    if (!this.#contextOk || !Number.isInteger(tokens) || tokens < 1) return false;
+    if (tokens > forwarded + this.#pending.length) return false;
+    if (tokens >= forwarded) {
+      this.#pending = this.#pending.slice(0, tokens - forwarded);
+      return true;
+    }
+    if (!this.policy.rewind(tokens)) return false;
+    this.#state.seek(tokens);
+    this.#tokens.length = tokens;
+    this.#pending = [];
+    return true;
+  }
+
   /** Tokens of a continuation prompt: no BOS; chat messages are not a turn on their own. */
   #continuation(prompt: Prompt): number[] {
     if (typeof prompt === "string") {

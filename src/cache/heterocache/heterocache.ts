@@ -260,6 +260,13 @@ export class HeteroCache extends CompressedCache {
     }
   }
 
+  /** The host store forgets the same rows (a gather reads only prompt rows, which stay). */
+  protected override afterRewind(rows: number): void {
+    for (const p of this.#pivots) {
+      for (const s of p.satellites) this.#store.drop(p.layer, s, rows);
+    }
+  }
+
   /** A refresh in flight copies into the caches it started with: let it land first. */
   protected override async beforeMove(): Promise<void> {
     await this.#retrieval.settle();

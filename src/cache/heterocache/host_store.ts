@@ -85,6 +85,12 @@ export class HostKvStore {
     }
   }
 
+  /** Forgets the last `rows` rows of (layer, head). */
+  drop(layer: number, head: number, rows: number): void {
+    const h = this.head(layer, head);
+    h.rows = Math.max(0, h.rows - rows);
+  }
+
   /** Rows (layer, head) holds (prompt + appended). */
   rows(layer: number, head: number): number {
     return this.head(layer, head).rows;
