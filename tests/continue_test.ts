@@ -167,3 +167,23 @@ Deno.test("rewind: a conversation goes on from a shared prefix as one prefill of
     assert.equal(s.rewind(5), v.cache === "full", v.cache);
   }
 });
+
+Deno.test("reserve: a session grows past its first size; its caches move and the text is unchanged", async () => {
+  await using model = await loadModel(sharedPath("models/stories260K.gguf"));
+  using big = model.session({ contextTokens: 256 });
+  const [a, b] = await conversation(big);
+  for (const v of [{ cache: "full" }, { cache: "snapkv", keep: 1 }] as CacheOptions[]) {
+    using s = model.session({ ...v, contextTokens: model.tokenize(TURN1).length + 8 });
+    assert.deepEqual(await tokensOf(s, TURN1, GREEDY), a);
+    await assert.rejects(
+      s.complete(TURN2, { ...GREEDY, continue: true }),
+      (e) => isHcError(e, "E_CONTEXT_FULL"),
+    );
+    s.reserve(256);
+    assert.deepEqual(await tokensOf(s, TURN2, { ...GREEDY, continue: true }), b, v.cache);
+    // A fresh prompt longer than the first size fits too.
+    const long = TURN1 + TURN2 + TURN3;
+    using ref = model.session({ contextTokens: 256 });
+    assert.deepEqual(await tokensOf(s, long, GREEDY), await tokensOf(ref, long, GREEDY), v.cache);
+  }
+});

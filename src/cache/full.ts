@@ -15,13 +15,16 @@ export class FullCache implements CachePolicy {
   readonly captureWindow = 0;
   readonly captureSteps = false;
   readonly appendByPrefill = true;
-  readonly caches: KvLayerCache[] = [];
+  /** A new array whenever the caches move (recorded steps are keyed by the array). */
+  caches: KvLayerCache[] = [];
+  readonly #device: Device;
   readonly #config: ModelConfig;
   #length = 0;
   #maxNew = 0;
   #stats: CacheStats;
 
   constructor(device: Device, config: ModelConfig, contextTokens: number) {
+    this.#device = device;
     this.#config = config;
     this.#stats = emptyStats("full", config.nLayers, config.nKvHeads);
     try {
@@ -41,16 +44,58 @@ export class FullCache implements CachePolicy {
 
   begin(promptTokens: number, maxNewTokens: number): void {
     this.#length = 0;
+    this.#grow(promptTokens + maxNewTokens);
     this.#maxNew = maxNewTokens;
     this.#stats = emptyStats("full", this.#config.nLayers, this.#config.nKvHeads);
     this.#stats.promptTokens = promptTokens;
     this.#stats.keep = 1;
   }
 
-  /** The caches hold the session's whole context already: appending is only counting. */
+  /** Appending is counting, unless the session grew past the caches (Session.reserve). */
   extend(tokens: number, maxNewTokens: number): Promise<void> {
     this.#maxNew = this.#length - this.#stats.promptTokens + tokens + maxNewTokens;
+    this.#grow(this.#length + tokens + maxNewTokens);
     return Promise.resolve();
+  }
+
+  /** Moves the first #length rows of every head into caches of `rows` rows when the caches
+   * hold fewer (one submission). */
+  #grow(rows: number): void {
+    const old = this.caches;
+    if (old.length === 0 || rows <= old[0].capRows(0)) return;
+    const c = this.#config;
+    const rowBytes = c.headDim * 2;
+    const n = this.#length;
+    const moved: KvLayerCache[] = [];
+    try {
+      for (let l = 0; l < c.nLayers; l++) {
+        moved.push(KvLayerCache.create(this.#device, {
+          headDim: c.headDim,
+          capRows: Array(c.nKvHeads).fill(rows),
+        }));
+      }
+      if (n > 0) {
+        using cmd = this.#device.commands();
+        cmd.begin();
+        old.forEach((src, l) => {
+          for (let h = 0; h < c.nKvHeads; h++) {
+            const from = src.location(h, 0);
+            const to = moved[l].location(h, 0);
+            const region = [[from.byteOffset, to.byteOffset, n * rowBytes]] as const;
+            cmd.copy(from.k, to.k, region);
+            cmd.copy(from.v, to.v, region);
+          }
+        });
+        cmd.end();
+        this.#device.waitSync("compute", cmd.submit());
+      }
+    } catch (e) {
+      for (const m of moved) m.dispose();
+      throw e;
+    }
+    for (const m of moved) m.lengths.fill(n);
+    for (const o of old) o.dispose();
+    this.caches = moved;
   }
 
   rewind(positions: number): boolean {

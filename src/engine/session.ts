@@ -90,6 +90,11 @@ export class Session implements Disposable {
     this.policy = policy;
   }
 
+  /** Whether a generation is running (or suspended between its pieces). */
+  get generating(): boolean {
+    return this.#busy;
+  }
+
   /** The summary of the last finished generation. */
   get lastGeneration(): GenerationSummary | null {
     return this.#last;
@@ -127,6 +132,15 @@ export class Session implements Disposable {
     this.#tokens.length = tokens;
     this.#pending = [];
     return true;
+  }
+
+  /** Lets the session hold `tokens` tokens (prompt + generated) from now on, up to the model's
+   * context length; the caches grow when a continuation needs the room. Never shrinks. */
+  reserve(tokens: number): void {
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
+    this.#state.reserve(tokens);
   }
 
   /** Tokens of a continuation prompt: no BOS; chat messages are not a turn on their own. */
