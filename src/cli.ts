@@ -185,6 +185,8 @@ server:
       --max-active N      requests generating at once (default 4)
       --max-queue N       requests waiting for a slot before 429 (default 64)
       --max-body-bytes N  largest request body (default 2097152)
+      --prompt-cache N    finished conversations kept for prompt reuse (default 4; 0: none)
+      --prompt-cache-bytes N  device KV bytes those may hold together (default 1073741824)
       --cache POLICY      default cache policy: ${CACHE_POLICIES.join(", ")} (default full)
       --keep X            default budget: a fraction in (0, 1] or a per-head token count
       --profile PATH      head profile for heterocache / per-step / fixed-interval (ours, from
@@ -201,6 +203,8 @@ server:
           "max-active": { type: "string" },
           "max-queue": { type: "string" },
           "max-body-bytes": { type: "string" },
+          "prompt-cache": { type: "string" },
+          "prompt-cache-bytes": { type: "string" },
           cache: { type: "string" },
           keep: { type: "string" },
           profile: { type: "string" },
@@ -219,6 +223,14 @@ server:
         maxActive: numberOpt("max-active", values["max-active"], 1, 1024, true),
         maxQueue: numberOpt("max-queue", values["max-queue"], 0, 1 << 20, true),
         maxBodyBytes: numberOpt("max-body-bytes", values["max-body-bytes"], 1024, 1 << 30, true),
+        promptCacheSessions: numberOpt("prompt-cache", values["prompt-cache"], 0, 1024, true),
+        promptCacheBytes: numberOpt(
+          "prompt-cache-bytes",
+          values["prompt-cache-bytes"],
+          0,
+          Number.MAX_SAFE_INTEGER,
+          true,
+        ),
         cache: values.cache,
         keep: keepOpt(values.keep) ?? null,
         profile: values.profile,
