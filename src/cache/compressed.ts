@@ -18,8 +18,13 @@ import {
   emptyStats,
   type HeadInfo,
   type PolicyName,
+  type PolicyState,
+  stateInt,
+  stateInts,
   withRates,
 } from "./policy.ts";
+import { badState } from "./policy.ts";
+import { downloadRows, uploadRows } from "./snapshot.ts";
 
 /** Which prompt rows of one head stay on the device, in position order. */
 export type HeadSelection =
@@ -260,6 +265,72 @@ export abstract class CompressedCache implements CachePolicy {
     this.afterRewind(drop);
     return true;
   }
+
+  /** Decode caches (rows and their layout) and the prompt bookkeeping; subclasses add theirs
+   * (saveExtra, after the rows' blobs). */
+  async saveState(): Promise<PolicyState> {
+    if (this.#decode.length === 0) throw badState("the prompt has not been compressed yet");
+    await this.beforeMove();
+    const blobs = downloadRows(this.#decode);
+    const extra = this.saveExtra(blobs);
+    return {
+      state: {
+        promptTokens: this.promptTokens,
+        maxNew: this.maxNew,
+        positions: this.positions,
+        kept: this.kept,
+        capRows: this.#decode.map((c) =>
+          Array.from({ length: c.nKvHeads }, (_, h) => c.capRows(h))
+        ),
+        lengths: this.#decode.map((c) => Array.from(c.lengths)),
+        extra,
+      },
+      blobs,
+    };
+  }
+
+  loadState(s: PolicyState): void {
+    const c = this.config;
+    const L = stateInt(s.state.promptTokens, "promptTokens", 1);
+    const layers = (v: unknown, what: string) => {
+      if (!Array.isArray(v) || v.length !== c.nLayers) throw badState(`${what} is malformed`);
+      return v.map((x, l) => stateInts(x, `${what}[${l}]`, c.nKvHeads));
+    };
+    const capRows = layers(s.state.capRows, "capRows");
+    const lengths = layers(s.state.lengths, "lengths");
+    const kept = layers(s.state.kept, "kept");
+    const maxNew = stateInt(s.state.maxNew, "maxNew");
+    const positions = stateInt(s.state.positions, "positions", L);
+    this.begin(L, maxNew);
+    // begin made prefill caches for a prompt; the saved state is past it.
+    for (const p of this.#prefill) p.dispose();
+    this.#prefill = [];
+    this.caches = [];
+    try {
+      for (let l = 0; l < c.nLayers; l++) {
+        this.#decode.push(KvLayerCache.create(this.device, {
+          headDim: c.headDim,
+          capRows: capRows[l],
+        }));
+      }
+      const next = uploadRows(this.#decode, lengths, s.blobs, 0);
+      this.kept = kept;
+      this.positions = positions;
+      this.caches = this.#decode;
+      this.loadExtra(s.state.extra, s.blobs, next);
+    } catch (e) {
+      this.#free();
+      throw e;
+    }
+  }
+
+  /** Hook: the subclass's own state; may append blobs. */
+  protected saveExtra(_blobs: Uint8Array[]): unknown {
+    return null;
+  }
+
+  /** Hook: takes what saveExtra saved (its blobs from `first` on). */
+  protected loadExtra(_extra: unknown, _blobs: readonly Uint8Array[], _first: number): void {}
 
   /** Hook: `rows` positions were dropped from the end of every head. */
   protected afterRewind(_rows: number): void {}

@@ -7,8 +7,11 @@ import {
   type CacheStats,
   emptyStats,
   type HeadInfo,
+  type PolicyState,
+  stateInt,
   withRates,
 } from "./policy.ts";
+import { downloadRows, uploadRows } from "./snapshot.ts";
 
 export class FullCache implements CachePolicy {
   readonly name = "full" as const;
@@ -96,6 +99,25 @@ export class FullCache implements CachePolicy {
     for (const m of moved) m.lengths.fill(n);
     for (const o of old) o.dispose();
     this.caches = moved;
+  }
+
+  saveState(): Promise<PolicyState> {
+    return Promise.resolve({
+      state: { length: this.#length, maxNew: this.#maxNew, promptTokens: this.#stats.promptTokens },
+      blobs: downloadRows(this.caches),
+    });
+  }
+
+  loadState(s: PolicyState): void {
+    const length = stateInt(s.state.length, "length");
+    const maxNew = stateInt(s.state.maxNew, "maxNew");
+    const promptTokens = stateInt(s.state.promptTokens, "promptTokens");
+    this.begin(promptTokens, maxNew);
+    this.#grow(length);
+    const c = this.#config;
+    const lengths = Array.from({ length: c.nLayers }, () => Array(c.nKvHeads).fill(length));
+    uploadRows(this.caches, lengths, s.blobs, 0);
+    this.#length = length;
   }
 
   rewind(positions: number): boolean {

@@ -39,6 +39,31 @@ export function checkPolicyName(name: unknown): PolicyName {
   return name;
 }
 
+/** A policy's state for a session file: plain JSON and byte blobs (device rows, host rows). */
+export interface PolicyState {
+  state: Record<string, unknown>;
+  blobs: Uint8Array[];
+}
+
+/** A session file's policy state that does not hold together (E_SESSION_FILE). */
+export function badState(what: string): HcError {
+  return new HcError("E_SESSION_FILE", `the session file's cache state is invalid: ${what}`);
+}
+
+/** `v` as an integer in [min, max], or E_SESSION_FILE naming `what`. */
+export function stateInt(v: unknown, what: string, min = 0, max = 2 ** 31): number {
+  if (!Number.isSafeInteger(v) || (v as number) < min || (v as number) > max) {
+    throw badState(`${what} is ${JSON.stringify(v)}`);
+  }
+  return v as number;
+}
+
+/** `v` as an array of `n` integers (or of any length when n is null). */
+export function stateInts(v: unknown, what: string, n: number | null, max = 2 ** 31): number[] {
+  if (!Array.isArray(v) || (n !== null && v.length !== n)) throw badState(`${what} is malformed`);
+  return v.map((x, i) => stateInt(x, `${what}[${i}]`, 0, max));
+}
+
 /** Device KV bytes and retrieval accounting (docs/algorithm.md §10.4), per generation. */
 export interface CacheStats {
   policy: PolicyName;
@@ -118,6 +143,10 @@ export interface CachePolicy extends Disposable {
   transferWait(): bigint;
   /** After each decode step (its captures hold the step's q/k/v when captureSteps). */
   afterStep(captures: Captures): Promise<void>;
+  /** The state a session file keeps (after every refresh has landed); statistics restart. */
+  saveState(): Promise<PolicyState>;
+  /** Takes a saved state in place of the current one (the caches are made anew). */
+  loadState(s: PolicyState): void;
   stats(): CacheStats;
   heads(): HeadInfo[][];
 }

@@ -7,7 +7,8 @@ import { HcError } from "../errors.ts";
 import { Sampler, type SamplingOptions } from "../model/sampler.ts";
 import type { Captures, ForwardState } from "../model/forward.ts";
 import type { CachePolicy, CacheStats } from "../cache/policy.ts";
-import type { LoadedModel, Prompt } from "./model.ts";
+import type { LoadedModel, Prompt, SessionOptions } from "./model.ts";
+import { encodeSessionFile, profileHash } from "./session_file.ts";
 import { StopMatcher } from "./stops.ts";
 import type { KvLayerCache } from "../cache/kv_layer.ts";
 
@@ -84,10 +85,95 @@ export class Session implements Disposable {
   /** Device step time of the current generation's decode steps (transfer waits included). */
   #stepMs = 0;
 
-  constructor(model: LoadedModel, state: ForwardState, policy: CachePolicy) {
+  /** What the session was made with (a session file records it). */
+  readonly options: SessionOptions;
+
+  constructor(
+    model: LoadedModel,
+    state: ForwardState,
+    policy: CachePolicy,
+    options: SessionOptions = {},
+  ) {
     this.model = model;
     this.#state = state;
     this.policy = policy;
+    this.options = options;
+  }
+
+  /**
+   * Writes the context to `path` (session file: tokens, device caches, host store, policy state,
+   * the model's identity and the profile's hash; statistics are not kept). `model.restore(path)`
+   * gives a session that continues exactly as this one would.
+   */
+  async save(path: string): Promise<void> {
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
+    if (!this.#contextOk || this.#tokens.length === 0) {
+      throw new HcError("E_BAD_REQUEST", "the session has no context to save; generate first");
+    }
+    this.#busy = true;
+    try {
+      const saved = await this.model.queue.run(() => this.policy.saveState());
+      const { profile, ...options } = this.options as SessionOptions & { profile?: unknown };
+      const header = {
+        model: { ...this.model.identity(), vocabSize: this.model.config.vocabSize },
+        options: { ...options, contextTokens: this.#state.capacity },
+        profileHash: profile ? await profileHash(profile as never) : null,
+        tokens: this.#tokens,
+        pending: this.#pending,
+        policy: saved.state,
+      };
+      const bytes = await encodeSessionFile(header, saved.blobs);
+      // Whole or not at all: a crash mid-write leaves the old file.
+      const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+      try {
+        await Deno.writeFile(tmp, bytes);
+        await Deno.rename(tmp, path);
+      } catch (e) {
+        await Deno.remove(tmp).catch(() => {});
+        throw new HcError("E_IO", `cannot write ${path}: ${(e as Error).message}`);
+      }
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** @internal model.restore: takes a checked session file's tokens and cache state. */
+  async loadSaved(
+    header: Record<string, unknown>,
+    blobs: Uint8Array[],
+  ): Promise<void> {
+    const vocab = this.model.config.vocabSize;
+    const ids = (v: unknown, what: string, max: number) => {
+      if (
+        !Array.isArray(v) || v.length > max ||
+        !v.every((t) => Number.isInteger(t) && t >= 0 && t < vocab)
+      ) {
+        throw new HcError("E_SESSION_FILE", `the session file's ${what} are malformed`);
+      }
+      return v as number[];
+    };
+    const tokens = ids(header.tokens, "tokens", this.#state.capacity);
+    const pending = ids(header.pending, "pending tokens", 1);
+    if (tokens.length === 0 || tokens.length + pending.length > this.#state.capacity) {
+      throw new HcError("E_SESSION_FILE", "the session file's context does not fit its size");
+    }
+    const state = (header.policy ?? {}) as Record<string, unknown>;
+    this.#busy = true;
+    try {
+      await this.model.queue.run(() => {
+        this.policy.loadState({ state, blobs });
+        return Promise.resolve();
+      });
+      this.#state.reset();
+      this.#state.seek(tokens.length);
+      this.#tokens = [...tokens];
+      this.#pending = [...pending];
+      this.#contextOk = true;
+    } finally {
+      this.#busy = false;
+    }
   }
 
   /** Whether a generation is running (or suspended between its pieces). */

@@ -56,6 +56,30 @@ export class HostKvStore {
     this.#bytes += 2 * bytes;
   }
 
+  /** Takes saved rows of (layer, head), with capacity for `capacityRows` in all. */
+  restore(
+    layer: number,
+    head: number,
+    k: Uint8Array,
+    v: Uint8Array,
+    rows: number,
+    capacityRows: number,
+  ): void {
+    const bytes = capacityRows * this.rowBytes;
+    if (this.#bytes + 2 * bytes > MAX_HOST_BYTES) {
+      throw new HcError(
+        "E_VK_OOM",
+        `the host KV store would exceed ${MAX_HOST_BYTES / 2 ** 30} GiB`,
+      );
+    }
+    const hk = new Uint8Array(bytes);
+    const hv = new Uint8Array(bytes);
+    hk.set(k.subarray(0, rows * this.rowBytes));
+    hv.set(v.subarray(0, rows * this.rowBytes));
+    this.#heads.set(`${layer}/${head}`, { k: hk, v: hv, rows });
+    this.#bytes += 2 * bytes;
+  }
+
   head(layer: number, head: number): HostHead {
     const h = this.#heads.get(`${layer}/${head}`);
     if (!h) throw new HcError("E_BAD_REQUEST", `no host KV for layer ${layer} head ${head}`);

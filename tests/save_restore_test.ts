@@ -1,0 +1,117 @@
+import assert from "node:assert/strict";
+import { isHcError, loadModel } from "../mod.ts";
+import type { CacheOptions } from "../src/cache/mod.ts";
+import { uniformProfile } from "../src/cache/profile/profile_io.ts";
+import { sharedPath } from "./helpers.ts";
+
+const TURN1 =
+  "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
+const TURN2 = " One day, she saw a big red ball.";
+const GREEDY = { temperature: 0, ignoreEos: true, maxTokens: 8 } as const;
+
+const model = await loadModel(sharedPath("models/stories260K.gguf"));
+const profile = uniformProfile(
+  model.config.nLayers,
+  ["satellite", "pivot", "satellite", "anchor"],
+  [1.2, -1, 0.8, 1],
+);
+
+Deno.test("save / restore: the restored session continues as the saved one, for every policy", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const variants: CacheOptions[] = [
+      { cache: "full" },
+      { cache: "snapkv", keep: 0.5 },
+      { cache: "streaming", keep: 0.5 },
+      // compat refreshes synchronously, so two runs refresh at the same steps.
+      { cache: "heterocache", keep: 0.5, profile, compat: true },
+      { cache: "heterocache", keep: 0.5, profile, compat: true, trigger: "coverage" },
+      { cache: "per-step", keep: 0.5, profile, compat: true },
+    ];
+    for (const v of variants) {
+      const label = `${v.cache}${"trigger" in v ? ` ${v.trigger}` : ""}`;
+      const path = `${dir}/s.hcsession`;
+      using a = model.session({ ...v, contextTokens: 200 });
+      await a.complete(TURN1, GREEDY);
+      await a.save(path);
+      const context = a.context();
+      const next = await a.complete(TURN2, { ...GREEDY, continue: true });
+      using b = await model.restore(path, { profile });
+      assert.deepEqual(b.context(), context, label);
+      const again = await b.complete(TURN2, { ...GREEDY, continue: true });
+      assert.equal(again.text, next.text, label);
+      assert.equal(again.cachedTokens, next.cachedTokens, label);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("save / restore: a fuzzed, truncated, newer or foreign file is a clear error and leaves nothing", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/s.hcsession`;
+    {
+      using s = model.session({ cache: "heterocache", keep: 0.5, profile, contextTokens: 200 });
+      await s.complete(TURN1, GREEDY);
+      await s.save(path);
+    }
+    const good = await Deno.readFile(path);
+    const before = model.sessionCount;
+    const fails = async (bytes: Uint8Array, codes: string[], what: string) => {
+      const p = `${dir}/bad.hcsession`;
+      await Deno.writeFile(p, bytes);
+      await assert.rejects(
+        model.restore(p, { profile }),
+        (e) => codes.some((c) => isHcError(e, c as never)),
+        what,
+      );
+      assert.equal(model.sessionCount, before, `${what}: no session left`);
+    };
+    const n = good.byteLength;
+    for (const len of [0, 7, 12, 16, 40, n >> 1, n - 33, n - 1]) {
+      await fails(good.slice(0, len), ["E_SESSION_FILE"], `truncated to ${len}`);
+    }
+    for (const at of [0, 5, 8, 13, 20, 64, n >> 2, n >> 1, n - 40, n - 1]) {
+      const bad = good.slice();
+      bad[at] ^= 0x5a;
+      await fails(bad, ["E_SESSION_FILE", "E_SESSION_VERSION"], `byte ${at} flipped`);
+    }
+    // A newer version, even with a valid checksum.
+    const newer = good.slice();
+    new DataView(newer.buffer).setUint32(8, 2, true);
+    await fails(newer, ["E_SESSION_VERSION"], "version 2");
+    // Another profile, no profile, another model.
+    await assert.rejects(
+      model.restore(path, {
+        profile: uniformProfile(
+          model.config.nLayers,
+          ["pivot", "satellite", "satellite", "anchor"],
+          [
+            -1,
+            1,
+            1,
+            1,
+          ],
+        ),
+      }),
+      (e) => isHcError(e, "E_SESSION_MISMATCH"),
+    );
+    await assert.rejects(model.restore(path), (e) => isHcError(e, "E_SESSION_MISMATCH"));
+    await using other = await loadModel(sharedPath("models/babyllama-tok105/model5000.bin"), {
+      tokenizerPath: sharedPath("models/babyllama-tok105/tok105.bin"),
+    });
+    await assert.rejects(
+      other.restore(path, { profile }),
+      (e) => isHcError(e, "E_SESSION_MISMATCH"),
+    );
+    assert.equal(other.sessionCount, 0);
+    // The good file still restores.
+    using ok = await model.restore(path, { profile });
+    assert.ok(ok.context().length > 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+globalThis.addEventListener("unload", () => void model[Symbol.asyncDispose]());
