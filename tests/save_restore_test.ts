@@ -9,7 +9,8 @@ const TURN1 =
 const TURN2 = " One day, she saw a big red ball.";
 const GREEDY = { temperature: 0, ignoreEos: true, maxTokens: 8 } as const;
 
-const model = await loadModel(sharedPath("models/stories260K.gguf"));
+const MODEL = sharedPath("models/stories260K.gguf");
+const model = await loadModel(MODEL);
 const profile = uniformProfile(
   model.config.nLayers,
   ["satellite", "pivot", "satellite", "anchor"],
@@ -115,3 +116,31 @@ Deno.test("save / restore: a fuzzed, truncated, newer or foreign file is a clear
 });
 
 globalThis.addEventListener("unload", () => void model[Symbol.asyncDispose]());
+
+Deno.test("hc generate --save, then --load continues with the next turn as the library does", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const hc = async (...args: string[]) => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "src/cli.ts", "generate", "--model", MODEL, "-n", "6", ...args],
+        cwd: new URL("..", import.meta.url).pathname,
+        env: { NO_COLOR: "1", HC_MODEL: "" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const dec = new TextDecoder();
+      assert.equal(out.code, 0, dec.decode(out.stderr));
+      return dec.decode(out.stdout).replace(/\n$/, "");
+    };
+    const path = `${dir}/s.hcsession`;
+    const first = await hc("--save", path, TURN1);
+    const second = await hc("--load", path, TURN2);
+    using s = model.session({ contextTokens: 200 });
+    const a = await s.complete(TURN1, { temperature: 0, maxTokens: 6 });
+    const b = await s.complete(TURN2, { temperature: 0, maxTokens: 6, continue: true });
+    assert.equal(first, a.text);
+    assert.equal(second, b.text);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
