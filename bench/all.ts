@@ -1,6 +1,6 @@
 /**
  * `deno task bench` (quick) / `deno task bench --full`: fidelity, the synthetic retrieval task,
- * the ablation and the decode-speed sweep in one go. With `--write` (which the task passes) each
+ * the ablation, the multi-turn conversation and the decode-speed sweep in one go. With `--write` (which the task passes) each
  * writes its JSON into bench/results/, the tables go into docs/benchmarks.md with the machine,
  * the device and the date, and the charts (fidelity vs keep, step time vs context) into
  * docs/charts/*.svg; without it the page is printed and nothing is written.
@@ -13,6 +13,7 @@ import { fidelityReport, runFidelity } from "./fidelity.ts";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { retrievalReport, type RetrievalResult, runRetrieval } from "./retrieval.ts";
 import type { FidelityResult } from "./fidelity.ts";
+import { multiturnCharts, multiturnReport, runMultiturn } from "./multiturn.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..");
 
@@ -68,6 +69,11 @@ if (import.meta.main) {
     resultName: write ? "retrieval.json" : null,
   });
   const ablation = await runAblation({ quick, resultName: write ? "ablation.json" : null });
+  const multiturn = await runMultiturn({
+    lengths: quick ? [4096] : [4096, 16384],
+    docs: quick ? 1 : 3,
+    resultName: write ? "multiturn.json" : null,
+  });
   const speed = await runSpeed({ quick, write });
   const charts = join(ROOT, "docs", "charts");
   if (write) await Deno.mkdir(charts, { recursive: true });
@@ -75,6 +81,13 @@ if (import.meta.main) {
   for (const c of fidelityCharts(fidelity)) {
     if (write) await Deno.writeTextFile(join(charts, `fidelity-${c.model}.svg`), c.svg);
     images.push(`![fidelity vs keep, ${c.model}](charts/fidelity-${c.model}.svg)`);
+  }
+  const multiturnImages: string[] = [];
+  for (const c of multiturnCharts(multiturn)) {
+    if (write) await Deno.writeTextFile(join(charts, `multiturn-${c.length}.svg`), c.svg);
+    multiturnImages.push(
+      `![accuracy per turn, ${c.length} tokens](charts/multiturn-${c.length}.svg)`,
+    );
   }
   const speedImages: string[] = [];
   for (const c of speedCharts(speed)) {
@@ -108,6 +121,10 @@ if (import.meta.main) {
     "## Ablation: refresh every step / every 2nd step / when the trigger fires",
     "",
     ablation.table,
+    "",
+    "## Multi-turn: one document, many questions (continued sessions)",
+    "",
+    multiturnReport(multiturn, multiturnImages),
     "",
     "## Decode step time vs context (mean step first; HeteroCache vs SnapKV, full and llama.cpp)",
     "",

@@ -185,6 +185,8 @@ server:
       --max-active N      requests generating at once (default 4)
       --max-queue N       requests waiting for a slot before 429 (default 64)
       --max-body-bytes N  largest request body (default 2097152)
+      --prompt-cache N    finished conversations kept for prompt reuse (default 4; 0: none)
+      --prompt-cache-bytes N  device KV bytes those may hold together (default 1073741824)
       --cache POLICY      default cache policy: ${CACHE_POLICIES.join(", ")} (default full)
       --keep X            default budget: a fraction in (0, 1] or a per-head token count
       --profile PATH      head profile for heterocache / per-step / fixed-interval (ours, from
@@ -201,6 +203,8 @@ server:
           "max-active": { type: "string" },
           "max-queue": { type: "string" },
           "max-body-bytes": { type: "string" },
+          "prompt-cache": { type: "string" },
+          "prompt-cache-bytes": { type: "string" },
           cache: { type: "string" },
           keep: { type: "string" },
           profile: { type: "string" },
@@ -219,6 +223,14 @@ server:
         maxActive: numberOpt("max-active", values["max-active"], 1, 1024, true),
         maxQueue: numberOpt("max-queue", values["max-queue"], 0, 1 << 20, true),
         maxBodyBytes: numberOpt("max-body-bytes", values["max-body-bytes"], 1024, 1 << 30, true),
+        promptCacheSessions: numberOpt("prompt-cache", values["prompt-cache"], 0, 1024, true),
+        promptCacheBytes: numberOpt(
+          "prompt-cache-bytes",
+          values["prompt-cache-bytes"],
+          0,
+          Number.MAX_SAFE_INTEGER,
+          true,
+        ),
         cache: values.cache,
         keep: keepOpt(values.keep) ?? null,
         profile: values.profile,
@@ -282,6 +294,9 @@ generation:
       --stop TEXT         stop before this text (repeatable)
       --context N         session size in tokens (default: prompt + max tokens)
       --stats             print the generation summary and session stats (JSON) to stderr
+      --save PATH         write the session (context, caches) to PATH after generating
+      --load PATH         continue a session saved with --save: the prompt is the next turn
+                          (plain text, no BOS; its cache options are the saved ones)
 
 KV cache:
       --cache POLICY      ${CACHE_POLICIES.join(", ")} (default full)
@@ -307,6 +322,8 @@ KV cache:
           stop: { type: "string", multiple: true },
           context: { type: "string" },
           stats: { type: "boolean" },
+          save: { type: "string" },
+          load: { type: "string" },
           cache: { type: "string" },
           keep: { type: "string" },
           profile: { type: "string" },
@@ -324,6 +341,9 @@ KV cache:
         throw usageError("give the prompt either as words or with --prompt, not both");
       }
       if (values.system !== undefined && !values.chat) throw usageError("--system needs --chat");
+      if (values.load !== undefined && values.chat) {
+        throw usageError("--load continues with plain text; render the chat turn yourself");
+      }
       let text = values.prompt ?? positionals.join(" ");
       if (text === "-") text = await new Response(Deno.stdin.readable).text();
       const maxTokens = numberOpt("max-tokens", values["max-tokens"], 0, 1 << 24, true) ?? 256;
@@ -355,10 +375,13 @@ KV cache:
       const { load } = await openModel(values);
       await using model = await load();
       // Size the session to what this run needs, within the model's context.
-      const promptTokens = model.tokenize(prompt).length;
+      const loaded = values.load !== undefined;
+      const promptTokens = loaded
+        ? model.tokenizer.encode(text, { addSpecial: false }).length
+        : model.tokenize(prompt).length;
       const limit = model.config.contextLength;
       const contextTokens = context ?? Math.min(limit, promptTokens + Math.max(1, maxTokens));
-      if (promptTokens >= contextTokens) {
+      if (!loaded && promptTokens >= contextTokens) {
         throw new HcError(
           "E_CONTEXT_FULL",
           `the prompt has ${promptTokens} tokens; the session holds ${contextTokens} (the model's context is ${limit})`,
@@ -367,7 +390,17 @@ KV cache:
       const profile = values.profile
         ? await readProfile(values.profile, model.identity())
         : undefined;
-      using session = model.session({
+      const restored = async () => {
+        const s = await model.restore(values.load!, { profile });
+        try {
+          s.reserve(Math.min(limit, s.context().length + (context ?? contextTokens)));
+        } catch (e) {
+          s[Symbol.dispose]();
+          throw e;
+        }
+        return s;
+      };
+      using session = loaded ? await restored() : model.session({
         contextTokens,
         ...cacheOptions({ cache: values.cache, keep, profile, compat: values.compat }),
       });
@@ -395,6 +428,7 @@ KV cache:
           maxTokens,
           stop: values.stop,
           signal: abort.signal,
+          continue: loaded,
           onPrefillProgress: prefill ? (done, total) => prefill.update(done, total) : undefined,
         });
         for (;;) {
@@ -411,6 +445,7 @@ KV cache:
         prefill?.done();
         stop.dispose();
       }
+      if (values.save !== undefined) await session.save(values.save);
       if (values.stats) {
         console.error(
           JSON.stringify({ summary, stats: session.stats(), cache: session.cacheStats() }, null, 2),

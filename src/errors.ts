@@ -24,6 +24,9 @@ export type HcErrorCode =
   | "E_ABORTED"
   | "E_BUSY"
   | "E_DOWNLOAD"
+  | "E_SESSION_FILE"
+  | "E_SESSION_VERSION"
+  | "E_SESSION_MISMATCH"
   | "E_IO";
 
 export class HcError extends Error {

@@ -136,6 +136,8 @@ Deno.test("a generation that fails counts as failed in /metrics, not as the clie
   const { startGeneration } = await import("../src/server/generation.ts");
   const { Metrics } = await import("../src/server/metrics.ts");
   const { AdmissionQueue } = await import("../src/server/limits.ts");
+  const { PromptCache } = await import("../src/server/prompt_cache.ts");
+  const noReuse = new PromptCache({ maxSessions: 0, maxBytes: 0 });
   const { HcError } = await import("../mod.ts");
   const metrics = new Metrics();
   /** A session whose generation fails, or ends as aborted, after its first step. */
@@ -162,6 +164,7 @@ Deno.test("a generation that fails counts as failed in /metrics, not as the clie
       queue: new AdmissionQueue(1, 1),
       metrics,
       liveSessions: new Set(),
+      promptCache: noReuse,
     };
     const prepared = {
       req: { prompt: "x", sampling: {}, stop: [] },
@@ -185,6 +188,7 @@ Deno.test("a generation that fails counts as failed in /metrics, not as the clie
     deviceQueueDepth: 0,
     sessions: 0,
     deviceKvBytes: 0,
+    promptCache: noReuse.stats(),
   }));
   assert.equal(m.get("hc_generations_total"), 2);
   assert.equal(m.get("hc_generations_failed_total"), 1);

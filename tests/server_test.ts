@@ -177,6 +177,7 @@ Deno.test("completions and chat answer greedily with the engine's text, usage an
       prompt_tokens: promptTokens,
       completion_tokens: 24,
       total_tokens: promptTokens + 24,
+      prompt_tokens_details: { cached_tokens: 0 },
     });
     assert.equal(body.hc.cache, "full");
     assert.equal(body.hc.prompt_tokens, promptTokens);
@@ -468,8 +469,10 @@ Deno.test("validation: every bad request gets a 4xx OpenAI error and never reach
     });
     assert.equal(ok.status, 200);
     assert.equal((await ok.json()).hc.cache, "full");
-    assert.equal(model.sessionCount, sessionsBefore, "no session may outlive its request");
+    // The one that ran is parked for prompt reuse (freed with the server), no other.
     const m = await metrics(url);
+    assert.equal(m.get("hc_prompt_cache_sessions"), 1);
+    assert.equal(model.sessionCount, sessionsBefore + 1, "no session may outlive its request");
     assert.ok((m.get('hc_requests_total{route="/v1/completions",status="400"}') ?? 0) >= 20);
     assert.equal(m.get("hc_generations_total"), 1, "only the accepted request reached the engine");
   });

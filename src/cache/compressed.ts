@@ -18,8 +18,13 @@ import {
   emptyStats,
   type HeadInfo,
   type PolicyName,
+  type PolicyState,
+  stateInt,
+  stateInts,
   withRates,
 } from "./policy.ts";
+import { badState } from "./policy.ts";
+import { downloadRows, uploadRows } from "./snapshot.ts";
 
 /** Which prompt rows of one head stay on the device, in position order. */
 export type HeadSelection =
@@ -44,12 +49,16 @@ export abstract class CompressedCache implements CachePolicy {
   abstract readonly name: PolicyName;
   abstract readonly captureWindow: number;
   readonly captureSteps: boolean = false;
+  /** Heads hold chosen rows, not row = position: continuation tokens go in as decode steps. */
+  readonly appendByPrefill = false;
   caches: readonly KvLayerCache[] = [];
   protected readonly device: Device;
   protected readonly config: ModelConfig;
   protected readonly kernels: CacheKernels;
   protected promptTokens = 0;
   protected maxNew = 0;
+  /** Tokens advanced through since begin (prompt, generated and appended). */
+  protected positions = 0;
   /** Prompt rows kept per layer and head (set by endPrefill). */
   protected kept: number[][] = [];
   protected stat: CacheStats;
@@ -143,6 +152,7 @@ export abstract class CompressedCache implements CachePolicy {
     this.#free();
     this.promptTokens = promptTokens;
     this.maxNew = maxNewTokens;
+    this.positions = 0;
     this.stat = emptyStats(this.name, this.config.nLayers, this.config.nKvHeads);
     this.stat.promptTokens = promptTokens;
     this.stat.keep = this.keepFraction;
@@ -161,6 +171,7 @@ export abstract class CompressedCache implements CachePolicy {
   }
 
   advance(tokens: number): void {
+    this.positions += tokens;
     for (const c of this.caches) {
       for (let h = 0; h < c.nKvHeads; h++) c.lengths[h] += tokens;
     }
@@ -187,6 +198,146 @@ export abstract class CompressedCache implements CachePolicy {
     this.#prefill = [];
     this.#decode.forEach((cache, l) => cache.setLengths(this.kept[l]));
     this.caches = this.#decode;
+  }
+
+  /**
+   * Continuation: every head appends the new tokens after its rows, as it appends generated
+   * ones (the prompt selection is not redone). Heads without room move, rows and watch, into
+   * caches sized to what they hold plus `tokens + maxNewTokens` (one submission); a new caches
+   * array, so steps recorded against the old buffers are never replayed.
+   */
+  async extend(tokens: number, maxNewTokens: number): Promise<void> {
+    this.maxNew = this.positions - this.promptTokens + tokens + maxNewTokens;
+    const old = this.#decode;
+    const fits = old.every((cache) =>
+      Array.from(cache.lengths).every((n, h) => n + tokens + maxNewTokens <= cache.capRows(h))
+    );
+    if (fits) return;
+    await this.beforeMove();
+    const c = this.config;
+    const rowBytes = c.headDim * 2;
+    const moved: KvLayerCache[] = [];
+    try {
+      for (const cache of old) {
+        moved.push(KvLayerCache.create(this.device, {
+          headDim: c.headDim,
+          capRows: Array.from(cache.lengths, (n) => n + tokens + maxNewTokens),
+        }));
+      }
+      using cmd = this.device.commands();
+      cmd.begin();
+      old.forEach((src, l) => {
+        for (let h = 0; h < src.nKvHeads; h++) {
+          const n = src.lengths[h];
+          if (n === 0) continue;
+          const from = src.location(h, 0);
+          const to = moved[l].location(h, 0);
+          cmd.copy(from.k, to.k, [[from.byteOffset, to.byteOffset, n * rowBytes]]);
+          cmd.copy(from.v, to.v, [[from.byteOffset, to.byteOffset, n * rowBytes]]);
+        }
+      });
+      cmd.end();
+      this.device.waitSync("compute", cmd.submit());
+    } catch (e) {
+      for (const m of moved) m.dispose();
+      throw e;
+    }
+    moved.forEach((m, l) => {
+      m.setLengths(old[l].lengths);
+      m.watch = old[l].watch;
+    });
+    for (const o of old) o.dispose();
+    this.#decode = moved;
+    this.caches = moved;
+  }
+
+  /** Drops the rows of positions past `positions` from every head: those after the prompt are
+   * each head's last rows, in order. The prompt itself cannot be rewound. */
+  rewind(positions: number): boolean {
+    const drop = this.positions - positions;
+    if (!Number.isInteger(positions) || drop < 0) return false;
+    if (drop === 0) return true;
+    if (this.#decode.length === 0 || positions < this.promptTokens) return false;
+    for (const c of this.#decode) {
+      for (let h = 0; h < c.nKvHeads; h++) c.lengths[h] -= drop;
+    }
+    this.positions = positions;
+    this.afterRewind(drop);
+    return true;
+  }
+
+  /** Decode caches (rows and their layout) and the prompt bookkeeping; subclasses add theirs
+   * (saveExtra, after the rows' blobs). */
+  async saveState(): Promise<PolicyState> {
+    if (this.#decode.length === 0) throw badState("the prompt has not been compressed yet");
+    await this.beforeMove();
+    const blobs = downloadRows(this.#decode);
+    const extra = this.saveExtra(blobs);
+    return {
+      state: {
+        promptTokens: this.promptTokens,
+        maxNew: this.maxNew,
+        positions: this.positions,
+        kept: this.kept,
+        capRows: this.#decode.map((c) =>
+          Array.from({ length: c.nKvHeads }, (_, h) => c.capRows(h))
+        ),
+        lengths: this.#decode.map((c) => Array.from(c.lengths)),
+        extra,
+      },
+      blobs,
+    };
+  }
+
+  loadState(s: PolicyState): void {
+    const c = this.config;
+    const L = stateInt(s.state.promptTokens, "promptTokens", 1);
+    const layers = (v: unknown, what: string) => {
+      if (!Array.isArray(v) || v.length !== c.nLayers) throw badState(`${what} is malformed`);
+      return v.map((x, l) => stateInts(x, `${what}[${l}]`, c.nKvHeads));
+    };
+    const capRows = layers(s.state.capRows, "capRows");
+    const lengths = layers(s.state.lengths, "lengths");
+    const kept = layers(s.state.kept, "kept");
+    const maxNew = stateInt(s.state.maxNew, "maxNew");
+    const positions = stateInt(s.state.positions, "positions", L);
+    this.begin(L, maxNew);
+    // begin made prefill caches for a prompt; the saved state is past it.
+    for (const p of this.#prefill) p.dispose();
+    this.#prefill = [];
+    this.caches = [];
+    try {
+      for (let l = 0; l < c.nLayers; l++) {
+        this.#decode.push(KvLayerCache.create(this.device, {
+          headDim: c.headDim,
+          capRows: capRows[l],
+        }));
+      }
+      const next = uploadRows(this.#decode, lengths, s.blobs, 0);
+      this.kept = kept;
+      this.positions = positions;
+      this.caches = this.#decode;
+      this.loadExtra(s.state.extra, s.blobs, next);
+    } catch (e) {
+      this.#free();
+      throw e;
+    }
+  }
+
+  /** Hook: the subclass's own state; may append blobs. */
+  protected saveExtra(_blobs: Uint8Array[]): unknown {
+    return null;
+  }
+
+  /** Hook: takes what saveExtra saved (its blobs from `first` on). */
+  protected loadExtra(_extra: unknown, _blobs: readonly Uint8Array[], _first: number): void {}
+
+  /** Hook: `rows` positions were dropped from the end of every head. */
+  protected afterRewind(_rows: number): void {}
+
+  /** Hook: runs before extend moves the caches (nothing may still be copying into them). */
+  protected beforeMove(): Promise<void> {
+    return Promise.resolve();
   }
 
   /** One submission: contiguous runs by copy regions, index selections by the gather kernel. */

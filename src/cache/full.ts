@@ -7,20 +7,27 @@ import {
   type CacheStats,
   emptyStats,
   type HeadInfo,
+  type PolicyState,
+  stateInt,
   withRates,
 } from "./policy.ts";
+import { downloadRows, uploadRows } from "./snapshot.ts";
 
 export class FullCache implements CachePolicy {
   readonly name = "full" as const;
   readonly captureWindow = 0;
   readonly captureSteps = false;
-  readonly caches: KvLayerCache[] = [];
+  readonly appendByPrefill = true;
+  /** A new array whenever the caches move (recorded steps are keyed by the array). */
+  caches: KvLayerCache[] = [];
+  readonly #device: Device;
   readonly #config: ModelConfig;
   #length = 0;
   #maxNew = 0;
   #stats: CacheStats;
 
   constructor(device: Device, config: ModelConfig, contextTokens: number) {
+    this.#device = device;
     this.#config = config;
     this.#stats = emptyStats("full", config.nLayers, config.nKvHeads);
     try {
@@ -40,10 +47,84 @@ export class FullCache implements CachePolicy {
 
   begin(promptTokens: number, maxNewTokens: number): void {
     this.#length = 0;
+    this.#grow(promptTokens + maxNewTokens);
     this.#maxNew = maxNewTokens;
     this.#stats = emptyStats("full", this.#config.nLayers, this.#config.nKvHeads);
     this.#stats.promptTokens = promptTokens;
     this.#stats.keep = 1;
+  }
+
+  /** Appending is counting, unless the session grew past the caches (Session.reserve). */
+  extend(tokens: number, maxNewTokens: number): Promise<void> {
+    this.#maxNew = this.#length - this.#stats.promptTokens + tokens + maxNewTokens;
+    this.#grow(this.#length + tokens + maxNewTokens);
+    return Promise.resolve();
+  }
+
+  /** Moves the first #length rows of every head into caches of `rows` rows when the caches
+   * hold fewer (one submission). */
+  #grow(rows: number): void {
+    const old = this.caches;
+    if (old.length === 0 || rows <= old[0].capRows(0)) return;
+    const c = this.#config;
+    const rowBytes = c.headDim * 2;
+    const n = this.#length;
+    const moved: KvLayerCache[] = [];
+    try {
+      for (let l = 0; l < c.nLayers; l++) {
+        moved.push(KvLayerCache.create(this.#device, {
+          headDim: c.headDim,
+          capRows: Array(c.nKvHeads).fill(rows),
+        }));
+      }
+      if (n > 0) {
+        using cmd = this.#device.commands();
+        cmd.begin();
+        old.forEach((src, l) => {
+          for (let h = 0; h < c.nKvHeads; h++) {
+            const from = src.location(h, 0);
+            const to = moved[l].location(h, 0);
+            const region = [[from.byteOffset, to.byteOffset, n * rowBytes]] as const;
+            cmd.copy(from.k, to.k, region);
+            cmd.copy(from.v, to.v, region);
+          }
+        });
+        cmd.end();
+        this.#device.waitSync("compute", cmd.submit());
+      }
+    } catch (e) {
+      for (const m of moved) m.dispose();
+      throw e;
+    }
+    for (const m of moved) m.lengths.fill(n);
+    for (const o of old) o.dispose();
+    this.caches = moved;
+  }
+
+  saveState(): Promise<PolicyState> {
+    return Promise.resolve({
+      state: { length: this.#length, maxNew: this.#maxNew, promptTokens: this.#stats.promptTokens },
+      blobs: downloadRows(this.caches),
+    });
+  }
+
+  loadState(s: PolicyState): void {
+    const length = stateInt(s.state.length, "length");
+    const maxNew = stateInt(s.state.maxNew, "maxNew");
+    const promptTokens = stateInt(s.state.promptTokens, "promptTokens");
+    this.begin(promptTokens, maxNew);
+    this.#grow(length);
+    const c = this.#config;
+    const lengths = Array.from({ length: c.nLayers }, () => Array(c.nKvHeads).fill(length));
+    uploadRows(this.caches, lengths, s.blobs, 0);
+    this.#length = length;
+  }
+
+  rewind(positions: number): boolean {
+    if (!Number.isInteger(positions) || positions < 0 || positions > this.#length) return false;
+    this.#length = positions;
+    for (const c of this.caches) c.lengths.fill(positions);
+    return true;
   }
 
   advance(tokens: number): void {

@@ -5,6 +5,8 @@
  * A generation goes: begin(L, maxNew) → prefill chunks (advance(B) before each) → endPrefill()
  * (the policy may compress: select rows, build smaller caches, keep the full KV in host memory)
  * → decode steps (advance(1), the step waiting for transferWait(), then afterStep()).
+ * A continued conversation then goes: extend(n, maxNew) → the n new tokens (prefill chunks when
+ * `appendByPrefill`, else one decode step each, exactly as generated tokens) → decode steps.
  */
 import { HcError } from "../errors.ts";
 import type { KvLayerCache } from "./kv_layer.ts";
@@ -35,6 +37,31 @@ export function checkPolicyName(name: unknown): PolicyName {
     );
   }
   return name;
+}
+
+/** A policy's state for a session file: plain JSON and byte blobs (device rows, host rows). */
+export interface PolicyState {
+  state: Record<string, unknown>;
+  blobs: Uint8Array[];
+}
+
+/** A session file's policy state that does not hold together (E_SESSION_FILE). */
+export function badState(what: string): HcError {
+  return new HcError("E_SESSION_FILE", `the session file's cache state is invalid: ${what}`);
+}
+
+/** `v` as an integer in [min, max], or E_SESSION_FILE naming `what`. */
+export function stateInt(v: unknown, what: string, min = 0, max = 2 ** 31): number {
+  if (!Number.isSafeInteger(v) || (v as number) < min || (v as number) > max) {
+    throw badState(`${what} is ${JSON.stringify(v)}`);
+  }
+  return v as number;
+}
+
+/** `v` as an array of `n` integers (or of any length when n is null). */
+export function stateInts(v: unknown, what: string, n: number | null, max = 2 ** 31): number[] {
+  if (!Array.isArray(v) || (n !== null && v.length !== n)) throw badState(`${what} is malformed`);
+  return v.map((x, i) => stateInt(x, `${what}[${i}]`, 0, max));
 }
 
 /** Device KV bytes and retrieval accounting (docs/algorithm.md §10.4), per generation. */
@@ -96,8 +123,18 @@ export interface CachePolicy extends Disposable {
   readonly captureSteps: boolean;
   /** The caches the next step reads and appends to. */
   readonly caches: readonly KvLayerCache[];
+  /** Whether continuation tokens may go in as prefill chunks: every head holds every row at
+   * its position (the prefill attention's layout). Otherwise they go in as decode steps. */
+  readonly appendByPrefill: boolean;
   /** Starts a generation of `promptTokens` prompt tokens and up to `maxNewTokens` more. */
   begin(promptTokens: number, maxNewTokens: number): void;
+  /** Continues the current context: makes room on every head for `tokens` more context tokens
+   * and up to `maxNewTokens` generated after them (rows already held stay as they are). */
+  extend(tokens: number, maxNewTokens: number): Promise<void>;
+  /** Forgets every position from `positions` on (a conversation rewound to a shared prefix);
+   * false, with nothing changed, when the policy cannot (a compressing policy keeps its prompt
+   * selection, so it rewinds only tokens after the prompt). */
+  rewind(positions: number): boolean;
   /** Sets every head's length to count `tokens` more tokens (call before each step). */
   advance(tokens: number): void;
   /** After the whole prompt is in the caches: compress as the policy does. */
@@ -107,6 +144,10 @@ export interface CachePolicy extends Disposable {
   transferWait(): Promise<bigint>;
   /** After each decode step (its captures hold the step's q/k/v when captureSteps). */
   afterStep(captures: Captures): Promise<void>;
+  /** The state a session file keeps (after every refresh has landed); statistics restart. */
+  saveState(): Promise<PolicyState>;
+  /** Takes a saved state in place of the current one (the caches are made anew). */
+  loadState(s: PolicyState): void;
   stats(): CacheStats;
   heads(): HeadInfo[][];
 }

@@ -10,8 +10,9 @@ import { openModelSource } from "../model/source.ts";
 import { type Tokenizer, tokenizerFromGguf, tokenizerFromLlama2c } from "../model/tokenizer/mod.ts";
 import { Device } from "../vk/mod.ts";
 import { Session } from "./session.ts";
+import { decodeSessionFile, profileHash } from "./session_file.ts";
 import { CacheKernels, type CacheOptions, createPolicy } from "../cache/mod.ts";
-import type { ModelIdentity } from "../cache/profile/profile.ts";
+import type { HeadProfile, ModelIdentity } from "../cache/profile/profile.ts";
 
 export interface LoadOptions {
   /** A device to use (the caller keeps ownership), or a selector (index or name substring). */
@@ -154,9 +155,71 @@ export class LoadedModel implements AsyncDisposable {
       state[Symbol.dispose]();
       throw e;
     }
-    const s = new Session(this, state, policy);
+    const s = new Session(this, state, policy, opts);
     this.#sessions.add(s);
     return s;
+  }
+
+  /**
+   * A session from a file `session.save` wrote: it continues exactly as the saved one would.
+   * HeteroCache's policies need the profile they were saved with. A damaged or truncated file
+   * is E_SESSION_FILE, a newer format E_SESSION_VERSION, another model or profile
+   * E_SESSION_MISMATCH; nothing of a failed restore stays on the device.
+   */
+  async restore(path: string, opts: { profile?: HeadProfile } = {}): Promise<Session> {
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(path);
+    } catch (e) {
+      throw new HcError("E_IO", `cannot read the session file ${path}: ${(e as Error).message}`);
+    }
+    const { header, blobs } = await decodeSessionFile(bytes);
+    const want = { ...this.identity(), vocabSize: this.config.vocabSize };
+    const got = (header.model ?? {}) as Record<string, unknown>;
+    const differs = (Object.keys(want) as (keyof typeof want)[]).filter((k) => got[k] !== want[k]);
+    if (differs.length) {
+      throw new HcError(
+        "E_SESSION_MISMATCH",
+        `the session file was saved with another model (${
+          differs.map((k) => `${k} ${JSON.stringify(got[k])} here ${JSON.stringify(want[k])}`)
+            .join(", ")
+        }); restore it with the model it was saved with`,
+      );
+    }
+    if (typeof header.options !== "object" || header.options === null) {
+      throw new HcError("E_SESSION_FILE", "the session file has no session options");
+    }
+    const options = header.options as SessionOptions;
+    let profile: HeadProfile | undefined;
+    if (["heterocache", "per-step", "fixed-interval"].includes(options.cache ?? "full")) {
+      if (!opts.profile) {
+        throw new HcError(
+          "E_SESSION_MISMATCH",
+          `the session was saved with the '${options.cache}' cache; pass the profile it used`,
+        );
+      }
+      if (await profileHash(opts.profile) !== header.profileHash) {
+        throw new HcError(
+          "E_SESSION_MISMATCH",
+          "the session was saved with another head profile; pass the profile it used",
+        );
+      }
+      profile = opts.profile;
+    }
+    let session: Session;
+    try {
+      session = this.session({ ...options, profile } as SessionOptions);
+    } catch (e) {
+      throw new HcError("E_SESSION_FILE", `the session file's options: ${(e as Error).message}`);
+    }
+    try {
+      await session.loadSaved(header, blobs);
+      return session;
+    } catch (e) {
+      session[Symbol.dispose]();
+      if (e instanceof HcError) throw e;
+      throw new HcError("E_SESSION_FILE", `the session file's state: ${(e as Error).message}`);
+    }
   }
 
   /** What head profiles made for this model record, and are checked against. */

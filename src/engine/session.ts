@@ -7,7 +7,8 @@ import { HcError } from "../errors.ts";
 import { Sampler, type SamplingOptions } from "../model/sampler.ts";
 import type { Captures, ForwardState } from "../model/forward.ts";
 import type { CachePolicy, CacheStats } from "../cache/policy.ts";
-import type { LoadedModel, Prompt } from "./model.ts";
+import type { LoadedModel, Prompt, SessionOptions } from "./model.ts";
+import { encodeSessionFile, profileHash } from "./session_file.ts";
 import { StopMatcher } from "./stops.ts";
 import type { KvLayerCache } from "../cache/kv_layer.ts";
 
@@ -21,6 +22,13 @@ export interface GenerateOptions extends SamplingOptions {
   ignoreEos?: boolean;
   /** Called with (done, total) prompt tokens while a long prompt is prefilled. */
   onPrefillProgress?: (done: number, total: number) => void;
+  /**
+   * Continue the conversation: the prompt is appended after the session's context (every
+   * earlier prompt and the tokens generated for it) and only it is prefilled. Text is encoded
+   * without a BOS token; chat messages are refused (pass the new turn as text or token ids).
+   * A session without a context starts fresh, as without this flag.
+   */
+  continue?: boolean;
 }
 
 export interface Piece {
@@ -34,7 +42,11 @@ export type FinishReason = "stop" | "length" | "abort";
 
 export interface GenerationSummary {
   finishReason: FinishReason;
+  /** Tokens this call prefilled (a continuation: the new turn, plus the last generated token
+   * when it was not fed back yet). */
   promptTokens: number;
+  /** Context tokens reused from earlier turns (0 for a fresh start). */
+  cachedTokens: number;
   completionTokens: number;
   text: string;
   prefillMs: number;
@@ -60,7 +72,12 @@ export class Session implements Disposable {
   readonly model: LoadedModel;
   readonly policy: CachePolicy;
   #state: ForwardState;
+  /** Tokens whose KV is in the caches, in order. */
   #tokens: number[] = [];
+  /** Context tokens generated but not fed back yet (at most the last one). */
+  #pending: number[] = [];
+  /** Whether #tokens and the caches agree (false after a failure or abort mid-step). */
+  #contextOk = false;
   #busy = false;
   #disposed = false;
   #totals = { generations: 0, promptTokens: 0, completionTokens: 0, decodeMs: 0 };
@@ -68,10 +85,100 @@ export class Session implements Disposable {
   /** Device step time of the current generation's decode steps (transfer waits included). */
   #stepMs = 0;
 
-  constructor(model: LoadedModel, state: ForwardState, policy: CachePolicy) {
+  /** What the session was made with (a session file records it). */
+  readonly options: SessionOptions;
+
+  constructor(
+    model: LoadedModel,
+    state: ForwardState,
+    policy: CachePolicy,
+    options: SessionOptions = {},
+  ) {
     this.model = model;
     this.#state = state;
     this.policy = policy;
+    this.options = options;
+  }
+
+  /**
+   * Writes the context to `path` (session file: tokens, device caches, host store, policy state,
+   * the model's identity and the profile's hash; statistics are not kept). `model.restore(path)`
+   * gives a session that continues exactly as this one would.
+   */
+  async save(path: string): Promise<void> {
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
+    if (!this.#contextOk || this.#tokens.length === 0) {
+      throw new HcError("E_BAD_REQUEST", "the session has no context to save; generate first");
+    }
+    this.#busy = true;
+    try {
+      const saved = await this.model.queue.run(() => this.policy.saveState());
+      const { profile, ...options } = this.options as SessionOptions & { profile?: unknown };
+      const header = {
+        model: { ...this.model.identity(), vocabSize: this.model.config.vocabSize },
+        options: { ...options, contextTokens: this.#state.capacity },
+        profileHash: profile ? await profileHash(profile as never) : null,
+        tokens: this.#tokens,
+        pending: this.#pending,
+        policy: saved.state,
+      };
+      const bytes = await encodeSessionFile(header, saved.blobs);
+      // Whole or not at all: a crash mid-write leaves the old file.
+      const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+      try {
+        await Deno.writeFile(tmp, bytes);
+        await Deno.rename(tmp, path);
+      } catch (e) {
+        await Deno.remove(tmp).catch(() => {});
+        throw new HcError("E_IO", `cannot write ${path}: ${(e as Error).message}`);
+      }
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** @internal model.restore: takes a checked session file's tokens and cache state. */
+  async loadSaved(
+    header: Record<string, unknown>,
+    blobs: Uint8Array[],
+  ): Promise<void> {
+    const vocab = this.model.config.vocabSize;
+    const ids = (v: unknown, what: string, max: number) => {
+      if (
+        !Array.isArray(v) || v.length > max ||
+        !v.every((t) => Number.isInteger(t) && t >= 0 && t < vocab)
+      ) {
+        throw new HcError("E_SESSION_FILE", `the session file's ${what} are malformed`);
+      }
+      return v as number[];
+    };
+    const tokens = ids(header.tokens, "tokens", this.#state.capacity);
+    const pending = ids(header.pending, "pending tokens", 1);
+    if (tokens.length === 0 || tokens.length + pending.length > this.#state.capacity) {
+      throw new HcError("E_SESSION_FILE", "the session file's context does not fit its size");
+    }
+    const state = (header.policy ?? {}) as Record<string, unknown>;
+    this.#busy = true;
+    try {
+      await this.model.queue.run(() => {
+        this.policy.loadState({ state, blobs });
+        return Promise.resolve();
+      });
+      this.#state.reset();
+      this.#state.seek(tokens.length);
+      this.#tokens = [...tokens];
+      this.#pending = [...pending];
+      this.#contextOk = true;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** Whether a generation is running (or suspended between its pieces). */
+  get generating(): boolean {
+    return this.#busy;
   }
 
   /** The summary of the last finished generation. */
@@ -84,10 +191,63 @@ export class Session implements Disposable {
     return this.model.tokenize(prompt);
   }
 
+  /** The conversation so far (every prompt and generated token a continuation builds on);
+   * empty when there is none to continue. */
+  context(): number[] {
+    return this.#contextOk ? [...this.#tokens, ...this.#pending] : [];
+  }
+
+  /**
+   * Keeps only the first `tokens` tokens of the context (a conversation that goes on from a
+   * shared prefix). Returns false, with nothing changed, when the cache policy cannot forget
+   * those positions (a compressing policy keeps its first prompt) or there is no context.
+   */
+  rewind(tokens: number): boolean {
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
+    const forwarded = this.#tokens.length;
+    if (!this.#contextOk || !Number.isInteger(tokens) || tokens < 1) return false;
+    if (tokens > forwarded + this.#pending.length) return false;
+    if (tokens >= forwarded) {
+      this.#pending = this.#pending.slice(0, tokens - forwarded);
+      return true;
+    }
+    if (!this.policy.rewind(tokens)) return false;
+    this.#state.seek(tokens);
+    this.#tokens.length = tokens;
+    this.#pending = [];
+    return true;
+  }
+
+  /** Lets the session hold `tokens` tokens (prompt + generated) from now on, up to the model's
+   * context length; the caches grow when a continuation needs the room. Never shrinks. */
+  reserve(tokens: number): void {
+    if (this.#busy) {
+      throw new HcError("E_BUSY", "this session is already generating; use another session");
+    }
+    this.#state.reserve(tokens);
+  }
+
+  /** Tokens of a continuation prompt: no BOS; chat messages are not a turn on their own. */
+  #continuation(prompt: Prompt): number[] {
+    if (typeof prompt === "string") {
+      return this.model.tokenizer.encode(prompt, { addSpecial: false });
+    }
+    if (prompt.length > 0 && typeof prompt[0] !== "number") {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        "a continuation takes text or token ids; render the new chat turn with its template",
+      );
+    }
+    return this.model.tokenize(prompt);
+  }
+
   /**
    * Streams the continuation of `prompt`. Each call starts from an empty cache (the session's
-   * device memory is reused). Aborting through `signal` ends the stream with finishReason
-   * "abort"; the session stays usable.
+   * device memory is reused), unless `continue` appends to the context. Aborting through
+   * `signal` ends the stream with finishReason "abort"; the session stays usable. A prompt
+   * that does not fit is E_CONTEXT_FULL, thrown before anything changes.
    */
   async *generate(
     prompt: Prompt,
@@ -107,15 +267,30 @@ export class Session implements Disposable {
     const sampler = new Sampler(opts);
     const greedy = sampler.options.temperature <= 0 && sampler.options.repeatPenalty === 1 &&
       sampler.options.presencePenalty === 0 && sampler.options.frequencyPenalty === 0;
-    const promptTokens = this.tokenize(prompt);
+    const cont = opts.continue === true && this.#tokens.length > 0;
+    if (cont && !this.#contextOk) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        "the session's context was lost (a turn failed or was aborted during its prompt); " +
+          "start over without continue",
+      );
+    }
+    const used = cont ? this.#tokens.length : 0;
+    const fresh = cont ? this.#continuation(prompt) : this.tokenize(prompt);
+    const promptTokens = cont ? [...this.#pending, ...fresh] : fresh;
     if (promptTokens.length === 0) {
-      throw new HcError("E_BAD_REQUEST", "the prompt is empty and the model adds no BOS token");
+      throw new HcError(
+        "E_BAD_REQUEST",
+        cont ? "the continuation is empty" : "the prompt is empty and the model adds no BOS token",
+      );
     }
     const capacity = this.#state.capacity;
-    if (promptTokens.length >= capacity) {
+    if (used + promptTokens.length >= capacity) {
+      // Thrown before anything changes: the context stays as it was.
       throw new HcError(
         "E_CONTEXT_FULL",
-        `the prompt has ${promptTokens.length} tokens; this session holds at most ${capacity} (prompt + generated)`,
+        `the prompt needs ${promptTokens.length} tokens and one to generate; the session holds ` +
+          `${capacity} (prompt + generated): ${used} used, ${capacity - used} left`,
       );
     }
     this.#busy = true;
@@ -127,16 +302,26 @@ export class Session implements Disposable {
     let prefillMs = 0;
     let decodeMs = 0;
     try {
-      this.#state.reset();
-      this.#tokens = [];
-      this.policy.begin(promptTokens.length, Math.min(maxTokens, capacity - promptTokens.length));
-      this.#stepMs = 0;
+      const maxNew = Math.min(maxTokens, capacity - used - promptTokens.length);
       const want = greedy ? "argmax" : "logits";
       const t0 = performance.now();
-      let next = this.#choose(
-        await this.#prefill(promptTokens, want, opts.signal, opts.onPrefillProgress),
-        sampler,
-      );
+      let out: number | Float32Array;
+      if (cont) {
+        await this.model.queue.run(() => this.policy.extend(promptTokens.length, maxNew));
+        this.#contextOk = false;
+        this.#pending = [];
+        out = await this.#append(promptTokens, want, opts.signal, opts.onPrefillProgress);
+      } else {
+        this.#contextOk = false;
+        this.#state.reset();
+        this.#tokens = [];
+        this.#pending = [];
+        this.policy.begin(promptTokens.length, maxNew);
+        this.#stepMs = 0;
+        out = await this.#prefill(promptTokens, want, opts.signal, opts.onPrefillProgress);
+      }
+      this.#contextOk = true;
+      let next = this.#choose(out, sampler);
       prefillMs = performance.now() - t0;
       const t1 = performance.now();
       while (generated < maxTokens) {
@@ -149,6 +334,7 @@ export class Session implements Disposable {
           break;
         }
         generated++;
+        this.#pending = [next];
         const piece = stops.push(decoder.push(next));
         text += piece;
         yield { text: piece, token: next };
@@ -161,7 +347,10 @@ export class Session implements Disposable {
           finish = "length";
           break;
         }
-        next = this.#choose(await this.#forward([next], want, "decode"), sampler);
+        this.#contextOk = false;
+        next = this.#choose(await this.#forward(this.#pending, want, "decode"), sampler);
+        this.#pending = [];
+        this.#contextOk = true;
       }
       decodeMs = performance.now() - t1;
       const tail = finish === "abort" ? "" : stops.push(decoder.flush()) + stops.flush();
@@ -175,6 +364,7 @@ export class Session implements Disposable {
     const summary: GenerationSummary = {
       finishReason: finish,
       promptTokens: promptTokens.length,
+      cachedTokens: used,
       completionTokens: generated,
       text,
       prefillMs,
@@ -233,6 +423,25 @@ export class Session implements Disposable {
     return out;
   }
 
+  /** A continuation's tokens: prefill chunks where every head holds row = position, else one
+   * decode step each (the policy appends, monitors and refreshes as for generated tokens). */
+  async #append(
+    tokens: readonly number[],
+    want: "argmax" | "logits",
+    signal?: AbortSignal,
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<number | Float32Array> {
+    const step = this.policy.appendByPrefill ? PREFILL_CHUNK_TOKENS : 1;
+    let out: number | Float32Array = -1;
+    for (let i = 0; i < tokens.length; i += step) {
+      if (signal?.aborted) throw new HcError("E_ABORTED", "generation aborted during prefill");
+      const chunk = tokens.slice(i, i + step);
+      out = await this.#forward(chunk, want, step === 1 ? "decode" : "prefill");
+      onProgress?.(Math.min(i + step, tokens.length), tokens.length);
+    }
+    return out;
+  }
+
   /** One forward step through the device queue; the policy sets lengths and, when decoding,
    * monitors after the step. */
   async #forward(
@@ -287,6 +496,7 @@ export class Session implements Disposable {
     }
     this.#busy = true;
     try {
+      this.#contextOk = false;
       this.#state.reset();
       this.#tokens = [];
       this.policy.begin(prompt.length, forced.length);
@@ -329,6 +539,7 @@ export class Session implements Disposable {
     }
     this.#busy = true;
     try {
+      this.#contextOk = false;
       this.#state.reset();
       this.#tokens = [];
       this.#stepMs = 0;

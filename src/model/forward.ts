@@ -90,6 +90,8 @@ export interface ForwardState extends Disposable {
   readonly position: number;
   /** Most tokens a session may hold. */
   readonly capacity: number;
+  /** Raises the capacity to `tokens` (never lowers it; the caches are the policy's). */
+  reserve(tokens: number): void;
   readonly captures: Captures;
   /** Makes room to capture the queries of the last `window` prompt positions. */
   reservePrefillCapture(window: number): void;

@@ -28,7 +28,7 @@ export interface ForwardIo {
  * belong to the cache policy and come with each step. */
 export class LlamaState implements ForwardState {
   readonly model: LlamaModel;
-  readonly capacity: number;
+  #capacity: number;
   #position = 0;
   readonly #ids: Buffer;
   readonly #pos: Buffer;
@@ -51,7 +51,7 @@ export class LlamaState implements ForwardState {
 
   constructor(model: LlamaModel, contextTokens: number) {
     this.model = model;
-    this.capacity = contextTokens;
+    this.#capacity = contextTokens;
     const c = model.config;
     const d = model.device;
     const own = <T extends Disposable>(x: T): T => {
@@ -88,6 +88,20 @@ export class LlamaState implements ForwardState {
 
   get position(): number {
     return this.#position;
+  }
+
+  get capacity(): number {
+    return this.#capacity;
+  }
+
+  reserve(tokens: number): void {
+    if (!Number.isSafeInteger(tokens) || tokens > this.model.config.contextLength) {
+      throw new HcError(
+        "E_CONTEXT_FULL",
+        `${tokens} tokens exceed the model's context length ${this.model.config.contextLength}`,
+      );
+    }
+    this.#capacity = Math.max(this.#capacity, tokens);
   }
 
   reset(): void {

@@ -24,6 +24,7 @@ import {
 import { headMap } from "./generation.ts";
 import { AdmissionQueue, readJsonBody } from "./limits.ts";
 import { Metrics } from "./metrics.ts";
+import { DEFAULT_PROMPT_CACHE, PromptCache } from "./prompt_cache.ts";
 import {
   CACHE_POLICIES,
   type CachePolicyName,
@@ -58,6 +59,10 @@ export interface ServerOptions {
   /** Head profile (or a profile file, ours or the official JSON) for heterocache, per-step
    * and fixed-interval requests; checked against the model when it has loaded. */
   profile?: HeadProfile | string;
+  /** Finished conversations kept for prompt reuse (0: none). Default 4. */
+  promptCacheSessions?: number;
+  /** Device KV bytes those may hold together. Default 1 GiB. */
+  promptCacheBytes?: number;
   /** Dispose the model when the server is disposed. Default false. */
   ownsModel?: boolean;
 }
@@ -109,6 +114,7 @@ export class HcServer implements AsyncDisposable {
   readonly app: Hono = new Hono();
   readonly metrics: Metrics = new Metrics();
   readonly queue: AdmissionQueue;
+  readonly promptCache: PromptCache;
   readonly #opts: ServerOptions;
   readonly #live = new Set<Session>();
   readonly #inFlight = new Set<AbortController>();
@@ -128,6 +134,10 @@ export class HcServer implements AsyncDisposable {
       opts.maxQueue ?? DEFAULT_MAX_QUEUE,
     );
     checkServerOptions(opts);
+    this.promptCache = new PromptCache({
+      maxSessions: opts.promptCacheSessions ?? DEFAULT_PROMPT_CACHE.maxSessions,
+      maxBytes: opts.promptCacheBytes ?? DEFAULT_PROMPT_CACHE.maxBytes,
+    });
     this.#profileText = typeof opts.profile === "string" ? readProfileText(opts.profile) : null;
     this.#routes();
     Promise.resolve(model).then(
@@ -221,7 +231,13 @@ export class HcServer implements AsyncDisposable {
   }
 
   #context(served: ServedModel): RunContext {
-    return { served, queue: this.queue, metrics: this.metrics, liveSessions: this.#live };
+    return {
+      served,
+      queue: this.queue,
+      metrics: this.metrics,
+      liveSessions: this.#live,
+      promptCache: this.promptCache,
+    };
   }
 
   #routes(): void {
@@ -268,6 +284,7 @@ export class HcServer implements AsyncDisposable {
         deviceQueueDepth: model?.queue.depth ?? 0,
         sessions: this.#live.size,
         deviceKvBytes: kv,
+        promptCache: this.promptCache.stats(),
       });
       return c.body(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
     });
@@ -411,7 +428,11 @@ export class HcServer implements AsyncDisposable {
           head,
           text,
           summary.finishReason,
-          usage(summary.promptTokens, summary.completionTokens),
+          usage(
+            summary.cachedTokens + summary.promptTokens,
+            summary.completionTokens,
+            summary.cachedTokens,
+          ),
           hc,
         );
         return Response.json(body);
@@ -452,7 +473,11 @@ export class HcServer implements AsyncDisposable {
               return;
             }
             const finish: OpenAiFinishReason = summary.finishReason;
-            const u = usage(summary.promptTokens, summary.completionTokens);
+            const u = usage(
+              summary.cachedTokens + summary.promptTokens,
+              summary.completionTokens,
+              summary.cachedTokens,
+            );
             if (includeUsage) {
               yield JSON.stringify(completionChunk(kind, head, {}, finish, { usage: null }));
               yield JSON.stringify(usageChunk(kind, head, u, hc));
@@ -504,6 +529,9 @@ export class HcServer implements AsyncDisposable {
     if (this.#disposed) return;
     this.#disposed = true;
     this.abortAll();
+    // Parked sessions hold device memory of a model that may outlive this server.
+    await this.#model?.queue.run(() => Promise.resolve());
+    this.promptCache[Symbol.dispose]();
     if (this.#opts.ownsModel && this.#model) await this.#model[Symbol.asyncDispose]();
   }
 }

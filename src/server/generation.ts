@@ -1,7 +1,8 @@
 /**
  * One request's trip through the engine: check it against the model (context, cache policy),
- * wait for a slot, run a fresh session, and always give the session and the slot back, whether
- * the generation finished, failed, or the client went away.
+ * wait for a slot, continue a parked session that shares the prompt's prefix or run a fresh
+ * one, and always give the session (parked for reuse, or freed) and the slot back, whether the
+ * generation finished, failed, or the client went away.
  */
 import {
   cacheOptions,
@@ -13,6 +14,7 @@ import {
 import type { GenerationSummary, Session } from "../engine/session.ts";
 import { isHcError } from "../errors.ts";
 import { ApiError } from "./errors.ts";
+import type { PromptCache } from "./prompt_cache.ts";
 import type { AdmissionQueue } from "./limits.ts";
 import type { Metrics } from "./metrics.ts";
 import {
@@ -54,6 +56,8 @@ export interface PreparedRequest {
   /** The budget: a fraction in (0, 1], or a per-head token budget above 1. */
   keep: number;
   promptTokens: number;
+  /** The prompt's token ids (what prompt reuse matches). */
+  promptIds: number[];
   maxTokens: number;
   /** The session's size: what this request can use, so memory follows the request. */
   sessionTokens: number;
@@ -90,9 +94,9 @@ export function prepareRequest(served: ServedModel, req: GenerationRequest): Pre
       },
     );
   }
-  let promptTokens: number;
+  let promptIds: number[];
   try {
-    promptTokens = served.model.tokenize(req.prompt).length;
+    promptIds = served.model.tokenize(req.prompt);
   } catch (e) {
     if (isHcError(e, "E_BAD_REQUEST") || isHcError(e, "E_TEMPLATE")) {
       throw new ApiError(400, e.message, {
@@ -102,6 +106,7 @@ export function prepareRequest(served: ServedModel, req: GenerationRequest): Pre
     }
     throw e;
   }
+  const promptTokens = promptIds.length;
   const ctx = served.contextTokens;
   if (promptTokens === 0) {
     throw new ApiError(400, "the prompt is empty and the model adds no BOS token", {
@@ -139,6 +144,7 @@ export function prepareRequest(served: ServedModel, req: GenerationRequest): Pre
     cache,
     keep,
     promptTokens,
+    promptIds,
     maxTokens,
     sessionTokens: Math.min(ctx, promptTokens + maxTokens),
   };
@@ -160,6 +166,22 @@ export interface RunContext {
   metrics: Metrics;
   /** The sessions running now (for /metrics). */
   liveSessions: Set<Session>;
+  /** Parked sessions that later requests may continue. */
+  promptCache: PromptCache;
+}
+
+const profileIds = new WeakMap<HeadProfile, number>();
+let nextProfileId = 1;
+
+/** What a parked session must have been made with to serve a request: the same policy, budget
+ * and profile (by identity: a server may be given another profile object). */
+function reuseKey(served: ServedModel, p: PreparedRequest): string {
+  let profile = 0;
+  if (NEEDS_PROFILE.has(p.cache) && served.profile) {
+    profile = profileIds.get(served.profile) ?? nextProfileId++;
+    profileIds.set(served.profile, profile);
+  }
+  return `${p.cache}/${p.keep}/${profile}`;
 }
 
 /**
@@ -173,17 +195,28 @@ export async function startGeneration(
   signal: AbortSignal,
 ): Promise<Generation> {
   const release = await ctx.queue.acquire(signal);
+  const reuse = p.req.cachePrompt && ctx.promptCache.enabled;
+  const key = reuseKey(ctx.served, p);
   let session: Session;
+  let reused = 0;
   try {
-    session = ctx.served.model.session({
-      ...cacheOptions({ cache: p.cache, keep: p.keep, profile: ctx.served.profile }),
-      contextTokens: p.sessionTokens,
-    });
+    const taken = reuse ? ctx.promptCache.take(key, p.promptIds) : null;
+    if (taken) {
+      session = taken.session;
+      reused = taken.reused;
+      // As large as a fresh session for this request would be (its caches grow as needed).
+      session.reserve(p.sessionTokens);
+    } else {
+      session = ctx.served.model.session({
+        ...cacheOptions({ cache: p.cache, keep: p.keep, profile: ctx.served.profile }),
+        contextTokens: p.sessionTokens,
+      });
+    }
   } catch (e) {
     release();
     throw e;
   }
-  return new Generation(ctx, p, session, release, signal);
+  return new Generation(ctx, p, session, release, signal, reuse ? key : null, reused);
 }
 
 export class Generation {
@@ -192,6 +225,10 @@ export class Generation {
   readonly #session: Session;
   readonly #release: () => void;
   readonly #signal: AbortSignal;
+  /** The prompt-cache key to park the session under when done (null: free it). */
+  readonly #parkKey: string | null;
+  /** Prompt tokens the session already holds (its context was rewound to them). */
+  readonly #reused: number;
   readonly #progress: {
     promptTokens: number;
     completionTokens: number;
@@ -209,12 +246,16 @@ export class Generation {
     session: Session,
     release: () => void,
     signal: AbortSignal,
+    parkKey: string | null = null,
+    reused = 0,
   ) {
     this.#ctx = ctx;
     this.#p = p;
     this.#session = session;
     this.#release = release;
     this.#signal = signal;
+    this.#parkKey = parkKey;
+    this.#reused = reused;
     this.#progress = {
       promptTokens: p.promptTokens,
       completionTokens: 0,
@@ -230,7 +271,9 @@ export class Generation {
     const progress = this.#progress;
     const t0 = performance.now();
     let tFirst = 0;
-    const it = this.#session.generate(p.req.prompt, {
+    const cont = this.#reused > 0;
+    const it = this.#session.generate(cont ? p.promptIds.slice(this.#reused) : p.req.prompt, {
+      continue: cont,
       ...p.req.sampling,
       maxTokens: p.maxTokens,
       stop: p.req.stop,
@@ -291,7 +334,10 @@ export class Generation {
       });
     } finally {
       this.#ctx.liveSessions.delete(this.#session);
-      this.#session[Symbol.dispose]();
+      if (s) this.#ctx.promptCache.noteCached(s.cachedTokens);
+      if (this.#parkKey !== null && !this.#failed) {
+        this.#ctx.promptCache.park(this.#parkKey, this.#session);
+      } else this.#session[Symbol.dispose]();
       this.#release();
     }
   }

@@ -3,6 +3,7 @@
  * gauges are sampled when /metrics is read.
  */
 import type { CacheCounters } from "./stats.ts";
+import type { PromptCacheStats } from "./prompt_cache.ts";
 
 export interface MetricGauges {
   modelReady: boolean;
@@ -14,6 +15,7 @@ export interface MetricGauges {
   deviceQueueDepth: number;
   sessions: number;
   deviceKvBytes: number;
+  promptCache: PromptCacheStats;
 }
 
 interface Sample {
@@ -166,6 +168,42 @@ export class Metrics {
         [{
           value: g.deviceKvBytes,
         }],
+      ),
+      family(
+        "hc_prompt_cache_sessions",
+        "gauge",
+        "Finished conversations parked for prompt reuse.",
+        [{ value: g.promptCache.sessions }],
+      ),
+      family(
+        "hc_prompt_cache_device_kv_bytes",
+        "gauge",
+        "Device memory held by the KV caches of parked sessions.",
+        [{ value: g.promptCache.deviceKvBytes }],
+      ),
+      family(
+        "hc_prompt_cache_hits_total",
+        "counter",
+        "Requests that continued a parked session.",
+        [{ value: g.promptCache.hits }],
+      ),
+      family(
+        "hc_prompt_cache_misses_total",
+        "counter",
+        "Requests that found no parked session to continue.",
+        [{ value: g.promptCache.misses }],
+      ),
+      family(
+        "hc_prompt_cache_cached_tokens_total",
+        "counter",
+        "Prompt tokens reused instead of prefilled.",
+        [{ value: g.promptCache.cachedTokens }],
+      ),
+      family(
+        "hc_prompt_cache_evictions_total",
+        "counter",
+        "Parked sessions freed to stay within the bounds.",
+        [{ value: g.promptCache.evictions }],
       ),
       family("hc_drift_checks_total", "counter", "HeteroCache drift checks run.", [{
         value: this.#driftChecks,

@@ -50,6 +50,9 @@ export interface GenerationRequest {
   cache: CachePolicyName | null;
   /** null: the server's default budget. */
   keep: number | null;
+  /** Reuse a parked session whose context starts this prompt (llama-server's `cache_prompt`,
+   * default true). */
+  cachePrompt: boolean;
 }
 
 type Json = Record<string, unknown>;
@@ -332,6 +335,7 @@ export function parseGenerationRequest(kind: RequestKind, body: unknown): Genera
     includeUsage = optBoolean(so, "include_usage") ?? false;
   }
   const { cache, keep } = parseCacheChoice(body);
+  const cachePrompt = optBoolean(body, "cache_prompt") ?? true;
   return {
     kind,
     model: (body.model as string | undefined) ?? null,
@@ -343,6 +347,7 @@ export function parseGenerationRequest(kind: RequestKind, body: unknown): Genera
     includeUsage,
     cache,
     keep,
+    cachePrompt,
   };
 }
 
@@ -354,13 +359,17 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** As OpenAI reports prompt caching: prompt tokens that were not computed again. */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
-export function usage(promptTokens: number, completionTokens: number): Usage {
+/** `promptTokens` counts every prompt token, `cachedTokens` of them reused. */
+export function usage(promptTokens: number, completionTokens: number, cachedTokens = 0): Usage {
   return {
     prompt_tokens: promptTokens,
     completion_tokens: completionTokens,
     total_tokens: promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: cachedTokens },
   };
 }
 

@@ -35,7 +35,7 @@ import {
 } from "../budget.ts";
 import { CompressedCache, type HeadSelection, type PolicyDeps } from "../compressed.ts";
 import { HostKvStore } from "./host_store.ts";
-import type { PolicyName } from "../policy.ts";
+import { badState, type PolicyName, stateInt, stateInts } from "../policy.ts";
 import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "../profile/profile.ts";
 import { type RefreshJob, Retrieval } from "./retrieval.ts";
 
@@ -250,6 +250,36 @@ export class HeteroCache extends CompressedCache {
     this.#landingBySeq.clear();
   }
 
+  /** Continuation: as every compressing policy, plus room in the host store for the rows the
+   * new tokens (as decode steps) append; the trigger then decides refreshes as for any step. */
+  override async extend(tokens: number, maxNewTokens: number): Promise<void> {
+    await super.extend(tokens, maxNewTokens);
+    if (this.#pivots.length) {
+      await this.#retrieval.settle();
+      this.#store.reserve(tokens + maxNewTokens);
+    }
+  }
+
+  /** The host store forgets the same rows (a gather reads only prompt rows, which stay). */
+  protected override afterRewind(rows: number): void {
+    for (const p of this.#pivots) {
+      for (const s of p.satellites) this.#store.drop(p.layer, s, rows);
+    }
+  }
+
+  /** A refresh in flight copies into the caches it started with: let it land first. */
+  protected override async beforeMove(): Promise<void> {
+    await this.#retrieval.settle();
+  }
+
+  /** Rows the host store holds for (layer, head) (prompt + appended), or null when the head
+   * is not refreshable. */
+  hostRows(layer: number, head: number): number | null {
+    return this.#pivots.some((p) => p.layer === layer && p.satellites.includes(head))
+      ? this.#store.rows(layer, head)
+      : null;
+  }
+
   /** Whether a refresh is in flight (gathering on the host or copying to the device). */
   get refreshInFlight(): boolean {
     return this.#retrieval.busy;
@@ -366,6 +396,12 @@ export class HeteroCache extends CompressedCache {
   /** Coverage trigger: after the decode caches exist, each layer's cache gets its watch. */
   override async endPrefill(captures: Captures): Promise<void> {
     await super.endPrefill(captures);
+    this.#setupWatch();
+  }
+
+  /** Warms the decode-time scoring and, for the coverage trigger, gives each layer's cache
+   * its watch over the pivots' masks. */
+  #setupWatch(): void {
     if (this.#pivots.length === 0) return;
     // Recording creates the pipelines of the decode-time scoring (nothing runs): CPU drivers
     // compile at creation, ~0.7 s that would otherwise land on the first refresh's step.
@@ -402,13 +438,20 @@ export class HeteroCache extends CompressedCache {
     });
   }
 
-  protected override async afterCompress(prefill: readonly KvLayerCache[]): Promise<void> {
+  protected override afterCompress(prefill: readonly KvLayerCache[]): Promise<void> {
     const L = this.promptTokens;
     for (const p of this.#pivots) {
       for (const s of p.satellites) {
         this.#store.capture(this.device, prefill[p.layer], p.layer, s, L, L + this.maxNew);
       }
     }
+    this.#allocDecodeBuffers();
+    return Promise.resolve();
+  }
+
+  /** The decode-time buffers: buffered queries, pivots' scores rows, scratch, indices. */
+  #allocDecodeBuffers(): void {
+    const L = this.promptTokens;
     const c = this.config;
     const W = this.#window;
     this.#queries = this.device.buffer(c.nLayers * W * c.nHeads * c.headDim * 4, "upload");
@@ -418,7 +461,98 @@ export class HeteroCache extends CompressedCache {
     const K = this.kernels;
     this.#scratch = this.device.buffer(K.scores.scratchBytes({ headCount: 1, n: L, window: W }));
     this.#ensureIndices(this.#pivots.length * W * Math.min(this.#base, L) * 4);
-    await Promise.resolve();
+  }
+
+  /** Budgets, pivots (references, masks, coverage), the host store's rows and the buffered
+   * queries; a refresh in flight has landed (saveState settles first). */
+  protected override saveExtra(blobs: Uint8Array[]): unknown {
+    const host: { layer: number; head: number; rows: number }[] = [];
+    const rowBytes = this.#store.rowBytes;
+    for (const p of this.#pivots) {
+      for (const s of p.satellites) {
+        const h = this.#store.head(p.layer, s);
+        host.push({ layer: p.layer, head: s, rows: h.rows });
+        blobs.push(h.k.slice(0, h.rows * rowBytes), h.v.slice(0, h.rows * rowBytes));
+      }
+    }
+    const q = this.#queryView;
+    if (q) blobs.push(new Uint8Array(q.buffer.slice(q.byteOffset, q.byteOffset + q.byteLength)));
+    return {
+      base: this.#base,
+      caps: this.#caps,
+      buffered: this.#buffered,
+      queries: q !== null,
+      host,
+      pivots: this.#pivots.map((p) => ({
+        layer: p.layer,
+        pivot: p.pivot,
+        satellites: p.satellites,
+        ref: Array.from(p.ref),
+        mask: Array.from(p.mask),
+        maskWord: p.maskWord,
+        refCoverage: p.refCoverage,
+        expectedCoverage: p.expectedCoverage,
+        refreshing: p.refreshing !== 0,
+      })),
+    };
+  }
+
+  protected override loadExtra(extra: unknown, blobs: readonly Uint8Array[], first: number): void {
+    if (typeof extra !== "object" || extra === null) throw badState("HeteroCache state missing");
+    const e = extra as Record<string, unknown>;
+    const c = this.config;
+    const L = this.promptTokens;
+    this.#base = stateInt(e.base, "base");
+    if (!Array.isArray(e.caps) || e.caps.length !== c.nLayers) throw badState("caps malformed");
+    this.#caps = e.caps.map((row, l) => stateInts(row, `caps[${l}]`, c.nKvHeads));
+    this.#buffered = stateInt(e.buffered, "buffered");
+    const words = Math.ceil(L / 32);
+    const share = (v: unknown, what: string) => {
+      if (typeof v !== "number" || !Number.isFinite(v)) throw badState(`${what} is not a number`);
+      return v;
+    };
+    if (!Array.isArray(e.pivots)) throw badState("pivots malformed");
+    this.#pivots = e.pivots.map((x, i): PivotState => {
+      const p = (x ?? {}) as Record<string, unknown>;
+      const mask = stateInts(p.mask, `pivot ${i} mask`, words, 2 ** 32 - 1);
+      return {
+        layer: stateInt(p.layer, `pivot ${i} layer`, 0, c.nLayers - 1),
+        pivot: stateInt(p.pivot, `pivot ${i} head`, 0, c.nKvHeads - 1),
+        satellites: stateInts(p.satellites, `pivot ${i} satellites`, null, c.nKvHeads - 1),
+        ref: Int32Array.from(stateInts(p.ref, `pivot ${i} ref`, null, L - 1)),
+        scores: null,
+        mask: Uint32Array.from(mask),
+        maskWord: stateInt(p.maskWord, `pivot ${i} maskWord`),
+        refCoverage: p.refCoverage === null ? null : share(p.refCoverage, "refCoverage"),
+        // A landed refresh the trigger has not looked at yet: no Retrieval slot has seq -1,
+        // so the next check sees it as landed, as the saved session's would have.
+        refreshing: p.refreshing === true ? -1 : 0,
+        expectedCoverage: share(p.expectedCoverage, "expectedCoverage"),
+      };
+    });
+    if (!Array.isArray(e.host)) throw badState("host store malformed");
+    let at = first;
+    const rowBytes = this.#store.rowBytes;
+    for (const [i, x] of e.host.entries()) {
+      const h = (x ?? {}) as Record<string, unknown>;
+      const layer = stateInt(h.layer, `host ${i} layer`, 0, c.nLayers - 1);
+      const head = stateInt(h.head, `host ${i} head`, 0, c.nKvHeads - 1);
+      const rows = stateInt(h.rows, `host ${i} rows`, L);
+      const k = blobs[at++];
+      const v = blobs[at++];
+      if (!k || !v || k.byteLength !== rows * rowBytes || v.byteLength !== rows * rowBytes) {
+        throw badState(`host rows of layer ${layer} head ${head}`);
+      }
+      this.#store.restore(layer, head, k, v, rows, Math.max(rows, L + this.maxNew));
+    }
+    this.#allocDecodeBuffers();
+    if (e.queries === true) {
+      const q = blobs[at++];
+      if (!q || q.byteLength !== this.#queryView!.byteLength) throw badState("buffered queries");
+      this.#queryView!.set(new Float32Array(q.buffer, q.byteOffset, q.byteLength / 4));
+    }
+    if (at !== blobs.length) throw badState(`${blobs.length - at} blobs left over`);
+    this.#setupWatch();
   }
 
   /** Grows the device index buffer and its readback twin to `bytes`. */

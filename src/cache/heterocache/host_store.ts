@@ -56,10 +56,68 @@ export class HostKvStore {
     this.#bytes += 2 * bytes;
   }
 
+  /** Takes saved rows of (layer, head), with capacity for `capacityRows` in all. */
+  restore(
+    layer: number,
+    head: number,
+    k: Uint8Array,
+    v: Uint8Array,
+    rows: number,
+    capacityRows: number,
+  ): void {
+    const bytes = capacityRows * this.rowBytes;
+    if (this.#bytes + 2 * bytes > MAX_HOST_BYTES) {
+      throw new HcError(
+        "E_VK_OOM",
+        `the host KV store would exceed ${MAX_HOST_BYTES / 2 ** 30} GiB`,
+      );
+    }
+    const hk = new Uint8Array(bytes);
+    const hv = new Uint8Array(bytes);
+    hk.set(k.subarray(0, rows * this.rowBytes));
+    hv.set(v.subarray(0, rows * this.rowBytes));
+    this.#heads.set(`${layer}/${head}`, { k: hk, v: hv, rows });
+    this.#bytes += 2 * bytes;
+  }
+
   head(layer: number, head: number): HostHead {
     const h = this.#heads.get(`${layer}/${head}`);
     if (!h) throw new HcError("E_BAD_REQUEST", `no host KV for layer ${layer} head ${head}`);
     return h;
+  }
+
+  /** Grows every head's arrays to hold `moreRows` rows past those it holds (a continued
+   * conversation). No gather may be reading the store (the caller settles refreshes first). */
+  reserve(moreRows: number): void {
+    for (const h of this.#heads.values()) {
+      const bytes = (h.rows + moreRows) * this.rowBytes;
+      if (bytes <= h.k.byteLength) continue;
+      const grow = 2 * (bytes - h.k.byteLength);
+      if (this.#bytes + grow > MAX_HOST_BYTES) {
+        throw new HcError(
+          "E_VK_OOM",
+          `the host KV store would exceed ${MAX_HOST_BYTES / 2 ** 30} GiB`,
+        );
+      }
+      const k = new Uint8Array(bytes);
+      const v = new Uint8Array(bytes);
+      k.set(h.k.subarray(0, h.rows * this.rowBytes));
+      v.set(h.v.subarray(0, h.rows * this.rowBytes));
+      h.k = k;
+      h.v = v;
+      this.#bytes += grow;
+    }
+  }
+
+  /** Forgets the last `rows` rows of (layer, head). */
+  drop(layer: number, head: number, rows: number): void {
+    const h = this.head(layer, head);
+    h.rows = Math.max(0, h.rows - rows);
+  }
+
+  /** Rows (layer, head) holds (prompt + appended). */
+  rows(layer: number, head: number): number {
+    return this.head(layer, head).rows;
   }
 
   /** Appends one decoded token's row (f32 values, converted to f16). */

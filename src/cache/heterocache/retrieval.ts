@@ -157,12 +157,14 @@ export class Retrieval implements Disposable {
     return this.#slots.some((s) => s.pending !== null || s.value > done);
   }
 
-  /** Lands everything in flight and waits for it on the device. */
+  /** Lands everything in flight now, before its due step, and waits for it on the device
+   * (a saved, moved or continued session); such refreshes count as landed from here on. */
   async settle(): Promise<void> {
     for (const s of this.#byAge()) {
       if (s.gather) await s.gather;
       if (s.pending) this.#submit(s);
       if (s.value > 0n) await this.#device.wait("transfer", s.value);
+      s.due = 0;
     }
   }
 
