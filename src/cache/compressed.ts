@@ -392,6 +392,10 @@ export abstract class CompressedCache implements CachePolicy {
     return Promise.resolve(0n);
   }
 
+  landRefreshes(): Promise<void> {
+    return Promise.resolve();
+  }
+
   afterStep(_captures: Captures): Promise<void> {
     this.stat.decodeSteps++;
     return Promise.resolve();

@@ -140,6 +140,10 @@ export class FullCache implements CachePolicy {
     return Promise.resolve(0n);
   }
 
+  landRefreshes(): Promise<void> {
+    return Promise.resolve();
+  }
+
   afterStep(): Promise<void> {
     this.#stats.decodeSteps++;
     return Promise.resolve();

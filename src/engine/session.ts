@@ -436,6 +436,10 @@ export class Session implements Disposable {
     for (let i = 0; i < tokens.length; i += step) {
       if (signal?.aborted) throw new HcError("E_ABORTED", "generation aborted during prefill");
       const chunk = tokens.slice(i, i + step);
+      if (step === 1 && i === tokens.length - 1 && i > 0) {
+        // The turn's last token gives the answer's first: it reads what the question fetched.
+        await this.model.queue.run(() => this.policy.landRefreshes());
+      }
       out = await this.#forward(chunk, want, step === 1 ? "decode" : "prefill");
       onProgress?.(Math.min(i + step, tokens.length), tokens.length);
     }

@@ -290,6 +290,10 @@ export class HeteroCache extends CompressedCache {
     await this.#retrieval.settle();
   }
 
+  override landRefreshes(): Promise<void> {
+    return this.#retrieval.settle();
+  }
+
   protected select(
     prefill: readonly KvLayerCache[],
     captures: Captures,
