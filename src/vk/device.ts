@@ -53,7 +53,35 @@ const u64out = new BigUint64Array(1);
 /** Staging space for Device.upload/download; big enough to amortise a submit per chunk. */
 const STAGING_BYTES = 32 << 20;
 
+/** Which kernel shapes a device's kernels take: "gpu" (wide workgroups sharing data through
+ * shared memory, what a discrete or integrated GPU runs), "cpu" (one-subgroup workgroups shaped
+ * for SIMD CPU drivers such as lavapipe), or "auto": "cpu" on CPU devices, else "gpu". */
+export type VariantChoice = "auto" | "gpu" | "cpu";
+export type VariantSet = "gpu" | "cpu";
+export const VARIANT_CHOICES: readonly VariantChoice[] = ["auto", "gpu", "cpu"];
+
+/** Reads a variant choice (an option or HC_VK_VARIANTS); anything else is E_BAD_REQUEST. */
+export function variantChoice(value: string, what: string): VariantChoice {
+  if ((VARIANT_CHOICES as readonly string[]).includes(value)) return value as VariantChoice;
+  throw new HcError(
+    "E_BAD_REQUEST",
+    `${what} must be one of ${VARIANT_CHOICES.join(", ")}, got ${JSON.stringify(value)}`,
+  );
+}
+
+/** The narrowest subgroup the "gpu" variants size their workgroups for: GPUs run 32 or 64
+ * lanes. On a device with narrower subgroups (lavapipe's 8) such a workgroup runs as several
+ * subgroups and its reductions take the shared-memory step, so the 32-lane shapes still run. */
+const GPU_MIN_LANES = 32;
+
 export interface DeviceOpenOptions {
+  /** A folder of SPIR-V files searched before the build's (`<variant>.spv` there replaces the
+   * built variant on this device only): for trying a kernel without rebuilding, and for the
+   * tests that check a broken kernel is noticed. */
+  shaderDir?: string;
+  /** Kernel variant set (see VariantChoice). Default: HC_VK_VARIANTS, else "auto". Read once
+   * here, for the same reason as `subgroups`. */
+  variants?: VariantChoice;
   /** Use the `__sg` kernel variants (subgroup reductions) where the device has subgroup
    * arithmetic. Default: yes, unless HC_NO_SUBGROUP=1. Fixed per device rather than read from
    * the environment at each kernel creation: the environment is process-wide, and test modules
@@ -77,6 +105,13 @@ export class Device implements Disposable {
   readonly info: DeviceInfo;
   /** Whether kernels of this device use their subgroup-reduction variants. */
   readonly subgroups: boolean;
+  /** The kernel variant set every kernel wrapper on this device builds (see VariantChoice). */
+  readonly variants: VariantSet;
+  /** Lanes per subgroup the "gpu" variants size workgroups for: the subgroup size, at least 32
+   * (see GPU_MIN_LANES), at most 64. */
+  readonly gpuLanes: number;
+  /** See DeviceOpenOptions.shaderDir. */
+  readonly shaderDir: string | undefined;
   #closed = false;
   #staging: { up: Buffer; down: Buffer; cmd: CommandList } | null = null;
   readonly #background = new Set<Promise<unknown>>();
@@ -89,14 +124,25 @@ export class Device implements Disposable {
     this.info = JSON.parse(new TextDecoder().decode(out.subarray(0, end)));
     this.subgroups = this.info.subgroupArithmetic &&
       (opts.subgroups ?? Deno.env.get("HC_NO_SUBGROUP") !== "1");
+    const choice = opts.variants ?? "auto";
+    this.variants = choice === "auto" ? (this.info.type === "cpu" ? "cpu" : "gpu") : choice;
+    this.shaderDir = opts.shaderDir;
+    this.gpuLanes = Math.min(64, Math.max(GPU_MIN_LANES, this.info.subgroupSize));
   }
 
   /** Opens the device named by `selector` (index or name substring), else HC_VK_DEVICE, else
    * the best one (discrete > integrated > virtual > CPU). */
   static open(selector?: string, opts: DeviceOpenOptions = {}): Device {
+    // Checked before the device opens, so that a bad value leaks nothing.
+    const env = Deno.env.get("HC_VK_VARIANTS");
+    const variants = opts.variants !== undefined
+      ? variantChoice(opts.variants, "variants")
+      : env
+      ? variantChoice(env, "HC_VK_VARIANTS")
+      : "auto";
     const sel = selector ?? Deno.env.get("HC_VK_DEVICE") ?? "";
     check(native().hc_device_open(cstr(sel), u64out), "opening a Vulkan device");
-    return new Device(u64out[0], opts);
+    return new Device(u64out[0], { ...opts, variants });
   }
 
   get closed(): boolean {

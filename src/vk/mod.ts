@@ -6,6 +6,10 @@ export {
   type DeviceOpenOptions,
   type GatherJob,
   listDevices,
+  VARIANT_CHOICES,
+  type VariantChoice,
+  variantChoice,
+  type VariantSet,
 } from "./device.ts";
 export { type Binding, CommandList, type CopyRegion, type Queue } from "./commands.ts";
 export { type BindingKind, Kernel, type KernelOptions, TEXEL_BYTES } from "./kernel.ts";
