@@ -3,6 +3,7 @@ export {
   type BufferKind,
   Device,
   type DeviceInfo,
+  type DeviceMemory,
   type DeviceOpenOptions,
   type GatherJob,
   listDevices,
@@ -11,7 +12,13 @@ export {
   variantChoice,
   type VariantSet,
 } from "./device.ts";
-export { type Binding, CommandList, type CopyRegion, type Queue } from "./commands.ts";
+export {
+  type Binding,
+  CommandList,
+  type CopyRegion,
+  type Queue,
+  type RecordCounts,
+} from "./commands.ts";
 export { type BindingKind, Kernel, type KernelOptions, TEXEL_BYTES } from "./kernel.ts";
 export {
   MAX_PUSH_BYTES,
