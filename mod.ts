@@ -47,6 +47,12 @@ export {
 export type { ChatMessage, ChatRole } from "./src/model/chat.ts";
 export type { SamplingOptions } from "./src/model/sampler.ts";
 export type { ModelConfig } from "./src/model/config.ts";
-export { Device, type DeviceInfo, listDevices } from "./src/vk/mod.ts";
+export {
+  Device,
+  type DeviceInfo,
+  listDevices,
+  type VariantChoice,
+  type VariantSet,
+} from "./src/vk/mod.ts";
 export { resolveModelPath } from "./src/download.ts";
 export { type RunningServer, serve, type ServeOptions } from "./src/server/mod.ts";

@@ -6,12 +6,16 @@
  * (copy, kernel, copy, kernel, ...; medians of each) so both see the same load on a shared
  * machine. Prints a table; `--write` also writes bench/results/kernels.json. `--texel off` binds weights, x and
  * K/V as storage buffers only (the path of devices without texel buffers), for comparison.
+ * It ends with the dispatches, barriers, transfers and submissions per decode token of the
+ * Llama-3-8B structure under both kernel variant sets (bench/step_counts.ts; `--steps off`
+ * skips them).
  */
 import { parseArgs } from "node:util";
 import { Device } from "../src/vk/mod.ts";
 import { type AttentionBenchRow, benchAttention } from "./attention_bench.ts";
 import { BENCH_TYPES, benchCopy, benchMatvec, type MatvecBenchRow } from "./matvec_bench.ts";
 import { writeResult } from "./paths.ts";
+import { stepCounts, stepCountsTable } from "./step_counts.ts";
 
 /** The rows of bench/results/kernels.json that the table shows. */
 export interface KernelsResult {
@@ -45,6 +49,7 @@ if (import.meta.main) {
       reps: { type: "string", default: "10" },
       submits: { type: "string", default: "7" },
       texel: { type: "string", default: "on" },
+      steps: { type: "string", default: "on" },
       write: { type: "boolean", default: false },
     },
   });
@@ -71,6 +76,11 @@ if (import.meta.main) {
       `(before ${copyBefore.gbps.toFixed(2)}, after ${copyAfter.gbps.toFixed(2)})\n`,
   );
   console.log(kernelsTable({ matvec, attention }));
+  const steps = values.steps === "off" ? null : await stepCounts(["gpu", "cpu"]);
+  if (steps) {
+    console.log("\nper decode token, Llama-3-8B structure (widths shrunk, see step_counts.ts):\n");
+    console.log(stepCountsTable(steps));
+  }
   if (values.write) {
     await writeResult("kernels.json", {
       date: new Date().toISOString(),
@@ -81,6 +91,7 @@ if (import.meta.main) {
       texel,
       matvec,
       attention,
+      steps,
     });
   }
 }

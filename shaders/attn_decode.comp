@@ -199,7 +199,14 @@ void main() {
     }
   }
   barrier();
-  for (uint t = 1; t < NT; t++) {
+#ifdef HC_TEST_BREAK
+  // Never built: tests/variants_test.ts compiles this broken twin (team 1's rows are lost) to
+  // check that the whole-model tests of the "gpu" set notice a broken GPU-only kernel.
+  const uint firstTeam = 2u;
+#else
+  const uint firstTeam = 1u;
+#endif
+  for (uint t = firstTeam; t < NT; t++) {
     if (team == t) {
       [[unroll]] for (uint g = 0; g < G; g++) {
         qs[g * D4 + 2 * lane] += oa[g];

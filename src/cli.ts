@@ -18,7 +18,7 @@ import { CACHE_POLICIES, serve } from "./server/mod.ts";
 import { NEEDS_PROFILE } from "./server/openai.ts";
 import { effectiveKeep } from "./cache/budget.ts";
 import { fullHeadCount, type HeadProfile } from "./cache/profile/profile.ts";
-import { listDevices } from "./vk/mod.ts";
+import { listDevices, variantChoice } from "./vk/mod.ts";
 
 interface Command {
   summary: string;
@@ -75,6 +75,7 @@ const MODEL_OPTIONS = {
   hf: { type: "string" },
   tokenizer: { type: "string" },
   device: { type: "string" },
+  variants: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -84,15 +85,26 @@ const MODEL_USAGE = `model (first that is given):
   HC_MODEL=PATH           environment variable
   (default)               stories260K.gguf from ggml-org/models, downloaded once and checked
       --tokenizer PATH    a separate tokenizer (llama2.c tokenizer.bin, or a GGUF)
-      --device SEL        Vulkan device index or name substring (default: HC_VK_DEVICE, else the best)`;
+      --device SEL        Vulkan device index or name substring (default: HC_VK_DEVICE, else the best)
+      --variants SET      kernel variants: auto, gpu or cpu (default: HC_VK_VARIANTS, else auto:
+                          cpu on CPU devices such as lavapipe, gpu elsewhere)`;
 
 /** Resolves and loads the model, with progress bars for the download and the upload on a terminal. */
 async function openModel(
-  values: { model?: string; hf?: string; tokenizer?: string; device?: string },
+  values: {
+    model?: string;
+    hf?: string;
+    tokenizer?: string;
+    device?: string;
+    variants?: string;
+  },
 ): Promise<{
   path: string;
   load: (onUpload?: (done: number, total: number) => void) => Promise<LoadedModel>;
 }> {
+  const variants = values.variants === undefined
+    ? undefined
+    : variantChoice(values.variants, "--variants");
   const dl = terminalProgress("downloading model");
   let path: string;
   try {
@@ -107,6 +119,7 @@ async function openModel(
       try {
         return await loadModel(path, {
           device: values.device,
+          variants,
           tokenizerPath: values.tokenizer,
           onProgress: (done, total) => {
             bar.update(done, total);

@@ -303,6 +303,45 @@ int32_t hc_device_open(const char *selector, hc_handle *out_device) {
   d->texel = c.texel;
   vkGetPhysicalDeviceMemoryProperties(d->physical, &d->mem_props);
 
+  /* Optional extensions: heap budgets, and the subgroup size the shaders assume. */
+  bool has_budget = false, has_sgc = false;
+  uint32_t n_ext = 0;
+  vkEnumerateDeviceExtensionProperties(d->physical, NULL, &n_ext, NULL);
+  VkExtensionProperties *exts = calloc(n_ext ? n_ext : 1, sizeof *exts);
+  if (exts && vkEnumerateDeviceExtensionProperties(d->physical, NULL, &n_ext, exts) == VK_SUCCESS) {
+    for (uint32_t i = 0; i < n_ext; i++) {
+      if (!strcmp(exts[i].extensionName, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME)) has_budget = true;
+      if (!strcmp(exts[i].extensionName, VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME)) has_sgc = true;
+    }
+  }
+  free(exts);
+  VkPhysicalDeviceSubgroupSizeControlFeaturesEXT sgc_have = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_FEATURES_EXT};
+  VkPhysicalDeviceSubgroupSizeControlPropertiesEXT sgc_props = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_PROPERTIES_EXT};
+  if (has_sgc) {
+    VkPhysicalDeviceFeatures2 qf = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &sgc_have};
+    vkGetPhysicalDeviceFeatures2(d->physical, &qf);
+    VkPhysicalDeviceProperties2 qp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sgc_props};
+    vkGetPhysicalDeviceProperties2(d->physical, &qp);
+  }
+  d->memory_budget = has_budget;
+  d->subgroup_control = has_sgc && sgc_have.subgroupSizeControl &&
+                        (sgc_props.requiredSubgroupSizeStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                        sgc_props.minSubgroupSize <= c.subgroup_size &&
+                        c.subgroup_size <= sgc_props.maxSubgroupSize;
+  d->full_subgroups = d->subgroup_control && sgc_have.computeFullSubgroups;
+  d->max_workgroup_subgroups = sgc_props.maxComputeWorkgroupSubgroups;
+  const char *ext_names[2];
+  uint32_t n_enable = 0;
+  if (has_budget) ext_names[n_enable++] = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
+  if (d->subgroup_control) ext_names[n_enable++] = VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME;
+  VkPhysicalDeviceSubgroupSizeControlFeaturesEXT sgc_on = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_FEATURES_EXT,
+      .subgroupSizeControl = d->subgroup_control,
+      .computeFullSubgroups = d->full_subgroups,
+  };
+
   uint32_t cf;
   int64_t tf;
   pick_families(d->physical, &cf, &tf);
@@ -318,6 +357,7 @@ int32_t hc_device_open(const char *selector, hc_handle *out_device) {
       .storageBuffer8BitAccess = c.storage8,
       .shaderFloat16 = c.float16,
       .shaderInt8 = c.int8,
+      .pNext = d->subgroup_control ? &sgc_on : NULL,
   };
   VkPhysicalDeviceVulkan11Features f11 = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES,
@@ -335,6 +375,8 @@ int32_t hc_device_open(const char *selector, hc_handle *out_device) {
       .pNext = &f2,
       .queueCreateInfoCount = d->separate_transfer ? 2 : 1,
       .pQueueCreateInfos = qci,
+      .enabledExtensionCount = n_enable,
+      .ppEnabledExtensionNames = n_enable ? ext_names : NULL,
   };
   VkResult r = vkCreateDevice(d->physical, &dci, NULL, &d->device);
   if (r != VK_SUCCESS) {
@@ -385,8 +427,12 @@ int32_t hc_device_info(hc_handle device, char *out, uint64_t cap) {
   struct jbuf b = {out, cap, 0, true};
   json_caps(&b, 0, &c);
   if (b.ok && b.len > 0) b.len--; /* reopen the object to add queue facts */
-  jput(&b, ",\"separateTransferQueue\":%s,\"computeFamily\":%u}",
-       d->separate_transfer ? "true" : "false", d->queues[0].family);
+  jput(&b,
+       ",\"separateTransferQueue\":%s,\"computeFamily\":%u,\"memoryBudget\":%s,"
+       "\"subgroupSizeControl\":%s,\"fullSubgroups\":%s}",
+       d->separate_transfer ? "true" : "false", d->queues[0].family,
+       d->memory_budget ? "true" : "false", d->subgroup_control ? "true" : "false",
+       d->full_subgroups ? "true" : "false");
   if (!b.ok) return hc_fail(HC_E_ARG, "hc_device_info: output buffer too small");
   return HC_OK;
 }

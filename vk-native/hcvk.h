@@ -44,7 +44,16 @@ int32_t hc_device_close(hc_handle device);
 /* JSON object with the chosen device's name, type, limits, subgroup size, queues, features. */
 int32_t hc_device_info(hc_handle device, char *out, uint64_t cap);
 
+/* Fails with HC_E_OOM, naming the bytes needed and free, when the allocation does not fit the
+ * heap's budget (VK_EXT_memory_budget where present, read for allocations of 1 MiB and more;
+ * else the heap size less what this device holds) or the simulated cap. */
 int32_t hc_buffer_create(hc_handle device, uint64_t bytes, int32_t kind, hc_handle *out_buffer);
+/* Device-local memory as four u64: budget bytes (the heaps' budgets, or their sizes without
+ * VK_EXT_memory_budget, lowered to the cap), bytes in use (by every process where the
+ * extension reports it, else by this device), bytes this device holds, and the cap (0: none). */
+int32_t hc_device_memory(hc_handle device, uint64_t *out4);
+/* Caps the device-local bytes this device may hold (0: no cap): a simulated smaller budget. */
+int32_t hc_device_set_budget(hc_handle device, uint64_t cap_bytes);
 int32_t hc_buffer_destroy(hc_handle buffer);
 /* Host address of a mapped (UPLOAD/READBACK) buffer, valid until destroy. */
 int32_t hc_buffer_map(hc_handle buffer, uint64_t *out_address);

@@ -34,6 +34,17 @@ struct hc_device {
   bool separate_transfer;
   /* R32G32B32A32_UINT usable as a uniform texel buffer (HC_BIND_TEXEL). */
   bool texel;
+  /* VK_EXT_memory_budget enabled: heap budgets and usage are read before large allocations. */
+  bool memory_budget;
+  /* VK_EXT_subgroup_size_control: compute kernels get the subgroup size the shaders assume
+   * (subgroup_size) and, where their workgroup is whole subgroups, full subgroups. */
+  bool subgroup_control;
+  bool full_subgroups;
+  uint32_t max_workgroup_subgroups;
+  /* A simulated budget: most bytes this device may hold in device-local heaps (0: none). */
+  uint64_t budget_cap;
+  /* Bytes this device holds per memory heap. */
+  uint64_t heap_bytes[VK_MAX_MEMORY_HEAPS];
   struct hc_queue queues[2];
   uint32_t families[2];
   uint32_t n_families;
@@ -56,6 +67,8 @@ struct hc_buffer {
   VkBuffer buffer;
   VkDeviceMemory memory;
   uint64_t bytes;
+  uint64_t alloc_bytes; /* the allocation's size (>= bytes), counted in dev->heap_bytes */
+  uint32_t heap;
   int32_t kind;
   void *mapped;
   bool texel_usage; /* created with the texel usage bit (the device supports the format) */

@@ -10,6 +10,98 @@ static int find_memory_type(const struct hc_device *d, uint32_t bits, VkMemoryPr
   return -1;
 }
 
+/* Allocations from this size up read the heap budget (a driver call); smaller ones are
+ * checked against the simulated cap only. */
+#define HC_BUDGET_QUERY_BYTES (1ull << 20)
+
+static bool heap_local(const struct hc_device *d, uint32_t heap) {
+  return (d->mem_props.memoryHeaps[heap].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) != 0;
+}
+
+static uint64_t local_held(const struct hc_device *d) {
+  uint64_t held = 0;
+  for (uint32_t h = 0; h < d->mem_props.memoryHeapCount; h++)
+    if (heap_local(d, h)) held += d->heap_bytes[h];
+  return held;
+}
+
+/* Heap h's budget and usage: VK_EXT_memory_budget's (usage by every process) where enabled,
+ * else the heap's size and what this device holds. */
+static void heap_budget(const struct hc_device *d, uint32_t heap, bool query, uint64_t *budget,
+                        uint64_t *used) {
+  *budget = d->mem_props.memoryHeaps[heap].size;
+  *used = d->heap_bytes[heap];
+  if (!d->memory_budget || !query) return;
+  VkPhysicalDeviceMemoryBudgetPropertiesEXT mb = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
+  VkPhysicalDeviceMemoryProperties2 mp = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2, .pNext = &mb};
+  vkGetPhysicalDeviceMemoryProperties2(d->physical, &mp);
+  if (mb.heapBudget[heap] == 0) return; /* a driver that fills nothing in */
+  *budget = mb.heapBudget[heap];
+  *used = mb.heapUsage[heap];
+}
+
+/* HC_E_OOM with the sizes when `need` bytes do not fit heap `heap` (budget, then the cap). */
+static int32_t check_budget(const struct hc_device *d, uint32_t heap, uint64_t need) {
+  uint64_t budget = 0, used = 0, avail = UINT64_MAX;
+  const char *what = "heap budget";
+  /* Without the extension the heap size is no promise either way (lavapipe and UMA drivers
+   * report one and allocate past it): the driver's own failure speaks then. */
+  if (d->memory_budget && need >= HC_BUDGET_QUERY_BYTES) {
+    heap_budget(d, heap, true, &budget, &used);
+    avail = budget > used ? budget - used : 0;
+  }
+  bool local = heap_local(d, heap);
+  if (local && d->budget_cap) {
+    uint64_t held = local_held(d);
+    uint64_t cap_avail = d->budget_cap > held ? d->budget_cap - held : 0;
+    if (cap_avail < avail) {
+      avail = cap_avail;
+      budget = d->budget_cap;
+      used = held;
+      what = "simulated budget";
+    }
+  }
+  if (need <= avail) return HC_OK;
+  return hc_fail(HC_E_OOM,
+                 "out of %s memory: %llu bytes needed, %llu bytes free (%s %llu bytes, %llu in use)",
+                 local ? "device" : "host-visible", (unsigned long long)need,
+                 (unsigned long long)avail, what, (unsigned long long)budget,
+                 (unsigned long long)used);
+}
+
+int32_t hc_device_memory(hc_handle device, uint64_t *out) {
+  HC_GET(d, struct hc_device, HC_KIND_DEVICE, device, "hc_device_memory");
+  if (!out) return hc_fail(HC_E_ARG, "hc_device_memory: null output");
+  uint64_t budget = 0, used = 0;
+  for (uint32_t h = 0; h < d->mem_props.memoryHeapCount; h++) {
+    if (!heap_local(d, h)) continue;
+    uint64_t b, u;
+    heap_budget(d, h, true, &b, &u);
+    budget += b;
+    used += u;
+  }
+  uint64_t held = local_held(d);
+  uint64_t avail = budget > used ? budget - used : 0;
+  if (d->budget_cap) {
+    uint64_t cap_avail = d->budget_cap > held ? d->budget_cap - held : 0;
+    if (cap_avail < avail) avail = cap_avail;
+  }
+  out[0] = budget;
+  out[1] = used;
+  out[2] = held;
+  out[3] = d->budget_cap;
+  out[4] = avail;
+  return HC_OK;
+}
+
+int32_t hc_device_set_budget(hc_handle device, uint64_t cap_bytes) {
+  HC_GET(d, struct hc_device, HC_KIND_DEVICE, device, "hc_device_set_budget");
+  d->budget_cap = cap_bytes;
+  return HC_OK;
+}
+
 int32_t hc_buffer_create(hc_handle device, uint64_t bytes, int32_t kind, hc_handle *out_buffer) {
   HC_GET(d, struct hc_device, HC_KIND_DEVICE, device, "hc_buffer_create");
   if (!out_buffer) return hc_fail(HC_E_ARG, "hc_buffer_create: null output");
@@ -66,6 +158,13 @@ int32_t hc_buffer_create(hc_handle device, uint64_t bytes, int32_t kind, hc_hand
     free(b);
     return hc_fail(HC_E_VK, "no memory type fits a buffer of kind %d", kind);
   }
+  uint32_t heap = d->mem_props.memoryTypes[type].heapIndex;
+  int32_t budget_rc = check_budget(d, heap, req.size);
+  if (budget_rc) {
+    vkDestroyBuffer(d->device, b->buffer, NULL);
+    free(b);
+    return budget_rc;
+  }
   VkMemoryAllocateInfo mai = {
       .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
       .allocationSize = req.size,
@@ -81,9 +180,13 @@ int32_t hc_buffer_create(hc_handle device, uint64_t bytes, int32_t kind, hc_hand
     free(b);
     int32_t code = hc_vk_fail(r, "allocating buffer memory");
     if (code == HC_E_OOM)
-      return hc_fail(HC_E_OOM, "out of %s memory allocating %llu bytes",
+      return hc_fail(HC_E_OOM,
+                     "out of %s memory: %llu bytes needed, the driver refused them (heap of %llu "
+                     "bytes, %llu held by this device)",
                      kind == HC_BUFFER_DEVICE ? "device" : "host-visible",
-                     (unsigned long long)bytes);
+                     (unsigned long long)bytes,
+                     (unsigned long long)d->mem_props.memoryHeaps[heap].size,
+                     (unsigned long long)d->heap_bytes[heap]);
     return code;
   }
   hc_handle h = hc_handle_new(HC_KIND_BUFFER, b);
@@ -93,6 +196,9 @@ int32_t hc_buffer_create(hc_handle device, uint64_t bytes, int32_t kind, hc_hand
     free(b);
     return hc_fail(HC_E_OOM, "out of host memory");
   }
+  b->heap = heap;
+  b->alloc_bytes = req.size;
+  d->heap_bytes[heap] += req.size;
   d->live_objects++;
   *out_buffer = h;
   return HC_OK;
@@ -111,6 +217,7 @@ int32_t hc_buffer_destroy(hc_handle buffer) {
   free(b->views);
   vkDestroyBuffer(d->device, b->buffer, NULL);
   vkFreeMemory(d->device, b->memory, NULL);
+  d->heap_bytes[b->heap] -= b->alloc_bytes;
   d->live_objects--;
   free(b);
   return HC_OK;
@@ -235,11 +342,24 @@ int32_t hc_kernel_create(hc_handle device, const uint32_t *spirv, uint64_t spirv
       .dataSize = n_spec * 4,
       .pData = spec,
   };
+  /* Every shader takes its workgroup width from constant 0. Where it is known and fits, pin
+   * the subgroup size the shaders were sized for (drivers such as Intel's may otherwise pick
+   * another per kernel), and where it is whole subgroups, require them full. */
+  uint32_t wg = n_spec ? spec[0] : 0;
+  bool pin = d->subgroup_control && wg > 0 &&
+             (uint64_t)wg <= (uint64_t)d->max_workgroup_subgroups * d->subgroup_size;
+  VkPipelineShaderStageRequiredSubgroupSizeCreateInfoEXT rss = {
+      .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_REQUIRED_SUBGROUP_SIZE_CREATE_INFO_EXT,
+      .requiredSubgroupSize = d->subgroup_size,
+  };
+  bool full = pin && d->full_subgroups && wg % d->subgroup_size == 0;
   VkComputePipelineCreateInfo pci = {
       .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
       .stage =
           {
               .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+              .pNext = pin ? &rss : NULL,
+              .flags = full ? VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT_EXT : 0,
               .stage = VK_SHADER_STAGE_COMPUTE_BIT,
               .module = module,
               .pName = "main",

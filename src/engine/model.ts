@@ -8,7 +8,7 @@ import type { ModelConfig } from "../model/config.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { openModelSource } from "../model/source.ts";
 import { type Tokenizer, tokenizerFromGguf, tokenizerFromLlama2c } from "../model/tokenizer/mod.ts";
-import { Device } from "../vk/mod.ts";
+import { Device, type VariantChoice } from "../vk/mod.ts";
 import { Session } from "./session.ts";
 import { decodeSessionFile, profileHash } from "./session_file.ts";
 import { CacheKernels, type CacheOptions, createPolicy } from "../cache/mod.ts";
@@ -17,6 +17,10 @@ import type { HeadProfile, ModelIdentity } from "../cache/profile/profile.ts";
 export interface LoadOptions {
   /** A device to use (the caller keeps ownership), or a selector (index or name substring). */
   device?: Device | string;
+  /** Kernel variant set of a device this call opens: "auto" (default: HC_VK_VARIANTS, else
+   * by device type), "gpu" or "cpu" (see VariantChoice). With a `device` given, it must agree
+   * with that device's set. */
+  variants?: VariantChoice;
   /** A separate tokenizer: llama2.c tokenizer.bin for llama2.c checkpoints, or a GGUF. */
   tokenizerPath?: string;
   /** Weight upload progress in bytes. */
@@ -47,6 +51,8 @@ export interface ModelInfo {
   weightBytes: number;
   device: string;
   deviceType: string;
+  /** The kernel variant set the device runs ("gpu" or "cpu"). */
+  variants: string;
   vocabSize: number;
   hasChatTemplate: boolean;
 }
@@ -122,6 +128,7 @@ export class LoadedModel implements AsyncDisposable {
       weightBytes: this.llama.weightBytes,
       device: this.device.info.name,
       deviceType: this.device.info.type,
+      variants: this.device.variants,
       vocabSize: this.tokenizer.vocabSize,
       hasChatTemplate: this.chatTemplate !== null,
     };
@@ -316,7 +323,18 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<L
     ? chatTemplateFromMetadata(source.tokenizerMetadata)
     : null;
   const ownsDevice = !(opts.device instanceof Device);
-  const device = opts.device instanceof Device ? opts.device : Device.open(opts.device);
+  if (
+    opts.device instanceof Device && opts.variants !== undefined && opts.variants !== "auto" &&
+    opts.variants !== opts.device.variants
+  ) {
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `variants "${opts.variants}" asked for a device opened with the "${opts.device.variants}" set`,
+    );
+  }
+  const device = opts.device instanceof Device
+    ? opts.device
+    : Device.open(opts.device, { variants: opts.variants });
   try {
     const llama = await LlamaModel.load(device, source, { onProgress: opts.onProgress });
     return new LoadedModel({

@@ -7,7 +7,8 @@
  * 1/sqrt(headDim) unless `scale` is given.
  *
  * Both classes have a GPU shape and CPU shapes (lavapipe: every load is a loop over the lanes,
- * subgroups run one after another, loops stop after 65535 trips), picked by device type; the
+ * subgroups run one after another, loops stop after 65535 trips), picked by the device's
+ * variant set (Device.variants); the
  * CPU prefill shapes assume a workgroup of `device.info.subgroupSize` invocations is one
  * subgroup (true on lavapipe).
  *
@@ -495,6 +496,8 @@ export class PrefillAttention implements Disposable {
   /** Keys per unrolled block of the CPU variants. */
   readonly #keysPerBlock: number;
   readonly #cpu: boolean;
+  /** A CPU driver: its loop cap bounds the keys per pass of any variant. */
+  readonly #cpuDriver: boolean;
   readonly #kernel: Kernel;
 
   constructor(device: Device, opts: PrefillAttentionOptions) {
@@ -505,6 +508,7 @@ export class PrefillAttention implements Disposable {
     this.headDim = D;
     this.groupSize = G;
     this.#cpu = deviceParallelism(device).cpu;
+    this.#cpuDriver = deviceParallelism(device).cpuDriver;
     const lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
     const splitOk = (lanes & (lanes - 1)) === 0 && D % (2 * lanes) === 0;
     this.variant = opts.variant ?? (!this.#cpu ? "tiled" : splitOk ? "split" : "rows");
@@ -592,7 +596,7 @@ export class PrefillAttention implements Disposable {
     requireBytes(a.scratch, this.scratchBytes(cache, B), "prefill scratch");
     const tiled = this.variant === "tiled";
     const perPass = a.keysPerPass ??
-      (!tiled ? this.#keysPerBlock * CPU_BLOCKS_PER_PASS : this.#cpu ? 2048 : kvRows);
+      (!tiled ? this.#keysPerBlock * CPU_BLOCKS_PER_PASS : this.#cpuDriver ? 2048 : kvRows);
     if (!Number.isInteger(perPass) || perPass < 1) {
       limit(`keysPerPass ${perPass} must be a positive integer`);
     }

@@ -213,8 +213,19 @@ export function requireFloatOffset(value: number, what: string): void {
   }
 }
 
-/** Workgroup budget for split work: CPU drivers have few cores, GPUs many compute units. */
-export function deviceParallelism(device: Device): { cpu: boolean; targetGroups: number } {
-  const cpu = device.info.type === "cpu";
-  return { cpu, targetGroups: cpu ? Math.max(4, 4 * navigator.hardwareConcurrency) : 1024 };
+/**
+ * `cpu`: whether the kernels take their CPU shapes (the device's variant set, see
+ * Device.variants); `targetGroups`: the workgroup budget for split work, as the variant set
+ * assumes (CPU drivers have few cores, GPUs many compute units); `cpuDriver`: whether the
+ * driver is a CPU one, whose loop cap (65535 trips per invocation) bounds any shape.
+ */
+export function deviceParallelism(
+  device: Device,
+): { cpu: boolean; targetGroups: number; cpuDriver: boolean } {
+  const cpu = device.variants === "cpu";
+  return {
+    cpu,
+    targetGroups: cpu ? Math.max(4, 4 * navigator.hardwareConcurrency) : 1024,
+    cpuDriver: device.info.type === "cpu",
+  };
 }

@@ -12,8 +12,8 @@
  * "run" (each lane reads whole 32-byte chunks: built for lavapipe, where every load
  * instruction costs a per-lane scalar loop). The run path has a "rowloop" variant for batch 1
  * (x staged once per unit for up to 128 rows) and a "step" variant for batches; both need
- * 32-byte aligned rows except Q6_K's row loop. `path: "auto"` takes "run" on CPU devices when
- * the layout allows, else "generic". Weights larger than maxStorageBufferRange are split into
+ * 32-byte aligned rows except Q6_K's row loop. `path: "auto"` takes "run" under the "cpu"
+ * variant set (Device.variants) when the layout allows, else "generic". Weights larger than maxStorageBufferRange are split into
  * row ranges, each bound at an aligned offset; big row counts use a 2-D grid.
  *
  * The run path binds weights and x as texel buffers where the device has them and the whole
@@ -106,7 +106,8 @@ const COMMON_SHARED_BYTES = 4096;
 export type MatVecPath = "auto" | "generic" | "run";
 
 export interface MatVecOptions {
-  /** Which shader path; "auto" (default) = "run" on CPU devices where the layout allows. */
+  /** Which shader path; "auto" (default) = "run" under the "cpu" variant set where the layout
+   * allows. */
   path?: MatVecPath;
   /** Read 32-byte chunks as u64vec4 on the run path (needs shaderInt64). Default: on for CPU
    * devices (lavapipe supports it), else the device's `int64` flag when it reports one. */
@@ -268,10 +269,12 @@ export class MatVec implements Disposable {
     if (this.options.workgroupSize) return this.options.workgroupSize;
     const sg = Math.max(1, this.device.info.subgroupSize);
     if (kind !== "generic") return sg;
+    // The generic path is the GPU shape: under the "gpu" set it is sized for GPU subgroups.
+    const lanes = this.device.variants === "gpu" ? this.device.gpuLanes : sg;
     // Enough lanes to cover a typical 4096-wide row with few iterations, one unit each.
     const unit = GENERIC_UNIT[this.type];
     const mult = unit <= 4 ? 4 : unit === 32 ? 2 : 1;
-    return Math.min(this.device.info.maxComputeWorkGroupInvocations, 128, sg * mult);
+    return Math.min(this.device.info.maxComputeWorkGroupInvocations, 128, lanes * mult);
   }
 
   #rowsPerGroup(kind: KernelKind, wg: number, ncols: number, rows: number): number {
@@ -339,7 +342,7 @@ export class MatVec implements Disposable {
       ? spareBytes >= Q6K_WINDOW_SPARE
       : rowBytes % 32 === 0 && weightOffset % 32 === 0;
     const want = this.options.path === "auto"
-      ? (this.device.info.type === "cpu" ? "run" : "generic")
+      ? (this.device.variants === "cpu" ? "run" : "generic")
       : this.options.path;
     if (want === "run" && aligned && xStride % 8 === 0 && rows > 0) {
       if ((batch === 1 || step === undefined) && rl !== undefined && cols % rl === 0) {

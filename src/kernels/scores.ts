@@ -133,7 +133,7 @@ export interface AttentionScoresOptions {
   /** "lanes": wide workgroups sharing query rows and probability tiles through shared memory
    * (GPUs); "simd": one subgroup per workgroup, each lane owning whole key rows with the query
    * rows in registers, no shared memory (SIMD CPU drivers such as lavapipe). Default: "simd"
-   * on CPU devices. */
+   * under the device's "cpu" variant set. */
   variant?: "lanes" | "simd";
   /** "simd" variant: the stats pass stores the logits for the pool pass when they fit in
    * LOGITS_BUDGET bytes, instead of the pool pass recomputing them. Default true. */
@@ -596,12 +596,15 @@ export class TopK implements Disposable {
   readonly #texel: Kernel | null = null;
   readonly #wg: number;
   readonly #cpu: boolean;
+  /** A CPU driver: its loop cap bounds the row length. */
+  readonly #cpuDriver: boolean;
   /** Row bindings of the last record() by kind. */
   lastBinding: "texel" | "storage" | null = null;
 
   constructor(device: Device, opts: { texel?: boolean } = {}) {
     this.#device = device;
     this.#cpu = deviceParallelism(device).cpu;
+    this.#cpuDriver = deviceParallelism(device).cpuDriver;
     this.#wg = this.#cpu ? 256 : 1024;
     this.#kernel = device.kernel(SHADERS.scores_topk.variant({ texel: false }), {
       bindings: 2,
@@ -643,7 +646,7 @@ export class TopK implements Disposable {
   record(cmd: CommandList, a: TopKArgs): this {
     const { n, k, rowCount } = a;
     // Six passes of n / workgroup loads per invocation must stay under lavapipe's loop cap.
-    const maxN = this.#cpu ? 1 << 21 : 1 << 28;
+    const maxN = this.#cpuDriver ? 1 << 21 : 1 << 28;
     if (!Number.isInteger(n) || n < 1 || n > maxN) limit(`top-k row length ${n} not in 1..${maxN}`);
     if (!Number.isInteger(k) || k < 0) limit(`top-k k ${k} is not a count`);
     if (!Number.isInteger(rowCount) || rowCount < 1 || rowCount > 65535) {

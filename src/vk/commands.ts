@@ -12,6 +12,20 @@ export type Binding = Buffer | { buffer: Buffer; offset: number; bytes?: number 
 /** A (source offset, destination offset, bytes) triple. */
 export type CopyRegion = readonly [number, number, number];
 
+/** What one recording holds: what a step costs the device beyond its memory traffic. */
+export interface RecordCounts {
+  dispatches: number;
+  barriers: number;
+  /** Copies and fills. */
+  transfers: number;
+  /** Dispatches by kernel (variant) name. */
+  byKernel: Record<string, number>;
+}
+
+function noCounts(): RecordCounts {
+  return { dispatches: 0, barriers: 0, transfers: 0, byKernel: {} };
+}
+
 const u64out = new BigUint64Array(1);
 const QUEUE_ID: Record<Queue, number> = { compute: 0, transfer: 1 };
 
@@ -22,6 +36,7 @@ export class CommandList implements Disposable {
   #disposed = false;
   /** Buffers and kernels this recording uses, so a disposed one is caught before submit. */
   #uses: (Buffer | Kernel)[] = [];
+  #counts: RecordCounts = noCounts();
 
   private constructor(device: Device, queue: Queue, handle: bigint) {
     this.device = device;
@@ -41,7 +56,13 @@ export class CommandList implements Disposable {
   begin(): this {
     check(native().hc_cmd_begin(this.handle), "beginning a command list");
     this.#uses = [];
+    this.#counts = noCounts();
     return this;
+  }
+
+  /** Dispatches, barriers and transfers of the current (or last) recording. */
+  get counts(): RecordCounts {
+    return { ...this.#counts, byKernel: { ...this.#counts.byKernel } };
   }
 
   dispatch(
@@ -78,11 +99,14 @@ export class CommandList implements Disposable {
       ),
       `recording ${kernel.name}`,
     );
+    this.#counts.dispatches++;
+    this.#counts.byKernel[kernel.name] = (this.#counts.byKernel[kernel.name] ?? 0) + 1;
     return this;
   }
 
   barrier(): this {
     check(native().hc_cmd_barrier(this.handle), "recording a barrier");
+    this.#counts.barriers++;
     return this;
   }
 
@@ -98,6 +122,7 @@ export class CommandList implements Disposable {
       native().hc_cmd_copy(this.handle, src.handle, dst.handle, table, regions.length),
       "recording a copy",
     );
+    this.#counts.transfers++;
     return this;
   }
 
@@ -107,6 +132,7 @@ export class CommandList implements Disposable {
       native().hc_cmd_fill(this.handle, buffer.handle, BigInt(offset), BigInt(bytes), value >>> 0),
       "recording a fill",
     );
+    this.#counts.transfers++;
     return this;
   }
 
@@ -132,6 +158,7 @@ export class CommandList implements Disposable {
       native().hc_submit(this.handle, after.compute ?? 0n, after.transfer ?? 0n, u64out),
       "submitting",
     );
+    this.device.noteSubmit(this.queue, this.counts);
     return u64out[0];
   }
 

@@ -1,7 +1,7 @@
 /** Typed face of the shim: Device and Buffer, each owned and disposable. */
 import { HcError } from "../errors.ts";
 import { check, cstr, native } from "./ffi.ts";
-import { CommandList, type Queue } from "./commands.ts";
+import { CommandList, type Queue, type RecordCounts } from "./commands.ts";
 import { Kernel, type KernelOptions } from "./kernel.ts";
 
 export type BufferKind = "device" | "upload" | "readback";
@@ -38,6 +38,27 @@ export interface DeviceInfo {
   /** R32G32B32A32_UINT works as a uniform texel buffer (BindingKind "texel"). */
   texelBuffer: boolean;
   separateTransferQueue?: boolean;
+  /** VK_EXT_memory_budget is enabled (Device.memory reads the driver's budgets). Only on an
+   * opened device's info. */
+  memoryBudget?: boolean;
+  /** VK_EXT_subgroup_size_control is enabled: kernels run at `subgroupSize` lanes. */
+  subgroupSizeControl?: boolean;
+  /** ... and a kernel whose workgroup is whole subgroups runs them full. */
+  fullSubgroups?: boolean;
+}
+
+/** Device-local memory as Device.memory reports it. */
+export interface DeviceMemory {
+  /** The device-local heaps' budget (VK_EXT_memory_budget), else their size. */
+  budgetBytes: number;
+  /** In use by every process where the driver reports it, else by this device. */
+  usedBytes: number;
+  /** Held by this device's buffers. */
+  heldBytes: number;
+  /** The simulated budget (see DeviceOpenOptions.memoryBudgetBytes), or null. */
+  capBytes: number | null;
+  /** What a new allocation may take: the budget less what is used, and within the cap. */
+  freeBytes: number;
 }
 
 /** Lists every Vulkan device the loader sees, without opening one. */
@@ -53,7 +74,38 @@ const u64out = new BigUint64Array(1);
 /** Staging space for Device.upload/download; big enough to amortise a submit per chunk. */
 const STAGING_BYTES = 32 << 20;
 
+/** Which kernel shapes a device's kernels take: "gpu" (wide workgroups sharing data through
+ * shared memory, what a discrete or integrated GPU runs), "cpu" (one-subgroup workgroups shaped
+ * for SIMD CPU drivers such as lavapipe), or "auto": "cpu" on CPU devices, else "gpu". */
+export type VariantChoice = "auto" | "gpu" | "cpu";
+export type VariantSet = "gpu" | "cpu";
+export const VARIANT_CHOICES: readonly VariantChoice[] = ["auto", "gpu", "cpu"];
+
+/** Reads a variant choice (an option or HC_VK_VARIANTS); anything else is E_BAD_REQUEST. */
+export function variantChoice(value: string, what: string): VariantChoice {
+  if ((VARIANT_CHOICES as readonly string[]).includes(value)) return value as VariantChoice;
+  throw new HcError(
+    "E_BAD_REQUEST",
+    `${what} must be one of ${VARIANT_CHOICES.join(", ")}, got ${JSON.stringify(value)}`,
+  );
+}
+
+/** The narrowest subgroup the "gpu" variants size their workgroups for: GPUs run 32 or 64
+ * lanes. On a device with narrower subgroups (lavapipe's 8) such a workgroup runs as several
+ * subgroups and its reductions take the shared-memory step, so the 32-lane shapes still run. */
+const GPU_MIN_LANES = 32;
+
 export interface DeviceOpenOptions {
+  /** A simulated memory budget: the most device-local bytes this device may hold, so that an
+   * allocation past it fails with E_VK_OOM as on a device that is full (see setMemoryBudget). */
+  memoryBudgetBytes?: number;
+  /** A folder of SPIR-V files searched before the build's (`<variant>.spv` there replaces the
+   * built variant on this device only): for trying a kernel without rebuilding, and for the
+   * tests that check a broken kernel is noticed. */
+  shaderDir?: string;
+  /** Kernel variant set (see VariantChoice). Default: HC_VK_VARIANTS, else "auto". Read once
+   * here, for the same reason as `subgroups`. */
+  variants?: VariantChoice;
   /** Use the `__sg` kernel variants (subgroup reductions) where the device has subgroup
    * arithmetic. Default: yes, unless HC_NO_SUBGROUP=1. Fixed per device rather than read from
    * the environment at each kernel creation: the environment is process-wide, and test modules
@@ -77,6 +129,17 @@ export class Device implements Disposable {
   readonly info: DeviceInfo;
   /** Whether kernels of this device use their subgroup-reduction variants. */
   readonly subgroups: boolean;
+  /** The kernel variant set every kernel wrapper on this device builds (see VariantChoice). */
+  readonly variants: VariantSet;
+  /** Lanes per subgroup the "gpu" variants size workgroups for: the subgroup size, at least 32
+   * (see GPU_MIN_LANES), at most 64. */
+  readonly gpuLanes: number;
+  /** See DeviceOpenOptions.shaderDir. */
+  readonly shaderDir: string | undefined;
+  /** Submissions so far per queue (for benchmarks: submissions per decode token). */
+  readonly submissions: Record<Queue, number> = { compute: 0, transfer: 0 };
+  /** What the last list submitted to the compute queue recorded. */
+  lastComputeSubmit: RecordCounts | null = null;
   #closed = false;
   #staging: { up: Buffer; down: Buffer; cmd: CommandList } | null = null;
   readonly #background = new Set<Promise<unknown>>();
@@ -89,18 +152,61 @@ export class Device implements Disposable {
     this.info = JSON.parse(new TextDecoder().decode(out.subarray(0, end)));
     this.subgroups = this.info.subgroupArithmetic &&
       (opts.subgroups ?? Deno.env.get("HC_NO_SUBGROUP") !== "1");
+    const choice = opts.variants ?? "auto";
+    this.variants = choice === "auto" ? (this.info.type === "cpu" ? "cpu" : "gpu") : choice;
+    this.shaderDir = opts.shaderDir;
+    this.gpuLanes = Math.min(64, Math.max(GPU_MIN_LANES, this.info.subgroupSize));
   }
 
   /** Opens the device named by `selector` (index or name substring), else HC_VK_DEVICE, else
    * the best one (discrete > integrated > virtual > CPU). */
   static open(selector?: string, opts: DeviceOpenOptions = {}): Device {
+    // Checked before the device opens, so that a bad value leaks nothing.
+    const env = Deno.env.get("HC_VK_VARIANTS");
+    const variants = opts.variants !== undefined
+      ? variantChoice(opts.variants, "variants")
+      : env
+      ? variantChoice(env, "HC_VK_VARIANTS")
+      : "auto";
     const sel = selector ?? Deno.env.get("HC_VK_DEVICE") ?? "";
     check(native().hc_device_open(cstr(sel), u64out), "opening a Vulkan device");
-    return new Device(u64out[0], opts);
+    const device = new Device(u64out[0], { ...opts, variants });
+    if (opts.memoryBudgetBytes !== undefined) {
+      try {
+        device.setMemoryBudget(opts.memoryBudgetBytes);
+      } catch (e) {
+        device.close();
+        throw e;
+      }
+    }
+    return device;
   }
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Device-local memory: budget, use, what this device holds, and what is free. */
+  memory(): DeviceMemory {
+    const out = new BigUint64Array(5);
+    check(native().hc_device_memory(this.handle, out), "reading the memory budget");
+    const [budget, used, held, cap, free] = Array.from(out, Number);
+    return {
+      budgetBytes: budget,
+      usedBytes: used,
+      heldBytes: held,
+      capBytes: cap === 0 ? null : cap,
+      freeBytes: free,
+    };
+  }
+
+  /** Caps the device-local bytes this device may hold (null: no cap): later allocations past
+   * it fail with E_VK_OOM naming the bytes needed and free. What is held stays. */
+  setMemoryBudget(bytes: number | null): void {
+    if (bytes !== null && (!Number.isSafeInteger(bytes) || bytes <= 0)) {
+      throw new HcError("E_BAD_REQUEST", `memory budget ${bytes} is not a positive byte count`);
+    }
+    check(native().hc_device_set_budget(this.handle, BigInt(bytes ?? 0)), "setting the budget");
   }
 
   buffer(bytes: number, kind: BufferKind = "device"): Buffer {
@@ -120,6 +226,12 @@ export class Device implements Disposable {
 
   commands(queue: Queue = "compute"): CommandList {
     return CommandList.create(this, queue);
+  }
+
+  /** @internal CommandList.submit reports each submission here. */
+  noteSubmit(queue: Queue, counts: RecordCounts): void {
+    this.submissions[queue]++;
+    if (queue === "compute") this.lastComputeSubmit = counts;
   }
 
   /** Resolves when `queue`'s timeline reaches `value`; the JS thread stays free meanwhile. */

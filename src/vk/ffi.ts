@@ -7,6 +7,8 @@ const SYMBOLS = {
   hc_device_open: { parameters: ["buffer", "buffer"], result: "i32" },
   hc_device_close: { parameters: ["u64"], result: "i32" },
   hc_device_info: { parameters: ["u64", "buffer", "u64"], result: "i32" },
+  hc_device_memory: { parameters: ["u64", "buffer"], result: "i32" },
+  hc_device_set_budget: { parameters: ["u64", "u64"], result: "i32" },
   hc_buffer_create: { parameters: ["u64", "u64", "i32", "buffer"], result: "i32" },
   hc_buffer_destroy: { parameters: ["u64"], result: "i32" },
   hc_buffer_map: { parameters: ["u64", "buffer"], result: "i32" },

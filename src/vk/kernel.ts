@@ -33,13 +33,29 @@ export interface KernelOptions {
 const SPV_DIR = new URL("../../build/spv/", import.meta.url);
 const spirvCache = new Map<string, Uint8Array>();
 
-function loadSpirv(name: string): Uint8Array {
+function dirUrl(dir: string): URL {
+  return new URL(`file://${dir.replace(/\/?$/, "/")}`);
+}
+
+/** The SPIR-V of variant `name`: from `shaderDir` where it holds one (Device's option), else
+ * from HC_SPV_DIR or build/spv. */
+function loadSpirv(name: string, shaderDir?: string): Uint8Array {
+  if (shaderDir) {
+    const url = new URL(`${name}.spv`, dirUrl(shaderDir));
+    const key = url.href;
+    let code = spirvCache.get(key);
+    if (!code) {
+      try {
+        code = Deno.readFileSync(url);
+        spirvCache.set(key, code);
+      } catch { /* not overridden: the built variant below */ }
+    }
+    if (code) return code;
+  }
   let code = spirvCache.get(name);
   if (!code) {
     const dir = Deno.env.get("HC_SPV_DIR");
-    const url = dir
-      ? new URL(`${name}.spv`, `file://${dir.replace(/\/?$/, "/")}`)
-      : new URL(`${name}.spv`, SPV_DIR);
+    const url = dir ? new URL(`${name}.spv`, dirUrl(dir)) : new URL(`${name}.spv`, SPV_DIR);
     try {
       code = Deno.readFileSync(url);
     } catch {
@@ -88,9 +104,11 @@ export class Kernel implements Disposable {
   static create(device: Device, name: string, options: KernelOptions): Kernel {
     let code: Uint8Array;
     try {
-      code = device.subgroups ? loadSpirv(`${name}__sg`) : loadSpirv(name);
+      code = device.subgroups
+        ? loadSpirv(`${name}__sg`, device.shaderDir)
+        : loadSpirv(name, device.shaderDir);
     } catch {
-      code = loadSpirv(name);
+      code = loadSpirv(name, device.shaderDir);
     }
     const spec = new Uint32Array(options.spec ?? []);
     if (options.push && options.pushBytes !== undefined) {

@@ -3,11 +3,22 @@ export {
   type BufferKind,
   Device,
   type DeviceInfo,
+  type DeviceMemory,
   type DeviceOpenOptions,
   type GatherJob,
   listDevices,
+  VARIANT_CHOICES,
+  type VariantChoice,
+  variantChoice,
+  type VariantSet,
 } from "./device.ts";
-export { type Binding, CommandList, type CopyRegion, type Queue } from "./commands.ts";
+export {
+  type Binding,
+  CommandList,
+  type CopyRegion,
+  type Queue,
+  type RecordCounts,
+} from "./commands.ts";
 export { type BindingKind, Kernel, type KernelOptions, TEXEL_BYTES } from "./kernel.ts";
 export {
   MAX_PUSH_BYTES,
