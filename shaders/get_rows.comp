@@ -34,6 +34,10 @@ layout(push_constant) uniform P {
 #define UNIT 32u
 #elif TYPE == T_Q4_K || TYPE == T_Q6_K
 #define UNIT 64u
+#elif TYPE == T_Q4_1 || TYPE == T_Q5_0 || TYPE == T_Q5_1 || TYPE == T_IQ4_NL || TYPE == T_Q2_K || TYPE == T_Q3_K || TYPE == T_Q5_K || TYPE == T_IQ4_XS
+// One block, or one 32-element slice s of a super-block, element by element: a row fetch
+// touches one row per token, so plain byte reads are fast enough.
+#define UNIT 32u
 #else
 #error unsupported TYPE
 #endif
@@ -47,6 +51,10 @@ uint word_at(uint b) {
 float half_at(uint b) {
   uint v = w[b >> 2];
   return (b & 2u) != 0u ? half_hi(v) : half_lo(v);
+}
+
+uint byte_at(uint b) {
+  return (w[b >> 2] >> (8u * (b & 3u))) & 0xffu;
 }
 
 void main() {
@@ -123,6 +131,75 @@ void main() {
       vec4 q = u8x4(q6k_word(qa, qb, qh, m)) - 32.0;
       [[unroll]] for (uint t = 0; t < 4u; t++) v[16u * m + 4u * j + t] = sc * q[t];
     }
+  }
+#elif TYPE == T_Q4_1 || TYPE == T_Q5_0 || TYPE == T_Q5_1 || TYPE == T_IQ4_NL
+  // Element l: nibble of qs[l % 16] (low for l < 16), fifth bit l of qh.
+  const uint BB = TYPE == T_Q4_1 ? 20u : TYPE == T_Q5_0 ? 22u : TYPE == T_Q5_1 ? 24u : 18u;
+  const bool HAS_M = TYPE == T_Q4_1 || TYPE == T_Q5_1;
+  const uint QS = TYPE == T_Q4_1 ? 4u : TYPE == T_Q5_0 ? 6u : TYPE == T_Q5_1 ? 8u : 2u;
+  uint b = rs + BB * u;
+  float d = half_at(b);
+  float m = HAS_M ? half_at(b + 2u) : 0.0;
+#if TYPE == T_Q5_0 || TYPE == T_Q5_1
+  uint qh = word_at(b + QS - 4u);
+#endif
+  [[unroll]] for (uint l = 0; l < 32u; l++) {
+    uint q = byte_at(b + QS + (l & 15u));
+    q = l < 16u ? q & 15u : q >> 4;
+#if TYPE == T_IQ4_NL
+    v[l] = d * IQ4NL[q];
+#elif TYPE == T_Q4_1
+    v[l] = d * float(q) + m;
+#else
+    q |= ((qh >> l) & 1u) << 4;
+    v[l] = TYPE == T_Q5_0 ? d * float(int(q) - 16) : d * float(q) + m;
+#endif
+  }
+#elif TYPE == T_Q2_K || TYPE == T_Q3_K
+  // Slice s = 4n + j: elements 128n + 32j + l are bits 2j of qs[32n + l], sub-block 8n + 2j + l/16.
+  uint s = u & 7u, n = s >> 2, j = s & 3u;
+#if TYPE == T_Q2_K
+  uint sb = rs + 84u * (u >> 3);
+  float d = half_at(sb + 80u), dmin = half_at(sb + 82u);
+  [[unroll]] for (uint l = 0; l < 32u; l++) {
+    uint sc = byte_at(sb + 8u * n + 2u * j + l / 16u);
+    uint q = (byte_at(sb + 16u + 32u * n + l) >> (2u * j)) & 3u;
+    v[l] = d * float(sc & 15u) * float(q) - dmin * float(sc >> 4);
+  }
+#else
+  uint sb = rs + 110u * (u >> 3);
+  float d = half_at(sb + 108u);
+  [[unroll]] for (uint l = 0; l < 32u; l++) {
+    uint k = 8u * n + 2u * j + l / 16u;
+    uint lo = k < 8u ? byte_at(sb + 96u + k) & 15u : byte_at(sb + 88u + k) >> 4;
+    uint sc = lo | (((byte_at(sb + 104u + (k & 3u)) >> (2u * (k >> 2))) & 3u) << 4);
+    int q = int((byte_at(sb + 32u + 32u * n + l) >> (2u * j)) & 3u);
+    if (((byte_at(sb + l) >> (4u * n + j)) & 1u) == 0u) q -= 4;
+    v[l] = d * float(int(sc) - 32) * float(q);
+  }
+#endif
+#elif TYPE == T_Q5_K
+  // Slice s: sub-block s = 2g + hi, nibble hi of qs[32g + l], fifth bit s of qh[l].
+  uint s = u & 7u, g = s >> 1, hi = s & 1u;
+  uint sb = rs + 176u * (u >> 3);
+  vec4 gs = q4k_group_scales(q4k_scale_words(word_at(sb + 4u), word_at(sb + 8u), word_at(sb + 12u)), g);
+  vec2 dm = unpackHalf2x16(word_at(sb));
+  float sc = hi == 0u ? gs.x : gs.y;
+  float mn = hi == 0u ? gs.z : gs.w;
+  [[unroll]] for (uint l = 0; l < 32u; l++) {
+    uint q = (byte_at(sb + 48u + 32u * g + l) >> (4u * hi)) & 15u;
+    q |= ((byte_at(sb + 16u + l) >> s) & 1u) << 4;
+    v[l] = dm.x * sc * float(q) - dm.y * mn;
+  }
+#elif TYPE == T_IQ4_XS
+  uint ib = u & 7u;
+  uint sb = rs + 136u * (u >> 3);
+  uint h = word_at(sb);
+  uint ls = ((byte_at(sb + 4u + ib / 2u) >> (4u * (ib & 1u))) & 15u) | (((h >> (16u + 2u * ib)) & 3u) << 4);
+  float dl = half_lo(h) * float(int(ls) - 32);
+  [[unroll]] for (uint l = 0; l < 32u; l++) {
+    uint q = byte_at(sb + 8u + 16u * ib + (l & 15u));
+    v[l] = dl * IQ4NL[l < 16u ? q & 15u : q >> 4];
   }
 #endif
 #if TYPE == T_Q6_K

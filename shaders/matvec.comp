@@ -10,8 +10,8 @@
 // stride over the "units" of a row (lane l takes units l, l+WG, ...), keep one partial sum per
 // (row, column) and reduce them across lanes at the end. The x values of a unit are loaded once
 // and reused for all NUM_ROWS rows; a unit's weights are loaded once and reused for all NUM_COLS
-// columns. A unit is 4 elements (F32/F16/BF16), one block (Q8_0/Q4_0) or 64 elements
-// (Q4_K/Q6_K); weights are read as 32-bit words (uvec2/uvec4 where the layout is aligned), so
+// columns. A unit is 4 elements (F32/F16/BF16), one block (the 32-element types) or 64
+// elements (the 256-element types); weights are read as 32-bit words (uvec2/uvec4 where the layout is aligned), so
 // neighbouring lanes read neighbouring bytes.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -105,10 +105,43 @@ layout(std430, binding = 1) readonly buffer X4 { vec4 x4[]; };
 #elif TYPE == T_Q6_K
 #define UNIT 64u
 #define NW 15
+#elif TYPE == T_Q4_1 || TYPE == T_Q5_0
+#define UNIT 32u
+#define NW 6
+#elif TYPE == T_Q5_1
+#define UNIT 32u
+#define NW 7
+#elif TYPE == T_IQ4_NL
+#define UNIT 32u
+#define NW 5
+#elif TYPE == T_Q2_K
+#define UNIT 64u
+#define NW 10
+#elif TYPE == T_Q3_K
+#define UNIT 64u
+#define NW 18
+#elif TYPE == T_Q5_K
+#define UNIT 64u
+#define NW 20
+#elif TYPE == T_IQ4_XS
+#define UNIT 64u
+#define NW 10
 #else
 #error unsupported TYPE
 #endif
 #define XV (UNIT / 4u)
+
+// The 32-bit word starting at an even byte offset (blocks of 18, 22 or 110 bytes are only
+// 2-byte aligned).
+uint word_at(uint b) {
+  uint i = b >> 2;
+  return (b & 2u) != 0u ? funnel16(w[i], w[i + 1u]) : w[i];
+}
+
+float half_at(uint b) {
+  uint v = w[b >> 2];
+  return (b & 2u) != 0u ? half_hi(v) : half_lo(v);
+}
 
 // Weight words of one unit for each row, decoded just enough to be reused for every column.
 uint wq[NUM_ROWS * NW];
@@ -180,6 +213,82 @@ void load_unit(uint r, uint rowStart, uint u) {
   wq[o + 13] = odd ? funnel16(s1, s2) : s1;
   uint dw = w[(sbb + 208u) >> 2];
   wq[o + 14] = floatBitsToUint(odd ? half_hi(dw) : half_lo(dw));
+#elif TYPE == T_Q4_1 || TYPE == T_Q5_1
+  // 20- and 24-byte blocks stay 4-byte aligned: d and m share word 0, Q5_1's qh is word 1.
+  uint i = (rowStart + (TYPE == T_Q4_1 ? 20u : 24u) * u) >> 2;
+  vec2 dm = unpackHalf2x16(w[i]);
+  wq[o] = floatBitsToUint(dm.x);
+  wq[o + 1] = floatBitsToUint(dm.y);
+  [[unroll]] for (uint k = 0; k < NW - 2; k++) wq[o + 2u + k] = w[i + 1u + k];
+#elif TYPE == T_Q5_0
+  uint b = rowStart + 22u * u;
+  wq[o] = floatBitsToUint(half_at(b));
+  [[unroll]] for (uint k = 0; k < 5u; k++) wq[o + 1u + k] = word_at(b + 2u + 4u * k);
+#elif TYPE == T_IQ4_NL
+  uint b = rowStart + 18u * u;
+  wq[o] = floatBitsToUint(half_at(b));
+  [[unroll]] for (uint k = 0; k < 4u; k++) wq[o + 1u + k] = word_at(b + 2u + 4u * k);
+#elif TYPE == T_Q2_K || TYPE == T_Q3_K
+  // Unit u: super-block u/4, half n (elements 128n..), quarter pair p: elements
+  // 128n + 64p + 32jj + l (jj < 2, l < 32) are bits 2(2p + jj) of qs[32n + l], in sub-block
+  // 8n + 4p + 2jj + l/16. The words are pre-shifted by 4p so dot_unit sees only jj.
+  uint n = (u >> 1) & 1u;
+  uint pp = u & 1u;
+#if TYPE == T_Q2_K
+  uint sbb = rowStart + 84u * (u >> 2);
+  [[unroll]] for (uint k = 0; k < 8u; k++) wq[o + k] = w[(sbb + 16u + 32u * n) / 4u + k] >> (4u * pp);
+  wq[o + 8] = w[(sbb + 8u * n + 4u * pp) / 4u];
+  wq[o + 9] = w[(sbb + 80u) / 4u];
+#else
+  uint sbb = rowStart + 110u * (u >> 2);
+  [[unroll]] for (uint k = 0; k < 8u; k++) {
+    wq[o + k] = word_at(sbb + 32u + 32u * n + 4u * k) >> (4u * pp);
+    // hmask bit 4n + j for j = 2p + jj, shifted down to bit jj.
+    wq[o + 8u + k] = word_at(sbb + 4u * k) >> (4u * n + 2u * pp);
+  }
+  // Sub-blocks 4q..4q+3 (q = 2n + p): low nibbles from bytes (4q) mod 8 (high nibbles for
+  // q >= 2), bits 4-5 from bits 2q..2q+1 of bytes 8..11; stored +32.
+  uint q = 2u * n + pp;
+  uint lo = (word_at(sbb + 96u + 4u * (q & 1u)) >> (q >= 2u ? 4u : 0u)) & 0x0f0f0f0fu;
+  uint hi = (word_at(sbb + 104u) >> (2u * q)) & 0x03030303u;
+  wq[o + 16] = lo | (hi << 4);
+  wq[o + 17] = floatBitsToUint(half_at(sbb + 108u));
+#endif
+#elif TYPE == T_Q5_K
+  uint sb = (rowStart + 176u * (u >> 2)) / 16u;  // super-blocks are 16-byte aligned
+  uint g = u & 3u;
+  uvec4 h = w4[sb];
+  uvec4 ha = w4[sb + 1u], hb = w4[sb + 2u];
+  uvec4 qa = w4[sb + 3u + 2u * g], qb = w4[sb + 4u + 2u * g];
+  vec4 s = q4k_group_scales(q4k_scale_words(h.y, h.z, h.w), g);
+  vec2 dm = unpackHalf2x16(h.x);
+  wq[o] = floatBitsToUint(dm.x * s.x);
+  wq[o + 1] = floatBitsToUint(dm.x * s.y);
+  wq[o + 2] = floatBitsToUint(dm.y * s.z);
+  wq[o + 3] = floatBitsToUint(dm.y * s.w);
+  wq[o + 4] = qa.x; wq[o + 5] = qa.y; wq[o + 6] = qa.z; wq[o + 7] = qa.w;
+  wq[o + 8] = qb.x; wq[o + 9] = qb.y; wq[o + 10] = qb.z; wq[o + 11] = qb.w;
+  // Group g's fifth bits are bits 2g (first half) and 2g + 1 of qh: shifted down to 0 and 1.
+  uint sh = 2u * g;
+  wq[o + 12] = ha.x >> sh; wq[o + 13] = ha.y >> sh; wq[o + 14] = ha.z >> sh; wq[o + 15] = ha.w >> sh;
+  wq[o + 16] = hb.x >> sh; wq[o + 17] = hb.y >> sh; wq[o + 18] = hb.z >> sh; wq[o + 19] = hb.w >> sh;
+#elif TYPE == T_IQ4_XS
+  // Unit u: super-block u/4 (136 bytes, 8-byte aligned), sub-blocks 2g and 2g + 1.
+  uint b2 = (rowStart + 136u * (u >> 2)) / 8u;
+  uint g = u & 3u;
+  uvec2 h = w2[b2];
+  float d = half_lo(h.x);
+  uint shi = h.x >> 16;
+  uint sl = (h.y >> (8u * g)) & 0xffu;
+  uint lsA = (sl & 15u) | (((shi >> (4u * g)) & 3u) << 4);
+  uint lsB = (sl >> 4) | (((shi >> (4u * g + 2u)) & 3u) << 4);
+  wq[o] = floatBitsToUint(d * float(int(lsA) - 32));
+  wq[o + 1] = floatBitsToUint(d * float(int(lsB) - 32));
+  [[unroll]] for (uint k = 0; k < 4u; k++) {
+    uvec2 v = w2[b2 + 1u + 4u * g + k];
+    wq[o + 2u + 2u * k] = v.x;
+    wq[o + 3u + 2u * k] = v.y;
+  }
 #endif
 }
 
@@ -220,6 +329,81 @@ float dot_unit(uint r, vec4 xs[XV], vec4 xsum) {
     s += i8_at(wq[o + 12u + (m >> 1)], (m & 1u) * 2u) * (t - 32.0 * xsum[m]);
   }
   return uintBitsToFloat(wq[o + 14]) * s;
+#elif TYPE == T_Q4_1 || TYPE == T_Q5_0 || TYPE == T_Q5_1
+#if TYPE == T_Q4_1
+  const uint Q = 2u;
+#else
+  const uint Q = NW == 6 ? 2u : 3u;  // qs words start after d (and m) and qh
+  uint qh = wq[o + Q - 1u];
+#endif
+  float s = 0.0;
+  [[unroll]] for (uint k = 0; k < 4u; k++) {
+    vec4 lo = lo4x4(wq[o + Q + k]), hi = hi4x4(wq[o + Q + k]);
+#if TYPE != T_Q4_1
+    lo += 16.0 * bits4(qh, 4u * k);
+    hi += 16.0 * bits4(qh, 16u + 4u * k);
+#endif
+    s += dot(lo, xs[k]) + dot(hi, xs[4u + k]);
+  }
+#if TYPE == T_Q5_0
+  return uintBitsToFloat(wq[o]) * (s - 16.0 * xsum.x);
+#else
+  return uintBitsToFloat(wq[o]) * s + uintBitsToFloat(wq[o + 1]) * xsum.x;
+#endif
+#elif TYPE == T_IQ4_NL
+  float s = 0.0;
+  [[unroll]] for (uint k = 0; k < 4u; k++) {
+    uint q = wq[o + 1u + k];
+    s += dot(iq4x4(q & 0x0f0f0f0fu), xs[k]) + dot(iq4x4((q >> 4) & 0x0f0f0f0fu), xs[4u + k]);
+  }
+  return uintBitsToFloat(wq[o]) * s;
+#elif TYPE == T_Q2_K || TYPE == T_Q3_K
+  // Quarter jj (shift 2jj of the pre-shifted words), sixteen-element half hf: sub-block 2jj + hf.
+  float s = 0.0, mn = 0.0;
+  [[unroll]] for (uint jj = 0; jj < 2u; jj++) {
+    [[unroll]] for (uint hf = 0; hf < 2u; hf++) {
+      float t = 0.0;
+      [[unroll]] for (uint k = 4u * hf; k < 4u * hf + 4u; k++) {
+        uint q = (wq[o + k] >> (2u * jj)) & 0x03030303u;
+#if TYPE == T_Q3_K
+        q += ((wq[o + 8u + k] >> jj) & 0x01010101u) << 2;
+#endif
+        t += dot(u8x4(q), xs[8u * jj + k]);
+      }
+#if TYPE == T_Q2_K
+      uint sc = (wq[o + 8] >> (8u * (2u * jj + hf))) & 0xffu;
+      s += float(sc & 15u) * t;
+      mn += float(sc >> 4) * xsum[2u * jj + hf];
+#else
+      // Stored q is q3 + 4 (hmask set means no -4), stored scale is scale + 32.
+      float sc = float(int((wq[o + 16] >> (8u * (2u * jj + hf))) & 0xffu) - 32);
+      s += sc * (t - 4.0 * xsum[2u * jj + hf]);
+#endif
+    }
+  }
+#if TYPE == T_Q2_K
+  vec2 dm = unpackHalf2x16(wq[o + 9]);
+  return dm.x * s - dm.y * mn;
+#else
+  return uintBitsToFloat(wq[o + 17]) * s;
+#endif
+#elif TYPE == T_Q5_K
+  float sa = 0.0, sb = 0.0;
+  [[unroll]] for (uint k = 0; k < 8u; k++) {
+    uint hb = wq[o + 12u + k];
+    sa += dot(lo4x4(wq[o + 4u + k]) + 16.0 * u8x4(hb & 0x01010101u), xs[k]);
+    sb += dot(hi4x4(wq[o + 4u + k]) + 16.0 * u8x4((hb >> 1) & 0x01010101u), xs[8u + k]);
+  }
+  return uintBitsToFloat(wq[o]) * sa + uintBitsToFloat(wq[o + 1]) * sb
+       - uintBitsToFloat(wq[o + 2]) * xsum.x - uintBitsToFloat(wq[o + 3]) * xsum.y;
+#elif TYPE == T_IQ4_XS
+  float sa = 0.0, sb = 0.0;
+  [[unroll]] for (uint k = 0; k < 4u; k++) {
+    uint qa = wq[o + 2u + k], qb = wq[o + 6u + k];
+    sa += dot(iq4x4(qa & 0x0f0f0f0fu), xs[k]) + dot(iq4x4((qa >> 4) & 0x0f0f0f0fu), xs[4u + k]);
+    sb += dot(iq4x4(qb & 0x0f0f0f0fu), xs[8u + k]) + dot(iq4x4((qb >> 4) & 0x0f0f0f0fu), xs[12u + k]);
+  }
+  return uintBitsToFloat(wq[o]) * sa + uintBitsToFloat(wq[o + 1]) * sb;
 #endif
 }
 
@@ -260,15 +444,20 @@ void main() {
       uint xb = (xcol + u * UNIT) / 4u;
       [[unroll]] for (uint k = 0; k < XV; k++) xs[k] = x4[xb + k];
       vec4 xsum = vec4(0.0);
-#if TYPE == T_Q4_0
+#if TYPE == T_Q4_0 || TYPE == T_Q4_1 || TYPE == T_Q5_0 || TYPE == T_Q5_1
       vec4 t = vec4(0.0);
       [[unroll]] for (uint k = 0; k < XV; k++) t += xs[k];
       xsum.x = dot(t, vec4(1.0));
-#elif TYPE == T_Q4_K
+#elif TYPE == T_Q4_K || TYPE == T_Q5_K
       vec4 ta = vec4(0.0), tb = vec4(0.0);
       [[unroll]] for (uint k = 0; k < 8u; k++) { ta += xs[k]; tb += xs[8u + k]; }
       xsum.x = dot(ta, vec4(1.0));
       xsum.y = dot(tb, vec4(1.0));
+#elif TYPE == T_Q2_K || TYPE == T_Q3_K
+      // Sums over the four sub-blocks of 16.
+      [[unroll]] for (uint m = 0; m < 4u; m++) {
+        xsum[m] = dot(xs[4u * m] + xs[4u * m + 1u] + xs[4u * m + 2u] + xs[4u * m + 3u], vec4(1.0));
+      }
 #endif
 #endif
       [[unroll]] for (uint r = 0; r < NUM_ROWS; r++) acc[r * NUM_COLS + c] += dot_unit(r, xs, xsum);

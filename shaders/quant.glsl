@@ -7,15 +7,32 @@
 //   Q4_0 (18 B / 32): f16 d; u8 qs[16]                        x[j] = d*(lo(qs[j])-8), x[j+16] = d*(hi(qs[j])-8)
 //   Q4_K (144 B / 256): f16 d, dmin; u8 scales[12]; u8 qs[128]   x = d*sc*q - dmin*m per 32-sub-block
 //   Q6_K (210 B / 256): u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d
+//   Q4_1 (20 B / 32): f16 d, m; u8 qs[16]                    x = d*q + m (Q4_0's nibble order)
+//   Q5_0 (22 B / 32): f16 d; u32 qh; u8 qs[16]                x = d*((nibble | bit << 4) - 16)
+//   Q5_1 (24 B / 32): f16 d, m; u32 qh; u8 qs[16]             x = d*(nibble | bit << 4) + m
+//   Q2_K (84 B / 256): u8 scales[16]; u8 qs[64]; f16 d, dmin  x = d*sc*q2 - dmin*m per 16
+//   Q3_K (110 B / 256): u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d   x = d*(sc-32)*q3
+//   Q5_K (176 B / 256): f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]   Q4_K plus a bit
+//   IQ4_NL (18 B / 32): f16 d; u8 qs[16]                      x = d*IQ4NL[nibble]
+//   IQ4_XS (136 B / 256): f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]   x = d*(ls-32)*IQ4NL[q]
+// (src/model/quant/ documents each layout in full.)
 #ifndef HC_QUANT_GLSL
 #define HC_QUANT_GLSL
 
 #define T_F32 0
 #define T_F16 1
 #define T_Q4_0 2
+#define T_Q4_1 3
+#define T_Q5_0 6
+#define T_Q5_1 7
 #define T_Q8_0 8
+#define T_Q2_K 10
+#define T_Q3_K 11
 #define T_Q4_K 12
+#define T_Q5_K 13
 #define T_Q6_K 14
+#define T_IQ4_NL 20
+#define T_IQ4_XS 23
 #define T_BF16 30
 
 // The word made of the high half of `lo` and the low half of `hi` (bytes 2..5 of the pair).
@@ -84,6 +101,21 @@ uint q6k_word(uint qa, uint qb, uint qh, uint m) {
     case 2u: return ((qa >> 4) & 0x0f0f0f0fu) | (qh & 0x30303030u);
     default: return ((qb >> 4) & 0x0f0f0f0fu) | ((qh & 0xc0c0c0c0u) >> 2);
   }
+}
+
+// Bits start..start+3 of w, as 0.0 or 1.0 (the fifth bits of Q5_0/Q5_1).
+vec4 bits4(uint w, uint start) {
+  return vec4(ivec4(uvec4(w >> start, w >> (start + 1u), w >> (start + 2u), w >> (start + 3u)) & 1u));
+}
+
+// ggml's kvalues_iq4nl: the 16 levels an IQ4_NL / IQ4_XS nibble indexes.
+const float IQ4NL[16] = float[16](-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
+                                  1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0);
+
+// The levels of the four nibbles in bits 0-3 of each byte of w (pass w & 0x0f0f0f0f or
+// (w >> 4) & 0x0f0f0f0f).
+vec4 iq4x4(uint w) {
+  return vec4(IQ4NL[w & 15u], IQ4NL[(w >> 8) & 15u], IQ4NL[(w >> 16) & 15u], IQ4NL[w >> 24]);
 }
 
 // acc + dot(a, b) as a chain of fused multiply-adds (one instruction per element on CPUs,

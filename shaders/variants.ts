@@ -178,7 +178,26 @@ const WEIGHT_TYPE = {
   q4_0: { tag: "_q4_0", defines: { TYPE: GgmlType.Q4_0 } },
   q4_k: { tag: "_q4_k", defines: { TYPE: GgmlType.Q4_K } },
   q6_k: { tag: "_q6_k", defines: { TYPE: GgmlType.Q6_K } },
+  q4_1: { tag: "_q4_1", defines: { TYPE: GgmlType.Q4_1 } },
+  q5_0: { tag: "_q5_0", defines: { TYPE: GgmlType.Q5_0 } },
+  q5_1: { tag: "_q5_1", defines: { TYPE: GgmlType.Q5_1 } },
+  q2_k: { tag: "_q2_k", defines: { TYPE: GgmlType.Q2_K } },
+  q3_k: { tag: "_q3_k", defines: { TYPE: GgmlType.Q3_K } },
+  q5_k: { tag: "_q5_k", defines: { TYPE: GgmlType.Q5_K } },
+  iq4_nl: { tag: "_iq4_nl", defines: { TYPE: GgmlType.IQ4_NL } },
+  iq4_xs: { tag: "_iq4_xs", defines: { TYPE: GgmlType.IQ4_XS } },
 } as const;
+
+/** The types matvec_run.comp (the CPU-tuned path) reads; the others run the generic path. */
+const RUN_PATH_TYPES: ReadonlySet<string> = new Set([
+  "f32",
+  "f16",
+  "bf16",
+  "q8_0",
+  "q4_0",
+  "q4_k",
+  "q6_k",
+]);
 
 export type WeightTypeName = keyof typeof WEIGHT_TYPE;
 
@@ -215,9 +234,12 @@ export const SHADERS = {
       },
       type: WEIGHT_TYPE,
     },
-    // The generic path reads words only; Q6_K has no step variant.
+    // The generic path reads words only; Q6_K has no step variant; the run path exists only
+    // for RUN_PATH_TYPES.
     keep: (c) =>
-      c.path === "generic" ? c.load === "word" : c.path === "rowloop" || c.type !== "q6_k",
+      c.path === "generic"
+        ? c.load === "word"
+        : RUN_PATH_TYPES.has(c.type) && (c.path === "rowloop" || c.type !== "q6_k"),
     subgroup: true,
   }),
   get_rows: family({ file: "get_rows.comp", axes: { type: WEIGHT_TYPE } }),

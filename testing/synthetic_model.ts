@@ -7,7 +7,7 @@
 import { type GgufWriteTensor, gv, writeGguf } from "./gguf_writer.ts";
 import { GgufValueType } from "../src/gguf/reader.ts";
 import { GgmlType } from "../src/gguf/types.ts";
-import { quantize } from "../src/model/quant/mod.ts";
+import { quantizeAny } from "./quantizers.ts";
 import { HcError } from "../src/errors.ts";
 
 export interface SyntheticSpec {
@@ -68,7 +68,7 @@ function randomFill(n: number, seed: number, std: number): Float32Array {
 }
 
 function tensor(name: string, type: number, dims: number[], values: Float32Array): GgufWriteTensor {
-  return { name, type, dims, data: quantize(type, values) };
+  return { name, type, dims, data: quantizeAny(type, values) };
 }
 
 /** The hook's values for `name`, checked against its shape, or null to use the random fill. */

@@ -110,6 +110,14 @@ const TYPES: [string, number, number][] = [
   ["Q4_0", GgmlType.Q4_0, 2e-2],
   ["Q4_K", GgmlType.Q4_K, 2e-2],
   ["Q6_K", GgmlType.Q6_K, 2e-2],
+  ["Q4_1", GgmlType.Q4_1, 2e-2],
+  ["Q5_0", GgmlType.Q5_0, 2e-2],
+  ["Q5_1", GgmlType.Q5_1, 2e-2],
+  ["Q2_K", GgmlType.Q2_K, 2e-2],
+  ["Q3_K", GgmlType.Q3_K, 2e-2],
+  ["Q5_K", GgmlType.Q5_K, 2e-2],
+  ["IQ4_NL", GgmlType.IQ4_NL, 2e-2],
+  ["IQ4_XS", GgmlType.IQ4_XS, 2e-2],
 ];
 
 for (const [name, type, tol] of TYPES) {

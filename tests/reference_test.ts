@@ -453,12 +453,13 @@ Deno.test("model sources reject unsupported or broken models with named errors",
     "E_MODEL_TENSOR",
     "ffn_gate",
   );
-  const q5 = all.map((t) =>
+  // Q8_1 is a type ggml uses only for activations: no weight file should hold it.
+  const q81 = all.map((t) =>
     t.name === "blk.1.attn_v.weight"
-      ? { ...t, type: GgmlType.Q5_0, data: new Uint8Array((2048 / 32) * 22) }
+      ? { ...t, type: GgmlType.Q8_1, data: new Uint8Array((2048 / 32) * 36) }
       : t
   );
-  await rejectsCode(() => open(meta("llama"), q5), "E_MODEL_TENSOR", "blk.1.attn_v.weight");
+  await rejectsCode(() => open(meta("llama"), q81), "E_MODEL_TENSOR", "blk.1.attn_v.weight");
   const f16Norm = all.map((t) =>
     t.name === "output_norm.weight" ? { ...t, type: GgmlType.F16, data: new Uint8Array(128) } : t
   );

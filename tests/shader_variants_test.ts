@@ -25,9 +25,11 @@ Deno.test("the variant table names each variant once and compiles every shader f
 });
 
 Deno.test("a family's variants are its product of axes less its filter", () => {
-  // matvec: generic (words only, 7 types) + step (3 loads x 6 types, no Q6_K) + rowloop (3 x 7).
+  // matvec: generic (words only, 15 types) + step (3 loads x 6 types, no Q6_K) + rowloop
+  // (3 x 7): the run path only for the 7 types matvec_run.comp reads.
   const mv = SHADERS.matvec.choices();
-  assert.equal(mv.length, 7 + 18 + 21);
+  assert.equal(mv.length, 15 + 18 + 21);
+  assert.equal(SHADERS.matvec.has({ path: "rowloop", load: "texel", type: "q5_k" }), false);
   assert.equal(SHADERS.matvec.expand().length, 2 * mv.length);
   assert.equal(
     SHADERS.matvec.variant({ path: "rowloop", load: "texel", type: "q4_k" }),

@@ -6,7 +6,7 @@
  * before anything is recorded.
  */
 import { HcError } from "../errors.ts";
-import { type GgmlTypeInfo, ggmlTypeInfo } from "../gguf/types.ts";
+import { type GgmlTypeInfo, ggmlTypeInfo, SUPPORTED_WEIGHT_TYPES } from "../gguf/types.ts";
 import type { Binding, Buffer, Device } from "../vk/mod.ts";
 import { type WeightTypeName, weightTypeName } from "../../shaders/variants.ts";
 
@@ -184,11 +184,10 @@ export function shaderWeightType(
   const name = weightTypeName(type);
   const info = ggmlTypeInfo(type);
   if (!name || !info) {
+    const names = SUPPORTED_WEIGHT_TYPES.map((t) => ggmlTypeInfo(t)?.name).join(", ");
     throw new HcError(
       "E_MODEL_TENSOR",
-      `${kernel}: weight type ${
-        info?.name ?? type
-      } is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`,
+      `${kernel}: weight type ${info?.name ?? type} is not supported (${names})`,
     );
   }
   return { name, info };

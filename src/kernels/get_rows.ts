@@ -1,7 +1,7 @@
 /**
  * Row fetch (embedding lookup) for weights in GGUF layout (shaders/get_rows.comp):
- * out[i * outStride + e] = dequant(W[ids[i]])[e] as f32, for the ggml types F32, F16, BF16, Q8_0,
- * Q4_0, Q4_K and Q6_K. The ids live in a u32 device buffer, so a recorded decode step can be
+ * out[i * outStride + e] = dequant(W[ids[i]])[e] as f32, for every weight type the engine runs
+ * (SUPPORTED_WEIGHT_TYPES in src/gguf/types.ts). The ids live in a u32 device buffer, so a recorded decode step can be
  * replayed with the next token id written into a host-visible buffer. An id outside
  * [0, rows) yields a zero row. A weight larger than maxStorageBufferRange is split into row
  * ranges, one dispatch each; more than 65535 ids are split too.
@@ -35,6 +35,14 @@ const UNIT: Record<number, number> = {
   [GgmlType.Q4_0]: 32,
   [GgmlType.Q4_K]: 64,
   [GgmlType.Q6_K]: 64,
+  [GgmlType.Q4_1]: 32,
+  [GgmlType.Q5_0]: 32,
+  [GgmlType.Q5_1]: 32,
+  [GgmlType.IQ4_NL]: 32,
+  [GgmlType.Q2_K]: 32,
+  [GgmlType.Q3_K]: 32,
+  [GgmlType.Q5_K]: 32,
+  [GgmlType.IQ4_XS]: 32,
 };
 
 /** shaders/get_rows.comp's push block. */

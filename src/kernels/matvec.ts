@@ -1,6 +1,8 @@
 /**
  * Matrix-vector products y = W·x (or y += W·x) over weights in GGUF's byte layout, for the
- * ggml types F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K (shaders/matvec.comp).
+ * ggml types F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL
+ * and IQ4_XS (shaders/matvec.comp). The CPU-tuned run path (matvec_run.comp) reads F32, F16,
+ * BF16, Q8_0, Q4_0, Q4_K and Q6_K; the other types always take the generic path.
  *
  * Shapes follow GGUF: a weight with dims [cols, rows] (dims[0] = cols = K, the reduced
  * dimension) is `rows` rows of `cols` elements. x holds `batch` input columns of `cols` floats
@@ -78,12 +80,27 @@ const GENERIC_UNIT: Record<number, number> = {
   [GgmlType.BF16]: 4,
   [GgmlType.Q8_0]: 32,
   [GgmlType.Q4_0]: 32,
+  [GgmlType.Q4_1]: 32,
+  [GgmlType.Q5_0]: 32,
+  [GgmlType.Q5_1]: 32,
+  [GgmlType.IQ4_NL]: 32,
+  [GgmlType.Q2_K]: 64,
+  [GgmlType.Q3_K]: 64,
   [GgmlType.Q4_K]: 64,
+  [GgmlType.Q5_K]: 64,
   [GgmlType.Q6_K]: 64,
+  [GgmlType.IQ4_XS]: 64,
 };
 
 /** Types whose 2-byte aligned blocks make the generic path read up to 2 bytes past a row. */
-const OVERREADS = new Set<number>([GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q6_K]);
+const OVERREADS = new Set<number>([
+  GgmlType.Q8_0,
+  GgmlType.Q4_0,
+  GgmlType.Q5_0,
+  GgmlType.IQ4_NL,
+  GgmlType.Q3_K,
+  GgmlType.Q6_K,
+]);
 
 /** shaders/matvec.comp's and matvec_run.comp's push block. */
 const MATVEC_PUSH = pushLayout({

@@ -39,8 +39,10 @@ export interface ModelConfig {
 const ROPE_PAIRING: Record<ModelArch, RopePairing> = { llama: "adjacent", qwen2: "halves" };
 const DEFAULT_ROPE_BASE = 10000;
 
+const SUPPORTED_ARCHS: readonly ModelArch[] = ["llama", "qwen2"];
+
 function isArch(name: string): name is ModelArch {
-  return name === "llama" || name === "qwen2";
+  return (SUPPORTED_ARCHS as readonly string[]).includes(name);
 }
 
 function missing(key: string): never {
@@ -191,16 +193,44 @@ function ropeFactorsFromGguf(file: GgufFile, arch: string, headDim: number, base
   }
 }
 
+/**
+ * A Mixtral-style file says `llama` (or `qwen2`) but routes each token through a few of several
+ * expert FFNs (`ffn_*_exps` tensors, a `ffn_gate_inp` router): without this check it would fail
+ * later with "model lacks tensor blk.0.ffn_gate.weight", which does not say why.
+ */
+function refuseMixtureOfExperts(file: GgufFile, arch: ModelArch): void {
+  const experts = file.getNumber(`${arch}.expert_count`) ?? 0;
+  const expertTensor = file.tensors.find((t) =>
+    /^blk\.\d+\.ffn_(gate|up|down|gate_up)_(exps|shexp)\.weight$/.test(t.name) ||
+    /^blk\.\d+\.ffn_gate_inp\.weight$/.test(t.name)
+  );
+  if (experts > 0 || expertTensor) {
+    const what = [
+      experts > 0 ? `${arch}.expert_count = ${experts}` : "",
+      expertTensor ? `tensor ${expertTensor.name}` : "",
+    ].filter((s) => s).join(", ");
+    throw new HcError(
+      "E_MODEL_ARCH",
+      `this is a mixture-of-experts model (${what}), which is not supported: this engine runs ` +
+        `dense-FFN ${SUPPORTED_ARCHS.join(" and ")} models only (e.g. Llama 3, Mistral 7B, ` +
+        "Qwen2.5), not Mixtral-style expert layers",
+    );
+  }
+}
+
 /** Reads the model hyperparameters of a GGUF file (and its rope_freqs tensor, if any). */
 export function configFromGguf(file: GgufFile): ModelConfig {
   const archName = file.getString("general.architecture") ?? missing("general.architecture");
   if (!isArch(archName)) {
     throw new HcError(
       "E_MODEL_ARCH",
-      `model architecture "${archName}" is not supported (supported: llama, qwen2)`,
+      `model architecture "${archName}" (general.architecture) is not supported; supported: ` +
+        `${SUPPORTED_ARCHS.join(", ")} (dense Llama-family models: Llama, Mistral, Qwen2/2.5, ` +
+        "SmolLM2, TinyLlama)",
     );
   }
   const arch = archName;
+  refuseMixtureOfExperts(file, arch);
   const need = (key: string) => numberKey(file, `${arch}.${key}`) ?? missing(`${arch}.${key}`);
   const opt = (key: string) => numberKey(file, `${arch}.${key}`);
 

@@ -1,15 +1,22 @@
 /**
  * TypeScript reference of the ggml weight formats this engine runs: F32, F16, BF16, Q8_0, Q4_0,
- * Q4_K and Q6_K. Bytes are laid out exactly as in GGUF files (little-endian), so a tensor
- * quantized here loads in llama.cpp and a GGUF tensor dequantizes here to the values ggml's
- * dequantize_row_* gives. Tests and tools use it to build weights and to check the device
- * kernels; the block layouts are documented in quant/q8_q4.ts and quant/kquants.ts.
+ * Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS. Bytes are laid out exactly
+ * as in GGUF files (little-endian), so a GGUF tensor dequantizes here to the values ggml's
+ * dequantize_row_* gives. Tests and tools use it to check the device kernels; the block layouts
+ * are documented in quant/q8_q4.ts, q4_q5.ts, kquants.ts, kquants_more.ts and iq4.ts.
+ *
+ * Encoding (`quantize`) is here for F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K, bit for bit as
+ * ggml's reference quantizers; the other types are only read (tests encode them with
+ * testing/quantizers.ts).
  */
 import { HcError } from "../../errors.ts";
 import { GgmlType, ggmlTypeInfo, SUPPORTED_WEIGHT_TYPES } from "../../gguf/types.ts";
 import { bf16ToF32Array, f16ToF32Array, f32ToBf16Array, f32ToF16Array } from "./f16.ts";
 import { dequantizeQ4_0, dequantizeQ8_0, quantizeQ4_0, quantizeQ8_0 } from "./q8_q4.ts";
 import { dequantizeQ4_K, dequantizeQ6_K, quantizeQ4_K, quantizeQ6_K } from "./kquants.ts";
+import { dequantizeQ2_K, dequantizeQ3_K, dequantizeQ5_K } from "./kquants_more.ts";
+import { dequantizeQ4_1, dequantizeQ5_0, dequantizeQ5_1 } from "./q4_q5.ts";
+import { dequantizeIQ4_NL, dequantizeIQ4_XS } from "./iq4.ts";
 
 export {
   bf16ToF32,
@@ -22,6 +29,8 @@ export {
   f32ToF16Array,
 } from "./f16.ts";
 export { getScaleMinK4, nearestInt, packScaleMinK4, QK_K } from "./kquants.ts";
+export { q3kScale } from "./kquants_more.ts";
+export { IQ4_NL_VALUES, iq4xsScale } from "./iq4.ts";
 
 type BlockQuantizer = (
   src: Float32Array,
@@ -37,12 +46,26 @@ type BlockDequantizer = (
   outOffset: number,
 ) => void;
 
-const BLOCK_CODECS: Record<number, { quantize: BlockQuantizer; dequantize: BlockDequantizer }> = {
+const BLOCK_CODECS: Record<number, { quantize?: BlockQuantizer; dequantize: BlockDequantizer }> = {
   [GgmlType.Q8_0]: { quantize: quantizeQ8_0, dequantize: dequantizeQ8_0 },
   [GgmlType.Q4_0]: { quantize: quantizeQ4_0, dequantize: dequantizeQ4_0 },
+  [GgmlType.Q4_1]: { dequantize: dequantizeQ4_1 },
+  [GgmlType.Q5_0]: { dequantize: dequantizeQ5_0 },
+  [GgmlType.Q5_1]: { dequantize: dequantizeQ5_1 },
+  [GgmlType.Q2_K]: { dequantize: dequantizeQ2_K },
+  [GgmlType.Q3_K]: { dequantize: dequantizeQ3_K },
   [GgmlType.Q4_K]: { quantize: quantizeQ4_K, dequantize: dequantizeQ4_K },
+  [GgmlType.Q5_K]: { dequantize: dequantizeQ5_K },
   [GgmlType.Q6_K]: { quantize: quantizeQ6_K, dequantize: dequantizeQ6_K },
+  [GgmlType.IQ4_NL]: { dequantize: dequantizeIQ4_NL },
+  [GgmlType.IQ4_XS]: { dequantize: dequantizeIQ4_XS },
 };
+
+/** Whether `quantize` can encode this type (every supported type decodes). */
+export function canQuantize(type: number): boolean {
+  return type === GgmlType.F32 || type === GgmlType.F16 || type === GgmlType.BF16 ||
+    BLOCK_CODECS[type]?.quantize !== undefined;
+}
 
 /** Whether quantize/dequantize handle this ggml type id. */
 export function isQuantTypeSupported(type: number): boolean {
@@ -82,7 +105,8 @@ export function rowBytes(type: number, rowElems: number): number {
   return blockCount(type, rowElems).bytes;
 }
 
-/** Elements per block of `type` (1 for F32/F16/BF16, 32 for Q8_0/Q4_0, 256 for K-quants). */
+/** Elements per block of `type` (1 for F32/F16/BF16, 32 for Q8_0/Q4_0/Q5_x/IQ4_NL, 256 for
+ * K-quants and IQ4_XS). */
 export function blockElems(type: number): number {
   return layoutOf(type).blockElems;
 }
@@ -102,7 +126,14 @@ export function quantize(type: number, src: Float32Array): Uint8Array {
       f32ToBf16Array(src, new Uint16Array(out.buffer));
       return out;
   }
-  BLOCK_CODECS[type].quantize(src, blocks, out, 0);
+  const encode = BLOCK_CODECS[type].quantize;
+  if (!encode) {
+    throw new HcError(
+      "E_MODEL_TENSOR",
+      `encoding ${layoutOf(type).name} is not implemented; the engine only reads it`,
+    );
+  }
+  encode(src, blocks, out, 0);
   return out;
 }
 

@@ -1,0 +1,104 @@
+/**
+ * The synthetic models llama.cpp is run on as the oracle (bench/llamacpp_fixtures.ts writes its
+ * answers to tests/fixtures/; tests/llamacpp_fixture_test.ts compares the engine with them).
+ * Everything here is a pure function of the seed, so a test rebuilds the exact GGUF llama.cpp
+ * saw without llama.cpp at hand.
+ *
+ * The output projection is scaled up so that the next-token distribution is peaked (top-1
+ * probabilities mostly 0.3-0.9): the argmax is then clear at most positions, and a layout
+ * error shows as a different argmax, not as noise between near-ties.
+ */
+import { GgmlType } from "../src/gguf/types.ts";
+import type { SyntheticSpec } from "./synthetic_model.ts";
+
+/** The weight types the fixtures cover, by ggml name. */
+export const ORACLE_TYPES = [
+  "F32",
+  "F16",
+  "BF16",
+  "Q8_0",
+  "Q4_0",
+  "Q4_1",
+  "Q5_0",
+  "Q5_1",
+  "Q2_K",
+  "Q3_K",
+  "Q4_K",
+  "Q5_K",
+  "Q6_K",
+  "IQ4_NL",
+  "IQ4_XS",
+] as const;
+export type OracleType = typeof ORACLE_TYPES[number];
+
+export const ORACLE_VOCAB = 320;
+/** Teacher-forced positions per model. */
+export const ORACLE_POSITIONS = 128;
+/** Greedy continuation length, after a prompt of ORACLE_PROMPT tokens. */
+export const ORACLE_GREEDY = 64;
+export const ORACLE_PROMPT = 8;
+/** How much larger than 1/sqrt(dim) the output projection's values are. */
+const OUTPUT_GAIN = 6;
+
+/** mulberry32, seeded. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), a | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** The model spec of one weight type (every matrix and the embedding in that type). */
+export function oracleSpec(type: OracleType, seed: number): SyntheticSpec {
+  const dim = 256;
+  return {
+    dim,
+    nLayers: 2,
+    nHeads: 4,
+    nKvHeads: 2,
+    ffnDim: 512,
+    vocabSize: ORACLE_VOCAB,
+    contextLength: 256,
+    weightType: GgmlType[type],
+    seed,
+    tensors: (name, dims) => {
+      if (name !== "output.weight") return undefined;
+      const r = rng(seed ^ 0x5eed);
+      const n = dims[0] * dims[1];
+      const out = new Float32Array(n);
+      // Sum of three uniforms: roughly normal, with std OUTPUT_GAIN / sqrt(dim).
+      const std = OUTPUT_GAIN / Math.sqrt(dim);
+      for (let i = 0; i < n; i++) out[i] = (r() + r() + r() - 1.5) * 2 * std;
+      return out;
+    },
+  };
+}
+
+/** The teacher-forced token sequence (ordinary tokens only: ids 3 and up). */
+export function oracleTokens(seed: number, n = ORACLE_POSITIONS): number[] {
+  const r = rng(seed * 7 + 1);
+  return Array.from({ length: n }, () => 3 + Math.floor(r() * (ORACLE_VOCAB - 3)));
+}
+
+/** What llama.cpp answered for one model (the fixture's per-type entry). */
+export interface OracleAnswer {
+  /** Per teacher-forced position: the two most likely next tokens and their probabilities. */
+  top: [number, number, number, number][];
+  /** Greedy continuation of the first ORACLE_PROMPT tokens. */
+  greedy: number[];
+  /** llama.cpp's top-1 minus top-2 probability at each greedy step. */
+  greedyMargin: number[];
+}
+
+export interface OracleFixture {
+  /** How it was made: generator, seed, llama.cpp build. */
+  generator: string;
+  seed: number;
+  llamaCpp: string;
+  positions: number;
+  tokens: number[];
+  types: Partial<Record<OracleType, OracleAnswer>>;
+}
