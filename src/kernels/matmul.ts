@@ -149,12 +149,22 @@ export class MatMul implements Disposable {
   }
 
   /** Whether record() takes this layout: cols a multiple of 32, 16-byte aligned rows where the
-   * shader reads 16-byte words, x columns a multiple of 4 floats apart. */
-  supports(cols: number, weightOffset = 0, xStride = cols): boolean {
+   * shader reads 16-byte words, x columns a multiple of 4 floats apart; with `fit`, also that
+   * the buffer holds the word after a weight of 2-byte aligned blocks. */
+  supports(
+    cols: number,
+    weightOffset = 0,
+    xStride = cols,
+    fit?: { rows: number; bufferBytes: number },
+  ): boolean {
     if (!Number.isSafeInteger(cols) || cols <= 0 || cols % MATMUL_K_STEP !== 0) return false;
     if (cols % this.blockElems !== 0) return false;
     if (xStride % 4 !== 0 || xStride < cols) return false;
-    if (OVERREADS.has(this.type)) return weightOffset % 4 === 0;
+    if (OVERREADS.has(this.type)) {
+      // The last block's word read needs the buffer to reach the next multiple of 4 bytes.
+      const end = weightOffset + (fit?.rows ?? 0) * this.weightBytes(1, cols);
+      return weightOffset % 4 === 0 && (!fit || Math.ceil(end / 4) * 4 <= fit.bufferBytes);
+    }
     return this.weightBytes(1, cols) % 16 === 0 && weightOffset % 16 === 0;
   }
 
