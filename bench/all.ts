@@ -11,6 +11,7 @@ import { fidelityCharts, speedCharts } from "./charts.ts";
 import { runSpeed } from "./decode.ts";
 import { fidelityReport, runFidelity } from "./fidelity.ts";
 import { dirname, fromFileUrl, join } from "./paths.ts";
+import { runPrefill } from "./prefill.ts";
 import { retrievalReport, runRetrieval } from "./retrieval.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..");
@@ -31,6 +32,7 @@ if (import.meta.main) {
   });
   const ablation = await runAblation({ quick, resultName: write ? "ablation.json" : null });
   const speed = await runSpeed({ quick, write });
+  const prefill = await runPrefill({ tokens: quick ? [512, 1024] : [512, 1024, 2048], write });
   const charts = join(ROOT, "docs", "charts");
   if (write) await Deno.mkdir(charts, { recursive: true });
   const images: string[] = [];
@@ -72,6 +74,10 @@ if (import.meta.main) {
     speed.table,
     "",
     ...speedImages,
+    "",
+    "## Prefill: the matvec prompt path vs the tiled matmul (same run, FMA ceiling beside)",
+    "",
+    prefill.table,
     "",
   ].join("\n");
   if (write) {
