@@ -236,6 +236,15 @@ export const SHADERS = {
     },
     keep: (c) => c.shape !== "shift" || c.type === "f16" || c.type === "q4_k",
   }),
+  /** src/kernels/matmul.ts: the CPU path for F32/F16/BF16 weights, all loads as texels. */
+  matmul_texel: family({
+    file: "matmul_texel.comp",
+    axes: {
+      type: { f32: WEIGHT_TYPE.f32, f16: WEIGHT_TYPE.f16, bf16: WEIGHT_TYPE.bf16 },
+      shift: flag("_shift", { TILE_SHIFT: 1 }),
+    },
+    keep: (c) => !c.shift || c.type === "f16",
+  }),
   /** bench/prefill.ts: the multiply-add ceiling. */
   fma_peak: single("fma_peak.comp"),
 

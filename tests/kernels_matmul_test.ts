@@ -3,8 +3,9 @@
  * dequantized weights (testing/reference_matvec.ts, which takes batches), on fresh random data
  * every run: every weight type in the CPU and GPU tile shapes, row counts and token counts that
  * are not multiples of the tile (ragged last tiles in both directions), several K steps, the
- * accumulate flag, a weight at an offset, padded x columns, a split into row ranges, and the
- * variant with a deliberately broken tile index, which must fail the same check.
+ * accumulate flag, a weight at an offset, padded x columns, a split into row ranges, the CPU
+ * path's all-texel kernel (F32/F16/BF16) and its shared-memory fallback, and the variants with a
+ * deliberately broken tile index, which must fail the same check.
  */
 import assert from "node:assert/strict";
 import { isHcError } from "../src/errors.ts";
@@ -145,6 +146,31 @@ Deno.test(
 );
 
 Deno.test(
+  "matmul: F32/F16/BF16 on the CPU shape take the texel kernel where allowed, else shared memory",
+  withDevice((dev) => {
+    for (const type of ["F32", "F16", "BF16"] as const) {
+      const texel = check(dev, {
+        type,
+        rows: 45,
+        cols: 96,
+        tokens: 133,
+        options: { shape: "cpu" },
+      });
+      assert.equal(texel.kernel.includes("texel"), dev.info.texelBuffer, texel.kernel);
+      const shared = check(dev, {
+        type,
+        rows: 45,
+        cols: 96,
+        tokens: 133,
+        accumulate: true,
+        options: { shape: "cpu", texel: false },
+      });
+      assert.ok(!shared.kernel.includes("texel"), shared.kernel);
+    }
+  }),
+);
+
+Deno.test(
   "matmul: every type, GPU tile shape, ragged rows and tokens, accumulate",
   withDevice((dev) => {
     for (const type of TYPES) {
@@ -178,11 +204,16 @@ Deno.test(
 Deno.test(
   "matmul: a tile index off by one row fails the reference check",
   withDevice((dev) => {
-    for (const type of ["F16", "Q4_K"] as const) {
+    const cases: [TypeName, MatMulOptions][] = [
+      ["F16", { shape: "cpu" }],
+      ["F16", { shape: "cpu", texel: false }],
+      ["Q4_K", { shape: "cpu" }],
+    ];
+    for (const [type, options] of cases) {
       const c: Case = { type, rows: 40, cols: colsOf(type), tokens: 20 };
-      check(dev, { ...c, options: { shape: "cpu" } });
-      const [err, plan] = run(dev, { ...c, options: { shape: "cpu", brokenTileIndex: true } });
-      assert.match(plan.kernel, /_shift_/);
+      check(dev, { ...c, options });
+      const [err, plan] = run(dev, { ...c, options: { ...options, brokenTileIndex: true } });
+      assert.match(plan.kernel, /shift/);
       assert.ok(err > 0.1, `${type}: the broken tile index passed (error ${err})`);
     }
   }),

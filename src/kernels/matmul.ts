@@ -26,7 +26,14 @@ import {
   shaderWeightType,
 } from "./checks.ts";
 import type { MatVecRecord } from "./matvec.ts";
-import { type CommandList, type Device, type Kernel, pushLayout } from "../vk/mod.ts";
+import {
+  type Binding,
+  type CommandList,
+  type Device,
+  type Kernel,
+  pushLayout,
+  TEXEL_BYTES,
+} from "../vk/mod.ts";
 
 /** Tile shapes per device class: rows per workgroup (the shader's TM), tokens per lane (CN). */
 export const MATMUL_SHAPES = {
@@ -35,6 +42,12 @@ export const MATMUL_SHAPES = {
 } as const;
 
 export type MatMulShape = keyof typeof MATMUL_SHAPES;
+
+/** The CPU path for F32/F16/BF16 (shaders/matmul_texel.comp): rows per workgroup, tokens per
+ * lane. */
+export const MATMUL_TEXEL_TILE = { rows: 32, tokensPerLane: 16 } as const;
+
+const TEXEL_TYPES = new Set<number>([GgmlType.F32, GgmlType.F16, GgmlType.BF16]);
 
 /** Elements of one K step (one unit of the tile; every weight type's blocks divide it). */
 export const MATMUL_K_STEP = 32;
@@ -67,6 +80,10 @@ export interface MatMulOptions {
   workgroupSize?: number;
   /** Tests only: the variant whose tile index is off by one row, to prove the tests catch it. */
   brokenTileIndex?: boolean;
+  /** The all-texel CPU path for F32/F16/BF16 (matmul_texel.comp); default on for the cpu shape
+   * where the device has texel buffers. Where a call cannot bind texels, the shared-memory
+   * kernel runs instead. */
+  texel?: boolean;
 }
 
 /** What one record() call dispatched. */
@@ -78,9 +95,15 @@ export interface MatMulPlan {
   tileTokens: number;
 }
 
-/** Whether prompt chunks should use MatMul on this device (else the matvec path). */
-export function preferMatMul(device: Device): boolean {
-  return device.info.type !== "cpu";
+/**
+ * Whether prompt chunks with weights of `type` should use MatMul on this device (else the
+ * matvec path): on CPU devices only where the all-texel path runs (F32/F16/BF16 with texel
+ * buffers), which bench/prefill.ts measured faster than matvec on lavapipe; the shared-memory
+ * kernel measured slower there.
+ */
+export function preferMatMul(device: Device, type: number): boolean {
+  if (device.info.type !== "cpu") return true;
+  return device.info.texelBuffer && TEXEL_TYPES.has(type);
 }
 
 export class MatMul implements Disposable {
@@ -91,7 +114,9 @@ export class MatMul implements Disposable {
   readonly workgroupSize: number;
   readonly blockElems: number;
   readonly blockBytes: number;
-  readonly #kernel: Kernel;
+  /** Whether this type runs the all-texel CPU path. */
+  readonly texel: boolean;
+  #kernel: Kernel | null = null;
   readonly #kernelName: string;
   #disposed = false;
   lastPlan: MatMulPlan | null = null;
@@ -119,28 +144,64 @@ export class MatMul implements Disposable {
       throw new HcError("E_VK_LIMIT", "matmul: the weight tile does not fit shared memory");
     }
     this.workgroupSize = wg;
-    const variantShape = options.brokenTileIndex ? "shift" : this.shape;
-    if (options.brokenTileIndex && this.shape !== "cpu") {
+    this.#broken = options.brokenTileIndex === true;
+    if (this.#broken && this.shape !== "cpu") {
       throw new HcError(
         "E_BAD_REQUEST",
         "matmul: the broken-tile variant exists for the cpu shape",
       );
     }
-    this.#kernelName = SHADERS.matmul.variant({ shape: variantShape, type: name });
-    this.#kernel = device.kernel(this.#kernelName, {
-      bindings: 3,
-      push: MATMUL_PUSH,
-      spec: [wg],
+    this.texel = this.shape === "cpu" && (options.texel ?? true) && d.texelBuffer &&
+      TEXEL_TYPES.has(type);
+    this.#kernelName = this.#variant(this.texel);
+  }
+
+  readonly #broken: boolean;
+  #sharedKernel: Kernel | null = null;
+
+  #variant(texel: boolean): string {
+    if (texel) {
+      return SHADERS.matmul_texel.variant({
+        type: this.typeName as "f32" | "f16" | "bf16",
+        shift: this.#broken,
+      });
+    }
+    return SHADERS.matmul.variant({
+      shape: this.#broken ? "shift" : this.shape,
+      type: this.typeName,
     });
   }
 
+  /** The kernel of a path, created on first use (its pipeline compiles then). */
+  #kernelFor(texel: boolean): Kernel {
+    if (texel) {
+      return this.#kernel ??= this.device.kernel(this.#kernelName, {
+        bindings: 3,
+        kinds: ["texel", "texel", "storage"],
+        push: MATMUL_PUSH,
+        spec: [this.workgroupSize],
+      });
+    }
+    const create = () =>
+      this.device.kernel(this.#variant(false), {
+        bindings: 3,
+        push: MATMUL_PUSH,
+        spec: [this.workgroupSize],
+      });
+    if (!this.texel) return this.#kernel ??= create();
+    return this.#sharedKernel ??= create();
+  }
+
   get tileRows(): number {
-    return MATMUL_SHAPES[this.shape].rows;
+    return this.texel ? MATMUL_TEXEL_TILE.rows : MATMUL_SHAPES[this.shape].rows;
   }
 
   /** Tokens one workgroup covers. */
   get tileTokens(): number {
-    return this.workgroupSize * MATMUL_SHAPES[this.shape].tokensPerLane;
+    const perLane = this.texel
+      ? MATMUL_TEXEL_TILE.tokensPerLane
+      : MATMUL_SHAPES[this.shape].tokensPerLane;
+    return this.workgroupSize * perLane;
   }
 
   /** Bytes of a [rows x cols] weight of this type. */
@@ -214,12 +275,26 @@ export class MatMul implements Disposable {
       maxRange,
       "matmul y",
     );
-    const zGroups = Math.ceil(batch / this.tileTokens);
+    // The texel path binds x as a texel view (aligned offset, whole texels) and the weight as
+    // one per row range; else the shared-memory kernel runs, with its own tile.
+    const texelAlign = Math.max(info.minTexelBufferOffsetAlignment, 16);
+    const texelMax = info.maxTexelBufferElements * TEXEL_BYTES;
+    const xBytes = Math.min(Math.floor(x.bytes / TEXEL_BYTES) * TEXEL_BYTES, texelMax);
+    const texel = this.texel && x.offset % texelAlign === 0 &&
+      xBytes >= ((batch - 1) * xStride + a.cols) * 4;
+    const xBinding: Binding = texel ? { buffer: x.buffer, offset: x.offset, bytes: xBytes } : x;
+    const tileRows = texel ? MATMUL_TEXEL_TILE.rows : MATMUL_SHAPES[this.shape].rows;
+    const tileTokens = this.workgroupSize *
+      (texel ? MATMUL_TEXEL_TILE.tokensPerLane : MATMUL_SHAPES[this.shape].tokensPerLane);
+    const kernel = this.#kernelFor(texel);
+    const kernelName = texel ? this.#kernelName : this.#variant(false);
+    const zGroups = Math.ceil(batch / tileTokens);
     const [maxX, maxY, maxZ] = info.maxComputeWorkGroupCount;
     if (zGroups > maxZ) {
       throw new HcError("E_VK_LIMIT", `matmul: batch ${batch} needs ${zGroups} workgroups in z`);
     }
-    const align = Math.max(info.minStorageBufferOffsetAlignment, 16);
+    const align = Math.max(info.minStorageBufferOffsetAlignment, 16, texel ? texelAlign : 0);
+    const rangeLimit = texel ? Math.min(maxRange, texelMax) : maxRange;
     const slack = OVERREADS.has(this.type) ? 4 : 0;
     const ranges: { row0: number; rows: number; offset: number; bytes: number; wByte0: number }[] =
       [];
@@ -227,14 +302,14 @@ export class MatMul implements Disposable {
       const start = weightOffset + row0 * rowBytes;
       const offset = Math.floor(start / align) * align;
       const wByte0 = start - offset;
-      const fit = Math.floor((maxRange - wByte0 - slack - 16) / rowBytes);
+      const fit = Math.floor((rangeLimit - wByte0 - slack - 16) / rowBytes);
       if (fit < 1) {
         throw new HcError(
           "E_VK_LIMIT",
-          `matmul: one ${rowBytes}-byte row exceeds the ${maxRange}-byte storage range`,
+          `matmul: one ${rowBytes}-byte row exceeds the ${rangeLimit}-byte binding range`,
         );
       }
-      const n = Math.min(a.rows - row0, fit, maxX * maxY * this.tileRows);
+      const n = Math.min(a.rows - row0, fit, maxX * maxY * tileRows);
       // Word reads of 2-byte aligned blocks reach into the word holding the last byte.
       let bytes = Math.ceil((wByte0 + n * rowBytes) / 4) * 4;
       if (offset + bytes > a.weight.bytes) {
@@ -250,11 +325,11 @@ export class MatMul implements Disposable {
       row0 += n;
     }
     for (const r of ranges) {
-      const groups = Math.ceil(r.rows / this.tileRows);
+      const groups = Math.ceil(r.rows / tileRows);
       const gx = Math.min(groups, maxX);
       cmd.dispatch(
-        this.#kernel,
-        [{ buffer: a.weight, offset: r.offset, bytes: r.bytes }, x, y],
+        kernel,
+        [{ buffer: a.weight, offset: r.offset, bytes: r.bytes }, xBinding, y],
         MATMUL_PUSH.pack({
           rows: r.rows,
           cols: a.cols,
@@ -269,12 +344,7 @@ export class MatMul implements Disposable {
         [gx, Math.ceil(groups / gx), zGroups],
       );
     }
-    this.lastPlan = {
-      kernel: this.#kernelName,
-      dispatches: ranges.length,
-      tileRows: this.tileRows,
-      tileTokens: this.tileTokens,
-    };
+    this.lastPlan = { kernel: kernelName, dispatches: ranges.length, tileRows, tileTokens };
     return this.lastPlan;
   }
 
@@ -285,7 +355,8 @@ export class MatMul implements Disposable {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    this.#kernel.dispose();
+    this.#kernel?.dispose();
+    this.#sharedKernel?.dispose();
   }
 
   [Symbol.dispose](): void {

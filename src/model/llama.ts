@@ -128,9 +128,10 @@ class Kernels implements Disposable {
 
 /**
  * Which kernel runs a prompt chunk's projections: "matmul" (the tiled kernel, src/kernels/
- * matmul.ts) or "matvec" (8-column matrix-vector kernels). Default: preferMatMul(device).
+ * matmul.ts) or "matvec" (8-column matrix-vector kernels); "auto", the default, asks
+ * preferMatMul(device, weight type).
  */
-export type PromptKernel = "matmul" | "matvec";
+export type PromptKernel = "auto" | "matmul" | "matvec";
 
 /** Activations shared by every session of a model (device steps are serialised). */
 class Activations implements Disposable {
@@ -218,7 +219,7 @@ export class LlamaModel implements Disposable {
     this.#outputNorm = init.outputNorm;
     this.layers = init.layers;
     this.#buffers = init.buffers;
-    this.promptKernel = preferMatMul(init.device) ? "matmul" : "matvec";
+    this.promptKernel = "auto";
   }
 
   /** Uploads every weight of `source` to `device` (streamed from the file by range). */
@@ -479,7 +480,10 @@ export class LlamaModel implements Disposable {
     batch: number,
     accumulate: boolean,
   ): void {
-    if (batch > 1 && this.promptKernel === "matmul") {
+    const want = this.promptKernel === "auto"
+      ? preferMatMul(this.device, w.type)
+      : this.promptKernel === "matmul";
+    if (batch > 1 && want) {
       const mm = this.kernels.matmul(w.type);
       if (mm.supports(w.cols, 0, w.cols, { rows: w.rows, bufferBytes: w.buffer.bytes })) {
         mm.record(cmd, { weight: w.buffer, rows: w.rows, cols: w.cols, x, y, batch, accumulate });
