@@ -7,13 +7,15 @@
  *
  * Tile and workgroup shapes come from the device class (MATMUL_SHAPES): GPUs take 64 lanes
  * (at least one subgroup) x 4 tokens per lane, so one tile serves 256 tokens; CPU devices take
- * the subgroup size (lavapipe: 8 lanes; llvmpipe runs subgroups of a workgroup one after
- * another) x 8 tokens per lane. Whether the engine uses this kernel or the matvec path for a
- * prompt is `preferMatMul()`: on CPU devices the matvec run path stays the default, because
- * bench/prefill.ts measured this kernel slower there (see shaders/matmul.comp for why).
+ * the subgroup size (lavapipe: 8 lanes) x 8 tokens per lane. On CPU devices F32/F16/BF16 weights
+ * take shaders/matmul_texel.comp instead (MATMUL_TEXEL_TILE: 32 rows x 16 tokens per lane, every
+ * load a texel fetch, weights fetched at one address by all lanes): llvmpipe makes any other load
+ * in a loop a per-lane scalar loop (docs/results-lavapipe.md). `preferMatMul()` says which prompt
+ * path the engine takes: matmul on GPUs and for those three types on CPUs; the quantized types
+ * stay on matvec on CPUs, where this shared-memory kernel measured slower.
  *
  *   using mm = new MatMul(device, GgmlType.Q4_K);
- *   if (mm.supports(rows, cols)) mm.record(cmd, { weight, rows, cols, x, y, batch: 256 });
+ *   if (mm.supports(cols)) mm.record(cmd, { weight, rows, cols, x, y, batch: 256 });
  */
 import { HcError } from "../errors.ts";
 import { SHADERS, type WeightTypeName } from "../../shaders/variants.ts";
