@@ -14,6 +14,7 @@ import { dirname, fromFileUrl, join } from "./paths.ts";
 import { retrievalReport, type RetrievalResult, runRetrieval } from "./retrieval.ts";
 import type { FidelityResult } from "./fidelity.ts";
 import { multiturnCharts, multiturnReport, runMultiturn } from "./multiturn.ts";
+import { runPrefill } from "./prefill.ts";
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..");
 
@@ -75,6 +76,7 @@ if (import.meta.main) {
     resultName: write ? "multiturn.json" : null,
   });
   const speed = await runSpeed({ quick, write });
+  const prefill = await runPrefill({ tokens: quick ? [512, 1024] : [512, 1024, 2048], write });
   const charts = join(ROOT, "docs", "charts");
   if (write) await Deno.mkdir(charts, { recursive: true });
   const images: string[] = [];
@@ -131,6 +133,10 @@ if (import.meta.main) {
     speed.table,
     "",
     ...speedImages,
+    "",
+    "## Prefill: the matvec prompt path vs the tiled matmul (same run, FMA ceiling beside)",
+    "",
+    prefill.table,
     "",
   ].join("\n");
   if (write) {

@@ -243,6 +243,32 @@ export const SHADERS = {
     subgroup: true,
   }),
   get_rows: family({ file: "get_rows.comp", axes: { type: WEIGHT_TYPE } }),
+  /** src/kernels/matmul.ts: the tiled prompt matmul, one tile shape per device class (see
+   * MATMUL_SHAPES there), plus "shift": the CPU shape with a deliberately broken tile index that
+   * the tests must catch. */
+  matmul: family({
+    file: "matmul.comp",
+    axes: {
+      shape: {
+        cpu: { tag: "_cpu", defines: { TM: 16, CN: 8, KS: 8 } },
+        gpu: { tag: "_gpu", defines: { TM: 16, CN: 4, KS: 4 } },
+        shift: { tag: "_shift", defines: { TM: 16, CN: 8, KS: 8, TILE_SHIFT: 1 } },
+      },
+      type: WEIGHT_TYPE,
+    },
+    keep: (c) => c.shape !== "shift" || c.type === "f16" || c.type === "q4_k",
+  }),
+  /** src/kernels/matmul.ts: the CPU path for F32/F16/BF16 weights, all loads as texels. */
+  matmul_texel: family({
+    file: "matmul_texel.comp",
+    axes: {
+      type: { f32: WEIGHT_TYPE.f32, f16: WEIGHT_TYPE.f16, bf16: WEIGHT_TYPE.bf16 },
+      shift: flag("_shift", { TILE_SHIFT: 1 }),
+    },
+    keep: (c) => !c.shift || c.type === "f16",
+  }),
+  /** bench/prefill.ts: the multiply-add ceiling. */
+  fma_peak: single("fma_peak.comp"),
 
   // src/kernels/elementwise.ts
   add: family({

@@ -11,6 +11,7 @@ import { Axpby, RmsNorm, Rope, RopeTable, Swiglu } from "../kernels/elementwise.
 import { DecodeAttention, PrefillAttention } from "../kernels/attention.ts";
 import { GetRows } from "../kernels/get_rows.ts";
 import { KvAppend } from "../kernels/kv.ts";
+import { MatMul, preferMatMul } from "../kernels/matmul.ts";
 import { MatVec } from "../kernels/matvec.ts";
 import { Argmax } from "../kernels/select.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
@@ -75,8 +76,11 @@ class Kernels implements Disposable {
   readonly prefill: PrefillAttention;
   readonly argmax: Argmax;
   readonly #owned: Disposable[] = [];
+  readonly #device: Device;
+  readonly #matmul = new Map<number, MatMul>();
 
   constructor(device: Device, c: ModelConfig, weightTypes: Set<number>, embdType: number) {
+    this.#device = device;
     const own = <T extends Disposable>(x: T): T => {
       this.#owned.push(x);
       return x;
@@ -105,10 +109,29 @@ class Kernels implements Disposable {
     }
   }
 
+  /** The prompt matmul of a weight type, created on first use (its pipeline compiles then). */
+  matmul(type: number): MatMul {
+    let mm = this.#matmul.get(type);
+    if (!mm) {
+      mm = new MatMul(this.#device, type);
+      this.#matmul.set(type, mm);
+      this.#owned.push(mm);
+    }
+    return mm;
+  }
+
   [Symbol.dispose](): void {
     for (const x of this.#owned.splice(0).reverse()) x[Symbol.dispose]();
+    this.#matmul.clear();
   }
 }
+
+/**
+ * Which kernel runs a prompt chunk's projections: "matmul" (the tiled kernel, src/kernels/
+ * matmul.ts) or "matvec" (8-column matrix-vector kernels); "auto", the default, asks
+ * preferMatMul(device, weight type).
+ */
+export type PromptKernel = "auto" | "matmul" | "matvec";
 
 /** Activations shared by every session of a model (device steps are serialised). */
 class Activations implements Disposable {
@@ -167,6 +190,8 @@ export class LlamaModel implements Disposable {
   readonly layers: LayerWeights[];
   readonly #buffers: Buffer[];
   #disposed = false;
+  /** The prompt path's projection kernel (see PromptKernel); benchmarks switch it to compare. */
+  promptKernel: PromptKernel;
 
   private constructor(init: {
     device: Device;
@@ -194,6 +219,7 @@ export class LlamaModel implements Disposable {
     this.#outputNorm = init.outputNorm;
     this.layers = init.layers;
     this.#buffers = init.buffers;
+    this.promptKernel = "auto";
   }
 
   /** Uploads every weight of `source` to `device` (streamed from the file by range). */
@@ -454,6 +480,16 @@ export class LlamaModel implements Disposable {
     batch: number,
     accumulate: boolean,
   ): void {
+    const want = this.promptKernel === "auto"
+      ? preferMatMul(this.device, w.type)
+      : this.promptKernel === "matmul";
+    if (batch > 1 && want) {
+      const mm = this.kernels.matmul(w.type);
+      if (mm.supports(w.cols, 0, w.cols, { rows: w.rows, bufferBytes: w.buffer.bytes })) {
+        mm.record(cmd, { weight: w.buffer, rows: w.rows, cols: w.cols, x, y, batch, accumulate });
+        return;
+      }
+    }
     this.kernels.matvec.get(w.type)!.record(cmd, {
       weight: w.buffer,
       rows: w.rows,

@@ -1,0 +1,69 @@
+/**
+ * The prompt path with the tiled matmul (LlamaModel.promptKernel = "matmul") against the same
+ * model's matvec prompt path and the plain-TS reference model: prompt logits of stories260K (F32;
+ * its FFN width 172 is no multiple of 32, so the down projection stays on matvec) and of small
+ * synthetic Q4_K and Q8_0 models, prompts longer than one matmul tile and than one chunk.
+ */
+import assert from "node:assert/strict";
+import { loadModel } from "../mod.ts";
+import { GgmlType } from "../src/gguf/types.ts";
+import { openModelSource } from "../src/model/source.ts";
+import { ReferenceModel } from "../testing/reference_model.ts";
+import { writeSyntheticModel } from "../testing/synthetic_model.ts";
+import { relError, sharedPath } from "./helpers.ts";
+
+async function promptLogits(
+  path: string,
+  prompt: number[],
+  kernel: "matmul" | "matvec",
+  type: number,
+) {
+  await using model = await loadModel(path);
+  model.llama.promptKernel = kernel;
+  using s = model.session({ contextTokens: prompt.length + 2 });
+  const out: Float32Array[] = [];
+  await s.teacherForce(prompt, [0], (_, l) => out.push(l.slice()));
+  const plan = model.llama.kernels.matmul(type).lastPlan;
+  assert.equal(plan !== null, kernel === "matmul", `${kernel} path: matmul plan ${plan}`);
+  return out[0];
+}
+
+async function check(path: string, n: number, type: number, what: string): Promise<void> {
+  using source = await openModelSource(path);
+  const vocab = source.config.vocabSize;
+  const prompt = Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % (vocab - 3)));
+  const ref = (await ReferenceModel.load(source, { kvF16: true })).forward(prompt, 0);
+  const mm = await promptLogits(path, prompt, "matmul", type);
+  const mv = await promptLogits(path, prompt, "matvec", type);
+  const eMm = relError(mm, ref);
+  const eMv = relError(mv, ref);
+  assert.ok(eMm < 1e-2, `${what}: matmul prompt logits off the reference by ${eMm}`);
+  assert.ok(relError(mm, mv) < 1e-3, `${what}: matmul vs matvec ${relError(mm, mv)} (${eMv})`);
+}
+
+Deno.test("prompt matmul: stories260K logits match matvec and the reference", async () => {
+  await check(sharedPath("models/stories260K.gguf"), 75, GgmlType.F32, "stories260K");
+});
+
+Deno.test("prompt matmul: synthetic Q4_K and Q8_0 models", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const [name, type] of [["Q4_K", GgmlType.Q4_K], ["Q8_0", GgmlType.Q8_0]] as const) {
+      const path = `${dir}/${name}.gguf`;
+      await writeSyntheticModel(path, {
+        dim: 256,
+        nLayers: 2,
+        nHeads: 4,
+        nKvHeads: 2,
+        ffnDim: 512,
+        vocabSize: 300,
+        contextLength: 512,
+        seed: 3,
+        weightType: type,
+      });
+      await check(path, 300, type, `synthetic ${name}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
