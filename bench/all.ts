@@ -1,9 +1,10 @@
 /**
  * `deno task bench` (quick) / `deno task bench --full`: fidelity, the synthetic retrieval task,
- * the ablation, the multi-turn conversation and the decode-speed sweep in one go. With `--write` (which the task passes) each
- * writes its JSON into bench/results/, the tables go into docs/benchmarks.md with the machine,
- * the device and the date, and the charts (fidelity vs keep, step time vs context) into
- * docs/charts/*.svg; without it the page is printed and nothing is written.
+ * the ablation, the multi-turn conversation, the decode-speed sweep and the prefill paths in one
+ * go. With `--write` (which the task passes) each writes its JSON into bench/results/, the
+ * tables go into docs/benchmarks.md with the machine, the device and the date, and the charts
+ * (fidelity vs keep, accuracy per turn, step time vs context) into docs/charts/*.svg; without it
+ * the page is printed and nothing is written.
  */
 import { parseArgs } from "node:util";
 import { runAblation } from "./ablation.ts";
