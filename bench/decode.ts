@@ -229,7 +229,7 @@ const ENGINES: Readonly<Record<string, CacheRequest>> = {
 };
 const DEFAULT_ENGINES = ["full", "snapkv", "streaming", "heterocache", "hc every 5"];
 
-export interface Shape {
+interface Shape {
   id: string;
   label: string;
   dim: number;
@@ -279,9 +279,9 @@ function alternatingProfile(nLayers: number, nKvHeads: number): HeadProfile {
   return layeredProfile(layers);
 }
 
-export const SWEEP_LAYERS = 4;
+const SWEEP_LAYERS = 4;
 
-export const SHAPES: readonly Shape[] = [
+const SHAPES: readonly Shape[] = [
   {
     id: "llama8b",
     label: "Llama-3.1-8B attention (32 q / 8 KV heads x 128), 4 layers",

@@ -110,7 +110,7 @@ for (const compat of [false, true]) {
     });
     await s.complete(PROMPT, { temperature: 0, maxTokens: 6 });
     const policy = s.policy as HeteroCache;
-    await policy.settle();
+    await policy.landRefreshes();
     // The last refresh of each satellite is what its device rows hold now.
     const latest = new Map<string, (typeof policy.refreshLog)[number]>();
     for (const r of policy.refreshLog) latest.set(`${r.layer}/${r.head}`, r);

@@ -111,7 +111,7 @@ Deno.test("keep = 0.5: each policy appends every turn's rows to its device cache
       )
     );
     if (hetero) {
-      await hetero.settle();
+      await hetero.landRefreshes();
       host().forEach((n, l) => assert.equal(n, hostBefore[l]! + added, `host rows layer ${l}`));
     }
   }

@@ -111,7 +111,7 @@ for (const variants of SETS) {
     });
     await s.complete(PROMPT, { temperature: 0, maxTokens: 4 });
     const policy = s.policy as HeteroCache;
-    await policy.settle();
+    await policy.landRefreshes();
     assert.ok(policy.refreshLog.length >= 2 * model.config.nLayers);
     using full = model.session({ contextTokens: 200 });
     const prompt = model.tokenizer.encode(PROMPT);

@@ -213,7 +213,7 @@ export abstract class CompressedCache implements CachePolicy {
       Array.from(cache.lengths).every((n, h) => n + tokens + maxNewTokens <= cache.capRows(h))
     );
     if (fits) return;
-    await this.beforeMove();
+    await this.landRefreshes(); // nothing may still be copying into the caches that move
     const c = this.config;
     const rowBytes = c.headDim * 2;
     const moved: KvLayerCache[] = [];
@@ -270,7 +270,7 @@ export abstract class CompressedCache implements CachePolicy {
    * (saveExtra, after the rows' blobs). */
   async saveState(): Promise<PolicyState> {
     if (this.#decode.length === 0) throw badState("the prompt has not been compressed yet");
-    await this.beforeMove();
+    await this.landRefreshes();
     const blobs = downloadRows(this.#decode);
     const extra = this.saveExtra(blobs);
     return {
@@ -334,11 +334,6 @@ export abstract class CompressedCache implements CachePolicy {
 
   /** Hook: `rows` positions were dropped from the end of every head. */
   protected afterRewind(_rows: number): void {}
-
-  /** Hook: runs before extend moves the caches (nothing may still be copying into them). */
-  protected beforeMove(): Promise<void> {
-    return Promise.resolve();
-  }
 
   /** One submission: contiguous runs by copy regions, index selections by the gather kernel. */
   #copyKept(selections: HeadSelection[][]): void {

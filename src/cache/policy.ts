@@ -144,8 +144,9 @@ export interface CachePolicy extends Disposable {
   transferWait(): Promise<bigint>;
   /** After each decode step (its captures hold the step's q/k/v when captureSteps). */
   afterStep(captures: Captures): Promise<void>;
-  /** Lands every refresh in flight now, ahead of its step: a continued turn's last token is
-   * run after this, so the answer reads the rows its question's tokens asked for. */
+  /** Lands every refresh in flight now, ahead of its step, and waits for it: before caches move
+   * or are saved, and before a continued turn's last token (so the answer reads the rows its
+   * question's tokens asked for). */
   landRefreshes(): Promise<void>;
   /** The state a session file keeps (after every refresh has landed); statistics restart. */
   saveState(): Promise<PolicyState>;

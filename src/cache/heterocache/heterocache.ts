@@ -253,11 +253,10 @@ export class HeteroCache extends CompressedCache {
   /** Continuation: as every compressing policy, plus room in the host store for the rows the
    * new tokens (as decode steps) append; the trigger then decides refreshes as for any step. */
   override async extend(tokens: number, maxNewTokens: number): Promise<void> {
+    // Nothing may still gather from the store or copy into the caches while they grow.
+    await this.landRefreshes();
     await super.extend(tokens, maxNewTokens);
-    if (this.#pivots.length) {
-      await this.#retrieval.settle();
-      this.#store.reserve(tokens + maxNewTokens);
-    }
+    if (this.#pivots.length) this.#store.reserve(tokens + maxNewTokens);
   }
 
   /** The host store forgets the same rows (a gather reads only prompt rows, which stay). */
@@ -265,11 +264,6 @@ export class HeteroCache extends CompressedCache {
     for (const p of this.#pivots) {
       for (const s of p.satellites) this.#store.drop(p.layer, s, rows);
     }
-  }
-
-  /** A refresh in flight copies into the caches it started with: let it land first. */
-  protected override async beforeMove(): Promise<void> {
-    await this.#retrieval.settle();
   }
 
   /** Rows the host store holds for (layer, head) (prompt + appended), or null when the head
@@ -285,11 +279,7 @@ export class HeteroCache extends CompressedCache {
     return this.#retrieval.busy;
   }
 
-  /** Waits until every refresh started so far has landed on the device. */
-  async settle(): Promise<void> {
-    await this.#retrieval.settle();
-  }
-
+  /** Every refresh started so far lands now and is waited for on the device. */
   override landRefreshes(): Promise<void> {
     return this.#retrieval.settle();
   }

@@ -175,8 +175,10 @@ export class Retrieval implements Disposable {
     for (const s of this.#byAge()) {
       // In age order (due steps rise with it), so a head's newer rows land after its older ones.
       if (s.pending && s.due > step) break;
-      if (s.gather && !s.gathered) await s.gather;
-      if (s.pending) this.#submit(s);
+      if (s.pending) {
+        if (!s.gathered) await s.gather;
+        this.#submit(s);
+      }
       if (s.value > wait && this.#device.poll("transfer") < s.value) wait = s.value;
     }
     return wait;
