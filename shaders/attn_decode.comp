@@ -10,8 +10,9 @@
 // owning 8 dimensions of every query head's accumulator.
 //
 // WATCH: see attn_decode_cpu.comp (per watched head, the mass over the prompt rows and over the
-// rows marked in its mask, under the record's running maximum). Each row owner keeps its own
-// sums; a workgroup reduction adds them at the end.
+// rows marked in its mask, under the record's running maximum, and with a logits offset the
+// prompt rows' scaled logits). Each row owner keeps its own sums and stores its row's logits; a
+// workgroup reduction adds the sums at the end.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 layout(local_size_x_id = 0) in;
@@ -29,8 +30,9 @@ layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };    // per head: 
 layout(std430, binding = 4) readonly buffer Lb { uint lens[]; };   // per head: rows valid
 layout(std430, binding = 5) writeonly buffer Pb { float part[]; }; // partial records
 #ifdef WATCH
-layout(std430, binding = 6) readonly buffer Wt { uint watchTab[]; }; // per head: mask word, or ~0
+layout(std430, binding = 6) readonly buffer Wt { uint watchTab[]; }; // per head: (mask, logits)
 layout(std430, binding = 7) readonly buffer Wm { uint masks[]; };
+layout(std430, binding = 8) writeonly buffer Wl { float wlogits[]; };
 #endif
 
 layout(push_constant) uniform Push {
@@ -92,8 +94,10 @@ void main() {
     ob[g] = vec4(0.0);
   }
 #ifdef WATCH
-  const uint mo = watchTab[h];
-  const bool watch = mo != 0xFFFFFFFFu;
+  const uint NONE = 0xFFFFFFFFu;
+  const uint mo = watchTab[2 * h];
+  const uint lo = watchTab[2 * h + 1];
+  const bool watch = mo != NONE || lo != NONE;
   float hs[G];
   float ps[G];
   [[unroll]] for (uint g = 0; g < G; g++) {
@@ -119,6 +123,11 @@ void main() {
     } else {
       [[unroll]] for (uint g = 0; g < G; g++) sv[g] = NEG_INF;
     }
+#ifdef WATCH
+    if (lo != NONE && tid < nrows && tb + tid < p.promptRows) {
+      [[unroll]] for (uint g = 0; g < G; g++) wlogits[lo + g * p.promptRows + tb + tid] = sv[g];
+    }
+#endif
 
     // Block max per query head.
     float mn[G];
@@ -165,7 +174,7 @@ void main() {
 #ifdef WATCH
     if (watch && tid < nrows && tb + tid < p.promptRows) {
       const uint pos = tb + tid;
-      const bool held = ((masks[mo + pos / 32u] >> (pos % 32u)) & 1u) != 0u;
+      const bool held = mo != NONE && ((masks[mo + pos / 32u] >> (pos % 32u)) & 1u) != 0u;
       [[unroll]] for (uint g = 0; g < G; g++) {
         const float pr = sc[g * WGS + tid];
         ps[g] += pr;

@@ -14,11 +14,17 @@
 // back to back. An invocation runs about rows / KB loop trips (lavapipe stops at 65535).
 // Probabilities below 2^-100 of the running maximum are flushed to 0 (denormals are slow).
 //
-// WATCH (HeteroCache's coverage trigger): for a head whose entry in the watch table is not
-// ~0, each record also carries two more sums under the same running maximum: the attention
-// mass over rows [0, promptRows) and over the rows of that range marked in the head's bit mask
-// (the rows its satellites hold on the device). attn_merge.comp turns them into fractions of
-// the head's total mass. Row index = position for a watched head (it holds every row).
+// WATCH (HeteroCache's pivot heads): a head's watch-table entry is a pair (mask word, logits
+// offset), each ~0 when off; a head with either on is watched. Each record of a watched head
+// carries two more sums under the same running maximum: the attention mass over rows
+// [0, promptRows) and over the rows of that range marked in the head's bit mask (the rows its
+// satellites hold on the device; 0 without a mask). attn_merge.comp turns them into fractions
+// of the head's total mass and the prompt's softmax statistics. With a logits offset, the
+// scaled logits of the prompt rows are stored too ([G][promptRows] floats from there), so a
+// refresh selection pools them instead of a second pass over the keys. Row index = position
+// for a watched head (it holds every row). The prompt part of a split runs in 32-row chunks,
+// one mask word each (a buffer load is a loop over the lanes on llvmpipe), and the prompt mass
+// is the running sum where the prompt ends, not a second sum per key.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
@@ -56,8 +62,9 @@ layout(std430, binding = 4) readonly buffer Lb { uint lens[]; };
 layout(std430, binding = 5) buffer Pb { float part[]; }; // records, then (m, l)
 layout(std430, binding = 5) buffer Pb2 { vec2 part2[]; };
 #ifdef WATCH
-layout(std430, binding = 6) readonly buffer Wt { uint watchTab[]; }; // per head: mask word, or ~0
+layout(std430, binding = 6) readonly buffer Wt { uint watchTab[]; }; // per head: (mask, logits)
 layout(std430, binding = 7) readonly buffer Wm { uint masks[]; };
+layout(std430, binding = 8) writeonly buffer Wl { float wlogits[]; };
 #endif
 
 layout(push_constant) uniform Push {
@@ -147,6 +154,88 @@ void loadRow(bool v, uint row, uint lane, out uint w[NP]) {
 #endif
 }
 
+// The invocation's state, shared by the block steps below (module scope, so that the steps
+// take no array arguments; everything inlines into main).
+vec2 q[G * NP];        // the lane's q slices, pre-scaled
+float m[G];            // running maximum per query head
+float l[G];            // running sum
+vec2 o[G * NP];        // running output slices
+float sc[KB * G];      // the block's scores (key j, head g at j * G + g), then probabilities
+float alpha[G];        // the block's rescale of the running state
+
+// Scores of keys t .. t + KB - 1 (keys from tEnd on: -inf), complete in every lane.
+void scoreBlock(uint base, uint lane, uint t, uint tEnd) {
+  vec2 kv[KB * NP];
+  [[unroll]] for (uint j = 0; j < KB; j++) {
+    uint w[NP];
+    loadRow(false, base + min(t + j, tEnd - 1u), lane, w);
+    [[unroll]] for (uint i = 0; i < NP; i++) kv[j * NP + i] = unpackHalf2x16(w[i]);
+  }
+  [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] = 0.0;
+  [[unroll]] for (uint g = 0; g < G; g++) {
+    [[unroll]] for (uint i = 0; i < NP; i++) {
+      const vec2 qq = q[g * NP + i];
+      [[unroll]] for (uint j = 0; j < KB; j++) sc[j * G + g] += dot(qq, kv[j * NP + i]);
+    }
+  }
+  [[unroll]] for (uint e = 0; e < LOG2L; e++) {
+    [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] += subgroupShuffleXor(sc[k], 1u << e);
+  }
+  [[unroll]] for (uint j = 1; j < KB; j++) {
+    [[unroll]] for (uint g = 0; g < G; g++) sc[j * G + g] = t + j < tEnd ? sc[j * G + g] : NEG_INF;
+  }
+}
+
+// Online softmax: the running state moves to the block's maximum; sc becomes probabilities.
+void softmaxBlock() {
+  [[unroll]] for (uint g = 0; g < G; g++) {
+    float mb = sc[g];
+    [[unroll]] for (uint j = 1; j < KB; j++) mb = max(mb, sc[j * G + g]);
+    const float mn = max(m[g], mb);
+    alpha[g] = pexp(m[g] - mn);
+    m[g] = mn;
+    l[g] *= alpha[g];
+    [[unroll]] for (uint j = 0; j < KB; j++) {
+      sc[j * G + g] = pexp(sc[j * G + g] - mn);
+      l[g] += sc[j * G + g];
+    }
+  }
+}
+
+// Every register array is swept once per block, the KB keys innermost, so each q and o slice
+// element (they outgrow the registers for G > 1) is touched once per block.
+void valueBlock(uint base, uint lane, uint t, uint tEnd) {
+  vec2 vv[KB * NP];
+  [[unroll]] for (uint j = 0; j < KB; j++) {
+    uint w[NP];
+    loadRow(true, base + min(t + j, tEnd - 1u), lane, w);
+    [[unroll]] for (uint i = 0; i < NP; i++) vv[j * NP + i] = unpackHalf2x16(w[i]);
+  }
+  [[unroll]] for (uint g = 0; g < G; g++) {
+    [[unroll]] for (uint i = 0; i < NP; i++) {
+      vec2 acc = o[g * NP + i] * alpha[g];
+      [[unroll]] for (uint j = 0; j < KB; j++) acc += sc[j * G + g] * vv[j * NP + i];
+      o[g * NP + i] = acc;
+    }
+  }
+}
+
+#ifdef WATCH
+// The block's scores (before softmaxBlock) into the watched head's logits: score k (key k / G,
+// query head k % G) by lane k, one store per lane (llvmpipe runs a store as a loop over lanes).
+void storeLogits(uint lo, uint pr, uint lane, uint t, uint tEnd) {
+  [[unroll]] for (uint k0 = 0; k0 < KB * G; k0 += L) {
+    float v = sc[k0];
+    [[unroll]] for (uint i = 1; i < L; i++) {
+      if (k0 + i < KB * G) v = lane == i ? sc[k0 + i] : v;
+    }
+    const uint k = k0 + lane;
+    const uint j = k / G;
+    if (k < KB * G && t + j < tEnd) wlogits[lo + (k % G) * pr + t + j] = v;
+  }
+}
+#endif
+
 void main() {
   const uint lane = gl_LocalInvocationID.x;
   // Heads along x, splits along y: llvmpipe hands each thread a contiguous block of the grid,
@@ -167,8 +256,7 @@ void main() {
   const uint t0 = min(len, s * per);
   const uint t1 = min(len, t0 + per);
 
-  // The lane's q slices, pre-scaled; words past the row (inexact slices) are zero.
-  vec2 q[G * NP];
+  // Words past the row (inexact slices) are zero.
   [[unroll]] for (uint g = 0; g < G; g++) {
     const uint qa = p.qOff4 * 2u + (h * G + g) * HD;
     [[unroll]] for (uint i = 0; i < NP; i++) {
@@ -177,9 +265,6 @@ void main() {
       q[g * NP + i] = (EXACT || wi < HD) ? x : vec2(0.0);
     }
   }
-  float m[G];
-  float l[G];
-  vec2 o[G * NP];
   [[unroll]] for (uint g = 0; g < G; g++) {
     m[g] = NEG_INF;
     l[g] = 0.0;
@@ -187,85 +272,53 @@ void main() {
   }
 
 #ifdef WATCH
-  const uint mo = watchTab[h];
-  const bool watch = mo != 0xFFFFFFFFu;
-  const uint pr = p.promptRows;
-  float hs[G];
-  float ps[G];
-  [[unroll]] for (uint g = 0; g < G; g++) {
-    hs[g] = 0.0;
-    ps[g] = 0.0;
-  }
-#endif
-
-  // Every register array is swept once per block, the KB keys innermost, so each q and o
-  // slice element (they outgrow the registers for G > 1) is touched once per block.
-  for (uint t = t0; t < t1; t += KB) {
-    vec2 kv[KB * NP];
-    [[unroll]] for (uint j = 0; j < KB; j++) {
-      uint w[NP];
-      loadRow(false, base + min(t + j, t1 - 1u), lane, w);
-      [[unroll]] for (uint i = 0; i < NP; i++) kv[j * NP + i] = unpackHalf2x16(w[i]);
-    }
-    float sc[KB * G];
-    [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] = 0.0;
-    [[unroll]] for (uint g = 0; g < G; g++) {
-      [[unroll]] for (uint i = 0; i < NP; i++) {
-        const vec2 qq = q[g * NP + i];
-        [[unroll]] for (uint j = 0; j < KB; j++) sc[j * G + g] += dot(qq, kv[j * NP + i]);
-      }
-    }
-    [[unroll]] for (uint e = 0; e < LOG2L; e++) {
-      [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] += subgroupShuffleXor(sc[k], 1u << e);
-    }
-    float alpha[G];
-    [[unroll]] for (uint g = 0; g < G; g++) {
-      float mb = sc[g];
-      [[unroll]] for (uint j = 1; j < KB; j++) {
-        sc[j * G + g] = t + j < t1 ? sc[j * G + g] : NEG_INF;
-        mb = max(mb, sc[j * G + g]);
-      }
-      const float mn = max(m[g], mb);
-      alpha[g] = pexp(m[g] - mn);
-      m[g] = mn;
-      l[g] *= alpha[g];
-      [[unroll]] for (uint j = 0; j < KB; j++) {
-        sc[j * G + g] = pexp(sc[j * G + g] - mn);
-        l[g] += sc[j * G + g];
-      }
-    }
-#ifdef WATCH
-    if (watch) {
-      // Keys past the split or the prompt add nothing (their sc is 0, or they are masked out).
-      [[unroll]] for (uint g = 0; g < G; g++) {
-        hs[g] *= alpha[g];
-        ps[g] *= alpha[g];
-      }
-      [[unroll]] for (uint j = 0; j < KB; j++) {
-        const uint pos = t + j;
-        if (pos < pr) {
-          const bool held = ((masks[mo + pos / 32u] >> (pos % 32u)) & 1u) != 0u;
-          [[unroll]] for (uint g = 0; g < G; g++) {
-            ps[g] += sc[j * G + g];
-            hs[g] += held ? sc[j * G + g] : 0.0;
-          }
+  const uint NONE = 0xFFFFFFFFu;
+  const uint mo = watchTab[2 * h];
+  const uint lo = watchTab[2 * h + 1];
+  const bool watch = mo != NONE || lo != NONE;
+  float hs[G]; // mass on held prompt rows, then under the final maximum
+  float ps[G]; // mass on the prompt rows, likewise
+  if (watch) {
+    const uint pr = p.promptRows;
+    const uint tp = clamp(pr, t0, t1);
+    [[unroll]] for (uint g = 0; g < G; g++) hs[g] = 0.0;
+    for (uint c = t0; c < tp; c = (c / 32u + 1u) * 32u) {
+      const uint ce = min(tp, (c / 32u + 1u) * 32u);
+      const uint word = mo != NONE ? masks[mo + c / 32u] : 0u;
+      for (uint t = c; t < ce; t += KB) {
+        scoreBlock(base, lane, t, ce);
+        if (lo != NONE) storeLogits(lo, pr, lane, t, ce);
+        softmaxBlock();
+        // Keys past the chunk have probability 0, whatever bit they meet.
+        [[unroll]] for (uint g = 0; g < G; g++) hs[g] *= alpha[g];
+        [[unroll]] for (uint j = 0; j < KB; j++) {
+          const float held = float((word >> ((t + j) % 32u)) & 1u);
+          [[unroll]] for (uint g = 0; g < G; g++) hs[g] += held * sc[j * G + g];
         }
+        valueBlock(base, lane, t, ce);
       }
     }
-#endif
-    vec2 vv[KB * NP];
-    [[unroll]] for (uint j = 0; j < KB; j++) {
-      uint w[NP];
-      loadRow(true, base + min(t + j, t1 - 1u), lane, w);
-      [[unroll]] for (uint i = 0; i < NP; i++) vv[j * NP + i] = unpackHalf2x16(w[i]);
+    float mp[G];
+    [[unroll]] for (uint g = 0; g < G; g++) {
+      mp[g] = m[g];
+      ps[g] = l[g];
+    }
+    for (uint t = tp; t < t1; t += KB) {
+      scoreBlock(base, lane, t, t1);
+      softmaxBlock();
+      valueBlock(base, lane, t, t1);
     }
     [[unroll]] for (uint g = 0; g < G; g++) {
-      [[unroll]] for (uint i = 0; i < NP; i++) {
-        vec2 acc = o[g * NP + i] * alpha[g];
-        [[unroll]] for (uint j = 0; j < KB; j++) acc += sc[j * G + g] * vv[j * NP + i];
-        o[g * NP + i] = acc;
-      }
+      const float r = pexp(mp[g] - m[g]); // 0 when the split holds no prompt row (-inf - x)
+      hs[g] *= r;
+      ps[g] *= r;
     }
+  } else
+#endif
+  for (uint t = t0; t < t1; t += KB) {
+    scoreBlock(base, lane, t, t1);
+    softmaxBlock();
+    valueBlock(base, lane, t, t1);
   }
 
   // One record per (split, query head); an empty split leaves m = -inf, l = 0.

@@ -14,7 +14,9 @@ layout(std430, binding = 2) readonly buffer Lb { uint lens[]; };
 layout(std430, binding = 3) writeonly buffer Ob { float outv[]; }; // [nHeads][D] f32
 #ifdef WATCH
 // Watched heads (see attn_decode_cpu.comp): per query head, the fractions of its attention
-// mass on held prompt rows and on all prompt rows.
+// mass on held prompt rows and on all prompt rows; with a logits offset also the softmax
+// statistics of its prompt rows, (max, 1 / sum) in the log2 domain of the stored logits, the
+// form scores_pool_cpu.comp reads.
 layout(std430, binding = 4) readonly buffer Wt { uint watchTab[]; };
 layout(std430, binding = 5) writeonly buffer Cb { float cov[]; };
 #endif
@@ -28,6 +30,7 @@ layout(push_constant) uniform Push {
 #ifdef WATCH
   uint covOff;   // float offset of the (held, prompt) mass records
   uint covOut;   // float offset of query head 0's (held, prompt) fractions in cov
+  uint statsOut; // float offset of query head 0's prompt (max, 1 / sum) in cov
 #endif
 } p;
 
@@ -53,7 +56,8 @@ void main() {
   }
   const float inv = lsum > 0.0 ? 1.0 / lsum : 0.0;
 #ifdef WATCH
-  if (gl_LocalInvocationID.x == 0u && watchTab[h] != 0xFFFFFFFFu) {
+  const uint NONE = 0xFFFFFFFFu;
+  if (gl_LocalInvocationID.x == 0u && (watchTab[2 * h] != NONE || watchTab[2 * h + 1] != NONE)) {
     float hsum = 0.0;
     float psum = 0.0;
     for (uint j = 0; j < nr; j++) {
@@ -67,6 +71,10 @@ void main() {
     }
     cov[p.covOut + qh * 2] = hsum * inv;
     cov[p.covOut + qh * 2 + 1] = psum * inv;
+    if (watchTab[2 * h + 1] != NONE) {
+      cov[p.statsOut + qh * 2] = mx;
+      cov[p.statsOut + qh * 2 + 1] = psum > 0.0 ? 1.0 / psum : 0.0;
+    }
   }
 #endif
   for (uint d = gl_LocalInvocationID.x; d < D; d += WG) {

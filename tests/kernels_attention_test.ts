@@ -13,6 +13,7 @@ import {
   type PrefillAttentionOptions,
 } from "../src/kernels/attention.ts";
 import { KvAppend } from "../src/kernels/kv.ts";
+import { AttentionScores } from "../src/kernels/scores.ts";
 import { KvLayerCache, planKvLayer } from "../src/cache/kv_layer.ts";
 import {
   refDecodeAttention,
@@ -600,7 +601,7 @@ for (const subgroup of [true, false]) {
   const variants = subgroup ? ["lanes", "simd", "simd-storage"] as const : ["lanes"] as const;
   for (const variant of variants) {
     const label = variant === "lanes" ? `${variant}, ${subgroup ? "subgroup" : "shared"}` : variant;
-    Deno.test(`decode attention (${label}): the watch's attention mass equals the host's`, () => {
+    Deno.test(`decode attention (${label}): the watch's mass, logits and statistics equal the host's`, () => {
       using dev = Device.open(undefined, { subgroups: subgroup });
       for (
         const [D, G, caps, lens, prompt] of [
@@ -611,27 +612,38 @@ for (const subgroup of [true, false]) {
         const fc = filledCache(dev, D, [...caps], [...lens]);
         try {
           const nH = caps.length;
-          // Watch every head but the second; random marks, one word past the prompt unused.
+          // Watch every head but the second: head 0 with a mask and logits, head 2 with logits
+          // only, the others with a mask only; random marks, one word past the prompt unused.
           const words = Math.ceil(prompt / 32);
-          const table = new Uint32Array(nH).fill(0xffffffff);
+          const table = new Uint32Array(nH * 2).fill(0xffffffff);
           const masks = new Uint32Array(nH * words);
           let next = nextSeed();
           for (let i = 0; i < masks.length; i++) {
             next = (Math.imul(next, 1664525) + 1013904223) >>> 0;
             masks[i] = next;
           }
-          for (let h = 0; h < nH; h++) if (h !== 1) table[h] = h * words;
+          const hasMask = (h: number) => h !== 1 && h !== 2;
+          const hasLogits = (h: number) => h === 0 || h === 2;
+          const logitsAt = (h: number) => 16 + h * G * prompt;
+          for (let h = 0; h < nH; h++) {
+            if (hasMask(h)) table[2 * h] = h * words;
+            if (hasLogits(h)) table[2 * h + 1] = logitsAt(h);
+          }
           using tableBuf = dev.buffer(table.byteLength);
           using maskBuf = dev.buffer(masks.byteLength);
-          using covBuf = dev.buffer((8 + nH * G * 2) * 4);
+          using logitsBuf = dev.buffer((16 + nH * G * prompt) * 4);
+          const statsAt = 8 + nH * G * 2 + 6;
+          using covBuf = dev.buffer((statsAt + nH * G * 2) * 4);
           dev.upload(tableBuf, table);
           dev.upload(maskBuf, masks);
           fc.cache.watch = {
             table: tableBuf,
             masks: maskBuf,
+            logits: logitsBuf,
             promptRows: prompt,
             out: covBuf,
             outOffset: 8,
+            statsOffset: statsAt,
           };
           const q = randomF32(nH * G * D, nextSeed(), 3);
           const opts = variant === "simd-storage"
@@ -643,9 +655,10 @@ for (const subgroup of [true, false]) {
             refDecodeAttention({ q, k: fc.k, v: fc.v, headDim: D, groupSize: G }),
             `decode ${variant} with a watch`,
           );
-          const cov = f32(dev.download(covBuf)).subarray(8);
+          const covAll = f32(dev.download(covBuf));
+          const cov = covAll.subarray(8);
           const marked = (h: number, r: number) =>
-            ((masks[h * words + (r >> 5)] >>> (r & 31)) & 1) === 1;
+            hasMask(h) && ((masks[h * words + (r >> 5)] >>> (r & 31)) & 1) === 1;
           const want = refWatch(q, fc.k, D, G, prompt, marked);
           for (let h = 0; h < nH; h++) {
             if (h === 1) continue; // not watched: not written
@@ -658,6 +671,79 @@ for (const subgroup of [true, false]) {
           }
           // A mask that marks nothing is caught.
           assert.ok(want.some((x, i) => i % 2 === 0 && x > 1e-3));
+          // Logits (log2 domain) of the prompt rows, and their softmax from the statistics.
+          const logits = f32(dev.download(logitsBuf));
+          const stats = covAll.subarray(statsAt);
+          for (let h = 0; h < nH; h++) {
+            if (!hasLogits(h)) continue;
+            const rows = fc.k[h];
+            for (let g = 0; g < G; g++) {
+              const qh = h * G + g;
+              const s = new Float64Array(prompt);
+              for (let j = 0; j < prompt; j++) {
+                let d = 0;
+                for (let i = 0; i < D; i++) d += q[qh * D + i] * rows[j * D + i];
+                s[j] = (d / Math.sqrt(D)) * Math.LOG2E;
+              }
+              const mx = Math.max(...s);
+              const total = s.reduce((a, x) => a + 2 ** (x - mx), 0);
+              let worst = 0;
+              for (let j = 0; j < prompt; j++) {
+                const got = logits[logitsAt(h) + g * prompt + j];
+                assert.ok(
+                  Math.abs(got - s[j]) <= 1e-3 * Math.max(1, Math.abs(s[j])),
+                  `${variant} D=${D} head ${h} q ${g} logit ${j}: ${got} vs ${s[j]} (seed ${SEED})`,
+                );
+                const p = 2 ** (got - stats[qh * 2]) * stats[qh * 2 + 1];
+                worst = Math.max(worst, Math.abs(p - 2 ** (s[j] - mx) / total));
+              }
+              assert.ok(worst <= 1e-4, `${variant} head ${h} q ${g}: softmax off by ${worst}`);
+            }
+            // Pooling the stored logits gives the row the scores kernels compute from the keys.
+            using scores = new AttentionScores(dev, {
+              headDim: D,
+              groupSize: G,
+              variant: variant === "lanes" ? "lanes" : "simd",
+            });
+            using qBuf = dev.buffer(q.byteLength);
+            using fromKeys = dev.buffer(prompt * 4);
+            using fromLogits = dev.buffer(prompt * 4);
+            using scratch = dev.buffer(scores.scratchBytes({ headCount: 1, n: prompt, window: 1 }));
+            dev.upload(qBuf, q);
+            const pool = { groupReduce: "max", poolFirst: true, poolKernel: 5 } as const;
+            using cmd = dev.commands();
+            cmd.begin();
+            scores.record(cmd, {
+              ...pool,
+              cache: fc.cache,
+              headStart: h,
+              headCount: 1,
+              n: prompt,
+              q: qBuf,
+              window: 1,
+              windowMode: "separate",
+              out: fromKeys,
+              scratch,
+            });
+            scores.recordPooledLogits(cmd, {
+              ...pool,
+              logits: { buffer: logitsBuf, offset: logitsAt(h) * 4, bytes: G * prompt * 4 },
+              stats: covBuf,
+              statsOffset: statsAt + h * G * 2,
+              n: prompt,
+              out: fromLogits,
+            });
+            cmd.end();
+            dev.waitSync("compute", cmd.submit());
+            const a = f32(dev.download(fromKeys));
+            const b = f32(dev.download(fromLogits));
+            for (let j = 0; j < prompt; j++) {
+              assert.ok(
+                Math.abs(a[j] - b[j]) <= 1e-6 + 1e-3 * Math.abs(a[j]),
+                `${variant} head ${h} pooled ${j}: ${b[j]} vs ${a[j]} (seed ${SEED})`,
+              );
+            }
+          }
         } finally {
           fc.cache.dispose();
         }

@@ -103,21 +103,29 @@ export function planKvLayer(
 }
 
 /**
- * An attention-mass watch over some heads of a layer (HeteroCache's coverage trigger): the decode
- * attention adds, for each query head of a watched KV head, the fraction of its attention on
- * rows [0, promptRows) and on the rows of that range marked in the head's bit mask. A watched
- * head must hold every row at its position (a full head). Set before the decode step is recorded;
- * the buffers' contents may change between steps.
+ * A watch over some heads of a layer (HeteroCache's pivots): for each query head of a watched KV
+ * head, the decode attention adds the fraction of its attention on rows [0, promptRows) and on
+ * the rows of that range marked in the head's bit mask (the coverage trigger), and can store the
+ * scaled logits of those rows with their softmax statistics (a refresh selection pools them,
+ * src/kernels/scores.ts recordPooledLogits). A watched head must hold every row at its position
+ * (a full head). Set before the decode step is recorded; the buffers' contents (the table's
+ * entries included) may change between steps.
  */
 export interface KvWatch {
-  /** Device u32 [nKvHeads]: word offset of each head's mask in `masks`, or WATCH_NONE. */
+  /** u32 [nKvHeads][2]: per head, the word offset of its mask in `masks` and the float offset of
+   * its logits in `logits`, each WATCH_NONE when off; a head with either on is watched. */
   table: Binding;
-  /** Device u32 bit masks: bit r % 32 of word (offset + r / 32) marks row r. */
+  /** u32 bit masks: bit r % 32 of word (offset + r / 32) marks row r. */
   masks: Binding;
+  /** f32 [G][promptRows] per head with logits on, from its offset: the scaled logits (log2
+   * domain) of its query heads over the prompt rows. */
+  logits: Binding;
   promptRows: number;
-  /** f32 (held, prompt) fraction pairs, query head qh's at float outOffset + 2 * qh. */
+  /** f32 (held, prompt) fraction pairs, query head qh's at float outOffset + 2 * qh; with
+   * logits, the prompt rows' (max, 1 / sum) of qh at float statsOffset + 2 * qh. */
   out: Binding;
   outOffset: number;
+  statsOffset: number;
 }
 
 /** A watch-table entry for a head that is not watched. */

@@ -90,6 +90,7 @@ const MERGE_WATCH_PUSH = pushLayout({
   perSplit: "u32",
   covOff: "u32",
   covOut: "u32",
+  statsOut: "u32",
 });
 
 /** The push block of every prefill variant (shaders/attn_prefill*.comp). */
@@ -243,15 +244,15 @@ export class DecodeAttention implements Disposable {
           device,
           () =>
             device.kernel(SHADERS.attn_decode_cpu.variant({ texel: false, watch: true }), {
-              bindings: 8,
+              bindings: 9,
               push: DECODE_WATCH_PUSH,
               spec,
             }),
           texel
             ? () =>
               device.kernel(SHADERS.attn_decode_cpu.variant({ texel: true, watch: true }), {
-                bindings: 8,
-                kinds: [...texelKinds, "storage", "storage"],
+                bindings: 9,
+                kinds: [...texelKinds, "storage", "storage", "storage"],
                 push: DECODE_WATCH_PUSH,
                 spec,
               })
@@ -263,7 +264,7 @@ export class DecodeAttention implements Disposable {
           device,
           () =>
             device.kernel(SHADERS.attn_decode.variant({ watch: true }), {
-              bindings: 8,
+              bindings: 9,
               push: DECODE_WATCH_PUSH,
               spec: [wg, opts.groupSize, opts.headDim],
             }),
@@ -365,13 +366,16 @@ export class DecodeAttention implements Disposable {
     const { mlOff, covOff } = this.#layout(cache);
     const w = cache.watch;
     if (w) {
-      requireBytes(w.table, cache.nKvHeads * 4, "watch table");
+      requireBytes(w.table, cache.nKvHeads * 8, "watch table");
       requireBytes(w.out, (w.outOffset + nHeads * 2) * 4, "watch output");
+      requireBytes(w.out, (w.statsOffset + nHeads * 2) * 4, "watch statistics");
       if (!Number.isInteger(w.promptRows) || w.promptRows < 0) {
         limit(`watch prompt rows ${w.promptRows} is not a row count`);
       }
-      if (!Number.isInteger(w.outOffset) || w.outOffset < 0) {
-        limit(`watch outOffset ${w.outOffset} is not a float index`);
+      for (const [name, at] of [["outOffset", w.outOffset], ["statsOffset", w.statsOffset]]) {
+        if (!Number.isInteger(at) || (at as number) < 0) {
+          limit(`watch ${name} ${at} is not a float index`);
+        }
       }
     }
     const watch = w ? (this.#watch ??= this.#makeWatch()) : null;
@@ -391,7 +395,7 @@ export class DecodeAttention implements Disposable {
         ? this.#splitTexel!
         : (this.#split ??= this.#makeSplit());
       const bindings = [a.q, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer, a.scratch];
-      if (w) bindings.push(w.table, w.masks);
+      if (w) bindings.push(w.table, w.masks, w.logits);
       cmd.dispatch(
         kernel,
         bindings,
@@ -410,7 +414,12 @@ export class DecodeAttention implements Disposable {
       watch ? watch.merge : this.#merge,
       merge,
       w
-        ? MERGE_WATCH_PUSH.pack({ ...mergePush, covOff, covOut: w.outOffset })
+        ? MERGE_WATCH_PUSH.pack({
+          ...mergePush,
+          covOff,
+          covOut: w.outOffset,
+          statsOut: w.statsOffset,
+        })
         : MERGE_PUSH.pack(mergePush),
       [nHeads],
     );

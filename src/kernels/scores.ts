@@ -88,6 +88,7 @@ const POOL_CPU_PUSH = pushLayout({
   outOff: "u32",
   outStride: "u32",
   logitStride: "u32",
+  statsOff: "u32",
 });
 
 /** shaders/scores_topk.comp's push block. */
@@ -124,6 +125,20 @@ export interface ScoresArgs {
    * minStorageBufferOffsetAlignment (per-head regions are bound separately, 256-byte aligned). */
   scratch: Binding;
   scale?: number;
+}
+
+export interface PooledLogitsArgs {
+  /** f32 [G][n]: one KV head's query heads' scaled logits (log2 domain) over rows [0, n). */
+  logits: Binding;
+  /** f32 (max, 1 / sum) per query head over rows [0, n), from float `statsOffset` (even). */
+  stats: Binding;
+  statsOffset: number;
+  n: number;
+  groupReduce: "max" | "mean";
+  poolFirst: boolean;
+  poolKernel?: number;
+  out: Binding;
+  outOffset?: number;
 }
 
 export interface AttentionScoresOptions {
@@ -504,15 +519,7 @@ export class AttentionScores implements Disposable {
           spec: [MERGE_WG],
         }),
     );
-    const poolKernel = this.#kernel(
-      `simd-pool:${pool.wc}:${pool.p}:${r.kernel}:${separate ? 1 : 0}:${pool.pk}:${keep ? 1 : 0}`,
-      () =>
-        this.device.kernel(SHADERS.scores_pool_cpu.variant({ logits: keep }), {
-          bindings: keep ? 6 : 5,
-          push: POOL_CPU_PUSH,
-          spec: [...spec, pool.wc, pool.p, r.kernel, separate ? 1 : 0, pool.pk],
-        }),
-    );
+    const poolKernel = this.#simdPool(pool, r.kernel, separate, keep);
     for (const { c, h0, h1 } of r.groups) {
       const push = STATS_CPU_PUSH.pack({
         headBase: h0,
@@ -556,11 +563,93 @@ export class AttentionScores implements Disposable {
         outOff: r.outBase(h0),
         outStride: a.outStride ?? n,
         logitStride: r.logitStride,
+        statsOff: 0,
       });
       const bindings = [a.q, cache.k[c], cache.table, r.statsBinding(h0), a.out];
       if (keep) bindings.push(r.logitsBinding!(h0, h1));
       cmd.dispatch(poolKernel, bindings, push, [tiles, h1 - h0]);
     }
+  }
+
+  #simdPool(
+    pool: { wc: number; p: number; pk: number },
+    kernel: number,
+    separate: boolean,
+    logits: boolean,
+  ): Kernel {
+    const L = this.#lanes;
+    return this.#kernel(
+      `simd-pool:${pool.wc}:${pool.p}:${kernel}:${separate ? 1 : 0}:${pool.pk}:${logits ? 1 : 0}`,
+      () =>
+        this.device.kernel(SHADERS.scores_pool_cpu.variant({ logits }), {
+          bindings: logits ? 6 : 5,
+          push: POOL_CPU_PUSH,
+          spec: [
+            L,
+            this.groupSize,
+            this.headDim,
+            pool.wc,
+            pool.p,
+            kernel,
+            separate ? 1 : 0,
+            pool.pk,
+          ],
+        }),
+    );
+  }
+
+  /**
+   * One KV head's pooled, group-reduced scores row from logits and prompt softmax statistics
+   * the decode attention stored (its watch, src/cache/kv_layer.ts KvWatch): the pool pass alone,
+   * so a HeteroCache refresh selection reads G floats per prompt row instead of the row's keys.
+   * Window 1; the row is the same as record()'s for that query, up to the logits' summation
+   * order. Both variants use the "simd" pool kernel: with stored logits it is plain per-lane
+   * work.
+   */
+  recordPooledLogits(cmd: CommandList, a: PooledLogitsArgs): this {
+    const G = this.groupSize;
+    const { n } = a;
+    if (!Number.isInteger(n) || n < 1 || n > 1 << 24) limit(`score length ${n} not in 1..2^24`);
+    const kernel = a.poolKernel ?? 5;
+    if (!Number.isInteger(kernel) || kernel < 1 || kernel % 2 === 0 || kernel > 63) {
+      limit(`pool kernel ${kernel} must be odd and at most 63`);
+    }
+    const statsOff = a.statsOffset;
+    if (!Number.isInteger(statsOff) || statsOff < 0 || statsOff % 2 !== 0) {
+      limit(`statsOffset ${statsOff} is not an even float index`);
+    }
+    const outOff = a.outOffset ?? 0;
+    if (!Number.isInteger(outOff) || outOff < 0) limit(`outOffset ${outOff} is not a float index`);
+    requireBytes(a.logits, G * n * 4, "pooled logits");
+    requireBytes(a.stats, (statsOff + 2 * G) * 4, "pooled logits statistics");
+    requireBytes(a.out, (outOff + n) * 4, "pooled scores output");
+    const pool = this.#simdPoolShape(1, true, kernel);
+    const tiles = Math.ceil(n / (this.#lanes * pool.p));
+    if (tiles > 65535) limit(`score length ${n} needs ${tiles} tiles (max 65535)`);
+    const push = POOL_CPU_PUSH.pack({
+      headBase: 0,
+      n,
+      window: 1,
+      qOff4: 0,
+      qStride4: 0,
+      records: 0,
+      scale: 0,
+      flags: (a.groupReduce === "mean" ? 1 : 0) | 2 | (a.poolFirst ? 4 : 0),
+      headStride: 0,
+      outOff,
+      outStride: n,
+      logitStride: G * n,
+      statsOff: statsOff / 2,
+    });
+    // Bindings 0-2 (q, K, table) are declared but not read by the logits build.
+    const unused = a.logits;
+    cmd.dispatch(
+      this.#simdPool(pool, kernel, true, true),
+      [unused, unused, unused, a.stats, a.out, a.logits],
+      push,
+      [tiles, 1],
+    );
+    return this;
   }
 
   dispose(): void {

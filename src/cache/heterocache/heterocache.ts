@@ -12,12 +12,22 @@
  *
  * Triggers (docs/algorithm.md §10): "drift" is the official overlap test (every `checkEvery`
  * steps, the top-K sets of the buffered queries against the pivot's reference set: a device
- * round trip per check). "coverage" (the default) costs nothing extra: the decode attention
+ * round trip per check). "coverage" (the default) costs almost nothing: the decode attention
  * already reads every prompt row of a pivot, so it also sums the pivot's attention mass over the
  * prompt and over the rows its satellites hold (a bit mask per cluster, refreshed with them;
- * src/kernels/kv.ts KvWatch). After each step the host reads those two numbers per pivot; when
- * the held share falls below `coverageDrop` times what it was just after the cluster's last
+ * src/cache/kv_layer.ts KvWatch). After each step the host reads those two numbers per pivot;
+ * when the held share falls below `coverageDrop` times what it was just after the cluster's last
  * refresh (or the prompt), the cluster refreshes.
+ *
+ * Refresh selection: the fired pivots' pooled, group-maxed attention of this step's query over
+ * their prompt rows. An interval (the ablations) knows its refresh steps ahead, so on those steps
+ * the same watch has the decode attention store the pivots' prompt logits and softmax statistics,
+ * and selecting pools G floats per prompt row (src/kernels/scores.ts recordPooledLogits). The
+ * coverage trigger learns that a pivot fired only after the step; storing every pivot's logits
+ * on every step in case cost about a sixth of its attention on llvmpipe, and selecting one step
+ * later from the next step's logits lost answers on the retrieval task (95.9% to 88.5% at 16K),
+ * so it scores the fired pivots' prompt keys with the step's query (fires are rare; the check is
+ * what runs every step).
  */
 import { HcError } from "../../errors.ts";
 import { type KvLayerCache, WATCH_NONE } from "../kv_layer.ts";
@@ -98,13 +108,15 @@ interface PivotState {
   satellites: number[];
   /** Reference top-K set (ascending positions) drift is measured against. */
   ref: Int32Array;
-  /** Device rows [window][L]: pooled, group-maxed scores of the buffered queries. */
+  /** Drift test: device rows [window][L], pooled, group-maxed scores of the buffered queries. */
   scores: Buffer | null;
   /** Coverage trigger: prompt rows the satellites hold (bit per position), its word offset in
    * the device masks, the held share right after the last refresh (null: take the next), and
    * the refresh in flight (its Retrieval sequence number; 0: none). */
   mask: Uint32Array;
   maskWord: number;
+  /** Float offset of its logits ([G][prompt]) in its layer's watch logits buffer. */
+  logitsAt: number;
   refCoverage: number | null;
   refreshing: number;
   /** The share the last refresh aimed at: the selecting query's (pooled) mass on its rows. */
@@ -136,11 +148,22 @@ export class HeteroCache extends CompressedCache {
   /** Command lists of the drift check and the refresh selection, re-recorded each time. */
   #checkCmd: CommandList | null = null;
   #selectCmd: CommandList | null = null;
-  /** Coverage trigger: per-layer watch tables (256-byte aligned), the masks, the read-back
-   * (held, prompt) fractions [nLayers][nHeads][2]. */
+  /** The watch (coverage and interval triggers): per-layer tables (256-byte aligned, mapped:
+   * the logits entries switch per step), the coverage masks, per-layer logits buffers (null for
+   * a layer without pivots), and the read-back (held, prompt) fractions [nLayers][nHeads][2]
+   * followed by the prompt statistics (max, 1 / sum) [nLayers][nHeads][2]. */
   #watchTable: Buffer | null = null;
+  #watchTableView: Uint32Array | null = null;
+  #watchStride = 0;
   #watchMasks: Buffer | null = null;
+  #watchLogits: (Buffer | null)[] = [];
   #watchOut: Buffer | null = null;
+  /** Coverage and interval triggers: the fired pivots' pooled rows [nPivots][L], side by side
+   * for one top-k dispatch. */
+  #selRows: Buffer | null = null;
+  /** The logits binding of a watch that stores none (coverage trigger). */
+  #noLogits: Buffer | null = null;
+
   readonly #record: boolean;
   /** Refreshes of the current generation (only with `record`). */
   readonly refreshLog: RefreshRecord[] = [];
@@ -364,6 +387,7 @@ export class HeteroCache extends CompressedCache {
   ): PivotState[] {
     const out: PivotState[] = [];
     const words = Math.ceil(this.promptTokens / 32);
+    const logitsStride = this.#logitsStride;
     this.#profile.layers.forEach((layer, l) => {
       const byIndex = layer.clusters.map((cl) => cl.pivot).sort((a, b) => a - b);
       layer.clusters.forEach((cl, i) => {
@@ -378,6 +402,7 @@ export class HeteroCache extends CompressedCache {
           scores: null,
           mask,
           maskWord: out.length * words,
+          logitsAt: i * logitsStride,
           refCoverage: null,
           refreshing: 0,
           expectedCoverage: 0,
@@ -393,42 +418,111 @@ export class HeteroCache extends CompressedCache {
     this.#setupWatch();
   }
 
-  /** Warms the decode-time scoring and, for the coverage trigger, gives each layer's cache
-   * its watch over the pivots' masks. */
+  /** Floats between two pivots' logits in a layer's watch logits buffer (256-byte aligned, the
+   * binding offset alignment). */
+  get #logitsStride(): number {
+    const G = this.config.nHeads / this.config.nKvHeads;
+    return Math.ceil((G * this.promptTokens) / 64) * 64;
+  }
+
+  /** Warms the decode-time scoring and, except for the drift test (which scores keys itself),
+   * gives each layer with pivots its watch: the coverage trigger's masks, and the pivots'
+   * logits for the refresh selection. */
   #setupWatch(): void {
     if (this.#pivots.length === 0) return;
-    // Recording creates the pipelines of the decode-time scoring (nothing runs): CPU drivers
-    // compile at creation, ~0.7 s that would otherwise land on the first refresh's step.
-    const warm = (this.#checkCmd ??= this.device.commands());
-    warm.begin();
-    this.#recordScores(warm, this.#pivots.slice(0, 1));
-    warm.end();
-    if (this.#trigger.kind !== "coverage") return;
     const c = this.config;
-    const words = Math.ceil(this.promptTokens / 32);
-    const stride = Math.ceil((c.nKvHeads * 4) / 256) * 256;
-    this.#watchTable = this.device.buffer(c.nLayers * stride);
-    this.#watchMasks = this.device.buffer(Math.max(16, this.#pivots.length * words * 4));
-    this.#watchOut = this.device.buffer(c.nLayers * c.nHeads * 2 * 4, "readback");
-    const table = new Uint32Array((c.nLayers * stride) / 4).fill(WATCH_NONE);
-    const masks = new Uint32Array(this.#pivots.length * words);
-    for (const p of this.#pivots) {
-      table[(p.layer * stride) / 4 + p.pivot] = p.maskWord;
-      masks.set(p.mask, p.maskWord);
+    const L = this.promptTokens;
+    if (this.#trigger.kind === "drift") {
+      // Recording creates the pipelines of the decode-time scoring (nothing runs): CPU drivers
+      // compile at creation, ~0.7 s that would otherwise land on the first refresh's step.
+      const warm = (this.#checkCmd ??= this.device.commands());
+      warm.begin();
+      this.#recordScores(warm, this.#pivots.slice(0, 1));
+      warm.end();
+      return;
     }
-    this.device.upload(this.#watchTable, table);
-    this.device.upload(this.#watchMasks, masks);
+    const coverage = this.#trigger.kind === "coverage";
+    const words = Math.ceil(L / 32);
+    const stride = Math.ceil((c.nKvHeads * 8) / 256) * 256;
+    this.#watchStride = stride;
+    this.#watchTable = this.device.buffer(c.nLayers * stride, "upload");
+    const tm = this.#watchTable.mapped();
+    this.#watchTableView = new Uint32Array(tm.buffer, tm.byteOffset, tm.byteLength / 4);
+    this.#watchTableView.fill(WATCH_NONE);
+    // Masks for the coverage trigger, logits for an interval; the other is a 16-byte stand-in.
+    this.#watchMasks = this.device.buffer(
+      Math.max(16, coverage ? this.#pivots.length * words * 4 : 0),
+    );
+    this.#watchOut = this.device.buffer(c.nLayers * c.nHeads * 4 * 4, "readback");
+    this.#watchLogits = this.caches.map((_, l) => {
+      const n = coverage ? 0 : this.#pivots.filter((p) => p.layer === l).length;
+      return n ? this.device.buffer(n * this.#logitsStride * 4) : null;
+    });
+    this.#noLogits ??= this.device.buffer(16);
+    if (coverage) {
+      const masks = new Uint32Array(this.#pivots.length * words);
+      for (const p of this.#pivots) {
+        this.#watchTableView[(p.layer * stride) / 4 + 2 * p.pivot] = p.maskWord;
+        masks.set(p.mask, p.maskWord);
+      }
+      this.device.upload(this.#watchMasks, masks);
+    }
+    this.#setLogits();
     this.caches.forEach((cache, l) => {
       const watched = this.#pivots.some((p) => p.layer === l);
       cache.watch = watched
         ? {
-          table: { buffer: this.#watchTable!, offset: l * stride, bytes: c.nKvHeads * 4 },
+          table: { buffer: this.#watchTable!, offset: l * stride, bytes: c.nKvHeads * 8 },
           masks: this.#watchMasks!,
-          promptRows: this.promptTokens,
+          logits: this.#watchLogits[l] ?? this.#noLogits!,
+          promptRows: L,
           out: this.#watchOut!,
           outOffset: l * c.nHeads * 2,
+          statsOffset: (c.nLayers + l) * c.nHeads * 2,
         }
         : null;
+    });
+    // Record the selection's scoring once so its pipelines compile now, not on the first
+    // refresh's step (CPU drivers compile at creation, ~0.7 s).
+    const p0 = this.#pivots[0];
+    this.#selRows ??= this.device.buffer(TopK.rowsBytes(this.#pivots.length * L));
+    const warm = (this.#selectCmd ??= this.device.commands());
+    warm.begin();
+    if (coverage) this.#recordKeyScores(warm, [p0], 0);
+    else this.#recordPooled(warm, p0, 0);
+    warm.end();
+  }
+
+  /** Sets the watch table's logits entries for the next step (the mapped table is read when
+   * the step runs): an interval's refresh steps store every pivot's logits, other steps none
+   * (storing costs a pivot's attention about a sixth on llvmpipe: a scattered store per key
+   * block). */
+  #setLogits(): void {
+    const t = this.#watchTableView;
+    const trigger = this.#trigger;
+    if (!t || trigger.kind !== "interval") return;
+    const on = (this.#buffered + 1) % trigger.every === 0;
+    for (const p of this.#pivots) {
+      t[(p.layer * this.#watchStride) / 4 + 2 * p.pivot + 1] = on ? p.logitsAt : WATCH_NONE;
+    }
+  }
+
+  /** The pooled, group-maxed scores row of `p` into row `row` of the selection rows, from the
+   * logits and statistics the last step's attention stored. */
+  #recordPooled(cmd: CommandList, p: PivotState, row: number): void {
+    const c = this.config;
+    const G = c.nHeads / c.nKvHeads;
+    const L = this.promptTokens;
+    this.kernels.scores.recordPooledLogits(cmd, {
+      logits: { buffer: this.#watchLogits[p.layer]!, offset: p.logitsAt * 4, bytes: G * L * 4 },
+      stats: this.#watchOut!,
+      statsOffset: ((c.nLayers + p.layer) * c.nHeads + p.pivot * G) * 2,
+      n: L,
+      groupReduce: "max",
+      poolFirst: true,
+      poolKernel: this.#poolKernel,
+      out: this.#selRows!,
+      outOffset: row * L,
     });
   }
 
@@ -451,9 +545,15 @@ export class HeteroCache extends CompressedCache {
     this.#queries = this.device.buffer(c.nLayers * W * c.nHeads * c.headDim * 4, "upload");
     const m = this.#queries.mapped();
     this.#queryView = new Float32Array(m.buffer, m.byteOffset, m.byteLength / 4);
-    for (const p of this.#pivots) p.scores = this.device.buffer(TopK.rowsBytes(W * L));
-    const K = this.kernels;
-    this.#scratch = this.device.buffer(K.scores.scratchBytes({ headCount: 1, n: L, window: W }));
+    if (this.#trigger.kind === "drift") {
+      for (const p of this.#pivots) p.scores = this.device.buffer(TopK.rowsBytes(W * L));
+    }
+    if (this.#trigger.kind !== "interval") {
+      const K = this.kernels;
+      this.#scratch = this.device.buffer(
+        K.scores.scratchBytes({ headCount: 1, n: L, window: W }),
+      );
+    }
     this.#ensureIndices(this.#pivots.length * W * Math.min(this.#base, L) * 4);
   }
 
@@ -517,6 +617,7 @@ export class HeteroCache extends CompressedCache {
         scores: null,
         mask: Uint32Array.from(mask),
         maskWord: stateInt(p.maskWord, `pivot ${i} maskWord`),
+        logitsAt: 0, // set below
         refCoverage: p.refCoverage === null ? null : share(p.refCoverage, "refCoverage"),
         // A landed refresh the trigger has not looked at yet: no Retrieval slot has seq -1,
         // so the next check sees it as landed, as the saved session's would have.
@@ -524,6 +625,12 @@ export class HeteroCache extends CompressedCache {
         expectedCoverage: share(p.expectedCoverage, "expectedCoverage"),
       };
     });
+    const inLayer = new Map<number, number>();
+    for (const p of this.#pivots) {
+      const i = inLayer.get(p.layer) ?? 0;
+      p.logitsAt = i * this.#logitsStride;
+      inLayer.set(p.layer, i + 1);
+    }
     if (!Array.isArray(e.host)) throw badState("host store malformed");
     let at = first;
     const rowBytes = this.#store.rowBytes;
@@ -594,19 +701,21 @@ export class HeteroCache extends CompressedCache {
       this.#queryView!.set(step.q(l), (l * W + slot) * qDim);
     }
     this.#buffered++;
+    this.#setLogits();
     if (this.#buffered % this.#trigger.every !== 0 || this.#pivots.length === 0) return;
     const t0 = performance.now();
     this.stat.stepsWithCheck++;
     const coverage = this.#trigger.kind === "coverage";
-    // The drift test scores every pivot to decide; the other triggers decide first, and the
-    // refresh selection scores just the fired pivots in its own submission.
     const drift = this.#trigger.kind === "drift";
     const triggered = coverage
       ? this.#coverageCheck()
       : drift
       ? await this.#check(slot)
       : this.#pivots;
-    const jobs = triggered.length ? await this.#selectRefresh(triggered, slot, !drift) : [];
+    // The drift test scored every window query already; an interval's step stored the pivots'
+    // logits; the coverage trigger scores the fired pivots' keys (see the header).
+    const source = drift ? "drift" : coverage ? "keys" : "logits";
+    const jobs = triggered.length ? await this.#selectRefresh(triggered, slot, source) : [];
     this.stat.monitorMs += performance.now() - t0;
     if (jobs.length) {
       const t1 = performance.now();
@@ -677,34 +786,49 @@ export class HeteroCache extends CompressedCache {
     return fired;
   }
 
-  /**
-   * Records the pooled, group-maxed scores rows of `pivots`: over all their buffered queries
-   * (row w for window slot w: the drift test's medians), or, given `slot`, over that one query
-   * alone into row 0 (a refresh selects with the last query only, so scoring the other W-1
-   * would cost W times the pass over the pivot's prompt keys for nothing).
-   */
-  #recordScores(cmd: CommandList, pivots: readonly PivotState[], slot?: number): void {
-    const W = this.#window;
-    const c = this.config;
-    const qDim = c.nHeads * c.headDim;
+  /** The drift test's scores: the pooled, group-maxed rows of `pivots` over all their buffered
+   * queries (row w for window slot w), from their prompt keys. */
+  #recordScores(cmd: CommandList, pivots: readonly PivotState[]): void {
     pivots.forEach((p, i) => {
       if (i > 0) cmd.barrier(); // the scores scratch is shared
-      this.kernels.scores.record(cmd, {
-        cache: this.caches[p.layer],
-        headStart: p.pivot,
-        headCount: 1,
-        n: this.promptTokens,
-        q: this.#queries!,
-        qOffset: (p.layer * W + (slot ?? 0)) * qDim,
-        qStride: qDim,
-        window: slot === undefined ? W : 1,
-        groupReduce: "max",
-        windowMode: "separate",
-        poolFirst: true,
-        poolKernel: this.#poolKernel,
-        out: p.scores!,
-        scratch: this.#scratch!,
-      });
+      this.#recordPivotScores(cmd, p, 0, this.#window, p.scores!, 0);
+    });
+  }
+
+  /** The coverage trigger's selection rows: pivot i's pooled, group-maxed scores of window slot
+   * `slot`'s query alone, from its prompt keys, into row i of the selection rows. */
+  #recordKeyScores(cmd: CommandList, pivots: readonly PivotState[], slot: number): void {
+    pivots.forEach((p, i) => {
+      if (i > 0) cmd.barrier(); // the scores scratch is shared
+      this.#recordPivotScores(cmd, p, slot, 1, this.#selRows!, i * this.promptTokens);
+    });
+  }
+
+  #recordPivotScores(
+    cmd: CommandList,
+    p: PivotState,
+    slot: number,
+    window: number,
+    out: Buffer,
+    outOffset: number,
+  ): void {
+    const qDim = this.config.nHeads * this.config.headDim;
+    this.kernels.scores.record(cmd, {
+      cache: this.caches[p.layer],
+      headStart: p.pivot,
+      headCount: 1,
+      n: this.promptTokens,
+      q: this.#queries!,
+      qOffset: (p.layer * this.#window + slot) * qDim,
+      qStride: qDim,
+      window,
+      groupReduce: "max",
+      windowMode: "separate",
+      poolFirst: true,
+      poolKernel: this.#poolKernel,
+      out,
+      outOffset,
+      scratch: this.#scratch!,
     });
   }
 
@@ -764,25 +888,40 @@ export class HeteroCache extends CompressedCache {
    * the first cap_s of the top-M by position (the §4 quirk); the default takes the top cap_s by
    * score, which lie inside the top-M because the kernel ranks by one total order (score
    * descending, NaN lowest, then position ascending), so the host ranks the M again by score.
+   * Without compat, the fired pivots' rows sit side by side and one top-k dispatch serves them
+   * all at the largest M (one workgroup per row: one dispatch per row kept a CPU driver on one
+   * thread); a larger M changes nothing there, as the ranking takes by score.
    */
   async #selectRefresh(
     fired: PivotState[],
     lastSlot: number,
-    score: boolean,
+    source: "drift" | "keys" | "logits",
   ): Promise<RefreshJob[]> {
+    const score = source !== "drift";
     const L = this.promptTokens;
     const K = this.kernels;
-    let at = 0;
     const plan = fired.map((p) => {
       const caps = p.satellites.map((s) => this.#caps[p.layer][s]);
-      const e = { p, caps, M: Math.max(...caps), at };
-      at += e.M;
-      return e;
+      return { p, caps, M: Math.max(...caps), at: 0 };
     });
+    const batched = !this.#compat;
+    const Mall = Math.max(...plan.map((e) => e.M));
+    let at = 0;
+    for (const e of plan) {
+      if (batched) e.M = Mall;
+      e.at = at;
+      at += e.M;
+    }
     if (this.#trigger.kind === "interval") {
       this.stat.driftChecks += fired.length;
       this.stat.triggers += fired.length;
     }
+    // Where pivot i's row is: the drift test's scores hold every window slot; otherwise each
+    // fired pivot's row is pooled from this step's logits into row i of the selection rows.
+    const rowOf = (e: (typeof plan)[number], i: number) =>
+      score
+        ? { buffer: this.#selRows!, offset: i * L }
+        : { buffer: e.p.scores!, offset: lastSlot * L };
     // The readback holds the indices, then each pivot's scores row where the default ranking
     // or the refresh log needs it.
     const rows = !this.#compat || this.#record || score;
@@ -790,31 +929,41 @@ export class HeteroCache extends CompressedCache {
     this.#ensureIndices(rowsAt + (rows ? fired.length * L * 4 : 0));
     const cmd = (this.#selectCmd ??= this.device.commands());
     cmd.begin();
-    // Scored here: only the fired pivots, with this step's query alone, into row 0; the drift
-    // test scored every window query already, so its selection reads the last slot's row.
-    const row0 = score ? 0 : lastSlot * L;
-    if (score) {
-      this.#recordScores(cmd, fired, lastSlot);
-      cmd.barrier();
-    }
-    for (const e of plan) {
+    if (source === "logits") plan.forEach((e, i) => this.#recordPooled(cmd, e.p, i));
+    if (source === "keys") this.#recordKeyScores(cmd, fired, lastSlot);
+    if (score) cmd.barrier();
+    if (batched && score) {
       K.topk.record(cmd, {
-        rows: e.p.scores!,
-        rowOffset: row0,
+        rows: this.#selRows!,
         rowStride: L,
-        rowCount: 1,
+        rowCount: plan.length,
         n: L,
-        k: e.M,
+        k: Mall,
         out: this.#indices!,
-        outOffset: e.at,
+        outStride: Mall,
+      });
+    } else {
+      plan.forEach((e, i) => {
+        const r = rowOf(e, i);
+        K.topk.record(cmd, {
+          rows: r.buffer,
+          rowOffset: r.offset,
+          rowStride: L,
+          rowCount: 1,
+          n: L,
+          k: e.M,
+          out: this.#indices!,
+          outOffset: e.at,
+        });
       });
     }
     cmd.barrier();
     cmd.copy(this.#indices!, this.#readback!, [[0, 0, rowsAt]]);
     if (rows) {
-      plan.forEach((e, i) =>
-        cmd.copy(e.p.scores!, this.#readback!, [[row0 * 4, rowsAt + i * L * 4, L * 4]])
-      );
+      plan.forEach((e, i) => {
+        const r = rowOf(e, i);
+        cmd.copy(r.buffer, this.#readback!, [[r.offset * 4, rowsAt + i * L * 4, L * 4]]);
+      });
     }
     cmd.end();
     await this.device.wait("compute", cmd.submit());
@@ -822,13 +971,15 @@ export class HeteroCache extends CompressedCache {
     const all = new Uint32Array(m.buffer, m.byteOffset, at);
     const jobs: RefreshJob[] = [];
     plan.forEach((e, i) => {
-      const top = all.slice(e.at, e.at + e.M);
+      const top = all.slice(e.at, e.at + Math.min(e.M, L));
       const row = rows ? new Float32Array(m.buffer, m.byteOffset + rowsAt + i * L * 4, L) : null;
-      const byScore = this.#compat ? top : rankByScore(top, row!);
+      const taken = this.#compat
+        ? e.caps.map((take) => top.slice(0, take))
+        : takeByScore(top, row!, e.caps);
       const mask = this.#trigger.kind === "coverage" ? new Uint32Array(e.p.mask.length) : null;
       e.p.satellites.forEach((s, j) => {
         const take = e.caps[j];
-        const positions = this.#compat ? top.slice(0, take) : byScore.slice(0, take).sort();
+        const positions = taken[j];
         if (mask) markRows(mask, positions);
         if (this.#record) {
           this.refreshLog.push({
@@ -859,7 +1010,11 @@ export class HeteroCache extends CompressedCache {
     this.#pivots = [];
     for (const cache of this.caches) cache.watch = null;
     const owned = [this.#queries, this.#scratch, this.#indices, this.#readback];
-    owned.push(this.#watchTable, this.#watchMasks, this.#watchOut);
+    owned.push(this.#watchTable, this.#watchMasks, this.#watchOut, this.#selRows);
+    owned.push(this.#noLogits, ...this.#watchLogits);
+    this.#selRows = this.#noLogits = null;
+    this.#watchLogits = [];
+    this.#watchTableView = null;
     for (const b of owned) b?.dispose();
     this.#queries =
       this.#scratch =
@@ -918,6 +1073,29 @@ function maskedShare(row: Float32Array, mask: Uint32Array): number {
     if ((mask[i >>> 5] >>> (i & 31)) & 1) held += x;
   }
   return total > 0 ? held / total : 0;
+}
+
+/**
+ * The default refresh's take: for each cap, the `cap` positions of `top` (ascending, the top-k
+ * kernel's output) ranked first by score on `row` (rankByScore's order), ascending by position.
+ * One ranking serves every satellite; each take is a linear pass in position order.
+ */
+export function takeByScore(
+  top: Uint32Array,
+  row: Float32Array,
+  caps: readonly number[],
+): Uint32Array[] {
+  const order = rankByScore(top, row);
+  const rank = new Uint32Array(row.length);
+  for (let r = 0; r < order.length; r++) rank[order[r]] = r;
+  return caps.map((cap) => {
+    const out = new Uint32Array(Math.min(cap, top.length));
+    let k = 0;
+    for (let i = 0; i < top.length && k < out.length; i++) {
+      if (rank[top[i]] < cap) out[k++] = top[i];
+    }
+    return out;
+  });
 }
 
 const F32_BITS = new Uint32Array(1);
