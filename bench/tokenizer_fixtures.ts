@@ -12,6 +12,8 @@ import { parseArgs } from "node:util";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { writeGguf } from "../testing/gguf_writer.ts";
 import {
+  GEMMA4,
+  gemma4Vocab,
   GEMMA_SPM,
   gemmaVocab,
   ORACLE_PRESETS,
@@ -40,6 +42,7 @@ try {
   const pieces = splitPiecesOf(texts);
   for (const pre of ORACLE_PRESETS) vocabs.set(pre + REVEALER, await revealerVocab(pre, pieces));
   vocabs.set(GEMMA_SPM, await gemmaVocab());
+  vocabs.set(GEMMA4, await gemma4Vocab());
   const models = [];
   for (const [name, metadata] of vocabs) {
     const path = join(tmp, `${name}.gguf`);

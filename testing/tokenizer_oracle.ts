@@ -36,6 +36,63 @@ export const ORACLE_PRESETS = [
   "viking",
 ] as const;
 
+/**
+ * A Gemma 4-style vocabulary (`tokenizer.ggml.model` gemma4: BPE over raw text with "▁" for
+ * spaces), made from llama-spm's pieces: each piece of two or more characters becomes the merge
+ * of two shorter pieces, ranked by the piece's score as SentencePiece's BPE trainer made them.
+ */
+export const GEMMA4 = "gemma4";
+
+export async function gemma4Vocab(): Promise<[string, GgufTypedValue][]> {
+  const md = await vocabMetadata("ggml-vocab-llama-spm.gguf");
+  const get = (key: string) => md.find(([k]) => k === key)![1].value as GgufValue[];
+  const tokens = get("tokenizer.ggml.tokens") as string[];
+  const scores = get("tokenizer.ggml.scores") as number[];
+  const types = get("tokenizer.ggml.token_type") as number[];
+  const ids = new Map(tokens.map((t, i) => [t, i]));
+  const merges: { merge: string; score: number; id: number }[] = [];
+  tokens.forEach((t, id) => {
+    const cps = [...t];
+    if (types[id] !== 1 || cps.length < 2) return;
+    // The split whose weaker half scores best: the merge the trainer most plausibly made.
+    let best: [string, number] | null = null;
+    for (let k = 1; k < cps.length; k++) {
+      const a = ids.get(cps.slice(0, k).join(""));
+      const b = ids.get(cps.slice(k).join(""));
+      if (a === undefined || b === undefined) continue;
+      const weaker = Math.min(scores[a], scores[b]);
+      if (best === null || weaker > best[1]) best = [`${tokens[a]} ${tokens[b]}`, weaker];
+    }
+    if (best) merges.push({ merge: best[0], score: scores[id], id });
+  });
+  merges.sort((x, y) => y.score - x.score || x.id - y.id);
+  // Gemma 4 has newline-run tokens no merge builds; llama.cpp takes such a run whole.
+  const runs = ["\n\n", "\n\n\n"];
+  const out = md.map(([k, v]): [string, GgufTypedValue] =>
+    k === "tokenizer.ggml.tokens"
+      ? [k, { ...v, value: [...tokens, ...runs] } as GgufTypedValue]
+      : k === "tokenizer.ggml.scores"
+      ? [k, { ...v, value: [...scores, ...runs.map(() => 0)] } as GgufTypedValue]
+      : k === "tokenizer.ggml.token_type"
+      ? [k, { ...v, value: [...types, ...runs.map(() => 1)] } as GgufTypedValue]
+      : k === "llama.vocab_size"
+      ? [k, { type: GgufValueType.UINT32, value: tokens.length + runs.length }]
+      : k === "tokenizer.ggml.model"
+      ? [k, { type: GgufValueType.STRING, value: "gemma4" }]
+      : k === "tokenizer.ggml.pre"
+      ? [k, { type: GgufValueType.STRING, value: "gemma4" }]
+      : k === "tokenizer.ggml.add_bos_token"
+      ? [k, { type: GgufValueType.BOOL, value: false }] // llama.cpp overrides it for Gemma 4
+      : [k, v]
+  );
+  out.push(["tokenizer.ggml.merges", {
+    type: GgufValueType.ARRAY,
+    elemType: GgufValueType.STRING,
+    value: merges.map((m) => m.merge),
+  }]);
+  return out;
+}
+
 /** A Gemma-style SentencePiece vocabulary (llama-spm's pieces, Gemma's settings), by name. */
 export const GEMMA_SPM = "gemma-spm";
 /** Tokens appended to llama-spm's to make it Gemma-like: [text, GGUF token_type]. */
@@ -259,7 +316,7 @@ export interface TokenizerFixture {
   pieces: string[];
   /**
    * Per vocabulary: a preset (gpt-2's vocabulary with that pre-tokenizer), the same plus
-   * REVEALER, or GEMMA_SPM; llama.cpp's ids per text, space-separated.
+   * REVEALER, GEMMA_SPM or GEMMA4; llama.cpp's ids per text, space-separated.
    */
   answers: Record<string, string[]>;
 }

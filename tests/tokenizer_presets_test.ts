@@ -8,6 +8,8 @@ import assert from "node:assert/strict";
 import { tokenizerFromGguf } from "../src/model/tokenizer/mod.ts";
 import { KNOWN_PRE_TOKENIZERS } from "../src/model/tokenizer/mod.ts";
 import {
+  GEMMA4,
+  gemma4Vocab,
   GEMMA_SPM,
   gemmaVocab,
   ORACLE_PRESETS,
@@ -42,7 +44,12 @@ function agreement(name: string, md: [string, GgufTypedValue][]): string[] {
 Deno.test("tokenizer fixture covers llama.cpp's 46 strings and the seeded random ones", () => {
   assert.equal(texts.length, 46 + RANDOM_CASES + 1);
   const names = Object.keys(fixture.answers).sort();
-  const want = [...ORACLE_PRESETS, ...ORACLE_PRESETS.map((p) => p + REVEALER), GEMMA_SPM].sort();
+  const want = [
+    ...ORACLE_PRESETS,
+    ...ORACLE_PRESETS.map((p) => p + REVEALER),
+    GEMMA_SPM,
+    GEMMA4,
+  ].sort();
   assert.deepEqual(names, want);
   for (const p of ORACLE_PRESETS) assert.ok(KNOWN_PRE_TOKENIZERS.includes(p), p);
 });
@@ -65,4 +72,16 @@ Deno.test("Gemma-style SentencePiece (no space prefix, turn and user tokens) as 
   const turn = tok.encode("<start_of_turn>user\n", { addSpecial: false, parseSpecial: true });
   assert.equal(tok.tokenText(turn[0]), "<start_of_turn>");
   assert.ok(tok.isEog(tok.encode("<end_of_turn>", { addSpecial: false, parseSpecial: true })[0]));
+});
+
+Deno.test("Gemma 4 tokenizer (BPE over raw text, \u2581 spaces, <0xXX> bytes) as llama.cpp", async () => {
+  const md = await gemma4Vocab();
+  assert.deepEqual(agreement(GEMMA4, md), []);
+  const tok = tokenizerFromGguf(new Map(md.map(([k, v]) => [k, v.value])));
+  assert.equal(tok.addBos, true, "llama.cpp adds BOS for Gemma 4 although the GGUF says no");
+  texts.forEach((t, i) => {
+    const ids = fixture.answers[GEMMA4][i];
+    const decoded = tok.decode(ids === "" ? [] : ids.split(" ").map(Number));
+    assert.equal(decoded, t, `decode of ${JSON.stringify(t)}`);
+  });
 });

@@ -4,6 +4,7 @@
  * spelling; `regex_split.ts` runs them with llama.cpp's matching rules (which differ by pattern).
  */
 import { HcError } from "../../errors.ts";
+import type { BpeSpelling } from "./bpe.ts";
 import { compileSteps, nativeStep, regexSplit, regexStep, type SplitStep } from "./regex_split.ts";
 
 const CONTRACTIONS = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])";
@@ -62,6 +63,7 @@ export interface PreTokenizerSpec {
   readonly ignoreMerges: boolean;
   /** Default for add_bos when the GGUF does not say. */
   readonly addBos: boolean;
+  readonly spelling?: BpeSpelling;
 }
 
 const spec = (steps: SplitStep[], ignoreMerges = false, addBos = false): PreTokenizerSpec => ({
@@ -69,6 +71,18 @@ const spec = (steps: SplitStep[], ignoreMerges = false, addBos = false): PreToke
   ignoreMerges,
   addBos,
 });
+
+/**
+ * Gemma 4: SentencePiece-style BPE. Spaces become "▁", merges run over whole lines of raw text
+ * (only newline runs are split off), and bytes without a token are `<0xXX>` tokens. llama.cpp
+ * always adds BOS for it.
+ */
+const GEMMA4: PreTokenizerSpec = {
+  steps: [nativeStep("[^\\n]+|[\\n]+")],
+  ignoreMerges: false,
+  addBos: true,
+  spelling: { byteEncode: false, escapeSpaces: true, newlineRunsWhole: true },
+};
 
 const DEFAULT = spec([
   regexStep("[\\p{P}\\$\\+<=>\\^~\\|]+"),
@@ -155,6 +169,7 @@ const PRESETS: ReadonlyMap<string, PreTokenizerSpec> = new Map<string, PreTokeni
   ),
   ...named(["bloom", "poro-chat", "gpt3-finnish"], BLOOM),
   ["viking", VIKING],
+  ["gemma4", GEMMA4],
 ]);
 
 /** The names `tokenizerFromGguf` accepts for `tokenizer.ggml.pre` (BPE vocabularies). */
