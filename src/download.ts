@@ -492,6 +492,42 @@ export async function listHfRepo(
   }
 }
 
+/** Verified files of one repository revision in the cache (those with a recorded hash). */
+async function cachedRepoFiles(dir: string, under = ""): Promise<RepoFile[]> {
+  const out: RepoFile[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(`${dir}/${under}`));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return out;
+    throw e;
+  }
+  for (const e of entries) {
+    const path = under + e.name;
+    if (e.isDirectory) out.push(...await cachedRepoFiles(dir, `${path}/`));
+    else if (e.isFile && !path.endsWith(".sha256") && !path.endsWith(".part")) {
+      const sha256 = await recordedSha256(`${dir}/${path}`);
+      if (sha256 !== null) {
+        out.push({ path, size: (await Deno.stat(`${dir}/${path}`)).size, sha256 });
+      }
+    }
+  }
+  return out;
+}
+
+/** The file `pickQuantFile` chooses among the verified downloads in the cache, else null. */
+async function cachedQuant(ref: HfRef, dir: string, sha256?: string): Promise<string | null> {
+  const root = cachedPath({ ...ref, file: "" }, dir).replace(/\/$/, "");
+  const files = await cachedRepoFiles(root);
+  try {
+    const picked = pickQuantFile(files, ref.file, ref.repo);
+    if (sha256 !== undefined && picked.sha256 !== sha256.toLowerCase()) return null;
+    return `${root}/${picked.path}`;
+  } catch {
+    return null; // not cached, or not one clear choice there
+  }
+}
+
 export interface ResolveModelOptions extends DownloadOptions {
   /** --model PATH */
   model?: string;
@@ -541,11 +577,18 @@ export async function resolveModelPath(opts: ResolveModelOptions = {}): Promise<
   if (opts.hf !== undefined) {
     const ref = parseHfRef(opts.hf);
     if (!isQuantTag(ref.file)) return await downloadHf(ref, { ...dl, sha256: opts.sha256 });
-    const picked = pickQuantFile(
-      await listHfRepo(ref.repo, ref.revision, dl),
-      ref.file,
-      ref.repo,
-    );
+    let files: RepoFile[];
+    try {
+      files = await listHfRepo(ref.repo, ref.revision, dl);
+    } catch (e) {
+      // Offline (or the hub failing), a verified download of this quant in the cache still runs.
+      const cached = e instanceof HcError && e.code === "E_DOWNLOAD"
+        ? await cachedQuant(ref, dl.cacheDir!, opts.sha256)
+        : null;
+      if (cached === null) throw e;
+      return cached;
+    }
+    const picked = pickQuantFile(files, ref.file, ref.repo);
     return await downloadHf(
       { ...ref, file: picked.path },
       { ...dl, sha256: opts.sha256 ?? picked.sha256 ?? undefined },

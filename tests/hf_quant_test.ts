@@ -74,7 +74,12 @@ function startHub(opts: { oid?: (path: string) => string; pageSize?: number } = 
     if (!body) return new Response("Entry not found", { status: 404 });
     return new Response(body, { headers: { "content-length": String(body.byteLength) } });
   });
-  return { url: `http://127.0.0.1:${server.addr.port}`, hits, close: () => server.shutdown() };
+  let closed: Promise<void> | undefined;
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    hits,
+    close: () => closed ??= server.shutdown(),
+  };
 }
 
 async function withHub(
@@ -115,6 +120,14 @@ Deno.test("--hf owner/repo:QUANT picks the GGUF by name, case-insensitively, and
       /\/v2\/Model-IQ4_XS\.gguf$/,
     );
     assert.ok(hub.hits.some((h) => h.startsWith(`/api/models/${REPO}/tree/v2?`)));
+    // Without the hub, a quant downloaded before comes from the cache; one never fetched fails.
+    await hub.close();
+    const offline = (n: string) => n === "HF_ENDPOINT" ? "http://127.0.0.1:9" : env(n);
+    assert.equal(await resolveModelPath({ env: offline, hf: `${REPO}:Q4_K_M` }), path);
+    await assert.rejects(
+      resolveModelPath({ env: offline, hf: `${REPO}:Q4_K_S` }),
+      rejectsWith("E_DOWNLOAD", /could not reach/),
+    );
   });
 });
 
