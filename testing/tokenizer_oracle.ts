@@ -34,6 +34,10 @@ export const ORACLE_PRESETS = [
   "starcoder",
   "bloom",
   "viking",
+  "ufakzeka",
+  "seed-coder",
+  "bailingmoe",
+  "laguna",
 ] as const;
 
 /**

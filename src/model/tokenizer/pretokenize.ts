@@ -129,6 +129,20 @@ const GPT4O = spec([regexStep(
   `${UPPER_LOWER}${CONTRACTIONS}?|${LOWER_RUN}${CONTRACTIONS}?|\\p{N}{1,3}` +
     "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
 )]);
+/** Qwen 2's rules without the English contractions (Turkish suffixes stay on their word). */
+const UFAKZEKA = spec([regexStep(
+  "[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+)]);
+const SEED_CODER = spec([regexStep(
+  `${CONTRACTIONS}|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1}| ?[^\\s\\p{L}\\p{N}\\r\\n]+` +
+    "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+)]);
+const BAILINGMOE = spec([regexStep(
+  "'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}" +
+    "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
+)]);
+/** Lines first, then Qwen 2's rules within each. */
+const LAGUNA = spec([nativeStep("[^\\n]+|[\\n]+"), llama3Like("")]);
 const FALCON = spec([
   regexStep("[\\p{P}\\$\\+<=>\\^~\\|`]+"),
   GPT2,
@@ -145,26 +159,56 @@ const named = (names: string[], s: PreTokenizerSpec) =>
 const PRESETS: ReadonlyMap<string, PreTokenizerSpec> = new Map<string, PreTokenizerSpec>([
   ["default", DEFAULT],
   ...named(
-    ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"],
+    [
+      "llama3",
+      "llama-v3",
+      "llama-bpe",
+      "falcon3",
+      "falcon-h1",
+      "pixtral",
+      "midm-2.0",
+      "lfm2",
+      "jina-v5-nano",
+    ],
     LLAMA3,
   ),
   ["dbrx", LLAMA3_REGEX_ONLY],
   ["smaug-bpe", LLAMA3_REGEX_ONLY],
-  ...named(["qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "hunyuan", "kormo"], QWEN2),
+  ...named(
+    [
+      "qwen2",
+      "deepseek-r1-qwen",
+      "stablelm2",
+      "megrez",
+      "hunyuan",
+      "kormo",
+      "f2llmv2",
+      "solar-open",
+      "grok-2",
+    ],
+    QWEN2,
+  ),
+  ["ufakzeka", UFAKZEKA],
+  ["seed-coder", SEED_CODER],
+  ...named(["bailingmoe", "bailingmoe2", "llada-moe"], BAILINGMOE),
+  ["laguna", LAGUNA],
   ["qwen35", QWEN35],
   ["deepseek-coder", DEEPSEEK_CODER],
   ["deepseek-llm", DEEPSEEK_LLM],
-  ["deepseek-v3", DEEPSEEK_V3],
+  ...named(["deepseek-v3", "hunyuan-dense", "hy_v4", "joyai-llm"], DEEPSEEK_V3),
   ["tekken", TEKKEN],
-  ...named(["gpt-4o", "llama4"], GPT4O),
+  ...named(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], GPT4O),
   ["falcon", FALCON],
   ...named(
     ["gpt-2", "mpt", "olmo", "phi-2", "jais", "gigachat", "exaone4", "mellum", "a.x-4.0"],
     GPT2_SPEC,
   ),
-  ...named(["jina-es", "jina-de", "jina-v2-es", "jina-v2-de", "trillion"], GPT2_SPEC),
   ...named(
-    ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"],
+    ["jina-es", "jina-de", "jina-v2-es", "jina-v2-de", "trillion", "granite-docling"],
+    GPT2_SPEC,
+  ),
+  ...named(
+    ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"],
     STARCODER,
   ),
   ...named(["bloom", "poro-chat", "gpt3-finnish"], BLOOM),
