@@ -81,7 +81,8 @@ const MODEL_OPTIONS = {
 
 const MODEL_USAGE = `model (first that is given):
   -m, --model PATH        a GGUF file (or a llama2.c .bin with --tokenizer)
-      --hf OWNER/REPO:FILE  a GGUF from Hugging Face, downloaded once into the cache folder
+      --hf OWNER/REPO:FILE  a GGUF from Hugging Face, downloaded once into the cache folder;
+      --hf OWNER/REPO:QUANT picks the repo's GGUF by quant in its name (e.g. :Q4_K_M, :q8_0)
   HC_MODEL=PATH           environment variable
   (default)               stories260K.gguf from ggml-org/models, downloaded once and checked
       --tokenizer PATH    a separate tokenizer (llama2.c tokenizer.bin, or a GGUF)

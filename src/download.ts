@@ -1,13 +1,15 @@
 /**
  * Finding the model to run: `--model PATH`, else `HC_MODEL`, else the default model, fetched
  * once from Hugging Face into the user's cache folder and checked against its sha256.
- * `--hf owner/repo:file` fetches any GGUF the same way. Downloads go to `<file>.part`, renamed
+ * `--hf owner/repo:file` fetches any GGUF the same way; `--hf owner/repo:Q4_K_M` lists the
+ * repository and picks the GGUF whose name carries that quant (see hf_pick.ts). Downloads go to `<file>.part`, renamed
  * into place only after the hash matches, so the cache never serves a partial file; a download
  * that stalls or loses its connection keeps the part, and the next run resumes it with a Range
  * request (the hash at the end covers the whole file, resumed bytes included).
  */
 import { createHash } from "node:crypto";
 import { HcError } from "./errors.ts";
+import { isQuantTag, pickQuantFile, type RepoFile } from "./hf_pick.ts";
 
 export interface HfRef {
   /** owner/name */
@@ -57,19 +59,22 @@ function checkSegments(what: string, value: string, spec: string): void {
     if (!SEGMENT.test(seg) || seg === "." || seg === "..") {
       throw new HcError(
         "E_BAD_REQUEST",
-        `bad ${what} in "${spec}": expected owner/repo:path/file.gguf[@revision]`,
+        `bad ${what} in "${spec}": expected owner/repo:path/file.gguf or owner/repo:QUANT, then [@revision]`,
       );
     }
   }
 }
 
-/** Parses `owner/repo:path/to/file.gguf`, optionally followed by `@revision`. */
+/**
+ * Parses `owner/repo:path/to/file.gguf` or `owner/repo:QUANT` (`file` is then the tag, see
+ * `isQuantTag`), optionally followed by `@revision`.
+ */
 export function parseHfRef(spec: string): HfRef {
   const colon = spec.indexOf(":");
   if (colon < 0) {
     throw new HcError(
       "E_BAD_REQUEST",
-      `--hf takes owner/repo:path/file.gguf, got "${spec}" (no ':' before the file)`,
+      `--hf takes owner/repo:path/file.gguf or owner/repo:QUANT (e.g. :Q4_K_M), got "${spec}" (no ':' before the file)`,
     );
   }
   const repo = spec.slice(0, colon);
@@ -413,10 +418,120 @@ export async function downloadHf(ref: HfRef, opts: DownloadOptions = {}): Promis
   }
 }
 
+/** One entry of Hugging Face's tree API (`GET /api/models/{repo}/tree/{revision}`). */
+interface TreeEntry {
+  type?: string;
+  path?: string;
+  size?: number;
+  lfs?: { oid?: string; size?: number };
+}
+
+/** The next page of a paginated listing, from `Link: <url>; rel="next"`. */
+function nextPage(res: Response, at: string): string | null {
+  const m = /<([^>]+)>;\s*rel="next"/.exec(res.headers.get("link") ?? "");
+  return m ? new URL(m[1], at).href : null;
+}
+
+/** Every file of a repository at a revision, through Hugging Face's tree API (all pages). */
+export async function listHfRepo(
+  repo: string,
+  revision: string,
+  opts: DownloadOptions = {},
+): Promise<RepoFile[]> {
+  const connectMs = timeoutOpt(
+    "connectTimeoutMs",
+    opts.connectTimeoutMs,
+    DEFAULT_CONNECT_TIMEOUT_MS,
+  );
+  const idleMs = timeoutOpt("idleTimeoutMs", opts.idleTimeoutMs, DEFAULT_IDLE_TIMEOUT_MS);
+  const endpoint = (opts.endpoint ?? Deno.env.get("HF_ENDPOINT") ?? DEFAULT_HF_ENDPOINT)
+    .replace(/\/+$/, "");
+  const first = `${endpoint}/api/models/${repo}/tree/${
+    encodeURIComponent(revision)
+  }?recursive=true`;
+  const files: RepoFile[] = [];
+  const deadline = new Deadline(opts.signal);
+  try {
+    for (let at: string | null = first, pages = 0; at !== null; pages++) {
+      if (pages >= 100) {
+        throw new HcError("E_DOWNLOAD", `the file list of ${repo} runs past 100 pages`);
+      }
+      const { res } = await fetchFollowing(at, deadline, connectMs, { accept: "application/json" });
+      let entries: unknown;
+      deadline.arm("idle", idleMs);
+      try {
+        entries = await res.json();
+      } catch (e) {
+        if (deadline.timedOut === "idle") {
+          throw new HcError("E_DOWNLOAD", `the file list of ${repo} stalled`, { cause: e });
+        }
+        if (deadline.signal.aborted) throw new HcError("E_ABORTED", "download aborted");
+        throw new HcError("E_DOWNLOAD", `the file list of ${repo} is not JSON (${at})`, {
+          cause: e,
+        });
+      } finally {
+        deadline.disarm();
+      }
+      if (!Array.isArray(entries)) {
+        throw new HcError("E_DOWNLOAD", `the file list of ${repo} is not a JSON array (${at})`);
+      }
+      for (const e of entries as TreeEntry[]) {
+        if (e?.type !== "file" || typeof e.path !== "string") continue;
+        const oid = e.lfs?.oid?.toLowerCase();
+        files.push({
+          path: e.path,
+          size: e.lfs?.size ?? e.size ?? 0,
+          sha256: oid && /^[0-9a-f]{64}$/.test(oid) ? oid : null,
+        });
+      }
+      at = nextPage(res, at);
+    }
+    return files;
+  } finally {
+    deadline.dispose();
+  }
+}
+
+/** Verified files of one repository revision in the cache (those with a recorded hash). */
+async function cachedRepoFiles(dir: string, under = ""): Promise<RepoFile[]> {
+  const out: RepoFile[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(`${dir}/${under}`));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return out;
+    throw e;
+  }
+  for (const e of entries) {
+    const path = under + e.name;
+    if (e.isDirectory) out.push(...await cachedRepoFiles(dir, `${path}/`));
+    else if (e.isFile && !path.endsWith(".sha256") && !path.endsWith(".part")) {
+      const sha256 = await recordedSha256(`${dir}/${path}`);
+      if (sha256 !== null) {
+        out.push({ path, size: (await Deno.stat(`${dir}/${path}`)).size, sha256 });
+      }
+    }
+  }
+  return out;
+}
+
+/** The file `pickQuantFile` chooses among the verified downloads in the cache, else null. */
+async function cachedQuant(ref: HfRef, dir: string, sha256?: string): Promise<string | null> {
+  const root = cachedPath({ ...ref, file: "" }, dir).replace(/\/$/, "");
+  const files = await cachedRepoFiles(root);
+  try {
+    const picked = pickQuantFile(files, ref.file, ref.repo);
+    if (sha256 !== undefined && picked.sha256 !== sha256.toLowerCase()) return null;
+    return `${root}/${picked.path}`;
+  } catch {
+    return null; // not cached, or not one clear choice there
+  }
+}
+
 export interface ResolveModelOptions extends DownloadOptions {
   /** --model PATH */
   model?: string;
-  /** --hf owner/repo:file */
+  /** --hf owner/repo:file, or owner/repo:QUANT (e.g. Q4_K_M) to pick the file by its name */
   hf?: string;
   /** Environment lookup (tests pass their own). Default: Deno.env. */
   env?: (name: string) => string | undefined;
@@ -460,7 +575,24 @@ export async function resolveModelPath(opts: ResolveModelOptions = {}): Promise<
     idleTimeoutMs: opts.idleTimeoutMs,
   };
   if (opts.hf !== undefined) {
-    return await downloadHf(parseHfRef(opts.hf), { ...dl, sha256: opts.sha256 });
+    const ref = parseHfRef(opts.hf);
+    if (!isQuantTag(ref.file)) return await downloadHf(ref, { ...dl, sha256: opts.sha256 });
+    let files: RepoFile[];
+    try {
+      files = await listHfRepo(ref.repo, ref.revision, dl);
+    } catch (e) {
+      // Offline (or the hub failing), a verified download of this quant in the cache still runs.
+      const cached = e instanceof HcError && e.code === "E_DOWNLOAD"
+        ? await cachedQuant(ref, dl.cacheDir!, opts.sha256)
+        : null;
+      if (cached === null) throw e;
+      return cached;
+    }
+    const picked = pickQuantFile(files, ref.file, ref.repo);
+    return await downloadHf(
+      { ...ref, file: picked.path },
+      { ...dl, sha256: opts.sha256 ?? picked.sha256 ?? undefined },
+    );
   }
   return await downloadHf(DEFAULT_MODEL, { ...dl, sha256: DEFAULT_MODEL.sha256 });
 }

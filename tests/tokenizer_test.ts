@@ -154,6 +154,17 @@ Deno.test("pre-tokenizer presets split like llama.cpp's regex sets", () => {
     ["smollm", "x 42ab", ["x", " ", "4", "2", "ab"]],
     ["deepseek-coder", "ab, 12\n\u65e5\u672c", ["ab", ",", " ", "1", "2", "\n", "\u65e5\u672c"]],
     ["default", "a+b=1234", ["a", "+", "b", "=", "123", "4"]],
+    // llama.cpp swaps non-ASCII whitespace out before the CJK rule, so U+3000 splits the run.
+    ["deepseek-coder", "\u65e5\u3000\u672c", ["\u65e5", "\u3000", "\u672c"]],
+    // tekken / GPT-4o: upper-then-lower runs; a non-ASCII letter counts as either case.
+    ["tekken", "camelCase HTTPServer \u00c9t\u00c9", [
+      "camel",
+      "Case",
+      " HTTPServer",
+      " \u00c9t\u00c9",
+    ]],
+    ["gpt-4o", "WE'LL 12345", ["WE'LL", " ", "123", "45"]],
+    ["deepseek-v3", "x.y 12345\u65e5\u672c", ["x", ".y", " ", "123", "45", "\u65e5\u672c"]],
   ];
   for (const [pre, text, expected] of cases) {
     const split = new PreTokenizer(preTokenizerSpec(pre)).split(text);

@@ -1,7 +1,8 @@
 /**
- * Byte-level BPE as llama.cpp's `llm_tokenizer_bpe` does it: pre-tokenize, map each pre-token's
- * UTF-8 bytes to GPT-2's printable code points, then merge adjacent symbols by merge rank
- * (lowest first, ties leftmost) with a priority queue.
+ * BPE as llama.cpp's `llm_tokenizer_bpe` does it: pre-tokenize, map each pre-token's UTF-8 bytes
+ * to GPT-2's printable code points (or, for Gemma 4-style vocabularies, keep the text with "▁" for
+ * spaces), then merge adjacent symbols by merge rank (lowest first, ties leftmost) with a
+ * priority queue.
  */
 import { Heap } from "./heap.ts";
 import type { PreTokenizer } from "./pretokenize.ts";
@@ -66,22 +67,43 @@ const bpeBefore = (a: Bigram, b: Bigram): boolean =>
 /** Repeated words (spaces, common words) are looked up instead of re-merged; bounded. */
 const WORD_CACHE_LIMIT = 65536;
 
+/** How a BPE vocabulary spells text: GPT-2's byte alphabet, or raw UTF-8 with "▁" for spaces. */
+export interface BpeSpelling {
+  /** false: Gemma 4-style BPE over code points, unknown pieces as `<0xXX>` byte tokens. */
+  readonly byteEncode: boolean;
+  /** Spaces become "▁" before splitting (llama.cpp `escape_whitespaces`). */
+  readonly escapeSpaces: boolean;
+  /** A pre-token of newlines only that is a token is taken whole (llama.cpp's Gemma 4 fix). */
+  readonly newlineRunsWhole: boolean;
+}
+
+const BYTE_LEVEL: BpeSpelling = { byteEncode: true, escapeSpaces: false, newlineRunsWhole: false };
+const NEWLINES = /^\n+$/;
+
 export class BpeEncoder {
   readonly #vocab: BpeVocab;
   readonly #pre: PreTokenizer;
   readonly #ignoreMerges: boolean;
+  readonly #spelling: BpeSpelling;
   readonly #cache = new Map<string, readonly number[]>();
 
-  constructor(vocab: BpeVocab, pre: PreTokenizer, ignoreMerges: boolean) {
+  constructor(
+    vocab: BpeVocab,
+    pre: PreTokenizer,
+    ignoreMerges: boolean,
+    spelling: BpeSpelling = BYTE_LEVEL,
+  ) {
     this.#vocab = vocab;
     this.#pre = pre;
     this.#ignoreMerges = ignoreMerges;
+    this.#spelling = spelling;
   }
 
   /** Appends the ids of a raw text fragment (no special tokens inside) to `out`. */
   encode(text: string, out: number[]): void {
-    for (const word of this.#pre.split(text)) {
-      const encoded = byteEncode(word);
+    const { byteEncode: bytes, escapeSpaces } = this.#spelling;
+    for (const word of this.#pre.split(escapeSpaces ? text.replaceAll(" ", "\u2581") : text)) {
+      const encoded = bytes ? byteEncode(word) : word;
       let ids = this.#cache.get(encoded);
       if (ids === undefined) {
         ids = this.#encodeWord(encoded);
@@ -94,19 +116,26 @@ export class BpeEncoder {
 
   #encodeWord(word: string): number[] {
     const { textToId, ranks } = this.#vocab;
-    if (this.#ignoreMerges) {
+    if (this.#ignoreMerges || (this.#spelling.newlineRunsWhole && NEWLINES.test(word))) {
       const whole = textToId.get(word);
       if (whole !== undefined) return [whole];
     }
-    // Byte-encoded text is all BMP, so symbols start as single UTF-16 units at index i.
+    // Symbols start as code points: single UTF-16 units for byte-encoded text, and pairs for
+    // astral characters in raw text. Symbol i covers word[i, i + lens[i]).
     const n = word.length;
-    const lens = new Int32Array(n).fill(1);
+    const lens = new Int32Array(n);
     const prev = new Int32Array(n);
     const next = new Int32Array(n);
-    for (let i = 0; i < n; i++) {
-      prev[i] = i - 1;
-      next[i] = i + 1 < n ? i + 1 : -1;
+    let last = -1;
+    for (let i = 0; i < n;) {
+      const len = (word.codePointAt(i) as number) > 0xffff ? 2 : 1;
+      lens[i] = len;
+      prev[i] = last;
+      if (last >= 0) next[last] = i;
+      last = i;
+      i += len;
     }
+    if (last >= 0) next[last] = -1;
     const queue = new Heap<Bigram>(bpeBefore);
     const tryAdd = (left: number, right: number): void => {
       if (left < 0 || right < 0) return;
@@ -115,7 +144,7 @@ export class BpeEncoder {
       const rank = ranks.get(key);
       if (rank !== undefined) queue.push({ left, right, rank, size: lens[left] + lens[right] });
     };
-    for (let i = 1; i < n; i++) tryAdd(i - 1, i);
+    if (n > 0) { for (let i = 0; next[i] >= 0; i = next[i]) tryAdd(i, next[i]); }
 
     for (let b = queue.pop(); b !== undefined; b = queue.pop()) {
       const { left, right } = b;
@@ -134,6 +163,15 @@ export class BpeEncoder {
       const id = textToId.get(piece);
       if (id !== undefined) {
         ids.push(id);
+        continue;
+      }
+      if (!this.#spelling.byteEncode) {
+        // Raw UTF-8 vocabularies spell bytes as <0xXX> tokens; llama.cpp drops bytes without one.
+        for (const byte of utf8.encode(piece)) {
+          const hex = byte.toString(16).toUpperCase().padStart(2, "0");
+          const bt = textToId.get(`<0x${hex}>`);
+          if (bt !== undefined) ids.push(bt);
+        }
         continue;
       }
       // Not reachable with a complete byte alphabet; llama.cpp then emits the pieces it can find

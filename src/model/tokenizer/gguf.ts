@@ -65,8 +65,8 @@ function getNumberArray(md: TokenizerMetadata, key: string): ArrayLike<number> |
 
 export function tokenizerFromGguf(md: TokenizerMetadata): Tokenizer {
   const model = getString(md, K + "model") ?? fail(`missing ${K}model`);
-  if (model !== "llama" && model !== "gpt2") {
-    fail(`unknown tokenizer model '${model}' (${K}model); supported: llama, gpt2`);
+  if (model !== "llama" && model !== "gpt2" && model !== "gemma4") {
+    fail(`unknown tokenizer model '${model}' (${K}model); supported: llama, gpt2, gemma4`);
   }
   const kind = model === "llama" ? "spm" : "bpe";
   const rawTexts = getStringArray(md, K + "tokens") ?? fail(`missing ${K}tokens`);
@@ -82,8 +82,10 @@ export function tokenizerFromGguf(md: TokenizerMetadata): Tokenizer {
   for (let i = 0; i < n; i++) attrs[i] = types ? attrFromTokenType(types[i]) : TokenAttr.NORMAL;
 
   let bpe: VocabInit["bpe"];
+  let preName = "";
   if (kind === "bpe") {
-    const preName = getString(md, K + "pre") ?? "";
+    // llama.cpp reads a gemma4 vocabulary with the gemma4 pre-tokenizer, whatever `pre` says.
+    preName = model === "gemma4" ? "gemma4" : getString(md, K + "pre") ?? "";
     const pre = preTokenizerSpec(preName.length > 0 ? preName : "default");
     const merges = getStringArray(md, K + "merges") ?? fail(`missing ${K}merges`);
     const ranks = new Map<string, number>();
@@ -119,7 +121,10 @@ export function tokenizerFromGguf(md: TokenizerMetadata): Tokenizer {
     eom: id("eom_token_id", null),
     unk: id("unknown_token_id", kind === "spm" ? 0 : null),
     extraEog,
-    addBos: getBool(md, K + "add_bos_token") ?? (bpe ? bpe.pre.addBos : true),
+    // llama.cpp adds BOS for Gemma 4 even where the GGUF says not to.
+    addBos: preName === "gemma4"
+      ? true
+      : getBool(md, K + "add_bos_token") ?? (bpe ? bpe.pre.addBos : true),
     addEos: getBool(md, K + "add_eos_token") ?? false,
     addSpacePrefix: getBool(md, K + "add_space_prefix") ?? kind === "spm",
     spaceSymbol: "\u2581",

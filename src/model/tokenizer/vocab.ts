@@ -73,6 +73,9 @@ const EOG_TEXTS = [
   "_<EOT>",
   "<|end_of_text|>",
   "<end_of_utterance>",
+  "<eos>", // Gemma 4
+  "<turn|>",
+  "<|tool_response>",
 ];
 
 interface TrieNode {
@@ -100,6 +103,8 @@ export class VocabTokenizer implements Tokenizer {
   readonly #specialTrie: TrieNode;
   readonly #spm: SpmVocab | null;
   readonly #bpe: BpeEncoder | null;
+  /** A Gemma 4-style BPE vocabulary spells spaces "▁" and bytes as they are. */
+  readonly #bpeSpaces: boolean;
   readonly #pieces: (Uint8Array | undefined)[];
 
   constructor(init: VocabInit) {
@@ -115,6 +120,7 @@ export class VocabTokenizer implements Tokenizer {
     this.#addSpacePrefix = init.addSpacePrefix;
     this.#spaceSymbol = init.spaceSymbol;
     this.#pieces = new Array<Uint8Array | undefined>(n);
+    this.#bpeSpaces = init.bpe?.pre.spelling?.escapeSpaces ?? false;
 
     const textToId = new Map<string, number>();
     for (let id = 0; id < n; id++) {
@@ -205,6 +211,7 @@ export class VocabTokenizer implements Tokenizer {
         { textToId, ranks: init.bpe.ranks },
         new PreTokenizer(init.bpe.pre),
         init.bpe.pre.ignoreMerges,
+        init.bpe.pre.spelling,
       );
     }
   }
@@ -294,7 +301,9 @@ export class VocabTokenizer implements Tokenizer {
     if (attr & (TokenAttr.UNKNOWN | TokenAttr.CONTROL)) return special ? utf8.encode(text) : EMPTY;
     if (attr & TokenAttr.USER_DEFINED) return utf8.encode(text);
     if (attr & TokenAttr.NORMAL) {
-      if (this.#kind === "bpe") return byteDecode(text);
+      if (this.#kind === "bpe") {
+        return this.#bpeSpaces ? utf8.encode(text.replaceAll("\u2581", " ")) : byteDecode(text);
+      }
       const sp = this.#spaceSymbol;
       return utf8.encode(sp === " " ? text : text.replaceAll(sp, " "));
     }
