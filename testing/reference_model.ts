@@ -151,6 +151,8 @@ interface LayerWeights {
   bq: Float32Array | null;
   bk: Float32Array | null;
   bv: Float32Array | null;
+  qNorm: Float32Array | null;
+  kNorm: Float32Array | null;
   wo: Float32Array;
   ffnNorm: Float32Array;
   gate: Float32Array;
@@ -161,6 +163,14 @@ interface LayerWeights {
 function addInPlace(dst: Float32Array, src: Float32Array | null): void {
   if (!src) return;
   for (let i = 0; i < dst.length; i++) dst[i] += src[i];
+}
+
+/** RMSNorm of each head's row on its own (Qwen3's QK-norm), in place. */
+function headNorm(x: Float32Array, w: Float32Array, heads: number, D: number, eps: number) {
+  for (let h = 0; h < heads; h++) {
+    const row = x.subarray(h * D, (h + 1) * D);
+    rmsNorm(row, w, eps, row);
+  }
 }
 
 export interface ForwardOptions {
@@ -213,6 +223,8 @@ export class ReferenceModel {
         bq: c.qkvBias ? await get(p + "attn_q.bias") : null,
         bk: c.qkvBias ? await get(p + "attn_k.bias") : null,
         bv: c.qkvBias ? await get(p + "attn_v.bias") : null,
+        qNorm: c.qkNorm ? await get(p + "attn_q_norm.weight") : null,
+        kNorm: c.qkNorm ? await get(p + "attn_k_norm.weight") : null,
         wo: await get(p + "attn_output.weight"),
         ffnNorm: await get(p + "ffn_norm.weight"),
         gate: await get(p + "ffn_gate.weight"),
@@ -312,6 +324,10 @@ export class ReferenceModel {
       addInPlace(q, w.bq);
       addInPlace(k, w.bk);
       addInPlace(v, w.bv);
+      if (w.qNorm && w.kNorm) {
+        headNorm(q, w.qNorm, c.nHeads, c.headDim, c.rmsEps);
+        headNorm(k, w.kNorm, c.nKvHeads, c.headDim, c.rmsEps);
+      }
       applyRope(q, pos, c.nHeads, c.headDim, this.#invFreq, c.ropePairing);
       applyRope(k, pos, c.nKvHeads, c.headDim, this.#invFreq, c.ropePairing);
       if (this.#kvF16) {

@@ -11,7 +11,7 @@ import { quantizeAny } from "./quantizers.ts";
 import { HcError } from "../src/errors.ts";
 
 export interface SyntheticSpec {
-  arch?: "llama" | "qwen2";
+  arch?: "llama" | "qwen2" | "qwen3";
   dim: number;
   nLayers: number;
   nHeads: number;
@@ -174,6 +174,10 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
       tensors.push(vec(p + "attn_q.bias", qDim, 0, (spec.queryScale ?? 1) * 0.1));
       tensors.push(vec(p + "attn_k.bias", kvDim, 0, 0.1));
       tensors.push(vec(p + "attn_v.bias", kvDim, 0, 0.1));
+    }
+    if (arch === "qwen3") {
+      tensors.push(vec(p + "attn_q_norm.weight", headDim, 1, 0.1));
+      tensors.push(vec(p + "attn_k_norm.weight", headDim, 1, 0.1));
     }
     tensors.push(mat(p + "attn_output.weight", qDim, spec.dim));
     tensors.push(vec(p + "ffn_norm.weight", spec.dim, 1, 0.1));

@@ -6,7 +6,9 @@ import { HcError } from "../errors.ts";
 import type { GgufFile } from "../gguf/reader.ts";
 import { GgmlType } from "../gguf/types.ts";
 
-export type ModelArch = "llama" | "qwen2";
+import { ARCH_TRAITS, isArch, type ModelArch, SUPPORTED_ARCHS } from "./arch.ts";
+
+export type { ModelArch } from "./arch.ts";
 /** "adjacent": GGUF Llama / llama2.c (pairs 2i, 2i+1). "halves": NeoX / Qwen2 (i, i + d/2). */
 export type RopePairing = "adjacent" | "halves";
 
@@ -34,16 +36,11 @@ export interface ModelConfig {
   tiedOutput: boolean;
   /** Q, K and V projections have bias vectors. */
   qkvBias: boolean;
+  /** Per-head RMSNorm of q and k before RoPE (Qwen3; see arch.ts). */
+  qkNorm: boolean;
 }
 
-const ROPE_PAIRING: Record<ModelArch, RopePairing> = { llama: "adjacent", qwen2: "halves" };
 const DEFAULT_ROPE_BASE = 10000;
-
-const SUPPORTED_ARCHS: readonly ModelArch[] = ["llama", "qwen2"];
-
-function isArch(name: string): name is ModelArch {
-  return (SUPPORTED_ARCHS as readonly string[]).includes(name);
-}
 
 function missing(key: string): never {
   throw new HcError("E_MODEL_FORMAT", `model metadata lacks ${key}`);
@@ -212,7 +209,7 @@ function refuseMixtureOfExperts(file: GgufFile, arch: ModelArch): void {
     throw new HcError(
       "E_MODEL_ARCH",
       `this is a mixture-of-experts model (${what}), which is not supported: this engine runs ` +
-        `dense-FFN ${SUPPORTED_ARCHS.join(" and ")} models only (e.g. Llama 3, Mistral 7B, ` +
+        `dense-FFN ${SUPPORTED_ARCHS.join(", ")} models only (e.g. Llama 3, Mistral 7B, ` +
         "Qwen2.5), not Mixtral-style expert layers",
     );
   }
@@ -226,7 +223,7 @@ export function configFromGguf(file: GgufFile): ModelConfig {
       "E_MODEL_ARCH",
       `model architecture "${archName}" (general.architecture) is not supported; supported: ` +
         `${SUPPORTED_ARCHS.join(", ")} (dense Llama-family models: Llama, Mistral, Qwen2/2.5, ` +
-        "SmolLM2, TinyLlama)",
+        "Qwen3, SmolLM2, TinyLlama)",
     );
   }
   const arch = archName;
@@ -270,10 +267,11 @@ export function configFromGguf(file: GgufFile): ModelConfig {
     ffnDim: need("feed_forward_length"),
     contextLength: need("context_length"),
     ropeBase,
-    ropePairing: ROPE_PAIRING[arch],
+    ropePairing: ARCH_TRAITS[arch].ropePairing,
     ropeFreqFactors: ropeFactorsFromGguf(file, arch, headDim, ropeBase),
     rmsEps: need("attention.layer_norm_rms_epsilon"),
     tiedOutput: file.tensor("output.weight") === undefined,
     qkvBias: file.tensor("blk.0.attn_q.bias") !== undefined,
+    qkNorm: ARCH_TRAITS[arch].qkNorm,
   });
 }

@@ -43,6 +43,9 @@ interface LayerWeights {
   qBias: Buffer | null;
   kBias: Buffer | null;
   vBias: Buffer | null;
+  /** Per-head RMSNorm weights of q and k (headDim each), for config.qkNorm. */
+  qNorm: Buffer | null;
+  kNorm: Buffer | null;
 }
 
 async function hashTensors(tensors: ModelTensor[]): Promise<string> {
@@ -283,6 +286,8 @@ export class LlamaModel implements Disposable {
           qBias: c.qkvBias ? await vector(p + "attn_q.bias") : null,
           kBias: c.qkvBias ? await vector(p + "attn_k.bias") : null,
           vBias: c.qkvBias ? await vector(p + "attn_v.bias") : null,
+          qNorm: c.qkNorm ? await vector(p + "attn_q_norm.weight") : null,
+          kNorm: c.qkNorm ? await vector(p + "attn_k_norm.weight") : null,
         });
       }
       const outputNorm = await vector("output_norm.weight");
@@ -379,6 +384,7 @@ export class LlamaModel implements Disposable {
       this.#matvec(cmd, L.k, a.xb, a.k, B, acc);
       this.#matvec(cmd, L.v, a.xb, a.v, B, acc);
       cmd.barrier();
+      if (L.qNorm) this.#recordQkNorm(cmd, L, B);
       const rope = {
         table: K.ropeTable,
         positions: io.pos,
@@ -436,6 +442,28 @@ export class LlamaModel implements Disposable {
     });
     cmd.barrier();
     this.#matvec(cmd, this.#output, a.xLast, a.logits, 1, false);
+    cmd.barrier();
+  }
+
+  /** Qwen3's QK-norm: every head's q and k row RMS-normalised on its own, before RoPE. */
+  #recordQkNorm(cmd: CommandList, L: LayerWeights, B: number): void {
+    const c = this.config;
+    const a = this.act;
+    const norm = { n: c.headDim, eps: c.rmsEps };
+    this.kernels.rmsNorm.record(cmd, {
+      ...norm,
+      x: a.q,
+      out: a.q,
+      weight: L.qNorm!,
+      rows: B * c.nHeads,
+    });
+    this.kernels.rmsNorm.record(cmd, {
+      ...norm,
+      x: a.k,
+      out: a.k,
+      weight: L.kNorm!,
+      rows: B * c.nKvHeads,
+    });
     cmd.barrier();
   }
 

@@ -139,6 +139,7 @@ export function llama2cConfig(h: Llama2cHeader): ModelConfig {
     rmsEps: 1e-5,
     tiedOutput: h.sharedClassifier,
     qkvBias: false,
+    qkNorm: false,
   });
 }
 

@@ -57,6 +57,10 @@ export function expectedTensorShapes(c: ModelConfig): Map<string, number[]> {
       m.set(p + "attn_k.bias", [kvDim]);
       m.set(p + "attn_v.bias", [kvDim]);
     }
+    if (c.qkNorm) {
+      m.set(p + "attn_q_norm.weight", [c.headDim]);
+      m.set(p + "attn_k_norm.weight", [c.headDim]);
+    }
     m.set(p + "attn_output.weight", [qDim, c.dim]);
     m.set(p + "ffn_norm.weight", [c.dim]);
     m.set(p + "ffn_gate.weight", [c.dim, c.ffnDim]);

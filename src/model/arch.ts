@@ -1,0 +1,29 @@
+/**
+ * What sets the supported architectures apart, in one table: the forward pass and the loader
+ * read these traits from the config, never the architecture's name, so adding a Llama-family
+ * architecture is a row here plus the steps its traits switch on.
+ */
+import type { RopePairing } from "./config.ts";
+
+export const SUPPORTED_ARCHS = ["llama", "qwen2", "qwen3"] as const;
+export type ModelArch = typeof SUPPORTED_ARCHS[number];
+
+export interface ArchTraits {
+  /** How RoPE pairs a head's dimensions (llama.cpp's rope type NORM = adjacent, NEOX = halves). */
+  ropePairing: RopePairing;
+  /**
+   * Per-head RMSNorm of the queries and keys (weights `attn_q_norm`, `attn_k_norm`, headDim
+   * each) after the projections and before RoPE, as Qwen3 does.
+   */
+  qkNorm: boolean;
+}
+
+export const ARCH_TRAITS: Record<ModelArch, ArchTraits> = {
+  llama: { ropePairing: "adjacent", qkNorm: false },
+  qwen2: { ropePairing: "halves", qkNorm: false },
+  qwen3: { ropePairing: "halves", qkNorm: true },
+};
+
+export function isArch(name: string): name is ModelArch {
+  return (SUPPORTED_ARCHS as readonly string[]).includes(name);
+}

@@ -1,0 +1,35 @@
+/**
+ * The architecture cases llama.cpp is run on as the oracle (bench/llamacpp_arch_fixtures.ts
+ * stores its answers in tests/fixtures/llamacpp_archs.json; tests/llamacpp_arch_test.ts holds
+ * the engine against them). Each case is the weight-type oracle's synthetic model
+ * (testing/llamacpp_oracle.ts: peaked logits, same tokens) in F32, so that what is compared is
+ * the architecture's graph, not llama.cpp's 8-bit activation rounding for quantized weights.
+ */
+import { GgmlType } from "../src/gguf/types.ts";
+import type { SyntheticSpec } from "./synthetic_model.ts";
+import { type OracleAnswer, oracleSpec } from "./llamacpp_oracle.ts";
+
+/** One case per architecture or architecture feature. */
+export const ARCH_CASES = {
+  /** Qwen3: QK-norm before RoPE, NeoX pairing, no biases; head size 128 > dim / heads. */
+  qwen3: (seed) => ({ ...base(seed), arch: "qwen3", headDim: 128 }),
+} satisfies Record<string, (seed: number) => SyntheticSpec>;
+export type ArchCase = keyof typeof ARCH_CASES;
+export const ARCH_CASE_NAMES = Object.keys(ARCH_CASES) as ArchCase[];
+
+function base(seed: number): SyntheticSpec {
+  return oracleSpec("F32", seed);
+}
+
+export function archSpec(name: ArchCase, seed: number): SyntheticSpec {
+  return { ...ARCH_CASES[name](seed), weightType: GgmlType.F32 };
+}
+
+export interface ArchFixture {
+  generator: string;
+  seed: number;
+  llamaCpp: string;
+  positions: number;
+  tokens: number[];
+  cases: Partial<Record<ArchCase, OracleAnswer>>;
+}
