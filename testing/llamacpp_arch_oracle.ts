@@ -6,6 +6,8 @@
  * the architecture's graph, not llama.cpp's 8-bit activation rounding for quantized weights.
  */
 import { GgmlType } from "../src/gguf/types.ts";
+import { llama3RopeFactors } from "../src/model/rope_scaling.ts";
+import { gv } from "./gguf_writer.ts";
 import type { SyntheticSpec } from "./synthetic_model.ts";
 import { type OracleAnswer, oracleSpec } from "./llamacpp_oracle.ts";
 
@@ -13,6 +15,32 @@ import { type OracleAnswer, oracleSpec } from "./llamacpp_oracle.ts";
 export const ARCH_CASES = {
   /** Qwen3: QK-norm before RoPE, NeoX pairing, no biases; head size 128 > dim / heads. */
   qwen3: (seed) => ({ ...base(seed), arch: "qwen3", headDim: 128 }),
+  /** Linear RoPE scaling from metadata (every frequency / 4). */
+  "rope-linear": (seed) => ({
+    ...base(seed),
+    metadata: [
+      ["llama.rope.scaling.type", gv.str("linear")],
+      ["llama.rope.scaling.factor", gv.f32(4)],
+    ],
+  }),
+  /**
+   * YaRN from metadata: an original context of 512 puts the correction band at pairs 3..16 of
+   * 32, and attn_factor adds to the magnitude correction.
+   */
+  "rope-yarn": (seed) => ({
+    ...base(seed),
+    metadata: [
+      ["llama.rope.scaling.type", gv.str("yarn")],
+      ["llama.rope.scaling.factor", gv.f32(4)],
+      ["llama.rope.scaling.original_context_length", gv.u32(512)],
+      ["llama.rope.scaling.attn_factor", gv.f32(1.1)],
+    ],
+  }),
+  /** Llama 3.1's scaling as its converter writes it: rope_freqs.weight, blended band 16..64. */
+  "rope-llama3": (seed) => ({
+    ...base(seed),
+    ropeFreqFactors: [...llama3RopeFactors(64, 10000, 8, 1, 4, 64)],
+  }),
 } satisfies Record<string, (seed: number) => SyntheticSpec>;
 export type ArchCase = keyof typeof ARCH_CASES;
 export const ARCH_CASE_NAMES = Object.keys(ARCH_CASES) as ArchCase[];

@@ -330,6 +330,10 @@ export class ReferenceModel {
       }
       applyRope(q, pos, c.nHeads, c.headDim, this.#invFreq, c.ropePairing);
       applyRope(k, pos, c.nKvHeads, c.headDim, this.#invFreq, c.ropePairing);
+      if (c.ropeMscale !== 1) {
+        for (let i = 0; i < q.length; i++) q[i] *= c.ropeMscale;
+        for (let i = 0; i < k.length; i++) k[i] *= c.ropeMscale;
+      }
       if (this.#kvF16) {
         for (let i = 0; i < kvDim; i++) {
           k[i] = f16ToF32(f32ToF16(k[i]));

@@ -4,7 +4,7 @@
  * scaling, long contexts). The tokenizer is a small SentencePiece vocabulary with byte fallback,
  * so any text encodes.
  */
-import { type GgufWriteTensor, gv, writeGguf } from "./gguf_writer.ts";
+import { type GgufTypedValue, type GgufWriteTensor, gv, writeGguf } from "./gguf_writer.ts";
 import { GgufValueType } from "../src/gguf/reader.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { quantizeAny } from "./quantizers.ts";
@@ -36,6 +36,8 @@ export interface SyntheticSpec {
     originalContextLength: number;
   };
   seed?: number;
+  /** More metadata, written after the rest (e.g. `{arch}.rope.scaling.*`). */
+  metadata?: [string, GgufTypedValue][];
   /** Multiplies the Q projection: 0 makes every query zero, i.e. attention exactly uniform. */
   queryScale?: number;
   /** Standard deviation of the matrices (default 1/sqrt(input width)). */
@@ -219,5 +221,6 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
       [`${arch}.rope.scaling.original_context_length`, gv.u32(r.originalContextLength)],
     );
   }
+  md.push(...(spec.metadata ?? []));
   await writeGguf(path, { metadata: md, tensors });
 }

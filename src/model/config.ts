@@ -4,11 +4,12 @@
  */
 import { HcError } from "../errors.ts";
 import type { GgufFile } from "../gguf/reader.ts";
-import { GgmlType } from "../gguf/types.ts";
+import { ropeScalingFromGguf } from "./rope_scaling.ts";
 
 import { ARCH_TRAITS, isArch, type ModelArch, SUPPORTED_ARCHS } from "./arch.ts";
 
 export type { ModelArch } from "./arch.ts";
+export { llama3RopeFactors, yarnRopeFactors } from "./rope_scaling.ts";
 /** "adjacent": GGUF Llama / llama2.c (pairs 2i, 2i+1). "halves": NeoX / Qwen2 (i, i + d/2). */
 export type RopePairing = "adjacent" | "halves";
 
@@ -31,6 +32,8 @@ export interface ModelConfig {
    * / factor_i, as ggml_rope_ext applies `freq_factors`. null means all 1.
    */
   ropeFreqFactors: Float32Array | null;
+  /** q and k are multiplied by this after RoPE (YaRN, rope.scaling.attn_factor); usually 1. */
+  ropeMscale: number;
   rmsEps: number;
   /** The output projection reuses token_embd.weight. */
   tiedOutput: boolean;
@@ -86,8 +89,11 @@ export function validateConfig(c: ModelConfig): ModelConfig {
   if (c.headDim % 2 !== 0) {
     throw new HcError("E_MODEL_FORMAT", `model head size ${c.headDim} is odd; RoPE needs pairs`);
   }
-  if (!(c.ropeBase > 0) || !(c.rmsEps > 0)) {
-    throw new HcError("E_MODEL_FORMAT", `model rope base ${c.ropeBase} / rms eps ${c.rmsEps}`);
+  if (!(c.ropeBase > 0) || !(c.rmsEps > 0) || !(c.ropeMscale > 0)) {
+    throw new HcError(
+      "E_MODEL_FORMAT",
+      `model rope base ${c.ropeBase} / rms eps ${c.rmsEps} / rope mscale ${c.ropeMscale}`,
+    );
   }
   if (c.ropeFreqFactors) {
     if (c.ropeFreqFactors.length !== c.headDim / 2) {
@@ -116,78 +122,6 @@ export function ropeInverseFrequencies(
     inv[i] = base ** (-(2 * i) / headDim) / (freqFactors ? freqFactors[i] : 1);
   }
   return inv;
-}
-
-/**
- * The per-pair divisors llama.cpp's converter writes as `rope_freqs.weight` for rope_type
- * "llama3" (Llama 3.1+): long wavelengths are slowed by `factor`, short ones kept, and the band
- * between blended smoothly.
- */
-export function llama3RopeFactors(
-  headDim: number,
-  ropeBase: number,
-  factor: number,
-  lowFreqFactor: number,
-  highFreqFactor: number,
-  originalContextLength: number,
-): Float32Array {
-  const out = new Float32Array(headDim / 2);
-  const lowFreqWavelen = originalContextLength / lowFreqFactor;
-  const highFreqWavelen = originalContextLength / highFreqFactor;
-  for (let i = 0; i < out.length; i++) {
-    const freq = Math.fround(1 / Math.fround(ropeBase ** Math.fround((2 * i) / headDim)));
-    const wavelen = (2 * Math.PI) / freq;
-    if (wavelen < highFreqWavelen) out[i] = 1;
-    else if (wavelen > lowFreqWavelen) out[i] = factor;
-    else {
-      const smooth = (originalContextLength / wavelen - lowFreqFactor) /
-        (highFreqFactor - lowFreqFactor);
-      out[i] = 1 / ((1 - smooth) / factor + smooth);
-    }
-  }
-  return out;
-}
-
-function ropeFactorsFromGguf(file: GgufFile, arch: string, headDim: number, base: number) {
-  const tensor = file.tensor("rope_freqs.weight");
-  if (tensor) {
-    if (tensor.type !== GgmlType.F32 || tensor.elems !== headDim / 2) {
-      throw new HcError(
-        "E_MODEL_TENSOR",
-        `rope_freqs.weight should be F32 with ${headDim / 2} elements (type ${tensor.type}, ` +
-          `${tensor.elems} elements)`,
-      );
-    }
-    const bytes = new Uint8Array(tensor.bytes);
-    file.readIntoSync(tensor, bytes);
-    return new Float32Array(bytes.buffer);
-  }
-  const type = file.getString(`${arch}.rope.scaling.type`) ??
-    (file.metadata.has(`${arch}.rope.scale_linear`) ? "linear" : "none");
-  const factor = file.getNumber(`${arch}.rope.scaling.factor`) ??
-    file.getNumber(`${arch}.rope.scale_linear`) ?? 1;
-  switch (type) {
-    case "none":
-      return null;
-    case "linear":
-      // Linear scaling divides every position by `factor`, i.e. every frequency.
-      return factor === 1 ? null : new Float32Array(headDim / 2).fill(factor);
-    case "llama3":
-      return llama3RopeFactors(
-        headDim,
-        base,
-        factor,
-        file.getNumber(`${arch}.rope.scaling.low_freq_factor`) ?? 1,
-        file.getNumber(`${arch}.rope.scaling.high_freq_factor`) ?? 4,
-        file.getNumber(`${arch}.rope.scaling.original_context_length`) ?? 8192,
-      );
-    default:
-      throw new HcError(
-        "E_MODEL_ARCH",
-        `RoPE scaling type "${type}" (${arch}.rope.scaling.type) is not supported; ` +
-          `supported: none, linear, llama3`,
-      );
-  }
 }
 
 /**
@@ -252,6 +186,8 @@ export function configFromGguf(file: GgufFile): ModelConfig {
   }
   const ropeBase = opt("rope.freq_base") ?? DEFAULT_ROPE_BASE;
 
+  const contextLength = need("context_length");
+  const scaling = ropeScalingFromGguf(file, arch, headDim, ropeBase, contextLength);
   const embd = file.tensor("token_embd.weight");
   const vocabSize = embd?.dims[1] ?? opt("vocab_size") ??
     file.getStringArray("tokenizer.ggml.tokens")?.length ?? missing(`${arch}.vocab_size`);
@@ -265,10 +201,11 @@ export function configFromGguf(file: GgufFile): ModelConfig {
     nKvHeads,
     headDim,
     ffnDim: need("feed_forward_length"),
-    contextLength: need("context_length"),
+    contextLength,
     ropeBase,
     ropePairing: ARCH_TRAITS[arch].ropePairing,
-    ropeFreqFactors: ropeFactorsFromGguf(file, arch, headDim, ropeBase),
+    ropeFreqFactors: scaling.freqFactors,
+    ropeMscale: scaling.mscale,
     rmsEps: need("attention.layer_norm_rms_epsilon"),
     tiedOutput: file.tensor("output.weight") === undefined,
     qkvBias: file.tensor("blk.0.attn_q.bias") !== undefined,

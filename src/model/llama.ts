@@ -395,6 +395,7 @@ export class LlamaModel implements Disposable {
       K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
       K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
       cmd.barrier();
+      if (c.ropeMscale !== 1) this.#recordRopeMscale(cmd, B);
       this.#recordCaptures(cmd, io, l, B, position);
       K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
       cmd.barrier();
@@ -464,6 +465,16 @@ export class LlamaModel implements Disposable {
       weight: L.kNorm!,
       rows: B * c.nKvHeads,
     });
+    cmd.barrier();
+  }
+
+  /** YaRN's magnitude correction (config.ropeMscale): q and k scaled after RoPE, in place. */
+  #recordRopeMscale(cmd: CommandList, B: number): void {
+    const c = this.config;
+    const a = this.act;
+    const scale = c.ropeMscale;
+    this.kernels.axpby.recordScale(cmd, { x: a.q, out: a.q, n: B * c.nHeads * c.headDim, scale });
+    this.kernels.axpby.recordScale(cmd, { x: a.k, out: a.k, n: B * c.nKvHeads * c.headDim, scale });
     cmd.barrier();
   }
 

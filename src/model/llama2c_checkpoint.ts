@@ -136,6 +136,7 @@ export function llama2cConfig(h: Llama2cHeader): ModelConfig {
     ropeBase: 10000,
     ropePairing: "adjacent",
     ropeFreqFactors: null,
+    ropeMscale: 1,
     rmsEps: 1e-5,
     tiedOutput: h.sharedClassifier,
     qkvBias: false,
