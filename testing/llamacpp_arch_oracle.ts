@@ -15,6 +15,8 @@ import { type OracleAnswer, oracleSpec } from "./llamacpp_oracle.ts";
 export const ARCH_CASES = {
   /** Qwen3: QK-norm before RoPE, NeoX pairing, no biases; head size 128 > dim / heads. */
   qwen3: (seed) => ({ ...base(seed), arch: "qwen3", headDim: 128 }),
+  /** SmolLM3: layer 3 of 4 (every fourth) takes no RoPE. */
+  smollm3: (seed) => ({ ...base(seed), arch: "smollm3", nLayers: 4 }),
   /** Linear RoPE scaling from metadata (every frequency / 4). */
   "rope-linear": (seed) => ({
     ...base(seed),

@@ -7,6 +7,7 @@ import { HcError } from "../src/errors.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { type ModelConfig, ropeInverseFrequencies, type RopePairing } from "../src/model/config.ts";
 import { dequantize, f16ToF32, f32ToF16 } from "../src/model/quant/mod.ts";
+import { layerUsesRope } from "../src/model/arch.ts";
 import { type ModelSource, readTensorBytes } from "../src/model/source.ts";
 
 /** out = x / sqrt(mean(x^2) + eps) * weight. */
@@ -328,9 +329,11 @@ export class ReferenceModel {
         headNorm(q, w.qNorm, c.nHeads, c.headDim, c.rmsEps);
         headNorm(k, w.kNorm, c.nKvHeads, c.headDim, c.rmsEps);
       }
-      applyRope(q, pos, c.nHeads, c.headDim, this.#invFreq, c.ropePairing);
-      applyRope(k, pos, c.nKvHeads, c.headDim, this.#invFreq, c.ropePairing);
-      if (c.ropeMscale !== 1) {
+      if (layerUsesRope(c, l)) {
+        applyRope(q, pos, c.nHeads, c.headDim, this.#invFreq, c.ropePairing);
+        applyRope(k, pos, c.nKvHeads, c.headDim, this.#invFreq, c.ropePairing);
+      }
+      if (c.ropeMscale !== 1 && layerUsesRope(c, l)) {
         for (let i = 0; i < q.length; i++) q[i] *= c.ropeMscale;
         for (let i = 0; i < k.length; i++) k[i] *= c.ropeMscale;
       }

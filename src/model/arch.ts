@@ -5,7 +5,7 @@
  */
 import type { RopePairing } from "./config.ts";
 
-export const SUPPORTED_ARCHS = ["llama", "qwen2", "qwen3"] as const;
+export const SUPPORTED_ARCHS = ["llama", "qwen2", "qwen3", "smollm3"] as const;
 export type ModelArch = typeof SUPPORTED_ARCHS[number];
 
 export interface ArchTraits {
@@ -16,14 +16,25 @@ export interface ArchTraits {
    * each) after the projections and before RoPE, as Qwen3 does.
    */
   qkNorm: boolean;
+  /**
+   * Every this-many-th layer (layers l with (l + 1) % step == 0) skips RoPE: SmolLM3's NoPE
+   * layers, whose step llama.cpp fixes at 4 (no metadata key carries it). 0: every layer ropes.
+   */
+  noRopeLayerStep: number;
 }
 
 export const ARCH_TRAITS: Record<ModelArch, ArchTraits> = {
-  llama: { ropePairing: "adjacent", qkNorm: false },
-  qwen2: { ropePairing: "halves", qkNorm: false },
-  qwen3: { ropePairing: "halves", qkNorm: true },
+  llama: { ropePairing: "adjacent", qkNorm: false, noRopeLayerStep: 0 },
+  qwen2: { ropePairing: "halves", qkNorm: false, noRopeLayerStep: 0 },
+  qwen3: { ropePairing: "halves", qkNorm: true, noRopeLayerStep: 0 },
+  smollm3: { ropePairing: "adjacent", qkNorm: false, noRopeLayerStep: 4 },
 };
 
 export function isArch(name: string): name is ModelArch {
   return (SUPPORTED_ARCHS as readonly string[]).includes(name);
+}
+
+/** Whether layer `layer` rotates q and k (see ArchTraits.noRopeLayerStep). */
+export function layerUsesRope(c: { noRopeLayerStep: number }, layer: number): boolean {
+  return c.noRopeLayerStep === 0 || (layer + 1) % c.noRopeLayerStep !== 0;
 }

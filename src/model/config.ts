@@ -41,6 +41,8 @@ export interface ModelConfig {
   qkvBias: boolean;
   /** Per-head RMSNorm of q and k before RoPE (Qwen3; see arch.ts). */
   qkNorm: boolean;
+  /** Layers l with (l + 1) % step == 0 skip RoPE (SmolLM3); 0 for none (see arch.ts). */
+  noRopeLayerStep: number;
 }
 
 const DEFAULT_ROPE_BASE = 10000;
@@ -157,7 +159,7 @@ export function configFromGguf(file: GgufFile): ModelConfig {
       "E_MODEL_ARCH",
       `model architecture "${archName}" (general.architecture) is not supported; supported: ` +
         `${SUPPORTED_ARCHS.join(", ")} (dense Llama-family models: Llama, Mistral, Qwen2/2.5, ` +
-        "Qwen3, SmolLM2, TinyLlama)",
+        "Qwen3, SmolLM2/3, TinyLlama)",
     );
   }
   const arch = archName;
@@ -210,5 +212,6 @@ export function configFromGguf(file: GgufFile): ModelConfig {
     tiedOutput: file.tensor("output.weight") === undefined,
     qkvBias: file.tensor("blk.0.attn_q.bias") !== undefined,
     qkNorm: ARCH_TRAITS[arch].qkNorm,
+    noRopeLayerStep: ARCH_TRAITS[arch].noRopeLayerStep,
   });
 }

@@ -15,6 +15,7 @@ import { MatMul, preferMatMul } from "../kernels/matmul.ts";
 import { MatVec } from "../kernels/matvec.ts";
 import { Argmax } from "../kernels/select.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
+import { layerUsesRope } from "./arch.ts";
 import { type ModelConfig, ropeInverseFrequencies } from "./config.ts";
 import { type ForwardState, MAX_BATCH_TOKENS, stepLayout } from "./forward.ts";
 import { type ForwardIo, LlamaState } from "./llama_state.ts";
@@ -392,10 +393,12 @@ export class LlamaModel implements Disposable {
         headDim: c.headDim,
         pairing: c.ropePairing,
       };
-      K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
-      K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
-      cmd.barrier();
-      if (c.ropeMscale !== 1) this.#recordRopeMscale(cmd, B);
+      if (layerUsesRope(c, l)) {
+        K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
+        K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
+        cmd.barrier();
+        if (c.ropeMscale !== 1) this.#recordRopeMscale(cmd, B);
+      }
       this.#recordCaptures(cmd, io, l, B, position);
       K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
       cmd.barrier();

@@ -141,6 +141,7 @@ export function llama2cConfig(h: Llama2cHeader): ModelConfig {
     tiedOutput: h.sharedClassifier,
     qkvBias: false,
     qkNorm: false,
+    noRopeLayerStep: 0,
   });
 }
 
