@@ -17,6 +17,14 @@ export const ARCH_CASES = {
   qwen3: (seed) => ({ ...base(seed), arch: "qwen3", headDim: 128 }),
   /** SmolLM3: layer 3 of 4 (every fourth) takes no RoPE. */
   smollm3: (seed) => ({ ...base(seed), arch: "smollm3", nLayers: 4 }),
+  /**
+   * Phi-3: fused attn_qkv and gate/up tensors, NeoX RoPE, its long-context factors and
+   * attn_factor. An original context of 64 < 256 selects the long factors (llama.cpp: its
+   * context of 256 exceeds it; ours: the model's).
+   */
+  "phi3-long": (seed) => phi3(seed, 64),
+  /** The same with an original context of 4096: the short factors. */
+  "phi3-short": (seed) => phi3(seed, 4096),
   /** Linear RoPE scaling from metadata (every frequency / 4). */
   "rope-linear": (seed) => ({
     ...base(seed),
@@ -46,6 +54,24 @@ export const ARCH_CASES = {
 } satisfies Record<string, (seed: number) => SyntheticSpec>;
 export type ArchCase = keyof typeof ARCH_CASES;
 export const ARCH_CASE_NAMES = Object.keys(ARCH_CASES) as ArchCase[];
+
+function phi3(seed: number, originalContextLength: number): SyntheticSpec {
+  const pairs = 32;
+  return {
+    ...base(seed),
+    arch: "phi3",
+    // llama.cpp gives special tokens of a model named like "phi3" their Phi-3 attributes, and
+    // fails on a vocabulary without Phi-3's "<|endoftext|>".
+    name: "synthetic-fused-qkv",
+    ropeFactorsLong: Array.from({ length: pairs }, (_, i) => 1 + (i * 7) / pairs),
+    ropeFactorsShort: Array.from({ length: pairs }, (_, i) => 1 + (i % 4) * 0.25),
+    metadata: [
+      ["phi3.rope.scaling.original_context_length", gv.u32(originalContextLength)],
+      ["phi3.rope.scaling.attn_factor", gv.f32(1.19)],
+      ["phi3.attention.sliding_window", gv.u32(2047)],
+    ],
+  };
+}
 
 function base(seed: number): SyntheticSpec {
   return oracleSpec("F32", seed);

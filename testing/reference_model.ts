@@ -214,13 +214,20 @@ export class ReferenceModel {
     const c = source.config;
     const get = (name: string) => loadTensorF32(source, name);
     const layers: LayerWeights[] = [];
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
     for (let l = 0; l < c.nLayers; l++) {
       const p = `blk.${l}.`;
+      // Fused tensors (Phi-3) hold their parts as consecutive rows of `cols` values.
+      const qkv = c.fusedQkv ? await get(p + "attn_qkv.weight") : null;
+      const gateUp = c.fusedGateUp ? await get(p + "ffn_up.weight") : null;
+      const rows = (w: Float32Array, cols: number, r0: number, n: number) =>
+        w.slice(r0 * cols, (r0 + n) * cols);
       layers.push({
         attnNorm: await get(p + "attn_norm.weight"),
-        wq: await get(p + "attn_q.weight"),
-        wk: await get(p + "attn_k.weight"),
-        wv: await get(p + "attn_v.weight"),
+        wq: qkv ? rows(qkv, c.dim, 0, qDim) : await get(p + "attn_q.weight"),
+        wk: qkv ? rows(qkv, c.dim, qDim, kvDim) : await get(p + "attn_k.weight"),
+        wv: qkv ? rows(qkv, c.dim, qDim + kvDim, kvDim) : await get(p + "attn_v.weight"),
         bq: c.qkvBias ? await get(p + "attn_q.bias") : null,
         bk: c.qkvBias ? await get(p + "attn_k.bias") : null,
         bv: c.qkvBias ? await get(p + "attn_v.bias") : null,
@@ -228,8 +235,8 @@ export class ReferenceModel {
         kNorm: c.qkNorm ? await get(p + "attn_k_norm.weight") : null,
         wo: await get(p + "attn_output.weight"),
         ffnNorm: await get(p + "ffn_norm.weight"),
-        gate: await get(p + "ffn_gate.weight"),
-        up: await get(p + "ffn_up.weight"),
+        gate: gateUp ? rows(gateUp, c.dim, 0, c.ffnDim) : await get(p + "ffn_gate.weight"),
+        up: gateUp ? rows(gateUp, c.dim, c.ffnDim, c.ffnDim) : await get(p + "ffn_up.weight"),
         down: await get(p + "ffn_down.weight"),
       });
     }

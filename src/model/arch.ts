@@ -5,7 +5,7 @@
  */
 import type { RopePairing } from "./config.ts";
 
-export const SUPPORTED_ARCHS = ["llama", "qwen2", "qwen3", "smollm3"] as const;
+export const SUPPORTED_ARCHS = ["llama", "qwen2", "qwen3", "smollm3", "phi3"] as const;
 export type ModelArch = typeof SUPPORTED_ARCHS[number];
 
 export interface ArchTraits {
@@ -21,13 +21,20 @@ export interface ArchTraits {
    * layers, whose step llama.cpp fixes at 4 (no metadata key carries it). 0: every layer ropes.
    */
   noRopeLayerStep: number;
+  /**
+   * The FFN's gate and up projections are one `ffn_up` tensor of 2·ffnDim rows, gate first
+   * (Phi-3's gate_up_proj, which llama.cpp runs as ggml_swiglu over the fused product).
+   */
+  fusedGateUp: boolean;
 }
 
 export const ARCH_TRAITS: Record<ModelArch, ArchTraits> = {
-  llama: { ropePairing: "adjacent", qkNorm: false, noRopeLayerStep: 0 },
-  qwen2: { ropePairing: "halves", qkNorm: false, noRopeLayerStep: 0 },
-  qwen3: { ropePairing: "halves", qkNorm: true, noRopeLayerStep: 0 },
-  smollm3: { ropePairing: "adjacent", qkNorm: false, noRopeLayerStep: 4 },
+  llama: { ropePairing: "adjacent", qkNorm: false, noRopeLayerStep: 0, fusedGateUp: false },
+  qwen2: { ropePairing: "halves", qkNorm: false, noRopeLayerStep: 0, fusedGateUp: false },
+  qwen3: { ropePairing: "halves", qkNorm: true, noRopeLayerStep: 0, fusedGateUp: false },
+  smollm3: { ropePairing: "adjacent", qkNorm: false, noRopeLayerStep: 4, fusedGateUp: false },
+  // Phi-3's sliding_window metadata is ignored, as llama.cpp does (its Phi SWA is disabled).
+  phi3: { ropePairing: "halves", qkNorm: false, noRopeLayerStep: 0, fusedGateUp: true },
 };
 
 export function isArch(name: string): name is ModelArch {

@@ -43,6 +43,10 @@ export interface ModelConfig {
   qkNorm: boolean;
   /** Layers l with (l + 1) % step == 0 skip RoPE (SmolLM3); 0 for none (see arch.ts). */
   noRopeLayerStep: number;
+  /** Q, K and V are one `attn_qkv` tensor (rows: q, then k, then v), split at upload. */
+  fusedQkv: boolean;
+  /** Gate and up are one `ffn_up` tensor of 2·ffnDim rows, gate first, split at upload. */
+  fusedGateUp: boolean;
 }
 
 const DEFAULT_ROPE_BASE = 10000;
@@ -159,7 +163,7 @@ export function configFromGguf(file: GgufFile): ModelConfig {
       "E_MODEL_ARCH",
       `model architecture "${archName}" (general.architecture) is not supported; supported: ` +
         `${SUPPORTED_ARCHS.join(", ")} (dense Llama-family models: Llama, Mistral, Qwen2/2.5, ` +
-        "Qwen3, SmolLM2/3, TinyLlama)",
+        "Qwen3, SmolLM2/3, Phi-3, TinyLlama)",
     );
   }
   const arch = archName;
@@ -213,5 +217,7 @@ export function configFromGguf(file: GgufFile): ModelConfig {
     qkvBias: file.tensor("blk.0.attn_q.bias") !== undefined,
     qkNorm: ARCH_TRAITS[arch].qkNorm,
     noRopeLayerStep: ARCH_TRAITS[arch].noRopeLayerStep,
+    fusedQkv: file.tensor("blk.0.attn_qkv.weight") !== undefined,
+    fusedGateUp: ARCH_TRAITS[arch].fusedGateUp,
   });
 }

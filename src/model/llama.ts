@@ -255,6 +255,20 @@ export class LlamaModel implements Disposable {
       const t = tensor(name);
       return { buffer: await upload(t), type: t.type, cols: t.dims[0], rows: t.dims[1] ?? 1 };
     };
+    // Rows [row0, row0 + n) of a fused matrix (Phi-3's attn_qkv, ffn_up) as a weight of its
+    // own: rows are whole blocks in every type, so a row range is a byte range.
+    const rowsOf = async (name: string, row0: number, n: number): Promise<Weight> => {
+      const t = tensor(name);
+      const rowBytes = t.bytes / t.dims[1];
+      const bytes = n * rowBytes;
+      const b = device.buffer(bytes);
+      buffers.push(b);
+      await device.uploadFrom(b, bytes, (chunk, off) => t.read(chunk, row0 * rowBytes + off));
+      doneBytes += bytes;
+      parameters += n * t.dims[0];
+      opts.onProgress?.(doneBytes, totalBytes);
+      return { buffer: b, type: t.type, cols: t.dims[0], rows: n };
+    };
     // Norms and biases are tiny: always f32 on the device whatever the file stores.
     const vector = async (name: string): Promise<Buffer> => {
       const t = tensor(name);
@@ -269,6 +283,8 @@ export class LlamaModel implements Disposable {
       parameters += t.elems;
       return b;
     };
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
     try {
       const embd = await matrix("token_embd.weight");
       const layers: LayerWeights[] = [];
@@ -277,12 +293,22 @@ export class LlamaModel implements Disposable {
         layers.push({
           attnNorm: await vector(p + "attn_norm.weight"),
           ffnNorm: await vector(p + "ffn_norm.weight"),
-          q: await matrix(p + "attn_q.weight"),
-          k: await matrix(p + "attn_k.weight"),
-          v: await matrix(p + "attn_v.weight"),
+          q: c.fusedQkv
+            ? await rowsOf(p + "attn_qkv.weight", 0, qDim)
+            : await matrix(p + "attn_q.weight"),
+          k: c.fusedQkv
+            ? await rowsOf(p + "attn_qkv.weight", qDim, kvDim)
+            : await matrix(p + "attn_k.weight"),
+          v: c.fusedQkv
+            ? await rowsOf(p + "attn_qkv.weight", qDim + kvDim, kvDim)
+            : await matrix(p + "attn_v.weight"),
           o: await matrix(p + "attn_output.weight"),
-          gate: await matrix(p + "ffn_gate.weight"),
-          up: await matrix(p + "ffn_up.weight"),
+          gate: c.fusedGateUp
+            ? await rowsOf(p + "ffn_up.weight", 0, c.ffnDim)
+            : await matrix(p + "ffn_gate.weight"),
+          up: c.fusedGateUp
+            ? await rowsOf(p + "ffn_up.weight", c.ffnDim, c.ffnDim)
+            : await matrix(p + "ffn_up.weight"),
           down: await matrix(p + "ffn_down.weight"),
           qBias: c.qkvBias ? await vector(p + "attn_q.bias") : null,
           kBias: c.qkvBias ? await vector(p + "attn_k.bias") : null,
@@ -292,10 +318,11 @@ export class LlamaModel implements Disposable {
         });
       }
       const outputNorm = await vector("output_norm.weight");
-      const attnHash = await hashTensors([
-        tensor("blk.0.attn_q.weight"),
-        tensor("blk.0.attn_k.weight"),
-      ]);
+      const attnHash = await hashTensors(
+        c.fusedQkv
+          ? [tensor("blk.0.attn_qkv.weight")]
+          : [tensor("blk.0.attn_q.weight"), tensor("blk.0.attn_k.weight")],
+      );
       const output = c.tiedOutput ? embd : await matrix("output.weight");
       const types = new Set<number>([output.type]);
       for (const L of layers) {

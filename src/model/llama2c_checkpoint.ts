@@ -142,6 +142,8 @@ export function llama2cConfig(h: Llama2cHeader): ModelConfig {
     qkvBias: false,
     qkNorm: false,
     noRopeLayerStep: 0,
+    fusedQkv: false,
+    fusedGateUp: false,
   });
 }
 

@@ -76,13 +76,13 @@ export function yarnRopeFactors(
   return out;
 }
 
-function freqsTensor(file: GgufFile, headDim: number): Float32Array | null {
-  const tensor = file.tensor("rope_freqs.weight");
+function freqsTensor(file: GgufFile, headDim: number, name: string): Float32Array | null {
+  const tensor = file.tensor(name);
   if (!tensor) return null;
   if (tensor.type !== GgmlType.F32 || tensor.elems !== headDim / 2) {
     throw new HcError(
       "E_MODEL_TENSOR",
-      `rope_freqs.weight should be F32 with ${headDim / 2} elements (type ${tensor.type}, ` +
+      `${name} should be F32 with ${headDim / 2} elements (type ${tensor.type}, ` +
         `${tensor.elems} elements)`,
     );
   }
@@ -104,8 +104,16 @@ export function ropeScalingFromGguf(
   base: number,
   contextLength: number,
 ): RopeScaling {
-  const tensor = freqsTensor(file, headDim);
   const key = (k: string) => file.getNumber(`${arch}.rope.scaling.${k}`);
+  const origCtx = key("original_context_length") ?? contextLength;
+  // Phi-3's long-context factors: llama.cpp takes the long set when the context exceeds the
+  // original one. Its context is a session's; ours is the model's (llama.cpp's default n_ctx).
+  const longShort = freqsTensor(
+    file,
+    headDim,
+    contextLength > origCtx ? "rope_factors_long.weight" : "rope_factors_short.weight",
+  );
+  const tensor = freqsTensor(file, headDim, "rope_freqs.weight") ?? longShort;
   const type = file.getString(`${arch}.rope.scaling.type`) ??
     (file.metadata.has(`${arch}.rope.scale_linear`) ? "linear" : "none");
   const factor = key("factor") ?? file.getNumber(`${arch}.rope.scale_linear`) ?? 1;
@@ -117,7 +125,6 @@ export function ropeScalingFromGguf(
       `RoPE scaling factor ${factor} / attn_factor ${attnFactor} must be positive`,
     );
   }
-  const origCtx = key("original_context_length") ?? contextLength;
   switch (type) {
     case "none":
       return { freqFactors: tensor, mscale: attnFactor };
