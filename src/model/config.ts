@@ -192,6 +192,12 @@ export function configFromGguf(file: GgufFile): ModelConfig {
   }
   const ropeBase = opt("rope.freq_base") ?? DEFAULT_ROPE_BASE;
 
+  if (file.tensor("blk.0.attn_qkv.bias")) {
+    throw new HcError(
+      "E_MODEL_ARCH",
+      "fused QKV projections with a bias (blk.0.attn_qkv.bias) are not supported",
+    );
+  }
   const contextLength = need("context_length");
   const scaling = ropeScalingFromGguf(file, arch, headDim, ropeBase, contextLength);
   const embd = file.tensor("token_embd.weight");
