@@ -25,6 +25,23 @@ export const ARCH_CASES = {
   "phi3-long": (seed) => phi3(seed, 64),
   /** The same with an original context of 4096: the short factors. */
   "phi3-short": (seed) => phi3(seed, 4096),
+  /**
+   * Ministral 3: YaRN with its metadata-given betas and log multiplier (whose ratio is the
+   * magnitude factor), and an attention temperature that is exactly 1 below the original context.
+   */
+  mistral3: (seed) => ({
+    ...base(seed),
+    arch: "mistral3",
+    metadata: [
+      ["mistral3.rope.scaling.type", gv.str("yarn")],
+      ["mistral3.rope.scaling.factor", gv.f32(16)],
+      ["mistral3.rope.scaling.original_context_length", gv.u32(512)],
+      ["mistral3.rope.scaling.yarn_beta_fast", gv.f32(16)],
+      ["mistral3.rope.scaling.yarn_beta_slow", gv.f32(2)],
+      ["mistral3.rope.scaling.yarn_log_multiplier", gv.f32(0.5)],
+      ["mistral3.attention.temperature_scale", gv.f32(0.1)],
+    ],
+  }),
   /** Linear RoPE scaling from metadata (every frequency / 4). */
   "rope-linear": (seed) => ({
     ...base(seed),

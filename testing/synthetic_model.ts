@@ -11,7 +11,7 @@ import { quantizeAny } from "./quantizers.ts";
 import { HcError } from "../src/errors.ts";
 
 export interface SyntheticSpec {
-  arch?: "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3";
+  arch?: "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "mistral3";
   dim: number;
   nLayers: number;
   nHeads: number;

@@ -11,6 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { loadModel } from "../mod.ts";
+import { openModelSource } from "../src/model/source.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { ORACLE_GREEDY, oracleTokens } from "../testing/llamacpp_oracle.ts";
 import { compareWithOracle } from "../testing/llamacpp_compare.ts";
@@ -50,3 +51,21 @@ for (const name of ARCH_CASE_NAMES) {
     }
   });
 }
+
+Deno.test("mistral3's attention temperature stops the context at the original one", async () => {
+  const path = await Deno.makeTempFile({ suffix: ".gguf" });
+  try {
+    const spec = archSpec("mistral3", fixture.seed);
+    const contextOf = async (metadata: typeof spec.metadata) => {
+      await writeSyntheticModel(path, { ...spec, contextLength: 4096, metadata });
+      using s = await openModelSource(path);
+      return s.config.contextLength;
+    };
+    // Below position 512 llama.cpp's temperature factor is exactly 1; past it, it would vary.
+    assert.equal(await contextOf(spec.metadata), 512);
+    const without = spec.metadata!.filter(([k]) => !k.endsWith("temperature_scale"));
+    assert.equal(await contextOf(without), 4096);
+  } finally {
+    await Deno.remove(path);
+  }
+});

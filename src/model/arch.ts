@@ -5,7 +5,7 @@
  */
 import type { RopePairing } from "./config.ts";
 
-export const SUPPORTED_ARCHS = ["llama", "qwen2", "qwen3", "smollm3", "phi3"] as const;
+export const SUPPORTED_ARCHS = ["llama", "qwen2", "qwen3", "smollm3", "phi3", "mistral3"] as const;
 export type ModelArch = typeof SUPPORTED_ARCHS[number];
 
 export interface ArchTraits {
@@ -26,15 +26,59 @@ export interface ArchTraits {
    * (Phi-3's gate_up_proj, which llama.cpp runs as ggml_swiglu over the fused product).
    */
   fusedGateUp: boolean;
+  /**
+   * YaRN's beta_fast, beta_slow and log multiplier come from metadata
+   * (`rope.scaling.yarn_*`), and `attention.temperature_scale` applies (Ministral 3); llama.cpp
+   * reads none of them for the other architectures.
+   */
+  yarnMetadata: boolean;
 }
 
 export const ARCH_TRAITS: Record<ModelArch, ArchTraits> = {
-  llama: { ropePairing: "adjacent", qkNorm: false, noRopeLayerStep: 0, fusedGateUp: false },
-  qwen2: { ropePairing: "halves", qkNorm: false, noRopeLayerStep: 0, fusedGateUp: false },
-  qwen3: { ropePairing: "halves", qkNorm: true, noRopeLayerStep: 0, fusedGateUp: false },
-  smollm3: { ropePairing: "adjacent", qkNorm: false, noRopeLayerStep: 4, fusedGateUp: false },
+  llama: {
+    ropePairing: "adjacent",
+    qkNorm: false,
+    noRopeLayerStep: 0,
+    fusedGateUp: false,
+    yarnMetadata: false,
+  },
+  qwen2: {
+    ropePairing: "halves",
+    qkNorm: false,
+    noRopeLayerStep: 0,
+    fusedGateUp: false,
+    yarnMetadata: false,
+  },
+  qwen3: {
+    ropePairing: "halves",
+    qkNorm: true,
+    noRopeLayerStep: 0,
+    fusedGateUp: false,
+    yarnMetadata: false,
+  },
+  smollm3: {
+    ropePairing: "adjacent",
+    qkNorm: false,
+    noRopeLayerStep: 4,
+    fusedGateUp: false,
+    yarnMetadata: false,
+  },
   // Phi-3's sliding_window metadata is ignored, as llama.cpp does (its Phi SWA is disabled).
-  phi3: { ropePairing: "halves", qkNorm: false, noRopeLayerStep: 0, fusedGateUp: true },
+  phi3: {
+    ropePairing: "halves",
+    qkNorm: false,
+    noRopeLayerStep: 0,
+    fusedGateUp: true,
+    yarnMetadata: false,
+  },
+  // Ministral 3 (text): llama's graph with YaRN read from metadata.
+  mistral3: {
+    ropePairing: "adjacent",
+    qkNorm: false,
+    noRopeLayerStep: 0,
+    fusedGateUp: false,
+    yarnMetadata: true,
+  },
 };
 
 export function isArch(name: string): name is ModelArch {

@@ -163,7 +163,7 @@ export function configFromGguf(file: GgufFile): ModelConfig {
       "E_MODEL_ARCH",
       `model architecture "${archName}" (general.architecture) is not supported; supported: ` +
         `${SUPPORTED_ARCHS.join(", ")} (dense Llama-family models: Llama, Mistral, Qwen2/2.5, ` +
-        "Qwen3, SmolLM2/3, Phi-3, TinyLlama)",
+        "Qwen3, SmolLM2/3, Phi-3, Ministral 3, TinyLlama)",
     );
   }
   const arch = archName;
@@ -198,8 +198,20 @@ export function configFromGguf(file: GgufFile): ModelConfig {
       "fused QKV projections with a bias (blk.0.attn_qkv.bias) are not supported",
     );
   }
-  const contextLength = need("context_length");
-  const scaling = ropeScalingFromGguf(file, arch, headDim, ropeBase, contextLength);
+  const traits = ARCH_TRAITS[arch];
+  let contextLength = need("context_length");
+  const scaling = ropeScalingFromGguf(file, arch, headDim, ropeBase, contextLength, traits);
+  const tempScale = traits.yarnMetadata ? opt("attention.temperature_scale") ?? 0 : 0;
+  if (tempScale !== 0) {
+    // Llama 4 / Ministral 3 attention temperature: llama.cpp multiplies q by
+    // 1 + beta·ln(floor(pos / original context) + 1), exactly 1 below the original context.
+    // Past it the scale would vary per position, which we do not run: the context stops there.
+    const orig = opt("rope.scaling.original_context_length") ?? contextLength;
+    contextLength = Math.min(
+      contextLength,
+      positiveInt(orig, "rope.scaling.original_context_length"),
+    );
+  }
   const embd = file.tensor("token_embd.weight");
   const vocabSize = embd?.dims[1] ?? opt("vocab_size") ??
     file.getStringArray("tokenizer.ggml.tokens")?.length ?? missing(`${arch}.vocab_size`);

@@ -103,6 +103,7 @@ export function ropeScalingFromGguf(
   headDim: number,
   base: number,
   contextLength: number,
+  opts: { yarnMetadata?: boolean } = {},
 ): RopeScaling {
   const key = (k: string) => file.getNumber(`${arch}.rope.scaling.${k}`);
   const origCtx = key("original_context_length") ?? contextLength;
@@ -136,12 +137,23 @@ export function ropeScalingFromGguf(
           : times(tensor, new Float32Array(headDim / 2).fill(factor)),
         mscale: attnFactor,
       };
-    case "yarn":
+    case "yarn": {
+      const meta = opts.yarnMetadata ?? false;
+      const betaFast = (meta ? key("yarn_beta_fast") : undefined) ?? 32;
+      const betaSlow = (meta ? key("yarn_beta_slow") : undefined) ?? 1;
+      const logMul = (meta ? key("yarn_log_multiplier") : undefined) ?? 0;
+      const m = (mscale: number) => 0.1 * mscale * Math.log(factor) + 1;
       return {
-        freqFactors: times(tensor, yarnRopeFactors(headDim, base, factor, origCtx)),
-        // ggml_rope's magnitude correction, which llama.cpp leaves uncancelled for plain YaRN.
-        mscale: attnFactor * (factor > 1 ? 1 + 0.1 * Math.log(factor) : 1),
+        freqFactors: times(
+          tensor,
+          yarnRopeFactors(headDim, base, factor, origCtx, betaFast, betaSlow),
+        ),
+        // What is left of llama.cpp's YaRN magnitude factors (llama-context.cpp cancels its
+        // own get_mscale against ggml_rope's 1 + 0.1 ln factor): that factor for plain YaRN,
+        // the ratio get_mscale(1) / get_mscale(log_mul) with a log multiplier.
+        mscale: attnFactor * (factor <= 1 ? 1 : logMul !== 0 ? m(1) / m(logMul) : m(1)),
       };
+    }
     case "llama3":
       // The converter writes llama3's divisors as rope_freqs.weight; the metadata is ours.
       return {
