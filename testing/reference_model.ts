@@ -7,6 +7,7 @@ import { HcError } from "../src/errors.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { type ModelConfig, ropeInverseFrequencies, type RopePairing } from "../src/model/config.ts";
 import { dequantize, f16ToF32, f32ToF16 } from "../src/model/quant/mod.ts";
+import { layerUsesRope } from "../src/model/arch.ts";
 import { type ModelSource, readTensorBytes } from "../src/model/source.ts";
 
 /** out = x / sqrt(mean(x^2) + eps) * weight. */
@@ -151,6 +152,8 @@ interface LayerWeights {
   bq: Float32Array | null;
   bk: Float32Array | null;
   bv: Float32Array | null;
+  qNorm: Float32Array | null;
+  kNorm: Float32Array | null;
   wo: Float32Array;
   ffnNorm: Float32Array;
   gate: Float32Array;
@@ -161,6 +164,14 @@ interface LayerWeights {
 function addInPlace(dst: Float32Array, src: Float32Array | null): void {
   if (!src) return;
   for (let i = 0; i < dst.length; i++) dst[i] += src[i];
+}
+
+/** RMSNorm of each head's row on its own (Qwen3's QK-norm), in place. */
+function headNorm(x: Float32Array, w: Float32Array, heads: number, D: number, eps: number) {
+  for (let h = 0; h < heads; h++) {
+    const row = x.subarray(h * D, (h + 1) * D);
+    rmsNorm(row, w, eps, row);
+  }
 }
 
 export interface ForwardOptions {
@@ -203,20 +214,29 @@ export class ReferenceModel {
     const c = source.config;
     const get = (name: string) => loadTensorF32(source, name);
     const layers: LayerWeights[] = [];
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
     for (let l = 0; l < c.nLayers; l++) {
       const p = `blk.${l}.`;
+      // Fused tensors (Phi-3) hold their parts as consecutive rows of `cols` values.
+      const qkv = c.fusedQkv ? await get(p + "attn_qkv.weight") : null;
+      const gateUp = c.fusedGateUp ? await get(p + "ffn_up.weight") : null;
+      const rows = (w: Float32Array, cols: number, r0: number, n: number) =>
+        w.slice(r0 * cols, (r0 + n) * cols);
       layers.push({
         attnNorm: await get(p + "attn_norm.weight"),
-        wq: await get(p + "attn_q.weight"),
-        wk: await get(p + "attn_k.weight"),
-        wv: await get(p + "attn_v.weight"),
+        wq: qkv ? rows(qkv, c.dim, 0, qDim) : await get(p + "attn_q.weight"),
+        wk: qkv ? rows(qkv, c.dim, qDim, kvDim) : await get(p + "attn_k.weight"),
+        wv: qkv ? rows(qkv, c.dim, qDim + kvDim, kvDim) : await get(p + "attn_v.weight"),
         bq: c.qkvBias ? await get(p + "attn_q.bias") : null,
         bk: c.qkvBias ? await get(p + "attn_k.bias") : null,
         bv: c.qkvBias ? await get(p + "attn_v.bias") : null,
+        qNorm: c.qkNorm ? await get(p + "attn_q_norm.weight") : null,
+        kNorm: c.qkNorm ? await get(p + "attn_k_norm.weight") : null,
         wo: await get(p + "attn_output.weight"),
         ffnNorm: await get(p + "ffn_norm.weight"),
-        gate: await get(p + "ffn_gate.weight"),
-        up: await get(p + "ffn_up.weight"),
+        gate: gateUp ? rows(gateUp, c.dim, 0, c.ffnDim) : await get(p + "ffn_gate.weight"),
+        up: gateUp ? rows(gateUp, c.dim, c.ffnDim, c.ffnDim) : await get(p + "ffn_up.weight"),
         down: await get(p + "ffn_down.weight"),
       });
     }
@@ -312,8 +332,18 @@ export class ReferenceModel {
       addInPlace(q, w.bq);
       addInPlace(k, w.bk);
       addInPlace(v, w.bv);
-      applyRope(q, pos, c.nHeads, c.headDim, this.#invFreq, c.ropePairing);
-      applyRope(k, pos, c.nKvHeads, c.headDim, this.#invFreq, c.ropePairing);
+      if (w.qNorm && w.kNorm) {
+        headNorm(q, w.qNorm, c.nHeads, c.headDim, c.rmsEps);
+        headNorm(k, w.kNorm, c.nKvHeads, c.headDim, c.rmsEps);
+      }
+      if (layerUsesRope(c, l)) {
+        applyRope(q, pos, c.nHeads, c.headDim, this.#invFreq, c.ropePairing);
+        applyRope(k, pos, c.nKvHeads, c.headDim, this.#invFreq, c.ropePairing);
+      }
+      if (c.ropeMscale !== 1 && layerUsesRope(c, l)) {
+        for (let i = 0; i < q.length; i++) q[i] *= c.ropeMscale;
+        for (let i = 0; i < k.length; i++) k[i] *= c.ropeMscale;
+      }
       if (this.#kvF16) {
         for (let i = 0; i < kvDim; i++) {
           k[i] = f16ToF32(f32ToF16(k[i]));

@@ -4,14 +4,14 @@
  * scaling, long contexts). The tokenizer is a small SentencePiece vocabulary with byte fallback,
  * so any text encodes.
  */
-import { type GgufWriteTensor, gv, writeGguf } from "./gguf_writer.ts";
+import { type GgufTypedValue, type GgufWriteTensor, gv, writeGguf } from "./gguf_writer.ts";
 import { GgufValueType } from "../src/gguf/reader.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { quantizeAny } from "./quantizers.ts";
 import { HcError } from "../src/errors.ts";
 
 export interface SyntheticSpec {
-  arch?: "llama" | "qwen2";
+  arch?: "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "mistral3";
   dim: number;
   nLayers: number;
   nHeads: number;
@@ -36,6 +36,13 @@ export interface SyntheticSpec {
     originalContextLength: number;
   };
   seed?: number;
+  /** Phi-3's long-context RoPE divisors (headDim / 2 each), as F32 rope_factors_{long,short}. */
+  ropeFactorsLong?: readonly number[];
+  ropeFactorsShort?: readonly number[];
+  /** general.name (default `synthetic-{arch}`). */
+  name?: string;
+  /** More metadata, written after the rest (e.g. `{arch}.rope.scaling.*`). */
+  metadata?: [string, GgufTypedValue][];
   /** Multiplies the Q projection: 0 makes every query zero, i.e. attention exactly uniform. */
   queryScale?: number;
   /** Standard deviation of the matrices (default 1/sqrt(input width)). */
@@ -164,21 +171,41 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
     }
     tensors.push(tensor("rope_freqs.weight", GgmlType.F32, [headDim / 2], Float32Array.from(f)));
   }
+  for (
+    const [name, f] of [
+      ["rope_factors_long.weight", spec.ropeFactorsLong],
+      ["rope_factors_short.weight", spec.ropeFactorsShort],
+    ] as const
+  ) {
+    if (f) tensors.push(tensor(name, GgmlType.F32, [headDim / 2], Float32Array.from(f)));
+  }
   for (let l = 0; l < spec.nLayers; l++) {
     const p = `blk.${l}.`;
     tensors.push(vec(p + "attn_norm.weight", spec.dim, 1, 0.1));
-    tensors.push(mat(p + "attn_q.weight", spec.dim, qDim, spec.queryScale ?? 1));
-    tensors.push(mat(p + "attn_k.weight", spec.dim, kvDim));
-    tensors.push(mat(p + "attn_v.weight", spec.dim, kvDim));
+    if (arch === "phi3") {
+      // Phi-3's fused projections: q, k, v rows in one tensor; gate then up rows in ffn_up.
+      tensors.push(mat(p + "attn_qkv.weight", spec.dim, qDim + 2 * kvDim));
+    } else {
+      tensors.push(mat(p + "attn_q.weight", spec.dim, qDim, spec.queryScale ?? 1));
+      tensors.push(mat(p + "attn_k.weight", spec.dim, kvDim));
+      tensors.push(mat(p + "attn_v.weight", spec.dim, kvDim));
+    }
     if (arch === "qwen2") {
       tensors.push(vec(p + "attn_q.bias", qDim, 0, (spec.queryScale ?? 1) * 0.1));
       tensors.push(vec(p + "attn_k.bias", kvDim, 0, 0.1));
       tensors.push(vec(p + "attn_v.bias", kvDim, 0, 0.1));
     }
+    if (arch === "qwen3") {
+      tensors.push(vec(p + "attn_q_norm.weight", headDim, 1, 0.1));
+      tensors.push(vec(p + "attn_k_norm.weight", headDim, 1, 0.1));
+    }
     tensors.push(mat(p + "attn_output.weight", qDim, spec.dim));
     tensors.push(vec(p + "ffn_norm.weight", spec.dim, 1, 0.1));
-    tensors.push(mat(p + "ffn_gate.weight", spec.dim, spec.ffnDim));
-    tensors.push(mat(p + "ffn_up.weight", spec.dim, spec.ffnDim));
+    if (arch === "phi3") tensors.push(mat(p + "ffn_up.weight", spec.dim, 2 * spec.ffnDim));
+    else {
+      tensors.push(mat(p + "ffn_gate.weight", spec.dim, spec.ffnDim));
+      tensors.push(mat(p + "ffn_up.weight", spec.dim, spec.ffnDim));
+    }
     tensors.push(mat(p + "ffn_down.weight", spec.ffnDim, spec.dim));
   }
   tensors.push(vec("output_norm.weight", spec.dim, 1, 0.1));
@@ -186,7 +213,7 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
   const v = vocabulary(vocab);
   const md: [string, ReturnType<typeof gv.u32>][] = [
     ["general.architecture", gv.str(arch)],
-    ["general.name", gv.str(`synthetic-${arch}`)],
+    ["general.name", gv.str(spec.name ?? `synthetic-${arch}`)],
     [`${arch}.context_length`, gv.u32(spec.contextLength)],
     [`${arch}.embedding_length`, gv.u32(spec.dim)],
     [`${arch}.block_count`, gv.u32(spec.nLayers)],
@@ -215,5 +242,6 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
       [`${arch}.rope.scaling.original_context_length`, gv.u32(r.originalContextLength)],
     );
   }
+  md.push(...(spec.metadata ?? []));
   await writeGguf(path, { metadata: md, tensors });
 }

@@ -8,7 +8,12 @@ import {
   writeGguf,
 } from "../testing/gguf_writer.ts";
 import { GgmlType } from "../src/gguf/types.ts";
-import { configFromGguf, llama3RopeFactors, ropeInverseFrequencies } from "../src/model/config.ts";
+import {
+  configFromGguf,
+  llama3RopeFactors,
+  ropeInverseFrequencies,
+  yarnRopeFactors,
+} from "../src/model/config.ts";
 import { parseLlama2cHeader } from "../src/model/llama2c_checkpoint.ts";
 import { quantize } from "../src/model/quant/mod.ts";
 import { applyRope, attention, ReferenceModel } from "../testing/reference_model.ts";
@@ -419,10 +424,17 @@ Deno.test("config: RoPE scaling from metadata and rope_freqs.weight", async () =
     data: new Uint8Array(new Float32Array([1, 1.5, 2, 8]).buffer),
   }];
   assert.deepEqual([...(await cfg({}, withTensor)).ropeFreqFactors!], [1, 1.5, 2, 8]);
+  const yarn = await cfg({
+    "llama.rope.scaling.type": gv.str("yarn"),
+    "llama.rope.scaling.factor": gv.f32(4),
+    "llama.rope.scaling.original_context_length": gv.u32(64),
+  });
+  assert.deepEqual(yarn.ropeFreqFactors, yarnRopeFactors(8, 10000, 4, 64));
+  assert.ok(Math.abs(yarn.ropeMscale - (1 + 0.1 * Math.log(4))) < 1e-12);
   await rejectsCode(
-    () => cfg({ "llama.rope.scaling.type": gv.str("yarn") }),
+    () => cfg({ "llama.rope.scaling.type": gv.str("longrope") }),
     "E_MODEL_ARCH",
-    "yarn",
+    "longrope",
   );
 });
 

@@ -115,7 +115,21 @@ Deno.test("a Mixtral-style mixture-of-experts GGUF is refused as such, its dense
 });
 
 Deno.test("an unknown architecture is refused naming it and the supported ones", async () => {
-  for (const arch of ["gemma2", "phi3", "mamba"]) {
+  for (const arch of ["gemma2", "falcon", "mamba"]) {
     await refused(meta(arch), tensors("dense"), [`"${arch}"`, "supported: llama, qwen2"]);
   }
+});
+
+Deno.test("a Phi-3 file with fused QKV loads; one whose fused QKV has a bias is refused", async () => {
+  const kv = 2 * (DIM / 4);
+  const fused = tensors("dense").filter((t) => !/attn_[qkv]\.weight|ffn_(gate|up)\./.test(t.name));
+  fused.push(
+    f32("blk.0.attn_qkv.weight", [DIM, DIM + 2 * kv]),
+    f32("blk.0.ffn_up.weight", [DIM, 2 * FFN]),
+  );
+  assert.equal(await openWith(meta("phi3"), fused), "phi3");
+  await refused(meta("phi3"), [...fused, f32("blk.0.attn_qkv.bias", [DIM + 2 * kv])], [
+    "attn_qkv.bias",
+    "not supported",
+  ]);
 });

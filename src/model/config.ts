@@ -4,9 +4,12 @@
  */
 import { HcError } from "../errors.ts";
 import type { GgufFile } from "../gguf/reader.ts";
-import { GgmlType } from "../gguf/types.ts";
+import { ropeScalingFromGguf } from "./rope_scaling.ts";
 
-export type ModelArch = "llama" | "qwen2";
+import { ARCH_TRAITS, isArch, type ModelArch, SUPPORTED_ARCHS } from "./arch.ts";
+
+export type { ModelArch } from "./arch.ts";
+export { llama3RopeFactors, yarnRopeFactors } from "./rope_scaling.ts";
 /** "adjacent": GGUF Llama / llama2.c (pairs 2i, 2i+1). "halves": NeoX / Qwen2 (i, i + d/2). */
 export type RopePairing = "adjacent" | "halves";
 
@@ -29,21 +32,24 @@ export interface ModelConfig {
    * / factor_i, as ggml_rope_ext applies `freq_factors`. null means all 1.
    */
   ropeFreqFactors: Float32Array | null;
+  /** q and k are multiplied by this after RoPE (YaRN, rope.scaling.attn_factor); usually 1. */
+  ropeMscale: number;
   rmsEps: number;
   /** The output projection reuses token_embd.weight. */
   tiedOutput: boolean;
   /** Q, K and V projections have bias vectors. */
   qkvBias: boolean;
+  /** Per-head RMSNorm of q and k before RoPE (Qwen3; see arch.ts). */
+  qkNorm: boolean;
+  /** Layers l with (l + 1) % step == 0 skip RoPE (SmolLM3); 0 for none (see arch.ts). */
+  noRopeLayerStep: number;
+  /** Q, K and V are one `attn_qkv` tensor (rows: q, then k, then v), split at upload. */
+  fusedQkv: boolean;
+  /** Gate and up are one `ffn_up` tensor of 2·ffnDim rows, gate first, split at upload. */
+  fusedGateUp: boolean;
 }
 
-const ROPE_PAIRING: Record<ModelArch, RopePairing> = { llama: "adjacent", qwen2: "halves" };
 const DEFAULT_ROPE_BASE = 10000;
-
-const SUPPORTED_ARCHS: readonly ModelArch[] = ["llama", "qwen2"];
-
-function isArch(name: string): name is ModelArch {
-  return (SUPPORTED_ARCHS as readonly string[]).includes(name);
-}
 
 function missing(key: string): never {
   throw new HcError("E_MODEL_FORMAT", `model metadata lacks ${key}`);
@@ -89,8 +95,11 @@ export function validateConfig(c: ModelConfig): ModelConfig {
   if (c.headDim % 2 !== 0) {
     throw new HcError("E_MODEL_FORMAT", `model head size ${c.headDim} is odd; RoPE needs pairs`);
   }
-  if (!(c.ropeBase > 0) || !(c.rmsEps > 0)) {
-    throw new HcError("E_MODEL_FORMAT", `model rope base ${c.ropeBase} / rms eps ${c.rmsEps}`);
+  if (!(c.ropeBase > 0) || !(c.rmsEps > 0) || !(c.ropeMscale > 0)) {
+    throw new HcError(
+      "E_MODEL_FORMAT",
+      `model rope base ${c.ropeBase} / rms eps ${c.rmsEps} / rope mscale ${c.ropeMscale}`,
+    );
   }
   if (c.ropeFreqFactors) {
     if (c.ropeFreqFactors.length !== c.headDim / 2) {
@@ -122,78 +131,6 @@ export function ropeInverseFrequencies(
 }
 
 /**
- * The per-pair divisors llama.cpp's converter writes as `rope_freqs.weight` for rope_type
- * "llama3" (Llama 3.1+): long wavelengths are slowed by `factor`, short ones kept, and the band
- * between blended smoothly.
- */
-export function llama3RopeFactors(
-  headDim: number,
-  ropeBase: number,
-  factor: number,
-  lowFreqFactor: number,
-  highFreqFactor: number,
-  originalContextLength: number,
-): Float32Array {
-  const out = new Float32Array(headDim / 2);
-  const lowFreqWavelen = originalContextLength / lowFreqFactor;
-  const highFreqWavelen = originalContextLength / highFreqFactor;
-  for (let i = 0; i < out.length; i++) {
-    const freq = Math.fround(1 / Math.fround(ropeBase ** Math.fround((2 * i) / headDim)));
-    const wavelen = (2 * Math.PI) / freq;
-    if (wavelen < highFreqWavelen) out[i] = 1;
-    else if (wavelen > lowFreqWavelen) out[i] = factor;
-    else {
-      const smooth = (originalContextLength / wavelen - lowFreqFactor) /
-        (highFreqFactor - lowFreqFactor);
-      out[i] = 1 / ((1 - smooth) / factor + smooth);
-    }
-  }
-  return out;
-}
-
-function ropeFactorsFromGguf(file: GgufFile, arch: string, headDim: number, base: number) {
-  const tensor = file.tensor("rope_freqs.weight");
-  if (tensor) {
-    if (tensor.type !== GgmlType.F32 || tensor.elems !== headDim / 2) {
-      throw new HcError(
-        "E_MODEL_TENSOR",
-        `rope_freqs.weight should be F32 with ${headDim / 2} elements (type ${tensor.type}, ` +
-          `${tensor.elems} elements)`,
-      );
-    }
-    const bytes = new Uint8Array(tensor.bytes);
-    file.readIntoSync(tensor, bytes);
-    return new Float32Array(bytes.buffer);
-  }
-  const type = file.getString(`${arch}.rope.scaling.type`) ??
-    (file.metadata.has(`${arch}.rope.scale_linear`) ? "linear" : "none");
-  const factor = file.getNumber(`${arch}.rope.scaling.factor`) ??
-    file.getNumber(`${arch}.rope.scale_linear`) ?? 1;
-  switch (type) {
-    case "none":
-      return null;
-    case "linear":
-      // Linear scaling divides every position by `factor`, i.e. every frequency.
-      return factor === 1 ? null : new Float32Array(headDim / 2).fill(factor);
-    case "llama3":
-      return llama3RopeFactors(
-        headDim,
-        base,
-        factor,
-        file.getNumber(`${arch}.rope.scaling.low_freq_factor`) ?? 1,
-        file.getNumber(`${arch}.rope.scaling.high_freq_factor`) ?? 4,
-        file.getNumber(`${arch}.rope.scaling.original_context_length`) ?? 8192,
-      );
-    default:
-      throw new HcError(
-        "E_MODEL_ARCH",
-        `RoPE scaling type "${type}" (${arch}.rope.scaling.type) is not supported; ` +
-          `supported: none, linear, llama3`,
-      );
-  }
-}
-
-/**
  * A Mixtral-style file says `llama` (or `qwen2`) but routes each token through a few of several
  * expert FFNs (`ffn_*_exps` tensors, a `ffn_gate_inp` router): without this check it would fail
  * later with "model lacks tensor blk.0.ffn_gate.weight", which does not say why.
@@ -212,7 +149,7 @@ function refuseMixtureOfExperts(file: GgufFile, arch: ModelArch): void {
     throw new HcError(
       "E_MODEL_ARCH",
       `this is a mixture-of-experts model (${what}), which is not supported: this engine runs ` +
-        `dense-FFN ${SUPPORTED_ARCHS.join(" and ")} models only (e.g. Llama 3, Mistral 7B, ` +
+        `dense-FFN ${SUPPORTED_ARCHS.join(", ")} models only (e.g. Llama 3, Mistral 7B, ` +
         "Qwen2.5), not Mixtral-style expert layers",
     );
   }
@@ -226,7 +163,7 @@ export function configFromGguf(file: GgufFile): ModelConfig {
       "E_MODEL_ARCH",
       `model architecture "${archName}" (general.architecture) is not supported; supported: ` +
         `${SUPPORTED_ARCHS.join(", ")} (dense Llama-family models: Llama, Mistral, Qwen2/2.5, ` +
-        "SmolLM2, TinyLlama)",
+        "Qwen3, SmolLM2/3, Phi-3, Ministral 3, TinyLlama)",
     );
   }
   const arch = archName;
@@ -255,6 +192,26 @@ export function configFromGguf(file: GgufFile): ModelConfig {
   }
   const ropeBase = opt("rope.freq_base") ?? DEFAULT_ROPE_BASE;
 
+  if (file.tensor("blk.0.attn_qkv.bias")) {
+    throw new HcError(
+      "E_MODEL_ARCH",
+      "fused QKV projections with a bias (blk.0.attn_qkv.bias) are not supported",
+    );
+  }
+  const traits = ARCH_TRAITS[arch];
+  let contextLength = need("context_length");
+  const scaling = ropeScalingFromGguf(file, arch, headDim, ropeBase, contextLength, traits);
+  const tempScale = traits.yarnMetadata ? opt("attention.temperature_scale") ?? 0 : 0;
+  if (tempScale !== 0) {
+    // Llama 4 / Ministral 3 attention temperature: llama.cpp multiplies q by
+    // 1 + beta·ln(floor(pos / original context) + 1), exactly 1 below the original context.
+    // Past it the scale would vary per position, which we do not run: the context stops there.
+    const orig = opt("rope.scaling.original_context_length") ?? contextLength;
+    contextLength = Math.min(
+      contextLength,
+      positiveInt(orig, "rope.scaling.original_context_length"),
+    );
+  }
   const embd = file.tensor("token_embd.weight");
   const vocabSize = embd?.dims[1] ?? opt("vocab_size") ??
     file.getStringArray("tokenizer.ggml.tokens")?.length ?? missing(`${arch}.vocab_size`);
@@ -268,12 +225,17 @@ export function configFromGguf(file: GgufFile): ModelConfig {
     nKvHeads,
     headDim,
     ffnDim: need("feed_forward_length"),
-    contextLength: need("context_length"),
+    contextLength,
     ropeBase,
-    ropePairing: ROPE_PAIRING[arch],
-    ropeFreqFactors: ropeFactorsFromGguf(file, arch, headDim, ropeBase),
+    ropePairing: ARCH_TRAITS[arch].ropePairing,
+    ropeFreqFactors: scaling.freqFactors,
+    ropeMscale: scaling.mscale,
     rmsEps: need("attention.layer_norm_rms_epsilon"),
     tiedOutput: file.tensor("output.weight") === undefined,
     qkvBias: file.tensor("blk.0.attn_q.bias") !== undefined,
+    qkNorm: ARCH_TRAITS[arch].qkNorm,
+    noRopeLayerStep: ARCH_TRAITS[arch].noRopeLayerStep,
+    fusedQkv: file.tensor("blk.0.attn_qkv.weight") !== undefined,
+    fusedGateUp: ARCH_TRAITS[arch].fusedGateUp,
   });
 }

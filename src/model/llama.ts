@@ -15,6 +15,7 @@ import { MatMul, preferMatMul } from "../kernels/matmul.ts";
 import { MatVec } from "../kernels/matvec.ts";
 import { Argmax } from "../kernels/select.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
+import { layerUsesRope } from "./arch.ts";
 import { type ModelConfig, ropeInverseFrequencies } from "./config.ts";
 import { type ForwardState, MAX_BATCH_TOKENS, stepLayout } from "./forward.ts";
 import { type ForwardIo, LlamaState } from "./llama_state.ts";
@@ -43,6 +44,9 @@ interface LayerWeights {
   qBias: Buffer | null;
   kBias: Buffer | null;
   vBias: Buffer | null;
+  /** Per-head RMSNorm weights of q and k (headDim each), for config.qkNorm. */
+  qNorm: Buffer | null;
+  kNorm: Buffer | null;
 }
 
 async function hashTensors(tensors: ModelTensor[]): Promise<string> {
@@ -251,6 +255,20 @@ export class LlamaModel implements Disposable {
       const t = tensor(name);
       return { buffer: await upload(t), type: t.type, cols: t.dims[0], rows: t.dims[1] ?? 1 };
     };
+    // Rows [row0, row0 + n) of a fused matrix (Phi-3's attn_qkv, ffn_up) as a weight of its
+    // own: rows are whole blocks in every type, so a row range is a byte range.
+    const rowsOf = async (name: string, row0: number, n: number): Promise<Weight> => {
+      const t = tensor(name);
+      const rowBytes = t.bytes / t.dims[1];
+      const bytes = n * rowBytes;
+      const b = device.buffer(bytes);
+      buffers.push(b);
+      await device.uploadFrom(b, bytes, (chunk, off) => t.read(chunk, row0 * rowBytes + off));
+      doneBytes += bytes;
+      parameters += n * t.dims[0];
+      opts.onProgress?.(doneBytes, totalBytes);
+      return { buffer: b, type: t.type, cols: t.dims[0], rows: n };
+    };
     // Norms and biases are tiny: always f32 on the device whatever the file stores.
     const vector = async (name: string): Promise<Buffer> => {
       const t = tensor(name);
@@ -265,6 +283,8 @@ export class LlamaModel implements Disposable {
       parameters += t.elems;
       return b;
     };
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
     try {
       const embd = await matrix("token_embd.weight");
       const layers: LayerWeights[] = [];
@@ -273,23 +293,36 @@ export class LlamaModel implements Disposable {
         layers.push({
           attnNorm: await vector(p + "attn_norm.weight"),
           ffnNorm: await vector(p + "ffn_norm.weight"),
-          q: await matrix(p + "attn_q.weight"),
-          k: await matrix(p + "attn_k.weight"),
-          v: await matrix(p + "attn_v.weight"),
+          q: c.fusedQkv
+            ? await rowsOf(p + "attn_qkv.weight", 0, qDim)
+            : await matrix(p + "attn_q.weight"),
+          k: c.fusedQkv
+            ? await rowsOf(p + "attn_qkv.weight", qDim, kvDim)
+            : await matrix(p + "attn_k.weight"),
+          v: c.fusedQkv
+            ? await rowsOf(p + "attn_qkv.weight", qDim + kvDim, kvDim)
+            : await matrix(p + "attn_v.weight"),
           o: await matrix(p + "attn_output.weight"),
-          gate: await matrix(p + "ffn_gate.weight"),
-          up: await matrix(p + "ffn_up.weight"),
+          gate: c.fusedGateUp
+            ? await rowsOf(p + "ffn_up.weight", 0, c.ffnDim)
+            : await matrix(p + "ffn_gate.weight"),
+          up: c.fusedGateUp
+            ? await rowsOf(p + "ffn_up.weight", c.ffnDim, c.ffnDim)
+            : await matrix(p + "ffn_up.weight"),
           down: await matrix(p + "ffn_down.weight"),
           qBias: c.qkvBias ? await vector(p + "attn_q.bias") : null,
           kBias: c.qkvBias ? await vector(p + "attn_k.bias") : null,
           vBias: c.qkvBias ? await vector(p + "attn_v.bias") : null,
+          qNorm: c.qkNorm ? await vector(p + "attn_q_norm.weight") : null,
+          kNorm: c.qkNorm ? await vector(p + "attn_k_norm.weight") : null,
         });
       }
       const outputNorm = await vector("output_norm.weight");
-      const attnHash = await hashTensors([
-        tensor("blk.0.attn_q.weight"),
-        tensor("blk.0.attn_k.weight"),
-      ]);
+      const attnHash = await hashTensors(
+        c.fusedQkv
+          ? [tensor("blk.0.attn_qkv.weight")]
+          : [tensor("blk.0.attn_q.weight"), tensor("blk.0.attn_k.weight")],
+      );
       const output = c.tiedOutput ? embd : await matrix("output.weight");
       const types = new Set<number>([output.type]);
       for (const L of layers) {
@@ -379,6 +412,7 @@ export class LlamaModel implements Disposable {
       this.#matvec(cmd, L.k, a.xb, a.k, B, acc);
       this.#matvec(cmd, L.v, a.xb, a.v, B, acc);
       cmd.barrier();
+      if (L.qNorm) this.#recordQkNorm(cmd, L, B);
       const rope = {
         table: K.ropeTable,
         positions: io.pos,
@@ -386,9 +420,12 @@ export class LlamaModel implements Disposable {
         headDim: c.headDim,
         pairing: c.ropePairing,
       };
-      K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
-      K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
-      cmd.barrier();
+      if (layerUsesRope(c, l)) {
+        K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
+        K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
+        cmd.barrier();
+        if (c.ropeMscale !== 1) this.#recordRopeMscale(cmd, B);
+      }
       this.#recordCaptures(cmd, io, l, B, position);
       K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
       cmd.barrier();
@@ -436,6 +473,38 @@ export class LlamaModel implements Disposable {
     });
     cmd.barrier();
     this.#matvec(cmd, this.#output, a.xLast, a.logits, 1, false);
+    cmd.barrier();
+  }
+
+  /** Qwen3's QK-norm: every head's q and k row RMS-normalised on its own, before RoPE. */
+  #recordQkNorm(cmd: CommandList, L: LayerWeights, B: number): void {
+    const c = this.config;
+    const a = this.act;
+    const norm = { n: c.headDim, eps: c.rmsEps };
+    this.kernels.rmsNorm.record(cmd, {
+      ...norm,
+      x: a.q,
+      out: a.q,
+      weight: L.qNorm!,
+      rows: B * c.nHeads,
+    });
+    this.kernels.rmsNorm.record(cmd, {
+      ...norm,
+      x: a.k,
+      out: a.k,
+      weight: L.kNorm!,
+      rows: B * c.nKvHeads,
+    });
+    cmd.barrier();
+  }
+
+  /** YaRN's magnitude correction (config.ropeMscale): q and k scaled after RoPE, in place. */
+  #recordRopeMscale(cmd: CommandList, B: number): void {
+    const c = this.config;
+    const a = this.act;
+    const scale = c.ropeMscale;
+    this.kernels.axpby.recordScale(cmd, { x: a.q, out: a.q, n: B * c.nHeads * c.headDim, scale });
+    this.kernels.axpby.recordScale(cmd, { x: a.k, out: a.k, n: B * c.nKvHeads * c.headDim, scale });
     cmd.barrier();
   }
 

@@ -136,9 +136,14 @@ export function llama2cConfig(h: Llama2cHeader): ModelConfig {
     ropeBase: 10000,
     ropePairing: "adjacent",
     ropeFreqFactors: null,
+    ropeMscale: 1,
     rmsEps: 1e-5,
     tiedOutput: h.sharedClassifier,
     qkvBias: false,
+    qkNorm: false,
+    noRopeLayerStep: 0,
+    fusedQkv: false,
+    fusedGateUp: false,
   });
 }
 

@@ -49,18 +49,28 @@ export function expectedTensorShapes(c: ModelConfig): Map<string, number[]> {
   for (let l = 0; l < c.nLayers; l++) {
     const p = `blk.${l}.`;
     m.set(p + "attn_norm.weight", [c.dim]);
-    m.set(p + "attn_q.weight", [c.dim, qDim]);
-    m.set(p + "attn_k.weight", [c.dim, kvDim]);
-    m.set(p + "attn_v.weight", [c.dim, kvDim]);
+    if (c.fusedQkv) m.set(p + "attn_qkv.weight", [c.dim, qDim + 2 * kvDim]);
+    else {
+      m.set(p + "attn_q.weight", [c.dim, qDim]);
+      m.set(p + "attn_k.weight", [c.dim, kvDim]);
+      m.set(p + "attn_v.weight", [c.dim, kvDim]);
+    }
     if (c.qkvBias) {
       m.set(p + "attn_q.bias", [qDim]);
       m.set(p + "attn_k.bias", [kvDim]);
       m.set(p + "attn_v.bias", [kvDim]);
     }
+    if (c.qkNorm) {
+      m.set(p + "attn_q_norm.weight", [c.headDim]);
+      m.set(p + "attn_k_norm.weight", [c.headDim]);
+    }
     m.set(p + "attn_output.weight", [qDim, c.dim]);
     m.set(p + "ffn_norm.weight", [c.dim]);
-    m.set(p + "ffn_gate.weight", [c.dim, c.ffnDim]);
-    m.set(p + "ffn_up.weight", [c.dim, c.ffnDim]);
+    if (c.fusedGateUp) m.set(p + "ffn_up.weight", [c.dim, 2 * c.ffnDim]);
+    else {
+      m.set(p + "ffn_gate.weight", [c.dim, c.ffnDim]);
+      m.set(p + "ffn_up.weight", [c.dim, c.ffnDim]);
+    }
     m.set(p + "ffn_down.weight", [c.ffnDim, c.dim]);
   }
   m.set("output_norm.weight", [c.dim]);
