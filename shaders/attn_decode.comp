@@ -44,6 +44,7 @@ layout(push_constant) uniform Push {
 #ifdef WATCH
   uint covOff;     // float offset of the (held, prompt) mass records
   uint promptRows; // rows [0, promptRows) are the prompt
+  uint logitStride; // floats between a watched head's query heads' logits rows
 #endif
 } p;
 
@@ -125,7 +126,7 @@ void main() {
     }
 #ifdef WATCH
     if (lo != NONE && tid < nrows && tb + tid < p.promptRows) {
-      [[unroll]] for (uint g = 0; g < G; g++) wlogits[lo + g * p.promptRows + tb + tid] = sv[g];
+      [[unroll]] for (uint g = 0; g < G; g++) wlogits[lo + g * p.logitStride + tb + tid] = sv[g];
     }
 #endif
 

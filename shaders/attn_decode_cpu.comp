@@ -20,7 +20,7 @@
 // [0, promptRows) and over the rows of that range marked in the head's bit mask (the rows its
 // satellites hold on the device; 0 without a mask). attn_merge.comp turns them into fractions
 // of the head's total mass and the prompt's softmax statistics. With a logits offset, the
-// scaled logits of the prompt rows are stored too ([G][promptRows] floats from there), so a
+// scaled logits of the prompt rows are stored too ([G][logitStride] floats from there), so a
 // refresh selection pools them instead of a second pass over the keys. Row index = position
 // for a watched head (it holds every row). The prompt part of a split runs in 32-row chunks,
 // one mask word each (a buffer load is a loop over the lanes on llvmpipe), and the prompt mass
@@ -76,6 +76,7 @@ layout(push_constant) uniform Push {
 #ifdef WATCH
   uint covOff;     // float offset of the (held, prompt) mass records
   uint promptRows; // rows [0, promptRows) are the prompt
+  uint logitStride; // floats between a watched head's query heads' logits rows
 #endif
 } p;
 
@@ -223,7 +224,7 @@ void valueBlock(uint base, uint lane, uint t, uint tEnd) {
 #ifdef WATCH
 // The block's scores (before softmaxBlock) into the watched head's logits: score k (key k / G,
 // query head k % G) by lane k, one store per lane (llvmpipe runs a store as a loop over lanes).
-void storeLogits(uint lo, uint pr, uint lane, uint t, uint tEnd) {
+void storeLogits(uint lo, uint lane, uint t, uint tEnd) {
   [[unroll]] for (uint k0 = 0; k0 < KB * G; k0 += L) {
     float v = sc[k0];
     [[unroll]] for (uint i = 1; i < L; i++) {
@@ -231,7 +232,7 @@ void storeLogits(uint lo, uint pr, uint lane, uint t, uint tEnd) {
     }
     const uint k = k0 + lane;
     const uint j = k / G;
-    if (k < KB * G && t + j < tEnd) wlogits[lo + (k % G) * pr + t + j] = v;
+    if (k < KB * G && t + j < tEnd) wlogits[lo + (k % G) * p.logitStride + t + j] = v;
   }
 }
 #endif
@@ -287,7 +288,7 @@ void main() {
       const uint word = mo != NONE ? masks[mo + c / 32u] : 0u;
       for (uint t = c; t < ce; t += KB) {
         scoreBlock(base, lane, t, ce);
-        if (lo != NONE) storeLogits(lo, pr, lane, t, ce);
+        if (lo != NONE) storeLogits(lo, lane, t, ce);
         softmaxBlock();
         // Keys past the chunk have probability 0, whatever bit they meet.
         [[unroll]] for (uint g = 0; g < G; g++) hs[g] *= alpha[g];

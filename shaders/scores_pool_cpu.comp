@@ -5,9 +5,7 @@
 //
 // Built with HC_STORE_LOGITS, it reads the scaled logits scores_stats_cpu.comp stored (binding 5)
 // instead of recomputing them: for drift checks (G x 5 query rows) the dot products were most of
-// the work of the two passes. The same build pools the logits and statistics the decode
-// attention stores for HeteroCache's pivots (src/kernels/scores.ts recordPooledLogits); q, K and
-// the table are then not read.
+// the work of the two passes.
 //
 // Each lane owns P consecutive output positions x0 .. x0 + P - 1 and recomputes the
 // probabilities of the P + 2 * H positions its pooling window reaches (H = K / 2 halo on each
@@ -60,7 +58,6 @@ layout(push_constant) uniform Push {
   uint outOff;     // float offset of the first output row
   uint outStride;  // floats between output rows
   uint logitStride; // floats per head region of `logits` (HC_STORE_LOGITS)
-  uint statsOff;   // vec2 entries of `stats` before the first head region
 } p;
 
 const float FLUSH = -100.0;
@@ -74,11 +71,9 @@ void main() {
   const uint lane = gl_LocalInvocationID.x;
   const uint hi = gl_WorkGroupID.y;
   const uint h = p.headBase + hi;
-#ifndef HC_STORE_LOGITS
   const uint base = tab[2 * h];
-#endif
   const uint NR = p.window * G;
-  const uint merged = p.statsOff + hi * p.headStride + p.records * NR;
+  const uint merged = hi * p.headStride + p.records * NR;
   const int x0 = int((gl_WorkGroupID.x * L + lane) * P);
   const bool mean = (p.flags & 1u) != 0u;
   const bool poolFirst = (p.flags & 4u) != 0u;

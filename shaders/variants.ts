@@ -316,6 +316,7 @@ export const SHADERS = {
     name: (t) => `scores_pool${t.logits}_cpu`,
   }),
   scores_merge: single("scores_merge.comp"),
+  scores_pool_logits: family({ file: "scores_pool_logits.comp", axes: { texel: TEXEL } }),
   scores_topk: family({ file: "scores_topk.comp", axes: { texel: TEXEL } }),
 } as const;
 

@@ -624,14 +624,16 @@ for (const subgroup of [true, false]) {
           }
           const hasMask = (h: number) => h !== 1 && h !== 2;
           const hasLogits = (h: number) => h === 0 || h === 2;
-          const logitsAt = (h: number) => 16 + h * G * prompt;
+          // Rows a few floats apart: the kernels must use the stride, not the prompt length.
+          const stride = Math.ceil(prompt / 4) * 4 + 4;
+          const logitsAt = (h: number) => 16 + h * G * stride;
           for (let h = 0; h < nH; h++) {
             if (hasMask(h)) table[2 * h] = h * words;
             if (hasLogits(h)) table[2 * h + 1] = logitsAt(h);
           }
           using tableBuf = dev.buffer(table.byteLength);
           using maskBuf = dev.buffer(masks.byteLength);
-          using logitsBuf = dev.buffer((16 + nH * G * prompt) * 4);
+          using logitsBuf = dev.buffer((16 + nH * G * stride) * 4);
           const statsAt = 8 + nH * G * 2 + 6;
           using covBuf = dev.buffer((statsAt + nH * G * 2) * 4);
           dev.upload(tableBuf, table);
@@ -641,6 +643,7 @@ for (const subgroup of [true, false]) {
             masks: maskBuf,
             logits: logitsBuf,
             promptRows: prompt,
+            logitStride: stride,
             out: covBuf,
             outOffset: 8,
             statsOffset: statsAt,
@@ -689,7 +692,7 @@ for (const subgroup of [true, false]) {
               const total = s.reduce((a, x) => a + 2 ** (x - mx), 0);
               let worst = 0;
               for (let j = 0; j < prompt; j++) {
-                const got = logits[logitsAt(h) + g * prompt + j];
+                const got = logits[logitsAt(h) + g * stride + j];
                 assert.ok(
                   Math.abs(got - s[j]) <= 1e-3 * Math.max(1, Math.abs(s[j])),
                   `${variant} D=${D} head ${h} q ${g} logit ${j}: ${got} vs ${s[j]} (seed ${SEED})`,
@@ -727,7 +730,8 @@ for (const subgroup of [true, false]) {
             });
             scores.recordPooledLogits(cmd, {
               ...pool,
-              logits: { buffer: logitsBuf, offset: logitsAt(h) * 4, bytes: G * prompt * 4 },
+              logits: { buffer: logitsBuf, offset: logitsAt(h) * 4, bytes: G * stride * 4 },
+              logitStride: stride,
               stats: covBuf,
               statsOffset: statsAt + h * G * 2,
               n: prompt,

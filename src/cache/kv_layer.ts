@@ -117,10 +117,12 @@ export interface KvWatch {
   table: Binding;
   /** u32 bit masks: bit r % 32 of word (offset + r / 32) marks row r. */
   masks: Binding;
-  /** f32 [G][promptRows] per head with logits on, from its offset: the scaled logits (log2
+  /** f32 [G][logitStride] per head with logits on, from its offset: the scaled logits (log2
    * domain) of its query heads over the prompt rows. */
   logits: Binding;
   promptRows: number;
+  /** Floats between a head's query heads' logits rows (>= promptRows). */
+  logitStride: number;
   /** f32 (held, prompt) fraction pairs, query head qh's at float outOffset + 2 * qh; with
    * logits, the prompt rows' (max, 1 / sum) of qh at float statsOffset + 2 * qh. */
   out: Binding;

@@ -70,6 +70,7 @@ const DECODE_WATCH_PUSH = pushLayout({
   scale: "f32",
   covOff: "u32",
   promptRows: "u32",
+  logitStride: "u32",
 });
 
 /** shaders/attn_merge.comp's push block. */
@@ -372,6 +373,9 @@ export class DecodeAttention implements Disposable {
       if (!Number.isInteger(w.promptRows) || w.promptRows < 0) {
         limit(`watch prompt rows ${w.promptRows} is not a row count`);
       }
+      if (!Number.isInteger(w.logitStride) || w.logitStride < w.promptRows) {
+        limit(`watch logit stride ${w.logitStride} is below its ${w.promptRows} prompt rows`);
+      }
       for (const [name, at] of [["outOffset", w.outOffset], ["statsOffset", w.statsOffset]]) {
         if (!Number.isInteger(at) || (at as number) < 0) {
           limit(`watch ${name} ${at} is not a float index`);
@@ -400,7 +404,12 @@ export class DecodeAttention implements Disposable {
         kernel,
         bindings,
         w
-          ? DECODE_WATCH_PUSH.pack({ ...push, covOff, promptRows: w.promptRows })
+          ? DECODE_WATCH_PUSH.pack({
+            ...push,
+            covOff,
+            promptRows: w.promptRows,
+            logitStride: w.logitStride,
+          })
           : DECODE_PUSH.pack(push),
         // The CPU pass is split-major (see attn_decode_cpu.comp), the GPU pass head-major.
         this.variant === "simd" ? [h1 - h0, S] : [S, h1 - h0],

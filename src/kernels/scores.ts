@@ -88,8 +88,18 @@ const POOL_CPU_PUSH = pushLayout({
   outOff: "u32",
   outStride: "u32",
   logitStride: "u32",
-  statsOff: "u32",
 });
+
+/** shaders/scores_pool_logits.comp's push block. */
+const POOL_LOGITS_PUSH = pushLayout({
+  n: "u32",
+  stride: "u32",
+  statsOff: "u32",
+  outOff: "u32",
+  flags: "u32",
+});
+/** Output positions per invocation of scores_pool_logits.comp. */
+const POOL_LOGITS_P = 16;
 
 /** shaders/scores_topk.comp's push block. */
 const TOPK_PUSH = pushLayout({
@@ -128,8 +138,12 @@ export interface ScoresArgs {
 }
 
 export interface PooledLogitsArgs {
-  /** f32 [G][n]: one KV head's query heads' scaled logits (log2 domain) over rows [0, n). */
+  /** f32 [G][logitStride]: one KV head's query heads' scaled logits (log2 domain) over rows
+   * [0, n). */
   logits: Binding;
+  /** Floats between two query heads' logits (default n); a multiple of 4 with a 16-byte-whole
+   * binding lets a CPU driver read them as texels. */
+  logitStride?: number;
   /** f32 (max, 1 / sum) per query head over rows [0, n), from float `statsOffset` (even). */
   stats: Binding;
   statsOffset: number;
@@ -563,7 +577,6 @@ export class AttentionScores implements Disposable {
         outOff: r.outBase(h0),
         outStride: a.outStride ?? n,
         logitStride: r.logitStride,
-        statsOff: 0,
       });
       const bindings = [a.q, cache.k[c], cache.table, r.statsBinding(h0), a.out];
       if (keep) bindings.push(r.logitsBinding!(h0, h1));
@@ -600,11 +613,10 @@ export class AttentionScores implements Disposable {
 
   /**
    * One KV head's pooled, group-reduced scores row from logits and prompt softmax statistics
-   * the decode attention stored (its watch, src/cache/kv_layer.ts KvWatch): the pool pass alone,
-   * so a HeteroCache refresh selection reads G floats per prompt row instead of the row's keys.
-   * Window 1; the row is the same as record()'s for that query, up to the logits' summation
-   * order. Both variants use the "simd" pool kernel: with stored logits it is plain per-lane
-   * work.
+   * the decode attention stored (its watch, src/cache/kv_layer.ts KvWatch): a pooling pass
+   * alone (shaders/scores_pool_logits.comp), so a HeteroCache refresh selection reads G floats
+   * per prompt row instead of the row's keys. Window 1; the row is record()'s for that query,
+   * up to the logits' summation order.
    */
   recordPooledLogits(cmd: CommandList, a: PooledLogitsArgs): this {
     const G = this.groupSize;
@@ -620,35 +632,34 @@ export class AttentionScores implements Disposable {
     }
     const outOff = a.outOffset ?? 0;
     if (!Number.isInteger(outOff) || outOff < 0) limit(`outOffset ${outOff} is not a float index`);
-    requireBytes(a.logits, G * n * 4, "pooled logits");
+    const stride = a.logitStride ?? n;
+    if (!Number.isInteger(stride) || stride < n) limit(`logitStride ${stride} < n ${n}`);
+    requireBytes(a.logits, ((G - 1) * stride + n) * 4, "pooled logits");
     requireBytes(a.stats, (statsOff + 2 * G) * 4, "pooled logits statistics");
     requireBytes(a.out, (outOff + n) * 4, "pooled scores output");
-    const pool = this.#simdPoolShape(1, true, kernel);
-    const tiles = Math.ceil(n / (this.#lanes * pool.p));
-    if (tiles > 65535) limit(`score length ${n} needs ${tiles} tiles (max 65535)`);
-    const push = POOL_CPU_PUSH.pack({
-      headBase: 0,
-      n,
-      window: 1,
-      qOff4: 0,
-      qStride4: 0,
-      records: 0,
-      scale: 0,
-      flags: (a.groupReduce === "mean" ? 1 : 0) | 2 | (a.poolFirst ? 4 : 0),
-      headStride: 0,
-      outOff,
-      outStride: n,
-      logitStride: G * n,
-      statsOff: statsOff / 2,
-    });
-    // Bindings 0-2 (q, K, table) are declared but not read by the logits build.
-    const unused = a.logits;
-    cmd.dispatch(
-      this.#simdPool(pool, kernel, true, true),
-      [unused, unused, unused, a.stats, a.out, a.logits],
-      push,
-      [tiles, 1],
+    const wg = this.variant === "simd" ? this.#lanes : POOL_WG;
+    const groups = Math.ceil(n / (wg * POOL_LOGITS_P));
+    if (groups > 65535) limit(`score length ${n} needs ${groups} workgroups (max 65535)`);
+    const texel = this.variant === "simd" && stride % 4 === 0 &&
+      texelWhole(this.device, a.logits, this.#maxTexelBytes);
+    const k = this.#kernel(
+      `pool-logits:${wg}:${kernel}:${texel ? 1 : 0}`,
+      () =>
+        this.device.kernel(SHADERS.scores_pool_logits.variant({ texel }), {
+          bindings: 3,
+          kinds: [texel ? "texel" : "storage", "storage", "storage"],
+          push: POOL_LOGITS_PUSH,
+          spec: [wg, G, POOL_LOGITS_P, kernel],
+        }),
     );
+    const push = POOL_LOGITS_PUSH.pack({
+      n,
+      stride,
+      statsOff: statsOff / 2,
+      outOff,
+      flags: (a.groupReduce === "mean" ? 1 : 0) | (a.poolFirst ? 4 : 0),
+    });
+    cmd.dispatch(k, [a.logits, a.stats, a.out], push, [groups, 1]);
     return this;
   }
 
@@ -674,6 +685,16 @@ export interface TopKArgs {
   out: Binding;
   outOffset?: number;
   outStride?: number;
+}
+
+/** Whether `b` can be bound as a texel buffer: an aligned offset, whole 16-byte texels, at most
+ * `maxBytes` (0: no texel buffers). */
+function texelWhole(device: Device, b: Binding, maxBytes: number): boolean {
+  const buf = "buffer" in b ? b.buffer : b;
+  const off = "buffer" in b ? b.offset : 0;
+  const bytes = "buffer" in b ? b.bytes ?? buf.bytes - off : buf.bytes;
+  return maxBytes > 0 && off % device.info.minTexelBufferOffsetAlignment === 0 &&
+    bytes % TEXEL_BYTES === 0 && bytes <= maxBytes;
 }
 
 /** Exact top-k by radix select, indices ascending by position, one workgroup per row. */

@@ -356,7 +356,8 @@ export class Device implements Disposable {
     const words = new BigUint64Array(work.length * 7);
     work.forEach((j, i) => {
       let maxRow = 0;
-      for (const r of j.rows) if (r > maxRow) maxRow = r;
+      const rows = j.rows;
+      for (let r = 0; r < rows.length; r++) if (rows[r] > maxRow) maxRow = rows[r];
       if (
         j.rowBytes > j.srcStrideBytes || j.rowBytes > j.dstStrideBytes ||
         maxRow * j.srcStrideBytes + j.rowBytes > j.src.byteLength

@@ -418,11 +418,17 @@ export class HeteroCache extends CompressedCache {
     this.#setupWatch();
   }
 
+  /** Floats between two query heads' logits rows of a pivot: whole 16-byte texels, so the
+   * pooling can read them as texels. */
+  get #logitRow(): number {
+    return Math.ceil(this.promptTokens / 4) * 4;
+  }
+
   /** Floats between two pivots' logits in a layer's watch logits buffer (256-byte aligned, the
    * binding offset alignment). */
   get #logitsStride(): number {
     const G = this.config.nHeads / this.config.nKvHeads;
-    return Math.ceil((G * this.promptTokens) / 64) * 64;
+    return Math.ceil((G * this.#logitRow) / 64) * 64;
   }
 
   /** Warms the decode-time scoring and, except for the drift test (which scores keys itself),
@@ -476,6 +482,7 @@ export class HeteroCache extends CompressedCache {
           masks: this.#watchMasks!,
           logits: this.#watchLogits[l] ?? this.#noLogits!,
           promptRows: L,
+          logitStride: this.#logitRow,
           out: this.#watchOut!,
           outOffset: l * c.nHeads * 2,
           statsOffset: (c.nLayers + l) * c.nHeads * 2,
@@ -514,7 +521,12 @@ export class HeteroCache extends CompressedCache {
     const G = c.nHeads / c.nKvHeads;
     const L = this.promptTokens;
     this.kernels.scores.recordPooledLogits(cmd, {
-      logits: { buffer: this.#watchLogits[p.layer]!, offset: p.logitsAt * 4, bytes: G * L * 4 },
+      logits: {
+        buffer: this.#watchLogits[p.layer]!,
+        offset: p.logitsAt * 4,
+        bytes: G * this.#logitRow * 4,
+      },
+      logitStride: this.#logitRow,
       stats: this.#watchOut!,
       statsOffset: ((c.nLayers + p.layer) * c.nHeads + p.pivot * G) * 2,
       n: L,
