@@ -199,3 +199,36 @@ Deno.test("the engine picks layer by layer for long prompts under compressing po
   assert.equal(choosePrefillOrder("heterocache", 2000, c, 400e6), "layered");
   assert.equal(choosePrefillOrder("heterocache", 2000, c, 8e9), "chunked");
 });
+
+Deno.test("a layer-by-layer generation reports layers and tokens, and refuses an unknown order", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await using model = await syntheticModel(dir);
+    const prompt = randomPrompt(300, model.config.vocabSize, 9);
+    using s = model.session({ cache: "streaming", keep: 0.5, contextTokens: 320 });
+    const seen: string[] = [];
+    const greedy = { temperature: 0, maxTokens: 4, ignoreEos: true };
+    const layered = await s.complete(prompt, {
+      ...greedy,
+      prefill: "layered",
+      onPrefillProgress: (done, total, pass) =>
+        seen.push(`${pass?.layer}/${pass?.layers}:${done}/${total}`),
+    });
+    assert.deepEqual(seen, [
+      "0/3:256/300",
+      "0/3:300/300",
+      "1/3:256/300",
+      "1/3:300/300",
+      "2/3:256/300",
+      "2/3:300/300",
+    ]);
+    const chunked = await s.complete(prompt, { ...greedy, prefill: "chunked" });
+    assert.equal(layered.text, chunked.text);
+    await assert.rejects(
+      () => s.complete(prompt, { prefill: "sideways" as "layered" }),
+      /prefill must be/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -306,6 +306,8 @@ export class Session implements Disposable {
           `${capacity} (prompt + generated): ${used} used, ${capacity - used} left`,
       );
     }
+    // Checked before anything changes, as the context's size is.
+    const order = cont ? "chunked" : this.#prefillOrder(promptTokens.length, opts.prefill);
     this.#busy = true;
     const decoder = this.model.tokenizer.createDecoder();
     const stops = new StopMatcher(opts.stop ?? []);
@@ -329,7 +331,6 @@ export class Session implements Disposable {
         this.#state.reset();
         this.#tokens = [];
         this.#pending = [];
-        const order = this.#prefillOrder(promptTokens.length, opts.prefill);
         this.policy.begin(promptTokens.length, maxNew, order);
         this.#stepMs = 0;
         out = order === "layered"
