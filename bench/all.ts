@@ -1,9 +1,9 @@
 /**
  * `deno task bench` (quick) / `deno task bench --full`: fidelity, the synthetic retrieval task,
- * the ablation, the multi-turn conversation, the decode-speed sweep and the prefill paths (with llama.cpp
- * and a long HeteroCache prompt layer by layer) in one
- * go. With `--write` (which the task passes) each writes its JSON into bench/results/, the
- * tables go into docs/benchmarks.md with the machine, the device and the date, and the charts
+ * the ablation, the multi-turn conversation, the decode-speed sweep and the prefill paths (with
+ * llama.cpp, and a long HeteroCache prompt layer by layer) in one go. With `--write` (which the
+ * task passes) each writes its JSON into bench/results/, the tables go into docs/benchmarks.md
+ * with the machine, the device and the date, and the charts
  * (fidelity vs keep, accuracy per turn, step time vs context) into docs/charts/*.svg; without it
  * the page is printed and nothing is written.
  */
