@@ -71,6 +71,8 @@ export interface LongRow {
   ofBound: number;
   /** Every layer's full prompt KV (what the chunked path holds before it compresses). */
   allLayersKvBytes: number;
+  /** The prompt's hidden states between layers (layered only; not KV). */
+  hiddenBytes: number;
 }
 
 export interface LongResult {
@@ -177,6 +179,7 @@ async function longPrefill(
       compressedKvBytes: st.deviceKvBytes,
       ofBound: st.prefillPeakKvBytes / (layerKvBytes + st.deviceKvBytes),
       allLayersKvBytes: c.nLayers * layerKvBytes,
+      hiddenBytes: order === "layered" ? tokens * c.dim * 4 : 0,
     });
     console.error(`long prefill: ${JSON.stringify(rows.at(-1))}`);
   }
@@ -351,23 +354,25 @@ export async function runPrefill(
       `| ${r.kernel} | ${r.gflops.toFixed(1)} | ${(r.ofCeiling * 100).toFixed(0)}% |`
     ),
     "",
-    `| weights | prompt tokens | matvec path: prefill | tok/s | matmul path: prefill | tok/s | matmul vs matvec | ${
-      backends.map((b) => `llama.cpp ${b}: prefill | ours (faster path) vs llama.cpp ${b}`).join(
-        " | ",
-      )
-    } |`,
-    `|---|---:|---:|---:|---:|---:|---:|${backends.map(() => "---:|---:|").join("")}`,
-    ...rows.map((r) =>
-      `| ${r.type} | ${r.tokens} | ${(r.matvecMs / 1000).toFixed(2)} s | ${
-        (r.tokens * 1000 / r.matvecMs).toFixed(1)
-      } | ${(r.matmulMs / 1000).toFixed(2)} s | ${(r.tokens * 1000 / r.matmulMs).toFixed(1)} | ${
-        r.speedup.toFixed(2)
-      }x | ${
-        backends.map((b) => llamaCells(r.llamacpp[b], Math.min(r.matvecMs, r.matmulMs))).join(
+    ...(rows.length === 0 ? [] : [
+      `| weights | prompt tokens | matvec path: prefill | tok/s | matmul path: prefill | tok/s | matmul vs matvec | ${
+        backends.map((b) => `llama.cpp ${b}: prefill | ours (faster path) vs llama.cpp ${b}`).join(
           " | ",
         )
-      } |`
-    ),
+      } |`,
+      `|---|---:|---:|---:|---:|---:|---:|${backends.map(() => "---:|---:|").join("")}`,
+      ...rows.map((r) =>
+        `| ${r.type} | ${r.tokens} | ${(r.matvecMs / 1000).toFixed(2)} s | ${
+          (r.tokens * 1000 / r.matvecMs).toFixed(1)
+        } | ${(r.matmulMs / 1000).toFixed(2)} s | ${(r.tokens * 1000 / r.matmulMs).toFixed(1)} | ${
+          r.speedup.toFixed(2)
+        }x | ${
+          backends.map((b) => llamaCells(r.llamacpp[b], Math.min(r.matvecMs, r.matmulMs))).join(
+            " | ",
+          )
+        } |`
+      ),
+    ]),
     ...(long ? ["", ...longTable(long, backends)] : []),
   ];
   const result = {
@@ -395,14 +400,14 @@ function longTable(long: LongResult, backends: readonly string[]): string[] {
     `Long prompt: HeteroCache (keep 0.25), ${long.tokens} tokens, the same shape with ` +
     `${long.layers} layers (F16), time to first token and peak device KV while the prompt goes in.`,
     "",
-    "| prefill order | time to first token | tok/s | peak device KV | one layer's full KV + compressed caches | peak / that | every layer's full KV |",
-    "|---|---:|---:|---:|---:|---:|---:|",
+    "| prefill order | time to first token | tok/s | peak device KV | one layer's full KV + compressed caches | peak / that | every layer's full KV | hidden states (f32, not KV) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
     ...long.rows.map((r) =>
       `| ${r.order} | ${(r.ms / 1000).toFixed(1)} s | ${(r.tokens * 1000 / r.ms).toFixed(1)} | ${
         mib(r.peakKvBytes)
       } | ${mib(r.layerKvBytes)} + ${mib(r.compressedKvBytes)} | ${r.ofBound.toFixed(2)}x | ${
         mib(r.allLayersKvBytes)
-      } |`
+      } | ${mib(r.hiddenBytes)} |`
     ),
     ...backends.map((b) => {
       const l = long.llamacpp[b];
@@ -410,7 +415,7 @@ function longTable(long: LongResult, backends: readonly string[]): string[] {
         typeof l === "number"
           ? `${(l / 1000).toFixed(1)} s | ${(long.tokens * 1000 / l).toFixed(1)}`
           : `${l} | -`
-      } | - | - | - | - |`;
+      } | - | - | - | - | - |`;
     }),
   ];
 }

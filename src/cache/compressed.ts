@@ -189,6 +189,20 @@ export abstract class CompressedCache implements CachePolicy {
   }
 
   prefillLayer(layer: number): KvLayerCache {
+    const cache = this.#sharedFor(layer);
+    cache.lengths.fill(0);
+    return cache;
+  }
+
+  async endPrefillLayer(layer: number, captures: Captures): Promise<void> {
+    const cache = this.#sharedFor(layer);
+    // As after a chunked prefill: every head of the layer holds the whole prompt.
+    cache.setLengths(Array(cache.nKvHeads).fill(this.promptTokens));
+    await this.#compress(Array(this.config.nLayers).fill(cache), captures, [layer]);
+  }
+
+  /** The full cache layer `layer` goes into, when it is that layer's turn. */
+  #sharedFor(layer: number): KvLayerCache {
     if (!this.#layered || this.#decode.length !== layer) {
       throw new HcError(
         "E_BAD_REQUEST",
@@ -196,15 +210,7 @@ export abstract class CompressedCache implements CachePolicy {
           `begin(..., "layered"))`,
       );
     }
-    const cache = this.#prefill[0];
-    cache.lengths.fill(0);
-    return cache;
-  }
-
-  async endPrefillLayer(layer: number, captures: Captures): Promise<void> {
-    this.prefillLayer(layer);
-    const view = Array(this.config.nLayers).fill(this.#prefill[0]);
-    await this.#compress(view, captures, [layer]);
+    return this.#prefill[0];
   }
 
   /** Selects, allocates and copies the kept rows of `layers` (ascending, from #decode.length). */
