@@ -8,7 +8,7 @@ import type { LoadedModel } from "../src/engine/model.ts";
 import type { CacheOptions } from "../src/cache/mod.ts";
 import type { PrefillOrder } from "../src/cache/policy.ts";
 import { uniformProfile } from "../src/cache/profile/profile_io.ts";
-import { choosePrefillOrder } from "../src/engine/layered_prefill.ts";
+import { choosePrefillOrder, hiddenPlace } from "../src/engine/layered_prefill.ts";
 import { PromptHidden } from "../src/model/prompt_hidden.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { f16ToF32 } from "../src/model/quant/mod.ts";
@@ -160,12 +160,16 @@ Deno.test("layer-by-layer prefill, full cache: the chunked path's logits (babyll
   await fullCacheAgrees(model);
 });
 
-Deno.test("prompt hidden states: rows come back where they went, across segment edges", () => {
+Deno.test("prompt hidden states: rows come back where they went, across segment edges, on the device and in host memory", () => {
   using device = Device.open();
+  for (const where of ["device", "host"] as const) hiddenRoundTrip(device, where);
+});
+
+function hiddenRoundTrip(device: Device, where: "device" | "host"): void {
   const dim = 8;
   const tokens = 11;
   // Segments of 3 rows, so chunks of 4 straddle them.
-  using hidden = new PromptHidden(device, dim, tokens, 3 * dim * 4);
+  using hidden = new PromptHidden(device, dim, tokens, { where, segmentBytes: 3 * dim * 4 });
   using x = device.buffer(4 * dim * 4);
   const want = Float32Array.from({ length: tokens * dim }, (_, i) => i + 0.5);
   using cmd = device.commands();
@@ -186,9 +190,9 @@ Deno.test("prompt hidden states: rows come back where they went, across segment 
     const b = device.download(x, 0, n * dim * 4);
     got.set(new Float32Array(b.buffer, b.byteOffset, n * dim), t * dim);
   }
-  assert.deepEqual(got, want);
+  assert.deepEqual(got, want, where);
   assert.throws(() => hidden.recordLoad(cmd, x, 9, 3), /outside the prompt/);
-});
+}
 
 Deno.test("the engine picks layer by layer for long prompts under compressing policies", () => {
   const c = { nLayers: 32, nKvHeads: 8, headDim: 128 };
@@ -198,6 +202,10 @@ Deno.test("the engine picks layer by layer for long prompts under compressing po
   // 2,000 tokens of every layer's KV: 262 MB, more than half of 400 MB free.
   assert.equal(choosePrefillOrder("heterocache", 2000, c, 400e6), "layered");
   assert.equal(choosePrefillOrder("heterocache", 2000, c, 8e9), "chunked");
+  // Hidden states: on the device unless they take more than a quarter of what is free.
+  assert.equal(hiddenPlace(512 * 2 ** 20, 8 * 2 ** 30), "device");
+  assert.equal(hiddenPlace(512 * 2 ** 20, 1 * 2 ** 30), "host");
+  assert.equal(hiddenPlace(512 * 2 ** 20, null), "device");
 });
 
 Deno.test("a layer-by-layer generation reports layers and tokens, and refuses an unknown order", async () => {

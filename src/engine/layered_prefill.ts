@@ -43,6 +43,15 @@ export function choosePrefillOrder(
   return freeBytes !== null && allLayersKv > freeBytes / 2 ? "layered" : "chunked";
 }
 
+/**
+ * Where the prompt's hidden states wait between layers: on the device, unless they would take
+ * more than a quarter of its free memory (they would then crowd out the KV this order saves);
+ * then in host-visible memory, at the price of moving them over the bus once per layer.
+ */
+export function hiddenPlace(hiddenBytes: number, freeBytes: number | null): "device" | "host" {
+  return freeBytes !== null && hiddenBytes > freeBytes / 4 ? "host" : "device";
+}
+
 export interface LayeredPrefillDeps {
   device: Device;
   config: ModelConfig;
@@ -72,7 +81,8 @@ export async function prefillByLayer(
   const window = Math.min(policy.captureWindow, n);
   if (window > 0) state.reservePrefillCapture(window);
   const captureFrom = window > 0 ? n - window : undefined;
-  using hidden = new PromptHidden(deps.device, c.dim, n);
+  const where = hiddenPlace(n * c.dim * 4, deps.device.memory().freeBytes);
+  using hidden = new PromptHidden(deps.device, c.dim, n, { where });
   let out: number | Float32Array = -1;
   for (let l = 0; l < c.nLayers; l++) {
     const cache = policy.prefillLayer(l);

@@ -7,7 +7,10 @@
  * f32 rows make the layer-by-layer prefill compute exactly what the chunked one does (same
  * kernels, same inputs, same rounding) with plain copies and no conversion kernel. It costs
  * dim·4 bytes per prompt token (16 KiB on Llama-3.1-8B, 512 MiB at 32K tokens), which is not
- * KV: the KV peak this path bounds is separate.
+ * KV: the KV peak this path bounds is separate. Where that would crowd the device (a long
+ * prompt on a small GPU), the rows live in host-visible memory instead ("host": system RAM on a
+ * discrete GPU, read and written by the layer's copies over the bus; the same memory on UMA and
+ * CPU drivers).
  */
 import { HcError } from "../errors.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
@@ -20,8 +23,17 @@ export class PromptHidden implements Disposable {
   readonly #segmentTokens: number;
   readonly #segments: Buffer[] = [];
 
-  /** `segmentBytes`: at most this many bytes per device buffer (tests make it small). */
-  constructor(device: Device, dim: number, tokens: number, segmentBytes = SEGMENT_BYTES) {
+  readonly where: "device" | "host";
+
+  /** `segmentBytes`: at most this many bytes per buffer (tests make it small). */
+  constructor(
+    device: Device,
+    dim: number,
+    tokens: number,
+    opts: { where?: "device" | "host"; segmentBytes?: number } = {},
+  ) {
+    const segmentBytes = opts.segmentBytes ?? SEGMENT_BYTES;
+    this.where = opts.where ?? "device";
     if (!Number.isSafeInteger(tokens) || tokens < 1) {
       throw new HcError("E_BAD_REQUEST", `a prompt of ${tokens} tokens has no hidden states`);
     }
@@ -31,7 +43,8 @@ export class PromptHidden implements Disposable {
     try {
       for (let t = 0; t < tokens; t += this.#segmentTokens) {
         const n = Math.min(this.#segmentTokens, tokens - t);
-        this.#segments.push(device.buffer(n * this.rowBytes));
+        const kind = this.where === "host" ? "readback" : "device";
+        this.#segments.push(device.buffer(n * this.rowBytes, kind));
       }
     } catch (e) {
       this[Symbol.dispose]();
@@ -39,7 +52,7 @@ export class PromptHidden implements Disposable {
     }
   }
 
-  /** Device bytes held. */
+  /** Bytes held (device or host-visible, as `where` says). */
   get bytes(): number {
     return this.#segments.reduce((s, b) => s + b.bytes, 0);
   }
