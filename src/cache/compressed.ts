@@ -96,9 +96,9 @@ export abstract class CompressedCache implements CachePolicy {
 
   /**
    * Scores the KV heads `heads(layer)` picks (default all) of the prefill layers `layers` with
-   * the last `window` captured prompt queries (head h's row at [h][L] in a scratch buffer), then lets
-   * `select` record its top-k picks from them; one submission per layer, so the scores buffer
-   * is reused.
+   * the last `window` captured prompt queries (head h's row at [h][L] in a scratch buffer),
+   * then lets `select` record its top-k picks from them; one submission per layer, so the
+   * scores buffer is reused.
    */
   protected scoreLayers(
     prefill: readonly KvLayerCache[],
