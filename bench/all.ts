@@ -1,8 +1,9 @@
 /**
  * `deno task bench` (quick) / `deno task bench --full`: fidelity, the synthetic retrieval task,
- * the ablation, the multi-turn conversation, the decode-speed sweep and the prefill paths in one
- * go. With `--write` (which the task passes) each writes its JSON into bench/results/, the
- * tables go into docs/benchmarks.md with the machine, the device and the date, and the charts
+ * the ablation, the multi-turn conversation, the decode-speed sweep and the prefill paths (with
+ * llama.cpp, and a long HeteroCache prompt layer by layer) in one go. With `--write` (which the
+ * task passes) each writes its JSON into bench/results/, the tables go into docs/benchmarks.md
+ * with the machine, the device and the date, and the charts
  * (fidelity vs keep, accuracy per turn, step time vs context) into docs/charts/*.svg; without it
  * the page is printed and nothing is written.
  */
@@ -77,7 +78,11 @@ if (import.meta.main) {
     resultName: write ? "multiturn.json" : null,
   });
   const speed = await runSpeed({ quick, write });
-  const prefill = await runPrefill({ tokens: quick ? [512, 1024] : [512, 1024, 2048], write });
+  const prefill = await runPrefill({
+    tokens: quick ? [512, 1024] : [512, 1024, 2048],
+    longTokens: quick ? 2048 : 4096,
+    write,
+  });
   const charts = join(ROOT, "docs", "charts");
   if (write) await Deno.mkdir(charts, { recursive: true });
   const images: string[] = [];
@@ -135,7 +140,7 @@ if (import.meta.main) {
     "",
     ...speedImages,
     "",
-    "## Prefill: the matvec prompt path vs the tiled matmul (same run, FMA ceiling beside)",
+    "## Prefill: the matvec prompt path vs the tiled matmul (same run, FMA ceiling and llama.cpp beside); a long HeteroCache prompt layer by layer vs in chunks",
     "",
     prefill.table,
     "",

@@ -281,7 +281,7 @@ function alternatingProfile(nLayers: number, nKvHeads: number): HeadProfile {
 
 const SWEEP_LAYERS = 4;
 
-const SHAPES: readonly Shape[] = [
+export const SHAPES: readonly Shape[] = [
   {
     id: "llama8b",
     label: "Llama-3.1-8B attention (32 q / 8 KV heads x 128), 4 layers",

@@ -8,9 +8,17 @@
  *    with device timestamps, as a share of that ceiling.
  * A prefill is timed to its first token (Session.complete with maxTokens 1), after a warm-up
  * prompt that compiles the pipelines. Paths alternate, so a noisy machine slows both alike.
- * llama.cpp is not run here (bench/decode.ts measures its prefill at 128 tokens).
+ * llama.cpp (node-llama-cpp's prebuilt build, its CPU backend; `--llamacpp cpu,vulkan` adds its
+ * Vulkan backend on the same device) prefills the same prompt of the same GGUF in the same run.
  *
- *   deno run -A bench/prefill.ts [--tokens 512,1024] [--types F16,Q8_0,Q4_K] [--write]
+ * Long prompts: a HeteroCache (keep 0.25) prefill of `--long-tokens` tokens on the same shape
+ * with 4 layers (profile: layers 0-3 of the official Llama-3.1-8B one), layer by layer and in
+ * chunks, each timed to its first token, with its peak device KV bytes next to one layer's full
+ * KV plus the compressed caches (the layer-by-layer bound), and llama.cpp's prefill beside.
+ *
+ *   deno run -A bench/prefill.ts [--tokens 512,1024] [--types F16,Q8_0,Q4_K]
+ *     [--long-tokens 4096 (0: none)] [--long-chunked false] [--llamacpp cpu|cpu,vulkan|none]
+ *     [--write]
  */
 import { parseArgs } from "node:util";
 import { writeResult } from "./paths.ts";
@@ -22,6 +30,11 @@ import { quantize } from "../src/model/quant/mod.ts";
 import type { PromptKernel } from "../src/model/llama.ts";
 import { type CommandList, Device, pushLayout } from "../src/vk/mod.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
+import { join } from "node:path";
+import type { PrefillOrder } from "../src/cache/policy.ts";
+import { SHAPES } from "./decode.ts";
+
+const LLAMACPP = join(new URL(".", import.meta.url).pathname, "llamacpp");
 
 const SPEC = {
   dim: 4096,
@@ -40,6 +53,33 @@ export interface PrefillRow {
   matvecMs: number;
   matmulMs: number;
   speedup: number;
+  /** llama.cpp's prefill of the same prompt, per backend (an error text when it failed). */
+  llamacpp: Record<string, number | string>;
+}
+
+export interface LongRow {
+  order: PrefillOrder;
+  tokens: number;
+  /** Time to first token. */
+  ms: number;
+  peakKvBytes: number;
+  /** One layer's full prompt KV. */
+  layerKvBytes: number;
+  /** The compressed caches after the prompt (every layer). */
+  compressedKvBytes: number;
+  /** peak / (one layer's full KV + the compressed caches). */
+  ofBound: number;
+  /** Every layer's full prompt KV (what the chunked path holds before it compresses). */
+  allLayersKvBytes: number;
+  /** The prompt's hidden states between layers (layered only; not KV). */
+  hiddenBytes: number;
+}
+
+export interface LongResult {
+  tokens: number;
+  layers: number;
+  rows: LongRow[];
+  llamacpp: Record<string, number | string>;
 }
 
 export interface KernelRow {
@@ -54,7 +94,96 @@ export interface PrefillResult {
   fmaGflops: number;
   kernels: KernelRow[];
   rows: PrefillRow[];
+  long: LongResult | null;
   table: string;
+}
+
+/** llama.cpp's prefill (to the first token's logits) of our prompt ids, in ms, or why not. */
+async function llamaCppPrefill(
+  path: string,
+  tokens: number,
+  backend: string,
+): Promise<number | string> {
+  try {
+    await Deno.stat(join(LLAMACPP, "node_modules", "node-llama-cpp"));
+  } catch {
+    return "node-llama-cpp not installed (npm install in bench/llamacpp)";
+  }
+  // llama.cpp skips CPU Vulkan devices (lavapipe) unless they are named explicitly.
+  const env = {
+    GGML_VK_VISIBLE_DEVICES: Deno.env.get("GGML_VK_VISIBLE_DEVICES") ??
+      Deno.env.get("HC_VK_DEVICE") ?? "0",
+  };
+  const r = await new Deno.Command("node", {
+    args: [join(LLAMACPP, "prefill.mjs"), path, String(tokens), backend],
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const out = new TextDecoder().decode(r.stdout).trim().split("\n").pop() ?? "";
+  if (!r.success || !out.startsWith("{")) {
+    const err = new TextDecoder().decode(r.stderr).trim().split("\n").slice(-2).join(" | ");
+    return `failed: ${err.slice(0, 200)}`;
+  }
+  return JSON.parse(out).prefillMs as number;
+}
+
+async function llamaCppAll(
+  path: string,
+  tokens: number,
+  backends: readonly string[],
+): Promise<Record<string, number | string>> {
+  const out: Record<string, number | string> = {};
+  for (const b of backends) out[b] = await llamaCppPrefill(path, tokens, b);
+  return out;
+}
+
+/** One long HeteroCache (keep 0.25) prefill per order, timed to the first token. */
+async function longPrefill(
+  path: string,
+  tokens: number,
+  orders: readonly PrefillOrder[],
+): Promise<LongRow[]> {
+  await using model = await loadModel(path);
+  const c = model.config;
+  const profile = await SHAPES[0].profile();
+  const prompt = Array.from({ length: tokens }, (_, i) => 3 + ((i * 7919) % 4000));
+  const rowBytes = c.headDim * 2 * 2;
+  const layerKvBytes = c.nKvHeads * tokens * rowBytes;
+  const rows: LongRow[] = [];
+  for (const order of orders) {
+    using s = model.session({
+      cache: "heterocache",
+      keep: 0.25,
+      profile,
+      contextTokens: tokens + 4,
+    });
+    // Warm-up: the pipelines, and the policy's scoring and top-k kernels, compile here.
+    await s.complete(prompt.slice(0, 300), { temperature: 0, maxTokens: 1, prefill: order });
+    const r = await s.complete(prompt, {
+      temperature: 0,
+      maxTokens: 1,
+      ignoreEos: true,
+      prefill: order,
+      onPrefillProgress: (done, total, pass) => {
+        if (done === total) console.error(`long ${order}: layer ${pass?.layer ?? "all"} done`);
+      },
+    });
+    const st = s.cacheStats();
+    rows.push({
+      order,
+      tokens,
+      ms: r.prefillMs,
+      peakKvBytes: st.prefillPeakKvBytes,
+      layerKvBytes,
+      compressedKvBytes: st.deviceKvBytes,
+      ofBound: st.prefillPeakKvBytes / (layerKvBytes + st.deviceKvBytes),
+      allLayersKvBytes: c.nLayers * layerKvBytes,
+      hiddenBytes: order === "layered" ? tokens * c.dim * 4 : 0,
+    });
+    console.error(`long prefill: ${JSON.stringify(rows.at(-1))}`);
+  }
+  return rows;
 }
 
 function timed(device: Device, cmd: CommandList): number {
@@ -145,10 +274,23 @@ async function prefillMs(
 }
 
 export async function runPrefill(
-  opts: { tokens?: number[]; types?: string[]; write?: boolean } = {},
+  opts: {
+    tokens?: number[];
+    types?: string[];
+    /** Long HeteroCache prefill length (0: none). */
+    longTokens?: number;
+    /** Also run the long prompt in chunks (today's path) for comparison. */
+    longChunked?: boolean;
+    /** llama.cpp backends to run beside ("cpu", "vulkan"). */
+    llamacpp?: string[];
+    write?: boolean;
+  } = {},
 ): Promise<PrefillResult> {
   const tokenList = opts.tokens ?? [512, 1024];
   const types = opts.types ?? ["F16"];
+  const longTokens = opts.longTokens ?? 4096;
+  const backends = opts.llamacpp ?? ["cpu"];
+  let long: LongResult | null = null;
   let fmaGflops: number;
   let k: { matvec: number; matmul: number };
   let device: string;
@@ -177,9 +319,26 @@ export async function runPrefill(
       await writeSyntheticModel(path, { ...SPEC, weightType: id });
       for (const tokens of tokenList) {
         const r = await prefillMs(path, tokens);
-        rows.push({ type, tokens, ...r, speedup: r.matvecMs / r.matmulMs });
+        const llamacpp = await llamaCppAll(path, tokens, backends);
+        rows.push({ type, tokens, ...r, speedup: r.matvecMs / r.matmulMs, llamacpp });
         console.error(`prefill ${type} ${tokens}: ${JSON.stringify(rows.at(-1))}`);
       }
+    }
+    if (longTokens > 0) {
+      const path = `${tmp}/synthetic-8b-shape-4-layers.gguf`;
+      const layers = 4;
+      await writeSyntheticModel(path, {
+        ...SPEC,
+        nLayers: layers,
+        contextLength: Math.max(SPEC.contextLength, longTokens + 16),
+        weightType: GgmlType.F16,
+      });
+      const orders: PrefillOrder[] = opts.longChunked === false
+        ? ["layered"]
+        : ["layered", "chunked"];
+      const lrows = await longPrefill(path, longTokens, orders);
+      const llamacpp = await llamaCppAll(path, longTokens, backends);
+      long = { tokens: longTokens, layers, rows: lrows, llamacpp };
     }
   } finally {
     await Deno.remove(tmp, { recursive: true });
@@ -195,15 +354,26 @@ export async function runPrefill(
       `| ${r.kernel} | ${r.gflops.toFixed(1)} | ${(r.ofCeiling * 100).toFixed(0)}% |`
     ),
     "",
-    "| weights | prompt tokens | matvec path: prefill | tok/s | matmul path: prefill | tok/s | matmul vs matvec |",
-    "|---|---:|---:|---:|---:|---:|---:|",
-    ...rows.map((r) =>
-      `| ${r.type} | ${r.tokens} | ${(r.matvecMs / 1000).toFixed(2)} s | ${
-        (r.tokens * 1000 / r.matvecMs).toFixed(1)
-      } | ${(r.matmulMs / 1000).toFixed(2)} s | ${(r.tokens * 1000 / r.matmulMs).toFixed(1)} | ${
-        r.speedup.toFixed(2)
-      }x |`
-    ),
+    ...(rows.length === 0 ? [] : [
+      `| weights | prompt tokens | matvec path: prefill | tok/s | matmul path: prefill | tok/s | matmul vs matvec | ${
+        backends.map((b) => `llama.cpp ${b}: prefill | ours (faster path) vs llama.cpp ${b}`).join(
+          " | ",
+        )
+      } |`,
+      `|---|---:|---:|---:|---:|---:|---:|${backends.map(() => "---:|---:|").join("")}`,
+      ...rows.map((r) =>
+        `| ${r.type} | ${r.tokens} | ${(r.matvecMs / 1000).toFixed(2)} s | ${
+          (r.tokens * 1000 / r.matvecMs).toFixed(1)
+        } | ${(r.matmulMs / 1000).toFixed(2)} s | ${(r.tokens * 1000 / r.matmulMs).toFixed(1)} | ${
+          r.speedup.toFixed(2)
+        }x | ${
+          backends.map((b) => llamaCells(r.llamacpp[b], Math.min(r.matvecMs, r.matmulMs))).join(
+            " | ",
+          )
+        } |`
+      ),
+    ]),
+    ...(long ? ["", ...longTable(long, backends)] : []),
   ];
   const result = {
     date: new Date().toISOString(),
@@ -211,10 +381,43 @@ export async function runPrefill(
     fmaGflops,
     kernels,
     rows,
+    long,
     table: lines.join("\n"),
   };
   if (opts.write) await writeResult("prefill.json", result);
   return result;
+}
+
+/** llama.cpp's time, and ours as a multiple of its speed (above 1: we are faster). */
+function llamaCells(l: number | string | undefined, oursMs: number): string {
+  if (typeof l !== "number") return `${l ?? "-"} | -`;
+  return `${(l / 1000).toFixed(2)} s | ${(l / oursMs).toFixed(2)}x`;
+}
+
+function longTable(long: LongResult, backends: readonly string[]): string[] {
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+  return [
+    `Long prompt: HeteroCache (keep 0.25), ${long.tokens} tokens, the same shape with ` +
+    `${long.layers} layers (F16), time to first token and peak device KV while the prompt goes in.`,
+    "",
+    "| prefill order | time to first token | tok/s | peak device KV | one layer's full KV + compressed caches | peak / that | every layer's full KV | hidden states (f32, not KV) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ...long.rows.map((r) =>
+      `| ${r.order} | ${(r.ms / 1000).toFixed(1)} s | ${(r.tokens * 1000 / r.ms).toFixed(1)} | ${
+        mib(r.peakKvBytes)
+      } | ${mib(r.layerKvBytes)} + ${mib(r.compressedKvBytes)} | ${r.ofBound.toFixed(2)}x | ${
+        mib(r.allLayersKvBytes)
+      } | ${mib(r.hiddenBytes)} |`
+    ),
+    ...backends.map((b) => {
+      const l = long.llamacpp[b];
+      return `| llama.cpp ${b} (full cache) | ${
+        typeof l === "number"
+          ? `${(l / 1000).toFixed(1)} s | ${(long.tokens * 1000 / l).toFixed(1)}`
+          : `${l} | -`
+      } | - | - | - | - | - |`;
+    }),
+  ];
 }
 
 if (import.meta.main) {
@@ -222,12 +425,18 @@ if (import.meta.main) {
     options: {
       tokens: { type: "string", default: "512,1024" },
       types: { type: "string", default: "F16" },
+      "long-tokens": { type: "string", default: "4096" },
+      "long-chunked": { type: "string", default: "true" },
+      llamacpp: { type: "string", default: "cpu" },
       write: { type: "boolean" },
     },
   });
   const r = await runPrefill({
-    tokens: values.tokens.split(",").map(Number),
+    tokens: values.tokens ? values.tokens.split(",").map(Number) : [],
     types: values.types.split(","),
+    longTokens: Number(values["long-tokens"]),
+    longChunked: values["long-chunked"] !== "false",
+    llamacpp: values.llamacpp === "none" ? [] : values.llamacpp.split(","),
     write: values.write,
   });
   console.log(r.table);

@@ -443,7 +443,13 @@ KV cache:
           stop: values.stop,
           signal: abort.signal,
           continue: loaded,
-          onPrefillProgress: prefill ? (done, total) => prefill.update(done, total) : undefined,
+          // A layer-by-layer prompt goes through every layer: one bar over all the passes.
+          onPrefillProgress: prefill
+            ? (done, total, pass) =>
+              pass
+                ? prefill.update(pass.layer * total + done, pass.layers * total)
+                : prefill.update(done, total)
+            : undefined,
         });
         for (;;) {
           const r = await it.next();

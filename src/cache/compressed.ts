@@ -4,7 +4,12 @@
  * head keeps, allocates decode caches sized exactly to those budgets plus the generation
  * (`kept + maxNew` rows per head: real device savings, nothing masked), copies the kept rows on
  * the device, and frees the prefill caches.
+ *
+ * Layer by layer (begin(..., "layered")), one full cache takes each layer's prompt in turn:
+ * endPrefillLayer selects, copies and hands that layer's rows to the policy before the next
+ * layer reuses the cache, so the device never holds more than one layer's full KV.
  */
+import { HcError } from "../errors.ts";
 import { KvLayerCache } from "./kv_layer.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Captures } from "../model/forward.ts";
@@ -19,6 +24,7 @@ import {
   type HeadInfo,
   type PolicyName,
   type PolicyState,
+  type PrefillOrder,
   stateInt,
   stateInts,
   withRates,
@@ -68,6 +74,8 @@ export abstract class CompressedCache implements CachePolicy {
   // so a reused array would replay steps recorded against freed buffers.
   #prefill: KvLayerCache[] = [];
   #decode: KvLayerCache[] = [];
+  /** Layer by layer: the one full cache every layer's prompt goes into in turn. */
+  #layered = false;
 
   constructor(deps: PolicyDeps, name: PolicyName) {
     this.device = deps.device;
@@ -76,24 +84,28 @@ export abstract class CompressedCache implements CachePolicy {
     this.stat = emptyStats(name, deps.config.nLayers, deps.config.nKvHeads);
   }
 
-  /** The rows each head keeps (prefill caches hold the whole prompt). Index buffers it makes
-   * are returned in `owned` and freed after the copy. */
+  /** The rows each head of the layers `layers` (ascending; every layer at once, or one at a
+   * time from 0 on when layer by layer) keeps; prefill[l] holds layer l's whole prompt. Other
+   * layers' selections are not read. Index buffers it makes are returned in `owned` and freed
+   * after the copy. */
   protected abstract select(
     prefill: readonly KvLayerCache[],
     captures: Captures,
+    layers: readonly number[],
   ): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }>;
 
   /**
-   * Scores the KV heads `heads(layer)` picks (default all) of each prefill layer with the last
-   * `window` captured prompt queries (head h's row at [h][L] in a scratch buffer), then lets
-   * `select` record its top-k picks from them; one submission per layer, so the scores buffer
-   * is reused.
+   * Scores the KV heads `heads(layer)` picks (default all) of the prefill layers `layers` with
+   * the last `window` captured prompt queries (head h's row at [h][L] in a scratch buffer),
+   * then lets `select` record its top-k picks from them; one submission per layer, so the
+   * scores buffer is reused.
    */
   protected scoreLayers(
     prefill: readonly KvLayerCache[],
     captures: Captures,
     how: Pick<ScoresArgs, "window" | "groupReduce" | "windowMode" | "poolFirst" | "poolKernel">,
     select: (cmd: CommandList, scores: Buffer, layer: number) => void,
+    layers: readonly number[],
     heads: (layer: number) => boolean[] = () => Array(this.config.nKvHeads).fill(true),
   ): void {
     const c = this.config;
@@ -105,7 +117,7 @@ export abstract class CompressedCache implements CachePolicy {
       K.scores.scratchBytes({ headCount: c.nKvHeads, n: L, window: how.window }),
     );
     using cmd = this.device.commands();
-    for (let l = 0; l < c.nLayers; l++) {
+    for (const l of layers) {
       // One record per run of wanted heads; the runs share the scratch, hence the barriers.
       const want = heads(l);
       const runs: [number, number][] = [];
@@ -140,16 +152,21 @@ export abstract class CompressedCache implements CachePolicy {
     }
   }
 
-  /** Hook: runs after the kept rows are copied, while the prefill caches still exist. */
-  protected afterCompress(_prefill: readonly KvLayerCache[]): Promise<void> {
+  /** Hook: runs after the kept rows of `layers` are copied, while their prefill caches still
+   * hold the prompt. */
+  protected afterCompress(
+    _prefill: readonly KvLayerCache[],
+    _layers: readonly number[],
+  ): Promise<void> {
     return Promise.resolve();
   }
 
   /** Role of each head, for maps and for byte accounting. */
   protected abstract roleOf(layer: number, head: number): CacheHeadRole;
 
-  begin(promptTokens: number, maxNewTokens: number): void {
+  begin(promptTokens: number, maxNewTokens: number, prefill: PrefillOrder = "chunked"): void {
     this.#free();
+    this.#layered = prefill === "layered";
     this.promptTokens = promptTokens;
     this.maxNew = maxNewTokens;
     this.positions = 0;
@@ -157,7 +174,7 @@ export abstract class CompressedCache implements CachePolicy {
     this.stat.promptTokens = promptTokens;
     this.stat.keep = this.keepFraction;
     const c = this.config;
-    for (let l = 0; l < c.nLayers; l++) {
+    for (let l = 0; l < (this.#layered ? 1 : c.nLayers); l++) {
       // Every head holds the whole prompt during prefill (row = position); endPrefill copies
       // what each head keeps into caches sized to its budget.
       this.#prefill.push(
@@ -167,7 +184,63 @@ export abstract class CompressedCache implements CachePolicy {
         }),
       );
     }
-    this.caches = this.#prefill;
+    this.caches = this.#layered ? [] : this.#prefill;
+    this.#notePeak();
+  }
+
+  prefillLayer(layer: number): KvLayerCache {
+    const cache = this.#sharedFor(layer);
+    cache.lengths.fill(0);
+    return cache;
+  }
+
+  async endPrefillLayer(layer: number, captures: Captures): Promise<void> {
+    const cache = this.#sharedFor(layer);
+    // As after a chunked prefill: every head of the layer holds the whole prompt.
+    cache.setLengths(Array(cache.nKvHeads).fill(this.promptTokens));
+    await this.#compress(Array(this.config.nLayers).fill(cache), captures, [layer]);
+  }
+
+  /** The full cache layer `layer` goes into, when it is that layer's turn. */
+  #sharedFor(layer: number): KvLayerCache {
+    if (!this.#layered || this.#decode.length !== layer) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `layer ${layer} cannot take the prompt now (layer-by-layer prefill goes 0, 1, ... after ` +
+          `begin(..., "layered"))`,
+      );
+    }
+    return this.#prefill[0];
+  }
+
+  /** Selects, allocates and copies the kept rows of `layers` (ascending, from #decode.length). */
+  async #compress(
+    prefill: readonly KvLayerCache[],
+    captures: Captures,
+    layers: readonly number[],
+  ): Promise<void> {
+    const c = this.config;
+    const L = this.promptTokens;
+    const { selections, owned } = await this.select(prefill, captures, layers);
+    try {
+      for (const l of layers) {
+        this.kept[l] = selections[l].map((s) => selectionRows(s, L));
+        this.#decode.push(KvLayerCache.create(this.device, {
+          headDim: c.headDim,
+          capRows: this.kept[l].map((k) => k + this.maxNew),
+        }));
+      }
+      this.#notePeak();
+      this.#copyKept(prefill, selections, layers);
+      await this.afterCompress(prefill, layers);
+    } finally {
+      for (const b of owned) b.dispose();
+    }
+  }
+
+  #notePeak(): void {
+    const bytes = [...this.#prefill, ...this.#decode].reduce((s, c) => s + c.poolBytes, 0);
+    this.stat.prefillPeakKvBytes = Math.max(this.stat.prefillPeakKvBytes, bytes);
   }
 
   advance(tokens: number): void {
@@ -179,20 +252,13 @@ export abstract class CompressedCache implements CachePolicy {
 
   async endPrefill(captures: Captures): Promise<void> {
     const c = this.config;
-    const L = this.promptTokens;
-    const { selections, owned } = await this.select(this.#prefill, captures);
-    try {
-      this.kept = selections.map((layer) => layer.map((s) => selectionRows(s, L)));
-      for (let l = 0; l < c.nLayers; l++) {
-        this.#decode.push(KvLayerCache.create(this.device, {
-          headDim: c.headDim,
-          capRows: this.kept[l].map((k) => k + this.maxNew),
-        }));
-      }
-      this.#copyKept(selections);
-      await this.afterCompress(this.#prefill);
-    } finally {
-      for (const b of owned) b.dispose();
+    if (!this.#layered) {
+      await this.#compress(this.#prefill, captures, Array.from({ length: c.nLayers }, (_, l) => l));
+    } else if (this.#decode.length !== c.nLayers) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `the layer-by-layer prefill ended after ${this.#decode.length} of ${c.nLayers} layers`,
+      );
     }
     for (const p of this.#prefill) p.dispose();
     this.#prefill = [];
@@ -336,14 +402,18 @@ export abstract class CompressedCache implements CachePolicy {
   protected afterRewind(_rows: number): void {}
 
   /** One submission: contiguous runs by copy regions, index selections by the gather kernel. */
-  #copyKept(selections: HeadSelection[][]): void {
+  #copyKept(
+    prefill: readonly KvLayerCache[],
+    selections: HeadSelection[][],
+    layers: readonly number[],
+  ): void {
     const rowBytes = this.config.headDim * 2;
     using cmd = this.device.commands();
     cmd.begin();
-    selections.forEach((layer, l) => {
-      const src = this.#prefill[l];
+    for (const l of layers) {
+      const src = prefill[l];
       const dst = this.#decode[l];
-      layer.forEach((s, h) => {
+      selections[l].forEach((s, h) => {
         const from = src.location(h, 0);
         const to = dst.location(h, 0);
         if (s.kind === "indices") {
@@ -378,7 +448,7 @@ export abstract class CompressedCache implements CachePolicy {
           cmd.copy(from.v, to.v, regions);
         }
       });
-    });
+    }
     cmd.end();
     this.device.waitSync("compute", cmd.submit());
   }

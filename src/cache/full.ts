@@ -1,4 +1,5 @@
 /** `full`: every head keeps every token, in caches allocated once for the session's context. */
+import { HcError } from "../errors.ts";
 import { KvLayerCache } from "./kv_layer.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Device } from "../vk/mod.ts";
@@ -8,6 +9,7 @@ import {
   emptyStats,
   type HeadInfo,
   type PolicyState,
+  type PrefillOrder,
   stateInt,
   withRates,
 } from "./policy.ts";
@@ -45,13 +47,27 @@ export class FullCache implements CachePolicy {
     }
   }
 
-  begin(promptTokens: number, maxNewTokens: number): void {
+  /** The order the prompt goes in changes nothing here: every layer keeps all of it. */
+  begin(promptTokens: number, maxNewTokens: number, _prefill?: PrefillOrder): void {
     this.#length = 0;
     this.#grow(promptTokens + maxNewTokens);
     this.#maxNew = maxNewTokens;
     this.#stats = emptyStats("full", this.#config.nLayers, this.#config.nKvHeads);
     this.#stats.promptTokens = promptTokens;
     this.#stats.keep = 1;
+  }
+
+  prefillLayer(layer: number): KvLayerCache {
+    const cache = this.caches[layer];
+    if (!cache || this.#length !== 0) {
+      throw new HcError("E_BAD_REQUEST", `layer ${layer} cannot take a prompt now`);
+    }
+    cache.lengths.fill(0);
+    return cache;
+  }
+
+  endPrefillLayer(): Promise<void> {
+    return Promise.resolve();
   }
 
   /** Appending is counting, unless the session grew past the caches (Session.reserve). */
@@ -153,6 +169,7 @@ export class FullCache implements CachePolicy {
     const bytes = this.caches.reduce((s, c) => s + c.poolBytes, 0);
     const s = this.#stats;
     s.deviceKvBytes = bytes;
+    s.prefillPeakKvBytes = bytes;
     s.deviceKvBytesByRole = { full: bytes, compressed: 0 };
     const c = this.#config;
     s.fullKvBytes = c.nLayers * c.nKvHeads * (s.promptTokens + this.#maxNew) * c.headDim * 2 * 2;

@@ -5,6 +5,10 @@
  * A generation goes: begin(L, maxNew) → prefill chunks (advance(B) before each) → endPrefill()
  * (the policy may compress: select rows, build smaller caches, keep the full KV in host memory)
  * → decode steps (advance(1), the step waiting for transferWait(), then afterStep()).
+ * A long prompt may instead go layer by layer (src/engine/layered_prefill.ts): begin(L, maxNew,
+ * "layered") → for each layer l in order: the whole prompt through layer l into
+ * prefillLayer(l), then endPrefillLayer(l) (a compressing policy keeps that layer's rows and
+ * frees or reuses its full KV) → advance(L) → endPrefill().
  * A continued conversation then goes: extend(n, maxNew) → the n new tokens (prefill chunks when
  * `appendByPrefill`, else one decode step each, exactly as generated tokens) → decode steps.
  */
@@ -69,6 +73,9 @@ export interface CacheStats {
   policy: PolicyName;
   /** Device bytes of the KV pools in use now (K and V). */
   deviceKvBytes: number;
+  /** Most device KV bytes held at once while the prompt went in (the prefill caches and the
+   * caches made from them). */
+  prefillPeakKvBytes: number;
   deviceKvBytesByRole: { full: number; compressed: number };
   /** Bytes the same prompt and generation would take with every head full. */
   fullKvBytes: number;
@@ -115,6 +122,9 @@ export interface HeadInfo {
   budgetTokens: number | null;
 }
 
+/** How a prompt goes in: chunks through every layer, or the whole prompt one layer at a time. */
+export type PrefillOrder = "chunked" | "layered";
+
 export interface CachePolicy extends Disposable {
   readonly name: PolicyName;
   /** Queries of the last `captureWindow` prompt positions the policy needs (0: none). */
@@ -126,8 +136,15 @@ export interface CachePolicy extends Disposable {
   /** Whether continuation tokens may go in as prefill chunks: every head holds every row at
    * its position (the prefill attention's layout). Otherwise they go in as decode steps. */
   readonly appendByPrefill: boolean;
-  /** Starts a generation of `promptTokens` prompt tokens and up to `maxNewTokens` more. */
-  begin(promptTokens: number, maxNewTokens: number): void;
+  /** Starts a generation of `promptTokens` prompt tokens and up to `maxNewTokens` more, its
+   * prompt fed in chunks through every layer, or layer by layer. */
+  begin(promptTokens: number, maxNewTokens: number, prefill?: PrefillOrder): void;
+  /** Layer-by-layer prefill: the cache layer `layer`'s whole prompt goes into, every head
+   * holding row = position, lengths 0 (the caller counts them up chunk by chunk). */
+  prefillLayer(layer: number): KvLayerCache;
+  /** Layer-by-layer prefill: layer `layer` holds the whole prompt (its queries are captured);
+   * the policy keeps what it keeps of it before the next layer reuses the room. */
+  endPrefillLayer(layer: number, captures: Captures): Promise<void>;
   /** Continues the current context: makes room on every head for `tokens` more context tokens
    * and up to `maxNewTokens` generated after them (rows already held stay as they are). */
   extend(tokens: number, maxNewTokens: number): Promise<void>;
@@ -160,6 +177,7 @@ export function emptyStats(policy: PolicyName, nLayers: number, nKvHeads: number
   return {
     policy,
     deviceKvBytes: 0,
+    prefillPeakKvBytes: 0,
     deviceKvBytesByRole: { full: 0, compressed: 0 },
     fullKvBytes: 0,
     promptTokens: 0,

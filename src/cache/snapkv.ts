@@ -40,6 +40,7 @@ export class SnapKvCache extends CompressedCache {
   protected select(
     prefill: readonly KvLayerCache[],
     captures: Captures,
+    layers: readonly number[],
   ): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
     const c = this.config;
     const L = this.promptTokens;
@@ -78,11 +79,13 @@ export class SnapKvCache extends CompressedCache {
           outOffset: l * c.nKvHeads * cap,
           outStride: cap,
         });
-      });
+      }, layers);
       // The window positions complete each head's index list.
       const idx = new Uint32Array(this.device.download(indices).buffer);
-      for (let row = 0; row < c.nLayers * c.nKvHeads; row++) {
-        for (let i = 0; i < W; i++) idx[row * cap + k + i] = n + i;
+      for (const l of layers) {
+        for (let row = l * c.nKvHeads; row < (l + 1) * c.nKvHeads; row++) {
+          for (let i = 0; i < W; i++) idx[row * cap + k + i] = n + i;
+        }
       }
       this.device.upload(indices, idx);
     } catch (e) {

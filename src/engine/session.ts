@@ -6,11 +6,16 @@
 import { HcError } from "../errors.ts";
 import { Sampler, type SamplingOptions } from "../model/sampler.ts";
 import type { Captures, ForwardState } from "../model/forward.ts";
-import type { CachePolicy, CacheStats } from "../cache/policy.ts";
+import type { CachePolicy, CacheStats, PrefillOrder } from "../cache/policy.ts";
 import type { LoadedModel, Prompt, SessionOptions } from "./model.ts";
 import { encodeSessionFile, profileHash } from "./session_file.ts";
 import { StopMatcher } from "./stops.ts";
 import type { KvLayerCache } from "../cache/kv_layer.ts";
+import {
+  choosePrefillOrder,
+  prefillByLayer,
+  type PrefillLayerProgress,
+} from "./layered_prefill.ts";
 
 export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate. Default 256. */
@@ -20,8 +25,16 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
   /** Keep generating past end-of-generation tokens. */
   ignoreEos?: boolean;
-  /** Called with (done, total) prompt tokens while a long prompt is prefilled. */
-  onPrefillProgress?: (done: number, total: number) => void;
+  /** Called with (done, total) prompt tokens while a long prompt is prefilled; a prompt that
+   * goes layer by layer counts its tokens once per layer and says which layer. */
+  onPrefillProgress?: (done: number, total: number, layer?: PrefillLayerProgress) => void;
+  /**
+   * How the prompt goes in: "chunked" (chunks through every layer), "layered" (the whole prompt
+   * one layer at a time, so a compressing policy holds one layer's full KV at a time: see
+   * engine/layered_prefill.ts), or "auto" (default: by prompt length, policy and free device
+   * memory). A continuation always goes in as today.
+   */
+  prefill?: "auto" | PrefillOrder;
   /**
    * Continue the conversation: the prompt is appended after the session's context (every
    * earlier prompt and the tokens generated for it) and only it is prefilled. Text is encoded
@@ -293,6 +306,8 @@ export class Session implements Disposable {
           `${capacity} (prompt + generated): ${used} used, ${capacity - used} left`,
       );
     }
+    // Checked before anything changes, as the context's size is.
+    const order = cont ? "chunked" : this.#prefillOrder(promptTokens.length, opts.prefill);
     this.#busy = true;
     const decoder = this.model.tokenizer.createDecoder();
     const stops = new StopMatcher(opts.stop ?? []);
@@ -316,9 +331,11 @@ export class Session implements Disposable {
         this.#state.reset();
         this.#tokens = [];
         this.#pending = [];
-        this.policy.begin(promptTokens.length, maxNew);
+        this.policy.begin(promptTokens.length, maxNew, order);
         this.#stepMs = 0;
-        out = await this.#prefill(promptTokens, want, opts.signal, opts.onPrefillProgress);
+        out = order === "layered"
+          ? await this.#prefillByLayer(promptTokens, want, opts.signal, opts.onPrefillProgress)
+          : await this.#prefill(promptTokens, want, opts.signal, opts.onPrefillProgress);
       }
       this.#contextOk = true;
       let next = this.#choose(out, sampler);
@@ -423,6 +440,38 @@ export class Session implements Disposable {
     return out;
   }
 
+  #prefillOrder(tokens: number, asked: GenerateOptions["prefill"]): PrefillOrder {
+    if (asked !== undefined && asked !== "auto" && asked !== "chunked" && asked !== "layered") {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `prefill must be "auto", "chunked" or "layered", got ${JSON.stringify(asked)}`,
+      );
+    }
+    if (asked === "chunked" || asked === "layered") return asked;
+    const m = this.model;
+    return choosePrefillOrder(this.policy.name, tokens, m.config, m.device.memory().freeBytes);
+  }
+
+  /** The prompt layer by layer (engine/layered_prefill.ts); the policy began "layered". */
+  async #prefillByLayer(
+    tokens: readonly number[],
+    want: "argmax" | "logits",
+    signal?: AbortSignal,
+    onProgress?: GenerateOptions["onPrefillProgress"],
+  ): Promise<number | Float32Array> {
+    const m = this.model;
+    const deps = {
+      device: m.device,
+      config: m.config,
+      queue: m.queue,
+      state: this.#state,
+      policy: this.policy,
+    };
+    const out = await prefillByLayer(deps, tokens, want, { signal, onProgress });
+    this.#tokens.push(...tokens);
+    return out;
+  }
+
   /** A continuation's tokens: prefill chunks where every head holds row = position, else one
    * decode step each (the policy appends, monitors and refreshes as for generated tokens). */
   async #append(
@@ -482,12 +531,14 @@ export class Session implements Disposable {
 
   /**
    * Teacher forcing (for fidelity measurements): runs `prompt`, then feeds `forced` one token
-   * at a time; `onLogits(i, logits)` receives the logits that predict forced[i].
+   * at a time; `onLogits(i, logits)` receives the logits that predict forced[i]. The prompt
+   * goes in chunks unless `prefill` says "layered".
    */
   async teacherForce(
     prompt: readonly number[],
     forced: readonly number[],
     onLogits: (i: number, logits: Float32Array) => void,
+    prefill: PrefillOrder = "chunked",
   ): Promise<void> {
     if (this.#busy) {
       throw new HcError("E_BUSY", "this session is already generating; use another session");
@@ -503,9 +554,11 @@ export class Session implements Disposable {
       this.#contextOk = false;
       this.#state.reset();
       this.#tokens = [];
-      this.policy.begin(prompt.length, forced.length);
+      this.policy.begin(prompt.length, forced.length, prefill);
       this.#stepMs = 0;
-      let logits = await this.#prefill(prompt, "logits") as Float32Array;
+      let logits = await (prefill === "layered"
+        ? this.#prefillByLayer(prompt, "logits")
+        : this.#prefill(prompt, "logits")) as Float32Array;
       for (let i = 0; i < forced.length; i++) {
         onLogits(i, logits);
         if (i + 1 < forced.length) {

@@ -5,6 +5,7 @@
 import type { KvLayerCache } from "../cache/kv_layer.ts";
 import type { Buffer } from "../vk/mod.ts";
 import type { ModelConfig } from "./config.ts";
+import type { PromptHidden } from "./prompt_hidden.ts";
 
 /** Most tokens one forward submission takes; longer prompts are fed in chunks. */
 export const MAX_BATCH_TOKENS = 256;
@@ -84,6 +85,20 @@ export function stepView(c: StepShape, captures: Captures): StepView {
   };
 }
 
+/** One chunk of one layer of a layer-by-layer prefill (see ForwardState.evalLayer). */
+export interface LayerStep {
+  /** The chunk's token ids, prompt positions [start, start + tokens.length). */
+  tokens: readonly number[];
+  start: number;
+  layer: number;
+  /** The prompt's hidden states between layers. */
+  hidden: PromptHidden;
+  /** The layer's cache, every head holding row = position; its lengths count the chunk. */
+  cache: KvLayerCache;
+  /** Copy the post-RoPE queries of prompt positions >= this into captures.prefillQ. */
+  captureQueriesFrom?: number;
+}
+
 /** What a session's forward state offers the engine. */
 export interface ForwardState extends Disposable {
   /** Tokens processed since reset (the next token's position). */
@@ -105,4 +120,13 @@ export interface ForwardState extends Disposable {
   eval(tokens: readonly number[], want: "none", opts: StepOptions): Promise<void>;
   eval(tokens: readonly number[], want: "argmax", opts: StepOptions): Promise<number>;
   eval(tokens: readonly number[], want: "logits", opts: StepOptions): Promise<Float32Array>;
+  /**
+   * Layer-by-layer prefill (src/engine/layered_prefill.ts): runs one chunk of the prompt
+   * through one layer alone. Layer 0 reads the tokens' embeddings and the other layers the
+   * chunk's rows of `step.hidden`; every layer but the last writes them back; on the last
+   * layer, `want` of the chunk's last token. The position does not move (seek after the prompt).
+   */
+  evalLayer(step: LayerStep, want: "none"): Promise<void>;
+  evalLayer(step: LayerStep, want: "argmax"): Promise<number>;
+  evalLayer(step: LayerStep, want: "logits"): Promise<Float32Array>;
 }

@@ -368,13 +368,18 @@ export class LlamaModel implements Disposable {
    * last token's logits in act.logits.
    */
   recordForward(cmd: CommandList, io: ForwardIo, tokens: number, position: number): void {
+    for (const cache of io.caches) cache.recordLengthsUpload(cmd);
+    this.recordEmbed(cmd, io, tokens);
+    for (let l = 0; l < this.layers.length; l++) this.recordLayer(cmd, io, l, tokens, position);
+    this.recordOutput(cmd, tokens);
+  }
+
+  /** Records the token embeddings of `tokens` ids (io.ids) into act.x. */
+  recordEmbed(cmd: CommandList, io: ForwardIo, tokens: number): void {
     const c = this.config;
     const K = this.kernels;
     const a = this.act;
     const B = tokens;
-    const qDim = c.nHeads * c.headDim;
-    const kvDim = c.nKvHeads * c.headDim;
-    for (const cache of io.caches) cache.recordLengthsUpload(cmd);
     K.getRows.record(cmd, {
       weight: this.#embd.buffer,
       rows: this.#embd.rows,
@@ -384,83 +389,109 @@ export class LlamaModel implements Disposable {
       out: a.x,
     });
     cmd.barrier();
-    this.layers.forEach((L, l) => {
-      const cache = io.caches[l];
-      K.rmsNorm.record(cmd, {
-        x: a.x,
-        weight: L.attnNorm,
-        out: a.xb,
-        n: c.dim,
-        rows: B,
-        eps: c.rmsEps,
-      });
-      if (L.qBias) {
-        // Biases: seed the outputs with the bias, then accumulate the projection onto them.
-        for (
-          const [bias, out, n] of [[L.qBias, a.q, qDim], [L.kBias!, a.k, kvDim], [
-            L.vBias!,
-            a.v,
-            kvDim,
-          ]] as const
-        ) {
-          cmd.copy(bias, out, Array.from({ length: B }, (_, t) => [0, t * n * 4, n * 4] as const));
-        }
-      }
-      cmd.barrier();
-      const acc = L.qBias !== null;
-      this.#matvec(cmd, L.q, a.xb, a.q, B, acc);
-      this.#matvec(cmd, L.k, a.xb, a.k, B, acc);
-      this.#matvec(cmd, L.v, a.xb, a.v, B, acc);
-      cmd.barrier();
-      if (L.qNorm) this.#recordQkNorm(cmd, L, B);
-      const rope = {
-        table: K.ropeTable,
-        positions: io.pos,
-        nTokens: B,
-        headDim: c.headDim,
-        pairing: c.ropePairing,
-      };
-      if (layerUsesRope(c, l)) {
-        K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
-        K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
-        cmd.barrier();
-        if (c.ropeMscale !== 1) this.#recordRopeMscale(cmd, B);
-      }
-      this.#recordCaptures(cmd, io, l, B, position);
-      K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
-      cmd.barrier();
-      if (B === 1) {
-        K.decode.record(cmd, { cache, q: a.q, out: a.att, scratch: io.attnScratch });
-      } else {
-        K.prefill.record(cmd, {
-          cache,
-          q: a.q,
-          tokens: B,
-          position,
-          out: a.att,
-          scratch: io.attnScratch,
-        });
-      }
-      cmd.barrier();
-      this.#matvec(cmd, L.o, a.att, a.x, B, true);
-      cmd.barrier();
-      K.rmsNorm.record(cmd, {
-        x: a.x,
-        weight: L.ffnNorm,
-        out: a.xb,
-        n: c.dim,
-        rows: B,
-        eps: c.rmsEps,
-      });
-      cmd.barrier();
-      this.#matvec(cmd, L.gate, a.xb, a.hb, B, false);
-      this.#matvec(cmd, L.up, a.xb, a.hb2, B, false);
-      cmd.barrier();
-      K.swiglu.record(cmd, { gate: a.hb, up: a.hb2, out: a.hb, n: c.ffnDim, rows: B });
-      cmd.barrier();
-      this.#matvec(cmd, L.down, a.hb, a.x, B, true);
-      cmd.barrier();
+  }
+
+  /**
+   * Records layer `l` over the `tokens` hidden states in act.x (updated in place), appending
+   * their K and V to io.caches[l]. The layer-by-layer prefill (llama_layered.ts) runs it alone.
+   */
+  recordLayer(
+    cmd: CommandList,
+    io: ForwardIo,
+    l: number,
+    tokens: number,
+    position: number,
+  ): void {
+    const c = this.config;
+    const K = this.kernels;
+    const a = this.act;
+    const B = tokens;
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
+    const L = this.layers[l];
+    const cache = io.caches[l];
+    K.rmsNorm.record(cmd, {
+      x: a.x,
+      weight: L.attnNorm,
+      out: a.xb,
+      n: c.dim,
+      rows: B,
+      eps: c.rmsEps,
     });
+    if (L.qBias) {
+      // Biases: seed the outputs with the bias, then accumulate the projection onto them.
+      for (
+        const [bias, out, n] of [[L.qBias, a.q, qDim], [L.kBias!, a.k, kvDim], [
+          L.vBias!,
+          a.v,
+          kvDim,
+        ]] as const
+      ) {
+        cmd.copy(bias, out, Array.from({ length: B }, (_, t) => [0, t * n * 4, n * 4] as const));
+      }
+    }
+    cmd.barrier();
+    const acc = L.qBias !== null;
+    this.#matvec(cmd, L.q, a.xb, a.q, B, acc);
+    this.#matvec(cmd, L.k, a.xb, a.k, B, acc);
+    this.#matvec(cmd, L.v, a.xb, a.v, B, acc);
+    cmd.barrier();
+    if (L.qNorm) this.#recordQkNorm(cmd, L, B);
+    const rope = {
+      table: K.ropeTable,
+      positions: io.pos,
+      nTokens: B,
+      headDim: c.headDim,
+      pairing: c.ropePairing,
+    };
+    if (layerUsesRope(c, l)) {
+      K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
+      K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
+      cmd.barrier();
+      if (c.ropeMscale !== 1) this.#recordRopeMscale(cmd, B);
+    }
+    this.#recordCaptures(cmd, io, l, B, position);
+    K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
+    cmd.barrier();
+    if (B === 1) {
+      K.decode.record(cmd, { cache, q: a.q, out: a.att, scratch: io.attnScratch });
+    } else {
+      K.prefill.record(cmd, {
+        cache,
+        q: a.q,
+        tokens: B,
+        position,
+        out: a.att,
+        scratch: io.attnScratch,
+      });
+    }
+    cmd.barrier();
+    this.#matvec(cmd, L.o, a.att, a.x, B, true);
+    cmd.barrier();
+    K.rmsNorm.record(cmd, {
+      x: a.x,
+      weight: L.ffnNorm,
+      out: a.xb,
+      n: c.dim,
+      rows: B,
+      eps: c.rmsEps,
+    });
+    cmd.barrier();
+    this.#matvec(cmd, L.gate, a.xb, a.hb, B, false);
+    this.#matvec(cmd, L.up, a.xb, a.hb2, B, false);
+    cmd.barrier();
+    K.swiglu.record(cmd, { gate: a.hb, up: a.hb2, out: a.hb, n: c.ffnDim, rows: B });
+    cmd.barrier();
+    this.#matvec(cmd, L.down, a.hb, a.x, B, true);
+    cmd.barrier();
+  }
+
+  /** Records the last token's logits (act.logits) from the `tokens` hidden states in act.x. */
+  recordOutput(cmd: CommandList, tokens: number): void {
+    const c = this.config;
+    const K = this.kernels;
+    const a = this.act;
+    const B = tokens;
     // Only the last token's logits matter; a copy avoids binding at an unaligned offset.
     cmd.copy(a.x, a.xLast, [[(B - 1) * c.dim * 4, 0, c.dim * 4]]);
     cmd.barrier();

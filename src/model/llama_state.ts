@@ -6,6 +6,7 @@ import type { Buffer, CommandList } from "../vk/mod.ts";
 import {
   type Captures,
   type ForwardState,
+  type LayerStep,
   MAX_BATCH_TOKENS,
   stepLayout,
   type StepOptions,
@@ -261,6 +262,70 @@ export class LlamaState implements ForwardState {
     }
     if (want === "logits") {
       return new Float32Array(this.#logits.mapped().slice(0, vocab * 4).buffer);
+    }
+  }
+
+  evalLayer(step: LayerStep, want: "none"): Promise<void>;
+  evalLayer(step: LayerStep, want: "argmax"): Promise<number>;
+  evalLayer(step: LayerStep, want: "logits"): Promise<Float32Array>;
+  async evalLayer(
+    step: LayerStep,
+    want: "none" | "argmax" | "logits",
+  ): Promise<void | number | Float32Array> {
+    if (this.#disposed) throw new HcError("E_BAD_REQUEST", "the session was disposed");
+    const { tokens, start, layer, hidden, cache } = step;
+    const B = tokens.length;
+    const c = this.model.config;
+    if (B < 1 || B > MAX_BATCH_TOKENS || start < 0 || start + B > hidden.tokens) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `a layer step takes 1..${MAX_BATCH_TOKENS} tokens inside the prompt, got ${B} at ${start}`,
+      );
+    }
+    if (!Number.isInteger(layer) || layer < 0 || layer >= c.nLayers) {
+      throw new HcError("E_BAD_REQUEST", `layer ${layer} outside 0..${c.nLayers - 1}`);
+    }
+    if (start + B > this.capacity) {
+      throw new HcError("E_CONTEXT_FULL", `the session holds ${this.capacity} tokens`);
+    }
+    tokens.forEach((t, i) => {
+      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) {
+        throw new HcError(
+          "E_BAD_REQUEST",
+          `token id ${t} outside the vocabulary (0..${c.vocabSize - 1})`,
+        );
+      }
+      this.#idsView[i] = t;
+    });
+    this.#posView[0] = start;
+    // The layer's cache stands at every index: recordLayer reads io.caches[layer].
+    const io = this.#io({
+      caches: Array(c.nLayers).fill(cache),
+      captureQueriesFrom: step.captureQueriesFrom,
+    });
+    const m = this.model;
+    const cmd = this.#batch;
+    cmd.begin();
+    cache.recordLengthsUpload(cmd);
+    if (layer === 0) m.recordEmbed(cmd, io, B);
+    else {
+      hidden.recordLoad(cmd, m.act.x, start, B);
+      cmd.barrier();
+    }
+    m.recordLayer(cmd, io, layer, B, start);
+    if (layer < c.nLayers - 1) hidden.recordStore(cmd, m.act.x, start, B);
+    else if (want !== "none") {
+      m.recordOutput(cmd, B);
+      this.#recordTail(cmd, want);
+    }
+    cmd.end();
+    await m.device.wait("compute", cmd.submit());
+    if (want === "argmax") {
+      const t = this.#token.mapped();
+      return new Uint32Array(t.buffer, t.byteOffset, 1)[0];
+    }
+    if (want === "logits") {
+      return new Float32Array(this.#logits.mapped().slice(0, c.vocabSize * 4).buffer);
     }
   }
 

@@ -45,7 +45,7 @@ import {
 } from "../budget.ts";
 import { CompressedCache, type HeadSelection, type PolicyDeps } from "../compressed.ts";
 import { HostKvStore } from "./host_store.ts";
-import { badState, type PolicyName, stateInt, stateInts } from "../policy.ts";
+import { badState, type PolicyName, type PrefillOrder, stateInt, stateInts } from "../policy.ts";
 import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "../profile/profile.ts";
 import { type RefreshJob, Retrieval } from "./retrieval.ts";
 
@@ -243,11 +243,11 @@ export class HeteroCache extends CompressedCache {
     return this.#profile.layers[layer].roles[head];
   }
 
-  override begin(promptTokens: number, maxNewTokens: number): void {
+  override begin(promptTokens: number, maxNewTokens: number, prefill?: PrefillOrder): void {
     this.#retrieval.reset();
     this.#store.clear();
     this.#freeDecodeBuffers();
-    super.begin(promptTokens, maxNewTokens);
+    super.begin(promptTokens, maxNewTokens, prefill);
     const N = this.config.nLayers * this.config.nKvHeads;
     const budget = this.#budget;
     if ("tokens" in budget) {
@@ -310,6 +310,7 @@ export class HeteroCache extends CompressedCache {
   protected select(
     prefill: readonly KvLayerCache[],
     captures: Captures,
+    layers: readonly number[],
   ): Promise<{ selections: HeadSelection[][]; owned: Buffer[] }> {
     const L = this.promptTokens;
     const K = this.kernels;
@@ -352,13 +353,14 @@ export class HeteroCache extends CompressedCache {
       wanted(pivots)(l).forEach((w, h) => w && topk(cmd, scores, l, h));
     let all: Int32Array;
     try {
-      this.scoreLayers(prefill, captures, last, pick(true), wanted(true));
+      this.scoreLayers(prefill, captures, last, pick(true), layers, wanted(true));
       if (W > 1) {
         this.scoreLayers(
           prefill,
           captures,
           { ...last, window: W, windowMode: "sum" },
           pick(false),
+          layers,
           wanted(false),
         );
       }
@@ -368,7 +370,10 @@ export class HeteroCache extends CompressedCache {
       throw e;
     }
     const rows = (l: number, h: number) => all.subarray(offsets[l][h], offsets[l][h] + slots[l][h]);
-    this.#pivots = this.#makePivots((l, p) => rows(l, p).slice(), (l, s) => rows(l, s));
+    // Layer by layer, each layer's pivots follow the earlier layers' (begin emptied the list).
+    this.#pivots.push(
+      ...this.#makePivots((l, p) => rows(l, p).slice(), (l, s) => rows(l, s), layers),
+    );
     const selections = slots.map((layer, l) =>
       layer.map((k, h): HeadSelection => {
         const role = this.roleOf(l, h);
@@ -384,11 +389,14 @@ export class HeteroCache extends CompressedCache {
   #makePivots(
     refOf: (layer: number, pivot: number) => Int32Array,
     keptOf: (layer: number, head: number) => ArrayLike<number>,
+    layers: readonly number[],
   ): PivotState[] {
     const out: PivotState[] = [];
+    const first = this.#pivots.length;
     const words = Math.ceil(this.promptTokens / 32);
     const logitsStride = this.#logitsStride;
     this.#profile.layers.forEach((layer, l) => {
+      if (!layers.includes(l)) return;
       const byIndex = layer.clusters.map((cl) => cl.pivot).sort((a, b) => a - b);
       layer.clusters.forEach((cl, i) => {
         const refPivot = this.#compat ? byIndex[i] : cl.pivot;
@@ -401,7 +409,7 @@ export class HeteroCache extends CompressedCache {
           ref: refOf(l, refPivot),
           scores: null,
           mask,
-          maskWord: out.length * words,
+          maskWord: (first + out.length) * words,
           logitsAt: i * logitsStride,
           refCoverage: null,
           refreshing: 0,
@@ -415,6 +423,7 @@ export class HeteroCache extends CompressedCache {
   /** Coverage trigger: after the decode caches exist, each layer's cache gets its watch. */
   override async endPrefill(captures: Captures): Promise<void> {
     await super.endPrefill(captures);
+    this.#allocDecodeBuffers();
     this.#setupWatch();
   }
 
@@ -538,14 +547,17 @@ export class HeteroCache extends CompressedCache {
     });
   }
 
-  protected override afterCompress(prefill: readonly KvLayerCache[]): Promise<void> {
+  protected override afterCompress(
+    prefill: readonly KvLayerCache[],
+    layers: readonly number[],
+  ): Promise<void> {
     const L = this.promptTokens;
     for (const p of this.#pivots) {
+      if (!layers.includes(p.layer)) continue;
       for (const s of p.satellites) {
         this.#store.capture(this.device, prefill[p.layer], p.layer, s, L, L + this.maxNew);
       }
     }
-    this.#allocDecodeBuffers();
     return Promise.resolve();
   }
 
