@@ -67,3 +67,36 @@ Deno.test("prompt matmul: synthetic Q4_K and Q8_0 models", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("prompt path, gpu variants: types the matmul shader does not decode take matvec", async () => {
+  // These once went to the tiled matmul under the gpu set, whose shader has no decoder for them,
+  // and came out as NaN logits.
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const [name, type] of [["Q5_0", GgmlType.Q5_0], ["IQ4_XS", GgmlType.IQ4_XS]] as const) {
+      const path = `${dir}/${name}.gguf`;
+      await writeSyntheticModel(path, {
+        dim: 256,
+        nLayers: 1,
+        nHeads: 4,
+        nKvHeads: 2,
+        ffnDim: 256,
+        vocabSize: 300,
+        contextLength: 128,
+        seed: 5,
+        weightType: type,
+      });
+      using source = await openModelSource(path);
+      const prompt = Array.from({ length: 40 }, (_, i) => 3 + ((i * 7919) % 297));
+      const ref = (await ReferenceModel.load(source, { kvF16: true })).forward(prompt, 0);
+      await using model = await loadModel(path, { variants: "gpu" });
+      using s = model.session({ contextTokens: prompt.length + 2 });
+      const out: Float32Array[] = [];
+      await s.teacherForce(prompt, [0], (_, l) => out.push(l.slice()));
+      const e = relError(out[0], ref);
+      assert.ok(e < 1e-2, `${name} under gpu variants: prompt logits off the reference by ${e}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

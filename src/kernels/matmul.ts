@@ -51,6 +51,16 @@ export const MATMUL_TEXEL_TILE = { rows: 32, tokensPerLane: 16 } as const;
 
 const TEXEL_TYPES = new Set<number>([GgmlType.F32, GgmlType.F16, GgmlType.BF16]);
 
+/** The types shaders/matmul.comp decodes (its dequant_unit has no case for the others, which
+ * would read garbage); the others take the matvec path. */
+const DECODED_TYPES = new Set<number>([
+  ...TEXEL_TYPES,
+  GgmlType.Q8_0,
+  GgmlType.Q4_0,
+  GgmlType.Q4_K,
+  GgmlType.Q6_K,
+]);
+
 /** Elements of one K step (one unit of the tile; every weight type's blocks divide it). */
 export const MATMUL_K_STEP = 32;
 
@@ -220,6 +230,7 @@ export class MatMul implements Disposable {
     xStride = cols,
     fit?: { rows: number; bufferBytes: number },
   ): boolean {
+    if (!DECODED_TYPES.has(this.type)) return false;
     if (!Number.isSafeInteger(cols) || cols <= 0 || cols % MATMUL_K_STEP !== 0) return false;
     if (cols % this.blockElems !== 0) return false;
     if (xStride % 4 !== 0 || xStride < cols) return false;
