@@ -36,6 +36,7 @@ import { Device, listDevices } from "../src/vk/mod.ts";
 import { HcError } from "../src/errors.ts";
 import type { Session } from "../src/engine/session.ts";
 import { SyntheticDecode } from "./synthetic_prompt.ts";
+import { runLlamaCppScript } from "./llamacpp_node.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
 const LLAMACPP = join(HERE, "llamacpp");
@@ -90,27 +91,15 @@ async function llamaCpp(
   promptTokens: number,
   decodeTokens: number,
 ): Promise<Omit<Row, "model" | "engine"> | string> {
-  // llama.cpp skips CPU Vulkan devices (lavapipe) unless they are named explicitly.
-  const env = {
-    GGML_VK_VISIBLE_DEVICES: Deno.env.get("GGML_VK_VISIBLE_DEVICES") ??
-      Deno.env.get("HC_VK_DEVICE") ?? "0",
-  };
-  const r = await new Deno.Command("node", {
-    args: [join(LLAMACPP, "run.mjs"), path, String(promptTokens), String(decodeTokens)],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const out = new TextDecoder().decode(r.stdout).trim().split("\n").pop() ?? "";
-  if (!r.success || !out.startsWith("{")) {
-    return `llama.cpp failed: ${
-      new TextDecoder().decode(r.stderr).trim().split("\n").slice(-3).join(" | ")
-    }`;
-  }
-  const j = JSON.parse(out);
+  const j = await runLlamaCppScript("run.mjs", [
+    path,
+    String(promptTokens),
+    String(decodeTokens),
+  ]);
+  if (typeof j === "string") return j;
   return {
-    prefillTokensPerSecond: j.prefillTokensPerSecond,
-    decodeTokensPerSecond: j.decodeTokensPerSecond,
+    prefillTokensPerSecond: j.prefillTokensPerSecond as number,
+    decodeTokensPerSecond: j.decodeTokensPerSecond as number,
   };
 }
 
@@ -377,22 +366,10 @@ async function llamaCppStep(
   context: number,
   steps: number,
 ): Promise<{ stepMs: number; meanMs: number; cells: number; fillMs: number } | string> {
-  const r = await new Deno.Command("node", {
-    args: [join(LLAMACPP, "step.mjs"), path, String(context), String(steps)],
-    env: {
-      GGML_VK_VISIBLE_DEVICES: Deno.env.get("GGML_VK_VISIBLE_DEVICES") ??
-        Deno.env.get("HC_VK_DEVICE") ?? "0",
-    },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const out = new TextDecoder().decode(r.stdout).trim().split("\n").pop() ?? "";
-  if (!r.success || !out.startsWith("{")) {
-    return `llama.cpp failed: ${
-      new TextDecoder().decode(r.stderr).trim().split("\n").slice(-2).join(" | ")
-    }`;
-  }
-  return JSON.parse(out);
+  const j = await runLlamaCppScript("step.mjs", [path, String(context), String(steps)]);
+  return typeof j === "string"
+    ? j
+    : (j as { stepMs: number; meanMs: number; cells: number; fillMs: number });
 }
 
 export interface SpeedOptions {

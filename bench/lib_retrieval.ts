@@ -23,6 +23,7 @@ import { HcError } from "../src/errors.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { uniformProfile } from "../src/cache/profile/profile_io.ts";
 import type { HeadProfile } from "../src/cache/profile/profile.ts";
+import { mulberry32 } from "../testing/rng.ts";
 
 export interface RetrievalModelSpec {
   /** Distinct keys (and values); default 16. */
@@ -120,17 +121,7 @@ export function gaussian(seed: number): () => number {
   };
 }
 
-/** mulberry32 in [0, 1). */
-export function uniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const uniform = mulberry32;
 
 function unitVector(n: number, g: () => number): number[] {
   const v = Array.from({ length: n }, g);

@@ -10,12 +10,8 @@
 import { parseArgs } from "node:util";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
-import {
-  ORACLE_GREEDY,
-  ORACLE_PROMPT,
-  ORACLE_VOCAB,
-  oracleTokens,
-} from "../testing/llamacpp_oracle.ts";
+import { runOracle } from "./llamacpp_oracle_run.ts";
+import { oracleTokens } from "../testing/llamacpp_oracle.ts";
 import {
   ARCH_CASE_NAMES,
   type ArchCase,
@@ -50,25 +46,7 @@ try {
     await writeSyntheticModel(path, archSpec(name, seed));
     models.push({ name, path });
   }
-  const jobPath = join(tmp, "job.json");
-  await Deno.writeTextFile(
-    jobPath,
-    JSON.stringify({
-      tokens,
-      prompt: ORACLE_PROMPT,
-      greedy: ORACLE_GREEDY,
-      vocab: ORACLE_VOCAB,
-      models,
-    }),
-  );
-  const out = await new Deno.Command("node", {
-    args: ["oracle.mjs", jobPath],
-    cwd: join(HERE, "llamacpp"),
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error("llama.cpp oracle failed (see above)");
-  const { llamaCpp, answers } = JSON.parse(new TextDecoder().decode(out.stdout));
+  const { llamaCpp, answers } = await runOracle(tmp, tokens, models);
   for (const name of names) {
     const a = answers[name];
     const clear = a.top.filter((t: number[]) => t[1] - t[3] >= 0.1).length;

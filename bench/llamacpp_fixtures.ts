@@ -11,11 +11,9 @@
 import { parseArgs } from "node:util";
 import { dirname, fromFileUrl, join } from "./paths.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
+import { runOracle } from "./llamacpp_oracle_run.ts";
 import {
-  ORACLE_GREEDY,
-  ORACLE_PROMPT,
   ORACLE_TYPES,
-  ORACLE_VOCAB,
   type OracleFixture,
   oracleSpec,
   oracleTokens,
@@ -38,25 +36,7 @@ try {
     await writeSyntheticModel(path, oracleSpec(type, seed));
     models.push({ name: type, path });
   }
-  const jobPath = join(tmp, "job.json");
-  await Deno.writeTextFile(
-    jobPath,
-    JSON.stringify({
-      tokens,
-      prompt: ORACLE_PROMPT,
-      greedy: ORACLE_GREEDY,
-      vocab: ORACLE_VOCAB,
-      models,
-    }),
-  );
-  const out = await new Deno.Command("node", {
-    args: ["oracle.mjs", jobPath],
-    cwd: join(HERE, "llamacpp"),
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error("llama.cpp oracle failed (see above)");
-  const { llamaCpp, answers } = JSON.parse(new TextDecoder().decode(out.stdout));
+  const { llamaCpp, answers } = await runOracle(tmp, tokens, models);
   const fixture: OracleFixture = {
     generator: "testing/llamacpp_oracle.ts via bench/llamacpp_fixtures.ts",
     seed,

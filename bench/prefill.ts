@@ -33,6 +33,7 @@ import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { join } from "node:path";
 import type { PrefillOrder } from "../src/cache/policy.ts";
 import { SHAPES } from "./decode.ts";
+import { runLlamaCppScript } from "./llamacpp_node.ts";
 
 const LLAMACPP = join(new URL(".", import.meta.url).pathname, "llamacpp");
 
@@ -109,23 +110,8 @@ async function llamaCppPrefill(
   } catch {
     return "node-llama-cpp not installed (npm install in bench/llamacpp)";
   }
-  // llama.cpp skips CPU Vulkan devices (lavapipe) unless they are named explicitly.
-  const env = {
-    GGML_VK_VISIBLE_DEVICES: Deno.env.get("GGML_VK_VISIBLE_DEVICES") ??
-      Deno.env.get("HC_VK_DEVICE") ?? "0",
-  };
-  const r = await new Deno.Command("node", {
-    args: [join(LLAMACPP, "prefill.mjs"), path, String(tokens), backend],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const out = new TextDecoder().decode(r.stdout).trim().split("\n").pop() ?? "";
-  if (!r.success || !out.startsWith("{")) {
-    const err = new TextDecoder().decode(r.stderr).trim().split("\n").slice(-2).join(" | ");
-    return `failed: ${err.slice(0, 200)}`;
-  }
-  return JSON.parse(out).prefillMs as number;
+  const j = await runLlamaCppScript("prefill.mjs", [path, String(tokens), backend]);
+  return typeof j === "string" ? j : j.prefillMs as number;
 }
 
 async function llamaCppAll(

@@ -13,6 +13,7 @@ import { type GgufValue, GgufValueType } from "../src/gguf/reader.ts";
 import type { GgufTypedValue } from "./gguf_writer.ts";
 import { byteEncode } from "../src/model/tokenizer/bpe.ts";
 import { PreTokenizer, preTokenizerSpec } from "../src/model/tokenizer/pretokenize.ts";
+import { mulberry32 } from "./rng.ts";
 
 export const VOCAB_DIR = new URL("../../shared/models/ggml-vocab/", import.meta.url);
 
@@ -110,17 +111,7 @@ export const GEMMA_EXTRA_TOKENS: readonly [string, number][] = [
 
 export const RANDOM_CASES = 64;
 
-/** mulberry32: small, seedable, the same in every runtime. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const rng = mulberry32;
 
 /** Runs of one kind each; a case strings several together, so the kinds meet at the joins. */
 const POOLS: readonly (readonly string[])[] = [

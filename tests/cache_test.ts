@@ -3,6 +3,7 @@ import { loadModel } from "../mod.ts";
 import type { LoadedModel } from "../src/engine/model.ts";
 import type { CacheOptions } from "../src/cache/mod.ts";
 import {
+  changedRows,
   coverageShare,
   type HeteroCache,
   rankByScore,
@@ -10,6 +11,7 @@ import {
 import type { HeadRole } from "../src/cache/profile/profile.ts";
 import { uniformProfile } from "../src/cache/profile/profile_io.ts";
 import { satelliteRefresh } from "../testing/reference_cache.ts";
+import { copyRuns } from "../src/cache/heterocache/retrieval.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { relError, sharedPath } from "./helpers.ts";
 import { SyntheticDecode } from "../bench/synthetic_prompt.ts";
@@ -127,12 +129,18 @@ for (const compat of [false, true]) {
         Array.from(expected),
         `layer ${r.layer} head ${r.head} positions`,
       );
+      // A refresh moves only the rows that change: device row i holds position held[i].
+      assert.deepEqual(
+        Array.from(r.held).sort((a, b) => a - b),
+        Array.from(r.positions),
+        `layer ${r.layer} head ${r.head} held rows`,
+      );
       const dev = policy.caches[r.layer].location(r.head, 0);
       const ref = full.policy.caches[r.layer].location(r.head, 0);
       for (const side of ["k", "v"] as const) {
         const got = model.device.download(dev[side], dev.byteOffset, r.positions.length * rowBytes);
         const all = model.device.download(ref[side], ref.byteOffset, prompt.length * rowBytes);
-        r.positions.forEach((p, i) => {
+        r.held.forEach((p, i) => {
           assert.deepEqual(
             got.subarray(i * rowBytes, (i + 1) * rowBytes),
             all.subarray(p * rowBytes, (p + 1) * rowBytes),
@@ -400,6 +408,33 @@ Deno.test("a refresh is read by the next step in compat, one step later by defau
   assert.ok(slowGathers >= slow.log.length, `${slowGathers} slow gathers`); // the last may land after the end
   assert.deepEqual(slow.log, late.log);
   assert.equal(slow.text, late.text);
+});
+
+Deno.test("a refresh moves only the rows that change; copies go by runs of rows", () => {
+  const held = new Uint32Array([10, 3, 7, 20, 5]);
+  const next = new Uint32Array([3, 5, 8, 9, 20]);
+  const m = changedRows(held, next);
+  // 10 (row 0) and 7 (row 2) leave; 8 and 9 take rows 0 and 2; the rest stay.
+  assert.deepEqual(Array.from(m.positions), [8, 9]);
+  assert.deepEqual(Array.from(m.rows!), [0, 2]);
+  assert.deepEqual(Array.from(m.held), [8, 3, 9, 20, 5]);
+  assert.deepEqual(Array.from(changedRows(m.held, next).positions), []);
+  // Unknown rows (or another count): every row, ascending.
+  for (const h of [null, new Uint32Array([1, 2])]) {
+    const all = changedRows(h, next);
+    assert.deepEqual([Array.from(all.positions), all.rows, Array.from(all.held)], [
+      [3, 5, 8, 9, 20],
+      null,
+      [3, 5, 8, 9, 20],
+    ]);
+  }
+  assert.deepEqual(copyRuns(new Uint32Array([0, 1, 2, 7, 9, 10]), 6, 4, 100, 1000), [
+    [100, 1000, 12],
+    [112, 1028, 4],
+    [116, 1036, 8],
+  ]);
+  assert.deepEqual(copyRuns(null, 3, 4, 0, 8), [[0, 8, 12]]);
+  assert.deepEqual(copyRuns(new Uint32Array(0), 0, 4, 0, 8), []);
 });
 
 Deno.test("rankByScore orders as the kernel does: score descending, NaN lowest, ties by position", () => {

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { HcError } from "../src/errors.ts";
 import { openGguf, parseGgufHeader } from "../src/gguf/reader.ts";
+import { mulberry32 } from "../testing/rng.ts";
 
 const MODEL = new URL("../../shared/models/stories260K.gguf", import.meta.url);
 
@@ -16,17 +17,7 @@ async function loadModel(): Promise<Uint8Array> {
   }
 }
 
-/** mulberry32: small, seeded, good enough to pick mutations reproducibly. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = mulberry32;
 
 /** Offsets of every u64 count/length field and u32 type field in a GGUF v3 header. */
 function headerFields(b: Uint8Array): { u64s: number[]; u32s: number[] } {

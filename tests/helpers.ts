@@ -1,5 +1,6 @@
 /** Shared test helpers: paths of the real models beside the checkout, seeded random data. */
 import { existsSync } from "node:fs";
+import { mulberry32 } from "../testing/rng.ts";
 
 /** Absolute path of a file in ../shared (beside the checkout); fails loudly when missing. */
 export function sharedPath(rel: string): string {
@@ -12,17 +13,7 @@ export function sharedPath(rel: string): string {
   return path;
 }
 
-/** mulberry32: small, fast, seedable; good enough for test data. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const rng = mulberry32;
 
 /** Random floats in [-scale, scale). */
 export function randomF32(n: number, seed: number, scale = 1): Float32Array {

@@ -13,9 +13,9 @@
 import assert from "node:assert/strict";
 import { loadModel } from "../mod.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
+import { compareWithOracle } from "../testing/llamacpp_compare.ts";
 import {
   ORACLE_GREEDY,
-  ORACLE_PROMPT,
   ORACLE_TYPES,
   type OracleFixture,
   oracleSpec,
@@ -24,15 +24,6 @@ import {
 
 const FIXTURE = new URL("./fixtures/llamacpp_weight_types.json", import.meta.url);
 const fixture: OracleFixture = JSON.parse(await Deno.readTextFile(FIXTURE));
-const CLEAR = 0.1;
-
-function softmaxTop(logits: Float32Array): { token: number; p: number } {
-  let best = 0;
-  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-  let z = 0;
-  for (const v of logits) z += Math.exp(v - logits[best]);
-  return { token: best, p: 1 / z };
-}
 
 Deno.test("the fixture is the one its seed generates", () => {
   assert.deepEqual(fixture.tokens, oracleTokens(fixture.seed));
@@ -47,53 +38,25 @@ for (const type of ORACLE_TYPES) {
     try {
       await writeSyntheticModel(path, oracleSpec(type, fixture.seed));
       await using model = await loadModel(path);
-      using s = model.session({ contextTokens: 256 });
-      const tokens = fixture.tokens;
-      const ours: { token: number; p: number }[] = [];
-      await s.teacherForce(tokens.slice(0, 1), [...tokens.slice(1), 0], (_, l) => {
-        ours.push(softmaxTop(l));
-      });
-      let clear = 0, agree = 0, worstP = 0, sumP = 0;
-      answer.top.forEach(([t1, p1, , p2], i) => {
-        if (p1 - p2 < CLEAR) return;
-        clear++;
-        if (ours[i].token === t1) agree++;
-        worstP = Math.max(worstP, Math.abs(ours[i].p - p1));
-        sumP += Math.abs(ours[i].p - p1);
-      });
-      const meanP = sumP / clear;
-      const what = `${type}: top-1 agrees at ${agree}/${clear} clear positions, top-1 ` +
-        `probability gap mean ${meanP.toFixed(4)}, worst ${worstP.toFixed(4)}`;
-      assert.ok(clear >= 64, `${type}: only ${clear} clear positions in the fixture`);
-      assert.ok(agree >= Math.ceil(0.99 * clear), what);
+      const r = await compareWithOracle(model, fixture.tokens, answer);
+      const what = `${type}: ${r.summary}`;
+      assert.ok(r.clear >= 64, `${type}: only ${r.clear} clear positions in the fixture`);
+      assert.ok(r.agree >= Math.ceil(0.99 * r.clear), what);
       // The issue asks for 0.02 at every position. The plain types meet it; quantized ones
       // do only on average: llama.cpp rounds activations to 8 bits before each quantized
       // product (Q8_0 and the K types, whose layouts are otherwise verified, miss it alike),
       // which moves a peaked top-1 probability by up to ~0.07 here.
       const plain = type === "F32" || type === "F16" || type === "BF16";
-      assert.ok(plain ? worstP <= 0.02 : meanP <= 0.02 && worstP <= 0.1, what);
-
-      const greedy: number[] = [];
-      for await (
-        const piece of s.generate(tokens.slice(0, ORACLE_PROMPT), {
-          maxTokens: ORACLE_GREEDY,
-          temperature: 0,
-          ignoreEos: true,
-        })
-      ) greedy.push(piece.token);
+      assert.ok(plain ? r.worstP <= 0.02 : r.meanP <= 0.02 && r.worstP <= 0.1, what);
       // Past llama.cpp's first greedy near-tie either engine may take the other branch.
-      let firm = answer.greedyMargin.findIndex((m) => m < CLEAR);
-      if (firm < 0) firm = ORACLE_GREEDY;
-      let same = 0;
-      while (same < greedy.length && greedy[same] === answer.greedy[same]) same++;
       assert.ok(
-        same >= firm,
-        `${type}: greedy continuation equals llama.cpp's for ${same} of ${ORACLE_GREEDY} ` +
-          `tokens, before its first near-tie at step ${firm} (ours ${
-            greedy.slice(0, same + 2)
-          }, llama.cpp ${answer.greedy.slice(0, same + 2)})`,
+        r.greedySame >= r.firstNearTie,
+        `${type}: greedy continuation equals llama.cpp's for ${r.greedySame} of ${ORACLE_GREEDY} ` +
+          `tokens, before its first near-tie at step ${r.firstNearTie} (ours ${
+            r.ours.slice(0, r.greedySame + 2)
+          }, llama.cpp ${answer.greedy.slice(0, r.greedySame + 2)})`,
       );
-      console.log(`${what}; greedy equal for ${same}/${ORACLE_GREEDY} (first near-tie ${firm})`);
+      console.log(what);
     } finally {
       await Deno.remove(path);
     }

@@ -97,7 +97,10 @@ export interface RefreshRecord {
   /** Caps of the cluster's satellites, in satellite order, and this head's index there. */
   caps: number[];
   index: number;
+  /** The positions the satellite holds after this refresh, ascending. */
   positions: Uint32Array;
+  /** The position each of its device rows holds after it (rows move only where they change). */
+  held: Uint32Array;
   /** The pivot's pooled, group-maxed scores row (last buffered query) the positions came from. */
   scores: Float32Array;
 }
@@ -121,6 +124,10 @@ interface PivotState {
   refreshing: number;
   /** The share the last refresh aimed at: the selecting query's (pooled) mass on its rows. */
   expectedCoverage: number;
+  /** Per satellite (in `satellites` order), the prompt position each of its device rows holds
+   * once the refreshes started so far have landed (a refresh moves only the rows that change);
+   * null where unknown (a session file without it): the next refresh rewrites every row. */
+  held: (Uint32Array | null)[];
 }
 
 export class HeteroCache extends CompressedCache {
@@ -414,6 +421,8 @@ export class HeteroCache extends CompressedCache {
           refCoverage: null,
           refreshing: 0,
           expectedCoverage: 0,
+          // The compressed cache holds the kept rows in selection (ascending) order.
+          held: cl.satellites.map((s) => Uint32Array.from(keptOf(l, s))),
         });
       });
     });
@@ -593,6 +602,11 @@ export class HeteroCache extends CompressedCache {
         blobs.push(h.k.slice(0, h.rows * rowBytes), h.v.slice(0, h.rows * rowBytes));
       }
     }
+    // Which position each satellite's device rows hold: a blob each, then the queries.
+    const held = this.#pivots.flatMap((p) => p.held.map((h) => h !== null));
+    for (const p of this.#pivots) {
+      for (const h of p.held) if (h) blobs.push(new Uint8Array(h.slice().buffer));
+    }
     const q = this.#queryView;
     if (q) blobs.push(new Uint8Array(q.buffer.slice(q.byteOffset, q.byteOffset + q.byteLength)));
     return {
@@ -600,6 +614,7 @@ export class HeteroCache extends CompressedCache {
       caps: this.#caps,
       buffered: this.#buffered,
       queries: q !== null,
+      held,
       host,
       pivots: this.#pivots.map((p) => ({
         layer: p.layer,
@@ -647,6 +662,7 @@ export class HeteroCache extends CompressedCache {
         // so the next check sees it as landed, as the saved session's would have.
         refreshing: p.refreshing === true ? -1 : 0,
         expectedCoverage: share(p.expectedCoverage, "expectedCoverage"),
+        held: [],
       };
     });
     const inLayer = new Map<number, number>();
@@ -671,6 +687,23 @@ export class HeteroCache extends CompressedCache {
       this.#store.restore(layer, head, k, v, rows, Math.max(rows, L + this.maxNew));
     }
     this.#allocDecodeBuffers();
+    // Files without the held rows (or a satellite without them): its next refresh rewrites
+    // every row.
+    const held = Array.isArray(e.held) ? e.held : [];
+    let k = 0;
+    for (const p of this.#pivots) {
+      p.held = p.satellites.map((s) => {
+        if (held[k++] !== true) return null;
+        const b = blobs[at++];
+        const cap = this.#caps[p.layer][s];
+        if (!b || b.byteLength !== cap * 4) {
+          throw badState(`held rows of layer ${p.layer} head ${s}`);
+        }
+        const rows = new Uint32Array(b.slice().buffer);
+        if (rows.some((r) => r >= L)) throw badState(`held rows of layer ${p.layer} head ${s}`);
+        return rows;
+      });
+    }
     if (e.queries === true) {
       const q = blobs[at++];
       if (!q || q.byteLength !== this.#queryView!.byteLength) throw badState("buffered queries");
@@ -1002,9 +1035,10 @@ export class HeteroCache extends CompressedCache {
         : takeByScore(top, row!, e.caps);
       const mask = this.#trigger.kind === "coverage" ? new Uint32Array(e.p.mask.length) : null;
       e.p.satellites.forEach((s, j) => {
-        const take = e.caps[j];
         const positions = taken[j];
         if (mask) markRows(mask, positions);
+        const moved = changedRows(e.p.held[j], positions);
+        e.p.held[j] = moved.held;
         if (this.#record) {
           this.refreshLog.push({
             layer: e.p.layer,
@@ -1013,12 +1047,19 @@ export class HeteroCache extends CompressedCache {
             caps: e.caps,
             index: j,
             positions,
+            held: moved.held.slice(),
             scores: row!.slice(), // the readback is reused by the next selection
           });
         }
-        // A satellite whose budget rounds to zero rows has nothing to refresh.
-        if (take > 0) {
-          jobs.push({ layer: e.p.layer, head: s, positions, host: this.#store.head(e.p.layer, s) });
+        // Nothing to move where no row changes (or the budget rounds to zero rows).
+        if (moved.positions.length > 0) {
+          jobs.push({
+            layer: e.p.layer,
+            head: s,
+            positions: moved.positions,
+            rows: moved.rows,
+            host: this.#store.head(e.p.layer, s),
+          });
         }
       });
       if (mask) {
@@ -1059,6 +1100,30 @@ export class HeteroCache extends CompressedCache {
     this.#store.clear();
     super[Symbol.dispose]();
   }
+}
+
+/**
+ * A refresh that moves only what changes: a satellite's device rows hold `held` (row i holds
+ * position held[i]; null: unknown, so every row is rewritten in ascending order) and must come to
+ * hold the positions `next` (ascending, as many). The positions that enter take, in ascending
+ * order, the rows of those that leave, in ascending row order; the rest stay where they are.
+ */
+export function changedRows(
+  held: Uint32Array | null,
+  next: Uint32Array,
+): { positions: Uint32Array; rows: Uint32Array | null; held: Uint32Array } {
+  if (held === null || held.length !== next.length) {
+    return { positions: next, rows: null, held: next.slice() };
+  }
+  const wanted = new Set(next);
+  const kept = new Set<number>();
+  const free: number[] = [];
+  held.forEach((p, i) => (wanted.has(p) ? kept.add(p) : free.push(i)));
+  const positions = next.filter((p) => !kept.has(p));
+  const rows = Uint32Array.from(free);
+  const out = held.slice();
+  positions.forEach((p, k) => (out[rows[k]] = p));
+  return { positions, rows, held: out };
 }
 
 /** Sets the bits of `rows` (prompt positions) in a row mask. */

@@ -1,7 +1,8 @@
 /**
  * Drift-triggered retrieval: rows of the host KV store are gathered into a staging buffer on a
  * native thread (the JS thread and the device keep working), then one copy on the transfer queue
- * moves them into the satellites' device rows [0, n). The decode step that first reads them
+ * moves them into the satellites' device rows (only the rows that change: a refresh names the
+ * device row each gathered position replaces). The decode step that first reads them
  * waits for that copy's timeline value, and nothing else waits. Each refresh in flight owns its
  * own staging slot, so two refreshes never share one (docs/algorithm.md §9.4).
  *
@@ -20,8 +21,10 @@ import type { HostHead } from "./host_store.ts";
 export interface RefreshJob {
   layer: number;
   head: number;
-  /** Prompt positions, ascending, that become the head's rows 0..n-1. */
+  /** Prompt positions to gather, ascending. */
   positions: Uint32Array;
+  /** The device row each of them lands in (ascending with them); null: rows 0..n-1. */
+  rows: Uint32Array | null;
   host: HostHead;
 }
 
@@ -196,12 +199,13 @@ export class Retrieval implements Disposable {
     cmd.begin();
     let at = 0;
     for (const j of jobs) {
-      const bytes = j.positions.length * this.#rowBytes;
+      const n = j.positions.length;
       const dst = caches[j.layer].location(j.head, 0);
-      cmd.copy(slot.staging, dst.k, [[at, dst.byteOffset, bytes]]);
-      at += bytes;
-      cmd.copy(slot.staging, dst.v, [[at, dst.byteOffset, bytes]]);
-      at += bytes;
+      for (const side of [dst.k, dst.v]) {
+        const runs = copyRuns(j.rows, n, this.#rowBytes, at, dst.byteOffset);
+        if (runs.length) cmd.copy(slot.staging, side, runs);
+        at += n * this.#rowBytes;
+      }
     }
     for (const t of tails) cmd.copy(slot.staging, t.dst, [[t.at, t.dstOffset, t.bytes]]);
     cmd.end();
@@ -269,4 +273,25 @@ export class Retrieval implements Disposable {
 
 function align4(n: number): number {
   return Math.ceil(n / 4) * 4;
+}
+
+/** Copy regions [src, dst, bytes] moving n staged rows (from byte `src`) into device rows `rows`
+ * (ascending; null: 0..n-1) from byte `dst`, one region per run of consecutive rows. */
+export function copyRuns(
+  rows: Uint32Array | null,
+  n: number,
+  rowBytes: number,
+  src: number,
+  dst: number,
+): [number, number, number][] {
+  if (n === 0) return [];
+  if (rows === null) return [[src, dst, n * rowBytes]];
+  const out: [number, number, number][] = [];
+  for (let i = 0; i < n;) {
+    let k = i + 1;
+    while (k < n && rows[k] === rows[k - 1] + 1) k++;
+    out.push([src + i * rowBytes, dst + rows[i] * rowBytes, (k - i) * rowBytes]);
+    i = k;
+  }
+  return out;
 }
