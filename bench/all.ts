@@ -65,9 +65,9 @@ if (import.meta.main) {
   const quick = !values.full;
   const write = values.write ?? false;
   const t0 = performance.now();
-  // The decode sweep first, in a young process: after the other sections' sessions, garbage
-  // collection landed on its refresh steps (hc every 5 at 1K-4K: 24 ms mean steps beside 16 ms,
-  // where a fresh process measured 17 ms beside 16 ms).
+  // The decode sweep first, in a young process: after the other sections' sessions its refresh
+  // steps met single slow steps (hc every 5 at 1K-4K: 24 ms mean steps beside 16 ms, where a
+  // fresh process measured 17 ms beside 16 ms; likely garbage collection of their heap).
   const speed = await runSpeed({ quick, write });
   const fidelity = await runFidelity({ quick, resultName: write ? "fidelity.json" : null });
   const retrieval = await runRetrieval({

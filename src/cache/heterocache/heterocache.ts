@@ -1115,15 +1115,31 @@ export function changedRows(
   if (held === null || held.length !== next.length) {
     return { positions: next, rows: null, held: next.slice() };
   }
-  const wanted = new Set(next);
-  const kept = new Set<number>();
-  const free: number[] = [];
-  held.forEach((p, i) => (wanted.has(p) ? kept.add(p) : free.push(i)));
-  const positions = next.filter((p) => !kept.has(p));
-  const rows = Uint32Array.from(free);
+  // Bit masks over the positions, not hash sets: a refresh at long context compares tens of
+  // thousands of rows per satellite.
+  let top = 0;
+  for (let i = 0; i < held.length; i++) top = Math.max(top, held[i], next[i]);
+  const wanted = new Uint32Array((top >>> 5) + 1);
+  markRows(wanted, next);
+  const kept = new Uint32Array(wanted.length);
+  const free = new Uint32Array(held.length);
+  let nFree = 0;
+  for (let i = 0; i < held.length; i++) {
+    const p = held[i];
+    if ((wanted[p >>> 5] >>> (p & 31)) & 1) kept[p >>> 5] |= 1 << (p & 31);
+    else free[nFree++] = i;
+  }
+  const positions = new Uint32Array(nFree);
   const out = held.slice();
-  positions.forEach((p, k) => (out[rows[k]] = p));
-  return { positions, rows, held: out };
+  for (let i = 0, k = 0; i < next.length; i++) {
+    const p = next[i];
+    if (((kept[p >>> 5] >>> (p & 31)) & 1) === 0) {
+      positions[k] = p;
+      out[free[k]] = p;
+      k++;
+    }
+  }
+  return { positions, rows: free.slice(0, nFree), held: out };
 }
 
 /** Sets the bits of `rows` (prompt positions) in a row mask. */
