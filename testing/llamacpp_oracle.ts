@@ -10,6 +10,7 @@
  */
 import { GgmlType } from "../src/gguf/types.ts";
 import type { SyntheticSpec } from "./synthetic_model.ts";
+import { mulberry32 } from "./rng.ts";
 
 /** The weight types the fixtures cover, by ggml name. */
 export const ORACLE_TYPES = [
@@ -40,16 +41,7 @@ export const ORACLE_PROMPT = 8;
 /** How much larger than 1/sqrt(dim) the output projection's values are. */
 const OUTPUT_GAIN = 6;
 
-/** mulberry32, seeded. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 /** The model spec of one weight type (every matrix and the embedding in that type). */
 export function oracleSpec(type: OracleType, seed: number): SyntheticSpec {

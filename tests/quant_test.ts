@@ -20,17 +20,9 @@ import {
   quantize,
   rowBytes,
 } from "../src/model/quant/mod.ts";
+import { mulberry32 } from "../testing/rng.ts";
 
-/** mulberry32: a tiny seeded PRNG so every run sees the same "random" data. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 function gaussian(n: number, seed: number): Float32Array {
   const r = rng(seed);

@@ -118,7 +118,8 @@ interface PivotState {
    * the refresh in flight (its Retrieval sequence number; 0: none). */
   mask: Uint32Array;
   maskWord: number;
-  /** Float offset of its logits ([G][prompt]) in its layer's watch logits buffer. */
+  /** Float offset of its logits ([G][prompt]) in its layer's watch logits buffer (set with
+   * the watch). */
   logitsAt: number;
   refCoverage: number | null;
   refreshing: number;
@@ -401,7 +402,6 @@ export class HeteroCache extends CompressedCache {
     const out: PivotState[] = [];
     const first = this.#pivots.length;
     const words = Math.ceil(this.promptTokens / 32);
-    const logitsStride = this.#logitsStride;
     this.#profile.layers.forEach((layer, l) => {
       if (!layers.includes(l)) return;
       const byIndex = layer.clusters.map((cl) => cl.pivot).sort((a, b) => a - b);
@@ -417,7 +417,7 @@ export class HeteroCache extends CompressedCache {
           scores: null,
           mask,
           maskWord: (first + out.length) * words,
-          logitsAt: i * logitsStride,
+          logitsAt: 0,
           refCoverage: null,
           refreshing: 0,
           expectedCoverage: 0,
@@ -478,10 +478,12 @@ export class HeteroCache extends CompressedCache {
       Math.max(16, coverage ? this.#pivots.length * words * 4 : 0),
     );
     this.#watchOut = this.device.buffer(c.nLayers * c.nHeads * 4 * 4, "readback");
-    this.#watchLogits = this.caches.map((_, l) => {
-      const n = coverage ? 0 : this.#pivots.filter((p) => p.layer === l).length;
-      return n ? this.device.buffer(n * this.#logitsStride * 4) : null;
-    });
+    // A layer's pivots' logits side by side, in pivot order.
+    const inLayer = this.caches.map(() => 0);
+    for (const p of this.#pivots) p.logitsAt = inLayer[p.layer]++ * this.#logitsStride;
+    this.#watchLogits = inLayer.map((n) =>
+      n && !coverage ? this.device.buffer(n * this.#logitsStride * 4) : null
+    );
     this.#noLogits ??= this.device.buffer(16);
     if (coverage) {
       const masks = new Uint32Array(this.#pivots.length * words);
@@ -656,7 +658,7 @@ export class HeteroCache extends CompressedCache {
         scores: null,
         mask: Uint32Array.from(mask),
         maskWord: stateInt(p.maskWord, `pivot ${i} maskWord`),
-        logitsAt: 0, // set below
+        logitsAt: 0,
         refCoverage: p.refCoverage === null ? null : share(p.refCoverage, "refCoverage"),
         // A landed refresh the trigger has not looked at yet: no Retrieval slot has seq -1,
         // so the next check sees it as landed, as the saved session's would have.
@@ -665,12 +667,6 @@ export class HeteroCache extends CompressedCache {
         held: [],
       };
     });
-    const inLayer = new Map<number, number>();
-    for (const p of this.#pivots) {
-      const i = inLayer.get(p.layer) ?? 0;
-      p.logitsAt = i * this.#logitsStride;
-      inLayer.set(p.layer, i + 1);
-    }
     if (!Array.isArray(e.host)) throw badState("host store malformed");
     let at = first;
     const rowBytes = this.#store.rowBytes;

@@ -40,24 +40,32 @@ export class HostKvStore {
     promptTokens: number,
     capacityRows: number,
   ): void {
-    const bytes = capacityRows * this.rowBytes;
-    if (this.#bytes + 2 * bytes > MAX_HOST_BYTES) {
-      throw new HcError(
-        "E_VK_OOM",
-        `the host KV store would exceed ${MAX_HOST_BYTES / 2 ** 30} GiB`,
-      );
-    }
     const at = cache.location(head, 0);
-    const k = new Uint8Array(bytes);
-    const v = new Uint8Array(bytes);
-    k.set(device.download(at.k, at.byteOffset, promptTokens * this.rowBytes));
-    v.set(device.download(at.v, at.byteOffset, promptTokens * this.rowBytes));
-    this.#heads.set(`${layer}/${head}`, { k, v, rows: promptTokens });
-    this.#bytes += 2 * bytes;
+    const n = promptTokens * this.rowBytes;
+    this.#put(
+      layer,
+      head,
+      device.download(at.k, at.byteOffset, n),
+      device.download(at.v, at.byteOffset, n),
+      promptTokens,
+      capacityRows,
+    );
   }
 
   /** Takes saved rows of (layer, head), with capacity for `capacityRows` in all. */
   restore(
+    layer: number,
+    head: number,
+    k: Uint8Array,
+    v: Uint8Array,
+    rows: number,
+    capacityRows: number,
+  ): void {
+    this.#put(layer, head, k, v, rows, capacityRows);
+  }
+
+  /** Stores the first `rows` rows of k and v for (layer, head) in arrays of `capacityRows`. */
+  #put(
     layer: number,
     head: number,
     k: Uint8Array,
