@@ -6,7 +6,7 @@ import {
   changedRows,
   coverageShare,
   type HeteroCache,
-  rankByScore,
+  takeByScore,
 } from "../src/cache/heterocache/heterocache.ts";
 import type { HeadRole } from "../src/cache/profile/profile.ts";
 import { uniformProfile } from "../src/cache/profile/profile_io.ts";
@@ -437,15 +437,36 @@ Deno.test("a refresh moves only the rows that change; copies go by runs of rows"
   assert.deepEqual(copyRuns(new Uint32Array(0), 0, 4, 0, 8), []);
 });
 
-Deno.test("rankByScore orders as the kernel does: score descending, NaN lowest, ties by position", () => {
+Deno.test("takeByScore takes as the kernel ranks: score descending, NaN lowest, ties by position", () => {
   const row = new Float32Array([0.5, NaN, 0.5, -1, 0, -0, 3e-39, Infinity, -Infinity, 0.25]);
-  const positions = new Uint32Array([9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
-  assert.deepEqual(Array.from(rankByScore(positions, row)), [7, 0, 2, 9, 6, 4, 5, 3, 8, 1]);
-  // Against a comparator sort on random rows with many ties.
+  const all10 = new Uint32Array(10).map((_, i) => i);
+  // Ranked: 7, 0, 2, 9, 6, 4, 5, 3, 8, 1.
+  assert.deepEqual(
+    takeByScore(all10, row, [0, 1, 3, 6, 7, 9, 10, 12]).map((t) => Array.from(t)),
+    [[], [7], [0, 2, 7], [0, 2, 4, 6, 7, 9], [0, 2, 4, 5, 6, 7, 9], [0, 2, 3, 4, 5, 6, 7, 8, 9], [
+      0,
+      1,
+      2,
+      3,
+      4,
+      5,
+      6,
+      7,
+      8,
+      9,
+    ], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]],
+  );
+  // Against a comparator sort on random rows with many ties (and negative scores), on a subset
+  // of the positions as the top-k kernel hands them over.
   let seed = 7;
   const rnd = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32;
   const big = new Float32Array(5000).map(() => Math.round(rnd() * 50) / 50 - 0.2);
-  const all = new Uint32Array(5000).map((_, i) => i);
-  const want = Array.from(all).sort((x, y) => big[y] - big[x] || x - y);
-  assert.deepEqual(Array.from(rankByScore(all, big)), want);
+  const top = new Uint32Array(5000).map((_, i) => i).filter(() => rnd() < 0.7);
+  const ranked = Array.from(top).sort((x, y) => big[y] - big[x] || x - y);
+  const caps = [1, 17, 500, 1234, 2000, top.length - 1];
+  const got = takeByScore(top, big, caps);
+  caps.forEach((cap, i) => {
+    const want = ranked.slice(0, cap).sort((x, y) => x - y);
+    assert.deepEqual(Array.from(got[i]), want, `cap ${cap}`);
+  });
 });
