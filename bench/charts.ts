@@ -319,7 +319,7 @@ export function speedCharts(r: {
     const series = [...groupBy(cells, (c) => c.engine)].map(([engine, cs]): Series => ({
       name: engine,
       // llama.cpp is the external baseline, not one of our engines: dashed sets it apart.
-      dashed: engine === "llama.cpp",
+      dashed: engine.startsWith("llama.cpp"),
       points: cs.map((c) => [c.context, c.stepMs === null ? NaN : c.meanMs ?? c.stepMs]),
     }));
     const svg = lineChart({

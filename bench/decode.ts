@@ -1,6 +1,7 @@
 /**
  * `deno task bench:decode`: decode speed, two ways, each side by side with llama.cpp
- * (node-llama-cpp's prebuilt Vulkan build, run under Node) on the same Vulkan device.
+ * (node-llama-cpp's prebuilt build, run under Node) with its CPU backend, the peer a user of a
+ * GPU-less machine picks, and with its Vulkan backend on the same Vulkan device as ours.
  *
  * 1. The context sweep (`runSpeed`): median decode step time of each cache policy at contexts
  *    1K..64K on synthetic models with real attention shapes (Llama-3.1-8B's 32 query / 8 KV
@@ -41,9 +42,17 @@ import { runLlamaCppScript } from "./llamacpp_node.ts";
 const HERE = dirname(fromFileUrl(import.meta.url));
 const LLAMACPP = join(HERE, "llamacpp");
 
+/** llama.cpp's backends, each beside our engine: its CPU backend, and its Vulkan backend on
+ * the device ours runs on (on a GPU-less machine: lavapipe, which llama.cpp takes only when
+ * named, see llamacpp_node.ts). */
+export const LLAMACPP_BACKENDS = ["cpu", "vulkan"] as const;
+type LlamaCppBackend = (typeof LLAMACPP_BACKENDS)[number];
+const llamaCppEngine = (b: LlamaCppBackend) => `llama.cpp ${b}`;
+
 interface Row {
   model: string;
-  engine: "heterocache-vk" | "llama.cpp";
+  /** "heterocache-vk" or llamaCppEngine(backend). */
+  engine: string;
   prefillTokensPerSecond: number;
   decodeTokensPerSecond: number;
 }
@@ -90,11 +99,13 @@ async function llamaCpp(
   path: string,
   promptTokens: number,
   decodeTokens: number,
+  backend: LlamaCppBackend,
 ): Promise<Omit<Row, "model" | "engine"> | string> {
   const j = await runLlamaCppScript("run.mjs", [
     path,
     String(promptTokens),
     String(decodeTokens),
+    backend,
   ]);
   if (typeof j === "string") return j;
   return {
@@ -150,12 +161,13 @@ export async function runThroughput(
         engine: "heterocache-vk",
         ...(await ours(path, promptTokens, decodeTokens)),
       });
-      const l = await llamaCpp(path, promptTokens, decodeTokens);
-      rows.push(
-        typeof l === "string"
-          ? { model: name, engine: "llama.cpp", error: l }
-          : { model: name, engine: "llama.cpp", ...l },
-      );
+      for (const b of LLAMACPP_BACKENDS) {
+        const l = await llamaCpp(path, promptTokens, decodeTokens, b);
+        const engine = llamaCppEngine(b);
+        rows.push(
+          typeof l === "string" ? { model: name, engine, error: l } : { model: name, engine, ...l },
+        );
+      }
     }
   } finally {
     await Deno.remove(tmp, { recursive: true });
@@ -164,24 +176,26 @@ export async function runThroughput(
   const lines = [
     `Prompt ${promptTokens} tokens, ${decodeTokens} greedy tokens, full KV cache, on ${device}.`,
     "",
-    "| model | engine | prefill tok/s | decode tok/s | decode vs llama.cpp |",
-    "|---|---|---:|---:|---:|",
+    "| model | engine | prefill tok/s | decode tok/s | decode vs llama.cpp cpu | decode vs llama.cpp vulkan |",
+    "|---|---|---:|---:|---:|---:|",
   ];
   for (const r of rows) {
     if ("error" in r) {
-      lines.push(`| ${r.model} | ${r.engine} | - | - | ${r.error} |`);
+      lines.push(`| ${r.model} | ${r.engine} | - | - | ${r.error} | |`);
       continue;
     }
-    const other = rows.find((o) =>
-      o.model === r.model && o.engine === "llama.cpp" && !("error" in o)
-    ) as Row | undefined;
-    const ratio = r.engine === "heterocache-vk" && other
-      ? `${(r.decodeTokensPerSecond / other.decodeTokensPerSecond).toFixed(2)}x`
-      : "";
+    const ratios = LLAMACPP_BACKENDS.map((b) => {
+      const other = rows.find((o) =>
+        o.model === r.model && o.engine === llamaCppEngine(b) && !("error" in o)
+      ) as Row | undefined;
+      return r.engine === "heterocache-vk" && other
+        ? `${(r.decodeTokensPerSecond / other.decodeTokensPerSecond).toFixed(2)}x`
+        : "";
+    });
     lines.push(
       `| ${r.model} | ${r.engine} | ${r.prefillTokensPerSecond.toFixed(1)} | ${
         r.decodeTokensPerSecond.toFixed(1)
-      } | ${ratio} |`,
+      } | ${ratios.join(" | ")} |`,
     );
   }
   const result = {
@@ -301,7 +315,7 @@ export const SHAPES: readonly Shape[] = [
 
 export interface SpeedCell {
   shape: string;
-  /** A cache policy, or "llama.cpp". */
+  /** A cache policy, or "llama.cpp cpu" / "llama.cpp vulkan". */
   engine: string;
   context: number;
   /** Median decode step, ms (null: not measured, see `note`). */
@@ -365,8 +379,9 @@ async function llamaCppStep(
   path: string,
   context: number,
   steps: number,
+  backend: LlamaCppBackend,
 ): Promise<{ stepMs: number; meanMs: number; cells: number; fillMs: number } | string> {
-  const j = await runLlamaCppScript("step.mjs", [path, String(context), String(steps)]);
+  const j = await runLlamaCppScript("step.mjs", [path, String(context), String(steps), backend]);
   return typeof j === "string"
     ? j
     : (j as { stepMs: number; meanMs: number; cells: number; fillMs: number });
@@ -488,56 +503,60 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
         } finally {
           for (const s of sessions) s[Symbol.dispose]();
         }
-        // llama.cpp clamps each binding to maxStorageBufferRange (VULKAN-NOTES.md §1.2): with
-        // a larger per-layer K tensor its attention would read part of the cache and time that.
-        const kTensor = context * shape.nKvHeads * shape.headDim * 2;
-        const skip = context > llamaCppMax
-          ? llamaCppMax > 0
-            ? `not run above --llamacpp-max ${llamaCppMax}`
-            : "not run (--llamacpp-max 0)"
-          : kTensor > maxBinding
-          ? `not run at ${fmtCtx(context)} on ${shape.id}: a layer's K cache (${
-            kTensor / 2 ** 20
-          } MiB) passes the device's ${
-            maxBinding / 2 ** 20
-          } MiB storage-buffer range, which llama.cpp clamps its bindings to`
-          : null;
-        if (skip !== null) {
-          cells.push({
-            shape: shape.id,
-            engine: "llama.cpp",
-            context,
-            stepMs: null,
-            kvBytes: null,
-            note: skip,
-          });
-          log(`speed: ${shape.id} ${context} llama.cpp: ${skip}`);
-          continue;
-        }
-        const lcPath = join(tmp, `${shape.id}-llamacpp.gguf`);
-        // llama.cpp's context is exactly `context` (its steps end there; ours go `steps` past
-        // it): one token more and, at 64K, a layer's K tensor passes a CPU driver's 128 MiB.
-        await withContextLength(path, lcPath, context);
-        const l = await llamaCppStep(lcPath, context, llamaSteps);
-        await Deno.remove(lcPath);
-        const kv = SWEEP_LAYERS * shape.nKvHeads * context * shape.headDim * 2 * 2;
-        cells.push(
-          typeof l === "string"
-            ? { shape: shape.id, engine: "llama.cpp", context, stepMs: null, kvBytes: kv, note: l }
-            : {
+        for (const backend of LLAMACPP_BACKENDS) {
+          const engine = llamaCppEngine(backend);
+          // llama.cpp's Vulkan backend clamps each binding to maxStorageBufferRange
+          // (VULKAN-NOTES.md §1.2): with a larger per-layer K tensor its attention would read
+          // part of the cache and time that.
+          const kTensor = context * shape.nKvHeads * shape.headDim * 2;
+          const skip = context > llamaCppMax
+            ? llamaCppMax > 0
+              ? `not run above --llamacpp-max ${llamaCppMax}`
+              : "not run (--llamacpp-max 0)"
+            : backend === "vulkan" && kTensor > maxBinding
+            ? `not run at ${fmtCtx(context)} on ${shape.id}: a layer's K cache (${
+              kTensor / 2 ** 20
+            } MiB) passes the device's ${
+              maxBinding / 2 ** 20
+            } MiB storage-buffer range, which llama.cpp clamps its bindings to`
+            : null;
+          if (skip !== null) {
+            cells.push({
               shape: shape.id,
-              engine: "llama.cpp",
+              engine,
               context,
-              stepMs: l.stepMs,
-              meanMs: l.meanMs,
-              kvBytes: kv,
-            },
-        );
-        log(
-          `speed: ${shape.id} ${context} llama.cpp: ${
-            typeof l === "string" ? l : `mean ${l.meanMs.toFixed(1)} ms`
-          }`,
-        );
+              stepMs: null,
+              kvBytes: null,
+              note: skip,
+            });
+            log(`speed: ${shape.id} ${context} ${engine}: ${skip}`);
+            continue;
+          }
+          const lcPath = join(tmp, `${shape.id}-llamacpp.gguf`);
+          // llama.cpp's context is exactly `context` (its steps end there; ours go `steps` past
+          // it): one token more and, at 64K, a layer's K tensor passes a CPU driver's 128 MiB.
+          await withContextLength(path, lcPath, context);
+          const l = await llamaCppStep(lcPath, context, llamaSteps, backend);
+          await Deno.remove(lcPath);
+          const kv = SWEEP_LAYERS * shape.nKvHeads * context * shape.headDim * 2 * 2;
+          cells.push(
+            typeof l === "string"
+              ? { shape: shape.id, engine, context, stepMs: null, kvBytes: kv, note: l }
+              : {
+                shape: shape.id,
+                engine,
+                context,
+                stepMs: l.stepMs,
+                meanMs: l.meanMs,
+                kvBytes: kv,
+              },
+          );
+          log(
+            `speed: ${shape.id} ${context} ${engine}: ${
+              typeof l === "string" ? l : `mean ${l.meanMs.toFixed(1)} ms`
+            }`,
+          );
+        }
       }
     }
   } finally {
@@ -577,8 +596,9 @@ export function speedReport(r: SpeedResult): string {
     '"checks" and "refreshes" are the shares of steps that evaluated a trigger and that carried ' +
     "a host-to-device refresh. " +
     `Copy bandwidth ${r.copyGbps.toFixed(1)} GB/s on ${r.device}; "bytes" is what a full-cache ` +
-    'step reads (weights + KV), "at copy speed" that over the copy bandwidth. llama.cpp (full ' +
-    `cache, its default attention path; mean and median of ${r.llamaSteps} steps) had its cache ` +
+    'step reads (weights + KV), "at copy speed" that over the copy bandwidth. llama.cpp ' +
+    '("cpu": its CPU backend, the peer on a GPU-less machine; "vulkan": its Vulkan backend on ' +
+    `the same device as ours; full cache, its default attention path; mean and median of ${r.llamaSteps} steps) had its cache ` +
     "filled from a state file of random rows so that its steps end just short of the context " +
     "(ours start at it).",
   ];

@@ -1,15 +1,21 @@
-// Measures llama.cpp (node-llama-cpp's prebuilt Vulkan build) on one model: prefill and greedy
-// decode tokens/s, after a warm-up. Prints one JSON line. Run by bench/decode.ts under Node.
-// Usage: node run.mjs MODEL.gguf PROMPT_TOKENS DECODE_TOKENS [CONTEXT]
+// Measures llama.cpp (node-llama-cpp's prebuilt build, its CPU or its Vulkan backend) on one
+// model: prefill and greedy decode tokens/s, after a warm-up. Prints one JSON line. Run by
+// bench/decode.ts under Node.
+// Usage: node run.mjs MODEL.gguf PROMPT_TOKENS DECODE_TOKENS cpu|vulkan [CONTEXT]
 import { getLlama } from "node-llama-cpp";
 
-const [modelPath, promptArg, decodeArg, ctxArg] = process.argv.slice(2);
+const [modelPath, promptArg, decodeArg, backend, ctxArg] = process.argv.slice(2);
+if (backend !== "cpu" && backend !== "vulkan") throw new Error(`backend '${backend}': cpu or vulkan`);
 const promptTokens = Number(promptArg);
 const decodeTokens = Number(decodeArg);
 const contextSize = Number(ctxArg ?? promptTokens + decodeTokens + 16);
 
-const llama = await getLlama({ gpu: "vulkan", build: "never", logLevel: "error" });
-const model = await llama.loadModel({ modelPath, gpuLayers: "max" });
+const llama = await getLlama({
+  gpu: backend === "vulkan" ? "vulkan" : false,
+  build: "never",
+  logLevel: "error",
+});
+const model = await llama.loadModel({ modelPath, gpuLayers: backend === "vulkan" ? "max" : 0 });
 const ctx = await model.createContext({ contextSize, batchSize: Math.min(512, contextSize) });
 const vocab = model.tokens;
 // A fixed prompt of ordinary tokens (ids from 3 up), the same one bench/decode.ts feeds us.

@@ -1,6 +1,7 @@
-// Median decode step time of llama.cpp (node-llama-cpp's prebuilt Vulkan build) with a full KV
-// cache of CONTEXT tokens. Prints one JSON line. Run by bench/decode.ts under Node.
-// Usage: node step.mjs MODEL.gguf CONTEXT STEPS
+// Mean and median decode step time of llama.cpp (node-llama-cpp's prebuilt build, its CPU or
+// its Vulkan backend) with a full KV cache of CONTEXT tokens. Prints one JSON line. Run by
+// bench/decode.ts under Node.
+// Usage: node step.mjs MODEL.gguf CONTEXT STEPS cpu|vulkan
 //
 // The cache is filled the way bench/decode.ts fills ours (Session.benchPrefill): with random
 // K/V rows, not by a real prefill, which is quadratic and on a CPU driver takes hours at 64K (a
@@ -17,14 +18,19 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const [modelPath, ctxArg, stepsArg] = process.argv.slice(2);
+const [modelPath, ctxArg, stepsArg, backend] = process.argv.slice(2);
+if (backend !== "cpu" && backend !== "vulkan") throw new Error(`backend '${backend}': cpu or vulkan`);
 const context = Number(ctxArg);
 const steps = Number(stepsArg);
 const cells = context - steps - 2;
 if (!(cells >= 16)) throw new Error(`context ${context} too small for ${steps} steps`);
 
-const llama = await getLlama({ gpu: "vulkan", build: "never", logLevel: "error" });
-const model = await llama.loadModel({ modelPath, gpuLayers: "max" });
+const llama = await getLlama({
+  gpu: backend === "vulkan" ? "vulkan" : false,
+  build: "never",
+  logLevel: "error",
+});
+const model = await llama.loadModel({ modelPath, gpuLayers: backend === "vulkan" ? "max" : 0 });
 // node-llama-cpp's default attention path (flash attention off): with it on, a 16K step of the
 // TinyLlama shape was slower here (1.6-1.8 s against 1.1-1.4 s, one run each).
 const ctx = await model.createContext({ contextSize: context, batchSize: Math.min(512, context) });
