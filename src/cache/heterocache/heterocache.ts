@@ -596,7 +596,7 @@ export class HeteroCache extends CompressedCache {
       for (const s of p.satellites) most += 2 * this.#caps[p.layer][s] * this.#store.rowBytes;
       if (this.#trigger.kind === "coverage") most += p.mask.byteLength;
     }
-    this.#retrieval.reserve(most);
+    this.#retrieval.reserve(most, this.#trigger.kind === "interval");
   }
 
   /** Budgets, pivots (references, masks, coverage), the host store's rows and the buffered

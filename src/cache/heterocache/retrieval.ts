@@ -70,8 +70,8 @@ export class Retrieval implements Disposable {
   readonly #async: boolean;
   readonly #slots: Slot[] = [];
   #seq = 0;
-  /** The largest refresh `reserve` was told of: every slot is made at least this large. */
-  #maxBytes = 0;
+  /** The largest refresh to come, in bytes (see `reserve`; 0: unknown). */
+  #most = 0;
   /** Copies submitted so far. */
   submitted = 0;
   /** Sequence numbers of the refreshes submitted since the last `drainSubmitted()`. */
@@ -94,24 +94,31 @@ export class Retrieval implements Disposable {
   }
 
   /**
-   * Makes the first staging slot large enough for the largest refresh (`bytes`), now, and
-   * writes its pages once; later slots are made that large too. A slot first written by a
-   * gather cost that gather the page faults of its whole range (about 130 ms for the 123 MB
-   * of a 128K-token refresh of the 8B shape on llvmpipe), and one regrown for a refresh a few
-   * rows larger than the last paid them again; here they are paid once, after the prefill.
+   * The largest refresh to come moves `most` bytes. A slot first written by a gather costs
+   * that gather the page faults of its whole range (about 130 ms for the 123 MB of a refresh of
+   * every satellite at 128K tokens on the 8B shape, llvmpipe), and one regrown for a refresh a
+   * few rows larger than its last pays them again; so slots grow with a quarter's headroom, up
+   * to `most`. With `now` (a trigger that refreshes every cluster at once: every refresh is
+   * that large), the first slot is made that large here, after the prefill, and its pages
+   * written once.
    */
-  reserve(bytes: number): void {
-    this.#maxBytes = Math.max(this.#maxBytes, bytes);
-    if (bytes <= 0) return;
+  reserve(most: number, now: boolean): void {
+    this.#most = most;
+    if (!now || most <= 0) return;
     const first = this.#slots[0];
-    if (first && (first.staging.bytes >= bytes || !this.#idle(first))) return;
+    if (first && (first.staging.bytes >= most || !this.#idle(first))) return;
     if (first) {
       first.staging.dispose();
-      first.staging = this.#device.buffer(bytes, "upload");
+      first.staging = this.#device.buffer(most, "upload");
       first.staging.mapped().fill(0);
     } else {
-      this.#newSlot(bytes).staging.mapped().fill(0);
+      this.#newSlot(most).staging.mapped().fill(0);
     }
+  }
+
+  /** Staging bytes for a slot that must hold `bytes` (see `reserve`). */
+  #slotBytes(bytes: number): number {
+    return Math.max(bytes, Math.min(this.#most, Math.ceil(bytes * 1.25)), 1 << 16);
   }
 
   /** Starts the refresh of `jobs` into `caches` (and `tails` into their buffers, in the same
@@ -250,7 +257,7 @@ export class Retrieval implements Disposable {
     }
     if (slot.staging.bytes < bytes) {
       slot.staging.dispose();
-      slot.staging = this.#device.buffer(Math.max(bytes, this.#maxBytes), "upload");
+      slot.staging = this.#device.buffer(this.#slotBytes(bytes), "upload");
     }
     return slot;
   }
@@ -262,7 +269,7 @@ export class Retrieval implements Disposable {
   }
 
   #newSlot(bytes: number): Slot {
-    const staging = this.#device.buffer(Math.max(bytes, this.#maxBytes, 1 << 16), "upload");
+    const staging = this.#device.buffer(this.#slotBytes(bytes), "upload");
     let cmd: CommandList;
     try {
       cmd = this.#device.commands("transfer");
