@@ -6,17 +6,39 @@
  * with the machine, the device and the date, and the charts
  * (fidelity vs keep, accuracy per turn, step time vs context) into docs/charts/*.svg; without it
  * the page is printed and nothing is written.
+ *
+ * `--only speed,prefill` (any of SECTIONS) reruns those sections and builds the page with the
+ * others' stored results (bench/results/*.json), each of those headed with the date of the run
+ * that measured it: for a change that touches one part, on a machine where the whole run takes
+ * half an hour.
  */
 import { parseArgs } from "node:util";
-import { runAblation } from "./ablation.ts";
+import { type AblationResult, runAblation } from "./ablation.ts";
 import { fidelityCharts, speedCharts } from "./charts.ts";
-import { runSpeed } from "./decode.ts";
+import { runSpeed, type SpeedResult } from "./decode.ts";
 import { fidelityReport, runFidelity } from "./fidelity.ts";
-import { dirname, fromFileUrl, join } from "./paths.ts";
+import { dirname, fromFileUrl, join, readResult } from "./paths.ts";
 import { retrievalReport, type RetrievalResult, runRetrieval } from "./retrieval.ts";
 import type { FidelityResult } from "./fidelity.ts";
-import { multiturnCharts, multiturnReport, runMultiturn } from "./multiturn.ts";
-import { runPrefill } from "./prefill.ts";
+import {
+  multiturnCharts,
+  multiturnReport,
+  type MultiturnResult,
+  runMultiturn,
+} from "./multiturn.ts";
+import { type PrefillResult, runPrefill } from "./prefill.ts";
+
+/** The sections, in the order they run (the decode sweep first, see below), and the result
+ * file each writes. */
+const SECTIONS = {
+  speed: "speed.json",
+  fidelity: "fidelity.json",
+  retrieval: "retrieval.json",
+  ablation: "ablation.json",
+  multiturn: "multiturn.json",
+  prefill: "prefill.json",
+} as const;
+type Section = keyof typeof SECTIONS;
 
 const ROOT = join(dirname(fromFileUrl(import.meta.url)), "..");
 
@@ -60,32 +82,53 @@ function triggerComparison(fidelity: FidelityResult, retrieval: RetrievalResult)
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
-    options: { full: { type: "boolean" }, write: { type: "boolean" } },
+    options: { full: { type: "boolean" }, write: { type: "boolean" }, only: { type: "string" } },
   });
   const quick = !values.full;
   const write = values.write ?? false;
+  const names = Object.keys(SECTIONS) as Section[];
+  const only = values.only === undefined ? names : values.only.split(",").map((x) => x.trim());
+  for (const x of only) {
+    if (!(names as string[]).includes(x)) {
+      throw new Error(`--only: unknown section '${x}' (sections: ${names.join(", ")})`);
+    }
+  }
+  const rerun = (x: Section) => only.includes(x);
+  /** A section's stored result, where this run does not measure it. */
+  const stored = <T>(x: Section) => readResult<T>(SECTIONS[x]);
   const t0 = performance.now();
   // The decode sweep first, in a young process: after the other sections' sessions its refresh
   // steps met single slow steps (hc every 5 at 1K-4K: 24 ms mean steps beside 16 ms, where a
   // fresh process measured 17 ms beside 16 ms; likely garbage collection of their heap).
-  const speed = await runSpeed({ quick, write });
-  const fidelity = await runFidelity({ quick, resultName: write ? "fidelity.json" : null });
-  const retrieval = await runRetrieval({
-    quick,
-    full: !quick,
-    resultName: write ? "retrieval.json" : null,
-  });
-  const ablation = await runAblation({ quick, resultName: write ? "ablation.json" : null });
-  const multiturn = await runMultiturn({
-    lengths: quick ? [4096] : [4096, 16384],
-    docs: quick ? 1 : 3,
-    resultName: write ? "multiturn.json" : null,
-  });
-  const prefill = await runPrefill({
-    tokens: quick ? [512, 1024] : [512, 1024, 2048],
-    longTokens: quick ? 2048 : 4096,
-    write,
-  });
+  const speed = rerun("speed")
+    ? await runSpeed({ quick, write })
+    : await stored<SpeedResult>("speed");
+  const fidelity = rerun("fidelity")
+    ? await runFidelity({ quick, resultName: write ? SECTIONS.fidelity : null })
+    : await stored<FidelityResult>("fidelity");
+  const retrieval = rerun("retrieval")
+    ? await runRetrieval({ quick, full: !quick, resultName: write ? SECTIONS.retrieval : null })
+    : await stored<RetrievalResult>("retrieval");
+  const ablation = rerun("ablation")
+    ? await runAblation({ quick, resultName: write ? SECTIONS.ablation : null })
+    : await stored<AblationResult>("ablation");
+  const multiturn = rerun("multiturn")
+    ? await runMultiturn({
+      lengths: quick ? [4096] : [4096, 16384],
+      docs: quick ? 1 : 3,
+      resultName: write ? SECTIONS.multiturn : null,
+    })
+    : await stored<MultiturnResult>("multiturn");
+  const prefill = rerun("prefill")
+    ? await runPrefill({
+      tokens: quick ? [512, 1024] : [512, 1024, 2048],
+      longTokens: quick ? 2048 : 4096,
+      write,
+    })
+    : await stored<PrefillResult>("prefill");
+  /** A heading, with the date of the run that measured it where that is not this one. */
+  const head = (x: Section, title: string, r: { date: string }) =>
+    rerun(x) ? title : `${title} (stored: measured ${r.date.slice(0, 16).replace("T", " ")} UTC)`;
   const charts = join(ROOT, "docs", "charts");
   if (write) await Deno.mkdir(charts, { recursive: true });
   const images: string[] = [];
@@ -106,44 +149,66 @@ if (import.meta.main) {
     speedImages.push(`![decode step vs context, ${c.shape}](charts/speed-${c.shape}.svg)`);
   }
   const minutes = ((performance.now() - t0) / 60000).toFixed(1);
+  const what = only.length === names.length
+    ? "Numbers are from this one run"
+    : `This run measured ${only.join(", ")}; the other sections are stored results of ` +
+      "earlier runs, dated in their headings";
   const md = [
     "# Benchmarks",
     "",
-    `Generated by \`deno task bench${quick ? "" : " --full"}\` on ${
-      new Date().toISOString().slice(0, 10)
-    }: ` +
+    `Generated by \`deno task bench${quick ? "" : " --full"}${
+      only.length === names.length ? "" : ` --only ${only.join(",")}`
+    }\` on ${new Date().toISOString().slice(0, 10)}: ` +
     `${navigator.hardwareConcurrency} cores, device \`${fidelity.device}\`, ${minutes} min. ` +
-    "Numbers are from this one run; see bench/results/*.json for every cell.",
+    `${what}; see bench/results/*.json for every cell.`,
     "",
-    "## Fidelity (teacher-forced against full's greedy continuation)",
+    head("fidelity", "## Fidelity (teacher-forced against full's greedy continuation)", fidelity),
     "",
     fidelityReport(fidelity),
     "",
     ...images,
     "",
-    "## Synthetic long-context retrieval",
+    head("retrieval", "## Synthetic long-context retrieval", retrieval),
     "",
     retrievalReport(retrieval),
     "",
-    "## Which trigger is the default",
+    rerun("fidelity") === rerun("retrieval")
+      ? head("retrieval", "## Which trigger is the default", retrieval)
+      : "## Which trigger is the default (fidelity and retrieval from the runs named above)",
     "",
     triggerComparison(fidelity, retrieval),
     "",
-    "## Ablation: refresh every step / every 2nd step / when the trigger fires",
+    head(
+      "ablation",
+      "## Ablation: refresh every step / every 2nd step / when the trigger fires",
+      ablation,
+    ),
     "",
     ablation.table,
     "",
-    "## Multi-turn: one document, many questions (continued sessions)",
+    head(
+      "multiturn",
+      "## Multi-turn: one document, many questions (continued sessions)",
+      multiturn,
+    ),
     "",
     multiturnReport(multiturn, multiturnImages),
     "",
-    "## Decode step time vs context (mean step first; HeteroCache vs SnapKV, full and llama.cpp)",
+    head(
+      "speed",
+      "## Decode step time vs context (mean step first; HeteroCache vs SnapKV, full and llama.cpp)",
+      speed,
+    ),
     "",
     speed.table,
     "",
     ...speedImages,
     "",
-    "## Prefill: the matvec prompt path vs the tiled matmul (same run, FMA ceiling and llama.cpp beside); a long HeteroCache prompt layer by layer vs in chunks",
+    head(
+      "prefill",
+      "## Prefill: the matvec prompt path vs the tiled matmul (same run, FMA ceiling and llama.cpp beside); a long HeteroCache prompt layer by layer vs in chunks",
+      prefill,
+    ),
     "",
     prefill.table,
     "",
