@@ -1,11 +1,32 @@
 /**
  * bench/gpu/collect.ts: a device run's files land in bench/results/gpu/ and docs/results-gpu.md
- * with the device, every kernel row and the sweep's table; a folder that is not a run's output
- * is an error naming the missing file, and nothing is written.
+ * with the device, the "gpu"-variant whole-model tests' summary, every kernel row, the prefill
+ * table and the sweep's table; a folder that is not a run's output is an error naming the
+ * missing file, and nothing is written.
  */
 import assert from "node:assert/strict";
-import { collect } from "../bench/gpu/collect.ts";
+import { collect, wholeModelSummary } from "../bench/gpu/collect.ts";
 import type { SpeedResult } from "../bench/decode.ts";
+import type { PrefillResult } from "../bench/prefill.ts";
+
+const prefill: PrefillResult = {
+  date: "2026-11-28T12:03:00.000Z",
+  device: "NVIDIA H200",
+  fmaGflops: 60000,
+  kernels: [],
+  rows: [],
+  long: null,
+  table: "| F16 | 512 | prefill table row |",
+};
+
+const LOG = [
+  "kernel tests ...",
+  "== whole-model tests, HC_VK_VARIANTS=gpu",
+  "synthetic llama, Q4_K weights: device matches reference ... ok (1s)",
+  "greedy continuation equals the reference ... FAILED (2s)",
+  "FAILED | 40 passed | 1 failed (1m2s)",
+  "kernel bandwidth on ...",
+].join("\n");
 
 const kernels = {
   date: "2026-11-28T12:00:00.000Z",
@@ -69,8 +90,9 @@ Deno.test("collect: a run's files and report land beside the lavapipe results", 
   const root = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${out}/kernels.json`, JSON.stringify(kernels));
+    await Deno.writeTextFile(`${out}/prefill.json`, JSON.stringify(prefill));
     await Deno.writeTextFile(`${out}/speed.json`, JSON.stringify(speed));
-    await Deno.writeTextFile(`${out}/gpu.log`, "the log\n");
+    await Deno.writeTextFile(`${out}/gpu.log`, LOG);
     const page = await collect(out, root);
     assert.equal(page, `${root}/docs/results-gpu.md`);
     const md = await Deno.readTextFile(page);
@@ -83,7 +105,9 @@ Deno.test("collect: a run's files and report land beside the lavapipe results", 
       /\| 64K \| heterocache \| 1\.3 \| 1\.0 \| 2\.00x \| - \| - \| 13% \| 256 MiB \|/,
     );
     assert.match(md, /llama\.cpp: not run \(--llamacpp-max 0\)\./);
-    assert.equal(await Deno.readTextFile(`${root}/bench/results/gpu/gpu.log`), "the log\n");
+    assert.match(md, /`FAILED \| 40 passed \| 1 failed \(1m2s\)`\n- greedy continuation equals/);
+    assert.match(md, /\| F16 \| 512 \| prefill table row \|/);
+    assert.equal(await Deno.readTextFile(`${root}/bench/results/gpu/gpu.log`), LOG);
     assert.deepEqual(
       JSON.parse(await Deno.readTextFile(`${root}/bench/results/gpu/speed.json`)),
       speed,
@@ -99,10 +123,18 @@ Deno.test("collect: a folder without a run's files is an error, and nothing is w
   const root = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${out}/kernels.json`, JSON.stringify(kernels));
-    await assert.rejects(collect(out, root), /speed\.json: .*is this a run\.sh \$OUT/);
+    await assert.rejects(collect(out, root), /prefill\.json: .*is this a run\.sh \$OUT/);
     assert.deepEqual([...Deno.readDirSync(root)], []);
   } finally {
     await Deno.remove(out, { recursive: true });
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("collect: a whole-model section cut short says so", () => {
+  assert.equal(wholeModelSummary("no such section"), "(not in this run's log)");
+  assert.match(
+    wholeModelSummary("== whole-model tests, HC_VK_VARIANTS=gpu\nsome test ... ok\n"),
+    /did not finish/,
+  );
 });

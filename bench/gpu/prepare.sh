@@ -19,13 +19,18 @@ xz -T0 -9 -c "$(readlink -f "$deno_bin")" >.gpu/deno.xz
 python3 -c 'import json; json.dump({"imports": json.load(open("deno.json"))["imports"]}, open(".gpu/import_map.json", "w"))'
 rm -rf .gpu/denodir
 DENO_DIR=$PWD/.gpu/denodir "$deno_bin" cache --no-config --no-lock --node-modules-dir=none \
-  --import-map .gpu/import_map.json src/cli.ts bench/kernels.ts bench/decode.ts \
-  tests/vk_runtime_test.ts tests/kernels_*_test.ts
+  --import-map .gpu/import_map.json src/cli.ts bench/kernels.ts bench/decode.ts bench/prefill.ts \
+  tests/vk_runtime_test.ts tests/kernels_*_test.ts tests/model_test.ts tests/engine_test.ts \
+  tests/variants_test.ts
 "$deno_bin" task build
 # The sweep's 8B-shaped model uses the official Llama-3.1-8B profile from ../shared, which the
 # box does not get (only the checkout travels): run.sh links ../shared to this copy there.
-mkdir -p .gpu/shared/profiles
+mkdir -p .gpu/shared/profiles .gpu/shared/models/babyllama-tok105
 cp ../shared/profiles/Head_Analysis_llama-3.1-8b-instruct_topk1024_th0.5_sim0.5_step5000.json \
   .gpu/shared/profiles/
+# The whole-model tests' real models (about 5 MB).
+cp ../shared/models/stories260K.gguf ../shared/models/stories260K.bin ../shared/models/tok512.bin \
+  ../shared/models/stories260K.greedy-n200.txt .gpu/shared/models/
+cp ../shared/models/babyllama-tok105/* .gpu/shared/models/babyllama-tok105/
 du -sh .gl .gpu build
 echo 'carry: [".gl", ".gpu", "build"]; command: bash bench/gpu/run.sh'
