@@ -498,6 +498,10 @@ export interface PrefillAttentionOptions {
   /** "rows": query rows per lane (about 256 floats of q per lane). Default: 16 up to head dim
    * 16, floor(256 / headDim) above. */
   rowsPerLane?: number;
+  /** "split": read K and V as texel buffers where the device has them (default), falling back
+   * to storage buffers per cache chunk that does not fit a texel view. lavapipe gathers a
+   * texel for all lanes at once where it loads storage buffers lane by lane. */
+  texel?: boolean;
 }
 
 /** Key blocks per pass of the CPU variants (a block is 2..4 keys, unrolled): an invocation runs
@@ -517,6 +521,11 @@ export class PrefillAttention implements Disposable {
   /** A CPU driver: its loop cap bounds the keys per pass of any variant. */
   readonly #cpuDriver: boolean;
   readonly #kernel: Kernel;
+  /** The "split" kernel reading K/V as texels, where the device has them. */
+  readonly #texelKernel: Kernel | null = null;
+  readonly #maxTexelBytes: number;
+  /** Dispatches of the last record() call by K/V binding kind. */
+  lastBindings = { texel: 0, storage: 0 };
 
   constructor(device: Device, opts: PrefillAttentionOptions) {
     checkHeadDim(opts.headDim);
@@ -527,6 +536,7 @@ export class PrefillAttention implements Disposable {
     this.groupSize = G;
     this.#cpu = deviceParallelism(device).cpu;
     this.#cpuDriver = deviceParallelism(device).cpuDriver;
+    this.#maxTexelBytes = device.info.maxTexelBufferElements * TEXEL_BYTES;
     const lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
     const splitOk = (lanes & (lanes - 1)) === 0 && D % (2 * lanes) === 0;
     this.variant = opts.variant ?? (!this.#cpu ? "tiled" : splitOk ? "split" : "rows");
@@ -542,11 +552,25 @@ export class PrefillAttention implements Disposable {
         limit(`rowsPerGroup ${rows} must be a multiple of ${lanes} lanes, at most 64`);
       }
       this.#rows = rows;
-      this.#kernel = device.kernel(SHADERS.attn_prefill_split.variant(), {
+      const spec = [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)];
+      this.#kernel = device.kernel(SHADERS.attn_prefill_split.variant({ texel: false }), {
         bindings: 6,
         push: PREFILL_PUSH,
-        spec: [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)],
+        spec,
       });
+      if ((opts.texel ?? true) && device.info.texelBuffer) {
+        try {
+          this.#texelKernel = device.kernel(SHADERS.attn_prefill_split.variant({ texel: true }), {
+            bindings: 6,
+            kinds: ["storage", "texel", "texel", "storage", "storage", "storage"],
+            push: PREFILL_PUSH,
+            spec,
+          });
+        } catch (e) {
+          this.#kernel.dispose();
+          throw e;
+        }
+      }
       return;
     }
     if (this.variant === "rows") {
@@ -630,6 +654,7 @@ export class PrefillAttention implements Disposable {
       limit(`prefill of ${B} tokens needs ${gx} workgroups (max 65535); split the batch`);
     }
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
+    this.lastBindings = { texel: 0, storage: 0 };
     for (let pass = 0; pass < passes; pass++) {
       if (pass > 0) cmd.barrier();
       const flags = (pass === 0 ? 1 : 0) | (pass === passes - 1 ? 2 : 0);
@@ -649,8 +674,13 @@ export class PrefillAttention implements Disposable {
           nHeads,
           scale,
         });
+        // A chunk (whole rows of 2 * headDim bytes, so whole 16-byte texels) too big for one
+        // texel view takes the storage-buffer kernel.
+        const texel = this.#texelKernel !== null &&
+          Math.max(cache.k[c].bytes, cache.v[c].bytes) <= this.#maxTexelBytes;
+        this.lastBindings[texel ? "texel" : "storage"]++;
         cmd.dispatch(
-          this.#kernel,
+          texel ? this.#texelKernel! : this.#kernel,
           [a.q, cache.k[c], cache.v[c], cache.table, a.out, a.scratch],
           push,
           [gx, h1 - h0],
@@ -662,6 +692,7 @@ export class PrefillAttention implements Disposable {
 
   dispose(): void {
     this.#kernel.dispose();
+    this.#texelKernel?.dispose();
   }
 
   [Symbol.dispose](): void {
