@@ -520,9 +520,14 @@ export class PrefillAttention implements Disposable {
   readonly #cpu: boolean;
   /** A CPU driver: its loop cap bounds the keys per pass of any variant. */
   readonly #cpuDriver: boolean;
+  /** The variant's kernel ("split": reading K/V as texels where the device has them). */
   readonly #kernel: Kernel;
-  /** The "split" kernel reading K/V as texels, where the device has them. */
-  readonly #texelKernel: Kernel | null = null;
+  /** Whether #kernel reads K/V as texels. */
+  readonly #texel: boolean = false;
+  /** "split" with texels: the storage-buffer kernel for chunks over the texel view limit, made
+   * on first use (each pipeline costs llvmpipe seconds of compile time). */
+  #storageKernel: Kernel | null = null;
+  readonly #makeStorage: (() => Kernel) | null = null;
   readonly #maxTexelBytes: number;
   /** Dispatches of the last record() call by K/V binding kind. */
   lastBindings = { texel: 0, storage: 0 };
@@ -553,24 +558,24 @@ export class PrefillAttention implements Disposable {
       }
       this.#rows = rows;
       const spec = [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)];
-      this.#kernel = device.kernel(SHADERS.attn_prefill_split.variant({ texel: false }), {
+      const storage = () =>
+        device.kernel(SHADERS.attn_prefill_split.variant({ texel: false }), {
+          bindings: 6,
+          push: PREFILL_PUSH,
+          spec,
+        });
+      this.#texel = (opts.texel ?? true) && device.info.texelBuffer;
+      if (!this.#texel) {
+        this.#kernel = storage();
+        return;
+      }
+      this.#makeStorage = storage;
+      this.#kernel = device.kernel(SHADERS.attn_prefill_split.variant({ texel: true }), {
         bindings: 6,
+        kinds: ["storage", "texel", "texel", "storage", "storage", "storage"],
         push: PREFILL_PUSH,
         spec,
       });
-      if ((opts.texel ?? true) && device.info.texelBuffer) {
-        try {
-          this.#texelKernel = device.kernel(SHADERS.attn_prefill_split.variant({ texel: true }), {
-            bindings: 6,
-            kinds: ["storage", "texel", "texel", "storage", "storage", "storage"],
-            push: PREFILL_PUSH,
-            spec,
-          });
-        } catch (e) {
-          this.#kernel.dispose();
-          throw e;
-        }
-      }
       return;
     }
     if (this.variant === "rows") {
@@ -676,11 +681,11 @@ export class PrefillAttention implements Disposable {
         });
         // A chunk (whole rows of 2 * headDim bytes, so whole 16-byte texels) too big for one
         // texel view takes the storage-buffer kernel.
-        const texel = this.#texelKernel !== null &&
+        const texel = this.#texel &&
           Math.max(cache.k[c].bytes, cache.v[c].bytes) <= this.#maxTexelBytes;
         this.lastBindings[texel ? "texel" : "storage"]++;
         cmd.dispatch(
-          texel ? this.#texelKernel! : this.#kernel,
+          texel || !this.#texel ? this.#kernel : this.#storageKernel ??= this.#makeStorage!(),
           [a.q, cache.k[c], cache.v[c], cache.table, a.out, a.scratch],
           push,
           [gx, h1 - h0],
@@ -692,7 +697,7 @@ export class PrefillAttention implements Disposable {
 
   dispose(): void {
     this.#kernel.dispose();
-    this.#texelKernel?.dispose();
+    this.#storageKernel?.dispose();
   }
 
   [Symbol.dispose](): void {
