@@ -5,7 +5,9 @@
  * 2 layers, FFN 4096, vocabulary 4096. Also, in the same run:
  *  - the device's multiply-add ceiling, from an FMA-only kernel (shaders/fma_peak.comp);
  *  - the GFLOPS of one 4096 x 4096 F16 projection over a 256-token chunk with each kernel, timed
- *    with device timestamps, as a share of that ceiling.
+ *    with device timestamps, as a share of that ceiling;
+ *  - prefill attention alone at `--attention-tokens` prompt lengths (bench/prefill_attention.ts):
+ *    one layer's last 256-token chunk, with K/V as texels and as storage buffers on CPU devices.
  * A prefill is timed to its first token (Session.complete with maxTokens 1), after a warm-up
  * prompt that compiles the pipelines. Paths alternate, so a noisy machine slows both alike.
  * llama.cpp (node-llama-cpp's prebuilt build, its CPU backend; `--llamacpp cpu,vulkan` adds its
@@ -18,7 +20,7 @@
  *
  *   deno run -A bench/prefill.ts [--tokens 512,1024] [--types F16,Q8_0,Q4_K]
  *     [--long-tokens 4096 (0: none)] [--long-chunked false] [--llamacpp cpu|cpu,vulkan|none]
- *     [--write]
+ *     [--attention-tokens 2048,4096,8192 (0: none)] [--write]
  */
 import { parseArgs } from "node:util";
 import { writeResult } from "./paths.ts";
@@ -34,6 +36,7 @@ import { join } from "node:path";
 import type { PrefillOrder } from "../src/cache/policy.ts";
 import { SHAPES } from "./decode.ts";
 import { runLlamaCppScript } from "./llamacpp_node.ts";
+import { type AttentionRow, attentionTable, prefillAttentionRows } from "./prefill_attention.ts";
 
 const LLAMACPP = join(new URL(".", import.meta.url).pathname, "llamacpp");
 
@@ -94,6 +97,7 @@ export interface PrefillResult {
   device: string;
   fmaGflops: number;
   kernels: KernelRow[];
+  attention: AttentionRow[];
   rows: PrefillRow[];
   long: LongResult | null;
   table: string;
@@ -269,6 +273,8 @@ export async function runPrefill(
     longChunked?: boolean;
     /** llama.cpp backends to run beside ("cpu", "vulkan"). */
     llamacpp?: string[];
+    /** Prompt lengths of the attention-only rows (empty: none). */
+    attentionTokens?: number[];
     write?: boolean;
   } = {},
 ): Promise<PrefillResult> {
@@ -280,12 +286,14 @@ export async function runPrefill(
   let fmaGflops: number;
   let k: { matvec: number; matmul: number };
   let device: string;
+  let attention: AttentionRow[];
   {
     using dev = Device.open();
     device = dev.info.name;
     const before = fmaCeiling(dev);
     k = kernelGflops(dev);
     fmaGflops = Math.max(before, fmaCeiling(dev));
+    attention = prefillAttentionRows(dev, opts.attentionTokens ?? [2048, 4096, 8192]);
   }
   const kernels: KernelRow[] = [
     {
@@ -340,6 +348,7 @@ export async function runPrefill(
       `| ${r.kernel} | ${r.gflops.toFixed(1)} | ${(r.ofCeiling * 100).toFixed(0)}% |`
     ),
     "",
+    ...(attention.length === 0 ? [] : [...attentionTable(attention, device), ""]),
     ...(rows.length === 0 ? [] : [
       `| weights | prompt tokens | matvec path: prefill | tok/s | matmul path: prefill | tok/s | matmul vs matvec | ${
         backends.map((b) => `llama.cpp ${b}: prefill | ours (faster path) vs llama.cpp ${b}`).join(
@@ -366,6 +375,7 @@ export async function runPrefill(
     device,
     fmaGflops,
     kernels,
+    attention,
     rows,
     long,
     table: lines.join("\n"),
@@ -414,6 +424,7 @@ if (import.meta.main) {
       "long-tokens": { type: "string", default: "4096" },
       "long-chunked": { type: "string", default: "true" },
       llamacpp: { type: "string", default: "cpu" },
+      "attention-tokens": { type: "string", default: "2048,4096,8192" },
       write: { type: "boolean" },
     },
   });
@@ -423,6 +434,7 @@ if (import.meta.main) {
     longTokens: Number(values["long-tokens"]),
     longChunked: values["long-chunked"] !== "false",
     llamacpp: values.llamacpp === "none" ? [] : values.llamacpp.split(","),
+    attentionTokens: values["attention-tokens"].split(",").map(Number).filter((n) => n > 0),
     write: values.write,
   });
   console.log(r.table);

@@ -20,6 +20,8 @@
 // in blocks of KB (one rescale per block); every inner loop is unrolled, so an invocation runs
 // about (kv1 - kv0) / KB loop iterations (lavapipe stops at 65535). Probabilities below 2^-100 of
 // the row maximum are flushed to 0 (llvmpipe runs denormals ~30x slower).
+//
+// Defines: TEXEL (K and V bound as texel buffers; else storage buffers).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 #include "common.glsl"
@@ -37,12 +39,19 @@ const uint HD = D / 2;       // words per K/V row
 
 layout(std430, binding = 0) readonly buffer Qb { vec2 q2[]; };
 layout(std430, binding = 0) readonly buffer Qb4 { vec4 q4[]; };
+#ifdef TEXEL
+// K and V as uniform texel buffers of R32G32B32A32_UINT (4 words per texel): llvmpipe gathers
+// a texel for all lanes at once where it loads storage buffers lane by lane.
+layout(binding = 1) uniform highp usamplerBuffer kt;
+layout(binding = 2) uniform highp usamplerBuffer vt;
+#else
 layout(std430, binding = 1) readonly buffer Kb4 { uvec4 k4[]; };
 layout(std430, binding = 1) readonly buffer Kb2 { uvec2 k2[]; };
 layout(std430, binding = 1) readonly buffer Kb1 { uint k1[]; };
 layout(std430, binding = 2) readonly buffer Vb4 { uvec4 v4[]; };
 layout(std430, binding = 2) readonly buffer Vb2 { uvec2 v2[]; };
 layout(std430, binding = 2) readonly buffer Vb1 { uint v1[]; };
+#endif
 layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 4) buffer Ob { vec2 o2[]; };
 layout(std430, binding = 4) buffer Ob4 { vec4 o4[]; };
@@ -71,6 +80,36 @@ float pexp(float x) {
   return x >= FLUSH ? exp2(max(x, FLUSH)) : 0.0;
 }
 
+#ifdef TEXEL
+// The lane's NP words of K (v = false) or V (v = true) row `row`: whole texels where the slice
+// is (NP % 4 == 0, 4-word aligned), else one texel per word.
+void loadRow(bool v, uint row, uint lane, out uint w[NP]) {
+  const uint at = row * HD + lane * NP;
+  if (NP % 4u == 0u) {
+    [[unroll]] for (uint i = 0; i < NP / 4u; i++) {
+      const uvec4 x = v ? texelFetch(vt, int(at / 4u + i)) : texelFetch(kt, int(at / 4u + i));
+      w[4 * i] = x.x;
+      w[4 * i + 1] = x.y;
+      w[4 * i + 2] = x.z;
+      w[4 * i + 3] = x.w;
+    }
+  } else {
+    [[unroll]] for (uint i = 0; i < NP; i++) {
+      const uint a = at + i;
+      const uvec4 x = v ? texelFetch(vt, int(a / 4u)) : texelFetch(kt, int(a / 4u));
+      w[i] = x[a % 4u];
+    }
+  }
+}
+
+void loadK(uint row, uint lane, out uint w[NP]) {
+  loadRow(false, row, lane, w);
+}
+
+void loadV(uint row, uint lane, out uint w[NP]) {
+  loadRow(true, row, lane, w);
+}
+#else
 // The lane's NP words of K row `row`, with the widest loads the slice allows.
 void loadK(uint row, uint lane, out uint w[NP]) {
   const uint at = row * HD + lane * NP;
@@ -113,6 +152,8 @@ void loadV(uint row, uint lane, out uint w[NP]) {
     [[unroll]] for (uint i = 0; i < NP; i++) w[i] = v1[at + i];
   }
 }
+
+#endif
 
 void main() {
   const uint lane = gl_LocalInvocationID.x;

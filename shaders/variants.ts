@@ -300,7 +300,7 @@ export const SHADERS = {
   attn_merge: family({ file: "attn_merge.comp", axes: { watch: WATCH } }),
   attn_prefill: single("attn_prefill.comp"),
   attn_prefill_rows: single("attn_prefill_rows.comp"),
-  attn_prefill_split: single("attn_prefill_split.comp"),
+  attn_prefill_split: family({ file: "attn_prefill_split.comp", axes: { texel: TEXEL } }),
 
   // src/kernels/scores.ts
   scores_stats: single("scores_stats.comp", true),

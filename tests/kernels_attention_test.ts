@@ -391,11 +391,24 @@ function prefillCase(
   p0: number,
   keysPerPass?: number,
   opts: Partial<PrefillAttentionOptions> = {},
+  more: {
+    /** Cache chunks of at most this many bytes (several dispatches per pass). */
+    maxChunkBytes?: number;
+    /** The device the kernel sees (a view with other limits); default `dev`. */
+    view?: Device;
+    check?: (attn: PrefillAttention) => void;
+  } = {},
 ): void {
   const rowsNeeded = p0 + B;
-  const fc = filledCache(dev, D, Array(nKv).fill(rowsNeeded + 3), Array(nKv).fill(rowsNeeded));
+  const fc = filledCache(
+    dev,
+    D,
+    Array(nKv).fill(rowsNeeded + 3),
+    Array(nKv).fill(rowsNeeded),
+    more.maxChunkBytes,
+  );
   try {
-    using attn = new PrefillAttention(dev, { headDim: D, groupSize: G, ...opts });
+    using attn = new PrefillAttention(more.view ?? dev, { headDim: D, groupSize: G, ...opts });
     if (opts.variant) assert.equal(attn.variant, opts.variant);
     const nHeads = nKv * G;
     const q = randomF32(B * nHeads * D, nextSeed(), 3);
@@ -416,6 +429,7 @@ function prefillCase(
     });
     cmd.end();
     dev.waitSync("compute", cmd.submit());
+    more.check?.(attn);
     const want = refPrefillAttention({
       q,
       tokens: B,
@@ -458,6 +472,40 @@ Deno.test("prefill attention: every variant, GQA 1/2/3/4, key passes, row blocks
   prefillCase(dev, 16, 4, 2, 37, 50, 40, { variant: "split" });
   prefillCase(dev, 32, 3, 1, 23, 7, undefined, { variant: "split" });
   prefillCase(dev, 128, 1, 1, 13, 700, 301, { variant: "split", rowsPerGroup: 8 });
+});
+
+Deno.test("prefill attention (split): K/V as texels or storage, per-word and whole-texel slices", () => {
+  using dev = Device.open();
+  const kinds = (texel: boolean) => (attn: PrefillAttention) => {
+    const n = attn.lastBindings.texel + attn.lastBindings.storage;
+    assert.deepEqual(
+      attn.lastBindings,
+      texel && dev.info.texelBuffer ? { texel: n, storage: 0 } : { texel: 0, storage: n },
+    );
+  };
+  for (const texel of [true, false]) {
+    const check = { check: kinds(texel) };
+    // 8 words per lane (whole texels), three key passes carrying the state.
+    prefillCase(dev, 128, 4, 2, 37, 50, 40, { variant: "split", texel }, check);
+    // 1 and 2 words per lane: one texel fetch per word.
+    prefillCase(dev, 16, 4, 2, 29, 13, undefined, { variant: "split", texel }, check);
+    prefillCase(dev, 32, 3, 3, 23, 70, undefined, { variant: "split", texel }, check);
+  }
+});
+
+Deno.test("prefill attention (split): a chunk over the texel view limit falls back to storage", () => {
+  using dev = Device.open();
+  if (!dev.info.texelBuffer) return; // no texel path to leave
+  // 3 KV heads of 130 rows x 256 bytes with chunks of at most 2 heads: chunk 0 holds heads 0-1,
+  // chunk 1 head 2. A texel limit of one head's rows sends chunk 0 to the storage kernel.
+  const view = Object.create(dev, {
+    info: { value: { ...dev.info, maxTexelBufferElements: 130 * 256 / 16 } },
+  }) as Device;
+  prefillCase(dev, 128, 2, 3, 57, 70, undefined, { variant: "split" }, {
+    maxChunkBytes: 2 * 130 * 256,
+    view,
+    check: (attn) => assert.deepEqual(attn.lastBindings, { texel: 1, storage: 1 }),
+  });
 });
 
 Deno.test("prefill attention (CPU variants): over 65,535 keys in one pass", () => {

@@ -131,6 +131,29 @@ Deno.test("layer-by-layer SnapKV and StreamingLLM keep the chunked path's rows",
   }
 });
 
+Deno.test("layer-by-layer prefill with its attention in query blocks: the same logits and rows", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await using model = await syntheticModel(dir);
+    const c = model.config;
+    const prompt = randomPrompt(600, c.vocabSize, 9);
+    const opts = { cache: "snapkv", keep: 0.3 } as const;
+    const whole = await afterPrompt(model, opts, prompt, "layered");
+    // FLOPs of one query token at the last chunk's end: blocks of 37 tokens there (ragged, more
+    // at earlier chunks), then of one token (a submission per query token).
+    const perToken = 4 * c.headDim * c.nHeads * prompt.length;
+    for (const budget of [37 * perToken, 1]) {
+      model.llama.attentionFlopsPerSubmission = budget;
+      const blocks = await afterPrompt(model, opts, prompt, "layered");
+      assert.deepEqual(blocks.logits, whole.logits, `budget ${budget}: logits`);
+      assert.deepEqual(blocks.state.state, whole.state.state);
+      blocks.state.blobs.forEach((b, i) => assert.deepEqual(b, whole.state.blobs[i], `blob ${i}`));
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 async function fullCacheAgrees(model: LoadedModel): Promise<void> {
   // Past one chunk (256) where the model's context allows (stories260K: 512; babyllama: 256).
   const text = "Lily went to the park with her mom. She saw a big dog and a red ball. ".repeat(12);

@@ -498,6 +498,10 @@ export interface PrefillAttentionOptions {
   /** "rows": query rows per lane (about 256 floats of q per lane). Default: 16 up to head dim
    * 16, floor(256 / headDim) above. */
   rowsPerLane?: number;
+  /** "split": read K and V as texel buffers where the device has them (default), falling back
+   * to storage buffers per cache chunk that does not fit a texel view. lavapipe gathers a
+   * texel for all lanes at once where it loads storage buffers lane by lane. */
+  texel?: boolean;
 }
 
 /** Key blocks per pass of the CPU variants (a block is 2..4 keys, unrolled): an invocation runs
@@ -516,7 +520,17 @@ export class PrefillAttention implements Disposable {
   readonly #cpu: boolean;
   /** A CPU driver: its loop cap bounds the keys per pass of any variant. */
   readonly #cpuDriver: boolean;
+  /** The variant's kernel ("split": reading K/V as texels where the device has them). */
   readonly #kernel: Kernel;
+  /** Whether #kernel reads K/V as texels. */
+  readonly #texel: boolean = false;
+  /** "split" with texels: the storage-buffer kernel for chunks over the texel view limit, made
+   * on first use (each pipeline costs llvmpipe seconds of compile time). */
+  #storageKernel: Kernel | null = null;
+  readonly #makeStorage: (() => Kernel) | null = null;
+  readonly #maxTexelBytes: number;
+  /** Dispatches of the last record() call by K/V binding kind. */
+  lastBindings = { texel: 0, storage: 0 };
 
   constructor(device: Device, opts: PrefillAttentionOptions) {
     checkHeadDim(opts.headDim);
@@ -527,6 +541,7 @@ export class PrefillAttention implements Disposable {
     this.groupSize = G;
     this.#cpu = deviceParallelism(device).cpu;
     this.#cpuDriver = deviceParallelism(device).cpuDriver;
+    this.#maxTexelBytes = device.info.maxTexelBufferElements * TEXEL_BYTES;
     const lanes = Math.max(1, Math.min(64, device.info.subgroupSize));
     const splitOk = (lanes & (lanes - 1)) === 0 && D % (2 * lanes) === 0;
     this.variant = opts.variant ?? (!this.#cpu ? "tiled" : splitOk ? "split" : "rows");
@@ -542,10 +557,24 @@ export class PrefillAttention implements Disposable {
         limit(`rowsPerGroup ${rows} must be a multiple of ${lanes} lanes, at most 64`);
       }
       this.#rows = rows;
-      this.#kernel = device.kernel(SHADERS.attn_prefill_split.variant(), {
+      const spec = [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)];
+      const storage = () =>
+        device.kernel(SHADERS.attn_prefill_split.variant({ texel: false }), {
+          bindings: 6,
+          push: PREFILL_PUSH,
+          spec,
+        });
+      this.#texel = (opts.texel ?? true) && device.info.texelBuffer;
+      if (!this.#texel) {
+        this.#kernel = storage();
+        return;
+      }
+      this.#makeStorage = storage;
+      this.#kernel = device.kernel(SHADERS.attn_prefill_split.variant({ texel: true }), {
         bindings: 6,
+        kinds: ["storage", "texel", "texel", "storage", "storage", "storage"],
         push: PREFILL_PUSH,
-        spec: [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)],
+        spec,
       });
       return;
     }
@@ -630,6 +659,7 @@ export class PrefillAttention implements Disposable {
       limit(`prefill of ${B} tokens needs ${gx} workgroups (max 65535); split the batch`);
     }
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
+    this.lastBindings = { texel: 0, storage: 0 };
     for (let pass = 0; pass < passes; pass++) {
       if (pass > 0) cmd.barrier();
       const flags = (pass === 0 ? 1 : 0) | (pass === passes - 1 ? 2 : 0);
@@ -649,8 +679,13 @@ export class PrefillAttention implements Disposable {
           nHeads,
           scale,
         });
+        // A chunk (whole rows of 2 * headDim bytes, so whole 16-byte texels) too big for one
+        // texel view takes the storage-buffer kernel.
+        const texel = this.#texel &&
+          Math.max(cache.k[c].bytes, cache.v[c].bytes) <= this.#maxTexelBytes;
+        this.lastBindings[texel ? "texel" : "storage"]++;
         cmd.dispatch(
-          this.#kernel,
+          texel || !this.#texel ? this.#kernel : this.#storageKernel ??= this.#makeStorage!(),
           [a.q, cache.k[c], cache.v[c], cache.table, a.out, a.scratch],
           push,
           [gx, h1 - h0],
@@ -662,6 +697,7 @@ export class PrefillAttention implements Disposable {
 
   dispose(): void {
     this.#kernel.dispose();
+    this.#storageKernel?.dispose();
   }
 
   [Symbol.dispose](): void {

@@ -17,7 +17,13 @@ import { Argmax } from "../kernels/select.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
 import { layerUsesRope } from "./arch.ts";
 import { type ModelConfig, ropeInverseFrequencies } from "./config.ts";
-import { type ForwardState, MAX_BATCH_TOKENS, stepLayout } from "./forward.ts";
+import {
+  ATTENTION_FLOPS_PER_SUBMISSION,
+  type AttentionSplit,
+  type ForwardState,
+  MAX_BATCH_TOKENS,
+  stepLayout,
+} from "./forward.ts";
 import { type ForwardIo, LlamaState } from "./llama_state.ts";
 import { dequantize } from "./quant/mod.ts";
 import type { ModelSource, ModelTensor } from "./source.ts";
@@ -196,6 +202,10 @@ export class LlamaModel implements Disposable {
   #disposed = false;
   /** The prompt path's projection kernel (see PromptKernel); benchmarks switch it to compare. */
   promptKernel: PromptKernel;
+  /** The most prefill-attention work (q.k and p.v multiply-adds x 2) one submission of a
+   * layer-by-layer prefill carries: above it a layer's attention goes in query blocks, each
+   * ending a submission (see AttentionSplit). Tests lower it. */
+  attentionFlopsPerSubmission = ATTENTION_FLOPS_PER_SUBMISSION;
 
   private constructor(init: {
     device: Device;
@@ -394,6 +404,8 @@ export class LlamaModel implements Disposable {
   /**
    * Records layer `l` over the `tokens` hidden states in act.x (updated in place), appending
    * their K and V to io.caches[l]. The layer-by-layer prefill (llama_layered.ts) runs it alone.
+   * With `split`, the prompt attention goes in query blocks, `split.next` ending the list
+   * before each block after the first; returns the list the layer's recording ends in.
    */
   recordLayer(
     cmd: CommandList,
@@ -401,7 +413,8 @@ export class LlamaModel implements Disposable {
     l: number,
     tokens: number,
     position: number,
-  ): void {
+    split?: AttentionSplit,
+  ): CommandList {
     const c = this.config;
     const K = this.kernels;
     const a = this.act;
@@ -456,14 +469,25 @@ export class LlamaModel implements Disposable {
     if (B === 1) {
       K.decode.record(cmd, { cache, q: a.q, out: a.att, scratch: io.attnScratch });
     } else {
-      K.prefill.record(cmd, {
-        cache,
-        q: a.q,
-        tokens: B,
-        position,
-        out: a.att,
-        scratch: io.attnScratch,
-      });
+      // Query blocks are independent (each row sees keys 0 .. its position), so a block's
+      // numbers do not depend on where the blocks are cut.
+      const block = Math.max(1, Math.min(B, split?.tokens ?? B));
+      for (let q0 = 0; q0 < B; q0 += block) {
+        if (q0 > 0) {
+          cmd = split!.next(cmd);
+          cmd.barrier();
+        }
+        K.prefill.record(cmd, {
+          cache,
+          q: a.q,
+          qOffset: q0 * qDim,
+          tokens: Math.min(block, B - q0),
+          position: position + q0,
+          out: a.att,
+          outOffset: q0 * qDim,
+          scratch: io.attnScratch,
+        });
+      }
     }
     cmd.barrier();
     this.#matvec(cmd, L.o, a.att, a.x, B, true);
@@ -484,6 +508,7 @@ export class LlamaModel implements Disposable {
     cmd.barrier();
     this.#matvec(cmd, L.down, a.hb, a.x, B, true);
     cmd.barrier();
+    return cmd;
   }
 
   /** Records the last token's logits (act.logits) from the `tokens` hidden states in act.x. */

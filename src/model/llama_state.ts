@@ -47,6 +47,8 @@ export class LlamaState implements ForwardState {
   readonly #decodeLists = new Map<string, CommandList>();
   #decodeCaches: readonly KvLayerCache[] | null = null;
   readonly #batch: CommandList;
+  /** The lists of a layer step whose attention goes in query blocks (made on first use). */
+  readonly #splitLists: CommandList[] = [];
   readonly #owned: Disposable[] = [];
   #disposed = false;
 
@@ -304,21 +306,49 @@ export class LlamaState implements ForwardState {
       captureQueriesFrom: step.captureQueriesFrom,
     });
     const m = this.model;
-    const cmd = this.#batch;
-    cmd.begin();
-    cache.recordLengthsUpload(cmd);
-    if (layer === 0) m.recordEmbed(cmd, io, B);
-    else {
-      hidden.recordLoad(cmd, m.act.x, start, B);
-      cmd.barrier();
+    let cmd = this.#batch;
+    // Past the model's attention budget per submission, the layer's attention goes in query
+    // blocks, each closing a submission; they run in order on the queue, so only the last one
+    // is waited for.
+    const perToken = 4 * c.headDim * c.nHeads * (start + B);
+    const blockTokens = Math.max(1, Math.floor(m.attentionFlopsPerSubmission / perToken));
+    let submitted: bigint | null = null;
+    let lists = 0;
+    const split = blockTokens >= B ? undefined : {
+      tokens: blockTokens,
+      next: (done: CommandList): CommandList => {
+        done.end();
+        submitted = done.submit();
+        let list = this.#splitLists[lists];
+        if (!list) {
+          list = m.device.commands();
+          this.#owned.push(list);
+          this.#splitLists.push(list);
+        }
+        lists++;
+        return list.begin();
+      },
+    };
+    try {
+      cmd.begin();
+      cache.recordLengthsUpload(cmd);
+      if (layer === 0) m.recordEmbed(cmd, io, B);
+      else {
+        hidden.recordLoad(cmd, m.act.x, start, B);
+        cmd.barrier();
+      }
+      cmd = m.recordLayer(cmd, io, layer, B, start, split);
+      if (layer < c.nLayers - 1) hidden.recordStore(cmd, m.act.x, start, B);
+      else if (want !== "none") {
+        m.recordOutput(cmd, B);
+        this.#recordTail(cmd, want);
+      }
+      cmd.end();
+    } catch (e) {
+      // Blocks already submitted must finish before their lists are recorded again.
+      if (submitted !== null) m.device.waitSync("compute", submitted);
+      throw e;
     }
-    m.recordLayer(cmd, io, layer, B, start);
-    if (layer < c.nLayers - 1) hidden.recordStore(cmd, m.act.x, start, B);
-    else if (want !== "none") {
-      m.recordOutput(cmd, B);
-      this.#recordTail(cmd, want);
-    }
-    cmd.end();
     await m.device.wait("compute", cmd.submit());
     if (want === "argmax") {
       const t = this.#token.mapped();
