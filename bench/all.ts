@@ -123,6 +123,10 @@ if (import.meta.main) {
     ? await runPrefill({
       tokens: quick ? [512, 1024] : [512, 1024, 2048],
       longTokens: quick ? 2048 : 4096,
+      // llama.cpp's CPU backend (the peer here) everywhere, its Vulkan backend on the same
+      // device where it finishes in minutes.
+      llamacpp: ["cpu", "vulkan"],
+      vulkanMaxTokens: quick ? 512 : 1024,
       write,
     })
     : await stored<PrefillResult>("prefill");

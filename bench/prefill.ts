@@ -20,6 +20,7 @@
  *
  *   deno run -A bench/prefill.ts [--tokens 512,1024] [--types F16,Q8_0,Q4_K]
  *     [--long-tokens 4096 (0: none)] [--long-chunked false] [--llamacpp cpu|cpu,vulkan|none]
+ *     [--vulkan-max-tokens N]
  *     [--attention-tokens 2048,4096,8192 (0: none)] [--write]
  */
 import { parseArgs } from "node:util";
@@ -122,9 +123,14 @@ async function llamaCppAll(
   path: string,
   tokens: number,
   backends: readonly string[],
+  vulkanMaxTokens: number,
 ): Promise<Record<string, number | string>> {
   const out: Record<string, number | string> = {};
-  for (const b of backends) out[b] = await llamaCppPrefill(path, tokens, b);
+  for (const b of backends) {
+    out[b] = b === "vulkan" && tokens > vulkanMaxTokens
+      ? `not run above ${vulkanMaxTokens} tokens`
+      : await llamaCppPrefill(path, tokens, b);
+  }
   return out;
 }
 
@@ -273,6 +279,9 @@ export async function runPrefill(
     longChunked?: boolean;
     /** llama.cpp backends to run beside ("cpu", "vulkan"). */
     llamacpp?: string[];
+    /** Longest prompt llama.cpp's Vulkan backend prefills (default: every one): on lavapipe it
+     * takes minutes per thousand tokens of the 8B shape. */
+    vulkanMaxTokens?: number;
     /** Prompt lengths of the attention-only rows (empty: none). */
     attentionTokens?: number[];
     write?: boolean;
@@ -282,6 +291,7 @@ export async function runPrefill(
   const types = opts.types ?? ["F16"];
   const longTokens = opts.longTokens ?? 4096;
   const backends = opts.llamacpp ?? ["cpu"];
+  const vulkanMax = opts.vulkanMaxTokens ?? Infinity;
   let long: LongResult | null = null;
   let fmaGflops: number;
   let k: { matvec: number; matmul: number };
@@ -313,7 +323,7 @@ export async function runPrefill(
       await writeSyntheticModel(path, { ...SPEC, weightType: id });
       for (const tokens of tokenList) {
         const r = await prefillMs(path, tokens);
-        const llamacpp = await llamaCppAll(path, tokens, backends);
+        const llamacpp = await llamaCppAll(path, tokens, backends, vulkanMax);
         rows.push({ type, tokens, ...r, speedup: r.matvecMs / r.matmulMs, llamacpp });
         console.error(`prefill ${type} ${tokens}: ${JSON.stringify(rows.at(-1))}`);
       }
@@ -331,7 +341,7 @@ export async function runPrefill(
         ? ["layered"]
         : ["layered", "chunked"];
       const lrows = await longPrefill(path, longTokens, orders);
-      const llamacpp = await llamaCppAll(path, longTokens, backends);
+      const llamacpp = await llamaCppAll(path, longTokens, backends, vulkanMax);
       long = { tokens: longTokens, layers, rows: lrows, llamacpp };
     }
   } finally {
@@ -424,6 +434,7 @@ if (import.meta.main) {
       "long-tokens": { type: "string", default: "4096" },
       "long-chunked": { type: "string", default: "true" },
       llamacpp: { type: "string", default: "cpu" },
+      "vulkan-max-tokens": { type: "string" },
       "attention-tokens": { type: "string", default: "2048,4096,8192" },
       write: { type: "boolean" },
     },
@@ -434,6 +445,7 @@ if (import.meta.main) {
     longTokens: Number(values["long-tokens"]),
     longChunked: values["long-chunked"] !== "false",
     llamacpp: values.llamacpp === "none" ? [] : values.llamacpp.split(","),
+    vulkanMaxTokens: values["vulkan-max-tokens"] ? Number(values["vulkan-max-tokens"]) : undefined,
     attentionTokens: values["attention-tokens"].split(",").map(Number).filter((n) => n > 0),
     write: values.write,
   });
