@@ -12,7 +12,8 @@
 //
 // Defines: TYPE; ROWLOOP; TEXEL binds weights and x as texel buffers (bindings 0 and 1), else
 // they are storage buffers and LOAD64 reads chunks as u64vec4 (needs shaderInt64), else as two
-// uvec4; HC_SUBGROUP selects the reduction.
+// uvec4; LANES (with TEXEL; Q8_0, Q4_0, Q4_K) reads weights in the "lanes" layout (see LOADU);
+// HC_SUBGROUP selects the reduction.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "quant.glsl"
@@ -118,6 +119,24 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
   D[o + 4] = b_.x; D[o + 5] = b_.y; D[o + 6] = b_.z; D[o + 7] = b_.w; }
 #define LOADX(i, D, o) { D[o] = xc[2u * (i)]; D[o + 1] = xc[2u * (i) + 1u]; }
 #define NCHUNKS (uint(wc.length()) / 2u)
+#endif
+
+// Chunk kc of unit u in the row whose first chunk is rc (`units` units per row).
+#ifdef LANES
+// The "lanes" layout (src/kernels/matvec_layout.ts: the host permutes each row's 16-byte
+// texels at upload): the units of a row go in groups of 8, and texel k of the group's j-th
+// unit sits at group start + k * g + j (g = units in the group, 8 but in a row's last group).
+// So the 8 lanes of one fetch, which work on neighbouring units, read one contiguous run of
+// g texels, and successive fetches walk memory in order. In GGUF order each lane reads its own
+// 544-byte unit: 8 short streams that the CPU's prefetchers do not follow, so on lavapipe the
+// fetches stalled on memory for most of the kernel's time (measured ~2x CPU time per matvec).
+#define LOADU(rc, u, kc, D, o) { uint g_ = min(8u, units - ((u) & ~7u)); \
+  uint t_ = 2u * (rc) + ((u) >> 3) * (16u * CHUNKS) + ((u) & 7u) + 2u * (kc) * g_; \
+  uvec4 a_ = texelFetch(wt, int(t_)), b_ = texelFetch(wt, int(t_ + g_)); \
+  D[o] = a_.x; D[o + 1] = a_.y; D[o + 2] = a_.z; D[o + 3] = a_.w; \
+  D[o + 4] = b_.x; D[o + 5] = b_.y; D[o + 6] = b_.z; D[o + 7] = b_.w; }
+#else
+#define LOADU(rc, u, kc, D, o) LOADW((rc) + (u) * CHUNKS + (kc), D, o)
 #endif
 
 #ifdef ROWLOOP
@@ -269,8 +288,13 @@ void main() {
   uint slices = max((p.flags >> 8) & 0xffu, 1u);
   float keep = 0.0;
   for (uint item = lane; item < units * slices; item += WG) {
-    uint u = item / slices;
-    uint slice = item % slices;
+    // Items go in blocks of WG units x all slices, slice-major, so the lanes of one fetch work
+    // on neighbouring units of the same row (what the lanes layout lays out contiguously).
+    uint blk = item / (WG * slices);
+    uint rem = item % (WG * slices);
+    uint nb = min(WG, units - blk * WG);
+    uint u = blk * WG + rem % nb;
+    uint slice = rem / nb;
     vec4 xs[XV];
     uint xb = (col * p.xStride + u * UNIT) / 8u;
     [[unroll]] for (uint k = 0; k < XV / 2u; k++) LOADX(xb + k, xs, 2u * k)
@@ -286,7 +310,6 @@ void main() {
 #endif
       xsum[b] = dot(t, vec4(1.0));
     }
-    uint c0 = p.wByte0 / 32u + u * CHUNKS;
     uint rowChunks = p.rowBytes / 32u;
     for (uint r = slice; r < nr; r += slices) {
       uint wr[CHUNKS * 8u];
@@ -303,8 +326,8 @@ void main() {
       [[unroll]] for (uint k = 0; k < 54u; k++) wr[k] = s1 ? wr[k + 1u] : wr[k];
       [[unroll]] for (uint k = 0; k < 53u; k++) wr[k] = sh ? funnel16(wr[k], wr[k + 1u]) : wr[k];
 #else
-      uint c = c0 + (r0 + r) * rowChunks;
-      [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADW(c + k, wr, 8u * k)
+      uint rc = p.wByte0 / 32u + (r0 + r) * rowChunks;
+      [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADU(rc, u, k, wr, 8u * k)
 #endif
       // v also feeds `keep`, so LLVM cannot sink its whole computation into the per-lane
       // scalar loop that stores to shared memory: with one use, InstCombine scalarised the
@@ -402,7 +425,7 @@ void main() {
   for (uint u = lane; u < units; u += WG) {
 #if STEPS > 1
     [[unroll]] for (uint r = 0; r < NUM_ROWS; r++) {
-      LOADW(rowChunk[r] + u * CHUNKS, carry[r], 0)
+      LOADU(rowChunk[r], u, 0u, carry[r], 0)
 #if TYPE == T_Q4_K
       [[unroll]] for (uint k = 0; k < 4u; k++) hdr[r][k] = carry[r][k];
 #endif
@@ -427,7 +450,7 @@ void main() {
         float dA = 1.0, dB = 1.0, mA = 0.0, mB = 0.0;
 #if TYPE == T_F32 || TYPE == T_F16 || TYPE == T_BF16
         uint t[8];
-        LOADW(rowChunk[r] + u, t, 0)
+        LOADU(rowChunk[r], u, 0u, t, 0)
 #if TYPE == T_F32
         wv[0] = uintBitsToFloat(uvec4(t[0], t[1], t[2], t[3]));
         wv[1] = uintBitsToFloat(uvec4(t[4], t[5], t[6], t[7]));
@@ -440,8 +463,8 @@ void main() {
         // Block pair s sits at byte 68s of the run: chunks 2s..2s+2, 4s bytes in.
         uint t[24];
         [[unroll]] for (uint k = 0; k < 8u; k++) t[k] = carry[r][k];
-        LOADW(rowChunk[r] + u * CHUNKS + 2u * s + 1u, t, 8)
-        LOADW(rowChunk[r] + u * CHUNKS + 2u * s + 2u, t, 16)
+        LOADU(rowChunk[r], u, 2u * s + 1u, t, 8)
+        LOADU(rowChunk[r], u, 2u * s + 2u, t, 16)
         [[unroll]] for (uint k = 0; k < 8u; k++) carry[r][k] = t[16u + k];
         bool b4 = (s & 4u) != 0u, b2 = (s & 2u) != 0u, b1 = (s & 1u) != 0u;
         [[unroll]] for (uint k = 0; k < 20u; k++) t[k] = b4 ? t[k + 4u] : t[k];
@@ -457,7 +480,7 @@ void main() {
         // Block pair s sits at byte 36s of the run: chunks s..s+1, 4s bytes in.
         uint t[16];
         [[unroll]] for (uint k = 0; k < 8u; k++) t[k] = carry[r][k];
-        LOADW(rowChunk[r] + u * CHUNKS + s + 1u, t, 8)
+        LOADU(rowChunk[r], u, s + 1u, t, 8)
         [[unroll]] for (uint k = 0; k < 8u; k++) carry[r][k] = t[8u + k];
         bool b4 = (s & 4u) != 0u, b2 = (s & 2u) != 0u, b1 = (s & 1u) != 0u;
         [[unroll]] for (uint k = 0; k < 12u; k++) t[k] = b4 ? t[k + 4u] : t[k];
@@ -478,7 +501,7 @@ void main() {
         // Group s (64 elements): super-block s/4, qs bytes 32*(s%4).. of it. The first
         // super-block's qs start 16 bytes into chunk 0, the second's are chunk-aligned.
         uint t[8];
-        LOADW(rowChunk[r] + u * CHUNKS + s + 1u, t, 0)
+        LOADU(rowChunk[r], u, s + 1u, t, 0)
         bool first = s < 4u;
         uint q[8];
         [[unroll]] for (uint k = 0; k < 4u; k++) {
