@@ -121,21 +121,27 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
 #define NCHUNKS (uint(wc.length()) / 2u)
 #endif
 
-// Chunk kc of unit u in the row whose first chunk is rc (`units` units per row).
+// Chunk kc of unit u of row `row` (`units` units per row). ROWREF(row) is what LOADU takes
+// for a row: its index in the lanes layout, its first chunk otherwise.
 #ifdef LANES
-// The "lanes" layout (src/kernels/matvec_layout.ts: the host permutes each row's 16-byte
-// texels at upload): the units of a row go in groups of 8, and texel k of the group's j-th
-// unit sits at group start + k * g + j (g = units in the group, 8 but in a row's last group).
-// So the 8 lanes of one fetch, which work on neighbouring units, read one contiguous run of
-// g texels, and successive fetches walk memory in order. In GGUF order each lane reads its own
-// 544-byte unit: 8 short streams that the CPU's prefetchers do not follow, so on lavapipe the
-// fetches stalled on memory for most of the kernel's time (measured ~2x CPU time per matvec).
-#define LOADU(rc, u, kc, D, o) { uint g_ = min(8u, units - ((u) & ~7u)); \
-  uint t_ = 2u * (rc) + ((u) >> 3) * (16u * CHUNKS) + ((u) & 7u) + 2u * (kc) * g_; \
+// The "lanes" layout (src/kernels/matvec_layout.ts; the host permutes the weight's 16-byte
+// texels at upload): the units of each row go in groups of 8 (a row's last group may hold
+// fewer, g); group G of every row, row after row, forms one contiguous band (bands of earlier
+// groups hold 8 units per row), and inside a row's part of a band texel k of the j-th unit sits
+// at k * g + j. So the 8 lanes of one fetch, which work on neighbouring units of one row, read
+// one contiguous run of g texels, successive fetches walk on, and the row loop walks down the
+// band. In GGUF order each lane reads its own 544-byte unit: 8 short streams the CPU's
+// prefetchers do not follow, and on lavapipe the fetches stalled on memory for most of the
+// kernel's time (measured ~2x the CPU time per matvec).
+#define ROWREF(row) (row)
+#define LOADU(row, u, kc, D, o) { uint g_ = min(8u, units - ((u) & ~7u)); \
+  uint t_ = p.wByte0 / 16u + ((u) >> 3) * (p.rows * 16u * CHUNKS) + (row) * (2u * CHUNKS) * g_ \
+    + ((u) & 7u) + 2u * (kc) * g_; \
   uvec4 a_ = texelFetch(wt, int(t_)), b_ = texelFetch(wt, int(t_ + g_)); \
   D[o] = a_.x; D[o + 1] = a_.y; D[o + 2] = a_.z; D[o + 3] = a_.w; \
   D[o + 4] = b_.x; D[o + 5] = b_.y; D[o + 6] = b_.z; D[o + 7] = b_.w; }
 #else
+#define ROWREF(row) ((p.wByte0 + (row) * p.rowBytes) / 32u)
 #define LOADU(rc, u, kc, D, o) LOADW((rc) + (u) * CHUNKS + (kc), D, o)
 #endif
 
@@ -310,8 +316,9 @@ void main() {
 #endif
       xsum[b] = dot(t, vec4(1.0));
     }
-    uint rowChunks = p.rowBytes / 32u;
-    for (uint r = slice; r < nr; r += slices) {
+    // A slice is a contiguous run of rows, so the lanes layout's band is read in order.
+    uint rEnd = (nr * (slice + 1u)) / slices;
+    for (uint r = (nr * slice) / slices; r < rEnd; r++) {
       uint wr[CHUNKS * 8u];
 #if TYPE == T_Q6_K
       uint b = p.wByte0 + (r0 + r) * p.rowBytes + 210u * u;
@@ -326,7 +333,7 @@ void main() {
       [[unroll]] for (uint k = 0; k < 54u; k++) wr[k] = s1 ? wr[k + 1u] : wr[k];
       [[unroll]] for (uint k = 0; k < 53u; k++) wr[k] = sh ? funnel16(wr[k], wr[k + 1u]) : wr[k];
 #else
-      uint rc = p.wByte0 / 32u + (r0 + r) * rowChunks;
+      uint rc = ROWREF(r0 + r);
       [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADU(rc, u, k, wr, 8u * k)
 #endif
       // v also feeds `keep`, so LLVM cannot sink its whole computation into the per-lane
@@ -417,7 +424,7 @@ void main() {
   [[unroll]] for (uint i = 0; i < NUM_ROWS * NUM_COLS; i++) acc[i] = 0.0;
   uint rowChunk[NUM_ROWS];
   [[unroll]] for (uint r = 0; r < NUM_ROWS; r++) {
-    rowChunk[r] = (p.wByte0 + min(r0 + r, p.rows - 1u) * p.rowBytes) / 32u;
+    rowChunk[r] = ROWREF(min(r0 + r, p.rows - 1u));
   }
   uint xcol[NUM_COLS];
   [[unroll]] for (uint c = 0; c < NUM_COLS; c++) xcol[c] = min(col0 + c, p.ncols - 1u) * p.xStride;

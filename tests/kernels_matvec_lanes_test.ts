@@ -14,6 +14,7 @@ import {
   fromLanesLayout,
   lanesLayoutFits,
   lanesLayoutType,
+  lanesUploadFill,
   toLanesLayout,
 } from "../src/kernels/matvec_layout.ts";
 import { quantize } from "../src/model/quant/mod.ts";
@@ -35,7 +36,7 @@ const TEXEL = (() => {
   return dev.info.texelBuffer;
 })();
 
-Deno.test("lanes layout: texel k of a group's j-th unit at k * g + j, and back", () => {
+Deno.test("lanes layout: bands of 8 units, texel k of unit j at k * g + j, and back", async () => {
   // Q4_0, 3 units of 512 (288 bytes = 18 texels each): one group of g = 3.
   const cols = 1536;
   const rowBytes = 3 * 288;
@@ -73,6 +74,37 @@ Deno.test("lanes layout: texel k of a group's j-th unit at k * g + j, and back",
   const q = new Uint8Array(w.length);
   fromLanesLayout(GgmlType.Q8_0, 14336, p, q);
   assert.deepEqual(q, w);
+  // 10 units (5120 columns): band 0 holds units 0-7 of every row, then band 1 units 8-9.
+  const rows = 3, units = 10, T = 18, rb = units * T * 16;
+  const tagged = new Uint8Array(rows * rb);
+  for (let r = 0; r < rows; r++) {
+    for (let t = 0; t < units * T; t++) {
+      tagged.fill((r * 61 + t) & 0xff, r * rb + t * 16, r * rb + t * 16 + 16);
+    }
+  }
+  const banded = new Uint8Array(tagged.length);
+  toLanesLayout(GgmlType.Q4_0, 5120, tagged, banded);
+  for (let r = 0; r < rows; r++) {
+    for (let u = 0; u < units; u++) {
+      for (let k = 0; k < T; k++) {
+        const band = u < 8 ? 0 : 1, g = u < 8 ? 8 : 2, j = u % 8;
+        const at = band * rows * 8 * T + r * g * T + k * g + j;
+        assert.equal(banded[at * 16], (r * 61 + u * T + k) & 0xff, `row ${r} unit ${u} texel ${k}`);
+      }
+    }
+  }
+  // The loader's streamed upload gives the same bytes, whatever the chunk boundaries.
+  for (const chunkBytes of [1000, 7776, banded.length]) {
+    const fill = lanesUploadFill(GgmlType.Q4_0, rows, 5120, (d, off) => {
+      d.set(tagged.subarray(off, off + d.length));
+      return Promise.resolve();
+    });
+    const up = new Uint8Array(banded.length);
+    for (let off = 0; off < up.length; off += chunkBytes) {
+      await fill(up.subarray(off, Math.min(up.length, off + chunkBytes)), off);
+    }
+    assert.deepEqual(up, banded, `chunks of ${chunkBytes} bytes`);
+  }
   assert.equal(lanesLayoutType(GgmlType.Q6_K, 4096), false);
   assert.equal(lanesLayoutType(GgmlType.Q8_0, 4000), false);
   assert.throws(
@@ -207,7 +239,7 @@ Deno.test("lanes layout: a model's matrices take it on the cpu set only, logits 
       nLayers: 1,
       nHeads: 4,
       nKvHeads: 2,
-      ffnDim: 1536,
+      ffnDim: 4608, // 9 units: the down projection has two bands, the second of one unit
       vocabSize: 300,
       contextLength: 64,
       seed: 11,

@@ -547,6 +547,13 @@ export class MatVec implements Disposable {
       align: texel ? texelAlign : storageAlign,
       rowsPerGroup,
     });
+    // The lanes layout spans the whole weight (its bands run over all rows): one dispatch.
+    if (lanes && ranges.length !== 1) {
+      throw new HcError(
+        "E_VK_LIMIT",
+        `matvec: a ${a.rows}-row weight in the lanes layout needs ${ranges.length} dispatches`,
+      );
+    }
     return {
       kind,
       kernel,

@@ -1,19 +1,21 @@
 /**
- * The "lanes" weight layout of the CPU matvec path (shaders/matvec_run.comp, LOADU): each row's
- * 16-byte texels permuted so that the 8 lanes of one texel fetch read one contiguous run.
+ * The "lanes" weight layout of the CPU matvec path (shaders/matvec_run.comp, LOADU): a weight's
+ * 16-byte texels permuted so that the 8 lanes of one texel fetch read one contiguous run and the
+ * row loop walks memory in order.
  *
  * The run path gives each lane a unit of 512 elements (Q8_0: 16 blocks = 34 texels; Q4_0 and
- * Q4_K: 18 texels), and in GGUF order a unit is one contiguous range, so one fetch touches 8
- * ranges 288-544 bytes apart and each lane's range ends after a few cache lines: the CPU's
- * prefetchers do not follow that, and lavapipe's fetches stall on memory. In the lanes layout a
- * row's units go in groups of 8 (the last group of a row may hold fewer, g), and texel k of the
- * group's j-th unit sits at the group's start + k * g + j. Each unit keeps its bytes (the
- * shader's block decode is unchanged) and each row keeps its place and size; only the order of
- * the texels inside a row changes.
+ * Q4_K: 18 texels) and walks the rows of a row group with it. In GGUF order a unit is one
+ * contiguous range, so one fetch touches 8 ranges 288-544 bytes apart and each lane's range ends
+ * after a few cache lines: the CPU's prefetchers do not follow that, and lavapipe's fetches
+ * stall on memory. In the lanes layout the units of every row go in groups of 8 (a row's last
+ * group may hold fewer, g); group G of all rows, row after row, forms band G (the bands before
+ * it hold 8 units per row), and inside a row's part of a band texel k of the j-th unit sits at
+ * k * g + j. Each unit keeps its bytes, so the shader's block decode is unchanged. Rows of 8 or
+ * fewer units form a single band, in which each row keeps its place.
  *
- * Only matvec's run path reads this layout, through texel bindings; the loader permutes the
- * weights that only matvec reads (never the embedding table, which get_rows reads) where
- * `lanesLayoutFits` says the run path will read them.
+ * Only matvec's run path reads this layout, through texel bindings (one view of the whole
+ * weight); the loader permutes the weights that only matvec reads (never the embedding table,
+ * which get_rows reads) where `lanesLayoutFits` says the run path will read them.
  */
 import { HcError } from "../errors.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
@@ -55,12 +57,60 @@ export function lanesLayoutFits(device: Device, type: number, rows: number, cols
   return rows * rowBytesOf(type, cols) <= limit;
 }
 
+/** Units per row, texels per unit and bytes per row of a lanes-layout weight. */
+function lanesShape(type: number, cols: number): { units: number; T: number; rowBytes: number } {
+  if (!lanesLayoutType(type, cols)) {
+    throw new HcError(
+      "E_BAD_REQUEST",
+      `matvec layout: no lanes layout for type ${type} with ${cols} columns`,
+    );
+  }
+  const rowBytes = rowBytesOf(type, cols);
+  const units = cols / LANES_UNIT;
+  return { units, T: rowBytes / units / TEXEL_BYTES, rowBytes };
+}
+
+/** Copies 16-byte texel `from` of `src` to texel `to` of `dst`. */
+function moveTexel(src: Uint8Array, from: number, dst: Uint8Array, to: number): void {
+  dst.set(src.subarray(from * TEXEL_BYTES, (from + 1) * TEXEL_BYTES), to * TEXEL_BYTES);
+}
+
 /**
- * Permutes whole rows of `type` (GGUF order, `cols` elements each) from `src` into `dst` in
- * the lanes layout (`dst` may not be `src`). Throws where the type or width has no lanes layout.
+ * Writes rows [row0, row0 + n) of band `band` of a `rows`-row weight: `src` holds those rows
+ * whole, in GGUF order; `dst` receives the band's part for them (n * g * T texels).
+ */
+function fillBand(
+  s: { units: number; T: number; rowBytes: number },
+  band: number,
+  n: number,
+  src: Uint8Array,
+  dst: Uint8Array,
+): void {
+  const g = Math.min(GROUP, s.units - band * GROUP);
+  const rowTexels = s.rowBytes / TEXEL_BYTES;
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < g; j++) {
+      const from = i * rowTexels + (band * GROUP + j) * s.T;
+      const to = i * g * s.T + j;
+      for (let k = 0; k < s.T; k++) moveTexel(src, from + k, dst, to + k * g);
+    }
+  }
+}
+
+/**
+ * Permutes a whole weight of `type` (GGUF order, rows of `cols` elements) from `src` into `dst`
+ * in the lanes layout (`dst` may not be `src`). Throws where the type or width has no lanes
+ * layout.
  */
 export function toLanesLayout(type: number, cols: number, src: Uint8Array, dst: Uint8Array): void {
-  lanesPermute(type, cols, src, dst, true);
+  const s = lanesShape(type, cols);
+  checkArrays(s.rowBytes, src, dst);
+  const rows = src.length / s.rowBytes;
+  for (let band = 0; band * GROUP < s.units; band++) {
+    const at = band * rows * GROUP * s.T * TEXEL_BYTES;
+    const g = Math.min(GROUP, s.units - band * GROUP);
+    fillBand(s, band, rows, src, dst.subarray(at, at + rows * g * s.T * TEXEL_BYTES));
+  }
 }
 
 /** The inverse of toLanesLayout. */
@@ -70,76 +120,74 @@ export function fromLanesLayout(
   src: Uint8Array,
   dst: Uint8Array,
 ): void {
-  lanesPermute(type, cols, src, dst, false);
-}
-
-function lanesPermute(
-  type: number,
-  cols: number,
-  src: Uint8Array,
-  dst: Uint8Array,
-  forward: boolean,
-): void {
-  if (!lanesLayoutType(type, cols)) {
-    throw new HcError(
-      "E_BAD_REQUEST",
-      `matvec layout: no lanes layout for type ${type} with ${cols} columns`,
-    );
-  }
-  const rowBytes = rowBytesOf(type, cols);
-  if (src.length !== dst.length || src.length % rowBytes !== 0 || src === dst) {
-    throw new HcError(
-      "E_BAD_REQUEST",
-      "matvec layout: src and dst must be distinct arrays of equal length, in whole rows",
-    );
-  }
-  const units = cols / LANES_UNIT;
-  const unitTexels = rowBytes / units / TEXEL_BYTES;
-  // Texel moves within one row, as 32-bit words (4 per texel) from a 4-aligned view when the
-  // arrays allow, else bytes.
-  const aligned = src.byteOffset % 4 === 0 && dst.byteOffset % 4 === 0;
-  const s32 = aligned ? new Uint32Array(src.buffer, src.byteOffset, src.length / 4) : null;
-  const d32 = aligned ? new Uint32Array(dst.buffer, dst.byteOffset, dst.length / 4) : null;
-  for (let row = 0; row < src.length / rowBytes; row++) {
-    const rowTexel = row * rowBytes / TEXEL_BYTES;
-    for (let u = 0; u < units; u++) {
-      const group = Math.floor(u / GROUP);
-      const g = Math.min(GROUP, units - group * GROUP);
-      const base = rowTexel + group * GROUP * unitTexels + (u % GROUP);
-      for (let k = 0; k < unitTexels; k++) {
-        const ggml = rowTexel + u * unitTexels + k;
-        const lanes = base + k * g;
-        const from = forward ? ggml : lanes;
-        const to = forward ? lanes : ggml;
-        if (s32 && d32) {
-          d32.set(s32.subarray(from * 4, from * 4 + 4), to * 4);
-        } else {
-          dst.set(src.subarray(from * TEXEL_BYTES, (from + 1) * TEXEL_BYTES), to * TEXEL_BYTES);
+  const s = lanesShape(type, cols);
+  checkArrays(s.rowBytes, src, dst);
+  const rows = src.length / s.rowBytes;
+  const rowTexels = s.rowBytes / TEXEL_BYTES;
+  for (let band = 0; band * GROUP < s.units; band++) {
+    const base = band * rows * GROUP * s.T;
+    const g = Math.min(GROUP, s.units - band * GROUP);
+    for (let r = 0; r < rows; r++) {
+      for (let j = 0; j < g; j++) {
+        for (let k = 0; k < s.T; k++) {
+          moveTexel(
+            src,
+            base + r * g * s.T + k * g + j,
+            dst,
+            r * rowTexels + (band * GROUP + j) * s.T + k,
+          );
         }
       }
     }
   }
 }
 
+function checkArrays(rowBytes: number, src: Uint8Array, dst: Uint8Array): void {
+  if (src.length !== dst.length || src.length % rowBytes !== 0 || src === dst) {
+    throw new HcError(
+      "E_BAD_REQUEST",
+      "matvec layout: src and dst must be distinct arrays of equal length, in whole rows",
+    );
+  }
+}
+
+/** Rows read from the file at once while a chunk is filled (bounds the temporary memory). */
+const FILL_ROWS = 256;
+
 /**
- * A `fill` for Device.uploadFrom that reads a weight in GGUF order through `read` (bytes from
- * an offset, as ModelTensor.read) and writes it in the lanes layout: each chunk is cut from the
- * whole rows that cover it, read and permuted.
+ * A `fill` for Device.uploadFrom that reads a [rows x cols] weight in GGUF order through `read`
+ * (bytes from an offset, as ModelTensor.read) and writes it in the lanes layout: each band's
+ * part of a chunk is cut from the whole rows it covers, read a few hundred rows at a time (a
+ * weight of several bands is read once per band).
  */
 export function lanesUploadFill(
   type: number,
+  rows: number,
   cols: number,
   read: (dst: Uint8Array, offset: number) => Promise<void>,
 ): (chunk: Uint8Array, offset: number) => Promise<void> {
-  const rowBytes = rowBytesOf(type, cols);
+  const s = lanesShape(type, cols);
+  const bandBytes = rows * GROUP * s.T * TEXEL_BYTES;
   return async (chunk, offset) => {
-    const row0 = Math.floor(offset / rowBytes);
-    const row1 = Math.ceil((offset + chunk.length) / rowBytes);
-    const raw = new Uint8Array((row1 - row0) * rowBytes);
-    await read(raw, row0 * rowBytes);
-    const out = new Uint8Array(raw.length);
-    toLanesLayout(type, cols, raw, out);
-    const at = offset - row0 * rowBytes;
-    chunk.set(out.subarray(at, at + chunk.length));
+    const end = offset + chunk.length;
+    for (let at = offset; at < end;) {
+      const band = Math.min(Math.floor(at / bandBytes), Math.ceil(s.units / GROUP) - 1);
+      const g = Math.min(GROUP, s.units - band * GROUP);
+      const segBytes = g * s.T * TEXEL_BYTES;
+      const bandStart = band * bandBytes;
+      const row0 = Math.floor((at - bandStart) / segBytes);
+      const row1 = Math.min(
+        Math.ceil((Math.min(end, bandStart + rows * segBytes) - bandStart) / segBytes),
+        row0 + FILL_ROWS,
+      );
+      const raw = new Uint8Array((row1 - row0) * s.rowBytes);
+      await read(raw, row0 * s.rowBytes);
+      const part = new Uint8Array((row1 - row0) * segBytes);
+      fillBand(s, band, row1 - row0, raw, part);
+      const partStart = bandStart + row0 * segBytes;
+      const stop = Math.min(end, partStart + part.length);
+      chunk.set(part.subarray(at - partStart, stop - partStart), at - offset);
+      at = stop;
+    }
   };
 }

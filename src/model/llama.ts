@@ -253,7 +253,7 @@ export class LlamaModel implements Disposable {
       await device.uploadFrom(
         b,
         t.bytes,
-        layout === "lanes" ? lanesUploadFill(t.type, t.dims[0], read) : read,
+        layout === "lanes" ? lanesUploadFill(t.type, t.dims[1] ?? 1, t.dims[0], read) : read,
       );
       doneBytes += t.bytes;
       parameters += t.elems;
@@ -283,7 +283,7 @@ export class LlamaModel implements Disposable {
       await device.uploadFrom(
         b,
         bytes,
-        layout === "lanes" ? lanesUploadFill(t.type, t.dims[0], read) : read,
+        layout === "lanes" ? lanesUploadFill(t.type, n, t.dims[0], read) : read,
       );
       doneBytes += bytes;
       parameters += n * t.dims[0];
