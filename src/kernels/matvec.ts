@@ -68,9 +68,9 @@ const RUN_UNIT: Record<number, number | undefined> = {
 
 /** Elements per lane-unit of the run path's row-loop variant (batch 1). */
 const ROWLOOP_UNIT: Record<number, number | undefined> = {
-  [GgmlType.F32]: 64,
-  [GgmlType.F16]: 128,
-  [GgmlType.BF16]: 128,
+  [GgmlType.F32]: 256,
+  [GgmlType.F16]: 512,
+  [GgmlType.BF16]: 512,
   [GgmlType.Q8_0]: 512,
   [GgmlType.Q4_0]: 512,
   [GgmlType.Q4_K]: 512,
