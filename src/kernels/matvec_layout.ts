@@ -76,8 +76,9 @@ function moveTexel(src: Uint8Array, from: number, dst: Uint8Array, to: number): 
 }
 
 /**
- * Writes rows [row0, row0 + n) of band `band` of a `rows`-row weight: `src` holds those rows
- * whole, in GGUF order; `dst` receives the band's part for them (n * g * T texels).
+ * Writes rows [0, n) of band `band`: `src` holds those rows whole, in GGUF order; `dst`
+ * receives the band's part for them (n * g * T texels). Moves 32-bit words where both arrays
+ * are 4-aligned (a model's weights go through here: a few ns per word, not an object per texel).
  */
 function fillBand(
   s: { units: number; T: number; rowBytes: number },
@@ -88,6 +89,23 @@ function fillBand(
 ): void {
   const g = Math.min(GROUP, s.units - band * GROUP);
   const rowTexels = s.rowBytes / TEXEL_BYTES;
+  if (src.byteOffset % 4 === 0 && dst.byteOffset % 4 === 0) {
+    const sw = new Uint32Array(src.buffer, src.byteOffset, src.length >> 2);
+    const dw = new Uint32Array(dst.buffer, dst.byteOffset, dst.length >> 2);
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < g; j++) {
+        let from = (i * rowTexels + (band * GROUP + j) * s.T) * 4;
+        let to = (i * g * s.T + j) * 4;
+        for (let k = 0; k < s.T; k++, from += 4, to += 4 * g) {
+          dw[to] = sw[from];
+          dw[to + 1] = sw[from + 1];
+          dw[to + 2] = sw[from + 2];
+          dw[to + 3] = sw[from + 3];
+        }
+      }
+    }
+    return;
+  }
   for (let i = 0; i < n; i++) {
     for (let j = 0; j < g; j++) {
       const from = i * rowTexels + (band * GROUP + j) * s.T;
