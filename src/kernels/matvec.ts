@@ -528,7 +528,10 @@ export class MatVec implements Disposable {
     // the lanes (e.g. 28 units of a 14336-wide row on 8 lanes), so no lane idles.
     let slices = 1;
     if (kind === "rowloop") {
-      const units = a.cols / (ROWLOOP_UNIT[this.type] ?? 1);
+      // Q6_K's row-loop units are four super-blocks (the last of a row may hold fewer).
+      const units = this.type === GgmlType.Q6_K
+        ? Math.ceil(a.cols / 1024)
+        : a.cols / (ROWLOOP_UNIT[this.type] ?? 1);
       while (slices < 8 && slices * 2 <= rowsPerGroup && (units * slices) % wg !== 0) slices *= 2;
       if ((units * slices) % wg !== 0) slices = 1;
     }
