@@ -66,7 +66,8 @@ const RUN_UNIT: Record<number, number | undefined> = {
   [GgmlType.Q4_K]: 512,
 };
 
-/** Elements per lane-unit of the run path's row-loop variant (batch 1). */
+/** Elements per lane-unit of the run path's row-loop variant (batch 1), which cols must be a
+ * multiple of. Q6_K's is its super-block: its units hold four, a row's last one fewer. */
 const ROWLOOP_UNIT: Record<number, number | undefined> = {
   [GgmlType.F32]: 256,
   [GgmlType.F16]: 512,
