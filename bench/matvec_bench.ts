@@ -10,11 +10,23 @@
  * and matvec submissions (copy, matvec, copy, matvec, ...) and reports the median of each: both
  * see the same load, and the ratio is what to compare between runs.
  *
+ * `--layout` picks the weight's byte order: "auto" (default) the one the model loader uploads
+ * (matvec's "lanes" layout for Q8_0, Q4_0 and Q4_K under the CPU variant set, else GGUF order),
+ * "ggml", "lanes", or "both": every shape in GGUF order and then in the lanes layout where the
+ * type has one, for a before/after comparison in one run.
+ *
  *   deno run -A bench/matvec_bench.ts [--reps 10] [--submits 5] [--types F16,Q8_0] [--path auto|generic|run]
+ *     [--layout auto|ggml|lanes|both] [--shapes 4096x4096,1024x4096]
  */
 import { parseArgs } from "node:util";
 import { GgmlType, ggmlTypeInfo } from "../src/gguf/types.ts";
 import { MatVec, type MatVecOptions } from "../src/kernels/matvec.ts";
+import {
+  lanesLayoutFits,
+  lanesLayoutType,
+  toLanesLayout,
+  type WeightLayout,
+} from "../src/kernels/matvec_layout.ts";
 import { quantize } from "../src/model/quant/mod.ts";
 import { CpuShare } from "./cpu_share.ts";
 import { type Buffer, type CommandList, Device } from "../src/vk/mod.ts";
@@ -31,7 +43,10 @@ export interface MatvecBenchRow {
    * well under the machine's core count means another process took CPU time. */
   cores: number;
   kernel: string;
+  layout: WeightLayout;
 }
+
+export type BenchLayout = WeightLayout | "auto" | "both";
 
 export const BENCH_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"] as const;
 export const BENCH_SHAPES: readonly [number, number][] = [[4096, 4096], [4096, 14336]];
@@ -103,14 +118,22 @@ export async function benchOne(
   type: number,
   rows: number,
   cols: number,
-  opts: { reps?: number; submits?: number; copy?: CopyProbe } & MatVecOptions = {},
+  opts:
+    & { reps?: number; submits?: number; copy?: CopyProbe; layout?: WeightLayout }
+    & MatVecOptions = {},
 ): Promise<MatvecBenchRow> {
   const reps = opts.reps ?? 10;
   const submits = opts.submits ?? 5;
   using ownCopy = opts.copy ? null : new CopyProbe(device);
   const copy = opts.copy ?? ownCopy!;
   using mv = new MatVec(device, type, opts);
-  const wb = weightBytes(type, rows, cols);
+  const layout = opts.layout ?? "ggml";
+  let wb = weightBytes(type, rows, cols);
+  if (layout === "lanes") {
+    const lanes = new Uint8Array(wb.length);
+    toLanesLayout(type, cols, wb, lanes);
+    wb = lanes;
+  }
   using w = device.buffer(Math.ceil(wb.length / 4) * 4 + 256);
   device.upload(w, wb);
   using x = device.buffer(cols * 4);
@@ -120,7 +143,7 @@ export async function benchOne(
   cmd.begin().timestamp(0);
   let kernel = "";
   for (let i = 0; i < reps; i++) {
-    kernel = mv.record(cmd, { weight: w, rows, cols, x, y }).kernel;
+    kernel = mv.record(cmd, { weight: w, rows, cols, x, y, layout }).kernel;
     cmd.barrier();
   }
   cmd.timestamp(1).end();
@@ -147,21 +170,36 @@ export async function benchOne(
     copyGbps: copy.bytes / median(copyTimes) / 1e6,
     cores: share.cores,
     kernel,
+    layout,
   };
 }
 
 /** Every type at every benchmark shape. */
 export async function benchMatvec(
   device: Device,
-  opts: { reps: number; submits?: number; types?: readonly string[] } & MatVecOptions,
+  opts: {
+    reps: number;
+    submits?: number;
+    types?: readonly string[];
+    layout?: BenchLayout;
+    shapes?: readonly [number, number][];
+  } & MatVecOptions,
 ): Promise<MatvecBenchRow[]> {
   using copy = new CopyProbe(device);
   const out: MatvecBenchRow[] = [];
   for (const name of opts.types ?? BENCH_TYPES) {
     const type = (GgmlType as Record<string, number>)[name];
     if (type === undefined) throw new Error(`unknown type ${name}`);
-    for (const [rows, cols] of BENCH_SHAPES) {
-      out.push(await benchOne(device, type, rows, cols, { ...opts, copy }));
+    for (const [rows, cols] of opts.shapes ?? BENCH_SHAPES) {
+      const lanes = lanesLayoutType(type, cols);
+      const layouts: WeightLayout[] = opts.layout === "both"
+        ? (lanes ? ["ggml", "lanes"] : ["ggml"])
+        : opts.layout === "lanes" || opts.layout === "ggml"
+        ? [opts.layout]
+        : [lanesLayoutFits(device, type, rows, cols) ? "lanes" : "ggml"];
+      for (const layout of layouts) {
+        out.push(await benchOne(device, type, rows, cols, { ...opts, copy, layout }));
+      }
     }
   }
   return out;
@@ -188,8 +226,13 @@ if (import.meta.main) {
       path: { type: "string", default: "auto" },
       rows: { type: "string" },
       wg: { type: "string" },
+      layout: { type: "string", default: "auto" },
+      shapes: { type: "string" },
     },
   });
+  if (!["auto", "ggml", "lanes", "both"].includes(values.layout)) {
+    throw new Error(`--layout ${values.layout}: one of auto, ggml, lanes, both`);
+  }
   using device = Device.open();
   const opts: MatVecOptions = { path: values.path as MatVecOptions["path"] };
   if (values.rows) opts.rowsPerGroup = Number(values.rows);
@@ -201,15 +244,21 @@ if (import.meta.main) {
     types,
     reps: Number(values.reps),
     submits: Number(values.submits),
+    layout: values.layout as BenchLayout,
+    shapes: values.shapes?.split(",").map((s) => {
+      const [r, c] = s.split("x").map(Number);
+      if (!(r > 0 && c > 0)) throw new Error(`--shapes: ${s} is not ROWSxCOLS`);
+      return [r, c] as [number, number];
+    }),
   });
-  console.log("type   rows x cols      ms      GB/s  copy GB/s  vs copy  cores  kernel");
+  console.log("type   rows x cols      ms      GB/s  copy GB/s  vs copy  cores  layout  kernel");
   for (const r of rows) {
     console.log(
       `${r.type.padEnd(6)} ${`${r.rows}x${r.cols}`.padEnd(12)} ${r.ms.toFixed(3).padStart(8)} ${
         r.gbps.toFixed(2).padStart(8)
       } ${r.copyGbps.toFixed(2).padStart(10)} ${
         (r.gbps / r.copyGbps * 100).toFixed(0).padStart(7)
-      }%  ${r.cores.toFixed(2).padStart(5)}  ${r.kernel}`,
+      }%  ${r.cores.toFixed(2).padStart(5)}  ${r.layout.padEnd(6)}  ${r.kernel}`,
     );
   }
 }

@@ -4,15 +4,18 @@
 //
 // Every SSBO load on lavapipe is a per-lane scalar loop of ~40 instructions, so the number of
 // load instructions limits speed. Each lane reads whole 32-byte chunks of a run: 16 blocks =
-// 17 chunks (Q8_0), 16 blocks = 9 chunks (Q4_0), 2 super-blocks = 9 chunks (Q4_K), 1 or 8
-// chunks (F32/F16/BF16), one 210-byte super-block in an 8-chunk window (Q6_K, row loop only),
-// so every weight byte is loaded (about) once. Two variants: ROWLOOP (decode, one column) and the
+// 17 chunks (Q8_0), 16 blocks = 9 chunks (Q4_0), 2 super-blocks = 9 chunks (Q4_K), 1 chunk
+// (F32/F16/BF16, step variant) or 32 (row loop), one 210-byte super-block in an 8-chunk window
+// (Q6_K, row loop only), so every weight byte is loaded (about) once. Since a fetch waits on
+// memory unless the CPU's prefetchers saw it coming, each lane's unit is read as one run
+// (and in the lanes layout the 8 lanes' runs are one), not as short scattered pieces. Two variants: ROWLOOP (decode, one column) and the
 // step variant (batches of NUM_COLS columns). Except Q6_K's row loop, they need row starts and
 // rowBytes that are multiples of 32 (the host checks).
 //
 // Defines: TYPE; ROWLOOP; TEXEL binds weights and x as texel buffers (bindings 0 and 1), else
 // they are storage buffers and LOAD64 reads chunks as u64vec4 (needs shaderInt64), else as two
-// uvec4; HC_SUBGROUP selects the reduction.
+// uvec4; LANES (with TEXEL; Q8_0, Q4_0, Q4_K) reads weights in the "lanes" layout (see LOADU);
+// HC_SUBGROUP selects the reduction.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "quant.glsl"
@@ -120,6 +123,30 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
 #define NCHUNKS (uint(wc.length()) / 2u)
 #endif
 
+// Chunk kc of unit u of row `row` (`units` units per row). ROWREF(row) is what LOADU takes
+// for a row: its index in the lanes layout, its first chunk otherwise.
+#ifdef LANES
+// The "lanes" layout (src/kernels/matvec_layout.ts; the host permutes the weight's 16-byte
+// texels at upload): the units of each row go in groups of 8 (a row's last group may hold
+// fewer, g); group G of every row, row after row, forms one contiguous band (bands of earlier
+// groups hold 8 units per row), and inside a row's part of a band texel k of the j-th unit sits
+// at k * g + j. So the 8 lanes of one fetch, which work on neighbouring units of one row, read
+// one contiguous run of g texels, successive fetches walk on, and the row loop walks down the
+// band. In GGUF order each lane reads its own 544-byte unit: 8 short streams the CPU's
+// prefetchers do not follow, and on lavapipe the fetches stalled on memory for most of the
+// kernel's time (measured ~2x the CPU time per matvec).
+#define ROWREF(row) (row)
+#define LOADU(row, u, kc, D, o) { uint g_ = min(8u, units - ((u) & ~7u)); \
+  uint t_ = p.wByte0 / 16u + ((u) >> 3) * (p.rows * 16u * CHUNKS) + (row) * (2u * CHUNKS) * g_ \
+    + ((u) & 7u) + 2u * (kc) * g_; \
+  uvec4 a_ = texelFetch(wt, int(t_)), b_ = texelFetch(wt, int(t_ + g_)); \
+  D[o] = a_.x; D[o + 1] = a_.y; D[o + 2] = a_.z; D[o + 3] = a_.w; \
+  D[o + 4] = b_.x; D[o + 5] = b_.y; D[o + 6] = b_.z; D[o + 7] = b_.w; }
+#else
+#define ROWREF(row) ((p.wByte0 + (row) * p.rowBytes) / 32u)
+#define LOADU(rc, u, kc, D, o) LOADW((rc) + (u) * CHUNKS + (kc), D, o)
+#endif
+
 #ifdef ROWLOOP
 // Row-loop variant (NUM_COLS == 1, decode): a lane stages the x of one unit in registers, then
 // walks all NUM_ROWS rows of the workgroup in a runtime loop; per row it loads the unit's chunks
@@ -127,11 +154,14 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
 // sums live in shared memory, one per (row, lane), so NUM_ROWS can be large and x is loaded
 // once per unit for all those rows.
 #if TYPE == T_F32
-#define UNIT 64u
-#define CHUNKS 8u
+// 1 KiB units for the float types: a lane reads its unit as one run, and runs of 256 bytes
+// (the earlier 64 / 128 elements) were too short for the CPU's prefetchers: 1 KiB took
+// 1.5-1.9x less CPU time per matvec on lavapipe (F16, BF16, F32; 8B shapes, paired runs).
+#define UNIT 256u
+#define CHUNKS 32u
 #elif TYPE == T_F16 || TYPE == T_BF16
-#define UNIT 128u
-#define CHUNKS 8u
+#define UNIT 512u
+#define CHUNKS 32u
 #elif TYPE == T_Q8_0
 #define UNIT 512u
 #define CHUNKS 17u
@@ -139,14 +169,22 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
 #define UNIT 512u
 #define CHUNKS 9u
 #elif TYPE == T_Q6_K
-// One 210-byte super-block per unit: it sits at a per-lane byte phase inside an 8-chunk window
-// that is shifted into place at run time (any even row alignment works).
-#define UNIT 256u
+// Four 210-byte super-blocks per unit, one 840-byte run per lane (a row's last unit may hold
+// fewer): 1.2-1.3x less CPU time than one block per unit on the 8B shapes (paired runs), as the
+// prefetchers follow longer runs. Each block sits at a per-lane byte phase inside an 8-chunk
+// window that is shifted into place at run time (any even row alignment works).
+#define UNIT 1024u
 #define CHUNKS 8u
+#define Q6K_BLOCKS 4u
 #else
 #error TYPE has no row-loop path
 #endif
 #define XV (UNIT / 4u)
+#if TYPE == T_Q6_K
+#define XSUMS 64u
+#else
+#define XSUMS 16u
+#endif
 // 2^(-8i) for byte i of a word (see the Q4_K case of row_unit). A macro, not a global const:
 // literals keep it out of memory.
 #define Q4K_UNSCALE vec4(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0)
@@ -154,7 +192,8 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
 shared float part[NUM_ROWS * WG];
 
 // Dot product of one row's unit (weight words wr) with the staged x.
-float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[16]) {
+// sb: Q6_K's block within the unit.
+float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[XSUMS], uint sb) {
 #if TYPE == T_F32
   vec4 a = vec4(0.0), b = vec4(0.0);
   [[unroll]] for (uint k = 0; k < XV; k += 2u) {
@@ -244,10 +283,11 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[16]) {
         [[unroll]] for (uint k = 0; k < 4u; k++) {
           uint i = 4u * is + k;
           uint q = q6k_word(wr[16u * h + i], wr[16u * h + 8u + i], wr[32u + 8u * h + i], m);
-          a = fma(u8x4(q), xs[32u * h + 8u * m + i], a);
+          a = fma(u8x4(q), xs[64u * sb + 32u * h + 8u * m + i], a);
         }
         uint si = 8u * h + is + 2u * m;
-        sum += i8_at(wr[48u + si / 4u], si % 4u) * (dot(a, vec4(1.0)) - 32.0 * xsum[8u * h + 2u * m + is]);
+        sum += i8_at(wr[48u + si / 4u], si % 4u) *
+               (dot(a, vec4(1.0)) - 32.0 * xsum[16u * sb + 8u * h + 2u * m + is]);
       }
     }
   }
@@ -261,37 +301,63 @@ void main() {
   if (r0 >= p.rows) return;
   uint nr = min(NUM_ROWS, p.rows - r0);
   uint lane = gl_LocalInvocationID.x;
+#if TYPE == T_Q6_K
+  uint blocks = p.cols / 256u;
+  uint units = (blocks + Q6K_BLOCKS - 1u) / Q6K_BLOCKS;
+#else
   uint units = p.cols / UNIT;
+#endif
   for (uint r = 0; r < nr; r++) part[r * WG + lane] = 0.0;
   uint col = gl_WorkGroupID.z;
+#if TYPE == T_Q6_K
+  // x of a one-block last unit: its second half is read clamped and never used.
+  uint lastX = (col * p.xStride + p.cols) / 8u - 1u;
+#endif
   // When the lanes cannot share a row's units evenly, each unit is split into `slices` sets of
   // rows (flags bits 8-15, chosen by the host) so every lane gets the same amount of work.
   uint slices = max((p.flags >> 8) & 0xffu, 1u);
   float keep = 0.0;
   for (uint item = lane; item < units * slices; item += WG) {
-    uint u = item / slices;
-    uint slice = item % slices;
+    // Items go in blocks of WG units x all slices, slice-major, so the lanes of one fetch work
+    // on neighbouring units of the same row (what the lanes layout lays out contiguously).
+    uint blk = item / (WG * slices);
+    uint rem = item % (WG * slices);
+    uint nb = min(WG, units - blk * WG);
+    uint u = blk * WG + rem % nb;
+    uint slice = rem / nb;
     vec4 xs[XV];
     uint xb = (col * p.xStride + u * UNIT) / 8u;
+#if TYPE == T_Q6_K
+    [[unroll]] for (uint k = 0; k < XV / 2u; k++) LOADX(min(xb + k, lastX), xs, 2u * k)
+#else
     [[unroll]] for (uint k = 0; k < XV / 2u; k++) LOADX(xb + k, xs, 2u * k)
+#endif
     // Sums of x over each 32-element block, for the offset/min terms of Q4_0 and Q4_K.
-    float xsum[16];
-    [[unroll]] for (uint b = 0; b < 16u; b++) {
+    float xsum[XSUMS];
+    [[unroll]] for (uint b = 0; b < XSUMS; b++) {
       vec4 t = vec4(0.0);
 #if TYPE == T_Q4_0 || TYPE == T_Q4_K
       [[unroll]] for (uint k = 0; k < 8u; k++) t += xs[8u * b + k];
 #elif TYPE == T_Q6_K
-      // Q6_K scale groups of 16: b = 8h + 2m + is.
-      [[unroll]] for (uint k = 0; k < 4u; k++) t += xs[32u * (b / 8u) + 8u * ((b / 2u) % 4u) + 4u * (b % 2u) + k];
+      // Q6_K scale groups of 16, 16 per block: b = 16 sb + 8h + 2m + is.
+      [[unroll]] for (uint k = 0; k < 4u; k++) {
+        uint bb = b % 16u;
+        t += xs[64u * (b / 16u) + 32u * (bb / 8u) + 8u * ((bb / 2u) % 4u) + 4u * (bb % 2u) + k];
+      }
 #endif
       xsum[b] = dot(t, vec4(1.0));
     }
-    uint c0 = p.wByte0 / 32u + u * CHUNKS;
-    uint rowChunks = p.rowBytes / 32u;
-    for (uint r = slice; r < nr; r += slices) {
+    // A slice is a contiguous run of rows, so the lanes layout's band is read in order.
+    uint rEnd = (nr * (slice + 1u)) / slices;
+    for (uint r = (nr * slice) / slices; r < rEnd; r++) {
       uint wr[CHUNKS * 8u];
 #if TYPE == T_Q6_K
-      uint b = p.wByte0 + (r0 + r) * p.rowBytes + 210u * u;
+      float v = 0.0;
+      // The unit's blocks one after the other: one run of memory. Unrolled: sb indexes xs,
+      // and a run-time index into a private array is a per-lane gather on lavapipe.
+      [[unroll]] for (uint sb = 0u; sb < Q6K_BLOCKS; sb++) {
+      if (Q6K_BLOCKS * u + sb < blocks) {
+      uint b = p.wByte0 + (r0 + r) * p.rowBytes + 210u * (Q6K_BLOCKS * u + sb);
       uint c = b / 32u;
       uint last = NCHUNKS - 1u;
       [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADW(min(c + k, last), wr, 8u * k)
@@ -302,14 +368,17 @@ void main() {
       [[unroll]] for (uint k = 0; k < 56u; k++) wr[k] = s2 ? wr[k + 2u] : wr[k];
       [[unroll]] for (uint k = 0; k < 54u; k++) wr[k] = s1 ? wr[k + 1u] : wr[k];
       [[unroll]] for (uint k = 0; k < 53u; k++) wr[k] = sh ? funnel16(wr[k], wr[k + 1u]) : wr[k];
+      v += row_unit(wr, xs, xsum, sb);
+      }
+      }
 #else
-      uint c = c0 + (r0 + r) * rowChunks;
-      [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADW(c + k, wr, 8u * k)
-#endif
+      uint rc = ROWREF(r0 + r);
+      [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADU(rc, u, k, wr, 8u * k)
       // v also feeds `keep`, so LLVM cannot sink its whole computation into the per-lane
       // scalar loop that stores to shared memory: with one use, InstCombine scalarised the
       // Q4_K row (8x slower) once its dot had constant weights.
-      float v = row_unit(wr, xs, xsum);
+      float v = row_unit(wr, xs, xsum, 0u);
+#endif
       part[r * WG + lane] += v;
       keep += v;
     }
@@ -394,7 +463,7 @@ void main() {
   [[unroll]] for (uint i = 0; i < NUM_ROWS * NUM_COLS; i++) acc[i] = 0.0;
   uint rowChunk[NUM_ROWS];
   [[unroll]] for (uint r = 0; r < NUM_ROWS; r++) {
-    rowChunk[r] = (p.wByte0 + min(r0 + r, p.rows - 1u) * p.rowBytes) / 32u;
+    rowChunk[r] = ROWREF(min(r0 + r, p.rows - 1u));
   }
   uint xcol[NUM_COLS];
   [[unroll]] for (uint c = 0; c < NUM_COLS; c++) xcol[c] = min(col0 + c, p.ncols - 1u) * p.xStride;
@@ -402,7 +471,7 @@ void main() {
   for (uint u = lane; u < units; u += WG) {
 #if STEPS > 1
     [[unroll]] for (uint r = 0; r < NUM_ROWS; r++) {
-      LOADW(rowChunk[r] + u * CHUNKS, carry[r], 0)
+      LOADU(rowChunk[r], u, 0u, carry[r], 0)
 #if TYPE == T_Q4_K
       [[unroll]] for (uint k = 0; k < 4u; k++) hdr[r][k] = carry[r][k];
 #endif
@@ -427,7 +496,7 @@ void main() {
         float dA = 1.0, dB = 1.0, mA = 0.0, mB = 0.0;
 #if TYPE == T_F32 || TYPE == T_F16 || TYPE == T_BF16
         uint t[8];
-        LOADW(rowChunk[r] + u, t, 0)
+        LOADU(rowChunk[r], u, 0u, t, 0)
 #if TYPE == T_F32
         wv[0] = uintBitsToFloat(uvec4(t[0], t[1], t[2], t[3]));
         wv[1] = uintBitsToFloat(uvec4(t[4], t[5], t[6], t[7]));
@@ -440,8 +509,8 @@ void main() {
         // Block pair s sits at byte 68s of the run: chunks 2s..2s+2, 4s bytes in.
         uint t[24];
         [[unroll]] for (uint k = 0; k < 8u; k++) t[k] = carry[r][k];
-        LOADW(rowChunk[r] + u * CHUNKS + 2u * s + 1u, t, 8)
-        LOADW(rowChunk[r] + u * CHUNKS + 2u * s + 2u, t, 16)
+        LOADU(rowChunk[r], u, 2u * s + 1u, t, 8)
+        LOADU(rowChunk[r], u, 2u * s + 2u, t, 16)
         [[unroll]] for (uint k = 0; k < 8u; k++) carry[r][k] = t[16u + k];
         bool b4 = (s & 4u) != 0u, b2 = (s & 2u) != 0u, b1 = (s & 1u) != 0u;
         [[unroll]] for (uint k = 0; k < 20u; k++) t[k] = b4 ? t[k + 4u] : t[k];
@@ -457,7 +526,7 @@ void main() {
         // Block pair s sits at byte 36s of the run: chunks s..s+1, 4s bytes in.
         uint t[16];
         [[unroll]] for (uint k = 0; k < 8u; k++) t[k] = carry[r][k];
-        LOADW(rowChunk[r] + u * CHUNKS + s + 1u, t, 8)
+        LOADU(rowChunk[r], u, s + 1u, t, 8)
         [[unroll]] for (uint k = 0; k < 8u; k++) carry[r][k] = t[8u + k];
         bool b4 = (s & 4u) != 0u, b2 = (s & 2u) != 0u, b1 = (s & 1u) != 0u;
         [[unroll]] for (uint k = 0; k < 12u; k++) t[k] = b4 ? t[k + 4u] : t[k];
@@ -478,7 +547,7 @@ void main() {
         // Group s (64 elements): super-block s/4, qs bytes 32*(s%4).. of it. The first
         // super-block's qs start 16 bytes into chunk 0, the second's are chunk-aligned.
         uint t[8];
-        LOADW(rowChunk[r] + u * CHUNKS + s + 1u, t, 0)
+        LOADU(rowChunk[r], u, s + 1u, t, 0)
         bool first = s < 4u;
         uint q[8];
         [[unroll]] for (uint k = 0; k < 4u; k++) {

@@ -199,6 +199,9 @@ const RUN_PATH_TYPES: ReadonlySet<string> = new Set([
   "q6_k",
 ]);
 
+/** The types the run path also reads in the "lanes" layout (src/kernels/matvec_layout.ts). */
+const LANES_TYPES: ReadonlySet<string> = new Set(["q8_0", "q4_0", "q4_k"]);
+
 export type WeightTypeName = keyof typeof WEIGHT_TYPE;
 
 /** The shader name of a ggml weight type, or undefined where no shader reads it. */
@@ -231,15 +234,18 @@ export const SHADERS = {
         word: { tag: "" },
         u64: { tag: "64", defines: { LOAD64: 1 } },
         texel: { tag: "t", defines: { TEXEL: 1 } },
+        // Texels of a weight in the "lanes" layout (src/kernels/matvec_layout.ts).
+        lanes: { tag: "l", defines: { TEXEL: 1, LANES: 1 } },
       },
       type: WEIGHT_TYPE,
     },
     // The generic path reads words only; Q6_K has no step variant; the run path exists only
-    // for RUN_PATH_TYPES.
+    // for RUN_PATH_TYPES, its "lanes" layout only for LANES_TYPES.
     keep: (c) =>
       c.path === "generic"
         ? c.load === "word"
-        : RUN_PATH_TYPES.has(c.type) && (c.path === "rowloop" || c.type !== "q6_k"),
+        : RUN_PATH_TYPES.has(c.type) && (c.path === "rowloop" || c.type !== "q6_k") &&
+          (c.load !== "lanes" || LANES_TYPES.has(c.type)),
     subgroup: true,
   }),
   get_rows: family({ file: "get_rows.comp", axes: { type: WEIGHT_TYPE } }),

@@ -253,6 +253,12 @@ Deno.test(
     // 3 super-blocks: Q6_K rows at every even phase; its row loop handles them.
     check(dev, { type: "Q6_K", rows: 19, cols: 768, options: RUN }, { variant: "rowloop" });
     check(dev, { type: "Q6_K", rows: 19, cols: 768, options: GENERIC });
+    // 5 super-blocks: a row-loop unit of 4 and one of 1 (and x read clamped past the row's end).
+    for (const options of [RUN, RUN64]) {
+      check(dev, { type: "Q6_K", rows: 21, cols: 1280, batch: 2, accumulate: true, options }, {
+        variant: "rowloop",
+      });
+    }
     check(dev, { type: "Q4_K", rows: 9, cols: 768 }, { variant: "generic" });
     // stories260K's FFN width: 172 columns.
     check(dev, { type: "F32", rows: 64, cols: 172 }, { variant: "generic" });

@@ -201,7 +201,8 @@ Deno.test("texel bindings: one view per bound range, owned by its buffer; bad ra
     );
   }
   using mv = make();
-  const rows = 4, cols = 64, wBytes = rows * cols * 4;
+  // cols: one row-loop unit of F32 (256 elements).
+  const rows = 4, cols = 256, wBytes = rows * cols * 4;
   // Three weights in one buffer at 16-byte aligned offsets, each its own view.
   const offsets = [0, wBytes + 16, 2 * wBytes + 48];
   using w = dev.buffer(3 * wBytes + 48);

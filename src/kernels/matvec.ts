@@ -21,7 +21,10 @@
  * The run path binds weights and x as texel buffers where the device has them and the whole
  * weight fits one texel view (maxTexelBufferElements): lavapipe gathers texels with vector
  * loads but fetches storage buffers lane by lane, 1.4-2x slower. Otherwise it falls back to
- * storage buffers, per record() call.
+ * storage buffers, per record() call. Q8_0, Q4_0 and Q4_K weights may also come in the "lanes"
+ * layout (`layout: "lanes"`, src/kernels/matvec_layout.ts), which the run path reads through
+ * texels with the lanes of each fetch on contiguous bytes; the model loader uploads matvec-only
+ * weights that way under the CPU variant set.
  *
  *   using mv = new MatVec(device, GgmlType.Q4_K);
  *   mv.record(cmd, { weight, weightOffset, rows: 4096, cols: 14336, x, y, accumulate: true });
@@ -29,6 +32,7 @@
 import { HcError } from "../errors.ts";
 import { SHADERS, type WeightTypeName } from "../../shaders/variants.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
+import { lanesLayoutType, type WeightLayout } from "./matvec_layout.ts";
 import {
   checkedRangeWindow,
   checkWeightOffset,
@@ -62,11 +66,12 @@ const RUN_UNIT: Record<number, number | undefined> = {
   [GgmlType.Q4_K]: 512,
 };
 
-/** Elements per lane-unit of the run path's row-loop variant (batch 1). */
+/** Elements per lane-unit of the run path's row-loop variant (batch 1), which cols must be a
+ * multiple of. Q6_K's is its super-block: its units hold four, a row's last one fewer. */
 const ROWLOOP_UNIT: Record<number, number | undefined> = {
-  [GgmlType.F32]: 64,
-  [GgmlType.F16]: 128,
-  [GgmlType.BF16]: 128,
+  [GgmlType.F32]: 256,
+  [GgmlType.F16]: 512,
+  [GgmlType.BF16]: 512,
   [GgmlType.Q8_0]: 512,
   [GgmlType.Q4_0]: 512,
   [GgmlType.Q4_K]: 512,
@@ -154,6 +159,9 @@ export interface MatVecRecord {
   y: Binding;
   /** y += W·x instead of y = W·x (fuses a residual add). */
   accumulate?: boolean;
+  /** The weight's byte order: "ggml" (default) or "lanes" (src/kernels/matvec_layout.ts), which
+   * only the run path reads, through texel bindings. */
+  layout?: WeightLayout;
   /** Input columns (tokens), default 1. */
   batch?: number;
   /** Floats between x columns (multiple of 4; of 8 for the run path), default cols. */
@@ -183,6 +191,7 @@ interface Variant {
   kind: KernelKind;
   cols: number;
   texel: boolean;
+  lanes: boolean;
 }
 
 /** A record() call's arguments, checked, with their defaults resolved. */
@@ -324,8 +333,10 @@ export class MatVec implements Disposable {
     const wg = this.#workgroupSize(v.kind);
     const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols, rows);
     // The generic path reads words; texel variants read x as texels too (no LOAD64 twin).
-    let load: "word" | "u64" | "texel" = "word";
-    if (v.kind !== "generic") load = v.texel ? "texel" : this.options.load64 ? "u64" : "word";
+    let load: "word" | "u64" | "texel" | "lanes" = "word";
+    if (v.kind !== "generic") {
+      load = v.lanes ? "lanes" : v.texel ? "texel" : this.options.load64 ? "u64" : "word";
+    }
     const name = SHADERS.matvec.variant({ path: v.kind, load, type: this.typeName });
     const key = `${name}/${wg}/${rowsPerGroup}/${v.cols}`;
     let k = this.#kernels.get(key);
@@ -419,6 +430,9 @@ export class MatVec implements Disposable {
   /** Checks the call's shapes, strides and bindings; resolves the defaults. */
   #validate(a: MatVecRecord): Shape {
     if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "matvec: used after dispose");
+    if (a.layout !== undefined && a.layout !== "ggml" && a.layout !== "lanes") {
+      throw new HcError("E_BAD_REQUEST", `matvec: unknown weight layout ${String(a.layout)}`);
+    }
     positiveInt("matvec", "rows", a.rows);
     positiveInt("matvec", "cols", a.cols);
     const batch = positiveInt("matvec", "batch", a.batch ?? 1);
@@ -498,12 +512,27 @@ export class MatVec implements Disposable {
     );
     const texel = texelX !== null &&
       s.weightOffset % texelAlign + s.weightBytes + spare <= texelLimit;
-    const { kernel, rowsPerGroup, wg, name } = this.#kernel({ kind, cols: ncols, texel }, a.rows);
+    const lanes = a.layout === "lanes";
+    if (lanes && (kind === "generic" || !texel || !lanesLayoutType(this.type, a.cols))) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `matvec: a ${this.#typeLabel} weight in the lanes layout needs the run path with texel bindings (got the ${kind} path, texels ${
+          texel ? "on" : "off"
+        }, ${a.cols} columns)`,
+      );
+    }
+    const { kernel, rowsPerGroup, wg, name } = this.#kernel(
+      { kind, cols: ncols, texel, lanes },
+      a.rows,
+    );
     // Row loop: split each unit's rows into slices when the units do not divide evenly among
     // the lanes (e.g. 28 units of a 14336-wide row on 8 lanes), so no lane idles.
     let slices = 1;
     if (kind === "rowloop") {
-      const units = a.cols / (ROWLOOP_UNIT[this.type] ?? 1);
+      // Q6_K's row-loop units are four super-blocks (the last of a row may hold fewer).
+      const units = this.type === GgmlType.Q6_K
+        ? Math.ceil(a.cols / 1024)
+        : a.cols / (ROWLOOP_UNIT[this.type] ?? 1);
       while (slices < 8 && slices * 2 <= rowsPerGroup && (units * slices) % wg !== 0) slices *= 2;
       if ((units * slices) % wg !== 0) slices = 1;
     }
@@ -522,6 +551,13 @@ export class MatVec implements Disposable {
       align: texel ? texelAlign : storageAlign,
       rowsPerGroup,
     });
+    // The lanes layout spans the whole weight (its bands run over all rows): one dispatch.
+    if (lanes && ranges.length !== 1) {
+      throw new HcError(
+        "E_VK_LIMIT",
+        `matvec: a ${a.rows}-row weight in the lanes layout needs ${ranges.length} dispatches`,
+      );
+    }
     return {
       kind,
       kernel,

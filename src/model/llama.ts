@@ -13,6 +13,7 @@ import { GetRows } from "../kernels/get_rows.ts";
 import { KvAppend } from "../kernels/kv.ts";
 import { MatMul, preferMatMul } from "../kernels/matmul.ts";
 import { MatVec } from "../kernels/matvec.ts";
+import { lanesLayoutFits, lanesUploadFill, type WeightLayout } from "../kernels/matvec_layout.ts";
 import { Argmax } from "../kernels/select.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
 import { layerUsesRope } from "./arch.ts";
@@ -31,6 +32,8 @@ import type { ModelSource, ModelTensor } from "./source.ts";
 interface Weight {
   buffer: Buffer;
   type: number;
+  /** Byte order on the device (src/kernels/matvec_layout.ts). */
+  layout: WeightLayout;
   /** Input width (GGUF dims[0]). */
   cols: number;
   /** Output width (GGUF dims[1]). */
@@ -139,7 +142,8 @@ class Kernels implements Disposable {
 /**
  * Which kernel runs a prompt chunk's projections: "matmul" (the tiled kernel, src/kernels/
  * matmul.ts) or "matvec" (8-column matrix-vector kernels); "auto", the default, asks
- * preferMatMul(device, weight type).
+ * preferMatMul(device, weight type). Weights uploaded in matvec's "lanes" layout (quantized
+ * weights under the CPU variant set, src/kernels/matvec_layout.ts) always take matvec.
  */
 export type PromptKernel = "auto" | "matmul" | "matvec";
 
@@ -252,18 +256,29 @@ export class LlamaModel implements Disposable {
       if (!t) throw new HcError("E_MODEL_TENSOR", `model lacks tensor ${name}`);
       return t;
     };
-    const upload = async (t: ModelTensor): Promise<Buffer> => {
+    const upload = async (t: ModelTensor, layout: WeightLayout = "ggml"): Promise<Buffer> => {
       const b = device.buffer(t.bytes);
       buffers.push(b);
-      await device.uploadFrom(b, t.bytes, (chunk, off) => t.read(chunk, off));
+      const read = (chunk: Uint8Array, off: number) => t.read(chunk, off);
+      await device.uploadFrom(
+        b,
+        t.bytes,
+        layout === "lanes" ? lanesUploadFill(t.type, t.dims[1] ?? 1, t.dims[0], read) : read,
+      );
       doneBytes += t.bytes;
       parameters += t.elems;
       opts.onProgress?.(doneBytes, totalBytes);
       return b;
     };
-    const matrix = async (name: string): Promise<Weight> => {
+    // Weights that only matvec reads go in the layout its CPU path reads fastest, where it
+    // will take that path (never the embedding table: get_rows reads it in GGUF order).
+    const layoutOf = (type: number, rows: number, cols: number): WeightLayout =>
+      lanesLayoutFits(device, type, rows, cols) ? "lanes" : "ggml";
+    const matrix = async (name: string, matvecOnly = true): Promise<Weight> => {
       const t = tensor(name);
-      return { buffer: await upload(t), type: t.type, cols: t.dims[0], rows: t.dims[1] ?? 1 };
+      const rows = t.dims[1] ?? 1;
+      const layout = matvecOnly ? layoutOf(t.type, rows, t.dims[0]) : "ggml";
+      return { buffer: await upload(t, layout), type: t.type, layout, cols: t.dims[0], rows };
     };
     // Rows [row0, row0 + n) of a fused matrix (Phi-3's attn_qkv, ffn_up) as a weight of its
     // own: rows are whole blocks in every type, so a row range is a byte range.
@@ -273,11 +288,17 @@ export class LlamaModel implements Disposable {
       const bytes = n * rowBytes;
       const b = device.buffer(bytes);
       buffers.push(b);
-      await device.uploadFrom(b, bytes, (chunk, off) => t.read(chunk, row0 * rowBytes + off));
+      const layout = layoutOf(t.type, n, t.dims[0]);
+      const read = (chunk: Uint8Array, off: number) => t.read(chunk, row0 * rowBytes + off);
+      await device.uploadFrom(
+        b,
+        bytes,
+        layout === "lanes" ? lanesUploadFill(t.type, n, t.dims[0], read) : read,
+      );
       doneBytes += bytes;
       parameters += n * t.dims[0];
       opts.onProgress?.(doneBytes, totalBytes);
-      return { buffer: b, type: t.type, cols: t.dims[0], rows: n };
+      return { buffer: b, type: t.type, layout, cols: t.dims[0], rows: n };
     };
     // Norms and biases are tiny: always f32 on the device whatever the file stores.
     const vector = async (name: string): Promise<Buffer> => {
@@ -296,7 +317,7 @@ export class LlamaModel implements Disposable {
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
     try {
-      const embd = await matrix("token_embd.weight");
+      const embd = await matrix("token_embd.weight", false);
       const layers: LayerWeights[] = [];
       for (let l = 0; l < c.nLayers; l++) {
         const p = `blk.${l}.`;
@@ -608,7 +629,8 @@ export class LlamaModel implements Disposable {
     const want = this.promptKernel === "auto"
       ? preferMatMul(this.device, w.type)
       : this.promptKernel === "matmul";
-    if (batch > 1 && want) {
+    // The prompt matmul reads GGUF order only.
+    if (batch > 1 && want && w.layout === "ggml") {
       const mm = this.kernels.matmul(w.type);
       if (mm.supports(w.cols, 0, w.cols, { rows: w.rows, bufferBytes: w.buffer.bytes })) {
         mm.record(cmd, { weight: w.buffer, rows: w.rows, cols: w.cols, x, y, batch, accumulate });
@@ -617,6 +639,7 @@ export class LlamaModel implements Disposable {
     }
     this.kernels.matvec.get(w.type)!.record(cmd, {
       weight: w.buffer,
+      layout: w.layout,
       rows: w.rows,
       cols: w.cols,
       x,
