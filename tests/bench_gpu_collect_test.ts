@@ -16,6 +16,7 @@ const prefill: PrefillResult = {
   kernels: [],
   rows: [],
   long: null,
+  attention: [],
   table: "| F16 | 512 | prefill table row |",
 };
 
