@@ -79,6 +79,22 @@ export function swigluRef(gate: Float32Array, up: Float32Array): Float64Array {
   return out;
 }
 
+/** GeGLU as ggml computes it: GELU's tanh approximation of the gate, times up. */
+export function gegluRef(gate: Float32Array, up: Float32Array): Float64Array {
+  const out = new Float64Array(gate.length);
+  for (let i = 0; i < gate.length; i++) {
+    const x = gate[i];
+    out[i] = 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * x * (1 + 0.044715 * x * x))) *
+      up[i];
+  }
+  return out;
+}
+
+/** Logit soft-capping: cap * tanh(x / cap). */
+export function softcapRef(x: Float32Array, cap: number): Float64Array {
+  return Float64Array.from(x, (v) => cap * Math.tanh(v / cap));
+}
+
 /** The value as the kernels rank it: NaN as -Infinity (-0 and +0 already compare equal). */
 function rankValue(v: number): number {
   return Number.isNaN(v) ? -Infinity : v;
