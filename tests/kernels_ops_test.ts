@@ -19,10 +19,10 @@ import { splitRows } from "../src/kernels/checks.ts";
 import { RowGather } from "../src/kernels/gather.ts";
 import {
   gatherRows,
+  gegluRef,
   rmsNormRows,
   ropeInvFreq,
   ropeRows,
-  gegluRef,
   softcapRef,
   swigluRef,
 } from "../testing/reference_ops.ts";
@@ -313,8 +313,11 @@ Deno.test("geglu and soft-capping (Gemma): vec4 and scalar rows against the refe
     // Logits far past the cap (50 x 30) saturate at +-cap instead of overflowing tanh.
     const x = randomF32(2 * n, SEED + 52 + n, 50 * 30);
     using xb = upload(dev, x);
-    run(dev, (cmd) =>
-      swiglu.record(cmd, { gate: xb, up: xb, out: xb, n, rows: 2, act: "softcap", cap: 30 }));
+    run(
+      dev,
+      (cmd) =>
+        swiglu.record(cmd, { gate: xb, up: xb, out: xb, n, rows: 2, act: "softcap", cap: 30 }),
+    );
     const err2 = relError(f32(dev, xb), softcapRef(x, 30));
     assert.ok(err2 < 1e-5, why(`softcap n=${n}`, err2));
   }

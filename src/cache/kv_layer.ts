@@ -33,7 +33,8 @@
  * - **Prefill** runs over a cache whose heads hold all prompt rows (row index = position); the
  *   policy then copies the selected rows into the compressed cache.
  * - **Sliding window** (`window` W > 0, a layer that attends only to the last W positions): every
- *   head is a *ring* of capRows >= W rows, position p at row p % capRows, and the length counts
+ *   head is a *ring* of capRows rows (at least W, or every position the session can hold),
+ *   position p at row p % capRows, and the length counts
  *   every position appended so far (it may exceed the capacity). Attention reads positions
  *   [len - W, len) (decode) or each query's last W (prefill, which needs capRows >= W + B - 1
  *   for a batch of B, so that the batch does not overwrite a row its first query still sees).
@@ -203,15 +204,12 @@ export class KvLayerCache implements Disposable {
       headDim: number;
       capRows: readonly number[];
       maxChunkBytes?: number;
-      /** A sliding-window layer's W: every head a ring of at least W rows. */
+      /** A sliding-window layer's W: every head a ring (see the layout above). */
       window?: number;
     },
   ): KvLayerCache {
     const window = opts.window ?? 0;
     if (!Number.isInteger(window) || window < 0) limit(`sliding window ${window} is not a count`);
-    if (window > 0 && opts.capRows.some((c) => c < window)) {
-      limit(`a sliding-window ring needs at least ${window} rows per head`);
-    }
     const dev = device.info;
     const maxChunkBytes = Math.min(
       opts.maxChunkBytes ?? Infinity,
