@@ -41,6 +41,8 @@ layout(push_constant) uniform Push {
   uint qOff4;    // q offset in vec4 units
   uint mlOff;    // float offset of the (m, l) records inside `part`
   float scale;   // log2(e) / sqrt(D)
+  uint window;   // sliding window W (0: none): the head is a ring of capRows rows, lens counts positions
+  float softcap; // log2(e) * c: scores become c * tanh(score / c) (0: none)
 #ifdef WATCH
   uint covOff;     // float offset of the (held, prompt) mass records
   uint promptRows; // rows [0, promptRows) are the prompt
@@ -57,6 +59,14 @@ shared float lred[G];
 
 const float NEG_INF = -1.0 / 0.0;
 
+// A sliding-window head keeps its last capRows positions in a ring (row = position % capRows);
+// split offsets t count from the window's first position, ringFirst.
+uint ringFirst = 0u;
+uint ringCap = 0u;
+uint ringRow(uint t) {
+  return p.window != 0u ? (ringFirst + t) % ringCap : t;
+}
+
 void unpack8(uvec4 w, out vec4 a, out vec4 b) {
   a = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
   b = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
@@ -70,7 +80,10 @@ void main() {
   const uint h = p.headBase + gl_WorkGroupID.y;
 
   const uint base = tab[2 * h];
-  const uint len = min(lens[h], tab[2 * h + 1]);
+  ringCap = tab[2 * h + 1];
+  const uint lenAll = lens[h];
+  ringFirst = p.window != 0u && lenAll > p.window ? lenAll - p.window : 0u;
+  const uint len = p.window != 0u ? lenAll - ringFirst : min(lenAll, ringCap);
   const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
   if (s >= ns) return; // uniform over the workgroup: no barrier has been reached yet
   const uint per = (len + ns - 1) / ns;
@@ -113,13 +126,16 @@ void main() {
     float sv[G];
     [[unroll]] for (uint g = 0; g < G; g++) sv[g] = 0.0;
     if (tid < nrows) {
-      const uint row = (base + tb + tid) * D8;
+      const uint row = (base + ringRow(tb + tid)) * D8;
       [[unroll]] for (uint c = 0; c < D8; c++) {
         vec4 a, b;
         unpack8(k8[row + c], a, b);
         [[unroll]] for (uint g = 0; g < G; g++) {
           sv[g] += dot(qs[g * D4 + 2 * c], a) + dot(qs[g * D4 + 2 * c + 1], b);
         }
+      }
+      if (p.softcap != 0.0) {
+        [[unroll]] for (uint g = 0; g < G; g++) sv[g] = p.softcap * tanh(clamp(sv[g] / p.softcap, -15.0, 15.0));
       }
     } else {
       [[unroll]] for (uint g = 0; g < G; g++) sv[g] = NEG_INF;
@@ -188,7 +204,7 @@ void main() {
     if (team < NT) {
       for (uint r = team; r < nrows; r += NT) {
         vec4 a, b;
-        unpack8(v8[(base + tb + r) * D8 + lane], a, b);
+        unpack8(v8[(base + ringRow(tb + r)) * D8 + lane], a, b);
         [[unroll]] for (uint g = 0; g < G; g++) {
           const float pr = sc[g * WGS + r];
           l[g] += pr;

@@ -75,6 +75,8 @@ layout(push_constant) uniform Push {
   uint qOff4;
   uint mlOff;    // float offset of the (m, l) pairs
   float scale;
+  uint window;   // sliding window W (0: none): the head is a ring of capRows rows, lens counts positions
+  float softcap; // log2(e) * c: scores become c * tanh(score / c) (0: none)
 #ifdef WATCH
   uint covOff;     // float offset of the (held, prompt) mass records
   uint promptRows; // rows [0, promptRows) are the prompt
@@ -83,6 +85,14 @@ layout(push_constant) uniform Push {
 } p;
 
 const float NEG_INF = -1.0 / 0.0;
+
+// A sliding-window head keeps its last capRows positions in a ring (row = position % capRows);
+// offsets t count from the window's first position, ringFirst.
+uint ringFirst = 0u;
+uint ringCap = 0u;
+uint ringRow(uint t) {
+  return p.window != 0u ? (ringFirst + t) % ringCap : t;
+}
 const float FLUSH = -100.0;
 
 // 2^x, or 0 when x < FLUSH (also for x = -inf or NaN).
@@ -171,7 +181,7 @@ void scoreBlock(uint base, uint lane, uint t, uint tEnd) {
   vec2 kv[KB * NP];
   [[unroll]] for (uint j = 0; j < KB; j++) {
     uint w[NP];
-    loadRow(false, base + min(t + j, tEnd - 1u), lane, w);
+    loadRow(false, base + ringRow(min(t + j, tEnd - 1u)), lane, w);
     [[unroll]] for (uint i = 0; i < NP; i++) kv[j * NP + i] = unpackHalf2x16(w[i]);
   }
   [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] = 0.0;
@@ -183,6 +193,9 @@ void scoreBlock(uint base, uint lane, uint t, uint tEnd) {
   }
   [[unroll]] for (uint e = 0; e < LOG2L; e++) {
     [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] += subgroupShuffleXor(sc[k], 1u << e);
+  }
+  if (p.softcap != 0.0) {
+    [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] = p.softcap * tanh(clamp(sc[k] / p.softcap, -15.0, 15.0));
   }
   [[unroll]] for (uint j = 1; j < KB; j++) {
     [[unroll]] for (uint g = 0; g < G; g++) sc[j * G + g] = t + j < tEnd ? sc[j * G + g] : NEG_INF;
@@ -211,7 +224,7 @@ void valueBlock(uint base, uint lane, uint t, uint tEnd) {
   vec2 vv[KB * NP];
   [[unroll]] for (uint j = 0; j < KB; j++) {
     uint w[NP];
-    loadRow(true, base + min(t + j, tEnd - 1u), lane, w);
+    loadRow(true, base + ringRow(min(t + j, tEnd - 1u)), lane, w);
     [[unroll]] for (uint i = 0; i < NP; i++) vv[j * NP + i] = unpackHalf2x16(w[i]);
   }
   [[unroll]] for (uint g = 0; g < G; g++) {
@@ -249,7 +262,10 @@ void main() {
   const uint h = p.headBase + gl_WorkGroupID.x;
 
   const uint base = tab[2 * h];
-  const uint len = min(lens[h], tab[2 * h + 1]);
+  ringCap = tab[2 * h + 1];
+  const uint lenAll = lens[h];
+  ringFirst = p.window != 0u && lenAll > p.window ? lenAll - p.window : 0u;
+  const uint len = p.window != 0u ? lenAll - ringFirst : min(lenAll, ringCap);
   const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
   // A head with ns < S splits spreads them over the grid's rows (split s sits at the first y
   // with y * ns / S == s) rather than taking rows 0..ns-1, for the same reason.

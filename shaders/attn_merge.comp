@@ -27,6 +27,7 @@ layout(push_constant) uniform Push {
   uint mlOff;
   uint outOff;   // float offset of query head 0's output
   uint perSplit; // records per split and query head (1, or the lanes of attn_decode_cpu)
+  uint window;   // sliding window (0: none), as the split pass had it
 #ifdef WATCH
   uint covOff;   // float offset of the (held, prompt) mass records
   uint covOut;   // float offset of query head 0's (held, prompt) fractions in cov
@@ -40,7 +41,7 @@ void main() {
   const uint h = qh / G;
   const uint g = qh % G;
   const uint S = p.splits;
-  const uint len = min(lens[h], tab[2 * h + 1]);
+  const uint len = p.window != 0u ? min(lens[h], p.window) : min(lens[h], tab[2 * h + 1]);
   const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
 
   const uint nr = ns * p.perSplit;

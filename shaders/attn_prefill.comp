@@ -42,7 +42,23 @@ layout(push_constant) uniform Push {
   uint flags;      // 1 = first pass, 2 = last pass
   uint nHeads;     // query heads in the model (ml row stride)
   float scale;     // log2(e) / sqrt(D)
+  uint window;     // sliding window W (0: none): key k is visible to position pos if pos - k < W,
+                   // and the head is a ring of capRows rows (row = position % capRows)
+  float softcap;   // log2(e) * c: scores become c * tanh(score / c) (0: none)
 } p;
+uint ringRow(uint k, uint cap) {
+  return p.window != 0u ? k % cap : k;
+}
+
+// The first key a query at `pos` sees.
+uint windowStart(uint pos) {
+  return p.window != 0u && pos + 1u > p.window ? pos + 1u - p.window : 0u;
+}
+
+float softcapped(float s) {
+  return p.softcap != 0.0 ? p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0)) : s;
+}
+
 
 shared vec4 qs[ROWS * D4];
 shared uvec4 ks[BC * D8];
@@ -99,26 +115,31 @@ void main() {
   }
 
   // Keys past the last query token of this tile (or past the capacity) are never visible.
-  const uint kEnd = min(min(p.kv1, cap), tokEnd > tok0 ? p.p0 + tokEnd : 0u);
-  for (uint kt = p.kv0; kt < kEnd; kt += BC) {
+  // A ring (sliding window) holds more positions than its capacity; keys before the tile's
+  // first window are never visible.
+  const uint kEnd = min(p.window != 0u ? p.kv1 : min(p.kv1, cap), tokEnd > tok0 ? p.p0 + tokEnd : 0u);
+  const uint kStart = max(p.kv0, windowStart(p.p0 + tok0));
+  const uint lo = windowStart(pos);
+  for (uint kt = kStart; kt < kEnd; kt += BC) {
     const uint nk = min(BC, kEnd - kt);
     barrier(); // previous tile's readers are done (and qs is written on the first trip)
     for (uint i = tid; i < BC * D8; i += WG) {
       const uint j = i / D8;
       if (j < nk) {
-        ks[i] = k8[(base + kt + j) * D8 + i % D8];
-        vs[i] = v8[(base + kt + j) * D8 + i % D8];
+        ks[i] = k8[(base + ringRow(kt + j, cap)) * D8 + i % D8];
+        vs[i] = v8[(base + ringRow(kt + j, cap)) * D8 + i % D8];
       }
     }
     barrier();
     for (uint j = part; j < BC; j += P) {
       float s = NEG_INF;
-      if (valid && j < nk && kt + j <= pos) {
+      if (valid && j < nk && kt + j <= pos && kt + j >= lo) {
         s = 0.0;
         [[unroll]] for (uint c = 0; c < D8; c++) {
           const uvec4 w = ks[j * D8 + c];
           s += dot(qs[row * D4 + 2 * c], lo4(w)) + dot(qs[row * D4 + 2 * c + 1], hi4(w));
         }
+        s = softcapped(s);
       }
       sc[row * BC + j] = s;
     }

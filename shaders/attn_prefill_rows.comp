@@ -52,7 +52,23 @@ layout(push_constant) uniform Push {
   uint flags;      // 1 = first pass, 2 = last pass
   uint nHeads;     // query heads in the model (ml row stride)
   float scale;     // log2(e) / sqrt(D)
+  uint window;     // sliding window W (0: none): key k is visible to position pos if pos - k < W,
+                   // and the head is a ring of capRows rows (row = position % capRows)
+  float softcap;   // log2(e) * c: scores become c * tanh(score / c) (0: none)
 } p;
+uint ringRow(uint k, uint cap) {
+  return p.window != 0u ? k % cap : k;
+}
+
+// The first key a query at `pos` sees.
+uint windowStart(uint pos) {
+  return p.window != 0u && pos + 1u > p.window ? pos + 1u - p.window : 0u;
+}
+
+float softcapped(float s) {
+  return p.softcap != 0.0 ? p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0)) : s;
+}
+
 
 const float NEG_INF = -1.0 / 0.0;
 const float FLUSH = -100.0;
@@ -73,7 +89,9 @@ void main() {
   const bool first = (p.flags & 1u) != 0u;
 
   // Keys past the workgroup's last query token (or past the capacity) are never visible.
-  const uint kEnd = min(min(p.kv1, cap), p.p0 + lastRow / G + 1u);
+  const uint kEnd = min(p.window != 0u ? p.kv1 : min(p.kv1, cap), p.p0 + lastRow / G + 1u);
+  // Keys before the window of the workgroup's first query token are never visible.
+  const uint kStart = max(p.kv0, windowStart(p.p0 + row0 / G));
 
   // Rolled loop, one row per trip (row i ends in slot i).
   vec4 q[R * D4];
@@ -81,6 +99,7 @@ void main() {
   float m[R];
   float l[R];
   uint lim[R]; // last visible key of each row
+  uint lo[R];  // first visible key of each row
   [[dont_unroll]] for (uint it = 0; it < R; it++) {
     [[unroll]] for (uint i = 0; i < R - 1u; i++) {
       [[unroll]] for (uint c = 0; c < D4; c++) {
@@ -90,12 +109,14 @@ void main() {
       m[i] = m[i + 1];
       l[i] = l[i + 1];
       lim[i] = lim[i + 1];
+      lo[i] = lo[i + 1];
     }
     const uint r = min(row0 + it * L + lane, lastRow);
     const uint t = r / G;
     const uint qh = h * G + r % G;
     const uint top = R - 1u;
     lim[top] = min(p.p0 + t, kEnd - 1u);
+    lo[top] = windowStart(p.p0 + t);
     [[unroll]] for (uint c = 0; c < D4; c++) {
       q[top * D4 + c] = q4[p.qOff4 + t * p.qStride4 + qh * D4 + c] * p.scale;
       const vec4 prev = o4[p.oOff4 + t * p.oStride4 + qh * D4 + c]; // a select, not a branch
@@ -106,10 +127,10 @@ void main() {
     l[top] = first ? 0.0 : st.y;
   }
 
-  for (uint kb = p.kv0; kb < kEnd; kb += KB) {
+  for (uint kb = kStart; kb < kEnd; kb += KB) {
     float s[R * KB];
     [[unroll]] for (uint j = 0; j < KB; j++) {
-      const uint at = (base + min(kb + j, kEnd - 1u)) * D8;
+      const uint at = (base + ringRow(min(kb + j, kEnd - 1u), cap)) * D8;
       [[unroll]] for (uint i = 0; i < R; i++) s[i * KB + j] = 0.0;
       [[unroll]] for (uint c = 0; c < D8; c++) {
         const uvec4 w = k8[at + c];
@@ -120,7 +141,7 @@ void main() {
         }
       }
       [[unroll]] for (uint i = 0; i < R; i++) {
-        s[i * KB + j] = kb + j <= lim[i] ? s[i * KB + j] : NEG_INF;
+        s[i * KB + j] = kb + j <= lim[i] && kb + j >= lo[i] ? softcapped(s[i * KB + j]) : NEG_INF;
       }
     }
     [[unroll]] for (uint i = 0; i < R; i++) {
@@ -137,7 +158,7 @@ void main() {
       }
     }
     [[unroll]] for (uint j = 0; j < KB; j++) {
-      const uint at = (base + min(kb + j, kEnd - 1u)) * D8;
+      const uint at = (base + ringRow(min(kb + j, kEnd - 1u), cap)) * D8;
       [[unroll]] for (uint c = 0; c < D8; c++) {
         const uvec4 w = v8[at + c];
         const vec4 a = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));

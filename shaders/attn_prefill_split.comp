@@ -70,7 +70,23 @@ layout(push_constant) uniform Push {
   uint flags;      // 1 = first pass, 2 = last pass
   uint nHeads;     // query heads in the model (ml row stride)
   float scale;     // log2(e) / sqrt(D)
+  uint window;     // sliding window W (0: none): key k is visible to position pos if pos - k < W,
+                   // and the head is a ring of capRows rows (row = position % capRows)
+  float softcap;   // log2(e) * c: scores become c * tanh(score / c) (0: none)
 } p;
+uint ringRow(uint k, uint cap) {
+  return p.window != 0u ? k % cap : k;
+}
+
+// The first key a query at `pos` sees.
+uint windowStart(uint pos) {
+  return p.window != 0u && pos + 1u > p.window ? pos + 1u - p.window : 0u;
+}
+
+float softcapped(float s) {
+  return p.softcap != 0.0 ? p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0)) : s;
+}
+
 
 const float NEG_INF = -1.0 / 0.0;
 const float FLUSH = -100.0;
@@ -165,7 +181,9 @@ void main() {
   const uint lastRow = min(nRows, row0 + R) - 1u;
   const bool first = (p.flags & 1u) != 0u;
   // Keys past the workgroup's last query token (or past the capacity) are never visible.
-  const uint kEnd = min(min(p.kv1, cap), p.p0 + lastRow / G + 1u);
+  const uint kEnd = min(p.window != 0u ? p.kv1 : min(p.kv1, cap), p.p0 + lastRow / G + 1u);
+  // Keys before the window of the workgroup's first query token are never visible.
+  const uint kStart = max(p.kv0, windowStart(p.p0 + row0 / G));
 
   // Row slices enter through a rolled loop that shifts the register arrays by one row per trip
   // (row `it` ends in slot it): unrolled, R rows of loads would make llvmpipe's compile time
@@ -207,6 +225,7 @@ void main() {
   float m[NG];
   float l[NG];
   uint lim[NG];
+  uint lo[NG];
   [[unroll]] for (uint n = 0; n < NG; n++) {
     const uint r = min(row0 + n * L + lane, lastRow);
     const uint t = r / G;
@@ -214,13 +233,14 @@ void main() {
     m[n] = first ? NEG_INF : st.x;
     l[n] = first ? 0.0 : st.y;
     lim[n] = min(p.p0 + t, kEnd - 1u);
+    lo[n] = windowStart(p.p0 + t);
   }
 
-  for (uint kb = p.kv0; kb < kEnd; kb += KB) {
+  for (uint kb = kStart; kb < kEnd; kb += KB) {
     float s[NG * KB]; // lane k: row n * L + k, key kb + j
     [[unroll]] for (uint j = 0; j < KB; j++) {
       uint w[NP];
-      loadK(base + min(kb + j, kEnd - 1u), lane, w);
+      loadK(base + ringRow(min(kb + j, kEnd - 1u), cap), lane, w);
       vec2 kv[NP];
       [[unroll]] for (uint c = 0; c < NP; c++) kv[c] = unpackHalf2x16(w[c]);
       [[unroll]] for (uint n = 0; n < NG; n++) {
@@ -241,7 +261,7 @@ void main() {
             }
           }
         }
-        s[n * KB + j] = kb + j <= lim[n] ? x[0] : NEG_INF;
+        s[n * KB + j] = kb + j <= lim[n] && kb + j >= lo[n] ? softcapped(x[0]) : NEG_INF;
       }
     }
     [[unroll]] for (uint n = 0; n < NG; n++) {
@@ -262,7 +282,7 @@ void main() {
     }
     [[unroll]] for (uint j = 0; j < KB; j++) {
       uint w[NP];
-      loadV(base + min(kb + j, kEnd - 1u), lane, w);
+      loadV(base + ringRow(min(kb + j, kEnd - 1u), cap), lane, w);
       vec2 vv[NP];
       [[unroll]] for (uint c = 0; c < NP; c++) vv[c] = unpackHalf2x16(w[c]);
       [[unroll]] for (uint n = 0; n < NG; n++) {

@@ -2,7 +2,8 @@
 // KV append: writes B tokens' K and V (f32, after RoPE) as f16 into rows of each KV head's slot
 // region (layout: src/cache/kv_layer.ts). Grid y = heads of this dispatch, grid x covers B*D/8*2
 // uvec4 outputs (K then V). lens[h] already counts the new tokens: rows lens[h]-B .. lens[h]-1.
-// Rows at or past a head's capacity are never written (the host reports E_CONTEXT_FULL first).
+// Rows at or past a head's capacity are never written (the host reports E_CONTEXT_FULL first),
+// except in a ring (a sliding-window layer), where position r lands on row r % capacity.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 layout(local_size_x_id = 0) in;
@@ -23,6 +24,7 @@ layout(push_constant) uniform Push {
   uint kOff4;     // vec4 offset of token 0, head 0 in kin
   uint vOff4;
   uint tokStride4; // vec4 stride between tokens in kin / vin
+  uint ring;       // 1: the head is a ring (sliding window): position r goes to row r % capRows
 } p;
 
 uvec4 pack8(vec4 a, vec4 b) {
@@ -46,8 +48,8 @@ void main() {
     const uint j = isV ? i - items : i;
     const uint t = j / D8;
     const uint c = j % D8;
-    const uint row = start + t;
-    if (row >= cap) continue;
+    if (p.ring == 0u && start + t >= cap) continue;
+    const uint row = p.ring != 0u ? (start + t) % cap : start + t;
     const uint src = (isV ? p.vOff4 : p.kOff4) + t * p.tokStride4 + h * D4 + 2 * c;
     if (isV) {
       vpool[(base + row) * D8 + c] = pack8(vin[src], vin[src + 1]);

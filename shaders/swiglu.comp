@@ -4,7 +4,9 @@
 // to the default (1, 1, 1) when the include precedes it, which breaks wg_sum's shared path.
 layout(local_size_x_id = 0) in;
 #include "common.glsl"
-// SwiGLU: out = silu(gate) * up = gate / (1 + exp(-gate)) * up, over `rows` rows of n.
+// SwiGLU: out = silu(gate) * up = gate / (1 + exp(-gate)) * up, over `rows` rows of n; with
+// act 1 GeGLU (Gemma): gelu(gate) * up, GELU's tanh approximation as ggml's; with act 2 the
+// soft-capping of Gemma 2's final logits: out = cap * tanh(gate / cap) (up unread).
 // Grid: x walks a row in blocks of the workgroup size (times 4 with VEC4), y and z the rows.
 // VEC4 is set by the host only when n, every stride and every binding offset are multiples of 4.
 layout(std430, binding = 0) readonly buffer G { float g[]; };
@@ -20,7 +22,24 @@ layout(push_constant) uniform P {
   uint upStride;
   uint outStride;
   uint vec4ok;
+  uint act; // 0: SiLU, 1: GELU (tanh), 2: soft-cap
+  float cap;
 } p;
+
+vec4 act4(vec4 a, vec4 b) {
+  if (p.act == 1u) {
+    // 0.5 a (1 + tanh(sqrt(2 / pi) a (1 + 0.044715 a^2))) as ggml's CPU backend has it: looked
+    // up at a rounded to f16, the result rounded to f16, 0 below -10 and a above 10. tanh's
+    // argument is clamped (it saturates long before 15) so no exp overflows.
+    const vec4 h = vec4(unpackHalf2x16(packHalf2x16(a.xy)), unpackHalf2x16(packHalf2x16(a.zw)));
+    const vec4 t = tanh(clamp(0.7978845608 * h * (1.0 + 0.044715 * h * h), -15.0, 15.0));
+    const vec4 y = 0.5 * h * (1.0 + t);
+    const vec4 g = vec4(unpackHalf2x16(packHalf2x16(y.xy)), unpackHalf2x16(packHalf2x16(y.zw)));
+    return mix(mix(g, a, greaterThanEqual(a, vec4(10.0))), vec4(0.0), lessThanEqual(a, vec4(-10.0))) * b;
+  }
+  if (p.act == 2u) return p.cap * tanh(clamp(a / p.cap, -15.0, 15.0));
+  return a / (1.0 + exp(-a)) * b;
+}
 
 void main() {
   uint row = gl_WorkGroupID.z * gl_NumWorkGroups.y + gl_WorkGroupID.y;
@@ -30,10 +49,10 @@ void main() {
     if (i >= (p.n >> 2)) return;
     vec4 a = g4[((row * p.gateStride) >> 2) + i];
     vec4 b = u4[((row * p.upStride) >> 2) + i];
-    o4[((row * p.outStride) >> 2) + i] = a / (1.0 + exp(-a)) * b;
+    o4[((row * p.outStride) >> 2) + i] = act4(a, b);
   } else {
     if (i >= p.n) return;
     float a = g[row * p.gateStride + i];
-    o[row * p.outStride + i] = a / (1.0 + exp(-a)) * u[row * p.upStride + i];
+    o[row * p.outStride + i] = act4(vec4(a), vec4(u[row * p.upStride + i])).x;
   }
 }

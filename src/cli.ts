@@ -83,6 +83,7 @@ const MODEL_USAGE = `model (first that is given):
   -m, --model PATH        a GGUF file (or a llama2.c .bin with --tokenizer)
       --hf OWNER/REPO:FILE  a GGUF from Hugging Face, downloaded once into the cache folder;
       --hf OWNER/REPO:QUANT picks the repo's GGUF by quant in its name (e.g. :Q4_K_M, :q8_0)
+      --hf OWNER/REPO       picks as llama.cpp's -hf does: Q4_K_M, else Q8_0, else the first GGUF
   HC_MODEL=PATH           environment variable
   (default)               stories260K.gguf from ggml-org/models, downloaded once and checked
       --tokenizer PATH    a separate tokenizer (llama2.c tokenizer.bin, or a GGUF)
@@ -109,7 +110,12 @@ async function openModel(
   const dl = terminalProgress("downloading model");
   let path: string;
   try {
-    path = await resolveModelPath({ model: values.model, hf: values.hf, onProgress: dl.update });
+    path = await resolveModelPath({
+      model: values.model,
+      hf: values.hf,
+      onProgress: dl.update,
+      onPick: (file, why) => console.log(`hc: --hf ${values.hf} chose ${file} (${why})`),
+    });
   } finally {
     dl.done();
   }

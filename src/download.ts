@@ -9,7 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import { HcError } from "./errors.ts";
-import { isQuantTag, pickQuantFile, type RepoFile } from "./hf_pick.ts";
+import { isQuantTag, pickDefaultFile, pickQuantFile, type RepoFile } from "./hf_pick.ts";
 
 export interface HfRef {
   /** owner/name */
@@ -66,19 +66,15 @@ function checkSegments(what: string, value: string, spec: string): void {
 }
 
 /**
- * Parses `owner/repo:path/to/file.gguf` or `owner/repo:QUANT` (`file` is then the tag, see
- * `isQuantTag`), optionally followed by `@revision`.
+ * Parses `owner/repo:path/to/file.gguf`, `owner/repo:QUANT` (`file` is then the tag, see
+ * `isQuantTag`) or `owner/repo` (`file` is "": the repo's default GGUF, see pickDefaultFile),
+ * optionally followed by `@revision`.
  */
 export function parseHfRef(spec: string): HfRef {
-  const colon = spec.indexOf(":");
-  if (colon < 0) {
-    throw new HcError(
-      "E_BAD_REQUEST",
-      `--hf takes owner/repo:path/file.gguf or owner/repo:QUANT (e.g. :Q4_K_M), got "${spec}" (no ':' before the file)`,
-    );
-  }
-  const repo = spec.slice(0, colon);
-  let file = spec.slice(colon + 1);
+  // Without ':', no file nor quant: `file` is "" and the repo's default GGUF is chosen.
+  const colon = spec.indexOf(":") >= 0 ? spec.indexOf(":") : spec.lastIndexOf("@");
+  const repo = colon < 0 ? spec : spec.slice(0, colon);
+  let file = colon < 0 ? "" : spec[colon] === ":" ? spec.slice(colon + 1) : spec.slice(colon);
   let revision = "main";
   const at = file.lastIndexOf("@");
   if (at >= 0) {
@@ -89,7 +85,7 @@ export function parseHfRef(spec: string): HfRef {
     throw new HcError("E_BAD_REQUEST", `--hf needs the repository as owner/name, got "${repo}"`);
   }
   checkSegments("repository", repo, spec);
-  checkSegments("file path", file, spec);
+  if (spec.includes(":")) checkSegments("file path", file, spec);
   checkSegments("revision", revision, spec);
   return { repo, file, revision };
 }
@@ -520,7 +516,9 @@ async function cachedQuant(ref: HfRef, dir: string, sha256?: string): Promise<st
   const root = cachedPath({ ...ref, file: "" }, dir).replace(/\/$/, "");
   const files = await cachedRepoFiles(root);
   try {
-    const picked = pickQuantFile(files, ref.file, ref.repo);
+    const picked = ref.file === ""
+      ? pickDefaultFile(files, ref.repo).file
+      : pickQuantFile(files, ref.file, ref.repo);
     if (sha256 !== undefined && picked.sha256 !== sha256.toLowerCase()) return null;
     return `${root}/${picked.path}`;
   } catch {
@@ -531,8 +529,11 @@ async function cachedQuant(ref: HfRef, dir: string, sha256?: string): Promise<st
 export interface ResolveModelOptions extends DownloadOptions {
   /** --model PATH */
   model?: string;
-  /** --hf owner/repo:file, or owner/repo:QUANT (e.g. Q4_K_M) to pick the file by its name */
+  /** --hf owner/repo:file, or owner/repo:QUANT (e.g. Q4_K_M) to pick the file by its name, or
+   * owner/repo for the file llama.cpp's -hf picks by default */
   hf?: string;
+  /** Told which file a quant tag or the default choice picked, and why. */
+  onPick?: (path: string, why: string) => void;
   /** Environment lookup (tests pass their own). Default: Deno.env. */
   env?: (name: string) => string | undefined;
 }
@@ -576,7 +577,9 @@ export async function resolveModelPath(opts: ResolveModelOptions = {}): Promise<
   };
   if (opts.hf !== undefined) {
     const ref = parseHfRef(opts.hf);
-    if (!isQuantTag(ref.file)) return await downloadHf(ref, { ...dl, sha256: opts.sha256 });
+    if (ref.file !== "" && !isQuantTag(ref.file)) {
+      return await downloadHf(ref, { ...dl, sha256: opts.sha256 });
+    }
     let files: RepoFile[];
     try {
       files = await listHfRepo(ref.repo, ref.revision, dl);
@@ -588,7 +591,10 @@ export async function resolveModelPath(opts: ResolveModelOptions = {}): Promise<
       if (cached === null) throw e;
       return cached;
     }
-    const picked = pickQuantFile(files, ref.file, ref.repo);
+    const { file: picked, why } = ref.file === ""
+      ? pickDefaultFile(files, ref.repo)
+      : { file: pickQuantFile(files, ref.file, ref.repo), why: `quant ${ref.file}` };
+    opts.onPick?.(picked.path, why);
     return await downloadHf(
       { ...ref, file: picked.path },
       { ...dl, sha256: opts.sha256 ?? picked.sha256 ?? undefined },

@@ -3,6 +3,7 @@
  * file name as people name them there: `Model-Q4_K_M.gguf`, `model.q8_0.gguf`,
  * `UD-Q4_K_XL/Model-UD-Q4_K_XL-00001-of-00002.gguf`. The tag matches case-insensitively as a
  * whole name part, so `Q4_K` does not pick `Q4_K_M` and `Q4_XS` does not pick `IQ4_XS`.
+ * Without a tag (`--hf owner/repo`), `pickDefaultFile` chooses as llama.cpp's `-hf` does.
  */
 import { HcError } from "./errors.ts";
 
@@ -19,6 +20,12 @@ const SPLIT = /-(\d{5})-of-(\d{5})\.gguf$/i;
 const GGUF = /\.gguf$/i;
 /** Vision projectors ride along in many repos; they are never the model. */
 const PROJECTOR = /mmproj/i;
+/** What llama.cpp's `-hf` never takes for the model (common/download.cpp,
+ * gguf_filename_is_model: projectors, importance matrices, draft and speculative heads). */
+const NOT_MODEL = /mmproj|imatrix|mtp-|eagle3-|dflash-|dspark-/;
+
+/** llama.cpp's `-hf` without a quant tries these, in order, before the first model GGUF. */
+export const DEFAULT_QUANTS = ["Q4_K_M", "Q8_0"] as const;
 
 /** A quant tag is a name part: no folder and no dot (a file name has `.gguf`). */
 export function isQuantTag(s: string): boolean {
@@ -86,4 +93,40 @@ export function pickQuantFile(files: readonly RepoFile[], tag: string, repo: str
     );
   }
   return parts[0];
+}
+
+/**
+ * The GGUF llama.cpp's `-hf owner/repo` (no quant) downloads (common/download.cpp,
+ * find_best_model): the first model file, in the repository's listing order, whose name has
+ * Q4_K_M, else Q8_0, followed by '.' or '-' (any case), else the first model file. Only the
+ * first part of a split file counts. Returns the file and why it was chosen; a split choice is
+ * refused as pickQuantFile refuses it.
+ */
+export function pickDefaultFile(
+  files: readonly RepoFile[],
+  repo: string,
+): { file: RepoFile; why: string } {
+  const models = files.filter((f) => {
+    const name = f.path.split("/").pop()!;
+    if (!GGUF.test(f.path) || NOT_MODEL.test(name)) return false;
+    const split = SPLIT.exec(f.path);
+    return !split || split[1] === "00001";
+  });
+  if (models.length === 0) {
+    throw new HcError("E_BAD_REQUEST", `${repo} holds no GGUF model file`);
+  }
+  const chosen = (file: RepoFile, why: string) => {
+    // A split choice: the same refusal, with the merge command, as for a quant tag.
+    if (SPLIT.test(file.path)) pickQuantFile(files, file.path.replace(SPLIT, ""), repo);
+    return { file, why };
+  };
+  for (const tag of DEFAULT_QUANTS) {
+    const re = new RegExp(`${tag}[.-]`, "i");
+    const hit = models.find((f) => re.test(f.path));
+    if (hit) return chosen(hit, `no quant given: ${tag}, llama.cpp's default`);
+  }
+  return chosen(
+    models[0],
+    `no quant given and no ${DEFAULT_QUANTS.join(" or ")} file: the first GGUF, as llama.cpp`,
+  );
 }

@@ -9,7 +9,12 @@ import { GgmlType } from "../src/gguf/types.ts";
 import { llama3RopeFactors } from "../src/model/rope_scaling.ts";
 import { gv } from "./gguf_writer.ts";
 import type { SyntheticSpec } from "./synthetic_model.ts";
-import { type OracleAnswer, oracleSpec } from "./llamacpp_oracle.ts";
+import {
+  type OracleAnswer,
+  oracleOutputWeights,
+  oracleSpec,
+  OUTPUT_GAIN,
+} from "./llamacpp_oracle.ts";
 
 /** One case per architecture or architecture feature. */
 export const ARCH_CASES = {
@@ -61,6 +66,57 @@ export const ARCH_CASES = {
       ["llama.rope.scaling.factor", gv.f32(4)],
       ["llama.rope.scaling.original_context_length", gv.u32(512)],
       ["llama.rope.scaling.attn_factor", gv.f32(1.1)],
+    ],
+  }),
+  /**
+   * Gemma 2: embeddings x sqrt(dim), GeGLU, post-norms, tied output, attention logits capped
+   * at 5 (scores of a few units, so the cap bends them) and final logits at 25, and a
+   * 16-token window on layers 0 and 2 of 4 (pattern 2): the 128 teacher-forced positions reach
+   * far past it.
+   */
+  gemma2: (seed) => ({
+    ...base(seed),
+    arch: "gemma2",
+    nLayers: 4,
+    tiedOutput: true,
+    // The tied embedding is also the output: at 1/sqrt(dim) (x sqrt(dim) on the way in), with a
+    // 6x final norm that peaks the logits.
+    tensors: (name, dims) => {
+      if (name === "token_embd.weight") {
+        return oracleOutputWeights(seed, dims[0] * dims[1]).map((v) => v / OUTPUT_GAIN);
+      }
+      if (name === "output_norm.weight") {
+        return oracleOutputWeights(seed + 1, dims[0]).map((v) => 6 + v);
+      }
+      // Post-norms of 8: the layers' outputs outweigh the embedding (a tied model's logits
+      // otherwise echo the input token, whose embedding is most like itself).
+      const post = /^blk\.(\d+)\.post_(attention|ffw)_norm\.weight$/.exec(name);
+      if (post) {
+        const salt = 2 + Number(post[1]) * 2 + (post[2] === "ffw" ? 1 : 0);
+        return oracleOutputWeights(seed + salt, dims[0]).map((v) => 8 + 2 * v);
+      }
+      return undefined;
+    },
+    metadata: [
+      ["gemma2.attention.sliding_window", gv.u32(16)],
+      ["gemma2.attn_logit_softcapping", gv.f32(5)],
+      ["gemma2.final_logit_softcapping", gv.f32(25)],
+    ],
+  }),
+  /**
+   * Gemma 3: as Gemma 2 without soft-capping, plus QK-norm; five 16-token windowed layers to
+   * one global (llama.cpp's default pattern 6), the windowed ones roped at base 10000 unscaled
+   * while the global one has base 1e6 and linear scaling 8 (Gemma 3 4B's).
+   */
+  gemma3: (seed) => ({
+    ...base(seed),
+    arch: "gemma3",
+    nLayers: 6,
+    ropeBase: 1e6,
+    metadata: [
+      ["gemma3.attention.sliding_window", gv.u32(16)],
+      ["gemma3.rope.scaling.type", gv.str("linear")],
+      ["gemma3.rope.scaling.factor", gv.f32(8)],
     ],
   }),
   /** Llama 3.1's scaling as its converter writes it: rope_freqs.weight, blended band 16..64. */

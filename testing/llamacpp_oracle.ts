@@ -39,7 +39,7 @@ export const ORACLE_POSITIONS = 128;
 export const ORACLE_GREEDY = 64;
 export const ORACLE_PROMPT = 8;
 /** How much larger than 1/sqrt(dim) the output projection's values are. */
-const OUTPUT_GAIN = 6;
+export const OUTPUT_GAIN = 6;
 
 const rng = mulberry32;
 
@@ -56,17 +56,19 @@ export function oracleSpec(type: OracleType, seed: number): SyntheticSpec {
     contextLength: 256,
     weightType: GgmlType[type],
     seed,
-    tensors: (name, dims) => {
-      if (name !== "output.weight") return undefined;
-      const r = rng(seed ^ 0x5eed);
-      const n = dims[0] * dims[1];
-      const out = new Float32Array(n);
-      // Sum of three uniforms: roughly normal, with std OUTPUT_GAIN / sqrt(dim).
-      const std = OUTPUT_GAIN / Math.sqrt(dim);
-      for (let i = 0; i < n; i++) out[i] = (r() + r() + r() - 1.5) * 2 * std;
-      return out;
-    },
+    tensors: (name, dims) =>
+      name === "output.weight" ? oracleOutputWeights(seed, dims[0] * dims[1], dim) : undefined,
   };
+}
+
+/** The output projection's `n` values: roughly normal (a sum of three uniforms), with std
+ * OUTPUT_GAIN / sqrt(dim). */
+export function oracleOutputWeights(seed: number, n: number, dim = 256): Float32Array {
+  const r = rng(seed ^ 0x5eed);
+  const out = new Float32Array(n);
+  const std = OUTPUT_GAIN / Math.sqrt(dim);
+  for (let i = 0; i < n; i++) out[i] = (r() + r() + r() - 1.5) * 2 * std;
+  return out;
 }
 
 /** The teacher-forced token sequence (ordinary tokens only: ids 3 and up). */

@@ -15,7 +15,10 @@ function bad(message: string): never {
   throw new HcError("E_BAD_REQUEST", message);
 }
 
-/** softmax(scale * q . K_j) over rows [0, n) of `k` ([rows][headDim]). */
+/**
+ * softmax(scale * q . K_j) over rows [0, n) of `k` ([rows][headDim]); with `softcap` c, each
+ * scaled score s is c * tanh(s / c) first (Gemma 2's attention logit soft-capping).
+ */
 export function softmaxRow(
   q: Float32Array,
   qOffset: number,
@@ -23,6 +26,7 @@ export function softmaxRow(
   n: number,
   headDim: number,
   scale: number,
+  softcap = 0,
 ): Float64Array {
   if (k.length < n * headDim) bad(`softmaxRow: K holds ${k.length / headDim} rows, needs ${n}`);
   const s = new Float64Array(n);
@@ -31,6 +35,7 @@ export function softmaxRow(
     let acc = 0;
     for (let d = 0; d < headDim; d++) acc += q[qOffset + d] * k[j * headDim + d];
     s[j] = acc * scale;
+    if (softcap > 0) s[j] = softcap * Math.tanh(s[j] / softcap);
     if (s[j] > mx) mx = s[j];
   }
   let sum = 0;
@@ -51,6 +56,10 @@ export interface RefDecodeArgs {
   headDim: number;
   groupSize: number;
   scale?: number;
+  /** Sliding window W: only the last W rows are seen (0: all). */
+  window?: number;
+  /** Logit soft-capping c (0: none). */
+  softcap?: number;
 }
 
 /** One decode step: out[qh] = softmax(q[qh] . K_h / sqrt(d)) V_h over head h's own length. */
@@ -61,15 +70,19 @@ export function refDecodeAttention(a: RefDecodeArgs): Float32Array {
   const scale = a.scale ?? 1 / Math.sqrt(D);
   const out = new Float32Array(nKv * G * D);
   for (let h = 0; h < nKv; h++) {
-    const len = a.k[h].length / D;
+    const all = a.k[h].length / D;
     if (a.v[h].length !== a.k[h].length) bad(`head ${h}: K and V row counts differ`);
+    const first = a.window ? Math.max(0, all - a.window) : 0;
+    const len = all - first;
+    const k = a.k[h].subarray(first * D);
+    const v = a.v[h].subarray(first * D);
     for (let g = 0; g < G; g++) {
       const qh = h * G + g;
       if (len === 0) continue;
-      const p = softmaxRow(a.q, qh * D, a.k[h], len, D, scale);
+      const p = softmaxRow(a.q, qh * D, k, len, D, scale, a.softcap);
       for (let d = 0; d < D; d++) {
         let acc = 0;
-        for (let j = 0; j < len; j++) acc += p[j] * a.v[h][j * D + d];
+        for (let j = 0; j < len; j++) acc += p[j] * v[j * D + d];
         out[qh * D + d] = acc;
       }
     }
@@ -89,6 +102,11 @@ export interface RefPrefillArgs {
   headDim: number;
   groupSize: number;
   scale?: number;
+  /** Sliding window W: position pos sees positions pos - W + 1 .. pos, as llama.cpp masks
+   * (pos - key < W); 0: all before it. */
+  window?: number;
+  /** Logit soft-capping c (0: none). */
+  softcap?: number;
 }
 
 /** Causal attention of a token batch: output [tokens][nHeads][headDim]. */
@@ -100,15 +118,19 @@ export function refPrefillAttention(a: RefPrefillArgs): Float32Array {
   const scale = a.scale ?? 1 / Math.sqrt(D);
   const out = new Float32Array(a.tokens * nHeads * D);
   for (let t = 0; t < a.tokens; t++) {
-    const visible = a.position + t + 1;
+    const pos = a.position + t;
+    const first = a.window ? Math.max(0, pos + 1 - a.window) : 0;
+    const visible = pos + 1 - first;
     for (let h = 0; h < nKv; h++) {
+      const k = a.k[h].subarray(first * D);
+      const v = a.v[h].subarray(first * D);
       for (let g = 0; g < G; g++) {
         const qh = h * G + g;
         const base = (t * nHeads + qh) * D;
-        const p = softmaxRow(a.q, base, a.k[h], visible, D, scale);
+        const p = softmaxRow(a.q, base, k, visible, D, scale, a.softcap);
         for (let d = 0; d < D; d++) {
           let acc = 0;
-          for (let j = 0; j < visible; j++) acc += p[j] * a.v[h][j * D + d];
+          for (let j = 0; j < visible; j++) acc += p[j] * v[j * D + d];
           out[base + d] = acc;
         }
       }

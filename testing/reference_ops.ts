@@ -7,6 +7,7 @@
  * every number (as -Infinity), -0 equals +0, and among equal values the lower index wins.
  */
 import type { RopePairing } from "../src/model/config.ts";
+import { f16ToF32Array, f32ToF16Array } from "../src/model/quant/mod.ts";
 
 /** out[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight, for `rows` rows of n (strides in elements). */
 export function rmsNormRows(
@@ -77,6 +78,28 @@ export function swigluRef(gate: Float32Array, up: Float32Array): Float64Array {
   const out = new Float64Array(gate.length);
   for (let i = 0; i < gate.length; i++) out[i] = (gate[i] / (1 + Math.exp(-gate[i]))) * up[i];
   return out;
+}
+
+/**
+ * GeGLU as ggml's CPU backend computes it: GELU's tanh approximation of the gate looked up at
+ * the gate rounded to f16 and rounded to f16 itself (its GGML_GELU_FP16 table), 0 at or below
+ * -10 and the gate itself at or above 10, times up.
+ */
+export function gegluRef(gate: Float32Array, up: Float32Array): Float64Array {
+  const f16 = (v: number) => f16ToF32Array(f32ToF16Array(Float32Array.of(v)))[0];
+  const out = new Float64Array(gate.length);
+  for (let i = 0; i < gate.length; i++) {
+    const x = gate[i];
+    const h = f16(x);
+    const g = f16(0.5 * h * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * h * (1 + 0.044715 * h * h))));
+    out[i] = (x <= -10 ? 0 : x >= 10 ? x : g) * up[i];
+  }
+  return out;
+}
+
+/** Logit soft-capping: cap * tanh(x / cap). */
+export function softcapRef(x: Float32Array, cap: number): Float64Array {
+  return Float64Array.from(x, (v) => cap * Math.tanh(v / cap));
 }
 
 /** The value as the kernels rank it: NaN as -Infinity (-0 and +0 already compare equal). */

@@ -11,7 +11,7 @@ import { quantizeAny } from "./quantizers.ts";
 import { HcError } from "../src/errors.ts";
 
 export interface SyntheticSpec {
-  arch?: "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "mistral3";
+  arch?: "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "mistral3" | "gemma2" | "gemma3";
   dim: number;
   nLayers: number;
   nHeads: number;
@@ -130,6 +130,11 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
   const seed = spec.seed ?? 1;
   const qDim = spec.nHeads * headDim;
   const kvDim = spec.nKvHeads * headDim;
+  const gemma = arch === "gemma2" || arch === "gemma3";
+  if (arch === "gemma2" && !spec.tiedOutput) {
+    // llama.cpp's gemma2 always reads token_embd as the output and refuses an extra tensor.
+    throw new HcError("E_BAD_REQUEST", "a gemma2 model has tied output embeddings");
+  }
   // Every random tensor consumes one seed slot, overridden or not, so that overriding one
   // tensor leaves the values of all the others unchanged.
   let n = 0;
@@ -195,11 +200,13 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
       tensors.push(vec(p + "attn_k.bias", kvDim, 0, 0.1));
       tensors.push(vec(p + "attn_v.bias", kvDim, 0, 0.1));
     }
-    if (arch === "qwen3") {
+    if (arch === "qwen3" || arch === "gemma3") {
       tensors.push(vec(p + "attn_q_norm.weight", headDim, 1, 0.1));
       tensors.push(vec(p + "attn_k_norm.weight", headDim, 1, 0.1));
     }
     tensors.push(mat(p + "attn_output.weight", qDim, spec.dim));
+    // Gemma's norms after attention and after the FFN (GGUF stores them with Gemma's +1).
+    if (gemma) tensors.push(vec(p + "post_attention_norm.weight", spec.dim, 1, 0.1));
     tensors.push(vec(p + "ffn_norm.weight", spec.dim, 1, 0.1));
     if (arch === "phi3") tensors.push(mat(p + "ffn_up.weight", spec.dim, 2 * spec.ffnDim));
     else {
@@ -207,6 +214,7 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
       tensors.push(mat(p + "ffn_up.weight", spec.dim, spec.ffnDim));
     }
     tensors.push(mat(p + "ffn_down.weight", spec.ffnDim, spec.dim));
+    if (gemma) tensors.push(vec(p + "post_ffw_norm.weight", spec.dim, 1, 0.1));
   }
   tensors.push(vec("output_norm.weight", spec.dim, 1, 0.1));
   if (!spec.tiedOutput) tensors.push(mat("output.weight", spec.dim, vocab));

@@ -1,7 +1,8 @@
 /**
  * Every cache policy on the architectures of tests/llamacpp_arch_test.ts: the policies see a
  * model's q, k and v only after its architecture's steps (QK-norm, RoPE scaling and its
- * magnitude correction, layers without RoPE, fused projections, Ministral 3), so a policy that keeps every
+ * magnitude correction, layers without RoPE, fused projections, Ministral 3, Gemma's sliding-window
+ * layers, which every policy keeps whole in their rings), so a policy that keeps every
  * prompt row must answer exactly as `full`, and one at keep 0.5 must run and stay close.
  */
 import assert from "node:assert/strict";
@@ -11,7 +12,15 @@ import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { oracleTokens } from "../testing/llamacpp_oracle.ts";
 import { type ArchCase, archSpec } from "../testing/llamacpp_arch_oracle.ts";
 
-const CASES: ArchCase[] = ["qwen3", "smollm3", "phi3-long", "mistral3", "rope-yarn"];
+const CASES: ArchCase[] = [
+  "qwen3",
+  "smollm3",
+  "phi3-long",
+  "mistral3",
+  "rope-yarn",
+  "gemma2",
+  "gemma3",
+];
 const PROMPT = 96;
 const FORCED = 24;
 

@@ -256,7 +256,7 @@ Deno.test("model resolution order: --model, then HC_MODEL; bad specs and missing
   });
   for (
     const bad of [
-      "a/b",
+      "a",
       "a:c.gguf",
       "a/b/c:d.gguf",
       "a/b:../x.gguf",

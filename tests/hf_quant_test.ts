@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { resolveModelPath } from "../src/download.ts";
 import { HcError } from "../src/errors.ts";
-import { isQuantTag, pickQuantFile, type RepoFile } from "../src/hf_pick.ts";
+import { isQuantTag, pickDefaultFile, pickQuantFile, type RepoFile } from "../src/hf_pick.ts";
+import { parseHfRef } from "../src/download.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 const bytesOf = (s: string) => new TextEncoder().encode(`GGUF stand-in: ${s}`);
@@ -192,4 +193,50 @@ Deno.test("quant tags match whole name parts", () => {
   assert.equal(pickQuantFile(repo, "q4_0", "o/r").path, "a/Llama-3.2-1B-Instruct-Q4_0.gguf");
   assert.equal(pickQuantFile(repo, "Q4_0_4_4", "o/r").path, "Llama-3.2-1B-Instruct-Q4_0_4_4.gguf");
   assert.throws(() => pickQuantFile([f("README.md")], "Q4_0", "o/r"), /holds no GGUF/);
+});
+
+Deno.test("--hf owner/repo without a quant picks what llama.cpp's -hf picks, and says so", async () => {
+  await withHub({}, async (hub, env, dir) => {
+    const told: string[] = [];
+    const path = await resolveModelPath({
+      env,
+      hf: REPO,
+      onPick: (file, why) => told.push(`${file}: ${why}`),
+    });
+    assert.equal(path, `${dir}/models/${REPO}/main/Model-Q4_K_M.gguf`);
+    assert.deepEqual(told, ["Model-Q4_K_M.gguf: no quant given: Q4_K_M, llama.cpp's default"]);
+    assert.match(
+      await resolveModelPath({ env, hf: `${REPO}@v2` }),
+      /\/v2\/Model-Q4_K_M\.gguf$/,
+    );
+    // Offline, the default choice among the verified downloads in the cache.
+    await hub.close();
+    const offline = (n: string) => n === "HF_ENDPOINT" ? "http://127.0.0.1:9" : env(n);
+    assert.equal(await resolveModelPath({ env: offline, hf: REPO }), path);
+  });
+});
+
+Deno.test("the default choice: Q4_K_M, then Q8_0, then the first model GGUF, as llama.cpp", () => {
+  const f = (path: string): RepoFile => ({ path, size: 1, sha256: null });
+  const pick = (paths: string[]) => pickDefaultFile(paths.map(f), "o/r");
+  // Listing order decides between two Q4_K_M files, as in llama.cpp's find_best_model.
+  assert.equal(
+    pick(["m-Q8_0.gguf", "m-Q4_K_M-imat.gguf", "m-Q4_K_M.gguf"]).file.path,
+    "m-Q4_K_M-imat.gguf",
+  );
+  const q8 = pick(["mmproj-m-Q4_K_M.gguf", "m-F16.gguf", "m.q8_0.gguf"]);
+  assert.equal(q8.file.path, "m.q8_0.gguf");
+  assert.match(q8.why, /Q8_0/);
+  const first = pick(["README.md", "imatrix-m.gguf", "m-IQ4_XS.gguf", "m-F16.gguf"]);
+  assert.equal(first.file.path, "m-IQ4_XS.gguf");
+  assert.match(first.why, /first GGUF/);
+  // A Q4_K_M split into parts is what llama.cpp takes; this engine refuses it, saying how to merge.
+  assert.throws(
+    () => pick(["m-Q4_K_M-00002-of-00002.gguf", "m-Q4_K_M-00001-of-00002.gguf", "m-Q8_0.gguf"]),
+    /split into 2 files.*merge m-Q4_K_M-00001-of-00002\.gguf/,
+  );
+  assert.throws(() => pick(["README.md", "mmproj-F16.gguf"]), /holds no GGUF model/);
+  assert.deepEqual(parseHfRef("o/r"), { repo: "o/r", file: "", revision: "main" });
+  assert.deepEqual(parseHfRef("o/r@v2"), { repo: "o/r", file: "", revision: "v2" });
+  assert.deepEqual(parseHfRef("o/r:Q8_0@v2"), { repo: "o/r", file: "Q8_0", revision: "v2" });
 });

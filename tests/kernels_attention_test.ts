@@ -803,3 +803,179 @@ for (const subgroup of [true, false]) {
     });
   }
 }
+
+/**
+ * A sliding-window layer's cache: every head a ring of `cap` rows holding positions [0, len) at
+ * row position % cap (only the last `cap` survive). Returns every position's rows for the
+ * reference, which sees positions, not rows.
+ */
+function ringCache(
+  dev: Device,
+  D: number,
+  nKv: number,
+  cap: number,
+  window: number,
+  len: number,
+): { cache: KvLayerCache; k: Float32Array[]; v: Float32Array[] } {
+  const cache = KvLayerCache.create(dev, {
+    headDim: D,
+    capRows: Array(nKv).fill(cap),
+    window,
+  });
+  const k: Float32Array[] = [];
+  const v: Float32Array[] = [];
+  for (let h = 0; h < nKv; h++) {
+    const kAll = roundToF16(randomF32(len * D, nextSeed()));
+    const vAll = roundToF16(randomF32(len * D, nextSeed()));
+    // Stale rows (positions the ring dropped) are garbage the kernels must not read.
+    const kRing = roundToF16(randomF32(cap * D, nextSeed(), 100));
+    const vRing = roundToF16(randomF32(cap * D, nextSeed(), 100));
+    for (let p = Math.max(0, len - cap); p < len; p++) {
+      kRing.set(kAll.subarray(p * D, (p + 1) * D), (p % cap) * D);
+      vRing.set(vAll.subarray(p * D, (p + 1) * D), (p % cap) * D);
+    }
+    const loc = cache.location(h, 0);
+    dev.upload(loc.k, f32ToF16Array(kRing), loc.byteOffset);
+    dev.upload(loc.v, f32ToF16Array(vRing), loc.byteOffset);
+    k.push(kAll);
+    v.push(vAll);
+  }
+  cache.setLengths(Array(nKv).fill(len));
+  return { cache, k, v };
+}
+
+Deno.test("decode attention: sliding-window rings and logit soft-capping, every variant", () => {
+  using dev = Device.open();
+  const cases = [
+    // [D, G, nKv, cap, window, len, softcap]
+    [64, 2, 2, 40, 32, 100, 0], // wrapped ring, window < capacity
+    [64, 2, 2, 40, 32, 20, 0], // shorter than the window
+    [16, 4, 1, 7, 7, 1000, 0], // ring exactly the window
+    [64, 2, 2, 40, 32, 100, 2], // window and soft-capping together
+    [32, 1, 2, 0, 0, 300, 1.5], // soft-capping alone (a full cache of 300 rows)
+  ] as const;
+  for (const variant of ["lanes", "simd", "simd-storage"] as const) {
+    for (const [D, G, nKv, cap, window, len, softcap] of cases) {
+      const rc = window > 0 ? ringCache(dev, D, nKv, cap, window, len) : (() => {
+        const fc = filledCache(dev, D, Array(nKv).fill(len), Array(nKv).fill(len));
+        return { cache: fc.cache, k: fc.k, v: fc.v };
+      })();
+      try {
+        const q = randomF32(nKv * G * D, nextSeed(), 4);
+        const opts = variant === "simd-storage"
+          ? { variant: "simd" as const, texel: false }
+          : { variant };
+        using attn = new DecodeAttention(dev, { headDim: D, groupSize: G, ...opts });
+        using qBuf = dev.buffer(q.byteLength);
+        using out = dev.buffer(q.byteLength);
+        using scratch = dev.buffer(attn.scratchBytes(rc.cache));
+        dev.upload(qBuf, q);
+        using cmd = dev.commands();
+        cmd.begin();
+        attn.record(cmd, { cache: rc.cache, q: qBuf, out, scratch, softcap });
+        cmd.end();
+        dev.waitSync("compute", cmd.submit());
+        const ref = { q, k: rc.k, v: rc.v, headDim: D, groupSize: G };
+        const want = refDecodeAttention({ ...ref, window, softcap });
+        const what = `decode ${variant} D=${D} G=${G} window=${window} len=${len} cap=${softcap}`;
+        expectClose(f32(dev.download(out)), want, what);
+        // The case is one where ignoring the window (or the cap) would be caught.
+        if (len > window && window > 0) {
+          assert.ok(relError(refDecodeAttention({ ...ref, softcap }), want) > 1e-2, what);
+        }
+        if (softcap > 0) {
+          assert.ok(relError(refDecodeAttention({ ...ref, window }), want) > 1e-2, what);
+        }
+      } finally {
+        rc.cache.dispose();
+      }
+    }
+  }
+});
+
+Deno.test("prefill attention: sliding-window rings and logit soft-capping, every variant", () => {
+  using dev = Device.open();
+  const cases = [
+    // [D, G, nKv, window, extra ring rows, B, p0, keysPerPass, softcap]
+    [64, 2, 2, 24, 0, 37, 50, undefined, 0], // ring of exactly window + B - 1 rows, wrapped
+    [64, 2, 2, 24, 5, 37, 50, 10, 0], // several key passes inside the window
+    [16, 4, 1, 8, 3, 20, 0, undefined, 0], // the first tokens see fewer than W keys
+    [32, 1, 2, 16, 0, 9, 300, undefined, 2], // window and soft-capping together
+  ] as const;
+  for (const variant of ["tiled", "rows", "split"] as const) {
+    for (const [D, G, nKv, window, extra, B, p0, keysPerPass, softcap] of cases) {
+      const cap = window + B - 1 + extra;
+      const rc = ringCache(dev, D, nKv, cap, window, p0 + B);
+      try {
+        using attn = new PrefillAttention(dev, { headDim: D, groupSize: G, variant });
+        const q = randomF32(B * nKv * G * D, nextSeed(), 4);
+        using qBuf = dev.buffer(q.byteLength);
+        using out = dev.buffer(q.byteLength);
+        using scratch = dev.buffer(attn.scratchBytes(rc.cache, B));
+        dev.upload(qBuf, q);
+        using cmd = dev.commands();
+        cmd.begin();
+        attn.record(cmd, {
+          cache: rc.cache,
+          q: qBuf,
+          tokens: B,
+          position: p0,
+          out,
+          scratch,
+          keysPerPass,
+          softcap,
+        });
+        cmd.end();
+        dev.waitSync("compute", cmd.submit());
+        const ref = { q, tokens: B, position: p0, k: rc.k, v: rc.v, headDim: D, groupSize: G };
+        const want = refPrefillAttention({ ...ref, window, softcap });
+        const what = `prefill ${variant} D=${D} G=${G} W=${window} B=${B} p0=${p0} cap=${softcap}`;
+        expectClose(f32(dev.download(out)), want, what);
+        assert.ok(relError(refPrefillAttention({ ...ref, softcap }), want) > 1e-2, what);
+      } finally {
+        rc.cache.dispose();
+      }
+    }
+    // A ring too small for the batch is refused, not read wrong.
+    using attn = new PrefillAttention(dev, { headDim: 16, groupSize: 1, variant });
+    using small = ringCache(dev, 16, 1, 10, 8, 0).cache;
+    using buf = dev.buffer(16 * 16 * 4);
+    using cmd = dev.commands();
+    assert.throws(
+      () =>
+        attn.record(cmd, { cache: small, q: buf, tokens: 4, position: 10, out: buf, scratch: buf }),
+      /prefill needs 11 rows/,
+    );
+  }
+});
+
+Deno.test("kv append: a sliding-window ring writes position p at row p % capacity", () => {
+  using dev = Device.open();
+  const D = 16, cap = 10, B = 3;
+  using append = new KvAppend(dev, { headDim: D });
+  using cache = KvLayerCache.create(dev, { headDim: D, capRows: [cap, cap], window: 8 });
+  const all = randomF32(30 * 2 * D, nextSeed(), 5);
+  using src = dev.buffer(all.byteLength);
+  dev.upload(src, all);
+  for (let step = 0; step < 10; step++) {
+    cache.setLengths([(step + 1) * B, (step + 1) * B]);
+    using cmd = dev.commands();
+    cmd.begin();
+    append.record(cmd, { cache, k: src, v: src, kOffset: step * B * 2 * D, tokens: B });
+    cmd.end();
+    dev.waitSync("compute", cmd.submit());
+  }
+  // Positions 20..29 survive, position p at row p % 10.
+  for (let h = 0; h < 2; h++) {
+    const got = readRows(dev, cache, "k", h, 0, cap);
+    for (let p = 20; p < 30; p++) {
+      const want = f32ToF16Array(all.subarray((p * 2 + h) * D, (p * 2 + h + 1) * D));
+      assert.deepEqual(got.subarray((p % cap) * D, (p % cap + 1) * D), want, `position ${p}`);
+    }
+  }
+  using cmd = dev.commands();
+  assert.throws(
+    () => append.record(cmd, { cache, k: src, v: src, tokens: 11 }),
+    /ring of 10 rows/,
+  );
+});

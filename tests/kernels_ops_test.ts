@@ -19,9 +19,11 @@ import { splitRows } from "../src/kernels/checks.ts";
 import { RowGather } from "../src/kernels/gather.ts";
 import {
   gatherRows,
+  gegluRef,
   rmsNormRows,
   ropeInvFreq,
   ropeRows,
+  softcapRef,
   swigluRef,
 } from "../testing/reference_ops.ts";
 import { f32ToF16Array } from "../src/model/quant/mod.ts";
@@ -293,6 +295,31 @@ Deno.test("swiglu: vec4 rows and strided scalar rows, in place", () => {
     );
     const err = relError(pick(f32(dev, gb)), want);
     assert.ok(err < 1e-5, why(`swiglu n=${n}`, err));
+  }
+});
+
+Deno.test("geglu and soft-capping (Gemma): vec4 and scalar rows against the references", () => {
+  using dev = Device.open();
+  using swiglu = new Swiglu(dev);
+  for (const n of [1024, 1001]) {
+    const g = randomF32(2 * n, SEED + 50 + n, 6);
+    const u = randomF32(2 * n, SEED + 51 + n, 3);
+    using gb = upload(dev, g);
+    using ub = upload(dev, u);
+    using ob = upload(dev, new Float32Array(2 * n));
+    run(dev, (cmd) => swiglu.record(cmd, { gate: gb, up: ub, out: ob, n, rows: 2, act: "gelu" }));
+    const err = relError(f32(dev, ob), gegluRef(g, u));
+    assert.ok(err < 1e-5, why(`geglu n=${n}`, err));
+    // Logits far past the cap (50 x 30) saturate at +-cap instead of overflowing tanh.
+    const x = randomF32(2 * n, SEED + 52 + n, 50 * 30);
+    using xb = upload(dev, x);
+    run(
+      dev,
+      (cmd) =>
+        swiglu.record(cmd, { gate: xb, up: xb, out: xb, n, rows: 2, act: "softcap", cap: 30 }),
+    );
+    const err2 = relError(f32(dev, xb), softcapRef(x, 30));
+    assert.ok(err2 < 1e-5, why(`softcap n=${n}`, err2));
   }
 });
 

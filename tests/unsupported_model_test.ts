@@ -115,7 +115,7 @@ Deno.test("a Mixtral-style mixture-of-experts GGUF is refused as such, its dense
 });
 
 Deno.test("an unknown architecture is refused naming it and the supported ones", async () => {
-  for (const arch of ["gemma2", "falcon", "mamba"]) {
+  for (const arch of ["gemma3n", "falcon", "mamba"]) {
     await refused(meta(arch), tensors("dense"), [`"${arch}"`, "supported: llama, qwen2"]);
   }
 });

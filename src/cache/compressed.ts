@@ -8,6 +8,9 @@
  * Layer by layer (begin(..., "layered")), one full cache takes each layer's prompt in turn:
  * endPrefillLayer selects, copies and hands that layer's rows to the policy before the next
  * layer reuses the cache, so the device never holds more than one layer's full KV.
+ *
+ * A sliding-window layer (src/cache/window.ts) takes its prompt into its own ring and keeps it
+ * as its decode cache: the policy never selects, compresses or refreshes it.
  */
 import { HcError } from "../errors.ts";
 import { KvLayerCache } from "./kv_layer.ts";
@@ -31,6 +34,8 @@ import {
 } from "./policy.ts";
 import { badState } from "./policy.ts";
 import { downloadRows, uploadRows } from "./snapshot.ts";
+import { ringRewindable, windowCache } from "./window.ts";
+import { layerWindow } from "../model/arch.ts";
 
 /** Which prompt rows of one head stay on the device, in position order. */
 export type HeadSelection =
@@ -76,6 +81,8 @@ export abstract class CompressedCache implements CachePolicy {
   #decode: KvLayerCache[] = [];
   /** Layer by layer: the one full cache every layer's prompt goes into in turn. */
   #layered = false;
+  /** Per layer: its ring when it is a sliding-window layer (prefill and decode cache alike). */
+  #rings: (KvLayerCache | null)[] = [];
 
   constructor(deps: PolicyDeps, name: PolicyName) {
     this.device = deps.device;
@@ -174,14 +181,18 @@ export abstract class CompressedCache implements CachePolicy {
     this.stat.promptTokens = promptTokens;
     this.stat.keep = this.keepFraction;
     const c = this.config;
+    for (let l = 0; l < c.nLayers; l++) {
+      this.#rings.push(windowCache(this.device, c, l, Infinity));
+    }
     for (let l = 0; l < (this.#layered ? 1 : c.nLayers); l++) {
       // Every head holds the whole prompt during prefill (row = position); endPrefill copies
       // what each head keeps into caches sized to its budget.
       this.#prefill.push(
-        KvLayerCache.create(this.device, {
-          headDim: c.headDim,
-          capRows: Array(c.nKvHeads).fill(promptTokens),
-        }),
+        (!this.#layered && this.#rings[l]) ||
+          KvLayerCache.create(this.device, {
+            headDim: c.headDim,
+            capRows: Array(c.nKvHeads).fill(promptTokens),
+          }),
       );
     }
     this.caches = this.#layered ? [] : this.#prefill;
@@ -189,13 +200,15 @@ export abstract class CompressedCache implements CachePolicy {
   }
 
   prefillLayer(layer: number): KvLayerCache {
-    const cache = this.#sharedFor(layer);
+    const cache = this.#rings[layer] ?? this.#sharedFor(layer);
+    this.#sharedFor(layer);
     cache.lengths.fill(0);
     return cache;
   }
 
   async endPrefillLayer(layer: number, captures: Captures): Promise<void> {
-    const cache = this.#sharedFor(layer);
+    const cache = this.#rings[layer] ?? this.#sharedFor(layer);
+    this.#sharedFor(layer);
     // As after a chunked prefill: every head of the layer holds the whole prompt.
     cache.setLengths(Array(cache.nKvHeads).fill(this.promptTokens));
     await this.#compress(Array(this.config.nLayers).fill(cache), captures, [layer]);
@@ -221,9 +234,19 @@ export abstract class CompressedCache implements CachePolicy {
   ): Promise<void> {
     const c = this.config;
     const L = this.promptTokens;
-    const { selections, owned } = await this.select(prefill, captures, layers);
+    // Windowed layers keep their rings as they are.
+    const chosen = layers.filter((l) => !this.#rings[l]);
+    const { selections, owned } = chosen.length > 0
+      ? await this.select(prefill, captures, chosen)
+      : { selections: [], owned: [] };
     try {
       for (const l of layers) {
+        const ring = this.#rings[l];
+        if (ring) {
+          this.kept[l] = Array(c.nKvHeads).fill(L);
+          this.#decode.push(ring);
+          continue;
+        }
         this.kept[l] = selections[l].map((s) => selectionRows(s, L));
         this.#decode.push(KvLayerCache.create(this.device, {
           headDim: c.headDim,
@@ -231,15 +254,24 @@ export abstract class CompressedCache implements CachePolicy {
         }));
       }
       this.#notePeak();
-      this.#copyKept(prefill, selections, layers);
-      await this.afterCompress(prefill, layers);
+      if (chosen.length > 0) {
+        this.#copyKept(prefill, selections, chosen);
+        await this.afterCompress(prefill, chosen);
+      }
     } finally {
       for (const b of owned) b.dispose();
     }
   }
 
+  /** Whether layer `layer` is a sliding-window layer (kept whole in its ring). */
+  protected isWindowed(layer: number): boolean {
+    return layerWindow(this.config, layer) > 0;
+  }
+
   #notePeak(): void {
-    const bytes = [...this.#prefill, ...this.#decode].reduce((s, c) => s + c.poolBytes, 0);
+    const all = new Set([...this.#prefill, ...this.#decode, ...this.#rings]);
+    all.delete(null);
+    const bytes = [...all].reduce((s, c) => s + c!.poolBytes, 0);
     this.stat.prefillPeakKvBytes = Math.max(this.stat.prefillPeakKvBytes, bytes);
   }
 
@@ -260,7 +292,7 @@ export abstract class CompressedCache implements CachePolicy {
         `the layer-by-layer prefill ended after ${this.#decode.length} of ${c.nLayers} layers`,
       );
     }
-    for (const p of this.#prefill) p.dispose();
+    for (const p of this.#prefill) if (!this.#rings.includes(p)) p.dispose();
     this.#prefill = [];
     this.#decode.forEach((cache, l) => cache.setLengths(this.kept[l]));
     this.caches = this.#decode;
@@ -276,6 +308,7 @@ export abstract class CompressedCache implements CachePolicy {
     this.maxNew = this.positions - this.promptTokens + tokens + maxNewTokens;
     const old = this.#decode;
     const fits = old.every((cache) =>
+      cache.window > 0 ||
       Array.from(cache.lengths).every((n, h) => n + tokens + maxNewTokens <= cache.capRows(h))
     );
     if (fits) return;
@@ -285,14 +318,18 @@ export abstract class CompressedCache implements CachePolicy {
     const moved: KvLayerCache[] = [];
     try {
       for (const cache of old) {
-        moved.push(KvLayerCache.create(this.device, {
-          headDim: c.headDim,
-          capRows: Array.from(cache.lengths, (n) => n + tokens + maxNewTokens),
-        }));
+        // A ring never fills: it stays where it is.
+        moved.push(
+          cache.window > 0 ? cache : KvLayerCache.create(this.device, {
+            headDim: c.headDim,
+            capRows: Array.from(cache.lengths, (n) => n + tokens + maxNewTokens),
+          }),
+        );
       }
       using cmd = this.device.commands();
       cmd.begin();
       old.forEach((src, l) => {
+        if (src.window > 0) return;
         for (let h = 0; h < src.nKvHeads; h++) {
           const n = src.lengths[h];
           if (n === 0) continue;
@@ -305,14 +342,14 @@ export abstract class CompressedCache implements CachePolicy {
       cmd.end();
       this.device.waitSync("compute", cmd.submit());
     } catch (e) {
-      for (const m of moved) m.dispose();
+      for (const m of moved) if (m.window === 0) m.dispose();
       throw e;
     }
     moved.forEach((m, l) => {
       m.setLengths(old[l].lengths);
       m.watch = old[l].watch;
     });
-    for (const o of old) o.dispose();
+    for (const o of old) if (o.window === 0) o.dispose();
     this.#decode = moved;
     this.caches = moved;
   }
@@ -324,6 +361,7 @@ export abstract class CompressedCache implements CachePolicy {
     if (!Number.isInteger(positions) || drop < 0) return false;
     if (drop === 0) return true;
     if (this.#decode.length === 0 || positions < this.promptTokens) return false;
+    if (!this.#decode.every((c) => ringRewindable(c, drop))) return false;
     for (const c of this.#decode) {
       for (let h = 0; h < c.nKvHeads; h++) c.lengths[h] -= drop;
     }
@@ -369,14 +407,16 @@ export abstract class CompressedCache implements CachePolicy {
     const positions = stateInt(s.state.positions, "positions", L);
     this.begin(L, maxNew);
     // begin made prefill caches for a prompt; the saved state is past it.
-    for (const p of this.#prefill) p.dispose();
+    for (const p of new Set([...this.#prefill, ...this.#rings])) p?.dispose();
     this.#prefill = [];
+    this.#rings = [];
     this.caches = [];
     try {
       for (let l = 0; l < c.nLayers; l++) {
         this.#decode.push(KvLayerCache.create(this.device, {
           headDim: c.headDim,
           capRows: capRows[l],
+          window: layerWindow(c, l),
         }));
       }
       const next = uploadRows(this.#decode, lengths, s.blobs, 0);
@@ -475,7 +515,7 @@ export abstract class CompressedCache implements CachePolicy {
     this.caches.forEach((cache, l) => {
       for (let h = 0; h < cache.nKvHeads; h++) {
         const bytes = cache.capRows(h) * rowBytes;
-        const role = this.roleOf(l, h);
+        const role = cache.window > 0 ? "full" : this.roleOf(l, h);
         if (role === "full" || role === "volatile" || role === "pivot") full += bytes;
         else compressed += bytes;
       }
@@ -491,16 +531,17 @@ export abstract class CompressedCache implements CachePolicy {
       { length: this.config.nLayers },
       (_, l) =>
         Array.from({ length: this.config.nKvHeads }, (_, h) => ({
-          role: this.roleOf(l, h),
+          role: this.isWindowed(l) ? "full" as const : this.roleOf(l, h),
           budgetTokens: this.kept[l]?.[h] ?? null,
         })),
     );
   }
 
   #free(): void {
-    for (const c of [...this.#prefill, ...this.#decode]) c.dispose();
+    for (const c of [...this.#prefill, ...this.#decode, ...this.#rings]) c?.dispose();
     this.#prefill = [];
     this.#decode = [];
+    this.#rings = [];
     this.caches = [];
     this.kept = [];
   }

@@ -1,4 +1,7 @@
-/** `full`: every head keeps every token, in caches allocated once for the session's context. */
+/**
+ * `full`: every head keeps every token, in caches allocated once for the session's context; a
+ * sliding-window layer keeps its window, in a ring (src/cache/window.ts).
+ */
 import { HcError } from "../errors.ts";
 import { KvLayerCache } from "./kv_layer.ts";
 import type { ModelConfig } from "../model/config.ts";
@@ -14,6 +17,7 @@ import {
   withRates,
 } from "./policy.ts";
 import { downloadRows, uploadRows } from "./snapshot.ts";
+import { ringRewindable, windowCache } from "./window.ts";
 
 export class FullCache implements CachePolicy {
   readonly name = "full" as const;
@@ -26,6 +30,8 @@ export class FullCache implements CachePolicy {
   readonly #config: ModelConfig;
   #length = 0;
   #maxNew = 0;
+  /** Positions the caches hold room for. */
+  #rows = 0;
   #stats: CacheStats;
 
   constructor(device: Device, config: ModelConfig, contextTokens: number) {
@@ -33,14 +39,7 @@ export class FullCache implements CachePolicy {
     this.#config = config;
     this.#stats = emptyStats("full", config.nLayers, config.nKvHeads);
     try {
-      for (let l = 0; l < config.nLayers; l++) {
-        this.caches.push(
-          KvLayerCache.create(device, {
-            headDim: config.headDim,
-            capRows: Array(config.nKvHeads).fill(contextTokens),
-          }),
-        );
-      }
+      this.caches = this.#allocate(contextTokens);
     } catch (e) {
       this[Symbol.dispose]();
       throw e;
@@ -77,22 +76,41 @@ export class FullCache implements CachePolicy {
     return Promise.resolve();
   }
 
+  /** Caches for `rows` positions: rings for the windowed layers. */
+  #allocate(rows: number): KvLayerCache[] {
+    const c = this.#config;
+    const made: KvLayerCache[] = [];
+    try {
+      for (let l = 0; l < c.nLayers; l++) {
+        made.push(
+          windowCache(this.#device, c, l, rows) ??
+            KvLayerCache.create(this.#device, {
+              headDim: c.headDim,
+              capRows: Array(c.nKvHeads).fill(rows),
+            }),
+        );
+      }
+    } catch (e) {
+      for (const m of made) m.dispose();
+      throw e;
+    }
+    this.#rows = rows;
+    return made;
+  }
+
   /** Moves the first #length rows of every head into caches of `rows` rows when the caches
-   * hold fewer (one submission). */
+   * hold fewer (one submission). A ring that has wrapped is already as large as it gets, so
+   * its rows keep their places. */
   #grow(rows: number): void {
     const old = this.caches;
-    if (old.length === 0 || rows <= old[0].capRows(0)) return;
+    if (old.length === 0 || rows <= this.#rows) return;
     const c = this.#config;
     const rowBytes = c.headDim * 2;
     const n = this.#length;
-    const moved: KvLayerCache[] = [];
+    const before = this.#rows;
+    let moved: KvLayerCache[] = [];
     try {
-      for (let l = 0; l < c.nLayers; l++) {
-        moved.push(KvLayerCache.create(this.#device, {
-          headDim: c.headDim,
-          capRows: Array(c.nKvHeads).fill(rows),
-        }));
-      }
+      moved = this.#allocate(rows);
       if (n > 0) {
         using cmd = this.#device.commands();
         cmd.begin();
@@ -100,7 +118,8 @@ export class FullCache implements CachePolicy {
           for (let h = 0; h < c.nKvHeads; h++) {
             const from = src.location(h, 0);
             const to = moved[l].location(h, 0);
-            const region = [[from.byteOffset, to.byteOffset, n * rowBytes]] as const;
+            const held = Math.min(n, src.capRows(h));
+            const region = [[from.byteOffset, to.byteOffset, held * rowBytes]] as const;
             cmd.copy(from.k, to.k, region);
             cmd.copy(from.v, to.v, region);
           }
@@ -110,6 +129,7 @@ export class FullCache implements CachePolicy {
       }
     } catch (e) {
       for (const m of moved) m.dispose();
+      this.#rows = before;
       throw e;
     }
     for (const m of moved) m.lengths.fill(n);
@@ -138,6 +158,8 @@ export class FullCache implements CachePolicy {
 
   rewind(positions: number): boolean {
     if (!Number.isInteger(positions) || positions < 0 || positions > this.#length) return false;
+    // A ring forgets what the dropped positions overwrote.
+    if (!this.caches.every((c) => ringRewindable(c, this.#length - positions))) return false;
     this.#length = positions;
     for (const c of this.caches) c.lengths.fill(positions);
     return true;

@@ -32,6 +32,13 @@
  *   copying f16 rows to `location(head, 0).byteOffset`; the length does not change.
  * - **Prefill** runs over a cache whose heads hold all prompt rows (row index = position); the
  *   policy then copies the selected rows into the compressed cache.
+ * - **Sliding window** (`window` W > 0, a layer that attends only to the last W positions): every
+ *   head is a *ring* of capRows rows (at least W, or every position the session can hold),
+ *   position p at row p % capRows, and the length counts
+ *   every position appended so far (it may exceed the capacity). Attention reads positions
+ *   [len - W, len) (decode) or each query's last W (prefill, which needs capRows >= W + B - 1
+ *   for a batch of B, so that the batch does not overwrite a row its first query still sees).
+ *   No policy compresses or refreshes such a layer.
  *
  * Limits: headDim a multiple of 8, at most 256; one head's capacity at most
  * `floor(maxChunkBytes / rowBytes)` rows (524288 rows of 256 bytes on lavapipe); total rows of a
@@ -148,11 +155,14 @@ export class KvLayerCache implements Disposable {
   readonly lengths: Uint32Array;
   /** The attention-mass watch the decode attention fills, if the policy set one. */
   watch: KvWatch | null = null;
+  /** Sliding window W (0: none): every head is a ring (see the layout above). */
+  readonly window: number;
   #disposed = false;
 
-  private constructor(device: Device, layout: KvLayerLayout) {
+  private constructor(device: Device, layout: KvLayerLayout, window: number) {
     this.device = device;
     this.layout = layout;
+    this.window = window;
     const n = layout.heads.length;
     const made: Buffer[] = [];
     try {
@@ -190,15 +200,23 @@ export class KvLayerCache implements Disposable {
   /** Allocates a layer's pools for per-head capacities (rows), all lengths 0. */
   static create(
     device: Device,
-    opts: { headDim: number; capRows: readonly number[]; maxChunkBytes?: number },
+    opts: {
+      headDim: number;
+      capRows: readonly number[];
+      maxChunkBytes?: number;
+      /** A sliding-window layer's W: every head a ring (see the layout above). */
+      window?: number;
+    },
   ): KvLayerCache {
+    const window = opts.window ?? 0;
+    if (!Number.isInteger(window) || window < 0) limit(`sliding window ${window} is not a count`);
     const dev = device.info;
     const maxChunkBytes = Math.min(
       opts.maxChunkBytes ?? Infinity,
       dev.maxStorageBufferRange,
       dev.maxAllocationBytes,
     );
-    return new KvLayerCache(device, planKvLayer({ ...opts, maxChunkBytes }));
+    return new KvLayerCache(device, planKvLayer({ ...opts, maxChunkBytes }), window);
   }
 
   get nKvHeads(): number {
@@ -216,6 +234,11 @@ export class KvLayerCache implements Disposable {
   /** Largest capacity of any head (rows). */
   get maxCapRows(): number {
     return this.layout.heads.reduce((m, s) => Math.max(m, s.capRows), 0);
+  }
+
+  /** Smallest capacity of any head (rows). */
+  get minCapRows(): number {
+    return this.layout.heads.reduce((m, s) => Math.min(m, s.capRows), Infinity);
   }
 
   capRows(head: number): number {
@@ -249,8 +272,9 @@ export class KvLayerCache implements Disposable {
     }
     for (let h = 0; h < values.length; h++) {
       const v = values[h];
-      if (!Number.isInteger(v) || v < 0 || v > this.layout.heads[h].capRows) {
-        limit(`length ${v} of head ${h} outside [0, ${this.layout.heads[h].capRows}]`);
+      const cap = this.window > 0 ? 2 ** 32 - 1 : this.layout.heads[h].capRows;
+      if (!Number.isInteger(v) || v < 0 || v > cap) {
+        limit(`length ${v} of head ${h} outside [0, ${cap}]`);
       }
       this.lengths[h] = v;
     }

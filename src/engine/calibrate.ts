@@ -3,12 +3,15 @@
  * runs over calibration text with the full cache; at the last prompt token and at every greedy
  * decode step, each KV head's attention over the prompt keys (softmax per query head, mean over
  * its query group) is computed on the device and reduced at once to top-k sets by the
- * CalibrationRecorder, so no attention matrix is ever stored.
+ * CalibrationRecorder, so no attention matrix is ever stored. Sliding-window layers are not
+ * observed (their rings hold no whole prompt, and no policy compresses them): the profile marks
+ * them, every head volatile.
  */
 import { HcError } from "../errors.ts";
 import { CalibrationRecorder } from "../cache/profile/analysis.ts";
 import { FullCache } from "../cache/full.ts";
-import type { HeadProfile } from "../cache/profile/profile.ts";
+import { type HeadProfile, markWindowLayers } from "../cache/profile/profile.ts";
+import { layerWindow } from "../model/arch.ts";
 import type { LoadedModel } from "./model.ts";
 import { CALIBRATION_TEXT } from "./calibration_text.ts";
 import { MAX_BATCH_TOKENS } from "../model/forward.ts";
@@ -80,6 +83,7 @@ export async function calibrate(
     );
     using queries = device.buffer(c.nLayers * qDim * 4, "upload");
     using cmd = device.commands();
+    const flat = new Float32Array(L).fill(1 / L);
     /** Group-mean attention rows of every KV head of every layer, fed to `record`. */
     const observe = async (
       q: typeof queries,
@@ -87,6 +91,11 @@ export async function calibrate(
       record: (layer: number, head: number, row: Float32Array) => void,
     ) => {
       for (let l = 0; l < c.nLayers; l++) {
+        if (layerWindow(c, l) > 0) {
+          // A flat row keeps the recorder's bookkeeping whole; markWindowLayers overrides it.
+          for (let h = 0; h < c.nKvHeads; h++) record(l, h, flat);
+          continue;
+        }
         cmd.begin();
         kernels.scores.record(cmd, {
           cache: cache.caches[l],
@@ -143,6 +152,6 @@ export async function calibrate(
       await observe(queries, (l) => l * qDim, (l, h, row) => recorder.recordDecode(t, l, h, row));
       opts.onProgress?.(++done, total);
     }
-    return recorder.finish();
+    return markWindowLayers(recorder.finish(), c.layerWindows);
   });
 }

@@ -52,6 +52,13 @@ function checkCache(cache: KvLayerCache, headDim: number): void {
 
 const LOG2E = Math.LOG2E;
 
+/** The shaders' soft-capping constant: c in the log2 domain of their scores, 0 for none. */
+function softcapPush(c: number | undefined): number {
+  if (c === undefined || c === 0) return 0;
+  if (!(c > 0) || !Number.isFinite(c)) limit(`logit soft-capping ${c} must be positive`);
+  return c * LOG2E;
+}
+
 /** The push block of the decode split pass (shaders/attn_decode.comp, attn_decode_cpu.comp). */
 const DECODE_PUSH = pushLayout({
   headBase: "u32",
@@ -59,6 +66,8 @@ const DECODE_PUSH = pushLayout({
   qOff4: "u32",
   mlOff: "u32",
   scale: "f32",
+  window: "u32",
+  softcap: "f32",
 });
 
 /** The split pass's push block with a watch (KvWatch). */
@@ -68,6 +77,8 @@ const DECODE_WATCH_PUSH = pushLayout({
   qOff4: "u32",
   mlOff: "u32",
   scale: "f32",
+  window: "u32",
+  softcap: "f32",
   covOff: "u32",
   promptRows: "u32",
   logitStride: "u32",
@@ -80,6 +91,7 @@ const MERGE_PUSH = pushLayout({
   mlOff: "u32",
   outOff: "u32",
   perSplit: "u32",
+  window: "u32",
 });
 
 /** The merge pass's push block with a watch (KvWatch). */
@@ -89,6 +101,7 @@ const MERGE_WATCH_PUSH = pushLayout({
   mlOff: "u32",
   outOff: "u32",
   perSplit: "u32",
+  window: "u32",
   covOff: "u32",
   covOut: "u32",
   statsOut: "u32",
@@ -108,6 +121,8 @@ const PREFILL_PUSH = pushLayout({
   flags: "u32",
   nHeads: "u32",
   scale: "f32",
+  window: "u32",
+  softcap: "f32",
 });
 
 export interface DecodeAttentionOptions {
@@ -144,11 +159,14 @@ export interface DecodeAttentionArgs {
   scratch: Binding;
   /** Softmax scale; default 1/sqrt(headDim). */
   scale?: number;
+  /** Logit soft-capping c (Gemma 2): each scaled score s becomes c * tanh(s / c); 0: none. */
+  softcap?: number;
 }
 
 /**
  * Decode-step attention: one query token against each KV head's rows [0, len) (ragged per head),
- * split over the length (split pass) plus a merge pass.
+ * or against the last `cache.window` positions of a sliding-window ring, split over the length
+ * (split pass) plus a merge pass.
  */
 export class DecodeAttention implements Disposable {
   readonly headDim: number;
@@ -317,7 +335,7 @@ export class DecodeAttention implements Disposable {
 
   /** Splits per head the recorded dispatch uses for this cache (fixed by the capacities). */
   splitsFor(cache: KvLayerCache): number {
-    const cap = Math.max(1, cache.maxCapRows);
+    const cap = Math.max(1, cache.window > 0 ? cache.window : cache.maxCapRows);
     const forced = Math.ceil(cap / this.maxTokensPerSplit);
     const wanted = Math.min(
       Math.ceil(cap / this.minTokensPerSplit),
@@ -384,10 +402,20 @@ export class DecodeAttention implements Disposable {
     }
     const watch = w ? (this.#watch ??= this.#makeWatch()) : null;
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
+    const softcap = softcapPush(a.softcap);
+    const window = cache.window;
     this.lastBindings = { texel: 0, storage: 0 };
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
       if (h1 <= h0) return;
-      const push = { headBase: h0, minTok: this.minTokensPerSplit, qOff4: qOff / 4, mlOff, scale };
+      const push = {
+        headBase: h0,
+        minTok: this.minTokensPerSplit,
+        qOff4: qOff / 4,
+        mlOff,
+        scale,
+        window,
+        softcap,
+      };
       // A chunk (whole rows of 2 * headDim bytes, so whole 16-byte texels) too big for one
       // texel view takes the storage-buffer pass.
       const texel = this.#splitTexel !== null &&
@@ -418,7 +446,14 @@ export class DecodeAttention implements Disposable {
     cmd.barrier();
     const merge = [a.scratch, cache.table, cache.lengthsBuffer, a.out];
     if (w) merge.push(w.table, w.out);
-    const mergePush = { splits: S, minTok: this.minTokensPerSplit, mlOff, outOff, perSplit: 1 };
+    const mergePush = {
+      splits: S,
+      minTok: this.minTokensPerSplit,
+      mlOff,
+      outOff,
+      perSplit: 1,
+      window,
+    };
     cmd.dispatch(
       watch ? watch.merge : this.#merge,
       merge,
@@ -452,7 +487,8 @@ export class DecodeAttention implements Disposable {
 }
 
 export interface PrefillAttentionArgs {
-  /** Heads hold every row 0 .. position + tokens - 1 (row index = position). */
+  /** Heads hold every row 0 .. position + tokens - 1 (row index = position), or, for a
+   * sliding-window cache, the window's rows in a ring of at least window + tokens - 1 rows. */
   cache: KvLayerCache;
   /** f32: token t, query head qh at float `qOffset + t * qStride + qh * headDim`. */
   q: Binding;
@@ -473,6 +509,8 @@ export interface PrefillAttentionArgs {
   /** Key rows per dispatch; default: all of them, except for the "tiled" variant on CPU
    * drivers (2048: lavapipe's per-invocation loop cap). */
   keysPerPass?: number;
+  /** Logit soft-capping c (Gemma 2); 0: none. */
+  softcap?: number;
 }
 
 /** Prefill variants: "tiled" (GPUs), "rows" and "split" (SIMD CPU drivers; see the options). */
@@ -618,14 +656,19 @@ export class PrefillAttention implements Disposable {
     if (!Number.isInteger(B) || B < 1 || B > 1 << 20) limit(`prefill of ${B} tokens (1..2^20)`);
     if (!Number.isInteger(p0) || p0 < 0) limit(`prefill position ${p0} is not a token index`);
     const kvRows = p0 + B;
+    const window = cache.window;
+    // A ring must keep every row the batch's first query sees while the batch is appended.
+    const needRows = window > 0 ? Math.min(kvRows, window + B - 1) : kvRows;
     cache.layout.heads.forEach((s, h) => {
-      if (s.capRows < kvRows) {
+      if (s.capRows < needRows) {
         throw new HcError(
           "E_CONTEXT_FULL",
-          `prefill needs ${kvRows} rows but KV head ${h} holds ${s.capRows}; allocate a full prefill cache`,
+          `prefill needs ${needRows} rows but KV head ${h} holds ${s.capRows}; allocate a full prefill cache`,
         );
       }
     });
+    // Keys before the first query's window are never visible.
+    const kv0 = window > 0 ? Math.max(0, p0 + 1 - window) : 0;
     const qStride = a.qStride ?? nHeads * D;
     const oStride = a.outStride ?? nHeads * D;
     const qOff = a.qOffset ?? 0;
@@ -652,7 +695,7 @@ export class PrefillAttention implements Disposable {
         `keysPerPass ${perPass} exceeds ${this.#keysPerBlock * CPU_BLOCKS_PER_PASS} (loop cap)`,
       );
     }
-    const passes = Math.ceil(kvRows / perPass);
+    const passes = Math.ceil((kvRows - kv0) / perPass);
     // "tiled" workgroups hold whole tokens (all G heads); the CPU variants flattened rows.
     const gx = tiled ? Math.ceil(B / Math.floor(this.#rows / G)) : Math.ceil((B * G) / this.#rows);
     if (gx > 65535) {
@@ -660,6 +703,7 @@ export class PrefillAttention implements Disposable {
     }
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
     this.lastBindings = { texel: 0, storage: 0 };
+    const softcap = softcapPush(a.softcap);
     for (let pass = 0; pass < passes; pass++) {
       if (pass > 0) cmd.barrier();
       const flags = (pass === 0 ? 1 : 0) | (pass === passes - 1 ? 2 : 0);
@@ -673,11 +717,13 @@ export class PrefillAttention implements Disposable {
           qStride4: qStride / 4,
           oOff4: oOff / 4,
           oStride4: oStride / 4,
-          kv0: pass * perPass,
-          kv1: Math.min(kvRows, (pass + 1) * perPass),
+          kv0: kv0 + pass * perPass,
+          kv1: Math.min(kvRows, kv0 + (pass + 1) * perPass),
           flags,
           nHeads,
           scale,
+          window,
+          softcap,
         });
         // A chunk (whole rows of 2 * headDim bytes, so whole 16-byte texels) too big for one
         // texel view takes the storage-buffer kernel.

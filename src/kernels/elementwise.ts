@@ -60,6 +60,8 @@ const SWIGLU_PUSH = pushLayout({
   upStride: "u32",
   outStride: "u32",
   vec4ok: "u32",
+  act: "u32",
+  cap: "f32",
 });
 
 /** shaders/add.comp's push block (HC_AXPBY). */
@@ -313,6 +315,11 @@ export interface SwigluArgs {
   gateStride?: number;
   upStride?: number;
   outStride?: number;
+  /** "silu" (default): SwiGLU; "gelu": GeGLU with GELU's tanh approximation (Gemma);
+   * "softcap": out = cap * tanh(gate / cap), `up` unread (Gemma 2's final logits). */
+  act?: "silu" | "gelu" | "softcap";
+  /** The soft-capping constant for act "softcap". */
+  cap?: number;
 }
 
 /** SwiGLU: out = silu(gate) · up, element-wise over `rows` rows of `n`. */
@@ -332,6 +339,10 @@ export class Swiglu implements Disposable {
   }
 
   record(cmd: CommandList, a: SwigluArgs): void {
+    const act = a.act ?? "silu";
+    if (act === "softcap" && !(a.cap! > 0)) {
+      badKernelArgs(`soft-capping needs a positive cap, got ${a.cap}`);
+    }
     const n = checkInt(a.n, "n", 1);
     const rows = checkInt(a.rows ?? 1, "rows", 1);
     const gs = checkInt(a.gateStride ?? n, "gateStride", n);
@@ -355,6 +366,8 @@ export class Swiglu implements Disposable {
         upStride: us,
         outStride: os,
         vec4ok: vec4 ? 1 : 0,
+        act: act === "gelu" ? 1 : act === "softcap" ? 2 : 0,
+        cap: a.cap ?? 1,
       });
       const gx = Math.ceil((vec4 ? n / 4 : n) / this.#wg);
       cmd.dispatch(this.kernel, binds, push, gridRows(this.device, gx, count));

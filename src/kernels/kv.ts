@@ -32,6 +32,7 @@ const KV_APPEND_PUSH = pushLayout({
   kOff4: "u32",
   vOff4: "u32",
   tokStride4: "u32",
+  ring: "u32",
 });
 
 /** Writes new tokens' K and V into every head's next rows (f32 in, f16 out). */
@@ -65,6 +66,10 @@ export class KvAppend implements Disposable {
     const need = (off: number) => (off + (B - 1) * stride + cache.nKvHeads * D) * 4;
     requireBytes(a.k, need(kOff), "K input");
     requireBytes(a.v, need(vOff), "V input");
+    if (cache.window > 0 && B > cache.minCapRows) {
+      // Within one dispatch the batch's own rows would overwrite one another.
+      limit(`append of ${B} tokens to a ring of ${cache.minCapRows} rows`);
+    }
     const items = 2 * B * (D / 8);
     const gx = Math.min(65535, Math.ceil(items / KvAppend.WORKGROUP));
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
@@ -78,6 +83,7 @@ export class KvAppend implements Disposable {
           kOff4: kOff / 4,
           vOff4: vOff / 4,
           tokStride4: stride / 4,
+          ring: cache.window > 0 ? 1 : 0,
         }),
         [gx, h1 - h0],
       );

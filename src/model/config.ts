@@ -47,6 +47,20 @@ export interface ModelConfig {
   fusedQkv: boolean;
   /** Gate and up are one `ffn_up` tensor of 2·ffnDim rows, gate first, split at upload. */
   fusedGateUp: boolean;
+  /** Per layer: its sliding window W (it sees positions pos - W + 1 .. pos), 0 for global
+   * attention (see arch.ts). */
+  layerWindows: number[];
+  /** The windowed layers' RoPE base, unscaled (Gemma 3's local layers), or null when they rope
+   * as the global ones. */
+  localRopeBase: number | null;
+  /** Gemma's block (arch.ts): embeddings x sqrt(dim), GeGLU, post-attention and post-FFN
+   * norms. */
+  gemma: boolean;
+  /** Softmax scale of the attention scores (1/sqrt(headDim) but for Gemma's 27B sizes). */
+  attnScale: number;
+  /** Logit soft-capping c of the attention scores and of the output (0: none). */
+  attnSoftcap: number;
+  finalSoftcap: number;
 }
 
 const DEFAULT_ROPE_BASE = 10000;
@@ -163,7 +177,7 @@ export function configFromGguf(file: GgufFile): ModelConfig {
       "E_MODEL_ARCH",
       `model architecture "${archName}" (general.architecture) is not supported; supported: ` +
         `${SUPPORTED_ARCHS.join(", ")} (dense Llama-family models: Llama, Mistral, Qwen2/2.5, ` +
-        "Qwen3, SmolLM2/3, Phi-3, Ministral 3, TinyLlama)",
+        "Qwen3, SmolLM2/3, Phi-3, Ministral 3, Gemma 2/3, TinyLlama)",
     );
   }
   const arch = archName;
@@ -212,6 +226,14 @@ export function configFromGguf(file: GgufFile): ModelConfig {
       positiveInt(orig, "rope.scaling.original_context_length"),
     );
   }
+  const nLayers = need("block_count");
+  const swa = slidingWindows(file, arch, nLayers);
+  const nonNegative = (v: number, what: string) => {
+    if (!(v >= 0) || !Number.isFinite(v)) {
+      throw new HcError("E_MODEL_FORMAT", `model ${what} is ${v}; it must be >= 0`);
+    }
+    return v;
+  };
   const embd = file.tensor("token_embd.weight");
   const vocabSize = embd?.dims[1] ?? opt("vocab_size") ??
     file.getStringArray("tokenizer.ggml.tokens")?.length ?? missing(`${arch}.vocab_size`);
@@ -220,7 +242,7 @@ export function configFromGguf(file: GgufFile): ModelConfig {
     arch,
     vocabSize,
     dim,
-    nLayers: need("block_count"),
+    nLayers,
     nHeads,
     nKvHeads,
     headDim,
@@ -237,5 +259,66 @@ export function configFromGguf(file: GgufFile): ModelConfig {
     noRopeLayerStep: ARCH_TRAITS[arch].noRopeLayerStep,
     fusedQkv: file.tensor("blk.0.attn_qkv.weight") !== undefined,
     fusedGateUp: ARCH_TRAITS[arch].fusedGateUp,
+    layerWindows: swa.windows,
+    localRopeBase: swa.localRopeBase,
+    gemma: traits.gemma,
+    // llama.cpp's f_attention_scale for Gemma (applied to q, with a kq scale of 1).
+    attnScale: traits.bigQueryScaleLayers === nLayers
+      ? 1 / Math.sqrt(dim / nHeads)
+      : 1 / Math.sqrt(headDim),
+    attnSoftcap: nonNegative(
+      opt("attn_logit_softcapping") ?? traits.attnSoftcap,
+      "attn_logit_softcapping",
+    ),
+    finalSoftcap: nonNegative(
+      opt("final_logit_softcapping") ?? traits.finalSoftcap,
+      "final_logit_softcapping",
+    ),
   });
+}
+
+/**
+ * Which layers attend through a sliding window, as llama.cpp reads it for the architecture
+ * (ArchTraits.swa): `attention.sliding_window` (or the default), and the pattern from
+ * `attention.sliding_window_pattern` (a period n, or one boolean per layer) or the default.
+ */
+function slidingWindows(
+  file: GgufFile,
+  arch: ModelArch,
+  nLayers: number,
+): { windows: number[]; localRopeBase: number | null } {
+  const none = { windows: Array(nLayers).fill(0), localRopeBase: null };
+  const swa = ARCH_TRAITS[arch].swa;
+  if (!swa) return none;
+  const window = file.getNumber(`${arch}.attention.sliding_window`) ?? swa.window ?? 0;
+  if (!Number.isSafeInteger(window) || window < 0) {
+    throw new HcError("E_MODEL_FORMAT", `model sliding window ${window} is not a token count`);
+  }
+  if (window === 0) return none;
+  const pattern = file.metadata.get(`${arch}.attention.sliding_window_pattern`);
+  let windowed: boolean[];
+  if (Array.isArray(pattern)) {
+    if (pattern.length !== nLayers) {
+      throw new HcError(
+        "E_MODEL_FORMAT",
+        `sliding_window_pattern has ${pattern.length} entries for ${nLayers} layers`,
+      );
+    }
+    windowed = pattern.map((v) => Boolean(v));
+  } else {
+    const n = typeof pattern === "number" || typeof pattern === "bigint"
+      ? Number(pattern)
+      : swa.pattern;
+    if (!Number.isSafeInteger(n) || n < 0) {
+      throw new HcError("E_MODEL_FORMAT", `sliding_window_pattern ${n} is not a layer period`);
+    }
+    // llama.cpp's set_swa_pattern: 0 windows every layer.
+    windowed = Array.from({ length: nLayers }, (_, l) => n === 0 || l % n < n - 1);
+  }
+  const baseKey = file.getNumber(`${arch}.rope.freq_base_swa`);
+  const localRopeBase = baseKey ?? (swa.localRopeBase === "global" ? null : swa.localRopeBase);
+  if (localRopeBase !== null && !(localRopeBase > 0)) {
+    throw new HcError("E_MODEL_FORMAT", `rope.freq_base_swa ${localRopeBase} must be positive`);
+  }
+  return { windows: windowed.map((w) => (w ? window : 0)), localRopeBase };
 }

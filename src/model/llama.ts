@@ -16,7 +16,7 @@ import { MatVec } from "../kernels/matvec.ts";
 import { lanesLayoutFits, lanesUploadFill, type WeightLayout } from "../kernels/matvec_layout.ts";
 import { Argmax } from "../kernels/select.ts";
 import type { Buffer, CommandList, Device } from "../vk/mod.ts";
-import { layerUsesRope } from "./arch.ts";
+import { layerUsesRope, layerWindow } from "./arch.ts";
 import { type ModelConfig, ropeInverseFrequencies } from "./config.ts";
 import {
   ATTENTION_FLOPS_PER_SUBMISSION,
@@ -56,6 +56,9 @@ interface LayerWeights {
   /** Per-head RMSNorm weights of q and k (headDim each), for config.qkNorm. */
   qNorm: Buffer | null;
   kNorm: Buffer | null;
+  /** Gemma's norms of the attention and FFN outputs, before their residual adds. */
+  attnPostNorm: Buffer | null;
+  ffnPostNorm: Buffer | null;
 }
 
 async function hashTensors(tensors: ModelTensor[]): Promise<string> {
@@ -82,6 +85,8 @@ class Kernels implements Disposable {
   readonly rmsNorm: RmsNorm;
   readonly rope: Rope;
   readonly ropeTable: RopeTable;
+  /** The windowed layers' own RoPE table (config.localRopeBase), or null. */
+  readonly ropeTableLocal: RopeTable | null;
   readonly swiglu: Swiglu;
   readonly axpby: Axpby;
   readonly kvAppend: KvAppend;
@@ -107,6 +112,12 @@ class Kernels implements Disposable {
         RopeTable.fromInverseFrequencies(
           device,
           ropeInverseFrequencies(c.headDim, c.ropeBase, c.ropeFreqFactors),
+        ),
+      );
+      this.ropeTableLocal = c.localRopeBase === null ? null : own(
+        RopeTable.fromInverseFrequencies(
+          device,
+          ropeInverseFrequencies(c.headDim, c.localRopeBase),
         ),
       );
       this.swiglu = own(new Swiglu(device));
@@ -346,6 +357,8 @@ export class LlamaModel implements Disposable {
           vBias: c.qkvBias ? await vector(p + "attn_v.bias") : null,
           qNorm: c.qkNorm ? await vector(p + "attn_q_norm.weight") : null,
           kNorm: c.qkNorm ? await vector(p + "attn_k_norm.weight") : null,
+          attnPostNorm: c.gemma ? await vector(p + "post_attention_norm.weight") : null,
+          ffnPostNorm: c.gemma ? await vector(p + "post_ffw_norm.weight") : null,
         });
       }
       const outputNorm = await vector("output_norm.weight");
@@ -420,6 +433,11 @@ export class LlamaModel implements Disposable {
       out: a.x,
     });
     cmd.barrier();
+    if (c.gemma) {
+      // Gemma scales the embeddings by sqrt(dim) (llama.cpp: ggml_scale of inp_embd).
+      K.axpby.recordScale(cmd, { x: a.x, out: a.x, n: B * c.dim, scale: Math.sqrt(c.dim) });
+      cmd.barrier();
+    }
   }
 
   /**
@@ -471,8 +489,9 @@ export class LlamaModel implements Disposable {
     this.#matvec(cmd, L.v, a.xb, a.v, B, acc);
     cmd.barrier();
     if (L.qNorm) this.#recordQkNorm(cmd, L, B);
+    const window = layerWindow(c, l);
     const rope = {
-      table: K.ropeTable,
+      table: window > 0 && K.ropeTableLocal ? K.ropeTableLocal : K.ropeTable,
       positions: io.pos,
       nTokens: B,
       headDim: c.headDim,
@@ -487,8 +506,15 @@ export class LlamaModel implements Disposable {
     this.#recordCaptures(cmd, io, l, B, position);
     K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
     cmd.barrier();
+    if (cache.window !== window) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `layer ${l}'s cache has window ${cache.window}, the layer ${window}`,
+      );
+    }
+    const scores = { scale: c.attnScale, softcap: c.attnSoftcap };
     if (B === 1) {
-      K.decode.record(cmd, { cache, q: a.q, out: a.att, scratch: io.attnScratch });
+      K.decode.record(cmd, { cache, q: a.q, out: a.att, scratch: io.attnScratch, ...scores });
     } else {
       // Query blocks are independent (each row sees keys 0 .. its position), so a block's
       // numbers do not depend on where the blocks are cut.
@@ -507,12 +533,12 @@ export class LlamaModel implements Disposable {
           out: a.att,
           outOffset: q0 * qDim,
           scratch: io.attnScratch,
+          ...scores,
         });
       }
     }
     cmd.barrier();
-    this.#matvec(cmd, L.o, a.att, a.x, B, true);
-    cmd.barrier();
+    this.#residual(cmd, L.o, a.att, L.attnPostNorm, B);
     K.rmsNorm.record(cmd, {
       x: a.x,
       weight: L.ffnNorm,
@@ -525,11 +551,41 @@ export class LlamaModel implements Disposable {
     this.#matvec(cmd, L.gate, a.xb, a.hb, B, false);
     this.#matvec(cmd, L.up, a.xb, a.hb2, B, false);
     cmd.barrier();
-    K.swiglu.record(cmd, { gate: a.hb, up: a.hb2, out: a.hb, n: c.ffnDim, rows: B });
+    K.swiglu.record(cmd, {
+      gate: a.hb,
+      up: a.hb2,
+      out: a.hb,
+      n: c.ffnDim,
+      rows: B,
+      act: c.gemma ? "gelu" : "silu",
+    });
     cmd.barrier();
-    this.#matvec(cmd, L.down, a.hb, a.x, B, true);
-    cmd.barrier();
+    this.#residual(cmd, L.down, a.hb, L.ffnPostNorm, B);
     return cmd;
+  }
+
+  /** x += w · input, or with Gemma's post-norm x += norm(w · input). */
+  #residual(cmd: CommandList, w: Weight, input: Buffer, postNorm: Buffer | null, B: number): void {
+    const c = this.config;
+    const a = this.act;
+    if (!postNorm) {
+      this.#matvec(cmd, w, input, a.x, B, true);
+      cmd.barrier();
+      return;
+    }
+    this.#matvec(cmd, w, input, a.xb, B, false);
+    cmd.barrier();
+    this.kernels.rmsNorm.record(cmd, {
+      x: a.xb,
+      weight: postNorm,
+      out: a.xb,
+      n: c.dim,
+      rows: B,
+      eps: c.rmsEps,
+    });
+    cmd.barrier();
+    this.kernels.axpby.recordAdd(cmd, { a: a.x, b: a.xb, out: a.x, n: B * c.dim });
+    cmd.barrier();
   }
 
   /** Records the last token's logits (act.logits) from the `tokens` hidden states in act.x. */
@@ -551,6 +607,19 @@ export class LlamaModel implements Disposable {
     cmd.barrier();
     this.#matvec(cmd, this.#output, a.xLast, a.logits, 1, false);
     cmd.barrier();
+    if (c.finalSoftcap > 0) {
+      const logits = a.logits;
+      const n = c.vocabSize;
+      K.swiglu.record(cmd, {
+        gate: logits,
+        up: logits,
+        out: logits,
+        n,
+        act: "softcap",
+        cap: c.finalSoftcap,
+      });
+      cmd.barrier();
+    }
   }
 
   /** Qwen3's QK-norm: every head's q and k row RMS-normalised on its own, before RoPE. */

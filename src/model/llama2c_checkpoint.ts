@@ -142,6 +142,12 @@ export function llama2cConfig(h: Llama2cHeader): ModelConfig {
     qkvBias: false,
     qkNorm: false,
     noRopeLayerStep: 0,
+    layerWindows: Array(h.nLayers).fill(0),
+    localRopeBase: null,
+    gemma: false,
+    attnScale: 1 / Math.sqrt(h.dim / h.nHeads),
+    attnSoftcap: 0,
+    finalSoftcap: 0,
     fusedQkv: false,
     fusedGateUp: false,
   });

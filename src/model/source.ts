@@ -72,6 +72,10 @@ export function expectedTensorShapes(c: ModelConfig): Map<string, number[]> {
       m.set(p + "ffn_up.weight", [c.dim, c.ffnDim]);
     }
     m.set(p + "ffn_down.weight", [c.ffnDim, c.dim]);
+    if (c.gemma) {
+      m.set(p + "post_attention_norm.weight", [c.dim]);
+      m.set(p + "post_ffw_norm.weight", [c.dim]);
+    }
   }
   m.set("output_norm.weight", [c.dim]);
   if (!c.tiedOutput) m.set("output.weight", [c.dim, c.vocabSize]);

@@ -46,7 +46,13 @@ import {
 import { CompressedCache, type HeadSelection, type PolicyDeps } from "../compressed.ts";
 import { HostKvStore } from "./host_store.ts";
 import { badState, type PolicyName, type PrefillOrder, stateInt, stateInts } from "../policy.ts";
-import { fullHeadCount, type HeadProfile, type HeadRole, isFullRole } from "../profile/profile.ts";
+import {
+  fullHeadCount,
+  type HeadProfile,
+  type HeadRole,
+  isFullRole,
+  markWindowLayers,
+} from "../profile/profile.ts";
 import { type RefreshJob, Retrieval } from "./retrieval.ts";
 
 export type Trigger =
@@ -187,7 +193,9 @@ export class HeteroCache extends CompressedCache {
   ) {
     super(deps, name);
     this.name = name;
-    this.#profile = opts.profile;
+    // Sliding-window layers keep their rings: their heads count as volatile whatever the
+    // profile says.
+    this.#profile = markWindowLayers(opts.profile, deps.config.layerWindows);
     this.#budget = checkBudget(opts.budget);
     this.keepFraction = "keep" in this.#budget ? this.#budget.keep : null;
     this.#compat = opts.compat ?? false;

@@ -78,6 +78,9 @@ export interface LayerProfile {
   multipliers: number[];
   stability: (number | null)[];
   clusters: Cluster[];
+  /** A sliding-window layer's window (absent: global attention). Such a layer is never
+   * compressed or refreshed: its heads are all volatile, with no clusters. */
+  window?: number;
 }
 
 export interface HeadProfile {
@@ -292,9 +295,40 @@ function parseLayer(v: unknown, path: string, nKvHeads: number): LayerProfile {
     );
     return { pivot, satellites };
   });
-  const layer = { roles, multipliers, stability, clusters };
+  const layer: LayerProfile = { roles, multipliers, stability, clusters };
+  if (v.window !== undefined) {
+    layer.window = intIn(v.window, `${path}.window`, 1, 2 ** 31);
+    if (!roles.every((r) => r === "volatile")) {
+      fail(`${path}.roles`, "a sliding-window layer's heads must all be volatile");
+    }
+  }
   checkLayer(layer, path);
   return layer;
+}
+
+/**
+ * The profile as the model's sliding-window layers (`windows`, one per layer, 0 for global)
+ * need it: each such layer marked with its window and every head volatile (kept whole, never
+ * refreshed: its ring is all it has), whatever the profile said of it (an official profile
+ * knows nothing of windows; calibration skips those layers).
+ */
+export function markWindowLayers(p: HeadProfile, windows: readonly number[]): HeadProfile {
+  if (!windows.some((w) => w > 0)) return p;
+  return {
+    ...p,
+    layers: p.layers.map((l, i) => {
+      const w = windows[i] ?? 0;
+      if (w === 0) return l;
+      const n = l.roles.length;
+      return {
+        roles: Array(n).fill("volatile"),
+        multipliers: Array(n).fill(-1),
+        stability: Array(n).fill(null),
+        clusters: [],
+        window: w,
+      };
+    }),
+  };
 }
 
 /** Validates a profile in our schema (a JSON string or an already parsed value). */
@@ -347,6 +381,7 @@ export function serializeProfile(p: HeadProfile): string {
       multipliers: l.multipliers,
       stability: l.stability,
       clusters: l.clusters.map((c) => ({ pivot: c.pivot, satellites: c.satellites })),
+      ...(l.window ? { window: l.window } : {}),
     })
   );
   return [
