@@ -19,6 +19,10 @@ layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WGS = 64; // = local size x, for sizing shared arrays
 layout(constant_id = 1) const uint G = 4;   // query heads per KV head (1..16)
 layout(constant_id = 2) const uint D = 128; // head dim, multiple of 8, <= 256
+// Logit soft-capping (push constant softcap holds log2(e) * c): a specialisation, not a push
+// constant test, because llvmpipe kept the scores in memory around the untaken branch (the
+// CPU decode attention ran 25% slower with the test in it).
+layout(constant_id = 3) const bool SOFTCAP = false;
 
 const uint D4 = D / 4;
 const uint D8 = D / 8;
@@ -63,8 +67,13 @@ const float NEG_INF = -1.0 / 0.0;
 // split offsets t count from the window's first position, ringFirst.
 uint ringFirst = 0u;
 uint ringCap = 0u;
+// The row of offset t: ringFirst's row is computed once (ringRow0), and t < capRows, so one
+// compare and subtract replace a division per key (llvmpipe runs a division lane by lane; the
+// modulo here cost the CPU kernel a third of its time). Without a window the row is t.
+uint ringRow0 = 0u;
 uint ringRow(uint t) {
-  return p.window != 0u ? (ringFirst + t) % ringCap : t;
+  const uint r = ringRow0 + t;
+  return r >= ringCap ? r - ringCap : r;
 }
 
 void unpack8(uvec4 w, out vec4 a, out vec4 b) {
@@ -83,6 +92,7 @@ void main() {
   ringCap = tab[2 * h + 1];
   const uint lenAll = lens[h];
   ringFirst = p.window != 0u && lenAll > p.window ? lenAll - p.window : 0u;
+  ringRow0 = ringCap > 0u ? ringFirst % ringCap : 0u;
   const uint len = p.window != 0u ? lenAll - ringFirst : min(lenAll, ringCap);
   const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
   if (s >= ns) return; // uniform over the workgroup: no barrier has been reached yet
@@ -134,7 +144,7 @@ void main() {
           sv[g] += dot(qs[g * D4 + 2 * c], a) + dot(qs[g * D4 + 2 * c + 1], b);
         }
       }
-      if (p.softcap != 0.0) {
+      if (SOFTCAP) {
         [[unroll]] for (uint g = 0; g < G; g++) sv[g] = p.softcap * tanh(clamp(sv[g] / p.softcap, -15.0, 15.0));
       }
     } else {

@@ -38,6 +38,10 @@ layout(constant_id = 2) const uint D = 128;   // head dim, multiple of 8
 layout(constant_id = 3) const uint KB = 2;    // keys per block
 layout(constant_id = 4) const uint LOG2L = 3; // log2(L)
 layout(constant_id = 5) const bool WIDE = true; // u64vec4 loads where the slice allows
+// Logit soft-capping (push constant softcap holds log2(e) * c): a specialisation, not a push
+// constant test, because llvmpipe kept the scores in memory around the untaken branch (the
+// CPU decode attention ran 25% slower with the test in it).
+layout(constant_id = 6) const bool SOFTCAP = false;
 
 const uint HD = D / 2;                // f16 pairs (words) per row
 const uint NP = (HD + L - 1u) / L;    // words per lane
@@ -90,8 +94,13 @@ const float NEG_INF = -1.0 / 0.0;
 // offsets t count from the window's first position, ringFirst.
 uint ringFirst = 0u;
 uint ringCap = 0u;
+// The row of offset t: ringFirst's row is computed once (ringRow0), and t < capRows, so one
+// compare and subtract replace a division per key (llvmpipe runs a division lane by lane; the
+// modulo here cost the CPU kernel a third of its time). Without a window the row is t.
+uint ringRow0 = 0u;
 uint ringRow(uint t) {
-  return p.window != 0u ? (ringFirst + t) % ringCap : t;
+  const uint r = ringRow0 + t;
+  return r >= ringCap ? r - ringCap : r;
 }
 const float FLUSH = -100.0;
 
@@ -194,7 +203,7 @@ void scoreBlock(uint base, uint lane, uint t, uint tEnd) {
   [[unroll]] for (uint e = 0; e < LOG2L; e++) {
     [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] += subgroupShuffleXor(sc[k], 1u << e);
   }
-  if (p.softcap != 0.0) {
+  if (SOFTCAP) {
     [[unroll]] for (uint k = 0; k < KB * G; k++) sc[k] = p.softcap * tanh(clamp(sc[k] / p.softcap, -15.0, 15.0));
   }
   [[unroll]] for (uint j = 1; j < KB; j++) {
@@ -265,6 +274,7 @@ void main() {
   ringCap = tab[2 * h + 1];
   const uint lenAll = lens[h];
   ringFirst = p.window != 0u && lenAll > p.window ? lenAll - p.window : 0u;
+  ringRow0 = ringCap > 0u ? ringFirst % ringCap : 0u;
   const uint len = p.window != 0u ? lenAll - ringFirst : min(lenAll, ringCap);
   const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
   // A head with ns < S splits spreads them over the grid's rows (split s sits at the first y

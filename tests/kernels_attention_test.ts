@@ -865,7 +865,12 @@ Deno.test("decode attention: sliding-window rings and logit soft-capping, every 
         const opts = variant === "simd-storage"
           ? { variant: "simd" as const, texel: false }
           : { variant };
-        using attn = new DecodeAttention(dev, { headDim: D, groupSize: G, ...opts });
+        using attn = new DecodeAttention(dev, {
+          headDim: D,
+          groupSize: G,
+          ...opts,
+          softcap: softcap > 0,
+        });
         using qBuf = dev.buffer(q.byteLength);
         using out = dev.buffer(q.byteLength);
         using scratch = dev.buffer(attn.scratchBytes(rc.cache));
@@ -893,6 +898,28 @@ Deno.test("decode attention: sliding-window rings and logit soft-capping, every 
   }
 });
 
+Deno.test("soft-capping is a build option: a record that disagrees with the build is refused", () => {
+  using dev = Device.open();
+  const fc = filledCache(dev, 32, [40], [40]);
+  try {
+    using q = dev.buffer(32 * 4);
+    using out = dev.buffer(32 * 4);
+    for (const built of [false, true]) {
+      using attn = new DecodeAttention(dev, { headDim: 32, groupSize: 1, softcap: built });
+      using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+      using cmd = dev.commands();
+      cmd.begin();
+      assert.throws(
+        () => attn.record(cmd, { cache: fc.cache, q, out, scratch, softcap: built ? 0 : 2 }),
+        /soft-cap/,
+      );
+      cmd.end();
+    }
+  } finally {
+    fc.cache.dispose();
+  }
+});
+
 Deno.test("prefill attention: sliding-window rings and logit soft-capping, every variant", () => {
   using dev = Device.open();
   const cases = [
@@ -907,7 +934,12 @@ Deno.test("prefill attention: sliding-window rings and logit soft-capping, every
       const cap = window + B - 1 + extra;
       const rc = ringCache(dev, D, nKv, cap, window, p0 + B);
       try {
-        using attn = new PrefillAttention(dev, { headDim: D, groupSize: G, variant });
+        using attn = new PrefillAttention(dev, {
+          headDim: D,
+          groupSize: G,
+          variant,
+          softcap: softcap > 0,
+        });
         const q = randomF32(B * nKv * G * D, nextSeed(), 4);
         using qBuf = dev.buffer(q.byteLength);
         using out = dev.buffer(q.byteLength);

@@ -53,10 +53,18 @@ function checkCache(cache: KvLayerCache, headDim: number): void {
 const LOG2E = Math.LOG2E;
 
 /** The shaders' soft-capping constant: c in the log2 domain of their scores, 0 for none. */
-function softcapPush(c: number | undefined): number {
-  if (c === undefined || c === 0) return 0;
-  if (!(c > 0) || !Number.isFinite(c)) limit(`logit soft-capping ${c} must be positive`);
-  return c * LOG2E;
+function softcapPush(c: number | undefined, built: boolean): number {
+  const on = c !== undefined && c !== 0;
+  if (on && (!(c > 0) || !Number.isFinite(c))) limit(`logit soft-capping ${c} must be positive`);
+  // The kernels soft-cap by specialisation (see the shaders' SOFTCAP), fixed when built.
+  if (on !== built) {
+    limit(
+      built
+        ? "this attention kernel was built to soft-cap logits: give it the cap"
+        : `logit soft-capping ${c} needs an attention kernel built with softcap: true`,
+    );
+  }
+  return on ? c * LOG2E : 0;
 }
 
 /** The push block of the decode split pass (shaders/attn_decode.comp, attn_decode_cpu.comp). */
@@ -145,6 +153,8 @@ export interface DecodeAttentionOptions {
    * to storage buffers per cache chunk that does not fit a texel view. lavapipe gathers texels
    * with vector loads but loads storage buffers lane by lane. */
   texel?: boolean;
+  /** Build for logit soft-capping (Gemma 2): every record then gives `softcap`. */
+  softcap?: boolean;
 }
 
 export interface DecodeAttentionArgs {
@@ -190,10 +200,13 @@ export class DecodeAttention implements Disposable {
   #watch: { split: Kernel; texel: Kernel | null; merge: Kernel } | null = null;
   /** Split-pass dispatches of the last record() call by K/V binding kind. */
   lastBindings = { texel: 0, storage: 0 };
+  /** Built to soft-cap logits (DecodeAttentionOptions.softcap). */
+  readonly #softcap: boolean;
 
   constructor(device: Device, opts: DecodeAttentionOptions) {
     checkHeadDim(opts.headDim);
     checkGroup(opts.groupSize, opts.headDim);
+    this.#softcap = opts.softcap ?? false;
     this.headDim = opts.headDim;
     this.groupSize = opts.groupSize;
     this.workgroupSize = opts.workgroupSize ?? 64;
@@ -236,6 +249,7 @@ export class DecodeAttention implements Disposable {
         perLane <= 8 ? 2 : 1,
         Math.log2(this.#lanes),
         1,
+        this.#softcap ? 1 : 0,
       ];
       this.#makeSplit = () =>
         device.kernel(SHADERS.attn_decode_cpu.variant({ texel: false, watch: false }), {
@@ -285,7 +299,7 @@ export class DecodeAttention implements Disposable {
             device.kernel(SHADERS.attn_decode.variant({ watch: true }), {
               bindings: 9,
               push: DECODE_WATCH_PUSH,
-              spec: [wg, opts.groupSize, opts.headDim],
+              spec: [wg, opts.groupSize, opts.headDim, this.#softcap ? 1 : 0],
             }),
           null,
         );
@@ -293,7 +307,7 @@ export class DecodeAttention implements Disposable {
         device.kernel(SHADERS.attn_decode.variant({ watch: false }), {
           bindings: 6,
           push: DECODE_PUSH,
-          spec: [wg, opts.groupSize, opts.headDim],
+          spec: [wg, opts.groupSize, opts.headDim, this.#softcap ? 1 : 0],
         });
       this.#split = this.#makeSplit();
     }
@@ -402,7 +416,7 @@ export class DecodeAttention implements Disposable {
     }
     const watch = w ? (this.#watch ??= this.#makeWatch()) : null;
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
-    const softcap = softcapPush(a.softcap);
+    const softcap = softcapPush(a.softcap, this.#softcap);
     const window = cache.window;
     this.lastBindings = { texel: 0, storage: 0 };
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
@@ -540,6 +554,8 @@ export interface PrefillAttentionOptions {
    * to storage buffers per cache chunk that does not fit a texel view. lavapipe gathers a
    * texel for all lanes at once where it loads storage buffers lane by lane. */
   texel?: boolean;
+  /** Build for logit soft-capping (Gemma 2): every record then gives `softcap`. */
+  softcap?: boolean;
 }
 
 /** Key blocks per pass of the CPU variants (a block is 2..4 keys, unrolled): an invocation runs
@@ -569,10 +585,13 @@ export class PrefillAttention implements Disposable {
   readonly #maxTexelBytes: number;
   /** Dispatches of the last record() call by K/V binding kind. */
   lastBindings = { texel: 0, storage: 0 };
+  /** Built to soft-cap logits (PrefillAttentionOptions.softcap). */
+  readonly #softcap: boolean;
 
   constructor(device: Device, opts: PrefillAttentionOptions) {
     checkHeadDim(opts.headDim);
     checkGroup(opts.groupSize, opts.headDim);
+    this.#softcap = opts.softcap ?? false;
     const D = opts.headDim;
     const G = opts.groupSize;
     this.headDim = D;
@@ -595,7 +614,15 @@ export class PrefillAttention implements Disposable {
         limit(`rowsPerGroup ${rows} must be a multiple of ${lanes} lanes, at most 64`);
       }
       this.#rows = rows;
-      const spec = [lanes, G, D, rows / lanes, this.#keysPerBlock, Math.log2(lanes)];
+      const spec = [
+        lanes,
+        G,
+        D,
+        rows / lanes,
+        this.#keysPerBlock,
+        Math.log2(lanes),
+        this.#softcap ? 1 : 0,
+      ];
       const storage = () =>
         device.kernel(SHADERS.attn_prefill_split.variant({ texel: false }), {
           bindings: 6,
@@ -625,7 +652,7 @@ export class PrefillAttention implements Disposable {
       this.#kernel = device.kernel(SHADERS.attn_prefill_rows.variant(), {
         bindings: 6,
         push: PREFILL_PUSH,
-        spec: [lanes, G, D, perLane, this.#keysPerBlock],
+        spec: [lanes, G, D, perLane, this.#keysPerBlock, this.#softcap ? 1 : 0],
       });
       return;
     }
@@ -637,7 +664,7 @@ export class PrefillAttention implements Disposable {
     this.#kernel = device.kernel(SHADERS.attn_prefill.variant(), {
       bindings: 6,
       push: PREFILL_PUSH,
-      spec: [4 * rows, G, D, big ? 16 : 32, rows],
+      spec: [4 * rows, G, D, big ? 16 : 32, rows, this.#softcap ? 1 : 0],
     });
   }
 
@@ -703,7 +730,7 @@ export class PrefillAttention implements Disposable {
     }
     const scale = (a.scale ?? 1 / Math.sqrt(D)) * LOG2E;
     this.lastBindings = { texel: 0, storage: 0 };
-    const softcap = softcapPush(a.softcap);
+    const softcap = softcapPush(a.softcap, this.#softcap);
     for (let pass = 0; pass < passes; pass++) {
       if (pass > 0) cmd.barrier();
       const flags = (pass === 0 ? 1 : 0) | (pass === passes - 1 ? 2 : 0);

@@ -124,8 +124,9 @@ class Kernels implements Disposable {
       this.axpby = own(new Axpby(device));
       this.kvAppend = own(new KvAppend(device, { headDim: c.headDim }));
       const groupSize = c.nHeads / c.nKvHeads;
-      this.decode = own(new DecodeAttention(device, { headDim: c.headDim, groupSize }));
-      this.prefill = own(new PrefillAttention(device, { headDim: c.headDim, groupSize }));
+      const softcap = c.attnSoftcap > 0;
+      this.decode = own(new DecodeAttention(device, { headDim: c.headDim, groupSize, softcap }));
+      this.prefill = own(new PrefillAttention(device, { headDim: c.headDim, groupSize, softcap }));
       this.argmax = own(new Argmax(device));
     } catch (e) {
       this[Symbol.dispose]();
