@@ -78,8 +78,15 @@ layout(push_constant) uniform Push {
                    // and the head is a ring of capRows rows (row = position % capRows)
   float softcap;   // log2(e) * c: scores become c * tanh(score / c) (0: none)
 } p;
+// Keys kStart .. kEnd - 1 of a workgroup span at most one turn of the ring (the host sizes it),
+// so the row of the first is taken once (ringK0, ringR0) and a key's row costs a compare and a
+// subtract, not a division per key (llvmpipe divides lane by lane). Without a window the row
+// is the key.
+uint ringK0 = 0u;
+uint ringR0 = 0u;
 uint ringRow(uint k, uint cap) {
-  return p.window != 0u ? k % cap : k;
+  const uint r = ringR0 + (k - ringK0);
+  return r >= cap ? r - cap : r;
 }
 
 // The first key a query at `pos` sees.
@@ -188,6 +195,8 @@ void main() {
   const uint kEnd = min(p.window != 0u ? p.kv1 : min(p.kv1, cap), p.p0 + lastRow / G + 1u);
   // Keys before the window of the workgroup's first query token are never visible.
   const uint kStart = max(p.kv0, windowStart(p.p0 + row0 / G));
+  ringK0 = kStart;
+  ringR0 = cap > 0u ? kStart % cap : 0u;
 
   // Row slices enter through a rolled loop that shifts the register arrays by one row per trip
   // (row `it` ends in slot it): unrolled, R rows of loads would make llvmpipe's compile time

@@ -42,7 +42,7 @@ export class HostKvStore {
   ): void {
     const at = cache.location(head, 0);
     const n = promptTokens * this.rowBytes;
-    this.#put(
+    this.restore(
       layer,
       head,
       device.download(at.k, at.byteOffset, n),
@@ -52,20 +52,9 @@ export class HostKvStore {
     );
   }
 
-  /** Takes saved rows of (layer, head), with capacity for `capacityRows` in all. */
+  /** Takes the first `rows` rows of k and v for (layer, head) (saved rows, or the prompt's
+   * captured above), in arrays with capacity for `capacityRows` in all. */
   restore(
-    layer: number,
-    head: number,
-    k: Uint8Array,
-    v: Uint8Array,
-    rows: number,
-    capacityRows: number,
-  ): void {
-    this.#put(layer, head, k, v, rows, capacityRows);
-  }
-
-  /** Stores the first `rows` rows of k and v for (layer, head) in arrays of `capacityRows`. */
-  #put(
     layer: number,
     head: number,
     k: Uint8Array,
