@@ -183,6 +183,62 @@ Deno.test("a host→device transfer runs beside a dispatch, ordered only where i
   assert.ok(ticks >= 1, `JS timer ticked ${ticks} times during ${ms.toFixed(1)} ms of device work`);
 });
 
+Deno.test("row gathers: scattered destination rows, on two threads, into a host-visible device buffer; a buffer disposed mid-gather lives until it ends", async () => {
+  using dev = Device.open();
+  const rowBytes = 64, n = 300;
+  const host = new Uint8Array(n * rowBytes).map((_, i) => (i * 31 + (i >> 6)) & 255);
+  // Two jobs: job 0 scatters rows 5, 9, 200 into device rows 7, 0, 3; job 1 fills rows 10.. in order.
+  const device = dev.buffer(20 * rowBytes);
+  const probe = dev.buffer(20 * rowBytes, "upload");
+  const jobs = (dst: typeof device) => [
+    {
+      dst,
+      dstOffsetBytes: 0,
+      dstStrideBytes: rowBytes,
+      src: host,
+      srcStrideBytes: rowBytes,
+      rows: new Uint32Array([5, 9, 200]),
+      rowBytes,
+      dstRows: new Uint32Array([7, 0, 3]),
+    },
+    {
+      dst,
+      dstOffsetBytes: 10 * rowBytes,
+      dstStrideBytes: rowBytes,
+      src: host,
+      srcStrideBytes: rowBytes,
+      rows: new Uint32Array([1, 2, 299]),
+      rowBytes,
+    },
+  ];
+  const check = (got: Uint8Array) => {
+    const row = (r: number) => host.subarray(r * rowBytes, (r + 1) * rowBytes);
+    const at = (r: number) => got.subarray(r * rowBytes, (r + 1) * rowBytes);
+    for (const [d, s] of [[7, 5], [0, 9], [3, 200], [10, 1], [11, 2], [12, 299]]) {
+      assert.deepEqual(at(d), row(s), `device row ${d}`);
+    }
+  };
+  await dev.gatherRows(jobs(probe), 2);
+  check(probe.mapped());
+  // A CPU device's memory is host memory: its device buffers map (what a direct refresh needs).
+  if (dev.info.type === "cpu") assert.ok(device.hostVisible);
+  if (device.hostVisible) {
+    await dev.gatherRows(jobs(device), 2);
+    check(device.mapped());
+    const running = dev.gatherRows(jobs(device), 2);
+    device.dispose(); // freed only once the gather ends
+    await running;
+    await dev.settled();
+  } else device.dispose();
+  // Destination rows out of range, or not one per row, are errors before anything runs.
+  const bad = jobs(probe);
+  bad[0].dstRows = new Uint32Array([7, 0, 20]);
+  await assert.rejects(dev.gatherRows(bad), (e) => isHcError(e, "E_VK_LIMIT"));
+  bad[0].dstRows = new Uint32Array([7, 0]);
+  await assert.rejects(dev.gatherRows(bad), (e) => isHcError(e, "E_VK_LIMIT"));
+  probe.dispose();
+});
+
 Deno.test("texel bindings: one view per bound range, owned by its buffer; bad ranges are errors", () => {
   using dev = Device.open();
   const kinds = ["texel", "texel", "storage"] as const;

@@ -407,14 +407,25 @@ int32_t hc_poll(hc_handle device, int32_t queue, uint64_t *out_value) {
 }
 
 int32_t hc_gather(uint64_t dst_address, uint64_t dst_stride, uint64_t src_address, uint64_t src_stride,
-                  const uint32_t *rows, uint32_t n_rows, uint64_t row_bytes) {
+                  const uint32_t *rows, uint32_t n_rows, uint64_t row_bytes, const uint32_t *dst_rows) {
   if (!dst_address || !src_address || (!rows && n_rows))
     return hc_fail(HC_E_ARG, "hc_gather: null address");
   if (row_bytes > dst_stride || row_bytes > src_stride)
     return hc_fail(HC_E_ARG, "hc_gather: row wider than its stride");
   unsigned char *dst = (unsigned char *)(uintptr_t)dst_address;
   const unsigned char *src = (const unsigned char *)(uintptr_t)src_address;
-  for (uint32_t i = 0; i < n_rows; i++) memcpy(dst + (uint64_t)i * dst_stride, src + (uint64_t)rows[i] * src_stride, row_bytes);
+  /* Rows are scattered over a large store: fetch a few rows ahead so that their cache misses
+   * overlap the copy of this one (a refresh's 123 MB in 256-byte rows from 52 arrays of 32 MiB,
+   * C micro-benchmark, best of 12: 35 instead of 42 ms). */
+  const uint32_t ahead = 8;
+  for (uint32_t i = 0; i < n_rows; i++) {
+    if (i + ahead < n_rows) {
+      const unsigned char *next = src + (uint64_t)rows[i + ahead] * src_stride;
+      for (uint64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(next + b);
+    }
+    const uint64_t to = dst_rows ? dst_rows[i] : i;
+    memcpy(dst + to * dst_stride, src + (uint64_t)rows[i] * src_stride, row_bytes);
+  }
   return HC_OK;
 }
 
@@ -422,7 +433,8 @@ int32_t hc_gather_batch(const uint64_t *jobs, uint32_t n_jobs) {
   if (!jobs && n_jobs) return hc_fail(HC_E_ARG, "hc_gather_batch: null job list");
   for (uint32_t j = 0; j < n_jobs; j++) {
     const uint64_t *g = jobs + (uint64_t)j * HC_GATHER_JOB_WORDS;
-    int32_t rc = hc_gather(g[0], g[1], g[2], g[3], (const uint32_t *)(uintptr_t)g[4], (uint32_t)g[5], g[6]);
+    int32_t rc = hc_gather(g[0], g[1], g[2], g[3], (const uint32_t *)(uintptr_t)g[4], (uint32_t)g[5], g[6],
+                           (const uint32_t *)(uintptr_t)g[7]);
     if (rc) return rc;
   }
   return HC_OK;

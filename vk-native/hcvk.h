@@ -55,7 +55,8 @@ int32_t hc_device_memory(hc_handle device, uint64_t *out4);
 /* Caps the device-local bytes this device may hold (0: no cap): a simulated smaller budget. */
 int32_t hc_device_set_budget(hc_handle device, uint64_t cap_bytes);
 int32_t hc_buffer_destroy(hc_handle buffer);
-/* Host address of a mapped (UPLOAD/READBACK) buffer, valid until destroy. */
+/* Host address of a mapped buffer, valid until destroy: UPLOAD/READBACK ones, and DEVICE ones
+ * whose memory is host-visible (CPU and UMA devices; mapped at the first call). */
 int32_t hc_buffer_map(hc_handle buffer, uint64_t *out_address);
 
 /* Descriptor kinds of kernel bindings. A texel binding is a read-only uniform texel buffer that
@@ -108,16 +109,17 @@ int32_t hc_wait(hc_handle device, int32_t queue, uint64_t value, uint64_t timeou
 /* Current completed value of a queue's timeline, without blocking. */
 int32_t hc_poll(hc_handle device, int32_t queue, uint64_t *out_value);
 
-/* Host-side row gather: dst[i] = src[rows[i]], each row row_bytes long, with byte strides.
- * Plain memcpy, meant to run off the JS thread (nonblocking) into a mapped staging buffer. */
+/* Host-side row gather: dst[dst_rows ? dst_rows[i] : i] = src[rows[i]], each row row_bytes
+ * long, with byte strides. Plain memcpy, meant to run off the JS thread (nonblocking) into a
+ * mapped staging buffer, or (a CPU device) straight into mapped device rows. */
 int32_t hc_gather(uint64_t dst_address, uint64_t dst_stride, uint64_t src_address,
                   uint64_t src_stride, const uint32_t *rows, uint32_t n_rows,
-                  uint64_t row_bytes);
+                  uint64_t row_bytes, const uint32_t *dst_rows);
 /* Several row gathers in one call (one worker thread, one round trip): `jobs` holds n_jobs
  * records of HC_GATHER_JOB_WORDS u64 each, the arguments of hc_gather in order (dst_address,
- * dst_stride, src_address, src_stride, rows address, n_rows, row_bytes). Stops at the first
- * failing job. */
-#define HC_GATHER_JOB_WORDS 7
+ * dst_stride, src_address, src_stride, rows address, n_rows, row_bytes, dst_rows address or 0).
+ * Stops at the first failing job. */
+#define HC_GATHER_JOB_WORDS 8
 int32_t hc_gather_batch(const uint64_t *jobs, uint32_t n_jobs);
 
 #endif

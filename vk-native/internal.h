@@ -71,6 +71,7 @@ struct hc_buffer {
   uint32_t heap;
   int32_t kind;
   void *mapped;
+  bool host_visible; /* host-visible and coherent memory (a DEVICE buffer on a UMA or CPU device) */
   bool texel_usage; /* created with the texel usage bit (the device supports the format) */
   struct hc_view *views;
   uint32_t n_views, cap_views;

@@ -198,6 +198,7 @@ int32_t hc_buffer_create(hc_handle device, uint64_t bytes, int32_t kind, hc_hand
   }
   b->heap = heap;
   b->alloc_bytes = req.size;
+  b->host_visible = (d->mem_props.memoryTypes[type].propertyFlags & (HV | HC)) == (HV | HC);
   d->heap_bytes[heap] += req.size;
   d->live_objects++;
   *out_buffer = h;
@@ -226,6 +227,11 @@ int32_t hc_buffer_destroy(hc_handle buffer) {
 int32_t hc_buffer_map(hc_handle buffer, uint64_t *out_address) {
   HC_GET(b, struct hc_buffer, HC_KIND_BUFFER, buffer, "hc_buffer_map");
   if (!out_address) return hc_fail(HC_E_ARG, "hc_buffer_map: null output");
+  if (!b->mapped && b->host_visible) {
+    /* A DEVICE buffer in host-visible memory (CPU and UMA devices): mapped when first asked. */
+    VkResult r = vkMapMemory(b->dev->device, b->memory, 0, VK_WHOLE_SIZE, 0, &b->mapped);
+    if (r != VK_SUCCESS) return hc_vk_fail(r, "mapping a device buffer");
+  }
   if (!b->mapped) return hc_fail(HC_E_ARG, "hc_buffer_map: a DEVICE buffer is not host-visible");
   *out_address = (uint64_t)(uintptr_t)b->mapped;
   return HC_OK;

@@ -122,6 +122,9 @@ export interface GatherJob {
   srcStrideBytes: number;
   rows: Uint32Array;
   rowBytes: number;
+  /** The destination row of each gathered row (from dstOffsetBytes, stride dstStrideBytes);
+   * absent: consecutive rows. */
+  dstRows?: Uint32Array | null;
 }
 
 export class Device implements Disposable {
@@ -344,20 +347,21 @@ export class Device implements Disposable {
   }
 
   /**
-   * Row gathers from host memory into mapped buffers, all in one native call on a worker thread
-   * (one thread, one round trip; the JS thread stays free): job i copies rows `rows[r]` of
-   * `src` (row stride `srcStrideBytes`) into consecutive rows of `dst` from `dstOffsetBytes`
-   * (stride `dstStrideBytes`). Every job is checked before any runs. `src` and `rows` must not
-   * change until it settles.
+   * Row gathers from host memory into mapped buffers, in one native call on a worker thread
+   * (one round trip; the JS thread stays free), or `threads` calls on as many threads: job i
+   * copies rows `rows[r]` of `src` (row stride `srcStrideBytes`) into rows of `dst` from
+   * `dstOffsetBytes` (stride `dstStrideBytes`), consecutive or `dstRows[r]`. Every job is
+   * checked before any runs. `src` and the row lists must not change until it settles.
    */
-  async gatherRows(jobs: readonly GatherJob[]): Promise<void> {
+  async gatherRows(jobs: readonly GatherJob[], threads = 1): Promise<void> {
     const work = jobs.filter((j) => j.rows.length > 0);
     if (work.length === 0) return;
-    const words = new BigUint64Array(work.length * 7);
+    const W = 8; // HC_GATHER_JOB_WORDS
+    const words = new BigUint64Array(work.length * W);
+    const addr = (a: Uint8Array | Uint32Array) =>
+      BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a as Uint8Array<ArrayBuffer>)));
     work.forEach((j, i) => {
-      let maxRow = 0;
-      const rows = j.rows;
-      for (let r = 0; r < rows.length; r++) if (rows[r] > maxRow) maxRow = rows[r];
+      const maxRow = maxOf(j.rows);
       if (
         j.rowBytes > j.srcStrideBytes || j.rowBytes > j.dstStrideBytes ||
         maxRow * j.srcStrideBytes + j.rowBytes > j.src.byteLength
@@ -367,13 +371,12 @@ export class Device implements Disposable {
           `gatherRows: row ${maxRow} of ${j.rowBytes} bytes lies outside the ${j.src.byteLength}-byte source`,
         );
       }
-      j.dst.checkRange(
-        j.dstOffsetBytes,
-        (j.rows.length - 1) * j.dstStrideBytes + j.rowBytes,
-        "gatherRows",
-      );
-      const addr = (a: Uint8Array | Uint32Array) =>
-        BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a as Uint8Array<ArrayBuffer>)));
+      const dstRows = j.dstRows ?? null;
+      if (dstRows && dstRows.length !== j.rows.length) {
+        throw new HcError("E_VK_LIMIT", "gatherRows: one destination row per gathered row");
+      }
+      const lastDst = dstRows ? maxOf(dstRows) : j.rows.length - 1;
+      j.dst.checkRange(j.dstOffsetBytes, lastDst * j.dstStrideBytes + j.rowBytes, "gatherRows");
       words.set([
         j.dst.address() + BigInt(j.dstOffsetBytes),
         BigInt(j.dstStrideBytes),
@@ -382,11 +385,25 @@ export class Device implements Disposable {
         addr(j.rows),
         BigInt(j.rows.length),
         BigInt(j.rowBytes),
-      ], i * 7);
+        dstRows ? addr(dstRows) : 0n,
+      ], i * W);
     });
-    // `work` keeps every source and row list reachable until the native call returns.
-    const status = await native().hc_gather_batch(words, work.length);
-    check(status, `gathering rows (${work.length} jobs)`);
+    // Consecutive jobs in up to `threads` parts of about equal rows, each one native call on
+    // its own worker thread. `work` keeps every source and row list reachable until they end.
+    const total = work.reduce((n, j) => n + j.rows.length, 0);
+    const parts: [number, number][] = [];
+    for (let i = 0, done = 0; i < work.length;) {
+      const target = (total * (parts.length + 1)) / Math.max(1, threads);
+      let k = i;
+      while (k < work.length && (k === i || done < target)) done += work[k++].rows.length;
+      parts.push([i, k]);
+      i = k;
+    }
+    const running = Promise.all(
+      parts.map(([i, k]) => native().hc_gather_batch(words.subarray(i * W, k * W), k - i)),
+    );
+    for (const dst of new Set(work.map((j) => j.dst))) dst.hold(running);
+    for (const st of await running) check(st, `gathering rows (${work.length} jobs)`);
   }
 
   /** Registers work that still uses this device's memory off the JS thread (a native gather
@@ -428,6 +445,8 @@ export class Buffer implements Disposable {
   readonly kind: BufferKind;
   #view: Uint8Array | null = null;
   #disposed = false;
+  /** Native work still writing into the memory (see `hold`). */
+  #held: Promise<unknown> | null = null;
 
   constructor(device: Device, handle: bigint, bytes: number, kind: BufferKind) {
     this.device = device;
@@ -449,34 +468,65 @@ export class Buffer implements Disposable {
     }
   }
 
-  /** The persistently mapped bytes of an upload/readback buffer (valid until dispose). */
+  /** The persistently mapped bytes of an upload/readback buffer, or of a device buffer whose
+   * memory the host sees (`hostVisible`: CPU and UMA devices); valid until dispose. */
   mapped(): Uint8Array {
-    if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "buffer was disposed");
-    if (this.kind === "device") throw new HcError("E_VK", "a device buffer is not host-visible");
     if (!this.#view) {
-      check(native().hc_buffer_map(this.handle, u64out), "mapping a buffer");
-      const ptr = Deno.UnsafePointer.create(u64out[0]);
+      const ptr = Deno.UnsafePointer.create(this.address());
       if (!ptr) throw new HcError("E_VK", "mapping returned a null address");
       this.#view = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, this.bytes));
     }
     return this.#view;
   }
 
+  /** Whether the host can map this buffer: always for upload/readback; for a device buffer,
+   * where the device's memory is host memory. */
+  get hostVisible(): boolean {
+    return !this.#disposed && this.#map() !== null;
+  }
+
   /** Host address of the mapping, for native row gathers. */
   address(): bigint {
-    this.mapped();
-    check(native().hc_buffer_map(this.handle, u64out), "mapping a buffer");
+    const at = this.#map();
+    if (at === null) throw new HcError("E_VK", "a device buffer is not host-visible");
+    return at;
+  }
+
+  /** The mapping's address, or null for a device buffer the host cannot see. */
+  #map(): bigint | null {
+    if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "buffer was disposed");
+    const status = native().hc_buffer_map(this.handle, u64out);
+    if (status !== 0 && this.kind === "device") return null;
+    check(status, "mapping a buffer");
     return u64out[0];
+  }
+
+  /** Keeps the memory until `work` (a native gather writing into it) ends, even if the buffer
+   * is disposed meanwhile: it is then freed when the work ends (`Device.settled` waits). */
+  hold(work: Promise<unknown>): void {
+    const p: Promise<unknown> = Promise.allSettled(this.#held ? [this.#held, work] : [work])
+      .then(() => {
+        if (this.#held === p) this.#held = null;
+      });
+    this.#held = p;
   }
 
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#view = null;
-    check(native().hc_buffer_destroy(this.handle), "destroying a buffer");
+    const destroy = () => check(native().hc_buffer_destroy(this.handle), "destroying a buffer");
+    if (this.#held) this.device.track(this.#held.then(destroy));
+    else destroy();
   }
 
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+function maxOf(a: Uint32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) if (a[i] > m) m = a[i];
+  return m;
 }

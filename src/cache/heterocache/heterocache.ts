@@ -34,6 +34,7 @@ import { type KvLayerCache, WATCH_NONE } from "../kv_layer.ts";
 import { type Captures, stepView } from "../../model/forward.ts";
 import type { Buffer, CommandList } from "../../vk/mod.ts";
 import { TopK } from "../../kernels/scores.ts";
+import { deviceParallelism } from "../../kernels/checks.ts";
 import { intersectionSize, median } from "../profile/analysis.ts";
 import {
   baseLength,
@@ -247,7 +248,11 @@ export class HeteroCache extends CompressedCache {
       );
     }
     this.#store = new HostKvStore(c.headDim);
-    this.#retrieval = new Retrieval(deps.device, c.headDim, !this.#compat);
+    // A CPU device lands refreshes by gathering into the device rows (retrieval.ts); the gpu
+    // variant set keeps the staged copy a GPU takes, so lavapipe tests both.
+    const cpu = deviceParallelism(deps.device);
+    const direct = cpu.cpu && cpu.cpuDriver;
+    this.#retrieval = new Retrieval(deps.device, c.headDim, !this.#compat, direct);
   }
 
   /** Queries buffered per drift check. */

@@ -13,6 +13,13 @@
  * waits even when its rows are gathered, later never (that step waits for the gather). So the
  * tokens a request generates do not depend on how fast the host gathered (run to run, machine
  * to machine), while the gather and the copy still overlap the steps before `due`.
+ *
+ * A CPU device (lavapipe; `direct`) has nothing to overlap with: the gather, the copy and the
+ * steps share the same cores, and the copy is a second pass over every byte. There a refresh
+ * lands by gathering straight into the device rows (mapped: device memory is host memory),
+ * on two threads, right before its due step: no staging, no copy (at 128K tokens on the 8B
+ * shape a refresh of every satellite moves 123 MB, which the copy took 17-20 ms of one core
+ * for). A lavapipe-only path: a GPU keeps the staged copy, which its copy engine overlaps.
  */
 import type { KvLayerCache } from "../kv_layer.ts";
 import type { Buffer, CommandList, Device, GatherJob } from "../../vk/mod.ts";
@@ -59,6 +66,18 @@ interface Slot {
   due: number;
 }
 
+/** A refresh that lands by a direct gather (a CPU device), waiting for its due step. */
+interface DirectRefresh {
+  seq: number;
+  due: number;
+  caches: readonly KvLayerCache[];
+  jobs: RefreshJob[];
+  tails: readonly RefreshTail[];
+}
+
+/** Threads of a direct landing (the machines lavapipe runs on have at least two cores). */
+const DIRECT_THREADS = 2;
+
 /** Staging slots: refreshes decided on two consecutive steps are in flight at once when each
  * lands one step late; the third keeps a refresh that fires on the next step from forcing an
  * early landing. */
@@ -68,7 +87,10 @@ export class Retrieval implements Disposable {
   readonly #device: Device;
   readonly #rowBytes: number;
   readonly #async: boolean;
+  readonly #direct: boolean;
   readonly #slots: Slot[] = [];
+  /** Direct refreshes waiting for their due step, oldest first. */
+  #waiting: DirectRefresh[] = [];
   #seq = 0;
   /** The largest refresh to come, in bytes (see `reserve`; 0: unknown). */
   #most = 0;
@@ -78,15 +100,19 @@ export class Retrieval implements Disposable {
   #justSubmitted: number[] = [];
   #disposed = false;
 
-  /** `async` false: the gather is awaited and the copy submitted at once (official order). */
-  constructor(device: Device, headDim: number, async: boolean) {
+  /** `async` false: the gather is awaited and the copy submitted at once (official order).
+   * `direct`: land by gathering into the device rows (a CPU device; the caches' buffers must
+   * be host-visible). */
+  constructor(device: Device, headDim: number, async: boolean, direct: boolean) {
     this.#device = device;
     this.#rowBytes = headDim * 2;
     this.#async = async;
+    this.#direct = direct;
   }
 
   /** Forgets refreshes not yet landed (a new generation starts). */
   reset(): void {
+    this.#waiting = [];
     for (const s of this.#slots) {
       if (s.pending) s.abandoned = true;
       s.pending = null;
@@ -104,7 +130,7 @@ export class Retrieval implements Disposable {
    */
   reserve(most: number, now: boolean): void {
     this.#most = most;
-    if (!now || most <= 0) return;
+    if (!now || most <= 0 || this.#direct) return;
     const first = this.#slots[0];
     if (first && (first.staging.bytes >= most || !this.#idle(first))) return;
     if (first) {
@@ -130,6 +156,12 @@ export class Retrieval implements Disposable {
     tails: readonly RefreshTail[],
     due: number,
   ): Promise<number> {
+    if (this.#direct) {
+      const refresh = { seq: ++this.#seq, due, caches, jobs, tails };
+      if (this.#async) this.#waiting.push(refresh);
+      else await this.#land(refresh);
+      return refresh.seq;
+    }
     const rowsBytes = jobs.reduce((n, j) => n + 2 * j.positions.length * this.#rowBytes, 0);
     const tailBytes = tails.reduce((n, t) => n + align4(t.bytes.byteLength), 0);
     const slot = await this.#freeSlot(rowsBytes + tailBytes);
@@ -181,11 +213,13 @@ export class Retrieval implements Disposable {
   /** Whether the refresh `start` numbered `seq` was read by decode step `step` (or dropped):
    * by its due step, whatever the machine's speed. */
   landed(seq: number, step: number): boolean {
+    if (this.#waiting.some((r) => r.seq === seq && r.due > step)) return false;
     return !this.#slots.some((s) => s.seq === seq && !s.abandoned && s.due > step);
   }
 
   /** Whether a refresh is gathering, waiting to land, or copying. */
   get busy(): boolean {
+    if (this.#waiting.length) return true;
     const done = this.#device.poll("transfer");
     return this.#slots.some((s) => s.pending !== null || s.value > done);
   }
@@ -193,6 +227,7 @@ export class Retrieval implements Disposable {
   /** Lands everything in flight now, before its due step, and waits for it on the device
    * (a saved, moved or continued session); such refreshes count as landed from here on. */
   async settle(): Promise<void> {
+    for (const r of this.#waiting.splice(0)) await this.#land(r);
     for (const s of this.#byAge()) {
       if (s.gather) await s.gather;
       if (s.pending) this.#submit(s);
@@ -204,6 +239,9 @@ export class Retrieval implements Disposable {
   /** Submits the copies due by decode step `step` (waiting for their gathers); returns the
    * transfer value that step must wait for. */
   async landing(step: number): Promise<bigint> {
+    while (this.#waiting.length && this.#waiting[0].due <= step) {
+      await this.#land(this.#waiting.shift()!);
+    }
     let wait = 0n;
     for (const s of this.#byAge()) {
       // In age order (due steps rise with it), so a head's newer rows land after its older ones.
@@ -215,6 +253,31 @@ export class Retrieval implements Disposable {
       if (s.value > wait && this.#device.poll("transfer") < s.value) wait = s.value;
     }
     return wait;
+  }
+
+  /** A direct landing: each job's rows gathered from the host store into its device rows,
+   * then its tails written; the device reads none of them now (the engine awaits each step). */
+  async #land(r: DirectRefresh): Promise<void> {
+    const gathers: GatherJob[] = [];
+    for (const j of r.jobs) {
+      const at = r.caches[j.layer].location(j.head, 0);
+      for (const [dst, src] of [[at.k, j.host.k], [at.v, j.host.v]] as const) {
+        gathers.push({
+          dst,
+          dstOffsetBytes: at.byteOffset,
+          dstStrideBytes: this.#rowBytes,
+          src,
+          srcStrideBytes: this.#rowBytes,
+          rows: j.positions,
+          rowBytes: this.#rowBytes,
+          dstRows: j.rows,
+        });
+      }
+    }
+    await this.#device.gatherRows(gathers, DIRECT_THREADS);
+    for (const t of r.tails) t.dst.mapped().set(t.bytes, t.dstOffset);
+    this.submitted++;
+    this.#justSubmitted.push(r.seq);
   }
 
   #byAge(): Slot[] {
@@ -294,14 +357,11 @@ export class Retrieval implements Disposable {
 
   [Symbol.dispose](): void {
     this.#disposed = true;
+    this.#waiting = [];
     for (const s of this.#slots.splice(0)) {
-      // A native gather may still write into the staging memory: free it once that ends.
-      const free = () => {
-        s.cmd.dispose();
-        s.staging.dispose();
-      };
-      if (s.gather && !s.gathered) this.#device.track(s.gather.finally(free));
-      else free();
+      // A gather still writing into the staging memory holds it (Buffer.hold).
+      s.cmd.dispose();
+      s.staging.dispose();
     }
   }
 }
