@@ -253,13 +253,16 @@ void main() {
     barrier(); // every lane is done with the K tile
     loadTile(1u, kt, nk, base, cap);
     barrier();
-    // Key i * P + src's probabilities live in lane src of the row group, at s[r * KT + i].
-    [[unroll]] for (uint i = 0; i < KT; i++) {
+    // Key i * P + src's probabilities live in lane src of the row group, at s[r * KT + i]. The
+    // loop over i is not unrolled (an unrolled BC-key body took llvmpipe tens of seconds to
+    // compile), so s shifts down each trip and the shuffles read s[r * KT], never a register
+    // index that varies.
+    for (uint i = 0; i < KT && i * P < nk; i++) {
       [[unroll]] for (uint src = 0; src < P; src++) {
         const uint j = i * P + src;
         if (j < nk) { // uniform: the shuffles below see every lane
           float pj[RT];
-          [[unroll]] for (uint r = 0; r < RT; r++) pj[r] = subgroupShuffle(s[r * KT + i], lane0 + src);
+          [[unroll]] for (uint r = 0; r < RT; r++) pj[r] = subgroupShuffle(s[r * KT], lane0 + src);
           [[unroll]] for (uint c = 0; c < CPT; c++) {
             const uint col = part + c * P;
             if (col < D8) {
@@ -273,6 +276,9 @@ void main() {
             }
           }
         }
+      }
+      [[unroll]] for (uint r = 0; r < RT; r++) {
+        [[unroll]] for (uint x = 0; x + 1 < KT; x++) s[r * KT + x] = s[r * KT + x + 1];
       }
     }
 #else
