@@ -173,6 +173,16 @@ for (const subgroups of [true, false]) {
   });
 }
 
+Deno.test("prefill tiled: head dims 8, 80 and 256 (narrow, unswizzled and 32-row tiles)", () => {
+  for (const subgroups of [true, false]) {
+    using dev = Device.open(undefined, { subgroups });
+    check(dev, 8, 1, false, [{ nKv: 2, B: 37, p0: 20 }]);
+    // 10 columns of 8 dims: a swizzle over pairs, lanes past the last column idle.
+    check(dev, 80, 2, false, [{ nKv: 1, B: 37, p0: 70 }]);
+    check(dev, 256, 8, false, [{ nKv: 1, B: 20, p0: 50, keysPerPass: 40 }]);
+  }
+});
+
 Deno.test("prefill tiled: the tile shape follows shared memory and subgroups", () => {
   using dev = Device.open();
   const view = (shared: number, subgroups: boolean, subgroupSize = 32) =>
