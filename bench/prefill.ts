@@ -28,6 +28,8 @@ import { writeResult } from "./paths.ts";
 import { loadModel } from "../mod.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { MatMul } from "../src/kernels/matmul.ts";
+import type { PrefillVariant } from "../src/kernels/attention.ts";
+import { HcError } from "../src/errors.ts";
 import { MatVec } from "../src/kernels/matvec.ts";
 import { quantize } from "../src/model/quant/mod.ts";
 import type { PromptKernel } from "../src/model/llama.ts";
@@ -284,6 +286,8 @@ export async function runPrefill(
     vulkanMaxTokens?: number;
     /** Prompt lengths of the attention-only rows (empty: none). */
     attentionTokens?: number[];
+    /** The attention-only rows' kernel (default: the device's; "tiled": the GPU kernel). */
+    attentionVariant?: PrefillVariant;
     write?: boolean;
   } = {},
 ): Promise<PrefillResult> {
@@ -303,7 +307,12 @@ export async function runPrefill(
     const before = fmaCeiling(dev);
     k = kernelGflops(dev);
     fmaGflops = Math.max(before, fmaCeiling(dev));
-    attention = prefillAttentionRows(dev, opts.attentionTokens ?? [2048, 4096, 8192]);
+    attention = prefillAttentionRows(
+      dev,
+      opts.attentionTokens ?? [2048, 4096, 8192],
+      3,
+      opts.attentionVariant,
+    );
   }
   const kernels: KernelRow[] = [
     {
@@ -426,6 +435,11 @@ function longTable(long: LongResult, backends: readonly string[]): string[] {
   ];
 }
 
+function attentionVariant(v: string | undefined): PrefillVariant | undefined {
+  if (v === undefined || v === "tiled" || v === "split" || v === "rows") return v;
+  throw new HcError("E_BAD_REQUEST", `--attention-variant must be tiled, split or rows, got ${v}`);
+}
+
 if (import.meta.main) {
   const { values } = parseArgs({
     options: {
@@ -436,6 +450,8 @@ if (import.meta.main) {
       llamacpp: { type: "string", default: "cpu" },
       "vulkan-max-tokens": { type: "string" },
       "attention-tokens": { type: "string", default: "2048,4096,8192" },
+      // The attention rows' kernel: tiled, split or rows (default: the device's).
+      "attention-variant": { type: "string" },
       write: { type: "boolean" },
     },
   });
@@ -447,6 +463,7 @@ if (import.meta.main) {
     llamacpp: values.llamacpp === "none" ? [] : values.llamacpp.split(","),
     vulkanMaxTokens: values["vulkan-max-tokens"] ? Number(values["vulkan-max-tokens"]) : undefined,
     attentionTokens: values["attention-tokens"].split(",").map(Number).filter((n) => n > 0),
+    attentionVariant: attentionVariant(values["attention-variant"]),
     write: values.write,
   });
   console.log(r.table);

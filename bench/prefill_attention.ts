@@ -4,9 +4,11 @@
  * one layer of the Llama-3.1-8B attention shape (8 KV heads x 4 query heads x 128 dims, f16 K/V),
  * timed with device timestamps. On CPU devices with texel buffers the split kernel reads K/V as
  * texels (the default) or as storage buffers; both are timed, alternating, in the same run.
+ * `variant` picks the kernel (default: the device's; "tiled" is the GPU kernel, which a GPU
+ * takes anyway and lavapipe only when asked).
  */
 import { KvLayerCache } from "../src/cache/kv_layer.ts";
-import { PrefillAttention } from "../src/kernels/attention.ts";
+import { PrefillAttention, type PrefillVariant } from "../src/kernels/attention.ts";
 import type { CommandList, Device } from "../src/vk/mod.ts";
 
 const HEAD_DIM = 128;
@@ -23,6 +25,15 @@ export interface AttentionRow {
   storageMs: number | null;
   /** Multiply-adds of the chunk (q.k and p.v), as GFLOPS of the default path. */
   gflops: number;
+  /** The kernel timed: its variant, and for "tiled" the tile shape the device took. */
+  kernel?: string;
+}
+
+function kernelName(attn: PrefillAttention): string {
+  const t = attn.tileShape;
+  if (!t) return attn.variant;
+  return `tiled, ${t.rows} query rows x ${t.keys} keys, ${t.workgroupSize} lanes, ` +
+    (t.subgroup ? "subgroup shuffles" : "shared-memory reductions");
 }
 
 function timedMs(device: Device, cmd: CommandList): number {
@@ -36,6 +47,7 @@ export function prefillAttentionRows(
   device: Device,
   lengths: readonly number[],
   reps = 3,
+  variant?: PrefillVariant,
 ): AttentionRow[] {
   if (lengths.length === 0) return [];
   const maxRows = Math.max(...lengths);
@@ -56,7 +68,7 @@ export function prefillAttentionRows(
     using q = device.buffer(n * 4);
     device.upload(q, new Float32Array(n).map((_, i) => Math.sin(i * 0.618) * 0.5));
     using out = device.buffer(n * 4);
-    const opts = { headDim: HEAD_DIM, groupSize: GROUP };
+    const opts = { headDim: HEAD_DIM, groupSize: GROUP, variant };
     using main = new PrefillAttention(device, opts);
     const storage = main.variant === "split" && device.info.texelBuffer
       ? new PrefillAttention(device, { ...opts, texel: false })
@@ -90,6 +102,7 @@ export function prefillAttentionRows(
           ms: m,
           storageMs: storage ? med(ms[1]) : null,
           gflops: flops / m / 1e6,
+          kernel: kernelName(main),
         });
       } finally {
         for (const c of cmds) c.dispose();
@@ -107,7 +120,8 @@ export function attentionTable(rows: readonly AttentionRow[], device: string): s
   return [
     `Prefill attention alone: the last ${CHUNK}-token chunk of the prompt (the longest attention ` +
     `dispatch of a prefill), one layer, ${KV_HEADS} KV heads x ${GROUP} query heads x ` +
-    `${HEAD_DIM} dims, f16 K/V, on ${device}.`,
+    `${HEAD_DIM} dims, f16 K/V, on ${device}` +
+    (rows[0].kernel ? ` (kernel: ${rows[0].kernel}).` : "."),
     "",
     "| prompt tokens | attention, one layer's chunk | GFLOPS | K/V as storage buffers | texel vs storage |",
     "|---:|---:|---:|---:|---:|",

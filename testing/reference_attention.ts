@@ -11,6 +11,21 @@ export function roundToF16(x: Float32Array): Float32Array {
   return f16ToF32Array(f32ToF16Array(x));
 }
 
+/**
+ * The queries as the GPU prefill kernel (shaders/attn_prefill.comp) sees them: it stores each
+ * query times its scale (log2(e) / sqrt(headDim) by default) as f16 in shared memory. Feeding
+ * these to refPrefillAttention leaves only f32 rounding between the two.
+ */
+export function f16ScaledQueries(
+  q: Float32Array,
+  headDim: number,
+  scale = 1 / Math.sqrt(headDim),
+): Float32Array {
+  const s = Math.fround(scale * Math.LOG2E);
+  const scaled = roundToF16(q.map((x) => Math.fround(x * s)));
+  return scaled.map((x) => x / s);
+}
+
 function bad(message: string): never {
   throw new HcError("E_BAD_REQUEST", message);
 }

@@ -16,6 +16,7 @@ import { KvAppend } from "../src/kernels/kv.ts";
 import { AttentionScores } from "../src/kernels/scores.ts";
 import { KvLayerCache, planKvLayer } from "../src/cache/kv_layer.ts";
 import {
+  f16ScaledQueries,
   refDecodeAttention,
   refPrefillAttention,
   roundToF16,
@@ -431,7 +432,8 @@ function prefillCase(
     dev.waitSync("compute", cmd.submit());
     more.check?.(attn);
     const want = refPrefillAttention({
-      q,
+      // The GPU kernel holds its queries in f16.
+      q: attn.variant === "tiled" ? f16ScaledQueries(q, D) : q,
       tokens: B,
       position: p0,
       k: fc.k,
@@ -959,7 +961,15 @@ Deno.test("prefill attention: sliding-window rings and logit soft-capping, every
         });
         cmd.end();
         dev.waitSync("compute", cmd.submit());
-        const ref = { q, tokens: B, position: p0, k: rc.k, v: rc.v, headDim: D, groupSize: G };
+        const ref = {
+          q: variant === "tiled" ? f16ScaledQueries(q, D) : q,
+          tokens: B,
+          position: p0,
+          k: rc.k,
+          v: rc.v,
+          headDim: D,
+          groupSize: G,
+        };
         const want = refPrefillAttention({ ...ref, window, softcap });
         const what = `prefill ${variant} D=${D} G=${G} W=${window} B=${B} p0=${p0} cap=${softcap}`;
         expectClose(f32(dev.download(out)), want, what);

@@ -93,6 +93,8 @@ for (const variants of SETS) {
       const prompt = [1, ...tokens(150, vocab, 5)];
       const forced = tokens(4, vocab, 6);
       await using model = await loadModel(path, { variants, tokenizerPath: tok });
+      // The gpu set's prompt attention is the GPU kernel (shaders/attn_prefill.comp).
+      assert.equal(model.llama.kernels.prefill.variant === "tiled", variants === "gpu");
       const got = await forcedLogits(model, {}, prompt, forced);
       const want = await referenceLogits(path, prompt, forced, tok);
       assertClose(got.slice(0, want.length), want, 1e-3, `${variants} ${path}`);

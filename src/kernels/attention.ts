@@ -29,6 +29,7 @@ import {
 } from "../vk/mod.ts";
 import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
 import { deviceParallelism, requireBytes, requireFloatOffset } from "./checks.ts";
+import { type PrefillTileShape, prefillTileShape, swizzleMask } from "./attention_tiles.ts";
 
 function limit(message: string): never {
   throw new HcError("E_VK_LIMIT", message);
@@ -535,7 +536,8 @@ export interface PrefillAttentionOptions {
   /** Query heads per KV head (G). */
   groupSize: number;
   /**
-   * "tiled": flash-style workgroups sharing K/V tiles through shared memory (GPUs).
+   * "tiled": flash-style workgroups of up to 64 query rows x 64-key tiles, f16 queries and K/V
+   * in shared memory, subgroup reductions (GPUs; shape: src/kernels/attention_tiles.ts).
    * "split": one subgroup per workgroup working on `rowsPerGroup` query rows together, each
    * lane owning a slice of the head dims; needs a head dim that is a multiple of 2 x the
    * subgroup size and subgroup shuffles (SIMD CPU drivers such as lavapipe).
@@ -587,6 +589,8 @@ export class PrefillAttention implements Disposable {
   lastBindings = { texel: 0, storage: 0 };
   /** Built to soft-cap logits (PrefillAttentionOptions.softcap). */
   readonly #softcap: boolean;
+  /** "tiled": the tile shape chosen for the device; null for the CPU variants. */
+  readonly tileShape: PrefillTileShape | null = null;
 
   constructor(device: Device, opts: PrefillAttentionOptions) {
     checkHeadDim(opts.headDim);
@@ -656,15 +660,23 @@ export class PrefillAttention implements Disposable {
       });
       return;
     }
-    // Shared memory: ROWS*D f32 queries + 2 * BC*D f16 tiles stay under 32 KiB.
-    const big = D > 128;
-    const rows = big ? 8 : 16;
-    if (G > rows) limit(`prefill supports at most ${rows} query heads per KV head`);
-    this.#rows = rows;
+    const shape = prefillTileShape(device, D, G);
+    this.tileShape = shape;
+    this.#rows = shape.rows;
     this.#kernel = device.kernel(SHADERS.attn_prefill.variant(), {
       bindings: 6,
       push: PREFILL_PUSH,
-      spec: [4 * rows, G, D, big ? 16 : 32, rows, this.#softcap ? 1 : 0],
+      spec: [
+        shape.workgroupSize,
+        G,
+        D,
+        shape.keys,
+        shape.rows,
+        this.#softcap ? 1 : 0,
+        shape.rowsPerGroup,
+        shape.lanesPerGroup,
+        swizzleMask(D),
+      ],
     });
   }
 

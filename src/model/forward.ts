@@ -87,11 +87,21 @@ export function stepView(c: StepShape, captures: Captures): StepView {
 
 /**
  * Most prefill-attention FLOPs (4 x head dim x query heads per query-key pair) one submission of
- * a layer-by-layer prefill carries before its attention goes in query blocks: about one layer of
+ * a prefill carries before its attention goes in query blocks (and, for a chunk through every
+ * layer, before the chunk's layers go in submissions of their own): about one layer of
  * Llama-3.1-8B's attention for a 256-token chunk at 4K positions, 0.6 s on lavapipe (2 cores).
  * Longer submissions hold the device queue for seconds, and GPU drivers reset those.
  */
 export const ATTENTION_FLOPS_PER_SUBMISSION = 2 ** 34;
+
+/** One query token's prompt attention FLOPs in one layer when it sees `keys` keys (the bound a
+ * submission's budget counts: the chunk's last token sees the most). */
+export function attentionFlopsPerToken(
+  c: Pick<ModelConfig, "headDim" | "nHeads">,
+  keys: number,
+): number {
+  return 4 * c.headDim * c.nHeads * keys;
+}
 
 /** A layer's prompt attention cut into query blocks (LlamaModel.recordLayer). */
 export interface AttentionSplit {

@@ -20,6 +20,7 @@ import { layerUsesRope, layerWindow } from "./arch.ts";
 import { type ModelConfig, ropeInverseFrequencies } from "./config.ts";
 import {
   ATTENTION_FLOPS_PER_SUBMISSION,
+  attentionFlopsPerToken,
   type AttentionSplit,
   type ForwardState,
   MAX_BATCH_TOKENS,
@@ -412,11 +413,36 @@ export class LlamaModel implements Disposable {
    * positions from `pos[0]`; the caches' lengths must already count these tokens. Leaves the
    * last token's logits in act.logits.
    */
-  recordForward(cmd: CommandList, io: ForwardIo, tokens: number, position: number): void {
+  /**
+   * Records the whole forward pass of `tokens` tokens. With `split` (a chunk whose attention over
+   * all layers passes attentionFlopsPerSubmission), each layer's attention goes in query blocks
+   * (see recordLayer) and a layer starts a new list where its first block would take the current
+   * one past the budget; returns the list the recording ends in.
+   */
+  recordForward(
+    cmd: CommandList,
+    io: ForwardIo,
+    tokens: number,
+    position: number,
+    split?: AttentionSplit,
+  ): CommandList {
     for (const cache of io.caches) cache.recordLengthsUpload(cmd);
     this.recordEmbed(cmd, io, tokens);
-    for (let l = 0; l < this.layers.length; l++) this.recordLayer(cmd, io, l, tokens, position);
+    const perToken = attentionFlopsPerToken(this.config, position + tokens);
+    const block = Math.max(1, Math.min(tokens, split?.tokens ?? tokens));
+    // Attention work in the current list: a layer ends with its last block's.
+    let held = 0;
+    for (let l = 0; l < this.layers.length; l++) {
+      if (split && held > 0 && held + block * perToken > this.attentionFlopsPerSubmission) {
+        cmd = split.next(cmd);
+        cmd.barrier();
+        held = 0;
+      }
+      cmd = this.recordLayer(cmd, io, l, tokens, position, split);
+      held += (tokens - (Math.ceil(tokens / block) - 1) * block) * perToken;
+    }
     this.recordOutput(cmd, tokens);
+    return cmd;
   }
 
   /** Records the token embeddings of `tokens` ids (io.ids) into act.x. */

@@ -4,6 +4,8 @@ import { HcError } from "../errors.ts";
 import type { KvLayerCache } from "../cache/kv_layer.ts";
 import type { Buffer, CommandList } from "../vk/mod.ts";
 import {
+  attentionFlopsPerToken,
+  type AttentionSplit,
   type Captures,
   type ForwardState,
   type LayerStep,
@@ -247,16 +249,34 @@ export class LlamaState implements ForwardState {
     });
     this.#posView[0] = this.#position;
     let cmd: CommandList;
+    const transfer = opts.waitTransfer ?? 0n;
     if (B === 1 && want !== "none" && opts.captureQueriesFrom === undefined) {
       cmd = this.#decodeList(want, opts);
     } else {
-      cmd = this.#batch;
-      cmd.begin();
-      this.model.recordForward(cmd, this.#io(opts), B, this.#position);
-      this.#recordTail(cmd, want);
-      cmd.end();
+      // A chunk whose attention over every layer passes the model's budget per submission goes
+      // in several (see LlamaModel.recordForward), so that long prompts through the chunked
+      // path never hold the device for seconds either.
+      const m = this.model;
+      const perToken = attentionFlopsPerToken(m.config, this.#position + B);
+      const lists = this.#splitter(
+        Math.max(1, Math.floor(m.attentionFlopsPerSubmission / perToken)),
+        transfer,
+      );
+      const split = perToken * B * m.config.nLayers > m.attentionFlopsPerSubmission
+        ? lists.split
+        : undefined;
+      try {
+        cmd = this.#batch;
+        cmd.begin();
+        cmd = m.recordForward(cmd, this.#io(opts), B, this.#position, split);
+        this.#recordTail(cmd, want);
+        cmd.end();
+      } catch (e) {
+        lists.settle();
+        throw e;
+      }
     }
-    await this.model.device.wait("compute", cmd.submit({ transfer: opts.waitTransfer ?? 0n }));
+    await this.model.device.wait("compute", cmd.submit({ transfer }));
     this.#position += B;
     if (want === "argmax") {
       const m = this.#token.mapped();
@@ -265,6 +285,39 @@ export class LlamaState implements ForwardState {
     if (want === "logits") {
       return new Float32Array(this.#logits.mapped().slice(0, vocab * 4).buffer);
     }
+  }
+
+  /**
+   * The lists a step cut into submissions goes on in (see AttentionSplit): `split.next` submits
+   * the list it is given (after the transfer queue reaches `transfer`) and begins the next one;
+   * `settle` waits for what was submitted, for a recording that failed half-way (its lists are
+   * recorded again by the next step). The last list is the caller's to submit; they run in
+   * order on the queue, so only that one is waited for.
+   */
+  #splitter(tokens: number, transfer: bigint): { split: AttentionSplit; settle(): void } {
+    let submitted: bigint | null = null;
+    let lists = 0;
+    const device = this.model.device;
+    return {
+      split: {
+        tokens,
+        next: (done: CommandList): CommandList => {
+          done.end();
+          submitted = done.submit({ transfer });
+          let list = this.#splitLists[lists];
+          if (!list) {
+            list = device.commands();
+            this.#owned.push(list);
+            this.#splitLists.push(list);
+          }
+          lists++;
+          return list.begin();
+        },
+      },
+      settle: () => {
+        if (submitted !== null) device.waitSync("compute", submitted);
+      },
+    };
   }
 
   evalLayer(step: LayerStep, want: "none"): Promise<void>;
@@ -310,25 +363,10 @@ export class LlamaState implements ForwardState {
     // Past the model's attention budget per submission, the layer's attention goes in query
     // blocks, each closing a submission; they run in order on the queue, so only the last one
     // is waited for.
-    const perToken = 4 * c.headDim * c.nHeads * (start + B);
+    const perToken = attentionFlopsPerToken(c, start + B);
     const blockTokens = Math.max(1, Math.floor(m.attentionFlopsPerSubmission / perToken));
-    let submitted: bigint | null = null;
-    let lists = 0;
-    const split = blockTokens >= B ? undefined : {
-      tokens: blockTokens,
-      next: (done: CommandList): CommandList => {
-        done.end();
-        submitted = done.submit();
-        let list = this.#splitLists[lists];
-        if (!list) {
-          list = m.device.commands();
-          this.#owned.push(list);
-          this.#splitLists.push(list);
-        }
-        lists++;
-        return list.begin();
-      },
-    };
+    const lists = this.#splitter(blockTokens, 0n);
+    const split = blockTokens >= B ? undefined : lists.split;
     try {
       cmd.begin();
       cache.recordLengthsUpload(cmd);
@@ -345,8 +383,7 @@ export class LlamaState implements ForwardState {
       }
       cmd.end();
     } catch (e) {
-      // Blocks already submitted must finish before their lists are recorded again.
-      if (submitted !== null) m.device.waitSync("compute", submitted);
+      lists.settle();
       throw e;
     }
     await m.device.wait("compute", cmd.submit());
