@@ -37,7 +37,7 @@ import { Device, listDevices } from "../src/vk/mod.ts";
 import { HcError } from "../src/errors.ts";
 import type { Session } from "../src/engine/session.ts";
 import { SyntheticDecode } from "./synthetic_prompt.ts";
-import { runLlamaCppScript } from "./llamacpp_node.ts";
+import { fastestThreads, runLlamaCppScript } from "./llamacpp_node.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
 const LLAMACPP = join(HERE, "llamacpp");
@@ -55,6 +55,8 @@ interface Row {
   engine: string;
   prefillTokensPerSecond: number;
   decodeTokensPerSecond: number;
+  /** llama.cpp cpu: the threads it ran with (its fastest decode here, see fastestThreads). */
+  threads?: number;
 }
 
 function promptIds(n: number): number[] {
@@ -101,16 +103,22 @@ async function llamaCpp(
   decodeTokens: number,
   backend: LlamaCppBackend,
 ): Promise<Omit<Row, "model" | "engine"> | string> {
-  const j = await runLlamaCppScript("run.mjs", [
-    path,
-    String(promptTokens),
-    String(decodeTokens),
-    backend,
-  ]);
+  const run = (tokens: number, threads: number) =>
+    runLlamaCppScript("run.mjs", [path, String(promptTokens), String(tokens), backend], threads);
+  // The CPU backend with the thread count its decode runs fastest with here (16 tokens each).
+  let threads = 0;
+  if (backend === "cpu") {
+    threads = (await fastestThreads(async (t) => {
+      const j = await run(16, t);
+      return typeof j === "string" ? j : 1000 / (j.decodeTokensPerSecond as number);
+    })).threads;
+  }
+  const j = await run(decodeTokens, threads);
   if (typeof j === "string") return j;
   return {
     prefillTokensPerSecond: j.prefillTokensPerSecond as number,
     decodeTokensPerSecond: j.decodeTokensPerSecond as number,
+    ...(backend === "cpu" ? { threads: j.threads as number } : {}),
   };
 }
 
@@ -192,8 +200,11 @@ export async function runThroughput(
         ? `${(r.decodeTokensPerSecond / other.decodeTokensPerSecond).toFixed(2)}x`
         : "";
     });
+    const engine = r.threads
+      ? `${r.engine} (${r.threads} thread${r.threads > 1 ? "s" : ""})`
+      : r.engine;
     lines.push(
-      `| ${r.model} | ${r.engine} | ${r.prefillTokensPerSecond.toFixed(1)} | ${
+      `| ${r.model} | ${engine} | ${r.prefillTokensPerSecond.toFixed(1)} | ${
         r.decodeTokensPerSecond.toFixed(1)
       } | ${ratios.join(" | ")} |`,
     );
@@ -342,7 +353,14 @@ export interface SpeedResult {
   /** Steps in llama.cpp's median. */
   llamaSteps: number;
   copyGbps: number;
-  shapes: { id: string; label: string; profile: string; weightBytes: number }[];
+  shapes: {
+    id: string;
+    label: string;
+    profile: string;
+    weightBytes: number;
+    /** The CPU threads llama.cpp's CPU backend ran with (its fastest, see fastestThreads). */
+    llamaCppCpu?: { threads: number; tried: string };
+  }[];
   cells: SpeedCell[];
   table: string;
 }
@@ -380,8 +398,13 @@ async function llamaCppStep(
   context: number,
   steps: number,
   backend: LlamaCppBackend,
+  threads: number,
 ): Promise<{ stepMs: number; meanMs: number; cells: number; fillMs: number } | string> {
-  const j = await runLlamaCppScript("step.mjs", [path, String(context), String(steps), backend]);
+  const j = await runLlamaCppScript(
+    "step.mjs",
+    [path, String(context), String(steps), backend],
+    threads,
+  );
   return typeof j === "string"
     ? j
     : (j as { stepMs: number; meanMs: number; cells: number; fillMs: number });
@@ -446,12 +469,32 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
       });
       const profile = await shape.profile();
       await using model = await loadModel(path);
-      shapes.push({
+      const entry: SpeedResult["shapes"][number] = {
         id: shape.id,
         label: shape.label,
         profile: shape.profileNote,
         weightBytes: model.info().weightBytes,
-      });
+      };
+      shapes.push(entry);
+      // llama.cpp's CPU backend with the thread count it runs fastest with here, picked at the
+      // smallest context (8 steps each).
+      let cpuThreads = 0;
+      if (contexts[0] <= llamaCppMax) {
+        const c0 = contexts[0];
+        const lcPath = join(tmp, `${shape.id}-llamacpp.gguf`);
+        await withContextLength(path, lcPath, c0);
+        const pick = await fastestThreads(async (t) => {
+          const l = await llamaCppStep(lcPath, c0, 8, "cpu", t);
+          return typeof l === "string" ? l : l.meanMs;
+        });
+        await Deno.remove(lcPath);
+        cpuThreads = pick.threads;
+        entry.llamaCppCpu = {
+          threads: pick.threads,
+          tried: `mean step at ${fmtCtx(c0)}: ${pick.tried}`,
+        };
+        log(`speed: ${shape.id} llama.cpp cpu threads ${pick.threads} (${pick.tried})`);
+      }
       for (const context of contexts) {
         // Every policy's session at once, their steps interleaved (one of each in turn), so a
         // noisy machine slows them alike and the ratios hold.
@@ -536,7 +579,13 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
           // llama.cpp's context is exactly `context` (its steps end there; ours go `steps` past
           // it): one token more and, at 64K, a layer's K tensor passes a CPU driver's 128 MiB.
           await withContextLength(path, lcPath, context);
-          const l = await llamaCppStep(lcPath, context, llamaSteps, backend);
+          const l = await llamaCppStep(
+            lcPath,
+            context,
+            llamaSteps,
+            backend,
+            backend === "cpu" ? cpuThreads : 0,
+          );
           await Deno.remove(lcPath);
           const kv = SWEEP_LAYERS * shape.nKvHeads * context * shape.headDim * 2 * 2;
           cells.push(
@@ -618,7 +667,12 @@ export function speedReport(r: SpeedResult): string {
       "",
       `**${shape.label}**; profile: ${shape.profile}; weights ${
         (shape.weightBytes / 2 ** 20).toFixed(0)
-      } MiB.`,
+      } MiB.${
+        shape.llamaCppCpu
+          ? ` llama.cpp cpu ran with ${shape.llamaCppCpu.threads} thread(s), its fastest here ` +
+            `(${shape.llamaCppCpu.tried}).`
+          : ""
+      }`,
       "",
       "| context | engine | mean | median | full / this (mean) | snapkv / this (mean) | checks | refreshes | device KV | bytes (full) | at copy speed |",
       "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

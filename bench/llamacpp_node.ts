@@ -6,11 +6,13 @@ import { dirname, fromFileUrl, join } from "./paths.ts";
 
 const LLAMACPP = join(dirname(fromFileUrl(import.meta.url)), "llamacpp");
 
-/** Runs `script` with `args`; its last stdout line is a JSON object, returned parsed, or a line
- * saying why it failed (the end of its stderr). */
+/** Runs `script` with `args` (and `threads` CPU threads; 0: node-llama-cpp's default); its last
+ * stdout line is a JSON object, returned parsed, or a line saying why it failed (the end of its
+ * stderr). */
 export async function runLlamaCppScript(
   script: string,
   args: readonly string[],
+  threads = 0,
 ): Promise<Record<string, unknown> | string> {
   const r = await new Deno.Command("node", {
     args: [join(LLAMACPP, script), ...args],
@@ -18,6 +20,7 @@ export async function runLlamaCppScript(
     env: {
       GGML_VK_VISIBLE_DEVICES: Deno.env.get("GGML_VK_VISIBLE_DEVICES") ??
         Deno.env.get("HC_VK_DEVICE") ?? "0",
+      HC_LLAMACPP_THREADS: String(threads),
     },
     stdout: "piped",
     stderr: "piped",
@@ -28,4 +31,24 @@ export async function runLlamaCppScript(
     return `llama.cpp failed: ${err.slice(0, 300)}`;
   }
   return JSON.parse(out);
+}
+
+/**
+ * The thread count llama.cpp's CPU backend runs fastest with on this machine, of 1 .. cores,
+ * by `measure` (ms, lower is better; a string: that count failed). Its default (all cores) is not
+ * always it: on the 2-core machine here a decode step of stories260K took 1.5 ms with one thread
+ * and over 300 ms with two (its worker threads wait on each other at every operation when the
+ * cores are shared), so a comparison at the default would flatter us.
+ */
+export async function fastestThreads(
+  measure: (threads: number) => Promise<number | string>,
+): Promise<{ threads: number; ms: number; tried: string }> {
+  let best = { threads: 0, ms: Infinity };
+  const tried: string[] = [];
+  for (let t = 1; t <= Math.max(1, navigator.hardwareConcurrency); t++) {
+    const ms = await measure(t);
+    tried.push(typeof ms === "string" ? `${t}: failed` : `${t}: ${ms.toFixed(1)} ms`);
+    if (typeof ms === "number" && ms < best.ms) best = { threads: t, ms };
+  }
+  return { ...best, tried: tried.join(", ") };
 }

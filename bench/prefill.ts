@@ -38,7 +38,7 @@ import { writeSyntheticModel } from "../testing/synthetic_model.ts";
 import { join } from "node:path";
 import type { PrefillOrder } from "../src/cache/policy.ts";
 import { SHAPES } from "./decode.ts";
-import { runLlamaCppScript } from "./llamacpp_node.ts";
+import { fastestThreads, runLlamaCppScript } from "./llamacpp_node.ts";
 import { type AttentionRow, attentionTable, prefillAttentionRows } from "./prefill_attention.ts";
 
 const LLAMACPP = join(new URL(".", import.meta.url).pathname, "llamacpp");
@@ -117,9 +117,25 @@ async function llamaCppPrefill(
   } catch {
     return "node-llama-cpp not installed (npm install in bench/llamacpp)";
   }
-  const j = await runLlamaCppScript("prefill.mjs", [path, String(tokens), backend]);
-  return typeof j === "string" ? j : j.prefillMs as number;
+  const run = async (n: number, threads: number) => {
+    const j = await runLlamaCppScript("prefill.mjs", [path, String(n), backend], threads);
+    return typeof j === "string" ? j : j.prefillMs as number;
+  };
+  let threads = 0;
+  if (backend === "cpu") {
+    // Its fastest thread count here, picked once per model on a 256-token prompt.
+    let pick = CPU_THREADS.get(path);
+    if (pick === undefined) {
+      pick = (await fastestThreads((t) => run(256, t))).threads;
+      CPU_THREADS.set(path, pick);
+    }
+    threads = pick;
+  }
+  return await run(tokens, threads);
 }
+
+/** llama.cpp's CPU threads per model file (see llamaCppPrefill). */
+const CPU_THREADS = new Map<string, number>();
 
 async function llamaCppAll(
   path: string,
@@ -388,6 +404,14 @@ export async function runPrefill(
       ),
     ]),
     ...(long ? ["", ...longTable(long, backends)] : []),
+    ...(CPU_THREADS.size && backends.includes("cpu")
+      ? [
+        "",
+        `llama.cpp cpu ran with ${
+          [...new Set(CPU_THREADS.values())].join(" / ")
+        } thread(s): its fastest here on a 256-token prompt, of 1 to ${navigator.hardwareConcurrency}.`,
+      ]
+      : []),
   ];
   const result = {
     date: new Date().toISOString(),

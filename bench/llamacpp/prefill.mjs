@@ -16,7 +16,13 @@ const model = await llama.loadModel({
   modelPath,
   gpuLayers: backend === "vulkan" ? "max" : 0,
 });
-const ctx = await model.createContext({ contextSize, batchSize: Math.min(512, contextSize) });
+// HC_LLAMACPP_THREADS: its CPU threads (unset: node-llama-cpp's default; bench/llamacpp_node.ts).
+const threads = Number(process.env.HC_LLAMACPP_THREADS ?? 0) || undefined;
+const ctx = await model.createContext({
+  contextSize,
+  batchSize: Math.min(512, contextSize),
+  threads,
+});
 // The ids bench/prefill.ts feeds our engine.
 const prompt = Array.from({ length: promptTokens }, (_, i) => 3 + ((i * 7919) % 4000));
 
@@ -34,7 +40,7 @@ await run(prompt.slice(0, 64)); // warm-up
 const prefillMs = await run(prompt);
 console.log(JSON.stringify({
   backend,
-  threads: llama.cpuMathCores ?? null,
+  threads: ctx.currentThreads,
   device: backend === "vulkan" ? (await llama.getGpuDeviceNames()).join(", ") : "CPU",
   prefillMs,
 }));

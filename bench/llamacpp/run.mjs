@@ -16,7 +16,13 @@ const llama = await getLlama({
   logLevel: "error",
 });
 const model = await llama.loadModel({ modelPath, gpuLayers: backend === "vulkan" ? "max" : 0 });
-const ctx = await model.createContext({ contextSize, batchSize: Math.min(512, contextSize) });
+// HC_LLAMACPP_THREADS: its CPU threads (unset: node-llama-cpp's default; bench/llamacpp_node.ts).
+const threads = Number(process.env.HC_LLAMACPP_THREADS ?? 0) || undefined;
+const ctx = await model.createContext({
+  contextSize,
+  batchSize: Math.min(512, contextSize),
+  threads,
+});
 const vocab = model.tokens;
 // A fixed prompt of ordinary tokens (ids from 3 up), the same one bench/decode.ts feeds us.
 const prompt = Array.from({ length: promptTokens }, (_, i) => 3 + ((i * 7919) % 250));
@@ -43,6 +49,7 @@ console.log(JSON.stringify({
   prefillTokensPerSecond: (promptTokens * 1000) / r.prefillMs,
   decodeTokensPerSecond: (r.decoded * 1000) / r.decodeMs,
   decoded: r.decoded,
+  threads: ctx.currentThreads,
   vocab: vocab?.bos ?? null,
 }));
 await model.dispose();

@@ -33,7 +33,13 @@ const llama = await getLlama({
 const model = await llama.loadModel({ modelPath, gpuLayers: backend === "vulkan" ? "max" : 0 });
 // node-llama-cpp's default attention path (flash attention off): with it on, a 16K step of the
 // TinyLlama shape was slower here (1.6-1.8 s against 1.1-1.4 s, one run each).
-const ctx = await model.createContext({ contextSize: context, batchSize: Math.min(512, context) });
+// HC_LLAMACPP_THREADS: its CPU threads (unset: node-llama-cpp's default; bench/llamacpp_node.ts).
+const threads = Number(process.env.HC_LLAMACPP_THREADS ?? 0) || undefined;
+const ctx = await model.createContext({
+  contextSize: context,
+  batchSize: Math.min(512, context),
+  threads,
+});
 // Ordinary token ids from 3 up, as bench/decode.ts feeds our engine.
 const ids = (n) => Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % 250));
 
@@ -176,7 +182,7 @@ try {
   }
   const { median: stepMs, mean: meanMs } = await steps_(seq, tokens[cells - 1], steps);
   seq.dispose();
-  console.log(JSON.stringify({ context, cells, fillMs, stepMs, meanMs }));
+  console.log(JSON.stringify({ context, cells, fillMs, stepMs, meanMs, threads: ctx.currentThreads }));
 } finally {
   rmSync(dir, { recursive: true, force: true });
   await model.dispose();
