@@ -115,6 +115,11 @@ for (const variants of SETS) {
     const policy = s.policy as HeteroCache;
     await policy.landRefreshes();
     assert.ok(policy.refreshLog.length >= 2 * model.config.nLayers);
+    // The cpu set on a CPU device lands refreshes by a gather into the device rows; the gpu set
+    // by the staged copy a GPU takes: both paths are checked here.
+    const direct = variants === "cpu" && model.device.info.type === "cpu";
+    const landed = s.cacheStats().directLandings;
+    assert.ok(direct ? landed > 0 : landed === 0, `${variants}: ${landed} direct landings`);
     using full = model.session({ contextTokens: 200 });
     const prompt = model.tokenizer.encode(PROMPT);
     await full.teacherForce(prompt, [], () => {});

@@ -94,6 +94,9 @@ export interface CacheStats {
   bytesMoved: number;
   /** Decode steps that waited for, or carried, a host→device transfer. */
   stepsWithTransfer: number;
+  /** Refreshes that landed by a gather straight into the device rows (a CPU device), not by a
+   * staged copy (heterocache/retrieval.ts). */
+  directLandings: number;
   /** triggers / driftChecks. */
   triggerRate: number;
   /** stepsWithTransfer / decodeSteps. */
@@ -190,6 +193,7 @@ export function emptyStats(policy: PolicyName, nLayers: number, nKvHeads: number
     rowsMoved: 0,
     bytesMoved: 0,
     stepsWithTransfer: 0,
+    directLandings: 0,
     triggerRate: 0,
     stepRetrievalRate: 0,
     monitorMs: 0,

@@ -151,6 +151,7 @@ export class HeteroCache extends CompressedCache {
   readonly #retrieval: Retrieval;
   #base = 0;
   #landedBefore = 0;
+  #directBefore = 0;
   #caps: number[][] = [];
   #pivots: PivotState[] = [];
   /** Mapped upload buffer [nLayers][window][qDim] of buffered decode queries. */
@@ -777,6 +778,8 @@ export class HeteroCache extends CompressedCache {
     // A step carries a transfer when a refresh landed since the previous step (or it must wait).
     if (v > 0n || this.#retrieval.submitted > this.#landedBefore) this.stat.stepsWithTransfer++;
     this.#landedBefore = this.#retrieval.submitted;
+    this.stat.directLandings += this.#retrieval.direct - this.#directBefore;
+    this.#directBefore = this.#retrieval.direct;
     return v;
   }
 

@@ -87,15 +87,20 @@ export class Retrieval implements Disposable {
   readonly #device: Device;
   readonly #rowBytes: number;
   readonly #async: boolean;
-  readonly #direct: boolean;
+  /** Direct landings (see the header); settled at the first refresh, for the instance's life
+   * (mixing the two paths could land a head's older rows after its newer ones). */
+  #direct: boolean;
+  #directChecked = false;
   readonly #slots: Slot[] = [];
   /** Direct refreshes waiting for their due step, oldest first. */
   #waiting: DirectRefresh[] = [];
   #seq = 0;
   /** The largest refresh to come, in bytes (see `reserve`; 0: unknown). */
   #most = 0;
-  /** Copies submitted so far. */
+  /** Copies submitted (or direct landings made) so far. */
   submitted = 0;
+  /** Direct landings made so far. */
+  direct = 0;
   /** Sequence numbers of the refreshes submitted since the last `drainSubmitted()`. */
   #justSubmitted: number[] = [];
   #disposed = false;
@@ -156,6 +161,14 @@ export class Retrieval implements Disposable {
     tails: readonly RefreshTail[],
     due: number,
   ): Promise<number> {
+    if (this.#direct && !this.#directChecked) {
+      // A CPU device whose device memory the host cannot map keeps the staged path.
+      this.#directChecked = true;
+      this.#direct = jobs.every((j) => {
+        const at = caches[j.layer].location(j.head, 0);
+        return at.k.hostVisible && at.v.hostVisible;
+      }) && tails.every((t) => t.dst.hostVisible);
+    }
     if (this.#direct) {
       const refresh = { seq: ++this.#seq, due, caches, jobs, tails };
       if (this.#async) this.#waiting.push(refresh);
@@ -277,6 +290,7 @@ export class Retrieval implements Disposable {
     await this.#device.gatherRows(gathers, DIRECT_THREADS);
     for (const t of r.tails) t.dst.mapped().set(t.bytes, t.dstOffset);
     this.submitted++;
+    this.direct++;
     this.#justSubmitted.push(r.seq);
   }
 
