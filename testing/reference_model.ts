@@ -9,6 +9,14 @@ import { type ModelConfig, ropeInverseFrequencies, type RopePairing } from "../s
 import { dequantize, f16ToF32, f32ToF16 } from "../src/model/quant/mod.ts";
 import { layerUsesRope } from "../src/model/arch.ts";
 import { type ModelSource, readTensorBytes } from "../src/model/source.ts";
+import { mulberry32 } from "./rng.ts";
+import {
+  type ActivationRounding,
+  activationRoundingOf,
+  blockMins,
+  q8_1Corrections,
+  roundActivations,
+} from "./activation_rounding.ts";
 
 /** out = x / sqrt(mean(x^2) + eps) * weight. */
 export function rmsNorm(
@@ -179,6 +187,23 @@ export interface ForwardOptions {
   allLogits?: boolean;
 }
 
+export interface ReferenceOptions {
+  /** Round stored K/V to f16, as the device cache (and llama.cpp's) stores them. */
+  kvF16?: boolean;
+  /**
+   * Round each product's input as llama.cpp's CPU backend does for the weight's type. The
+   * object form sets the 8-bit levels (ggml: 127) and whether Q8_1's stored block sum is used
+   * (ggml: yes): tests hold deliberately wrong roundings against llama.cpp with it.
+   */
+  roundActivations?: boolean | { levels: number; q8_1Sum: boolean };
+  /**
+   * Multiply every element of each product's input by 1 + relative * u, u uniform in
+   * [-0.5, 0.5) from `seed`: stands for another engine's f32 summation order (a few ulps), to
+   * measure how far such differences carry through the activation rounding.
+   */
+  inputNoise?: { relative: number; seed: number };
+}
+
 export class ReferenceModel {
   readonly config: ModelConfig;
   readonly #embd: Float32Array;
@@ -191,6 +216,14 @@ export class ReferenceModel {
   #length = 0;
   /** Round stored K/V to f16, as the device cache stores them. */
   #kvF16 = false;
+  /** Each matrix's input rounding (activationRoundingOf its type), when the model rounds. */
+  #rounding: WeakMap<Float32Array, ActivationRounding> | null = null;
+  #levels = 127;
+  #q8_1Sum = true;
+  /** Q4_1 / Q5_1 matrices' block mins (for Q8_1's stored sum, see q8_1Corrections). */
+  #mins = new WeakMap<Float32Array, Float32Array>();
+  /** Relative noise on every product's input (see ReferenceOptions.inputNoise). */
+  #noise: ((x: Float32Array) => Float32Array) | null = null;
 
   private constructor(
     config: ModelConfig,
@@ -210,9 +243,22 @@ export class ReferenceModel {
   }
 
   /** Reads every weight of the source into f32 arrays. */
-  static async load(source: ModelSource, opts: { kvF16?: boolean } = {}): Promise<ReferenceModel> {
+  static async load(
+    source: ModelSource,
+    opts: ReferenceOptions = {},
+  ): Promise<ReferenceModel> {
     const c = source.config;
-    const get = (name: string) => loadTensorF32(source, name);
+    const rounding = new WeakMap<Float32Array, ActivationRounding>();
+    const mins = new WeakMap<Float32Array, Float32Array>();
+    const get = async (name: string) => {
+      const w = await loadTensorF32(source, name);
+      const t = source.tensors.get(name)!;
+      rounding.set(w, activationRoundingOf(t.type));
+      if (t.type === GgmlType.Q4_1 || t.type === GgmlType.Q5_1) {
+        mins.set(w, blockMins(t.type === GgmlType.Q4_1 ? 20 : 24, await readTensorBytes(t)));
+      }
+      return w;
+    };
     const layers: LayerWeights[] = [];
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
@@ -221,8 +267,13 @@ export class ReferenceModel {
       // Fused tensors (Phi-3) hold their parts as consecutive rows of `cols` values.
       const qkv = c.fusedQkv ? await get(p + "attn_qkv.weight") : null;
       const gateUp = c.fusedGateUp ? await get(p + "ffn_up.weight") : null;
-      const rows = (w: Float32Array, cols: number, r0: number, n: number) =>
-        w.slice(r0 * cols, (r0 + n) * cols);
+      const rows = (w: Float32Array, cols: number, r0: number, n: number) => {
+        const part = w.slice(r0 * cols, (r0 + n) * cols);
+        rounding.set(part, rounding.get(w)!);
+        const m = mins.get(w);
+        if (m) mins.set(part, m.slice(r0 * cols / 32, (r0 + n) * cols / 32));
+        return part;
+      };
       layers.push({
         attnNorm: await get(p + "attn_norm.weight"),
         wq: qkv ? rows(qkv, c.dim, 0, qDim) : await get(p + "attn_q.weight"),
@@ -244,6 +295,17 @@ export class ReferenceModel {
     const output = c.tiedOutput ? embd : await get("output.weight");
     const m = new ReferenceModel(c, embd, layers, await get("output_norm.weight"), output);
     m.#kvF16 = opts.kvF16 ?? false;
+    if (opts.roundActivations) m.#rounding = rounding;
+    if (typeof opts.roundActivations === "object") {
+      m.#levels = opts.roundActivations.levels;
+      m.#q8_1Sum = opts.roundActivations.q8_1Sum;
+    }
+    m.#mins = mins;
+    if (opts.inputNoise) {
+      const r = mulberry32(opts.inputNoise.seed);
+      const e = opts.inputNoise.relative;
+      m.#noise = (x) => x.map((v) => v * (1 + e * (r() - 0.5)));
+    }
     return m;
   }
 
@@ -317,6 +379,32 @@ export class ReferenceModel {
     this.#values = this.#values.map(grow);
   }
 
+  /**
+   * matVec with x rounded as llama.cpp's CPU backend rounds the input of a product with `w`'s
+   * type (when the model rounds; testing/activation_rounding.ts), after the optional noise.
+   */
+  #mv(w: Float32Array, x: Float32Array, inDim: number, outDim: number): Float32Array {
+    const r = this.#rounding?.get(w) ?? "none";
+    if (this.#noise) x = this.#noise(x);
+    const y = matVec(
+      w,
+      r === "none" ? x : roundActivations(r, x, undefined, this.#levels),
+      inDim,
+      outDim,
+    );
+    const mins = this.#mins.get(w);
+    if (r === "q8_1" && mins && this.#q8_1Sum) {
+      const corr = q8_1Corrections(x, this.#levels);
+      const blocks = inDim / 32;
+      for (let o = 0; o < outDim; o++) {
+        let acc = 0;
+        for (let b = 0; b < blocks; b++) acc += mins[o * blocks + b] * corr[b];
+        y[o] += acc;
+      }
+    }
+    return y;
+  }
+
   #step(token: number, pos: number): Float32Array {
     const c = this.config;
     const qDim = c.nHeads * c.headDim;
@@ -326,9 +414,9 @@ export class ReferenceModel {
     for (let l = 0; l < c.nLayers; l++) {
       const w = this.#layers[l];
       rmsNorm(x, w.attnNorm, c.rmsEps, xb);
-      const q = matVec(w.wq, xb, c.dim, qDim);
-      const k = matVec(w.wk, xb, c.dim, kvDim);
-      const v = matVec(w.wv, xb, c.dim, kvDim);
+      const q = this.#mv(w.wq, xb, c.dim, qDim);
+      const k = this.#mv(w.wk, xb, c.dim, kvDim);
+      const v = this.#mv(w.wv, xb, c.dim, kvDim);
       addInPlace(q, w.bq);
       addInPlace(k, w.bk);
       addInPlace(v, w.bv);
@@ -361,13 +449,13 @@ export class ReferenceModel {
         c.nKvHeads,
         c.headDim,
       );
-      addInPlace(x, matVec(w.wo, att, qDim, c.dim));
+      addInPlace(x, this.#mv(w.wo, att, qDim, c.dim));
       rmsNorm(x, w.ffnNorm, c.rmsEps, xb);
-      const h = swiglu(matVec(w.gate, xb, c.dim, c.ffnDim), matVec(w.up, xb, c.dim, c.ffnDim));
-      addInPlace(x, matVec(w.down, h, c.ffnDim, c.dim));
+      const h = swiglu(this.#mv(w.gate, xb, c.dim, c.ffnDim), this.#mv(w.up, xb, c.dim, c.ffnDim));
+      addInPlace(x, this.#mv(w.down, h, c.ffnDim, c.dim));
     }
     this.#length = pos + 1;
     rmsNorm(x, this.#outNorm, c.rmsEps, xb);
-    return matVec(this.#output, xb, c.dim, c.vocabSize);
+    return this.#mv(this.#output, xb, c.dim, c.vocabSize);
   }
 }

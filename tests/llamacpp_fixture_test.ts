@@ -9,6 +9,7 @@
  * there, and the greedy continuation equal to llama.cpp's up to llama.cpp's first greedy step
  * whose margin is not clear (past such a near-tie either engine may legitimately take the other
  * branch: llama.cpp rounds activations to 8 bits before each quantized product, we do not).
+ * Why quantized types are held only on average: docs/design.md, "Numerics against llama.cpp".
  */
 import assert from "node:assert/strict";
 import { loadModel } from "../mod.ts";
@@ -44,8 +45,11 @@ for (const type of ORACLE_TYPES) {
       assert.ok(r.agree >= Math.ceil(0.99 * r.clear), what);
       // The issue asks for 0.02 at every position. The plain types meet it; quantized ones
       // do only on average: llama.cpp rounds activations to 8 bits before each quantized
-      // product (Q8_0 and the K types, whose layouts are otherwise verified, miss it alike),
-      // which moves a peaked top-1 probability by up to ~0.07 here.
+      // product, and on these peaked models which side of a rounding boundary a value lands
+      // on carries to every later position. Even with llama.cpp's exact rounding the TS
+      // reference misses by up to 0.057 (bench/llamacpp_rounding.ts), and llama.cpp fed the
+      // same tokens one at a time misses its own fixture by up to 0.097
+      // (bench/llamacpp_batching.ts).
       const plain = type === "F32" || type === "F16" || type === "BF16";
       assert.ok(plain ? r.worstP <= 0.02 : r.meanP <= 0.02 && r.worstP <= 0.1, what);
       // Past llama.cpp's first greedy near-tie either engine may take the other branch.
