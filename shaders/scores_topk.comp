@@ -189,7 +189,11 @@ void main() {
   const uint M = min(2u * CAP, n);
   const float frac = float(kk) / float(n);
   const float r = frac * float(M);
+#ifdef HC_TEST_MISS
+  const int delta = -2; // tests: lo above hi, an empty bracket unless its ends are equal
+#else
   const int delta = int(ceil(3.0 * sqrt(float(M) * frac * (1.0 - frac)))) + 1;
+#endif
   const int rankHi = int(floor(r)) - delta; // 1-based ranks from the top of the sample
   const int rankLo = int(ceil(r)) + delta;
   const bool planned = n > CAP &&

@@ -698,8 +698,8 @@ function texelWhole(device: Device, b: Binding, maxBytes: number): boolean {
 }
 
 /** The candidates (a key and a position, 8 bytes each) that fit beside scores_topk.comp's other
- * shared arrays: a 256-bin histogram, a few words, and two counts per invocation. */
-export function topkCandidateCap(sharedBytes: number, workgroupSize: number): number {
+ * shared arrays: two 256-bin histograms, a few words, and two counts per invocation. */
+function topkCandidateCap(sharedBytes: number, workgroupSize: number): number {
   const fixed = 2 * 256 * 4 + 32 + 8 * workgroupSize + 64; // 64: spare for the compiler's own
   return Math.max(1, Math.floor((sharedBytes - fixed) / 8));
 }
