@@ -704,9 +704,10 @@ function topkCandidateCap(sharedBytes: number, workgroupSize: number): number {
   return Math.max(1, Math.floor((sharedBytes - fixed) / 8));
 }
 
-/** Exact top-k by radix select, indices ascending by position, one workgroup per row: 8-bit
- * histograms over the row until the k-th value's bin fits in shared memory, the rest of the
- * select there (see shaders/scores_topk.comp). */
+/** Exact top-k, indices ascending by position, one workgroup per row: a sample brackets the k-th
+ * value, one pass copies the values inside the bracket into shared memory and the select
+ * finishes there, one pass writes the indices; radix histograms over the row where the bracket
+ * misses or overflows (see shaders/scores_topk.comp). */
 export class TopK implements Disposable {
   readonly #device: Device;
   readonly #kernel: Kernel;
@@ -714,8 +715,8 @@ export class TopK implements Disposable {
    * gathers texels with vector loads but loads storage buffers lane by lane. */
   readonly #texel: Kernel | null = null;
   readonly #wg: number;
-  /** How many values of the k-th value's bin the kernel finishes in shared memory (above it,
-   * more radix passes over the row). */
+  /** How many candidates for the k-th value the kernel selects among in shared memory (more
+   * than that: more radix passes over the row); its sample holds twice as many keys. */
   readonly candidateCap: number;
   readonly #cpu: boolean;
   /** A CPU driver: its loop cap bounds the row length. */
