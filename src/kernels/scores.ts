@@ -770,7 +770,8 @@ export class TopK implements Disposable {
 
   record(cmd: CommandList, a: TopKArgs): this {
     const { n, k, rowCount } = a;
-    // Up to six passes of n / workgroup loads per invocation stay under lavapipe's loop cap.
+    // At most seven passes of n / workgroup loads per invocation (a sample's copy that missed,
+    // four histograms, a count, the output) stay under lavapipe's loop cap.
     const maxN = this.#cpuDriver ? 1 << 21 : 1 << 28;
     if (!Number.isInteger(n) || n < 1 || n > maxN) limit(`top-k row length ${n} not in 1..${maxN}`);
     if (!Number.isInteger(k) || k < 0) limit(`top-k k ${k} is not a count`);
