@@ -221,11 +221,14 @@ void main() {
       }
     }
     barrier();
-    const uvec4 sel = selectShared(tid, M, uint(max(rankHi, 1)), uint(min(rankLo, int(M))), 0u, 0u);
+    const uint rankA = uint(clamp(rankHi, 1, int(M)));
+    const uint rankB = uint(clamp(rankLo, 1, int(M)));
+    const uvec4 sel = selectShared(tid, M, rankA, rankB, 0u, 0u);
     // A rank past an end of the sample leaves that side open.
     if (rankHi >= 1) hi = sel.x;
     if (rankLo <= int(M)) lo = sel.z;
     copyBracket(tid, lo, hi, a, b, src, end);
+    // Exact whatever lo and hi are: the k-th value is a candidate and every candidate is kept.
     copied = nCand <= CAP && nAbove < kk && nAbove + nCand >= kk;
   }
 
