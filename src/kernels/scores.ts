@@ -697,7 +697,17 @@ function texelWhole(device: Device, b: Binding, maxBytes: number): boolean {
     bytes % TEXEL_BYTES === 0 && bytes <= maxBytes;
 }
 
-/** Exact top-k by radix select, indices ascending by position, one workgroup per row. */
+/** The candidates (a key and a position, 8 bytes each) that fit beside scores_topk.comp's other
+ * shared arrays: two 256-bin histograms, a few words, and two counts per invocation. */
+function topkCandidateCap(sharedBytes: number, workgroupSize: number): number {
+  const fixed = 2 * 256 * 4 + 32 + 8 * workgroupSize + 64; // 64: spare for the compiler's own
+  return Math.max(1, Math.floor((sharedBytes - fixed) / 8));
+}
+
+/** Exact top-k, indices ascending by position, one workgroup per row: a sample brackets the k-th
+ * value, one pass copies the values inside the bracket into shared memory and the select
+ * finishes there, one pass writes the indices; radix histograms over the row where the bracket
+ * misses or overflows (see shaders/scores_topk.comp). */
 export class TopK implements Disposable {
   readonly #device: Device;
   readonly #kernel: Kernel;
@@ -705,6 +715,9 @@ export class TopK implements Disposable {
    * gathers texels with vector loads but loads storage buffers lane by lane. */
   readonly #texel: Kernel | null = null;
   readonly #wg: number;
+  /** How many candidates for the k-th value the kernel selects among in shared memory (more
+   * than that: more radix passes over the row); its sample holds twice as many keys. */
+  readonly candidateCap: number;
   readonly #cpu: boolean;
   /** A CPU driver: its loop cap bounds the row length. */
   readonly #cpuDriver: boolean;
@@ -716,10 +729,12 @@ export class TopK implements Disposable {
     this.#cpu = deviceParallelism(device).cpu;
     this.#cpuDriver = deviceParallelism(device).cpuDriver;
     this.#wg = this.#cpu ? 256 : 1024;
+    this.candidateCap = topkCandidateCap(device.info.maxComputeSharedMemoryBytes, this.#wg);
+    const spec = [this.#wg, this.candidateCap];
     this.#kernel = device.kernel(SHADERS.scores_topk.variant({ texel: false }), {
       bindings: 2,
       push: TOPK_PUSH,
-      spec: [this.#wg],
+      spec,
     });
     if (this.#cpu && (opts.texel ?? true) && device.info.texelBuffer) {
       try {
@@ -727,7 +742,7 @@ export class TopK implements Disposable {
           bindings: 2,
           kinds: ["texel", "storage"],
           push: TOPK_PUSH,
-          spec: [this.#wg],
+          spec,
         });
       } catch (e) {
         this.#kernel.dispose();
@@ -755,7 +770,8 @@ export class TopK implements Disposable {
 
   record(cmd: CommandList, a: TopKArgs): this {
     const { n, k, rowCount } = a;
-    // Six passes of n / workgroup loads per invocation must stay under lavapipe's loop cap.
+    // At most seven passes of n / workgroup loads per invocation (a sample's copy that missed,
+    // four histograms, a count, the output) stay under lavapipe's loop cap.
     const maxN = this.#cpuDriver ? 1 << 21 : 1 << 28;
     if (!Number.isInteger(n) || n < 1 || n > maxN) limit(`top-k row length ${n} not in 1..${maxN}`);
     if (!Number.isInteger(k) || k < 0) limit(`top-k k ${k} is not a count`);
