@@ -309,7 +309,10 @@ Deno.test("geglu and soft-capping (Gemma): vec4 and scalar rows against the refe
     using ob = upload(dev, new Float32Array(2 * n));
     run(dev, (cmd) => swiglu.record(cmd, { gate: gb, up: ub, out: ob, n, rows: 2, act: "gelu" }));
     const err = relError(f32(dev, ob), gegluRef(g, u));
-    assert.ok(err < 1e-5, why(`geglu n=${n}`, err));
+    // The GELU is rounded to f16 (as ggml's CPU table is): where the device's tanh and the
+    // reference's differ by an ulp across an f16 rounding boundary, that element moves by an f16
+    // ulp (~1e-3 of it), ~2e-5 of the whole vector; one seed of 1e-5 runs failed at 1.03e-5.
+    assert.ok(err < 1e-4, why(`geglu n=${n}`, err));
     // Logits far past the cap (50 x 30) saturate at +-cap instead of overflowing tanh.
     const x = randomF32(2 * n, SEED + 52 + n, 50 * 30);
     using xb = upload(dev, x);
