@@ -555,6 +555,12 @@ export class HeteroCache extends CompressedCache {
     });
     warm.end();
     this.device.waitSync("compute", warm.submit());
+    // V8 compiles the host half of a selection (the take, the moved rows) at its first large
+    // call: 23 ms against 3 ms after, on the first refresh's step at 64K tokens (8B shape). One
+    // run at the real sizes on a dummy ranking moves that into the prefill (8 ms after it).
+    const top = new Uint32Array(k).map((_, i) => i);
+    const taken = takeByScore(top, new Float32Array(L), caps.length ? caps : [k]);
+    changedRows(taken[0], top.subarray(k - taken[0].length));
   }
 
   /** Sets the watch table's logits entries for the next step (the mapped table is read when
