@@ -18,6 +18,7 @@ import {
 } from "../testing/reference_attention.ts";
 import { f32ToF16Array } from "../src/model/quant/mod.ts";
 import { randomF32, relError } from "./helpers.ts";
+import { compileShader } from "../vk-native/build.ts";
 
 const SEED = Date.now() >>> 0;
 let seedCounter = SEED;
@@ -221,26 +222,10 @@ Deno.test("prefill tiled: the tile shape follows shared memory and subgroups", (
 
 /** Compiles attn_prefill.comp with HC_TEST_BREAK (the V tile's row index off) into `dir`. */
 async function buildBroken(dir: string): Promise<void> {
-  const src = new URL("../shaders/attn_prefill.comp", import.meta.url).pathname;
   for (const [name, sg] of [["attn_prefill", false], ["attn_prefill__sg", true]] as const) {
-    const r = await new Deno.Command("glslangValidator", {
-      args: [
-        "--quiet",
-        "-V",
-        "--target-env",
-        "vulkan1.2",
-        "-S",
-        "comp",
-        "-DHC_TEST_BREAK=1",
-        ...(sg ? ["-DHC_SUBGROUP=1"] : []),
-        "-o",
-        `${dir}/${name}.spv`,
-        src,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.ok(r.success, new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr));
+    const defines = { HC_TEST_BREAK: 1, ...(sg ? { HC_SUBGROUP: 1 } : {}) };
+    const r = await compileShader("attn_prefill.comp", `${dir}/${name}.spv`, defines);
+    assert.ok(r.ok, r.out);
   }
 }
 

@@ -13,6 +13,7 @@ import { TopK } from "../src/kernels/scores.ts";
 import { refTopK } from "../testing/reference_attention.ts";
 import { topkSet } from "../src/cache/profile/analysis.ts";
 import { rng } from "./helpers.ts";
+import { compileShader } from "../vk-native/build.ts";
 
 const SEED = Date.now() >>> 0;
 let seedCounter = SEED;
@@ -144,26 +145,10 @@ Deno.test("top-k: rows not a multiple of 4, shorter than the sample, and that fi
 
 /** Compiles scores_topk.comp (storage and texel) with `defines` into `dir`. */
 async function buildTest(dir: string, defines: string[]): Promise<void> {
-  const src = new URL("../shaders/scores_topk.comp", import.meta.url).pathname;
   for (const [name, texel] of [["scores_topk", false], ["scores_topk_texel", true]] as const) {
-    const r = await new Deno.Command("glslangValidator", {
-      args: [
-        "--quiet",
-        "-V",
-        "--target-env",
-        "vulkan1.2",
-        "-S",
-        "comp",
-        ...defines.map((d) => `-D${d}=1`),
-        ...(texel ? ["-DTEXEL=1"] : []),
-        "-o",
-        `${dir}/${name}.spv`,
-        src,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.ok(r.success, new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr));
+    const defs = Object.fromEntries([...defines, ...(texel ? ["TEXEL"] : [])].map((d) => [d, 1]));
+    const r = await compileShader("scores_topk.comp", `${dir}/${name}.spv`, defs);
+    assert.ok(r.ok, r.out);
   }
 }
 

@@ -18,6 +18,7 @@ import { Device } from "../src/vk/mod.ts";
 import { ReferenceModel } from "../testing/reference_model.ts";
 import { satelliteRefresh } from "../testing/reference_cache.ts";
 import { relError, sharedPath } from "./helpers.ts";
+import { compileShader } from "../vk-native/build.ts";
 
 const SETS: readonly VariantSet[] = ["gpu", "cpu"];
 const STORIES = () => sharedPath("models/stories260K.gguf");
@@ -260,26 +261,10 @@ Deno.test("variant choice: HC_VK_VARIANTS is read when a device opens; bad value
 
 /** Compiles attn_decode.comp with HC_TEST_BREAK (a reduction that loses rows) into `dir`. */
 async function buildBrokenDecode(dir: string): Promise<void> {
-  const src = new URL("../shaders/attn_decode.comp", import.meta.url).pathname;
   for (const [name, sg] of [["attn_decode", false], ["attn_decode__sg", true]] as const) {
-    const r = await new Deno.Command("glslangValidator", {
-      args: [
-        "--quiet",
-        "-V",
-        "--target-env",
-        "vulkan1.2",
-        "-S",
-        "comp",
-        "-DHC_TEST_BREAK=1",
-        ...(sg ? ["-DHC_SUBGROUP=1"] : []),
-        "-o",
-        `${dir}/${name}.spv`,
-        src,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.ok(r.success, new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr));
+    const defines = { HC_TEST_BREAK: 1, ...(sg ? { HC_SUBGROUP: 1 } : {}) };
+    const r = await compileShader("attn_decode.comp", `${dir}/${name}.spv`, defines);
+    assert.ok(r.ok, r.out);
   }
 }
 

@@ -182,6 +182,28 @@ function listVariants(): ShaderVariant[] {
   return variants;
 }
 
+/** Compiles shaders/`file` with `defines` into `out` (SPIR-V for Vulkan 1.2). Also what the
+ * tests use to build deliberately broken or instrumented variants (Device.open's shaderDir). */
+export function compileShader(
+  file: string,
+  out: string,
+  defines: Readonly<Record<string, string | number>>,
+): Promise<{ ok: boolean; out: string }> {
+  return run([
+    "glslangValidator",
+    "--quiet",
+    "-V",
+    "--target-env",
+    "vulkan1.2",
+    "-S",
+    "comp",
+    ...Object.entries(defines).map(([k, val]) => `-D${k}=${val}`),
+    "-o",
+    out,
+    join(SHADERS, file),
+  ], { quiet: true });
+}
+
 async function buildShaders(): Promise<void> {
   await Deno.mkdir(SPV, { recursive: true });
   const variants = listVariants();
@@ -208,20 +230,7 @@ async function buildShaders(): Promise<void> {
   const failures: string[] = [];
   const compileOne = async (v: ShaderVariant) => {
     const out = join(SPV, `${v.name}.spv`);
-    const defs = Object.entries(v.defines).map(([k, val]) => `-D${k}=${val}`);
-    const c = await run([
-      "glslangValidator",
-      "--quiet",
-      "-V",
-      "--target-env",
-      "vulkan1.2",
-      "-S",
-      "comp",
-      ...defs,
-      "-o",
-      out,
-      join(SHADERS, v.file),
-    ], { quiet: true });
+    const c = await compileShader(v.file, out, v.defines);
     if (!c.ok) {
       failures.push(`${v.name} (${v.file}): ${c.out.trim()}`);
       await Deno.remove(out).catch(() => {});
