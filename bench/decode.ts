@@ -341,6 +341,9 @@ export interface SpeedCell {
   triggerRate?: number;
   stepRetrievalRate?: number;
   note?: string;
+  /** llama.cpp cpu: the threads it ran with, its fastest at this context (and what each gave). */
+  threads?: number;
+  threadsTried?: string;
 }
 
 export interface SpeedResult {
@@ -358,8 +361,6 @@ export interface SpeedResult {
     label: string;
     profile: string;
     weightBytes: number;
-    /** The CPU threads llama.cpp's CPU backend ran with (its fastest, see fastestThreads). */
-    llamaCppCpu?: { threads: number; tried: string };
   }[];
   cells: SpeedCell[];
   table: string;
@@ -469,32 +470,12 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
       });
       const profile = await shape.profile();
       await using model = await loadModel(path);
-      const entry: SpeedResult["shapes"][number] = {
+      shapes.push({
         id: shape.id,
         label: shape.label,
         profile: shape.profileNote,
         weightBytes: model.info().weightBytes,
-      };
-      shapes.push(entry);
-      // llama.cpp's CPU backend with the thread count it runs fastest with here, picked at the
-      // smallest context (8 steps each).
-      let cpuThreads = 0;
-      if (contexts[0] <= llamaCppMax) {
-        const c0 = contexts[0];
-        const lcPath = join(tmp, `${shape.id}-llamacpp.gguf`);
-        await withContextLength(path, lcPath, c0);
-        const pick = await fastestThreads(async (t) => {
-          const l = await llamaCppStep(lcPath, c0, 8, "cpu", t);
-          return typeof l === "string" ? l : l.meanMs;
-        });
-        await Deno.remove(lcPath);
-        cpuThreads = pick.threads;
-        entry.llamaCppCpu = {
-          threads: pick.threads,
-          tried: `mean step at ${fmtCtx(c0)}: ${pick.tried}`,
-        };
-        log(`speed: ${shape.id} llama.cpp cpu threads ${pick.threads} (${pick.tried})`);
-      }
+      });
       for (const context of contexts) {
         // Every policy's session at once, their steps interleaved (one of each in turn), so a
         // noisy machine slows them alike and the ratios hold.
@@ -579,13 +560,19 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
           // llama.cpp's context is exactly `context` (its steps end there; ours go `steps` past
           // it): one token more and, at 64K, a layer's K tensor passes a CPU driver's 128 MiB.
           await withContextLength(path, lcPath, context);
-          const l = await llamaCppStep(
-            lcPath,
-            context,
-            llamaSteps,
-            backend,
-            backend === "cpu" ? cpuThreads : 0,
-          );
+          // Its CPU backend with the thread count it runs fastest with at this context (a
+          // 4-step run of each, 1 to cores): the 8B shape's 1 and 2 threads tied at 1K, where
+          // one thread then took 370 ms a step at 16K against 102 ms with two.
+          let threads = 0, tried = "";
+          if (backend === "cpu") {
+            const pick = await fastestThreads(async (t) => {
+              const r = await llamaCppStep(lcPath, context, 4, "cpu", t);
+              return typeof r === "string" ? r : r.meanMs;
+            });
+            threads = pick.threads;
+            tried = pick.tried;
+          }
+          const l = await llamaCppStep(lcPath, context, llamaSteps, backend, threads);
           await Deno.remove(lcPath);
           const kv = SWEEP_LAYERS * shape.nKvHeads * context * shape.headDim * 2 * 2;
           cells.push(
@@ -598,6 +585,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
                 stepMs: l.stepMs,
                 meanMs: l.meanMs,
                 kvBytes: kv,
+                ...(threads ? { threads, threadsTried: tried } : {}),
               },
           );
           log(
@@ -667,12 +655,8 @@ export function speedReport(r: SpeedResult): string {
       "",
       `**${shape.label}**; profile: ${shape.profile}; weights ${
         (shape.weightBytes / 2 ** 20).toFixed(0)
-      } MiB.${
-        shape.llamaCppCpu
-          ? ` llama.cpp cpu ran with ${shape.llamaCppCpu.threads} thread(s), its fastest here ` +
-            `(${shape.llamaCppCpu.tried}).`
-          : ""
-      }`,
+      } MiB. llama.cpp cpu runs with the thread count it is fastest with at each context ` +
+        "(a 4-step run of each, 1 to all cores), named beside it.",
       "",
       "| context | engine | mean | median | full / this (mean) | snapkv / this (mean) | checks | refreshes | device KV | bytes (full) | at copy speed |",
       "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -684,8 +668,9 @@ export function speedReport(r: SpeedResult): string {
       for (const e of engines) {
         const x = cell(e, c);
         if (!x) continue;
+        const name = x.threads ? `${e} (${x.threads} thread${x.threads > 1 ? "s" : ""})` : e;
         out.push(
-          `| ${fmtCtx(c)} | ${e} | ${fmt(x.meanMs)} | ${fmt(x.stepMs)} | ${
+          `| ${fmtCtx(c)} | ${name} | ${fmt(x.meanMs)} | ${fmt(x.stepMs)} | ${
             ratio(x.meanMs, full?.meanMs)
           } | ${ratio(x.meanMs, snap?.meanMs)} | ${pct(x.checkRate)} | ${
             pct(x.stepRetrievalRate)
