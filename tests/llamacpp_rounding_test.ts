@@ -11,7 +11,12 @@ import { openModelSource } from "../src/model/source.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { ReferenceModel, type ReferenceOptions } from "../testing/reference_model.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
-import { type OracleFixture, oracleSpec, type OracleType } from "../testing/llamacpp_oracle.ts";
+import {
+  ORACLE_TYPES,
+  type OracleFixture,
+  oracleSpec,
+  type OracleType,
+} from "../testing/llamacpp_oracle.ts";
 import {
   activationRoundingOf,
   q8_1Corrections,
@@ -24,20 +29,8 @@ const fixture: OracleFixture = JSON.parse(await Deno.readTextFile(FIXTURE));
 const POSITIONS = 6;
 const TOLERANCE = 0.001;
 
-const QUANTIZED: OracleType[] = [
-  "Q8_0",
-  "Q4_0",
-  "Q4_1",
-  "Q5_0",
-  "Q5_1",
-  "Q2_K",
-  "Q3_K",
-  "Q4_K",
-  "Q5_K",
-  "Q6_K",
-  "IQ4_NL",
-  "IQ4_XS",
-];
+/** Every fixture type but the plain ones. */
+const QUANTIZED: OracleType[] = ORACLE_TYPES.filter((t) => !["F32", "F16", "BF16"].includes(t));
 
 Deno.test("Q8_0 blocks: scale amax/127 stored as f16, ties to even", () => {
   const x = new Float32Array(32);
