@@ -1,6 +1,8 @@
 /** Shared test helpers: paths of the real models beside the checkout, seeded random data. */
 import { existsSync } from "node:fs";
 import { mulberry32 } from "../testing/rng.ts";
+import type { Device } from "../src/vk/mod.ts";
+import type { PrefillAttention, PrefillAttentionArgs } from "../src/kernels/attention.ts";
 
 /** Absolute path of a file in ../shared (beside the checkout); fails loudly when missing. */
 export function sharedPath(rel: string): string {
@@ -33,4 +35,25 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
     scale = Math.max(scale, Math.abs(b[i]));
   }
   return diff / (scale || 1);
+}
+
+/** One prefill-attention record of the queries `q` against `args.cache`, run to completion;
+ * returns its output (f32, shaped as `q`). */
+export function runPrefill(
+  dev: Device,
+  attn: PrefillAttention,
+  q: Float32Array,
+  args: Omit<PrefillAttentionArgs, "q" | "out" | "scratch">,
+): Float32Array {
+  using qBuf = dev.buffer(q.byteLength);
+  using out = dev.buffer(q.byteLength);
+  using scratch = dev.buffer(attn.scratchBytes(args.cache, args.tokens));
+  dev.upload(qBuf, q);
+  using cmd = dev.commands();
+  cmd.begin();
+  attn.record(cmd, { ...args, q: qBuf, out, scratch });
+  cmd.end();
+  dev.waitSync("compute", cmd.submit());
+  const bytes = dev.download(out);
+  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
 }

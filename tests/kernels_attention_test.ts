@@ -22,7 +22,7 @@ import {
   roundToF16,
 } from "../testing/reference_attention.ts";
 import { f32ToF16Array } from "../src/model/quant/mod.ts";
-import { randomF32, relError } from "./helpers.ts";
+import { randomF32, relError, runPrefill } from "./helpers.ts";
 
 const SEED = Date.now() >>> 0;
 let seedCounter = SEED;
@@ -413,23 +413,7 @@ function prefillCase(
     if (opts.variant) assert.equal(attn.variant, opts.variant);
     const nHeads = nKv * G;
     const q = randomF32(B * nHeads * D, nextSeed(), 3);
-    using qBuf = dev.buffer(q.byteLength);
-    using out = dev.buffer(q.byteLength);
-    using scratch = dev.buffer(attn.scratchBytes(fc.cache, B));
-    dev.upload(qBuf, q);
-    using cmd = dev.commands();
-    cmd.begin();
-    attn.record(cmd, {
-      cache: fc.cache,
-      q: qBuf,
-      tokens: B,
-      position: p0,
-      out,
-      scratch,
-      keysPerPass,
-    });
-    cmd.end();
-    dev.waitSync("compute", cmd.submit());
+    const got = runPrefill(dev, attn, q, { cache: fc.cache, tokens: B, position: p0, keysPerPass });
     more.check?.(attn);
     const want = refPrefillAttention({
       // The GPU kernel holds its queries in f16.
@@ -442,7 +426,7 @@ function prefillCase(
       groupSize: G,
     });
     expectClose(
-      f32(dev.download(out)),
+      got,
       want,
       `prefill ${attn.variant} D=${D} G=${G} B=${B} p0=${p0} pass=${keysPerPass}`,
     );
@@ -943,24 +927,13 @@ Deno.test("prefill attention: sliding-window rings and logit soft-capping, every
           softcap: softcap > 0,
         });
         const q = randomF32(B * nKv * G * D, nextSeed(), 4);
-        using qBuf = dev.buffer(q.byteLength);
-        using out = dev.buffer(q.byteLength);
-        using scratch = dev.buffer(attn.scratchBytes(rc.cache, B));
-        dev.upload(qBuf, q);
-        using cmd = dev.commands();
-        cmd.begin();
-        attn.record(cmd, {
+        const got = runPrefill(dev, attn, q, {
           cache: rc.cache,
-          q: qBuf,
           tokens: B,
           position: p0,
-          out,
-          scratch,
           keysPerPass,
           softcap,
         });
-        cmd.end();
-        dev.waitSync("compute", cmd.submit());
         const ref = {
           q: variant === "tiled" ? f16ScaledQueries(q, D) : q,
           tokens: B,
@@ -972,7 +945,7 @@ Deno.test("prefill attention: sliding-window rings and logit soft-capping, every
         };
         const want = refPrefillAttention({ ...ref, window, softcap });
         const what = `prefill ${variant} D=${D} G=${G} W=${window} B=${B} p0=${p0} cap=${softcap}`;
-        expectClose(f32(dev.download(out)), want, what);
+        expectClose(got, want, what);
         assert.ok(relError(refPrefillAttention({ ...ref, softcap }), want) > 1e-2, what);
       } finally {
         rc.cache.dispose();

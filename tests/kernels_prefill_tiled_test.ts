@@ -17,7 +17,7 @@ import {
   roundToF16,
 } from "../testing/reference_attention.ts";
 import { f32ToF16Array } from "../src/model/quant/mod.ts";
-import { randomF32, relError } from "./helpers.ts";
+import { randomF32, relError, runPrefill } from "./helpers.ts";
 import { compileShader } from "../vk-native/build.ts";
 
 const SEED = Date.now() >>> 0;
@@ -79,25 +79,13 @@ function run(
   const fc = fillCache(dev, c, c.p0 + c.B);
   try {
     const q = randomF32(c.B * c.nKv * c.G * c.D, nextSeed(), 3);
-    using qBuf = dev.buffer(q.byteLength);
-    using out = dev.buffer(q.byteLength);
-    using scratch = dev.buffer(attn.scratchBytes(fc.cache, c.B));
-    dev.upload(qBuf, q);
-    using cmd = dev.commands();
-    cmd.begin();
-    attn.record(cmd, {
+    const got = runPrefill(dev, attn, q, {
       cache: fc.cache,
-      q: qBuf,
       tokens: c.B,
       position: c.p0,
-      out,
-      scratch,
       keysPerPass: c.keysPerPass,
       softcap: c.softcap,
     });
-    cmd.end();
-    dev.waitSync("compute", cmd.submit());
-    const bytes = dev.download(out);
     const want = refPrefillAttention({
       q: f16ScaledQueries(q, c.D),
       tokens: c.B,
@@ -109,7 +97,7 @@ function run(
       window: c.window,
       softcap: c.softcap,
     });
-    return { got: new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4), want };
+    return { got, want };
   } finally {
     fc.cache.dispose();
   }
