@@ -20,6 +20,7 @@ import {
   type OracleType,
 } from "../testing/llamacpp_oracle.ts";
 import { CLEAR_MARGIN } from "../testing/llamacpp_compare.ts";
+import { runLlamaCppJob } from "./llamacpp_node.ts";
 
 const HERE = dirname(fromFileUrl(import.meta.url));
 const fixture: OracleFixture = JSON.parse(
@@ -34,19 +35,11 @@ try {
     await writeSyntheticModel(path, oracleSpec(type, fixture.seed));
     models.push({ name: type, path });
   }
-  const job = join(tmp, "job.json");
-  await Deno.writeTextFile(
-    job,
-    JSON.stringify({ tokens: fixture.tokens, vocab: ORACLE_VOCAB, models }),
-  );
-  const run = await new Deno.Command("node", {
-    args: ["batching.mjs", job],
-    cwd: join(HERE, "llamacpp"),
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!run.success) throw new Error("llama.cpp run failed (see above)");
-  const out = JSON.parse(new TextDecoder().decode(run.stdout));
+  const job = { tokens: fixture.tokens, vocab: ORACLE_VOCAB, models };
+  const out = await runLlamaCppJob("batching.mjs", job, tmp) as Record<
+    string,
+    Record<string, [number, number][]>
+  >;
   console.log("| type | run | top-1 agrees | mean gap | worst gap | equal (< 0.0005) to |");
   console.log("|---|---|---|---|---|---|");
   for (const type of types) {

@@ -33,6 +33,21 @@ export async function runLlamaCppScript(
   return JSON.parse(out);
 }
 
+/** Runs a bench/llamacpp script that reads a JSON job file (written into `dir`) and prints one
+ * JSON object, which is returned; its stderr goes to ours. */
+export async function runLlamaCppJob(script: string, job: unknown, dir: string): Promise<unknown> {
+  const jobPath = join(dir, "job.json");
+  await Deno.writeTextFile(jobPath, JSON.stringify(job));
+  const out = await new Deno.Command("node", {
+    args: [script, jobPath],
+    cwd: LLAMACPP,
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) throw new Error(`llama.cpp (${script}) failed (see above)`);
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
 /**
  * The thread count llama.cpp's CPU backend runs fastest with on this machine, of 1 .. cores,
  * by `measure` (ms, lower is better; a string: that count failed). Its default (all cores) is not

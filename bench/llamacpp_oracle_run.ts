@@ -3,15 +3,13 @@
  * build) over synthetic models, shared by the fixture writers (bench/llamacpp_fixtures.ts,
  * bench/llamacpp_arch_fixtures.ts).
  */
-import { dirname, fromFileUrl, join } from "./paths.ts";
+import { runLlamaCppJob } from "./llamacpp_node.ts";
 import {
   ORACLE_GREEDY,
   ORACLE_PROMPT,
   ORACLE_VOCAB,
   type OracleAnswer,
 } from "../testing/llamacpp_oracle.ts";
-
-const HERE = dirname(fromFileUrl(import.meta.url));
 
 /** llama.cpp's version and its answers (top tokens and probabilities per position, greedy
  * continuation) by model name, for `tokens` fed to every model in `models`. */
@@ -20,23 +18,9 @@ export async function runOracle(
   tokens: readonly number[],
   models: readonly { name: string; path: string }[],
 ): Promise<{ llamaCpp: string; answers: Record<string, OracleAnswer> }> {
-  const jobPath = join(tmp, "job.json");
-  await Deno.writeTextFile(
-    jobPath,
-    JSON.stringify({
-      tokens,
-      prompt: ORACLE_PROMPT,
-      greedy: ORACLE_GREEDY,
-      vocab: ORACLE_VOCAB,
-      models,
-    }),
-  );
-  const out = await new Deno.Command("node", {
-    args: ["oracle.mjs", jobPath],
-    cwd: join(HERE, "llamacpp"),
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error("llama.cpp oracle failed (see above)");
-  return JSON.parse(new TextDecoder().decode(out.stdout));
+  const job = { tokens, prompt: ORACLE_PROMPT, greedy: ORACLE_GREEDY, vocab: ORACLE_VOCAB, models };
+  return await runLlamaCppJob("oracle.mjs", job, tmp) as {
+    llamaCpp: string;
+    answers: Record<string, OracleAnswer>;
+  };
 }
