@@ -71,6 +71,7 @@ layout(std430, binding = 5) buffer Pb2 { vec2 part2[]; };
 layout(std430, binding = 6) readonly buffer Wt { uint watchTab[]; }; // per head: (mask, logits)
 layout(std430, binding = 7) readonly buffer Wm { uint masks[]; };
 layout(std430, binding = 8) writeonly buffer Wl { float wlogits[]; };
+layout(std430, binding = 8) writeonly buffer Wl4 { vec4 wlogits4[]; };
 #endif
 
 layout(push_constant) uniform Push {
@@ -246,9 +247,29 @@ void valueBlock(uint base, uint lane, uint t, uint tEnd) {
 }
 
 #ifdef WATCH
-// The block's scores (before softmaxBlock) into the watched head's logits: score k (key k / G,
-// query head k % G) by lane k, one store per lane (llvmpipe runs a store as a loop over lanes).
+// The block's scores (before softmaxBlock) into the watched head's logits. llvmpipe runs a
+// store as a loop over the lanes, so stores are few and wide: lane g < G collects query head
+// g's logits of 4 consecutive keys and stores them as one vec4 when the 4th arrives (or the
+// range ends: the row's padding to 4 floats takes the rest). Rows and split starts are
+// multiples of 4 floats (see the logits layout and `per`). Storing one float per lane per key
+// and head cost the decode attention 5 ms per step for 4 pivots of 64K rows (8B shape).
+const bool WIDE_LOGITS = G <= L && 4u % KB == 0u;
+vec4 lg4 = vec4(0.0);
 void storeLogits(uint lo, uint lane, uint t, uint tEnd) {
+  if (WIDE_LOGITS) {
+    [[unroll]] for (uint j = 0; j < KB; j++) {
+      float v = sc[j * G];
+      [[unroll]] for (uint g = 1; g < G; g++) v = lane == g ? sc[j * G + g] : v;
+      const uint c = (t + j) & 3u;
+      lg4 = vec4(c == 0u ? v : lg4.x, c == 1u ? v : lg4.y, c == 2u ? v : lg4.z, c == 3u ? v : lg4.w);
+    }
+    const uint tn = t + KB;
+    if ((tn & 3u) == 0u || tn >= tEnd) {
+      if (lane < G) wlogits4[(lo + lane * p.logitStride + (t & ~3u)) / 4u] = lg4;
+    }
+    return;
+  }
+  // Otherwise score k (key k / G, query head k % G) by lane k, one store per lane.
   [[unroll]] for (uint k0 = 0; k0 < KB * G; k0 += L) {
     float v = sc[k0];
     [[unroll]] for (uint i = 1; i < L; i++) {
