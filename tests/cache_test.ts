@@ -6,6 +6,7 @@ import {
   changedRows,
   coverageShare,
   type HeteroCache,
+  selectByScore,
   takeByScore,
 } from "../src/cache/heterocache/heterocache.ts";
 import type { HeadRole } from "../src/cache/profile/profile.ts";
@@ -469,4 +470,35 @@ Deno.test("takeByScore takes as the kernel ranks: score descending, NaN lowest, 
     const want = ranked.slice(0, cap).sort((x, y) => x - y);
     assert.deepEqual(Array.from(got[i]), want, `cap ${cap}`);
   });
+});
+
+Deno.test("selectByScore over a whole row takes what takeByScore takes from the kernel's top-k", () => {
+  let seed = 11;
+  const rnd = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const rows = {
+    // The ranking example above.
+    small: new Float32Array([0.5, NaN, 0.5, -1, 0, -0, 3e-39, Infinity, -Infinity, 0.25]),
+    // Many ties, negatives: thresholds inside crowded buckets.
+    ties: new Float32Array(5000).map(() => Math.round(rnd() * 50) / 50 - 0.2),
+    // Pooled probabilities: tiny, spread over exponents, a few large.
+    pooled: new Float32Array(20000).map(() => rnd() ** 12 * (rnd() < 0.01 ? 1 : 1e-3)),
+    // All equal: every take is by position.
+    flat: new Float32Array(3000).fill(0.125),
+    // Signed zeros, NaNs and infinities among small values.
+    odd: new Float32Array(4000).map(() =>
+      [0, -0, NaN, Infinity, -Infinity, rnd() - 0.5][
+        Math.floor(rnd() * 6)
+      ]
+    ),
+  };
+  for (const [name, row] of Object.entries(rows)) {
+    const n = row.length;
+    const all = new Uint32Array(n).map((_, i) => i);
+    const caps = [0, 1, 3, Math.floor(n / 7), Math.floor(n / 3), n - 1, n, n + 5];
+    const want = takeByScore(all, row, caps);
+    const got = selectByScore(row, caps);
+    caps.forEach((cap, i) => {
+      assert.deepEqual(Array.from(got[i]), Array.from(want[i]), `${name}, cap ${cap}`);
+    });
+  }
 });

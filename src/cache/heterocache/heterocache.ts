@@ -152,6 +152,8 @@ export class HeteroCache extends CompressedCache {
   #base = 0;
   #landedBefore = 0;
   #directBefore = 0;
+  /** The refresh selection ranks scores rows on the host (a CPU device; see the constructor). */
+  readonly #hostSelect: boolean;
   #caps: number[][] = [];
   #pivots: PivotState[] = [];
   /** Mapped upload buffer [nLayers][window][qDim] of buffered decode queries. */
@@ -254,6 +256,9 @@ export class HeteroCache extends CompressedCache {
     const cpu = deviceParallelism(deps.device);
     const direct = cpu.cpu && cpu.cpuDriver;
     this.#retrieval = new Retrieval(deps.device, c.headDim, !this.#compat, direct);
+    // Its selection ranks on the host too (selectByScore): the top-k kernel would run on the
+    // same cores, slower. A lavapipe-only path, like the landing.
+    this.#hostSelect = direct;
   }
 
   /** Queries buffered per drift check. */
@@ -543,23 +548,29 @@ export class HeteroCache extends CompressedCache {
     const L = this.promptTokens;
     const caps = this.#pivots.flatMap((p) => p.satellites.map((s) => this.#caps[p.layer][s]));
     const k = Math.max(1, Math.min(L, Math.max(0, ...caps)));
+    const host = this.#hostSelect && !this.#compat;
     this.#ensureIndices(k * 4);
-    warm.barrier();
-    this.kernels.topk.record(warm, {
-      rows,
-      rowStride: L,
-      rowCount: 1,
-      n: L,
-      k,
-      out: this.#indices!,
-    });
+    if (!host) {
+      warm.barrier();
+      this.kernels.topk.record(warm, {
+        rows,
+        rowStride: L,
+        rowCount: 1,
+        n: L,
+        k,
+        out: this.#indices!,
+      });
+    }
     warm.end();
     this.device.waitSync("compute", warm.submit());
     // V8 compiles the host half of a selection (the take, the moved rows) at its first large
     // call: 23 ms against 3 ms after, on the first refresh's step at 64K tokens (8B shape). One
     // run at the real sizes on a dummy ranking moves that into the prefill (8 ms after it).
     const top = new Uint32Array(k).map((_, i) => i);
-    const taken = takeByScore(top, new Float32Array(L), caps.length ? caps : [k]);
+    const dummy = new Float32Array(L).map((_, i) => (i * 0.618) % 1);
+    const taken = host
+      ? selectByScore(dummy, caps.length ? caps : [k])
+      : takeByScore(top, dummy, caps.length ? caps : [k]);
     changedRows(taken[0], top.subarray(k - taken[0].length));
   }
 
@@ -995,7 +1006,8 @@ export class HeteroCache extends CompressedCache {
    * descending, NaN lowest, then position ascending), so the host ranks the M again by score.
    * Without compat, the fired pivots' rows sit side by side and one top-k dispatch serves them
    * all at the largest M (one workgroup per row: one dispatch per row kept a CPU driver on one
-   * thread); a larger M changes nothing there, as the ranking takes by score.
+   * thread); a larger M changes nothing there, as the ranking takes by score. A CPU device
+   * skips the kernel and ranks the whole rows on the host (selectByScore: the same takes).
    */
   async #selectRefresh(
     fired: PivotState[],
@@ -1030,14 +1042,18 @@ export class HeteroCache extends CompressedCache {
     // The readback holds the indices, then each pivot's scores row where the default ranking
     // or the refresh log needs it.
     const rows = !this.#compat || this.#record || score;
-    const rowsAt = at * 4;
+    // A CPU device ranks the rows on the host (see selectByScore): no top-k, no indices.
+    const host = this.#hostSelect && !this.#compat;
+    const rowsAt = host ? 0 : at * 4;
     this.#ensureIndices(rowsAt + (rows ? fired.length * L * 4 : 0));
     const cmd = (this.#selectCmd ??= this.device.commands());
     cmd.begin();
     if (source === "logits") plan.forEach((e, i) => this.#recordPooled(cmd, e.p, i));
     if (source === "keys") this.#recordKeyScores(cmd, fired, lastSlot);
     if (score) cmd.barrier();
-    if (batched && score) {
+    if (host) {
+      // Only the rows below.
+    } else if (batched && score) {
       K.topk.record(cmd, {
         rows: this.#selRows!,
         rowStride: L,
@@ -1063,7 +1079,7 @@ export class HeteroCache extends CompressedCache {
       });
     }
     cmd.barrier();
-    cmd.copy(this.#indices!, this.#readback!, [[0, 0, rowsAt]]);
+    if (!host) cmd.copy(this.#indices!, this.#readback!, [[0, 0, rowsAt]]);
     if (rows) {
       plan.forEach((e, i) => {
         const r = rowOf(e, i);
@@ -1073,14 +1089,16 @@ export class HeteroCache extends CompressedCache {
     cmd.end();
     await this.device.wait("compute", cmd.submit());
     const m = this.#readback!.mapped();
-    const all = new Uint32Array(m.buffer, m.byteOffset, at);
+    const all = host ? null : new Uint32Array(m.buffer, m.byteOffset, at);
     const jobs: RefreshJob[] = [];
     plan.forEach((e, i) => {
-      const top = all.slice(e.at, e.at + Math.min(e.M, L));
       const row = rows ? new Float32Array(m.buffer, m.byteOffset + rowsAt + i * L * 4, L) : null;
-      const taken = this.#compat
-        ? e.caps.map((take) => top.slice(0, take))
-        : takeByScore(top, row!, e.caps);
+      const top = all?.slice(e.at, e.at + Math.min(e.M, L));
+      const taken = host
+        ? selectByScore(row!, e.caps)
+        : this.#compat
+        ? e.caps.map((take) => top!.slice(0, take))
+        : takeByScore(top!, row!, e.caps);
       const mask = this.#trigger.kind === "coverage" ? new Uint32Array(e.p.mask.length) : null;
       e.p.satellites.forEach((s, j) => {
         const positions = taken[j];
@@ -1272,6 +1290,104 @@ export function takeByScore(
     }
     return out;
   });
+}
+
+/** selectByScore's scratch, reused: a histogram over the keys' top 16 bits, each threshold
+ * bucket's slot (-1: none; reset after each call), and the keys. */
+const SELECT_HIST = new Uint32Array(65536);
+const SELECT_SLOT = new Int16Array(65536).fill(-1);
+let selectKeys = new Uint32Array(0);
+
+/**
+ * The same takes as `takeByScore` over a whole scores row (every position a candidate): for
+ * each cap, the `cap` positions ranked first (score descending, NaN lowest, -0 as +0, then
+ * position ascending), ascending by position. A CPU device's selection runs it in place of the
+ * top-k kernel, which ran on the same cores: 8B shape, 4 pivots of 64K rows, the kernel took
+ * 2.3-3.1 ms and the takes 2-2.6 ms; this takes about 1 ms a pivot, and a refresh's selection
+ * went from 7-8 to 5-6 ms. A histogram of the keys' top 16 bits places every cap's threshold in
+ * a bucket, a sort of that bucket's keys finds it exactly, and one pass writes the takes.
+ */
+export function selectByScore(row: Float32Array, caps: readonly number[]): Uint32Array[] {
+  const n = row.length;
+  if (selectKeys.length < n) selectKeys = new Uint32Array(n);
+  const keys = selectKeys;
+  const hist = SELECT_HIST.fill(0);
+  const bits = new Uint32Array(row.buffer, row.byteOffset, n);
+  for (let i = 0; i < n; i++) {
+    const b = bits[i];
+    // orderKey, inline: NaN lowest (0), -0 as +0, then the sign-flipped order of IEEE floats.
+    const k = (b & 0x7fffffff) > 0x7f800000
+      ? 0
+      : b === 0x80000000
+      ? 0x80000000
+      : b & 0x80000000
+      ? ~b >>> 0
+      : (b | 0x80000000) >>> 0;
+    keys[i] = k;
+    hist[k >>> 16]++;
+  }
+  // Each cap's bucket and how many keys it takes from it, walking down from the top.
+  const nc = caps.length;
+  const order = caps.map((_, i) => i).sort((a, b) => caps[a] - caps[b]);
+  const bucket = new Int32Array(nc).fill(-1);
+  const needIn = new Uint32Array(nc);
+  let d = 65535, above = 0;
+  for (const c of order) {
+    const want = Math.min(caps[c], n);
+    if (want === 0) continue;
+    while (above + hist[d] < want) above += hist[d--];
+    bucket[c] = d;
+    needIn[c] = want - above;
+  }
+  // The keys of those buckets (hist counts them), sorted: each cap's threshold key and how many
+  // positions holding exactly it the cap takes (the lowest positions: the kernel's tie order).
+  const members: Uint32Array[] = [];
+  const slotted: number[] = [];
+  let lowest = 65536;
+  for (let c = 0; c < nc; c++) {
+    const b = bucket[c];
+    if (b < 0 || SELECT_SLOT[b] >= 0) continue;
+    SELECT_SLOT[b] = members.length;
+    members.push(new Uint32Array(hist[b]));
+    slotted.push(b);
+    lowest = Math.min(lowest, b);
+  }
+  const filled = new Uint32Array(members.length);
+  for (let i = 0; i < n; i++) {
+    const k = keys[i];
+    if (k >>> 16 < lowest) continue;
+    const s = SELECT_SLOT[k >>> 16];
+    if (s >= 0) members[s][filled[s]++] = k;
+  }
+  for (const m of members) m.sort();
+  const thr = new Float64Array(nc).fill(2 ** 32);
+  const ties = new Uint32Array(nc);
+  let floor = 2 ** 32;
+  for (let c = 0; c < nc; c++) {
+    if (bucket[c] < 0) continue;
+    const m = members[SELECT_SLOT[bucket[c]]];
+    const t = m[m.length - needIn[c]];
+    let greater = 0;
+    for (let j = m.length - 1; j >= 0 && m[j] > t; j--) greater++;
+    thr[c] = t;
+    ties[c] = needIn[c] - greater;
+    floor = Math.min(floor, t);
+  }
+  for (const b of slotted) SELECT_SLOT[b] = -1;
+  const out = caps.map((cap) => new Uint32Array(Math.min(cap, n)));
+  const at = new Uint32Array(nc);
+  for (let i = 0; i < n; i++) {
+    const k = keys[i];
+    if (k < floor) continue;
+    for (let c = 0; c < nc; c++) {
+      if (k > thr[c]) out[c][at[c]++] = i;
+      else if (k === thr[c] && ties[c] > 0) {
+        ties[c]--;
+        out[c][at[c]++] = i;
+      }
+    }
+  }
+  return out;
 }
 
 const F32_BITS = new Uint32Array(1);
