@@ -1,4 +1,7 @@
 /* Command lists (record once, submit many times), timeline submission and waits. */
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include "internal.h"
 
 #include <stdlib.h>
@@ -418,14 +421,35 @@ int32_t hc_gather(uint64_t dst_address, uint64_t dst_stride, uint64_t src_addres
    * overlap the copy of this one (a refresh's 123 MB in 256-byte rows from 52 arrays of 32 MiB,
    * C micro-benchmark, best of 12: 35 instead of 42 ms). */
   const uint32_t ahead = 8;
+#ifdef __SSE2__
+  /* Non-temporal stores: nothing reads the destination rows before the next decode step, which
+   * reads far more than the caches hold, so writing them around the caches saves the read for
+   * ownership of every line (61 MB of 256-byte rows into scattered rows, one thread, C
+   * micro-benchmark: 17.5 -> 13 ms). Both strides and the base must keep 16-byte alignment. */
+  const int stream = row_bytes % 16 == 0 && dst_stride % 16 == 0 && dst_address % 16 == 0;
+#else
+  const int stream = 0;
+#endif
   for (uint32_t i = 0; i < n_rows; i++) {
     if (i + ahead < n_rows) {
       const unsigned char *next = src + (uint64_t)rows[i + ahead] * src_stride;
       for (uint64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(next + b);
     }
     const uint64_t to = dst_rows ? dst_rows[i] : i;
-    memcpy(dst + to * dst_stride, src + (uint64_t)rows[i] * src_stride, row_bytes);
+    unsigned char *d = dst + to * dst_stride;
+    const unsigned char *s = src + (uint64_t)rows[i] * src_stride;
+#ifdef __SSE2__
+    if (stream) {
+      for (uint64_t b = 0; b < row_bytes; b += 16)
+        _mm_stream_si128((__m128i *)(d + b), _mm_loadu_si128((const __m128i *)(s + b)));
+      continue;
+    }
+#endif
+    memcpy(d, s, row_bytes);
   }
+#ifdef __SSE2__
+  if (stream) _mm_sfence(); /* the streamed rows are visible before the caller signals */
+#endif
   return HC_OK;
 }
 
