@@ -6,7 +6,6 @@ import {
   changedRows,
   coverageShare,
   type HeteroCache,
-  selectByScore,
   takeByScore,
 } from "../src/cache/heterocache/heterocache.ts";
 import type { HeadRole } from "../src/cache/profile/profile.ts";
@@ -14,6 +13,7 @@ import { uniformProfile } from "../src/cache/profile/profile_io.ts";
 import { satelliteRefresh } from "../testing/reference_cache.ts";
 import { copyRuns } from "../src/cache/heterocache/retrieval.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
+import { rankRows } from "../src/vk/mod.ts";
 import { relError, sharedPath } from "./helpers.ts";
 import { SyntheticDecode } from "../bench/synthetic_prompt.ts";
 
@@ -472,7 +472,7 @@ Deno.test("takeByScore takes as the kernel ranks: score descending, NaN lowest, 
   });
 });
 
-Deno.test("selectByScore over a whole row takes what takeByScore takes from the kernel's top-k", () => {
+Deno.test("rankRows (native) over a whole row takes what takeByScore takes from the kernel's top-k", async () => {
   let seed = 11;
   const rnd = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32;
   const rows = {
@@ -496,7 +496,7 @@ Deno.test("selectByScore over a whole row takes what takeByScore takes from the 
     const all = new Uint32Array(n).map((_, i) => i);
     const caps = [0, 1, 3, Math.floor(n / 7), Math.floor(n / 3), n - 1, n, n + 5];
     const want = takeByScore(all, row, caps);
-    const got = selectByScore(row, caps);
+    const got = await rankRows(row, caps);
     caps.forEach((cap, i) => {
       assert.deepEqual(Array.from(got[i]), Array.from(want[i]), `${name}, cap ${cap}`);
     });

@@ -4,7 +4,8 @@
  * It knows buffers, kernels and command lists, nothing about models. Every object is an
  * opaque 64-bit handle checked against a table, so a stale or forged handle is an error
  * (HC_E_HANDLE), never a crash. Every call returns a status; hc_last_error() gives the text.
- * Only hc_wait and hc_gather_batch are meant to be called off the JS thread (Deno `nonblocking`).
+ * Only hc_wait, hc_gather_batch and hc_select_rows are meant to be called off the JS thread
+ * (Deno `nonblocking`).
  */
 #ifndef HCVK_H
 #define HCVK_H
@@ -121,5 +122,10 @@ int32_t hc_gather(uint64_t dst_address, uint64_t dst_stride, uint64_t src_addres
  * Stops at the first failing job. */
 #define HC_GATHER_JOB_WORDS 8
 int32_t hc_gather_batch(const uint64_t *jobs, uint32_t n_jobs);
+/* A refresh selection's ranking of one scores row of n floats (select.c): for each of n_caps
+ * caps, the min(cap, n) positions ranked first (score descending, NaN lowest, -0 as +0, then
+ * position ascending), ascending, written back to back into `out`. Meant for a worker thread. */
+int32_t hc_select_rows(const float *row, uint32_t n, const uint32_t *caps, uint32_t n_caps,
+                       uint32_t *out);
 
 #endif

@@ -35,6 +35,11 @@ const SYMBOLS = {
   hc_wait_sync: { name: "hc_wait", parameters: ["u64", "i32", "u64", "u64"], result: "i32" },
   hc_poll: { parameters: ["u64", "i32", "buffer"], result: "i32" },
   hc_gather_batch: { parameters: ["buffer", "u32"], result: "i32", nonblocking: true },
+  hc_select_rows: {
+    parameters: ["buffer", "u32", "buffer", "u32", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export type Native = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];

@@ -20,6 +20,7 @@ export {
   type RecordCounts,
 } from "./commands.ts";
 export { type BindingKind, Kernel, type KernelOptions, TEXEL_BYTES } from "./kernel.ts";
+export { rankRows } from "./select.ts";
 export {
   MAX_PUSH_BYTES,
   type PushFields,

@@ -32,7 +32,7 @@
 import { HcError } from "../../errors.ts";
 import { type KvLayerCache, WATCH_NONE } from "../kv_layer.ts";
 import { type Captures, stepView } from "../../model/forward.ts";
-import type { Buffer, CommandList } from "../../vk/mod.ts";
+import { type Buffer, type CommandList, rankRows } from "../../vk/mod.ts";
 import { TopK } from "../../kernels/scores.ts";
 import { deviceParallelism } from "../../kernels/checks.ts";
 import { intersectionSize, median } from "../profile/analysis.ts";
@@ -256,8 +256,8 @@ export class HeteroCache extends CompressedCache {
     const cpu = deviceParallelism(deps.device);
     const direct = cpu.cpu && cpu.cpuDriver;
     this.#retrieval = new Retrieval(deps.device, c.headDim, !this.#compat, direct);
-    // Its selection ranks on the host too (selectByScore): the top-k kernel would run on the
-    // same cores, slower. A lavapipe-only path, like the landing.
+    // Its selection ranks on the host too (rankRows, native threads): the top-k kernel would
+    // run on the same cores, slower. A lavapipe-only path, like the landing.
     this.#hostSelect = direct;
   }
 
@@ -564,15 +564,13 @@ export class HeteroCache extends CompressedCache {
     warm.end();
     this.device.waitSync("compute", warm.submit());
     // V8 compiles the host half of a selection (the take, the moved rows) at its first large
-    // call: 23 ms against 3 ms after, on the first refresh's step at 64K tokens (8B shape). Runs
-    // at the real sizes on a dummy ranking move that into the prefill; three, as one left the
-    // first refreshes' host ranking at 10-27 ms against 4 after (TinyLlama shape, 128K).
+    // calls: 23 ms against 3 ms after, on the first refresh's step at 64K tokens (8B shape).
+    // Runs at the real sizes on a dummy ranking move that into the prefill; three, as one left
+    // the first refreshes 10-27 ms against 4 after (a host ranking in TS, TinyLlama shape, 128K).
     const top = new Uint32Array(k).map((_, i) => i);
     const dummy = new Float32Array(L).map((_, i) => (i * 0.618) % 1);
     for (let i = 0; i < 3; i++) {
-      const taken = host
-        ? selectByScore(dummy, caps.length ? caps : [k])
-        : takeByScore(top, dummy, caps.length ? caps : [k]);
+      const taken = takeByScore(top, dummy, caps.length ? caps : [k]);
       changedRows(taken[0], top.subarray(k - taken[0].length));
     }
   }
@@ -1010,7 +1008,7 @@ export class HeteroCache extends CompressedCache {
    * Without compat, the fired pivots' rows sit side by side and one top-k dispatch serves them
    * all at the largest M (one workgroup per row: one dispatch per row kept a CPU driver on one
    * thread); a larger M changes nothing there, as the ranking takes by score. A CPU device
-   * skips the kernel and ranks the whole rows on the host (selectByScore: the same takes).
+   * skips the kernel and ranks the whole rows on the host (rankRows: the same takes).
    */
   async #selectRefresh(
     fired: PivotState[],
@@ -1045,7 +1043,7 @@ export class HeteroCache extends CompressedCache {
     // The readback holds the indices, then each pivot's scores row where the default ranking
     // or the refresh log needs it.
     const rows = !this.#compat || this.#record || score;
-    // A CPU device ranks the rows on the host (see selectByScore): no top-k, no indices.
+    // A CPU device ranks the rows on the host (rankRows): no top-k, no indices.
     const host = this.#hostSelect && !this.#compat;
     const rowsAt = host ? 0 : at * 4;
     this.#ensureIndices(rowsAt + (rows ? fired.length * L * 4 : 0));
@@ -1054,9 +1052,7 @@ export class HeteroCache extends CompressedCache {
     if (source === "logits") plan.forEach((e, i) => this.#recordPooled(cmd, e.p, i));
     if (source === "keys") this.#recordKeyScores(cmd, fired, lastSlot);
     if (score) cmd.barrier();
-    if (host) {
-      // Only the rows below.
-    } else if (batched && score) {
+    if (!host && batched && score) {
       K.topk.record(cmd, {
         rows: this.#selRows!,
         rowStride: L,
@@ -1066,7 +1062,7 @@ export class HeteroCache extends CompressedCache {
         out: this.#indices!,
         outStride: Mall,
       });
-    } else {
+    } else if (!host) {
       plan.forEach((e, i) => {
         const r = rowOf(e, i);
         K.topk.record(cmd, {
@@ -1093,12 +1089,18 @@ export class HeteroCache extends CompressedCache {
     await this.device.wait("compute", cmd.submit());
     const m = this.#readback!.mapped();
     const all = host ? null : new Uint32Array(m.buffer, m.byteOffset, at);
+    const rowOfPlan = (i: number) =>
+      rows ? new Float32Array(m.buffer, m.byteOffset + rowsAt + i * L * 4, L) : null;
+    // The fired pivots' rows rank at once, each on a worker thread.
+    const ranked = host
+      ? await Promise.all(plan.map((e, i) => rankRows(rowOfPlan(i)!, e.caps)))
+      : null;
     const jobs: RefreshJob[] = [];
     plan.forEach((e, i) => {
-      const row = rows ? new Float32Array(m.buffer, m.byteOffset + rowsAt + i * L * 4, L) : null;
+      const row = rowOfPlan(i);
       const top = all?.slice(e.at, e.at + Math.min(e.M, L));
-      const taken = host
-        ? selectByScore(row!, e.caps)
+      const taken = ranked
+        ? ranked[i]
         : this.#compat
         ? e.caps.map((take) => top!.slice(0, take))
         : takeByScore(top!, row!, e.caps);
@@ -1293,104 +1295,6 @@ export function takeByScore(
     }
     return out;
   });
-}
-
-/** selectByScore's scratch, reused: a histogram over the keys' top 16 bits, each threshold
- * bucket's slot (-1: none; reset after each call), and the keys. */
-const SELECT_HIST = new Uint32Array(65536);
-const SELECT_SLOT = new Int16Array(65536).fill(-1);
-let selectKeys = new Uint32Array(0);
-
-/**
- * The same takes as `takeByScore` over a whole scores row (every position a candidate): for
- * each cap, the `cap` positions ranked first (score descending, NaN lowest, -0 as +0, then
- * position ascending), ascending by position. A CPU device's selection runs it in place of the
- * top-k kernel, which ran on the same cores: 8B shape, 4 pivots of 64K rows, the kernel took
- * 2.3-3.1 ms and the takes 2-2.6 ms; this takes about 1 ms a pivot, and a refresh's selection
- * went from 7-8 to 5-6 ms. A histogram of the keys' top 16 bits places every cap's threshold in
- * a bucket, a sort of that bucket's keys finds it exactly, and one pass writes the takes.
- */
-export function selectByScore(row: Float32Array, caps: readonly number[]): Uint32Array[] {
-  const n = row.length;
-  if (selectKeys.length < n) selectKeys = new Uint32Array(n);
-  const keys = selectKeys;
-  const hist = SELECT_HIST.fill(0);
-  const bits = new Uint32Array(row.buffer, row.byteOffset, n);
-  for (let i = 0; i < n; i++) {
-    const b = bits[i];
-    // orderKey, inline: NaN lowest (0), -0 as +0, then the sign-flipped order of IEEE floats.
-    const k = (b & 0x7fffffff) > 0x7f800000
-      ? 0
-      : b === 0x80000000
-      ? 0x80000000
-      : b & 0x80000000
-      ? ~b >>> 0
-      : (b | 0x80000000) >>> 0;
-    keys[i] = k;
-    hist[k >>> 16]++;
-  }
-  // Each cap's bucket and how many keys it takes from it, walking down from the top.
-  const nc = caps.length;
-  const order = caps.map((_, i) => i).sort((a, b) => caps[a] - caps[b]);
-  const bucket = new Int32Array(nc).fill(-1);
-  const needIn = new Uint32Array(nc);
-  let d = 65535, above = 0;
-  for (const c of order) {
-    const want = Math.min(caps[c], n);
-    if (want === 0) continue;
-    while (above + hist[d] < want) above += hist[d--];
-    bucket[c] = d;
-    needIn[c] = want - above;
-  }
-  // The keys of those buckets (hist counts them), sorted: each cap's threshold key and how many
-  // positions holding exactly it the cap takes (the lowest positions: the kernel's tie order).
-  const members: Uint32Array[] = [];
-  const slotted: number[] = [];
-  let lowest = 65536;
-  for (let c = 0; c < nc; c++) {
-    const b = bucket[c];
-    if (b < 0 || SELECT_SLOT[b] >= 0) continue;
-    SELECT_SLOT[b] = members.length;
-    members.push(new Uint32Array(hist[b]));
-    slotted.push(b);
-    lowest = Math.min(lowest, b);
-  }
-  const filled = new Uint32Array(members.length);
-  for (let i = 0; i < n; i++) {
-    const k = keys[i];
-    if (k >>> 16 < lowest) continue;
-    const s = SELECT_SLOT[k >>> 16];
-    if (s >= 0) members[s][filled[s]++] = k;
-  }
-  for (const m of members) m.sort();
-  const thr = new Float64Array(nc).fill(2 ** 32);
-  const ties = new Uint32Array(nc);
-  let floor = 2 ** 32;
-  for (let c = 0; c < nc; c++) {
-    if (bucket[c] < 0) continue;
-    const m = members[SELECT_SLOT[bucket[c]]];
-    const t = m[m.length - needIn[c]];
-    let greater = 0;
-    for (let j = m.length - 1; j >= 0 && m[j] > t; j--) greater++;
-    thr[c] = t;
-    ties[c] = needIn[c] - greater;
-    floor = Math.min(floor, t);
-  }
-  for (const b of slotted) SELECT_SLOT[b] = -1;
-  const out = caps.map((cap) => new Uint32Array(Math.min(cap, n)));
-  const at = new Uint32Array(nc);
-  for (let i = 0; i < n; i++) {
-    const k = keys[i];
-    if (k < floor) continue;
-    for (let c = 0; c < nc; c++) {
-      if (k > thr[c]) out[c][at[c]++] = i;
-      else if (k === thr[c] && ties[c] > 0) {
-        ties[c]--;
-        out[c][at[c]++] = i;
-      }
-    }
-  }
-  return out;
 }
 
 const F32_BITS = new Uint32Array(1);
