@@ -1,6 +1,6 @@
 /* Host-side ranking of a refresh selection's scores rows (HeteroCache on a CPU device, where the
- * top-k kernel would run on the same cores, slower): the C twin of selectByScore in
- * src/cache/heterocache/heterocache.ts, which the tests hold it to. */
+ * top-k kernel would run on the same cores, slower): the same takes as the kernel's top-k and
+ * takeByScore in src/cache/heterocache/heterocache.ts, which the tests hold it to. */
 #include "internal.h"
 
 #include <stdlib.h>

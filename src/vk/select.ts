@@ -4,9 +4,9 @@ import { check, native } from "./ffi.ts";
 
 /**
  * For each cap, the `cap` positions of `row` ranked first by the top-k kernel's order (score
- * descending, NaN lowest, -0 as +0, then position ascending), ascending by position: what
- * selectByScore computes in TS, in C on a worker thread, so that several rows rank at once
- * while the JS thread waits. `row` must not change until it settles.
+ * descending, NaN lowest, -0 as +0, then position ascending), ascending by position: the
+ * kernel's top-k followed by the cache's takeByScore, in C on a worker thread, so that several
+ * rows rank at once while the JS thread waits. `row` must not change until it settles.
  */
 export async function rankRows(row: Float32Array, caps: readonly number[]): Promise<Uint32Array[]> {
   if (caps.some((c) => !Number.isInteger(c) || c < 0 || c > 0xffffffff)) {
