@@ -59,6 +59,11 @@ interface Row {
   threads?: number;
 }
 
+/** An engine's table label, with llama.cpp cpu's thread count where it has one. */
+function withThreads(engine: string, threads?: number): string {
+  return threads ? `${engine} (${threads} thread${threads > 1 ? "s" : ""})` : engine;
+}
+
 function promptIds(n: number): number[] {
   // The same ids bench/llamacpp/run.mjs feeds llama.cpp.
   return Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % 250));
@@ -200,9 +205,7 @@ export async function runThroughput(
         ? `${(r.decodeTokensPerSecond / other.decodeTokensPerSecond).toFixed(2)}x`
         : "";
     });
-    const engine = r.threads
-      ? `${r.engine} (${r.threads} thread${r.threads > 1 ? "s" : ""})`
-      : r.engine;
+    const engine = withThreads(r.engine, r.threads);
     lines.push(
       `| ${r.model} | ${engine} | ${r.prefillTokensPerSecond.toFixed(1)} | ${
         r.decodeTokensPerSecond.toFixed(1)
@@ -668,7 +671,7 @@ export function speedReport(r: SpeedResult): string {
       for (const e of engines) {
         const x = cell(e, c);
         if (!x) continue;
-        const name = x.threads ? `${e} (${x.threads} thread${x.threads > 1 ? "s" : ""})` : e;
+        const name = withThreads(e, x.threads);
         out.push(
           `| ${fmtCtx(c)} | ${name} | ${fmt(x.meanMs)} | ${fmt(x.stepMs)} | ${
             ratio(x.meanMs, full?.meanMs)

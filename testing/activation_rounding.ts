@@ -42,16 +42,21 @@ export function activationRoundingOf(weightType: number): ActivationRounding {
 
 const f32 = Math.fround;
 
+/** A Q8_0 / Q8_1 block's scale d = amax / levels (f32) and its inverse (0 for a zero block). */
+function q8Scale(x: Float32Array, b: number, levels: number): { d: number; id: number } {
+  let amax = 0;
+  for (let j = b; j < b + 32; j++) amax = Math.max(amax, Math.abs(x[j]));
+  const d = f32(amax / levels);
+  return { d, id: d ? f32(1 / d) : 0 };
+}
+
 /**
  * Q8_0 / Q8_1: per block of 32, d = amax / 127 (f32), q = round(x / d), stored scale f16(d);
  * the value a product sees is f16(d) * q.
  */
 function roundQ8Blocks(x: Float32Array, out: Float32Array, levels: number): void {
   for (let b = 0; b < x.length; b += 32) {
-    let amax = 0;
-    for (let j = b; j < b + 32; j++) amax = Math.max(amax, Math.abs(x[j]));
-    const d = f32(amax / levels);
-    const id = d ? f32(1 / d) : 0;
+    const { d, id } = q8Scale(x, b, levels);
     const dh = f16ToF32(f32ToF16(d));
     for (let j = b; j < b + 32; j++) out[j] = f32(dh * nearestInt(f32(x[j] * id)));
   }
@@ -92,10 +97,7 @@ function roundQ8K(x: Float32Array, out: Float32Array, levels: number): void {
 export function q8_1Corrections(x: Float32Array, levels = 127): Float32Array {
   const out = new Float32Array(x.length / 32);
   for (let b = 0; b < x.length; b += 32) {
-    let amax = 0;
-    for (let j = b; j < b + 32; j++) amax = Math.max(amax, Math.abs(x[j]));
-    const d = f32(amax / levels);
-    const id = d ? f32(1 / d) : 0;
+    const { d, id } = q8Scale(x, b, levels);
     let sum = 0;
     for (let j = b; j < b + 32; j++) sum += nearestInt(f32(x[j] * id));
     out[b / 32] = f16ToF32(f32ToF16(f32(d * sum))) - f16ToF32(f32ToF16(d)) * sum;

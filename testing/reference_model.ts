@@ -254,7 +254,8 @@ export class ReferenceModel {
       const w = await loadTensorF32(source, name);
       const t = source.tensors.get(name)!;
       rounding.set(w, activationRoundingOf(t.type));
-      if (t.type === GgmlType.Q4_1 || t.type === GgmlType.Q5_1) {
+      // Only a rounding model reads the mins (a second read of the tensor's bytes).
+      if (opts.roundActivations && (t.type === GgmlType.Q4_1 || t.type === GgmlType.Q5_1)) {
         mins.set(w, blockMins(t.type === GgmlType.Q4_1 ? 20 : 24, await readTensorBytes(t)));
       }
       return w;

@@ -2,6 +2,7 @@
 // one model and backend, after a warm-up. Prints one JSON line. Run by bench/prefill.ts.
 // Usage: node prefill.mjs MODEL.gguf PROMPT_TOKENS cpu|vulkan
 import { getLlama } from "node-llama-cpp";
+import { cpuThreads } from "./threads.mjs";
 
 const [modelPath, promptArg, backend] = process.argv.slice(2);
 const promptTokens = Number(promptArg);
@@ -16,12 +17,10 @@ const model = await llama.loadModel({
   modelPath,
   gpuLayers: backend === "vulkan" ? "max" : 0,
 });
-// HC_LLAMACPP_THREADS: its CPU threads (unset: node-llama-cpp's default; bench/llamacpp_node.ts).
-const threads = Number(process.env.HC_LLAMACPP_THREADS ?? 0) || undefined;
 const ctx = await model.createContext({
   contextSize,
   batchSize: Math.min(512, contextSize),
-  threads,
+  threads: cpuThreads,
 });
 // The ids bench/prefill.ts feeds our engine.
 const prompt = Array.from({ length: promptTokens }, (_, i) => 3 + ((i * 7919) % 4000));

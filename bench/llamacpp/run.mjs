@@ -3,6 +3,7 @@
 // bench/decode.ts under Node.
 // Usage: node run.mjs MODEL.gguf PROMPT_TOKENS DECODE_TOKENS cpu|vulkan [CONTEXT]
 import { getLlama } from "node-llama-cpp";
+import { cpuThreads } from "./threads.mjs";
 
 const [modelPath, promptArg, decodeArg, backend, ctxArg] = process.argv.slice(2);
 if (backend !== "cpu" && backend !== "vulkan") throw new Error(`backend '${backend}': cpu or vulkan`);
@@ -16,12 +17,10 @@ const llama = await getLlama({
   logLevel: "error",
 });
 const model = await llama.loadModel({ modelPath, gpuLayers: backend === "vulkan" ? "max" : 0 });
-// HC_LLAMACPP_THREADS: its CPU threads (unset: node-llama-cpp's default; bench/llamacpp_node.ts).
-const threads = Number(process.env.HC_LLAMACPP_THREADS ?? 0) || undefined;
 const ctx = await model.createContext({
   contextSize,
   batchSize: Math.min(512, contextSize),
-  threads,
+  threads: cpuThreads,
 });
 const vocab = model.tokens;
 // A fixed prompt of ordinary tokens (ids from 3 up), the same one bench/decode.ts feeds us.

@@ -17,6 +17,7 @@ import { closeSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { cpuThreads } from "./threads.mjs";
 
 const [modelPath, ctxArg, stepsArg, backend] = process.argv.slice(2);
 if (backend !== "cpu" && backend !== "vulkan") throw new Error(`backend '${backend}': cpu or vulkan`);
@@ -33,12 +34,10 @@ const llama = await getLlama({
 const model = await llama.loadModel({ modelPath, gpuLayers: backend === "vulkan" ? "max" : 0 });
 // node-llama-cpp's default attention path (flash attention off): with it on, a 16K step of the
 // TinyLlama shape was slower here (1.6-1.8 s against 1.1-1.4 s, one run each).
-// HC_LLAMACPP_THREADS: its CPU threads (unset: node-llama-cpp's default; bench/llamacpp_node.ts).
-const threads = Number(process.env.HC_LLAMACPP_THREADS ?? 0) || undefined;
 const ctx = await model.createContext({
   contextSize: context,
   batchSize: Math.min(512, context),
-  threads,
+  threads: cpuThreads,
 });
 // Ordinary token ids from 3 up, as bench/decode.ts feeds our engine.
 const ids = (n) => Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % 250));

@@ -15,10 +15,8 @@ export async function rankRows(row: Float32Array, caps: readonly number[]): Prom
   const n = row.length;
   const sizes = caps.map((c) => Math.min(c, n));
   const out = new Uint32Array(Math.max(1, sizes.reduce((a, b) => a + b, 0)));
-  const capWords = Uint32Array.from(caps);
-  const view = new Uint8Array(row.buffer, row.byteOffset, row.byteLength);
   check(
-    await native().hc_select_rows(view, n, capWords, caps.length, out),
+    await native().hc_select_rows(row, n, Uint32Array.from(caps), caps.length, out),
     `ranking a row of ${n} scores`,
   );
   let at = 0;

@@ -152,8 +152,9 @@ export class HeteroCache extends CompressedCache {
   #base = 0;
   #landedBefore = 0;
   #directBefore = 0;
-  /** The refresh selection ranks scores rows on the host (a CPU device; see the constructor). */
-  readonly #hostSelect: boolean;
+  /** The refresh selection ranks whole scores rows on the host, not with the top-k kernel (a
+   * CPU device outside compat; see the constructor). */
+  readonly #rankOnHost: boolean;
   #caps: number[][] = [];
   #pivots: PivotState[] = [];
   /** Mapped upload buffer [nLayers][window][qDim] of buffered decode queries. */
@@ -257,8 +258,9 @@ export class HeteroCache extends CompressedCache {
     const direct = cpu.cpu && cpu.cpuDriver;
     this.#retrieval = new Retrieval(deps.device, c.headDim, !this.#compat, direct);
     // Its selection ranks on the host too (rankRows, native threads): the top-k kernel would
-    // run on the same cores, slower. A lavapipe-only path, like the landing.
-    this.#hostSelect = direct;
+    // run on the same cores, slower. A lavapipe-only path, like the landing; compat keeps the
+    // kernel's top-M by position (the §4 quirk).
+    this.#rankOnHost = direct && !this.#compat;
   }
 
   /** Queries buffered per drift check. */
@@ -548,9 +550,8 @@ export class HeteroCache extends CompressedCache {
     const L = this.promptTokens;
     const caps = this.#pivots.flatMap((p) => p.satellites.map((s) => this.#caps[p.layer][s]));
     const k = Math.max(1, Math.min(L, Math.max(0, ...caps)));
-    const host = this.#hostSelect && !this.#compat;
     this.#ensureIndices(k * 4);
-    if (!host) {
+    if (!this.#rankOnHost) {
       warm.barrier();
       this.kernels.topk.record(warm, {
         rows,
@@ -564,15 +565,14 @@ export class HeteroCache extends CompressedCache {
     warm.end();
     this.device.waitSync("compute", warm.submit());
     // V8 compiles the host half of a selection (the take, the moved rows) at its first large
-    // calls: 23 ms against 3 ms after, on the first refresh's step at 64K tokens (8B shape).
-    // Runs at the real sizes on a dummy ranking move that into the prefill; three, as one left
-    // the first refreshes 10-27 ms against 4 after (a host ranking in TS, TinyLlama shape, 128K).
+    // call: 23 ms against 3 ms after, on the first refresh's step at 64K tokens (8B shape). One
+    // run at the real sizes on a dummy ranking moves that into the prefill (8 ms after it).
+    // Ranking on the host, the take is native: only the moved rows run here.
     const top = new Uint32Array(k).map((_, i) => i);
-    const dummy = new Float32Array(L).map((_, i) => (i * 0.618) % 1);
-    for (let i = 0; i < 3; i++) {
-      const taken = takeByScore(top, dummy, caps.length ? caps : [k]);
-      changedRows(taken[0], top.subarray(k - taken[0].length));
-    }
+    const taken = this.#rankOnHost
+      ? [top.subarray(0, Math.min(k, caps[0] ?? k))]
+      : takeByScore(top, new Float32Array(L), caps.length ? caps : [k]);
+    changedRows(taken[0], top.subarray(k - taken[0].length));
   }
 
   /** Sets the watch table's logits entries for the next step (the mapped table is read when
@@ -1043,8 +1043,8 @@ export class HeteroCache extends CompressedCache {
     // The readback holds the indices, then each pivot's scores row where the default ranking
     // or the refresh log needs it.
     const rows = !this.#compat || this.#record || score;
-    // A CPU device ranks the rows on the host (rankRows): no top-k, no indices.
-    const host = this.#hostSelect && !this.#compat;
+    // Ranking on the host (rankRows): no top-k, no indices.
+    const host = this.#rankOnHost;
     const rowsAt = host ? 0 : at * 4;
     this.#ensureIndices(rowsAt + (rows ? fired.length * L * 4 : 0));
     const cmd = (this.#selectCmd ??= this.device.commands());
@@ -1089,15 +1089,16 @@ export class HeteroCache extends CompressedCache {
     await this.device.wait("compute", cmd.submit());
     const m = this.#readback!.mapped();
     const all = host ? null : new Uint32Array(m.buffer, m.byteOffset, at);
-    const rowOfPlan = (i: number) =>
-      rows ? new Float32Array(m.buffer, m.byteOffset + rowsAt + i * L * 4, L) : null;
+    const scoreRows = plan.map((_, i) =>
+      rows ? new Float32Array(m.buffer, m.byteOffset + rowsAt + i * L * 4, L) : null
+    );
     // The fired pivots' rows rank at once, each on a worker thread.
     const ranked = host
-      ? await Promise.all(plan.map((e, i) => rankRows(rowOfPlan(i)!, e.caps)))
+      ? await Promise.all(plan.map((e, i) => rankRows(scoreRows[i]!, e.caps)))
       : null;
     const jobs: RefreshJob[] = [];
     plan.forEach((e, i) => {
-      const row = rowOfPlan(i);
+      const row = scoreRows[i];
       const top = all?.slice(e.at, e.at + Math.min(e.M, L));
       const taken = ranked
         ? ranked[i]
