@@ -354,20 +354,10 @@ export async function runPrefill(
       }
     }
     if (longTokens > 0) {
-      const path = `${tmp}/synthetic-8b-shape-4-layers.gguf`;
-      const layers = 4;
-      await writeSyntheticModel(path, {
-        ...SPEC,
-        nLayers: layers,
-        contextLength: Math.max(SPEC.contextLength, longTokens + 16),
-        weightType: GgmlType.F16,
-      });
       const orders: PrefillOrder[] = opts.longChunked === false
         ? ["layered"]
         : ["layered", "chunked"];
-      const lrows = await longPrefill(path, longTokens, orders);
-      const llamacpp = await llamaCppAll(path, longTokens, backends, vulkanMax);
-      long = { tokens: longTokens, layers, rows: lrows, llamacpp };
+      long = await longSection(tmp, longTokens, orders, backends, vulkanMax);
     }
   } finally {
     await Deno.remove(tmp, { recursive: true });
@@ -457,6 +447,64 @@ function longTable(long: LongResult, backends: readonly string[]): string[] {
       } | - | - | - | - | - |`;
     }),
   ];
+}
+
+/** The prompt length of the long-prompt section. */
+export const LONG_PREFILL_TOKENS = 32768;
+
+/** The long-prompt section (`deno task bench --full`, or `--only prefill-long`): a HeteroCache
+ * (keep 0.25) prefill of `tokens` tokens, layer by layer only, on the 4-layer 8B shape, timed to
+ * its first token with its peak device KV. One order and no llama.cpp: at 32K tokens the
+ * quadratic attention alone takes most of an hour on a 2-core CPU device, and the `prefill`
+ * section already sets both orders and llama.cpp side by side at a shorter length. */
+export async function runLongPrefill(
+  opts: { tokens: number; write?: boolean },
+): Promise<LongPrefillResult> {
+  const tmp = await Deno.makeTempDir();
+  let long: LongResult;
+  try {
+    long = await longSection(tmp, opts.tokens, ["layered"], [], Infinity);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+  using dev = Device.open();
+  const device = dev.info.name;
+  const result = {
+    date: new Date().toISOString(),
+    device,
+    long,
+    table: [`On ${device}.`, "", ...longTable(long, [])].join("\n"),
+  };
+  if (opts.write) await writeResult("prefill_long.json", result);
+  return result;
+}
+
+export interface LongPrefillResult {
+  date: string;
+  device: string;
+  long: LongResult;
+  table: string;
+}
+
+/** The 4-layer F16 model of the long rows, then one HeteroCache prefill per order. */
+async function longSection(
+  tmp: string,
+  tokens: number,
+  orders: PrefillOrder[],
+  backends: readonly string[],
+  vulkanMax: number,
+): Promise<LongResult> {
+  const path = `${tmp}/synthetic-8b-shape-4-layers.gguf`;
+  const layers = 4;
+  await writeSyntheticModel(path, {
+    ...SPEC,
+    nLayers: layers,
+    contextLength: Math.max(SPEC.contextLength, tokens + 16),
+    weightType: GgmlType.F16,
+  });
+  const rows = await longPrefill(path, tokens, orders);
+  const llamacpp = await llamaCppAll(path, tokens, backends, vulkanMax);
+  return { tokens, layers, rows, llamacpp };
 }
 
 function attentionVariant(v: string | undefined): PrefillVariant | undefined {
