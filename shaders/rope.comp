@@ -4,16 +4,12 @@
 // to the default (1, 1, 1) when the include precedes it, which breaks wg_sum's shared path.
 layout(local_size_x_id = 0) in;
 #include "common.glsl"
+#include "rope.glsl"
 // RoPE over nTokens tokens x nHeads heads x headDim, one invocation per rotated pair.
 // Pairing: "adjacent" rotates (x[2i], x[2i+1]) (GGUF Llama), "halves" rotates (x[i], x[i+d/2])
 // (NeoX / Qwen2). theta_i = pos * invFreq_i.
 //
-// Precision: the angle is never formed as a float. The host stores, per pair, invFreq_i / 2pi
-// (turns per position, computed in f64, fractional part only) as a 64-bit fixed-point fraction.
-// pos * turns mod 1 is then exact integer arithmetic (u32 x u64 -> low 64 bits), and only the
-// final phase in [-1/2, 1/2) turns is converted to float, so sin/cos always see |angle| <= pi
-// (the only range where Vulkan bounds their error) and the angle error is ~2e-7 rad at any
-// position up to 2^32, instead of the ~1e-2 rad an f32 product pos * invFreq has at 128K.
+// Precision: see rope.glsl.
 //
 // `out` may be the same memory as `x` (in place): each pair is read, then written, by one
 // invocation.
@@ -32,8 +28,6 @@ layout(push_constant) uniform P {
   uint flags;          // bit 0: halves pairing, bit 1: one position per token (else pos0 + t)
 } p;
 
-const float TWO_PI_OVER_2_32 = 1.4629180792671596e-9;  // 2pi / 2^32
-
 void main() {
   uint gid = (gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x) * gl_WorkGroupSize.x + gl_LocalInvocationID.x;
   uint perToken = p.nHeads * p.halfDim;
@@ -44,14 +38,9 @@ void main() {
   uint i = r - h * p.halfDim;
 
   uint pos = ((p.flags & 2u) != 0u ? positions[p.posSlot + t] : positions[p.posSlot] + t) + p.posOffset;
-  uvec2 f = turns[i];
-  uint lsb, msb;
-  umulExtended(pos, f.x, msb, lsb);
-  uint phase = pos * f.y + msb;  // top 32 bits of frac(pos * turns) in 2^-32 units (mod 2^32)
-  // Signed reading puts the phase in [-2^31, 2^31), i.e. the angle in [-pi, pi).
-  float angle = (float(int(phase)) + float(lsb) * 2.3283064365386963e-10) * TWO_PI_OVER_2_32;
-  float c = cos(angle);
-  float s = sin(angle);
+  vec2 cs = rope_cos_sin(pos, turns[i]);
+  float c = cs.x;
+  float s = cs.y;
 
   uint headDim = 2u * p.halfDim;
   uint ia, ib;

@@ -301,6 +301,7 @@ export const SHADERS = {
 
   // src/kernels/kv.ts and attention.ts
   kv_append: single("kv_append.comp"),
+  rope_append: single("rope_append.comp"),
   attn_decode: family({ file: "attn_decode.comp", axes: { watch: WATCH }, subgroup: true }),
   attn_decode_cpu: family({ file: "attn_decode_cpu.comp", axes: { texel: TEXEL, watch: WATCH } }),
   attn_merge: family({ file: "attn_merge.comp", axes: { watch: WATCH } }),

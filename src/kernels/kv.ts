@@ -1,11 +1,14 @@
 /**
- * The append kernel that writes new tokens' K and V into a layer's KV cache (layout:
- * src/cache/kv_layer.ts).
+ * The kernels that write new tokens' K and V into a layer's KV cache (layout:
+ * src/cache/kv_layer.ts): KvAppend (K already rotated) and RopeAppend (RoPE on q and k and the
+ * append in one dispatch, what a layer's forward pass records).
  */
 import { HcError } from "../errors.ts";
 import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
 import { type Binding, type CommandList, type Device, type Kernel, pushLayout } from "../vk/mod.ts";
-import { requireBytes, requireFloatOffset } from "./checks.ts";
+import { badKernelArgs, checkInt, grid2d, requireBytes, requireFloatOffset } from "./checks.ts";
+import type { RopeTable } from "./elementwise.ts";
+import type { RopePairing } from "../model/config.ts";
 import { SHADERS } from "../../shaders/variants.ts";
 
 function limit(message: string): never {
@@ -97,5 +100,121 @@ export class KvAppend implements Disposable {
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+}
+
+export interface RopeAppendArgs {
+  cache: KvLayerCache;
+  /** f32 q rows, `nHeads` heads per token, rotated in place. */
+  q: Binding;
+  /** f32 k rows (every KV head of the cache per token), rotated in place and appended. */
+  k: Binding;
+  /** f32 v rows, appended. */
+  v: Binding;
+  nHeads: number;
+  tokens: number;
+  table: RopeTable;
+  /** u32 buffer: token t is at position positions[0] + t. */
+  positions: Binding;
+  pairing: RopePairing;
+  /** YaRN's magnitude scale of the rotated q and k (default 1: none). */
+  mscale?: number;
+}
+
+/** shaders/rope_append.comp's push block. */
+const ROPE_APPEND_PUSH = pushLayout({
+  tokens: "u32",
+  nHeads: "u32",
+  headBase: "u32",
+  kvHeads: "u32",
+  qStride: "u32",
+  kvStride: "u32",
+  flags: "u32",
+  mscale: "f32",
+});
+
+/**
+ * RoPE on q and k, then k and v appended to the cache (f16), in one dispatch per cache chunk:
+ * what rope.comp twice and kv_append.comp compute, with one barrier after it instead of two.
+ */
+export class RopeAppend implements Disposable {
+  readonly headDim: number;
+  readonly #device: Device;
+  readonly #kernel: Kernel;
+  static readonly WORKGROUP = 64;
+
+  constructor(device: Device, opts: { headDim: number }) {
+    checkHeadDim(opts.headDim);
+    this.headDim = opts.headDim;
+    this.#device = device;
+    this.#kernel = device.kernel(SHADERS.rope_append.variant(), {
+      bindings: 9,
+      push: ROPE_APPEND_PUSH,
+      spec: [RopeAppend.WORKGROUP, opts.headDim],
+    });
+  }
+
+  record(cmd: CommandList, a: RopeAppendArgs): this {
+    const { cache } = a;
+    const D = this.headDim;
+    if (cache.headDim !== D) limit(`cache head dim ${cache.headDim} != kernel head dim ${D}`);
+    const B = a.tokens;
+    if (!Number.isInteger(B) || B < 1 || B > 1 << 20) limit(`append of ${B} tokens (1..2^20)`);
+    const heads = checkInt(a.nHeads, "nHeads", 1);
+    if (a.table.pairs !== D / 2) {
+      badKernelArgs(`RoPE table has ${a.table.pairs} pairs, headDim ${D} needs ${D / 2}`);
+    }
+    if (a.pairing !== "adjacent" && a.pairing !== "halves") badKernelArgs(`pairing ${a.pairing}`);
+    const mscale = a.mscale ?? 1;
+    if (!Number.isFinite(mscale)) badKernelArgs(`mscale ${mscale}`);
+    const kvStride = cache.nKvHeads * D;
+    requireBytes(a.q, B * heads * D * 4, "q");
+    requireBytes(a.k, B * kvStride * 4, "K input");
+    requireBytes(a.v, B * kvStride * 4, "V input");
+    requireBytes(a.positions, 4, "positions");
+    if (cache.window > 0 && B > cache.minCapRows) {
+      // Within one dispatch the batch's own rows would overwrite one another.
+      limit(`append of ${B} tokens to a ring of ${cache.minCapRows} rows`);
+    }
+    const flags = (a.pairing === "halves" ? 1 : 0) | (cache.window > 0 ? 2 : 0) |
+      (mscale !== 1 ? 4 : 0);
+    let first = true;
+    cache.layout.chunkHeads.forEach(([h0, h1], c) => {
+      if (h1 <= h0) return;
+      const qHeads = first ? heads : 0;
+      first = false;
+      const items = B * (qHeads + 2 * (h1 - h0)) * (D / 4);
+      if (items > 0xffff_ffff) limit(`a RoPE and append of ${items} items`);
+      cmd.dispatch(
+        this.#kernel,
+        [
+          a.q,
+          a.k,
+          a.v,
+          cache.k[c],
+          cache.v[c],
+          a.table.buffer,
+          a.positions,
+          cache.table,
+          cache.lengthsBuffer,
+        ],
+        ROPE_APPEND_PUSH.pack({
+          tokens: B,
+          nHeads: qHeads,
+          headBase: h0,
+          kvHeads: h1 - h0,
+          qStride: heads * D,
+          kvStride,
+          flags,
+          mscale,
+        }),
+        grid2d(this.#device, Math.ceil(items / RopeAppend.WORKGROUP)),
+      );
+    });
+    return this;
+  }
+
+  [Symbol.dispose](): void {
+    this.#kernel.dispose();
   }
 }

@@ -7,10 +7,10 @@
 export * from "./forward.ts";
 import { HcError } from "../errors.ts";
 import { GgmlType } from "../gguf/types.ts";
-import { Axpby, RmsNorm, Rope, RopeTable, Swiglu } from "../kernels/elementwise.ts";
+import { Axpby, RmsNorm, RopeTable, Swiglu } from "../kernels/elementwise.ts";
 import { DecodeAttention, PrefillAttention } from "../kernels/attention.ts";
 import { GetRows } from "../kernels/get_rows.ts";
-import { KvAppend } from "../kernels/kv.ts";
+import { KvAppend, RopeAppend } from "../kernels/kv.ts";
 import { MatMul, preferMatMul } from "../kernels/matmul.ts";
 import { MatVec } from "../kernels/matvec.ts";
 import { lanesLayoutFits, lanesUploadFill, type WeightLayout } from "../kernels/matvec_layout.ts";
@@ -84,7 +84,7 @@ class Kernels implements Disposable {
   readonly matvec: Map<number, MatVec> = new Map();
   readonly getRows: GetRows;
   readonly rmsNorm: RmsNorm;
-  readonly rope: Rope;
+  readonly ropeAppend: RopeAppend;
   readonly ropeTable: RopeTable;
   /** The windowed layers' own RoPE table (config.localRopeBase), or null. */
   readonly ropeTableLocal: RopeTable | null;
@@ -108,7 +108,7 @@ class Kernels implements Disposable {
       for (const t of weightTypes) this.matvec.set(t, own(new MatVec(device, t)));
       this.getRows = own(new GetRows(device, embdType));
       this.rmsNorm = own(new RmsNorm(device));
-      this.rope = own(new Rope(device));
+      this.ropeAppend = own(new RopeAppend(device, { headDim: c.headDim }));
       this.ropeTable = own(
         RopeTable.fromInverseFrequencies(
           device,
@@ -517,22 +517,27 @@ export class LlamaModel implements Disposable {
     cmd.barrier();
     if (L.qNorm) this.#recordQkNorm(cmd, L, B);
     const window = layerWindow(c, l);
-    const rope = {
-      table: window > 0 && K.ropeTableLocal ? K.ropeTableLocal : K.ropeTable,
-      positions: io.pos,
-      nTokens: B,
-      headDim: c.headDim,
-      pairing: c.ropePairing,
-    };
     if (layerUsesRope(c, l)) {
-      K.rope.record(cmd, { ...rope, x: a.q, nHeads: c.nHeads });
-      K.rope.record(cmd, { ...rope, x: a.k, nHeads: c.nKvHeads });
+      // RoPE on q and k and the append in one kernel; the captures copy the rotated q and k.
+      K.ropeAppend.record(cmd, {
+        cache,
+        q: a.q,
+        k: a.k,
+        v: a.v,
+        nHeads: c.nHeads,
+        tokens: B,
+        table: window > 0 && K.ropeTableLocal ? K.ropeTableLocal : K.ropeTable,
+        positions: io.pos,
+        pairing: c.ropePairing,
+        mscale: c.ropeMscale,
+      });
       cmd.barrier();
-      if (c.ropeMscale !== 1) this.#recordRopeMscale(cmd, B);
+      this.#recordCaptures(cmd, io, l, B, position);
+    } else {
+      this.#recordCaptures(cmd, io, l, B, position);
+      K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
+      cmd.barrier();
     }
-    this.#recordCaptures(cmd, io, l, B, position);
-    K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
-    cmd.barrier();
     if (cache.window !== window) {
       throw new HcError(
         "E_BAD_REQUEST",
@@ -668,16 +673,6 @@ export class LlamaModel implements Disposable {
       weight: L.kNorm!,
       rows: B * c.nKvHeads,
     });
-    cmd.barrier();
-  }
-
-  /** YaRN's magnitude correction (config.ropeMscale): q and k scaled after RoPE, in place. */
-  #recordRopeMscale(cmd: CommandList, B: number): void {
-    const c = this.config;
-    const a = this.act;
-    const scale = c.ropeMscale;
-    this.kernels.axpby.recordScale(cmd, { x: a.q, out: a.q, n: B * c.nHeads * c.headDim, scale });
-    this.kernels.axpby.recordScale(cmd, { x: a.k, out: a.k, n: B * c.nKvHeads * c.headDim, scale });
     cmd.barrier();
   }
 
