@@ -26,6 +26,8 @@ export interface SyntheticSpec {
   weightType?: number;
   /** Type of token_embd (default: weightType). */
   embeddingType?: number;
+  /** Per-matrix types (default: weightType), e.g. a mixed quant file's. */
+  matrixType?: (name: string) => number | undefined;
   tiedOutput?: boolean;
   ropeBase?: number;
   /** Llama 3 rope scaling written as metadata. */
@@ -142,7 +144,7 @@ export async function writeSyntheticModel(path: string, spec: SyntheticSpec): Pr
     const slot = seed * 1000 + n++;
     return tensor(
       name,
-      type,
+      spec.matrixType?.(name) ?? type,
       [cols, rows],
       override(spec, name, [cols, rows]) ??
         randomFill(cols * rows, slot, scale * (spec.weightScale ?? 1 / Math.sqrt(cols))),

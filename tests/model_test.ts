@@ -129,6 +129,30 @@ for (const [name, type, tol] of TYPES) {
   });
 }
 
+// The loader stacks ffn_gate and ffn_up into one weight where their types match (one
+// projection); a file that mixes them (here F16 gate, Q8_0 up) takes one projection each into
+// the same rows.
+Deno.test("synthetic llama, ffn_gate and ffn_up of different types: device matches reference", async () => {
+  await withModel(
+    {
+      ...BASE,
+      weightType: GgmlType.Q8_0,
+      matrixType: (n) => n.endsWith("ffn_gate.weight") ? GgmlType.F16 : undefined,
+      seed: 23,
+    },
+    (path) => compare(path, tokens(37, 320, 5), tokens(3, 320, 9), 2e-2, "mixed gate/up"),
+  );
+});
+
+// At width 512 every projection takes the CPU matvec's "lanes" layout on CPU devices, the
+// stacked gate and up included (their bands span both matrices' rows).
+Deno.test("synthetic llama at width 512, Q4_K: device matches reference", async () => {
+  await withModel(
+    { ...BASE, dim: 512, nHeads: 8, nKvHeads: 2, weightType: GgmlType.Q4_K, seed: 29 },
+    (path) => compare(path, tokens(21, 320, 6), tokens(3, 320, 9), 2e-2, "width 512"),
+  );
+});
+
 for (const [name, type] of [["Q8_0", GgmlType.Q8_0], ["Q4_K", GgmlType.Q4_K]] as const) {
   Deno.test(`synthetic qwen2 (Q/K/V biases, NeoX RoPE), ${name} weights: device matches reference`, async () => {
     await withModel(

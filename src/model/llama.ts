@@ -15,7 +15,7 @@ import { MatMul, preferMatMul } from "../kernels/matmul.ts";
 import { MatVec } from "../kernels/matvec.ts";
 import { lanesLayoutFits, lanesUploadFill, type WeightLayout } from "../kernels/matvec_layout.ts";
 import { Argmax } from "../kernels/select.ts";
-import type { Buffer, CommandList, Device } from "../vk/mod.ts";
+import type { Binding, Buffer, CommandList, Device } from "../vk/mod.ts";
 import { layerUsesRope, layerWindow } from "./arch.ts";
 import { type ModelConfig, ropeInverseFrequencies } from "./config.ts";
 import {
@@ -48,8 +48,10 @@ interface LayerWeights {
   k: Weight;
   v: Weight;
   o: Weight;
-  gate: Weight;
-  up: Weight;
+  /** The FFN's input projections, writing gate values to rows [0, ffnDim) and up values to
+   * rows [ffnDim, 2·ffnDim) of each token's Activations.gu row: one weight of both stacked
+   * where their types match (one dispatch), else one weight each at its row offset. */
+  ffnIn: { weight: Weight; row0: number }[];
   down: Weight;
   qBias: Buffer | null;
   kBias: Buffer | null;
@@ -169,8 +171,9 @@ class Activations implements Disposable {
   readonly k: Buffer;
   readonly v: Buffer;
   readonly att: Buffer;
-  readonly hb: Buffer;
-  readonly hb2: Buffer;
+  /** Per token 2·ffnDim floats: the gate and up projections, then SwiGLU's output in place of
+   * the gate half (the down projection reads it with a stride of 2·ffnDim). */
+  readonly gu: Buffer;
   readonly logits: Buffer;
   readonly #all: Buffer[] = [];
 
@@ -188,8 +191,7 @@ class Activations implements Disposable {
       this.k = f32(batch * c.nKvHeads * c.headDim);
       this.v = f32(batch * c.nKvHeads * c.headDim);
       this.att = f32(batch * c.nHeads * c.headDim);
-      this.hb = f32(batch * c.ffnDim);
-      this.hb2 = f32(batch * c.ffnDim);
+      this.gu = f32(batch * 2 * c.ffnDim);
       this.logits = f32(c.vocabSize);
     } catch (e) {
       this[Symbol.dispose]();
@@ -313,6 +315,39 @@ export class LlamaModel implements Disposable {
       opts.onProgress?.(doneBytes, totalBytes);
       return { buffer: b, type: t.type, layout, cols: t.dims[0], rows: n };
     };
+    // Two matrices of one type and width as one weight, the first's rows then the second's
+    // (each row whole blocks, so a row range is a byte range); of two types, one each.
+    const stacked = async (a: string, b: string): Promise<{ weight: Weight; row0: number }[]> => {
+      const ta = tensor(a), tb = tensor(b);
+      const ra = ta.dims[1] ?? 1, rb = tb.dims[1] ?? 1;
+      if (ta.type !== tb.type || ta.dims[0] !== tb.dims[0]) {
+        return [{ weight: await matrix(a), row0: 0 }, { weight: await matrix(b), row0: ra }];
+      }
+      const bytes = ta.bytes + tb.bytes;
+      const buf = device.buffer(bytes);
+      buffers.push(buf);
+      const layout = layoutOf(ta.type, ra + rb, ta.dims[0]);
+      const read = async (chunk: Uint8Array, off: number) => {
+        // A chunk may straddle the two tensors.
+        const inA = Math.max(0, Math.min(chunk.byteLength, ta.bytes - off));
+        if (inA > 0) await ta.read(chunk.subarray(0, inA), off);
+        if (inA < chunk.byteLength) {
+          await tb.read(chunk.subarray(inA), off + inA - ta.bytes);
+        }
+      };
+      await device.uploadFrom(
+        buf,
+        bytes,
+        layout === "lanes" ? lanesUploadFill(ta.type, ra + rb, ta.dims[0], read) : read,
+      );
+      doneBytes += bytes;
+      parameters += ta.elems + tb.elems;
+      opts.onProgress?.(doneBytes, totalBytes);
+      return [{
+        weight: { buffer: buf, type: ta.type, layout, cols: ta.dims[0], rows: ra + rb },
+        row0: 0,
+      }];
+    };
     // Norms and biases are tiny: always f32 on the device whatever the file stores.
     const vector = async (name: string): Promise<Buffer> => {
       const t = tensor(name);
@@ -347,12 +382,10 @@ export class LlamaModel implements Disposable {
             ? await rowsOf(p + "attn_qkv.weight", qDim + kvDim, kvDim)
             : await matrix(p + "attn_v.weight"),
           o: await matrix(p + "attn_output.weight"),
-          gate: c.fusedGateUp
-            ? await rowsOf(p + "ffn_up.weight", 0, c.ffnDim)
-            : await matrix(p + "ffn_gate.weight"),
-          up: c.fusedGateUp
-            ? await rowsOf(p + "ffn_up.weight", c.ffnDim, c.ffnDim)
-            : await matrix(p + "ffn_up.weight"),
+          // Phi-3's ffn_up already holds gate and up stacked.
+          ffnIn: c.fusedGateUp
+            ? [{ weight: await matrix(p + "ffn_up.weight"), row0: 0 }]
+            : await stacked(p + "ffn_gate.weight", p + "ffn_up.weight"),
           down: await matrix(p + "ffn_down.weight"),
           qBias: c.qkvBias ? await vector(p + "attn_q.bias") : null,
           kBias: c.qkvBias ? await vector(p + "attn_k.bias") : null,
@@ -372,7 +405,9 @@ export class LlamaModel implements Disposable {
       const output = c.tiedOutput ? embd : await matrix("output.weight");
       const types = new Set<number>([output.type]);
       for (const L of layers) {
-        for (const w of [L.q, L.k, L.v, L.o, L.gate, L.up, L.down]) types.add(w.type);
+        for (const w of [L.q, L.k, L.v, L.o, ...L.ffnIn.map((f) => f.weight), L.down]) {
+          types.add(w.type);
+        }
       }
       const kernels = new Kernels(device, c, types, embd.type);
       let act: Activations;
@@ -580,32 +615,47 @@ export class LlamaModel implements Disposable {
       eps: c.rmsEps,
     });
     cmd.barrier();
-    this.#matvec(cmd, L.gate, a.xb, a.hb, B, false);
-    this.#matvec(cmd, L.up, a.xb, a.hb2, B, false);
+    const F = c.ffnDim;
+    for (const { weight, row0 } of L.ffnIn) {
+      const gu = { buffer: a.gu, offset: row0 * 4 };
+      this.#matvec(cmd, weight, a.xb, gu, B, false, { yStride: 2 * F });
+    }
     cmd.barrier();
     K.swiglu.record(cmd, {
-      gate: a.hb,
-      up: a.hb2,
-      out: a.hb,
-      n: c.ffnDim,
+      gate: a.gu,
+      up: { buffer: a.gu, offset: F * 4 },
+      out: a.gu,
+      n: F,
       rows: B,
+      gateStride: 2 * F,
+      upStride: 2 * F,
+      outStride: 2 * F,
       act: c.gemma ? "gelu" : "silu",
     });
     cmd.barrier();
-    this.#residual(cmd, L.down, a.hb, L.ffnPostNorm, B);
+    this.#residual(cmd, L.down, a.gu, L.ffnPostNorm, B, 2 * F);
     return cmd;
   }
 
-  /** x += w · input, or with Gemma's post-norm x += norm(w · input). */
-  #residual(cmd: CommandList, w: Weight, input: Buffer, postNorm: Buffer | null, B: number): void {
+  /** x += w · input, or with Gemma's post-norm x += norm(w · input); `inputStride` floats
+   * between tokens of `input` (default w.cols). */
+  #residual(
+    cmd: CommandList,
+    w: Weight,
+    input: Buffer,
+    postNorm: Buffer | null,
+    B: number,
+    inputStride?: number,
+  ): void {
     const c = this.config;
     const a = this.act;
+    const strides = { xStride: inputStride };
     if (!postNorm) {
-      this.#matvec(cmd, w, input, a.x, B, true);
+      this.#matvec(cmd, w, input, a.x, B, true, strides);
       cmd.barrier();
       return;
     }
-    this.#matvec(cmd, w, input, a.xb, B, false);
+    this.#matvec(cmd, w, input, a.xb, B, false, strides);
     cmd.barrier();
     this.kernels.rmsNorm.record(cmd, {
       x: a.xb,
@@ -709,35 +759,32 @@ export class LlamaModel implements Disposable {
     }
   }
 
+  /** y = w · x (or y += w · x) for `batch` tokens, `xStride` / `yStride` floats apart
+   * (default w.cols / w.rows). */
   #matvec(
     cmd: CommandList,
     w: Weight,
-    x: Buffer,
-    y: Buffer,
+    x: Binding,
+    y: Binding,
     batch: number,
     accumulate: boolean,
+    strides: { xStride?: number; yStride?: number } = {},
   ): void {
     const want = this.promptKernel === "auto"
       ? preferMatMul(this.device, w.type)
       : this.promptKernel === "matmul";
+    const xStride = strides.xStride ?? w.cols;
+    const yStride = strides.yStride ?? w.rows;
+    const args = { weight: w.buffer, rows: w.rows, cols: w.cols, x, y, batch, accumulate };
     // The prompt matmul reads GGUF order only.
     if (batch > 1 && want && w.layout === "ggml") {
       const mm = this.kernels.matmul(w.type);
-      if (mm.supports(w.cols, 0, w.cols, { rows: w.rows, bufferBytes: w.buffer.bytes })) {
-        mm.record(cmd, { weight: w.buffer, rows: w.rows, cols: w.cols, x, y, batch, accumulate });
+      if (mm.supports(w.cols, 0, xStride, { rows: w.rows, bufferBytes: w.buffer.bytes })) {
+        mm.record(cmd, { ...args, xStride, yStride });
         return;
       }
     }
-    this.kernels.matvec.get(w.type)!.record(cmd, {
-      weight: w.buffer,
-      layout: w.layout,
-      rows: w.rows,
-      cols: w.cols,
-      x,
-      y,
-      batch,
-      accumulate,
-    });
+    this.kernels.matvec.get(w.type)!.record(cmd, { ...args, layout: w.layout, xStride, yStride });
   }
 
   [Symbol.dispose](): void {
