@@ -257,7 +257,9 @@ Deno.test("lanes layout: a model's matrices take it on the cpu set only, logits 
       await using model = await loadModel(path, { variants });
       const L = model.llama.layers[0];
       const expect = variants === "cpu" && model.device.info.texelBuffer ? "lanes" : "ggml";
-      for (const w of [L.q, L.k, L.v, L.o, L.gate, L.up, L.down]) {
+      // Gate and up share a type: one stacked weight, its bands spanning both.
+      assert.equal(L.ffnIn.length, 1);
+      for (const w of [L.q, L.k, L.v, L.o, L.ffnIn[0].weight, L.down]) {
         assert.equal(w.layout, expect, `${variants}: ${w.rows}x${w.cols}`);
       }
       assert.equal(
