@@ -28,6 +28,20 @@ export interface KvAppendArgs {
   tokens: number;
 }
 
+/** Checks an append of `tokens` rows to every head of `cache` by a kernel of head dim `D`;
+ * returns the token count. */
+function checkAppend(cache: KvLayerCache, D: number, tokens: number): number {
+  if (cache.headDim !== D) limit(`cache head dim ${cache.headDim} != kernel head dim ${D}`);
+  if (!Number.isInteger(tokens) || tokens < 1 || tokens > 1 << 20) {
+    limit(`append of ${tokens} tokens (1..2^20)`);
+  }
+  if (cache.window > 0 && tokens > cache.minCapRows) {
+    // Within one dispatch the batch's own rows would overwrite one another.
+    limit(`append of ${tokens} tokens to a ring of ${cache.minCapRows} rows`);
+  }
+  return tokens;
+}
+
 /** shaders/kv_append.comp's push block. */
 const KV_APPEND_PUSH = pushLayout({
   headBase: "u32",
@@ -57,9 +71,7 @@ export class KvAppend implements Disposable {
   record(cmd: CommandList, a: KvAppendArgs): this {
     const { cache } = a;
     const D = this.headDim;
-    if (cache.headDim !== D) limit(`cache head dim ${cache.headDim} != kernel head dim ${D}`);
-    const B = a.tokens;
-    if (!Number.isInteger(B) || B < 1 || B > 1 << 20) limit(`append of ${B} tokens (1..2^20)`);
+    const B = checkAppend(cache, D, a.tokens);
     const stride = a.tokenStride ?? cache.nKvHeads * D;
     const kOff = a.kOffset ?? 0;
     const vOff = a.vOffset ?? 0;
@@ -69,10 +81,6 @@ export class KvAppend implements Disposable {
     const need = (off: number) => (off + (B - 1) * stride + cache.nKvHeads * D) * 4;
     requireBytes(a.k, need(kOff), "K input");
     requireBytes(a.v, need(vOff), "V input");
-    if (cache.window > 0 && B > cache.minCapRows) {
-      // Within one dispatch the batch's own rows would overwrite one another.
-      limit(`append of ${B} tokens to a ring of ${cache.minCapRows} rows`);
-    }
     const items = 2 * B * (D / 8);
     const gx = Math.min(65535, Math.ceil(items / KvAppend.WORKGROUP));
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
@@ -157,9 +165,7 @@ export class RopeAppend implements Disposable {
   record(cmd: CommandList, a: RopeAppendArgs): this {
     const { cache } = a;
     const D = this.headDim;
-    if (cache.headDim !== D) limit(`cache head dim ${cache.headDim} != kernel head dim ${D}`);
-    const B = a.tokens;
-    if (!Number.isInteger(B) || B < 1 || B > 1 << 20) limit(`append of ${B} tokens (1..2^20)`);
+    const B = checkAppend(cache, D, a.tokens);
     const heads = checkInt(a.nHeads, "nHeads", 1);
     if (a.table.pairs !== D / 2) {
       badKernelArgs(`RoPE table has ${a.table.pairs} pairs, headDim ${D} needs ${D / 2}`);
@@ -172,10 +178,6 @@ export class RopeAppend implements Disposable {
     requireBytes(a.k, B * kvStride * 4, "K input");
     requireBytes(a.v, B * kvStride * 4, "V input");
     requireBytes(a.positions, 4, "positions");
-    if (cache.window > 0 && B > cache.minCapRows) {
-      // Within one dispatch the batch's own rows would overwrite one another.
-      limit(`append of ${B} tokens to a ring of ${cache.minCapRows} rows`);
-    }
     const flags = (a.pairing === "halves" ? 1 : 0) | (cache.window > 0 ? 2 : 0) |
       (mscale !== 1 ? 4 : 0);
     let first = true;
