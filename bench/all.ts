@@ -143,9 +143,12 @@ if (import.meta.main) {
   const prefillLong = longRerun
     ? await runLongPrefill({ tokens: LONG_PREFILL_TOKENS, write })
     : await stored<LongPrefillResult>("prefill-long");
+  const measured = (x: Section) => x === "prefill-long" ? longRerun : rerun(x);
   /** A heading, with the date of the run that measured it where that is not this one. */
   const head = (x: Section, title: string, r: { date: string }) =>
-    rerun(x) ? title : `${title} (stored: measured ${r.date.slice(0, 16).replace("T", " ")} UTC)`;
+    measured(x)
+      ? title
+      : `${title} (stored: measured ${r.date.slice(0, 16).replace("T", " ")} UTC)`;
   const charts = join(ROOT, "docs", "charts");
   if (write) await Deno.mkdir(charts, { recursive: true });
   const images: string[] = [];
@@ -231,11 +234,11 @@ if (import.meta.main) {
     "",
     prefill.table,
     "",
-    longRerun
-      ? "## Long prompt: 32K tokens into HeteroCache, layer by layer"
-      : `## Long prompt: 32K tokens into HeteroCache, layer by layer (stored: measured ${
-        prefillLong.date.slice(0, 16).replace("T", " ")
-      } UTC)`,
+    head(
+      "prefill-long",
+      "## Long prompt: 32K tokens into HeteroCache, layer by layer",
+      prefillLong,
+    ),
     "",
     prefillLong.table,
     "",

@@ -335,7 +335,6 @@ export async function runPrefill(
   const backends = opts.llamacpp ?? ["cpu"];
   const vulkanMax = opts.vulkanMaxTokens ?? Infinity;
   let long: LongResult | null = null;
-  let fmaGflops: number;
   let k: ReturnType<typeof kernelGflops>;
   let device: string;
   let attention: AttentionRow[];
@@ -343,7 +342,6 @@ export async function runPrefill(
     using dev = Device.open();
     device = dev.info.name;
     k = kernelGflops(dev);
-    fmaGflops = k.fma;
     attention = prefillAttentionRows(
       dev,
       opts.attentionTokens ?? [2048, 4096, 8192],
@@ -382,7 +380,7 @@ export async function runPrefill(
   const lines = [
     `Synthetic model: Llama-3.1-8B attention shape, ${SPEC.nLayers} layers, FFN ${SPEC.ffnDim}, ` +
     `vocabulary ${SPEC.vocabSize}, on ${device}. FMA-only ceiling in this run: ` +
-    `${fmaGflops.toFixed(1)} GFLOPS (median of 7 rounds; each round runs the FMA kernel, the ` +
+    `${k.fma.toFixed(1)} GFLOPS (median of 7 rounds; each round runs the FMA kernel, the ` +
     "matvec path and the matmul back to back, and a kernel's share is the median of its " +
     "per-round ratios).",
     "",
@@ -425,7 +423,7 @@ export async function runPrefill(
   const result = {
     date: new Date().toISOString(),
     device,
-    fmaGflops,
+    fmaGflops: k.fma,
     kernels,
     attention,
     rows,

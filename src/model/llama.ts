@@ -271,15 +271,10 @@ export class LlamaModel implements Disposable {
       if (!t) throw new HcError("E_MODEL_TENSOR", `model lacks tensor ${name}`);
       return t;
     };
-    const upload = async (t: ModelTensor, layout: WeightLayout = "ggml"): Promise<Buffer> => {
+    const upload = async (t: ModelTensor): Promise<Buffer> => {
       const b = device.buffer(t.bytes);
       buffers.push(b);
-      const read = (chunk: Uint8Array, off: number) => t.read(chunk, off);
-      await device.uploadFrom(
-        b,
-        t.bytes,
-        layout === "lanes" ? lanesUploadFill(t.type, t.dims[1] ?? 1, t.dims[0], read) : read,
-      );
+      await device.uploadFrom(b, t.bytes, (chunk: Uint8Array, off: number) => t.read(chunk, off));
       doneBytes += t.bytes;
       parameters += t.elems;
       opts.onProgress?.(doneBytes, totalBytes);
@@ -289,64 +284,59 @@ export class LlamaModel implements Disposable {
     // will take that path (never the embedding table: get_rows reads it in GGUF order).
     const layoutOf = (type: number, rows: number, cols: number): WeightLayout =>
       lanesLayoutFits(device, type, rows, cols) ? "lanes" : "ggml";
-    const matrix = async (name: string, matvecOnly = true): Promise<Weight> => {
-      const t = tensor(name);
-      const rows = t.dims[1] ?? 1;
-      const layout = matvecOnly ? layoutOf(t.type, rows, t.dims[0]) : "ggml";
-      return { buffer: await upload(t, layout), type: t.type, layout, cols: t.dims[0], rows };
-    };
-    // Rows [row0, row0 + n) of a fused matrix (Phi-3's attn_qkv, ffn_up) as a weight of its
-    // own: rows are whole blocks in every type, so a row range is a byte range.
-    const rowsOf = async (name: string, row0: number, n: number): Promise<Weight> => {
-      const t = tensor(name);
-      const rowBytes = t.bytes / t.dims[1];
-      const bytes = n * rowBytes;
-      const b = device.buffer(bytes);
-      buffers.push(b);
-      const layout = layoutOf(t.type, n, t.dims[0]);
-      const read = (chunk: Uint8Array, off: number) => t.read(chunk, row0 * rowBytes + off);
-      await device.uploadFrom(
-        b,
-        bytes,
-        layout === "lanes" ? lanesUploadFill(t.type, n, t.dims[0], read) : read,
-      );
-      doneBytes += bytes;
-      parameters += n * t.dims[0];
-      opts.onProgress?.(doneBytes, totalBytes);
-      return { buffer: b, type: t.type, layout, cols: t.dims[0], rows: n };
-    };
-    // Two matrices of one type and width as one weight, the first's rows then the second's
-    // (each row whole blocks, so a row range is a byte range); of two types, one each.
-    const stacked = async (a: string, b: string): Promise<{ weight: Weight; row0: number }[]> => {
-      const ta = tensor(a), tb = tensor(b);
-      const ra = ta.dims[1] ?? 1, rb = tb.dims[1] ?? 1;
-      if (ta.type !== tb.type || ta.dims[0] !== tb.dims[0]) {
-        return [{ weight: await matrix(a), row0: 0 }, { weight: await matrix(b), row0: ra }];
-      }
-      const bytes = ta.bytes + tb.bytes;
-      const buf = device.buffer(bytes);
-      buffers.push(buf);
-      const layout = layoutOf(ta.type, ra + rb, ta.dims[0]);
+    // One weight from row ranges of matrices of one type and width, in order: a whole tensor, a
+    // slice of a fused one (Phi-3's attn_qkv) or two stacked (gate and up). Rows are whole
+    // blocks in every type, so a row range is a byte range.
+    type Rows = { t: ModelTensor; row0: number; n: number };
+    const weightOf = async (parts: Rows[], matvecOnly = true): Promise<Weight> => {
+      const { type, dims } = parts[0].t;
+      const cols = dims[0];
+      const rows = parts.reduce((sum, p) => sum + p.n, 0);
+      const rowBytes = parts[0].t.bytes / (dims[1] ?? 1);
+      const bytes = rows * rowBytes;
+      const buffer = device.buffer(bytes);
+      buffers.push(buffer);
+      const layout = matvecOnly ? layoutOf(type, rows, cols) : "ggml";
+      // Bytes [off, off + chunk) of the weight; a chunk may span parts.
       const read = async (chunk: Uint8Array, off: number) => {
-        // A chunk may straddle the two tensors.
-        const inA = Math.max(0, Math.min(chunk.byteLength, ta.bytes - off));
-        if (inA > 0) await ta.read(chunk.subarray(0, inA), off);
-        if (inA < chunk.byteLength) {
-          await tb.read(chunk.subarray(inA), off + inA - ta.bytes);
+        let base = 0;
+        for (const p of parts) {
+          const end = base + p.n * rowBytes;
+          const from = Math.max(off, base), to = Math.min(off + chunk.byteLength, end);
+          if (from < to) {
+            await p.t.read(chunk.subarray(from - off, to - off), p.row0 * rowBytes + from - base);
+          }
+          base = end;
         }
       };
       await device.uploadFrom(
-        buf,
+        buffer,
         bytes,
-        layout === "lanes" ? lanesUploadFill(ta.type, ra + rb, ta.dims[0], read) : read,
+        layout === "lanes" ? lanesUploadFill(type, rows, cols, read) : read,
       );
       doneBytes += bytes;
-      parameters += ta.elems + tb.elems;
+      parameters += rows * cols;
       opts.onProgress?.(doneBytes, totalBytes);
-      return [{
-        weight: { buffer: buf, type: ta.type, layout, cols: ta.dims[0], rows: ra + rb },
-        row0: 0,
-      }];
+      return { buffer, type, layout, cols, rows };
+    };
+    const whole = (name: string): Rows => {
+      const t = tensor(name);
+      return { t, row0: 0, n: t.dims[1] ?? 1 };
+    };
+    const matrix = (name: string, matvecOnly = true) => weightOf([whole(name)], matvecOnly);
+    const rowsOf = (name: string, row0: number, n: number) =>
+      weightOf([{ t: tensor(name), row0, n }]);
+    // Gate and up of one type and width as one weight (one product for both); of two types, one
+    // weight each, writing its half of the same rows.
+    const stacked = async (a: string, b: string): Promise<{ weight: Weight; row0: number }[]> => {
+      const pa = whole(a), pb = whole(b);
+      if (pa.t.type !== pb.t.type || pa.t.dims[0] !== pb.t.dims[0]) {
+        return [{ weight: await weightOf([pa]), row0: 0 }, {
+          weight: await weightOf([pb]),
+          row0: pa.n,
+        }];
+      }
+      return [{ weight: await weightOf([pa, pb]), row0: 0 }];
     };
     // Norms and biases are tiny: always f32 on the device whatever the file stores.
     const vector = async (name: string): Promise<Buffer> => {
