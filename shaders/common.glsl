@@ -24,6 +24,23 @@ layout(local_size_x_id = 0) in;
 
 shared float hc_red[WG_MAX];
 
+// GELU, tanh approximation, as ggml's CPU backend has it: 0.5 a (1 + tanh(sqrt(2 / pi) a
+// (1 + 0.044715 a^2))) looked up at a rounded to f16, the result rounded to f16, 0 below -10
+// and a above 10. tanh's argument is clamped (it saturates long before 15) so no exp overflows.
+vec4 gelu_ggml(vec4 a) {
+  const vec4 h = vec4(unpackHalf2x16(packHalf2x16(a.xy)), unpackHalf2x16(packHalf2x16(a.zw)));
+  const vec4 t = tanh(clamp(0.7978845608 * h * (1.0 + 0.044715 * h * h), -15.0, 15.0));
+  const vec4 y = 0.5 * h * (1.0 + t);
+  const vec4 g = vec4(unpackHalf2x16(packHalf2x16(y.xy)), unpackHalf2x16(packHalf2x16(y.zw)));
+  return mix(mix(g, a, greaterThanEqual(a, vec4(10.0))), vec4(0.0), lessThanEqual(a, vec4(-10.0)));
+}
+
+// A gated linear unit's output act(gate) * up: act 1 SiLU (SwiGLU), 2 GELU (GeGLU).
+float glu_pair(uint act, float gate, float up) {
+  if (act == 2u) return gelu_ggml(vec4(gate)).x * up;
+  return gate / (1.0 + exp(-gate)) * up;
+}
+
 // Sum over the workgroup; every invocation gets the result. Must be reached by all invocations.
 float wg_sum(float v) {
 #ifdef HC_SUBGROUP

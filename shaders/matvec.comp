@@ -3,6 +3,14 @@
 // byte layout (row-major, row r = `cols` elements = cols/blockElems blocks). This is the
 // generic path (GPUs, and any alignment); matvec_run.comp is the CPU-tuned one.
 //
+// Two fusions for the decode step, both off unless the flags ask:
+// - RMSNorm of x (flags bit 1): y = W·(x ⊙ g) / sqrt(mean(x²) + eps), g the norm weight at
+//   binding 3. Every workgroup reads all of x anyway, so it sums x² as it loads it and scales
+//   its results at the end: the norm's dispatch and barrier go away, no pass over x is added.
+// - GLU pairs (flags bits 2-3): the weight is gate rows then up rows (F each); a workgroup
+//   takes NUM_ROWS/2 gate rows and the same up rows and writes act(gate·x) * (up·x) to F
+//   outputs, so SwiGLU/GeGLU need no dispatch and barrier of their own.
+//
 // Defines: TYPE (a ggml type id, see quant.glsl); HC_SUBGROUP selects the reduction.
 // Spec constants: 0 = workgroup size (lanes), 1 = NUM_ROWS rows per workgroup, 2 = NUM_COLS.
 //
@@ -30,33 +38,49 @@ layout(push_constant) uniform P {
   uint yStride;   // floats between consecutive columns of y
   uint yRow0;     // index in y of this dispatch's row 0
   uint ncols;     // columns of x / y in total
-  uint flags;     // bit 0: accumulate into y; bits 8-15: row slices (row-loop variant)
+  uint flags;     // bit 0: accumulate into y; bit 1: RMS-normalise x (see below); bits 2-3:
+                  // GLU act (1 SiLU, 2 GELU, see glu_pair); bits 8-15: row slices (row loop)
+  float eps;      // RMSNorm epsilon (flags bit 1)
+  uint gluRows;   // GLU outputs F (flags bits 2-3): gate rows [0, F), up rows [F, 2F)
 } p;
 
 layout(std430, binding = 2) buffer Y { float y[]; };
 
 float acc[NUM_ROWS * NUM_COLS];
 shared float red_sh[NUM_ROWS * NUM_COLS * WG];
+// Per column: sum of x² (RMSNorm), then the factor the results are scaled by.
+float ssq[NUM_COLS];
 
-void write_out(uint i, float v, uint r0, uint col0) {
+// Output i of the workgroup (row i / NUM_COLS from r0, column i % NUM_COLS) from its sums
+// over the lanes: v, and with GLU pairs the up row's sum.
+void write_out(uint i, float v, float up, uint r0, uint col0) {
   uint row = r0 + i / NUM_COLS;
   uint col = col0 + i % NUM_COLS;
-  if (row < p.rows && col < p.ncols) {
+  uint outRows = p.gluRows != 0u ? p.gluRows : p.rows;
+  if (row < outRows && col < p.ncols) {
+    float s = ssq[i % NUM_COLS];
+    v *= s;
+    if (p.gluRows != 0u) v = glu_pair((p.flags >> 2) & 3u, v, up * s);
     uint idx = col * p.yStride + p.yRow0 + row;
     if ((p.flags & 1u) != 0u) v += y[idx];
     y[idx] = v;
   }
 }
 
-// Sums acc[] over the workgroup's lanes and writes (or adds) the results.
+// Sums acc[] over the workgroup's lanes and writes (or adds) the results. With GLU pairs the
+// entries of the second half of the rows are the up rows of the first half's.
 void reduce_store(uint r0, uint col0) {
   const uint n = NUM_ROWS * NUM_COLS;
+  const uint upAt = (NUM_ROWS / 2u) * NUM_COLS;
+  uint outs = p.gluRows != 0u ? upAt : n;
   uint lane = gl_LocalInvocationID.x;
 #ifdef HC_SUBGROUP
   [[unroll]] for (uint i = 0; i < n; i++) acc[i] = subgroupAdd(acc[i]);
   if (gl_NumSubgroups == 1u) {
     if (lane == 0u) {
-      [[unroll]] for (uint i = 0; i < n; i++) write_out(i, acc[i], r0, col0);
+      [[unroll]] for (uint i = 0; i < n; i++) {
+        if (i < outs) write_out(i, acc[i], acc[min(i + upAt, n - 1u)], r0, col0);
+      }
     }
     return;
   }
@@ -64,10 +88,13 @@ void reduce_store(uint r0, uint col0) {
     [[unroll]] for (uint i = 0; i < n; i++) red_sh[i * gl_NumSubgroups + gl_SubgroupID] = acc[i];
   }
   barrier();
-  for (uint i = lane; i < n; i += WG) {
-    float s = 0.0;
+  for (uint i = lane; i < outs; i += WG) {
+    float s = 0.0, u = 0.0;
     for (uint k = 0; k < gl_NumSubgroups; k++) s += red_sh[i * gl_NumSubgroups + k];
-    write_out(i, s, r0, col0);
+    if (p.gluRows != 0u) {
+      for (uint k = 0; k < gl_NumSubgroups; k++) u += red_sh[(i + upAt) * gl_NumSubgroups + k];
+    }
+    write_out(i, s, u, r0, col0);
   }
 #else
   [[unroll]] for (uint i = 0; i < n; i++) red_sh[i * WG + lane] = acc[i];
@@ -78,7 +105,9 @@ void reduce_store(uint r0, uint col0) {
     }
     barrier();
   }
-  for (uint i = lane; i < n; i += WG) write_out(i, red_sh[i * WG], r0, col0);
+  for (uint i = lane; i < outs; i += WG) {
+    write_out(i, red_sh[i * WG], p.gluRows != 0u ? red_sh[(i + upAt) * WG] : 0.0, r0, col0);
+  }
 #endif
 }
 
@@ -86,6 +115,8 @@ layout(std430, binding = 0) readonly buffer W1 { uint w[]; };
 layout(std430, binding = 0) readonly buffer W2 { uvec2 w2[]; };
 layout(std430, binding = 0) readonly buffer W4 { uvec4 w4[]; };
 layout(std430, binding = 1) readonly buffer X4 { vec4 x4[]; };
+// The RMSNorm weight g (flags bit 1; else any binding, unread).
+layout(std430, binding = 3) readonly buffer G4 { vec4 g4[]; };
 
 #if TYPE == T_F32
 #define UNIT 4u
@@ -407,16 +438,33 @@ float dot_unit(uint r, vec4 xs[XV], vec4 xsum) {
 #endif
 }
 
+// Where vec4 j of a unit's staged x sits, in vec4s from the unit's first element: the 64
+// elements of a Q6_K unit are four runs of 16, 32 apart.
+#if TYPE == T_Q6_K
+#define XAT(j) (8u * ((j) / 4u) + (j) % 4u)
+#else
+#define XAT(j) (j)
+#endif
+
 void main() {
   uint g = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
-  uint r0 = g * NUM_ROWS;
-  if (r0 >= p.rows) return;
+  bool pairs = p.gluRows != 0u;
+  // With GLU pairs, the workgroup's outputs r0.. are gate rows r0.. and up rows F + r0...
+  const uint halfRows = NUM_ROWS / 2u;
+  uint r0 = g * (pairs ? halfRows : NUM_ROWS);
+  if (r0 >= (pairs ? p.gluRows : p.rows)) return;
   uint col0 = gl_WorkGroupID.z * NUM_COLS;
   uint lane = gl_LocalInvocationID.x;
   uint units = p.cols / UNIT;
+  bool norm = (p.flags & 2u) != 0u;
   [[unroll]] for (uint i = 0; i < NUM_ROWS * NUM_COLS; i++) acc[i] = 0.0;
+  [[unroll]] for (uint c = 0; c < NUM_COLS; c++) ssq[c] = 0.0;
   uint rowStart[NUM_ROWS];
-  [[unroll]] for (uint r = 0; r < NUM_ROWS; r++) rowStart[r] = p.wByte0 + min(r0 + r, p.rows - 1u) * p.rowBytes;
+  [[unroll]] for (uint r = 0; r < NUM_ROWS; r++) {
+    uint row = !pairs ? min(r0 + r, p.rows - 1u)
+      : r < halfRows ? min(r0 + r, p.gluRows - 1u) : p.gluRows + min(r0 + r - halfRows, p.gluRows - 1u);
+    rowStart[r] = p.wByte0 + row * p.rowBytes;
+  }
 
   for (uint u = lane; u < units; u += WG) {
     [[unroll]] for (uint r = 0; r < NUM_ROWS; r++) load_unit(r, rowStart[r], u);
@@ -426,23 +474,20 @@ void main() {
       wq[r * NW + 12u] >>= 8u * (u & 1u);
       wq[r * NW + 13u] >>= 8u * (u & 1u);
     }
+    uint xo = (256u * (u >> 2) + 128u * ((u >> 1) & 1u) + 16u * (u & 1u)) / 4u;
+#else
+    uint xo = u * UNIT / 4u;
 #endif
     [[unroll]] for (uint c = 0; c < NUM_COLS; c++) {
-      uint xcol = min(col0 + c, p.ncols - 1u) * p.xStride;
+      uint xb = min(col0 + c, p.ncols - 1u) * p.xStride / 4u + xo;
       vec4 xs[XV];
-#if TYPE == T_Q6_K
-      // The 64 elements of a Q6_K unit are four runs of 16, 32 apart.
-      uint xb = (xcol + 256u * (u >> 2) + 128u * ((u >> 1) & 1u) + 16u * (u & 1u)) / 4u;
-      [[unroll]] for (uint m = 0; m < 4u; m++) {
-        [[unroll]] for (uint k = 0; k < 4u; k++) xs[4u * m + k] = x4[xb + 8u * m + k];
+      [[unroll]] for (uint k = 0; k < XV; k++) xs[k] = x4[xb + XAT(k)];
+      if (norm) {
+        [[unroll]] for (uint k = 0; k < XV; k++) {
+          ssq[c] += dot(xs[k], xs[k]);
+          xs[k] *= g4[xo + XAT(k)];
+        }
       }
-      vec4 xsum = vec4(0.0);
-      [[unroll]] for (uint m = 0; m < 4u; m++) {
-        xsum[m] = dot(xs[4u * m] + xs[4u * m + 1u] + xs[4u * m + 2u] + xs[4u * m + 3u], vec4(1.0));
-      }
-#else
-      uint xb = (xcol + u * UNIT) / 4u;
-      [[unroll]] for (uint k = 0; k < XV; k++) xs[k] = x4[xb + k];
       vec4 xsum = vec4(0.0);
 #if TYPE == T_Q4_0 || TYPE == T_Q4_1 || TYPE == T_Q5_0 || TYPE == T_Q5_1
       vec4 t = vec4(0.0);
@@ -453,15 +498,18 @@ void main() {
       [[unroll]] for (uint k = 0; k < 8u; k++) { ta += xs[k]; tb += xs[8u + k]; }
       xsum.x = dot(ta, vec4(1.0));
       xsum.y = dot(tb, vec4(1.0));
-#elif TYPE == T_Q2_K || TYPE == T_Q3_K
-      // Sums over the four sub-blocks of 16.
+#elif TYPE == T_Q2_K || TYPE == T_Q3_K || TYPE == T_Q6_K
+      // Sums over the four sub-blocks (runs) of 16.
       [[unroll]] for (uint m = 0; m < 4u; m++) {
         xsum[m] = dot(xs[4u * m] + xs[4u * m + 1u] + xs[4u * m + 2u] + xs[4u * m + 3u], vec4(1.0));
       }
 #endif
-#endif
       [[unroll]] for (uint r = 0; r < NUM_ROWS; r++) acc[r * NUM_COLS + c] += dot_unit(r, xs, xsum);
     }
+  }
+  // The scale of each column's results: 1, or RMSNorm's 1 / sqrt(mean(x²) + eps).
+  [[unroll]] for (uint c = 0; c < NUM_COLS; c++) {
+    ssq[c] = norm ? inversesqrt(wg_sum(ssq[c]) / float(p.cols) + p.eps) : 1.0;
   }
   reduce_store(r0, col0);
 }

@@ -12,6 +12,9 @@
 // step variant (batches of NUM_COLS columns). Except Q6_K's row loop, they need row starts and
 // rowBytes that are multiples of 32 (the host checks).
 //
+// The row-loop variant also takes matvec.comp's two decode fusions (RMSNorm of x with the norm
+// weight at binding 3, GLU pairs); the step variant takes neither (the host checks).
+//
 // Defines: TYPE; ROWLOOP; TEXEL binds weights and x as texel buffers (bindings 0 and 1), else
 // they are storage buffers and LOAD64 reads chunks as u64vec4 (needs shaderInt64), else as two
 // uvec4; LANES (with TEXEL; Q8_0, Q4_0, Q4_K) reads weights in the "lanes" layout (see LOADU);
@@ -33,7 +36,10 @@ layout(push_constant) uniform P {
   uint yStride;   // floats between consecutive columns of y
   uint yRow0;     // index in y of this dispatch's row 0
   uint ncols;     // columns of x / y in total
-  uint flags;     // bit 0: accumulate into y; bits 8-15: row slices (row-loop variant)
+  uint flags;     // bit 0: accumulate into y; bit 1: RMS-normalise x; bits 2-3: GLU act;
+                  // bits 8-15: row slices (row-loop variant)
+  float eps;      // RMSNorm epsilon (flags bit 1)
+  uint gluRows;   // GLU outputs F (flags bits 2-3): gate rows [0, F), up rows [F, 2F)
 } p;
 
 layout(std430, binding = 2) buffer Y { float y[]; };
@@ -101,6 +107,9 @@ layout(binding = 1) uniform highp usamplerBuffer xt;
 #define NCHUNKS (uint(textureSize(wt)) / 2u)
 #define LOADX(i, D, o) { D[o] = uintBitsToFloat(texelFetch(xt, int(2u * (i)))); \
   D[o + 1] = uintBitsToFloat(texelFetch(xt, int(2u * (i) + 1u))); }
+layout(binding = 3) uniform highp usamplerBuffer gt;
+#define LOADG(i, D, o) { D[o] = uintBitsToFloat(texelFetch(gt, int(2u * (i)))); \
+  D[o + 1] = uintBitsToFloat(texelFetch(gt, int(2u * (i) + 1u))); }
 #elif defined(LOAD64)
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
 layout(std430, binding = 0) readonly buffer WC { u64vec4 wc[]; };
@@ -113,6 +122,10 @@ layout(std430, binding = 1) readonly buffer XC { u64vec4 xc[]; };
 #define LOADX(i, D, o) { u64vec4 q_ = xc[i]; \
   D[o] = vec4(uintBitsToFloat(unpackUint2x32(q_.x)), uintBitsToFloat(unpackUint2x32(q_.y))); \
   D[o + 1] = vec4(uintBitsToFloat(unpackUint2x32(q_.z)), uintBitsToFloat(unpackUint2x32(q_.w))); }
+layout(std430, binding = 3) readonly buffer GC { u64vec4 gc[]; };
+#define LOADG(i, D, o) { u64vec4 q_ = gc[i]; \
+  D[o] = vec4(uintBitsToFloat(unpackUint2x32(q_.x)), uintBitsToFloat(unpackUint2x32(q_.y))); \
+  D[o + 1] = vec4(uintBitsToFloat(unpackUint2x32(q_.z)), uintBitsToFloat(unpackUint2x32(q_.w))); }
 #else
 layout(std430, binding = 0) readonly buffer WC { uvec4 wc[]; };
 layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
@@ -120,6 +133,8 @@ layout(std430, binding = 1) readonly buffer XC { vec4 xc[]; };
   D[o] = a_.x; D[o + 1] = a_.y; D[o + 2] = a_.z; D[o + 3] = a_.w; \
   D[o + 4] = b_.x; D[o + 5] = b_.y; D[o + 6] = b_.z; D[o + 7] = b_.w; }
 #define LOADX(i, D, o) { D[o] = xc[2u * (i)]; D[o + 1] = xc[2u * (i) + 1u]; }
+layout(std430, binding = 3) readonly buffer GC { vec4 gc[]; };
+#define LOADG(i, D, o) { D[o] = gc[2u * (i)]; D[o + 1] = gc[2u * (i) + 1u]; }
 #define NCHUNKS (uint(wc.length()) / 2u)
 #endif
 
@@ -297,10 +312,18 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[XSUMS], uint sb) {
 
 void main() {
   uint g = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
-  uint r0 = g * NUM_ROWS;
-  if (r0 >= p.rows) return;
-  uint nr = min(NUM_ROWS, p.rows - r0);
+  bool pairs = p.gluRows != 0u;
+  // The workgroup's outputs r0 .. r0 + nOut; with GLU pairs its rows are the gate rows r0..
+  // then the up rows F + r0.. (nr = 2 nOut), else the output rows themselves.
+  uint r0 = g * (pairs ? NUM_ROWS / 2u : NUM_ROWS);
+  uint outRows = pairs ? p.gluRows : p.rows;
+  if (r0 >= outRows) return;
+  uint nOut = min(pairs ? NUM_ROWS / 2u : NUM_ROWS, outRows - r0);
+  uint nr = pairs ? 2u * nOut : nOut;
+  uint upRow0 = p.gluRows + r0 - nOut;
   uint lane = gl_LocalInvocationID.x;
+  bool norm = (p.flags & 2u) != 0u;
+  float ssq = 0.0;
 #if TYPE == T_Q6_K
   uint blocks = p.cols / 256u;
   uint units = (blocks + Q6K_BLOCKS - 1u) / Q6K_BLOCKS;
@@ -312,6 +335,7 @@ void main() {
 #if TYPE == T_Q6_K
   // x of a one-block last unit: its second half is read clamped and never used.
   uint lastX = (col * p.xStride + p.cols) / 8u - 1u;
+  uint lastG = p.cols / 8u - 1u;
 #endif
   // When the lanes cannot share a row's units evenly, each unit is split into `slices` sets of
   // rows (flags bits 8-15, chosen by the host) so every lane gets the same amount of work.
@@ -332,6 +356,23 @@ void main() {
 #else
     [[unroll]] for (uint k = 0; k < XV / 2u; k++) LOADX(xb + k, xs, 2u * k)
 #endif
+    if (norm) {
+      // x² summed once per unit (by its slice 0), then x ⊙ g for the rows.
+      uint gb = u * UNIT / 8u;
+      [[unroll]] for (uint k = 0; k < XV / 2u; k++) {
+        vec4 gs[2];
+#if TYPE == T_Q6_K
+        LOADG(min(gb + k, lastG), gs, 0)
+        bool inRow = u * UNIT + 8u * k < p.cols;
+#else
+        LOADG(gb + k, gs, 0)
+        bool inRow = true;
+#endif
+        if (slice == 0u && inRow) ssq += dot(xs[2u * k], xs[2u * k]) + dot(xs[2u * k + 1u], xs[2u * k + 1u]);
+        xs[2u * k] *= gs[0];
+        xs[2u * k + 1u] *= gs[1];
+      }
+    }
     // Sums of x over each 32-element block, for the offset/min terms of Q4_0 and Q4_K.
     float xsum[XSUMS];
     [[unroll]] for (uint b = 0; b < XSUMS; b++) {
@@ -350,6 +391,7 @@ void main() {
     // A slice is a contiguous run of rows, so the lanes layout's band is read in order.
     uint rEnd = (nr * (slice + 1u)) / slices;
     for (uint r = (nr * slice) / slices; r < rEnd; r++) {
+      uint row = r < nOut ? r0 + r : upRow0 + r;
       uint wr[CHUNKS * 8u];
 #if TYPE == T_Q6_K
       float v = 0.0;
@@ -357,7 +399,7 @@ void main() {
       // and a run-time index into a private array is a per-lane gather on lavapipe.
       [[unroll]] for (uint sb = 0u; sb < Q6K_BLOCKS; sb++) {
       if (Q6K_BLOCKS * u + sb < blocks) {
-      uint b = p.wByte0 + (r0 + r) * p.rowBytes + 210u * (Q6K_BLOCKS * u + sb);
+      uint b = p.wByte0 + row * p.rowBytes + 210u * (Q6K_BLOCKS * u + sb);
       uint c = b / 32u;
       uint last = NCHUNKS - 1u;
       [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADW(min(c + k, last), wr, 8u * k)
@@ -372,7 +414,7 @@ void main() {
       }
       }
 #else
-      uint rc = ROWREF(r0 + r);
+      uint rc = ROWREF(row);
       [[unroll]] for (uint k = 0; k < CHUNKS; k++) LOADU(rc, u, k, wr, 8u * k)
       // v also feeds `keep`, so LLVM cannot sink its whole computation into the per-lane
       // scalar loop that stores to shared memory: with one use, InstCombine scalarised the
@@ -385,11 +427,15 @@ void main() {
   }
   // Never true (the host leaves bit 31 clear), but the compiler cannot know: keeps `keep`.
   if ((p.flags & 0x80000000u) != 0u) part[lane] += keep;
+  // The results' scale: 1, or RMSNorm's 1 / sqrt(mean(x²) + eps).
+  float scale = norm ? inversesqrt(wg_sum(ssq) / float(p.cols) + p.eps) : 1.0;
+  uint act = (p.flags >> 2) & 3u;
 #ifdef HC_SUBGROUP
   // One subgroup: each lane reads back only its own partial sums, so no barrier is needed.
   if (gl_NumSubgroups == 1u) {
-    for (uint r = 0; r < nr; r++) {
-      float v = subgroupAdd(part[r * WG + lane]);
+    for (uint r = 0; r < nOut; r++) {
+      float v = subgroupAdd(part[r * WG + lane]) * scale;
+      if (pairs) v = glu_pair(act, v, subgroupAdd(part[(r + nOut) * WG + lane]) * scale);
       if (lane == 0u) {
         uint idx = col * p.yStride + p.yRow0 + r0 + r;
         if ((p.flags & 1u) != 0u) v += y[idx];
@@ -406,9 +452,10 @@ void main() {
     }
     barrier();
   }
-  for (uint r = lane; r < nr; r += WG) {
+  for (uint r = lane; r < nOut; r += WG) {
     uint idx = col * p.yStride + p.yRow0 + r0 + r;
-    float v = part[r * WG];
+    float v = part[r * WG] * scale;
+    if (pairs) v = glu_pair(act, v, part[(r + nOut) * WG] * scale);
     if ((p.flags & 1u) != 0u) v += y[idx];
     y[idx] = v;
   }

@@ -5,7 +5,7 @@
 layout(local_size_x_id = 0) in;
 #include "common.glsl"
 // SwiGLU: out = silu(gate) * up = gate / (1 + exp(-gate)) * up, over `rows` rows of n; with
-// act 1 GeGLU (Gemma): gelu(gate) * up, GELU's tanh approximation as ggml's; with act 2 the
+// act 1 GeGLU (Gemma): gelu(gate) * up (common.glsl's gelu_ggml); with act 2 the
 // soft-capping of Gemma 2's final logits: out = cap * tanh(gate / cap) (up unread).
 // Grid: x walks a row in blocks of the workgroup size (times 4 with VEC4), y and z the rows.
 // VEC4 is set by the host only when n, every stride and every binding offset are multiples of 4.
@@ -27,16 +27,7 @@ layout(push_constant) uniform P {
 } p;
 
 vec4 act4(vec4 a, vec4 b) {
-  if (p.act == 1u) {
-    // 0.5 a (1 + tanh(sqrt(2 / pi) a (1 + 0.044715 a^2))) as ggml's CPU backend has it: looked
-    // up at a rounded to f16, the result rounded to f16, 0 below -10 and a above 10. tanh's
-    // argument is clamped (it saturates long before 15) so no exp overflows.
-    const vec4 h = vec4(unpackHalf2x16(packHalf2x16(a.xy)), unpackHalf2x16(packHalf2x16(a.zw)));
-    const vec4 t = tanh(clamp(0.7978845608 * h * (1.0 + 0.044715 * h * h), -15.0, 15.0));
-    const vec4 y = 0.5 * h * (1.0 + t);
-    const vec4 g = vec4(unpackHalf2x16(packHalf2x16(y.xy)), unpackHalf2x16(packHalf2x16(y.zw)));
-    return mix(mix(g, a, greaterThanEqual(a, vec4(10.0))), vec4(0.0), lessThanEqual(a, vec4(-10.0))) * b;
-  }
+  if (p.act == 1u) return gelu_ggml(a) * b;
   if (p.act == 2u) return p.cap * tanh(clamp(a / p.cap, -15.0, 15.0));
   return a / (1.0 + exp(-a)) * b;
 }

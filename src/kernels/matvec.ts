@@ -35,6 +35,7 @@ import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
 import { lanesLayoutType, type WeightLayout } from "./matvec_layout.ts";
 import {
   checkedRangeWindow,
+  windowOf,
   checkWeightOffset,
   MAX_BINDING_BYTES,
   maxBindingRange,
@@ -52,6 +53,9 @@ import {
   pushLayout,
   TEXEL_BYTES,
 } from "../vk/mod.ts";
+
+/** The shaders' GLU act codes (push flags bits 2-3). */
+const GLU_ACT = { none: 0, silu: 1, gelu: 2 } as const;
 
 /** Columns of x handled by one dispatch at most (the shader's NUM_COLS). */
 export const MATVEC_MAX_COLS = 8;
@@ -118,6 +122,8 @@ const MATVEC_PUSH = pushLayout({
   yRow0: "u32",
   ncols: "u32",
   flags: "u32",
+  eps: "f32",
+  gluRows: "u32",
 });
 /** Bytes the Q6_K row loop may read past the weight: its 256-byte window minus a 210-byte
  * block, rounded up to whole 32-byte chunks. */
@@ -159,6 +165,14 @@ export interface MatVecRecord {
   y: Binding;
   /** y += W·x instead of y = W·x (fuses a residual add). */
   accumulate?: boolean;
+  /** Fuses the RMSNorm before the product: y = W·(x ⊙ weight) / sqrt(mean(x²) + eps) per
+   * column, so x is the un-normalised activation (`weight`: `cols` f32). Not on the run path's
+   * step variant (batches of the CPU path take the generic one). */
+  norm?: { weight: Buffer; eps: number };
+  /** Fuses a gated linear unit: the weight is `rows` gate rows then `rows` up rows, and y
+   * receives act(gate·x) * (up·x), `rows` floats per column (SwiGLU with "silu", GeGLU with
+   * "gelu"). Not with `accumulate`; the weight must fit one binding. */
+  glu?: "silu" | "gelu";
   /** The weight's byte order: "ggml" (default) or "lanes" (src/kernels/matvec_layout.ts), which
    * only the run path reads, through texel bindings. */
   layout?: WeightLayout;
@@ -208,6 +222,8 @@ interface Shape {
   /** Bytes of x the call reads. */
   xBytes: number;
   y: Window;
+  /** Weight rows read: rows, or with GLU pairs 2 rows. */
+  weightRows: number;
 }
 
 /** One dispatch's part of the weight. */
@@ -230,6 +246,8 @@ interface Plan {
   texel: boolean;
   /** x as bound: a texel view on the texel path, else the storage window. */
   x: Binding;
+  /** The norm weight as bound (x again without a norm). */
+  g: Binding;
   /** Row-loop slices per unit (1 elsewhere). */
   slices: number;
   zGroups: number;
@@ -342,8 +360,8 @@ export class MatVec implements Disposable {
     let k = this.#kernels.get(key);
     if (!k) {
       k = this.device.kernel(name, {
-        bindings: 3,
-        kinds: v.texel ? ["texel", "texel", "storage"] : undefined,
+        bindings: 4,
+        kinds: v.texel ? ["texel", "texel", "storage", "texel"] : undefined,
         push: MATVEC_PUSH,
         spec: [wg, rowsPerGroup, v.cols],
       });
@@ -352,7 +370,8 @@ export class MatVec implements Disposable {
     return { kernel: k, wg, rowsPerGroup, name };
   }
 
-  /** The shader variant record() would use for this layout. */
+  /** The shader variant record() would use for this layout (`fused`: with a norm or GLU, which
+   * the step variant lacks). */
   chooseKernel(
     weightOffset: number,
     rows: number,
@@ -360,6 +379,7 @@ export class MatVec implements Disposable {
     batch = 1,
     xStride = cols,
     spareBytes = Q6K_WINDOW_SPARE,
+    fused = false,
   ): KernelKind {
     const rowBytes = this.weightBytes(1, cols);
     const rl = ROWLOOP_UNIT[this.type];
@@ -376,9 +396,9 @@ export class MatVec implements Disposable {
       if ((batch === 1 || step === undefined) && rl !== undefined && cols % rl === 0) {
         return "rowloop";
       }
-      if (step !== undefined && cols % step === 0) return "step";
+      if (step !== undefined && cols % step === 0 && !fused) return "step";
     }
-    if (want === "run" && this.options.path === "run") {
+    if (want === "run" && this.options.path === "run" && !fused) {
       throw new HcError(
         "E_BAD_REQUEST",
         `matvec: the run path needs cols % ${
@@ -401,7 +421,7 @@ export class MatVec implements Disposable {
     for (const r of plan.ranges) {
       cmd.dispatch(
         plan.kernel,
-        [{ buffer: a.weight, offset: r.bindOffset, bytes: r.bytes }, plan.x, shape.y],
+        [{ buffer: a.weight, offset: r.bindOffset, bytes: r.bytes }, plan.x, shape.y, plan.g],
         MATVEC_PUSH.pack({
           rows: r.rows,
           cols: a.cols,
@@ -412,7 +432,10 @@ export class MatVec implements Disposable {
           yRow0: r.row0,
           ncols: shape.batch,
           // Bit 31 stays clear: matvec_run.comp tests it only to keep a value alive.
-          flags: (a.accumulate ? 1 : 0) | (plan.slices << 8),
+          flags: (a.accumulate ? 1 : 0) | (a.norm ? 2 : 0) | (GLU_ACT[a.glu ?? "none"] << 2) |
+            (plan.slices << 8),
+          eps: a.norm?.eps ?? 0,
+          gluRows: a.glu ? a.rows : 0,
         }),
         [r.gx, r.gy, plan.zGroups],
       );
@@ -455,12 +478,30 @@ export class MatVec implements Disposable {
     if (!Number.isSafeInteger(yStride) || yStride < a.rows) {
       throw new HcError("E_BAD_REQUEST", `matvec: yStride ${yStride} must be >= rows (${a.rows})`);
     }
+    if (a.glu !== undefined && a.glu !== "silu" && a.glu !== "gelu") {
+      throw new HcError("E_BAD_REQUEST", `matvec: unknown GLU ${String(a.glu)}`);
+    }
+    if (a.glu && a.accumulate) {
+      throw new HcError("E_BAD_REQUEST", "matvec: a GLU product cannot accumulate into y");
+    }
+    if (a.norm) {
+      if (!(a.norm.eps >= 0) || !Number.isFinite(a.norm.eps)) {
+        throw new HcError("E_BAD_REQUEST", `matvec: RMSNorm eps ${a.norm.eps} must be >= 0`);
+      }
+      if (a.norm.weight.bytes < a.cols * 4) {
+        throw new HcError(
+          "E_VK_LIMIT",
+          `matvec: the RMSNorm weight (${a.norm.weight.bytes} bytes) is shorter than ${a.cols} floats`,
+        );
+      }
+    }
+    const weightRows = a.glu ? 2 * a.rows : a.rows;
     const rowBytes = this.weightBytes(1, a.cols);
-    const weightBytes = rowBytes * a.rows;
+    const weightBytes = rowBytes * weightRows;
     if (weightOffset + weightBytes > a.weight.bytes) {
       throw new HcError(
         "E_VK_LIMIT",
-        `matvec: a ${a.rows}x${a.cols} ${this.#typeLabel} weight (${weightBytes} bytes) at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`,
+        `matvec: a ${weightRows}x${a.cols} ${this.#typeLabel} weight (${weightBytes} bytes) at offset ${weightOffset} overruns its ${a.weight.bytes}-byte buffer`,
       );
     }
     const maxRange = maxBindingRange(this.device);
@@ -482,6 +523,7 @@ export class MatVec implements Disposable {
       x,
       xBytes,
       y,
+      weightRows,
     };
   }
 
@@ -496,6 +538,7 @@ export class MatVec implements Disposable {
       s.batch,
       s.xStride,
       a.weight.bytes - s.weightOffset - s.weightBytes,
+      a.norm !== undefined || a.glu !== undefined,
     );
     const ncols = kind === "rowloop" ? 1 : Math.min(s.batch, MATVEC_MAX_COLS);
     // Binding offsets aligned to the device rules and to the run path's 32-byte chunks.
@@ -510,7 +553,9 @@ export class MatVec implements Disposable {
       MAX_BINDING_BYTES,
       a.maxBindingBytes ?? Infinity,
     );
-    const texel = texelX !== null &&
+    // The norm weight rides the x path: a texel view where x is one.
+    const texelG = a.norm ? this.#texelWindow(kind, windowOf(a.norm.weight), a.cols * 4) : null;
+    const texel = texelX !== null && (!a.norm || texelG !== null) &&
       s.weightOffset % texelAlign + s.weightBytes + spare <= texelLimit;
     const lanes = a.layout === "lanes";
     if (lanes && (kind === "generic" || !texel || !lanesLayoutType(this.type, a.cols))) {
@@ -523,8 +568,11 @@ export class MatVec implements Disposable {
     }
     const { kernel, rowsPerGroup, wg, name } = this.#kernel(
       { kind, cols: ncols, texel, lanes },
-      a.rows,
+      s.weightRows,
     );
+    if (a.glu && rowsPerGroup < 2) {
+      throw new HcError("E_VK_LIMIT", "matvec: a GLU product needs 2 rows per workgroup");
+    }
     // Row loop: split each unit's rows into slices when the units do not divide evenly among
     // the lanes (e.g. 28 units of a 14336-wide row on 8 lanes), so no lane idles.
     let slices = 1;
@@ -533,7 +581,9 @@ export class MatVec implements Disposable {
       const units = this.type === GgmlType.Q6_K
         ? Math.ceil(a.cols / 1024)
         : a.cols / (ROWLOOP_UNIT[this.type] ?? 1);
-      while (slices < 8 && slices * 2 <= rowsPerGroup && (units * slices) % wg !== 0) slices *= 2;
+      // GLU pairs: a workgroup's rows come in gate/up halves.
+      const sliceRows = a.glu ? rowsPerGroup / 2 : rowsPerGroup;
+      while (slices < 8 && slices * 2 <= sliceRows && (units * slices) % wg !== 0) slices *= 2;
       if ((units * slices) % wg !== 0) slices = 1;
     }
     const zGroups = Math.ceil(s.batch / ncols);
@@ -551,12 +601,21 @@ export class MatVec implements Disposable {
       align: texel ? texelAlign : storageAlign,
       rowsPerGroup,
     });
-    // The lanes layout spans the whole weight (its bands run over all rows): one dispatch.
-    if (lanes && ranges.length !== 1) {
+    // The lanes layout spans the whole weight (its bands run over all rows), and a GLU
+    // workgroup reads both halves: one dispatch.
+    if ((lanes || a.glu) && ranges.length !== 1) {
       throw new HcError(
         "E_VK_LIMIT",
-        `matvec: a ${a.rows}-row weight in the lanes layout needs ${ranges.length} dispatches`,
+        `matvec: a ${s.weightRows}-row weight ${
+          lanes ? "in the lanes layout" : "of GLU pairs"
+        } needs ${ranges.length} dispatches`,
       );
+    }
+    if (a.glu) {
+      // One binding over both halves; the grid counts output rows, half a workgroup's rows.
+      const groups = Math.ceil(a.rows / (rowsPerGroup / 2));
+      const gx = Math.min(groups, info.maxComputeWorkGroupCount[0]);
+      ranges[0] = { ...ranges[0], gx, gy: Math.ceil(groups / gx) };
     }
     return {
       kind,
@@ -564,6 +623,8 @@ export class MatVec implements Disposable {
       kernelName: name,
       texel,
       x: texel && texelX ? texelX : s.x,
+      // Any binding of the right kind where there is no norm: the shader does not read it.
+      g: a.norm ? (texel ? texelG! : windowOf(a.norm.weight)) : texel && texelX ? texelX : s.x,
       slices,
       zGroups,
       ranges,
@@ -582,12 +643,12 @@ export class MatVec implements Disposable {
     const overreads = OVERREADS.has(this.type) && p.kind === "generic";
     const q6kRowLoop = p.kind === "rowloop" && this.type === GgmlType.Q6_K;
     const ranges: RowRange[] = [];
-    for (let row0 = 0; row0 < a.rows;) {
+    for (let row0 = 0; row0 < s.weightRows;) {
       const start = s.weightOffset + row0 * s.rowBytes;
       const bindOffset = Math.floor(start / p.align) * p.align;
       const wByte0 = start - bindOffset;
       const fitRows = p.texel
-        ? a.rows - row0
+        ? s.weightRows - row0
         : Math.floor((s.maxWeightRange - wByte0 - 128) / s.rowBytes);
       if (fitRows < 1) {
         throw new HcError(
@@ -595,7 +656,7 @@ export class MatVec implements Disposable {
           `matvec: one ${s.rowBytes}-byte row exceeds the ${s.maxWeightRange}-byte storage range`,
         );
       }
-      const n = Math.min(a.rows - row0, fitRows, maxRowsByGrid);
+      const n = Math.min(s.weightRows - row0, fitRows, maxRowsByGrid);
       const used = wByte0 + n * s.rowBytes;
       // Word reads of 2-byte aligned blocks reach up to the next multiple of 4 bytes; the Q6_K
       // row loop reads whole 32-byte chunks up to 46 bytes past the last block.
