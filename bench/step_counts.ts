@@ -22,13 +22,15 @@ export interface StepCountsRow {
   byKernel: Record<string, number>;
 }
 
-/** The 8B structure with widths shrunk (head dim 8, FFN 512, vocabulary 320). */
+/** The 8B structure with widths shrunk (head dim 16, FFN 1024, vocabulary 320): the smallest
+ * widths at which the CPU variant set picks the kernels it picks at the 8B's own widths (its
+ * row-loop matvec needs rows of a multiple of 512 elements). */
 export const SHAPE_8B = {
-  dim: 256,
+  dim: 512,
   nLayers: 32,
   nHeads: 32,
   nKvHeads: 8,
-  ffnDim: 512,
+  ffnDim: 1024,
   contextLength: 1024,
   weightType: GgmlType.Q4_K,
   embeddingType: GgmlType.Q4_K,

@@ -3,11 +3,11 @@
 // byte layout (row-major, row r = `cols` elements = cols/blockElems blocks). This is the
 // generic path (GPUs, and any alignment); matvec_run.comp is the CPU-tuned one.
 //
-// Two fusions for the decode step, both off unless the flags ask:
-// - RMSNorm of x (flags bit 1): y = W·(x ⊙ g) / sqrt(mean(x²) + eps), g the norm weight at
+// Two fusions for the decode step, chosen per pipeline (spec constants NORM and GLU):
+// - RMSNorm of x (NORM): y = W·(x ⊙ g) / sqrt(mean(x²) + eps), g the norm weight at
 //   binding 3. Every workgroup reads all of x anyway, so it sums x² as it loads it and scales
 //   its results at the end: the norm's dispatch and barrier go away, no pass over x is added.
-// - GLU pairs (flags bits 2-3): the weight is gate rows then up rows (F each); a workgroup
+// - GLU pairs (GLU): the weight is gate rows then up rows (F each); a workgroup
 //   takes NUM_ROWS/2 gate rows and the same up rows and writes act(gate·x) * (up·x) to F
 //   outputs, so SwiGLU/GeGLU need no dispatch and barrier of their own.
 //
@@ -28,6 +28,10 @@ layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
 layout(constant_id = 1) const uint NUM_ROWS = 2;
 layout(constant_id = 2) const uint NUM_COLS = 1;
+// The decode fusions (see matvec.comp's header), fixed per pipeline so that a plain product
+// carries none of their code: 1 = RMSNorm of x; GLU act 1 SiLU, 2 GELU, 0 none.
+layout(constant_id = 3) const uint NORM = 0;
+layout(constant_id = 4) const uint GLU = 0;
 
 layout(push_constant) uniform P {
   uint rows;      // rows in this dispatch
@@ -38,10 +42,9 @@ layout(push_constant) uniform P {
   uint yStride;   // floats between consecutive columns of y
   uint yRow0;     // index in y of this dispatch's row 0
   uint ncols;     // columns of x / y in total
-  uint flags;     // bit 0: accumulate into y; bit 1: RMS-normalise x (see below); bits 2-3:
-                  // GLU act (1 SiLU, 2 GELU, see glu_pair); bits 8-15: row slices (row loop)
-  float eps;      // RMSNorm epsilon (flags bit 1)
-  uint gluRows;   // GLU outputs F (flags bits 2-3): gate rows [0, F), up rows [F, 2F)
+  uint flags;     // bit 0: accumulate into y; bits 8-15: row slices (row-loop variant)
+  float eps;      // RMSNorm epsilon (NORM)
+  uint gluRows;   // GLU outputs F (GLU): gate rows [0, F), up rows [F, 2F)
 } p;
 
 layout(std430, binding = 2) buffer Y { float y[]; };
@@ -56,11 +59,11 @@ float ssq[NUM_COLS];
 void write_out(uint i, float v, float up, uint r0, uint col0) {
   uint row = r0 + i / NUM_COLS;
   uint col = col0 + i % NUM_COLS;
-  uint outRows = p.gluRows != 0u ? p.gluRows : p.rows;
+  uint outRows = GLU != 0u ? p.gluRows : p.rows;
   if (row < outRows && col < p.ncols) {
     float s = ssq[i % NUM_COLS];
     v *= s;
-    if (p.gluRows != 0u) v = glu_pair((p.flags >> 2) & 3u, v, up * s);
+    if (GLU != 0u) v = glu_pair(GLU, v, up * s);
     uint idx = col * p.yStride + p.yRow0 + row;
     if ((p.flags & 1u) != 0u) v += y[idx];
     y[idx] = v;
@@ -72,7 +75,7 @@ void write_out(uint i, float v, float up, uint r0, uint col0) {
 void reduce_store(uint r0, uint col0) {
   const uint n = NUM_ROWS * NUM_COLS;
   const uint upAt = (NUM_ROWS / 2u) * NUM_COLS;
-  uint outs = p.gluRows != 0u ? upAt : n;
+  uint outs = GLU != 0u ? upAt : n;
   uint lane = gl_LocalInvocationID.x;
 #ifdef HC_SUBGROUP
   [[unroll]] for (uint i = 0; i < n; i++) acc[i] = subgroupAdd(acc[i]);
@@ -91,7 +94,7 @@ void reduce_store(uint r0, uint col0) {
   for (uint i = lane; i < outs; i += WG) {
     float s = 0.0, u = 0.0;
     for (uint k = 0; k < gl_NumSubgroups; k++) s += red_sh[i * gl_NumSubgroups + k];
-    if (p.gluRows != 0u) {
+    if (GLU != 0u) {
       for (uint k = 0; k < gl_NumSubgroups; k++) u += red_sh[(i + upAt) * gl_NumSubgroups + k];
     }
     write_out(i, s, u, r0, col0);
@@ -106,7 +109,7 @@ void reduce_store(uint r0, uint col0) {
     barrier();
   }
   for (uint i = lane; i < outs; i += WG) {
-    write_out(i, red_sh[i * WG], p.gluRows != 0u ? red_sh[(i + upAt) * WG] : 0.0, r0, col0);
+    write_out(i, red_sh[i * WG], GLU != 0u ? red_sh[(i + upAt) * WG] : 0.0, r0, col0);
   }
 #endif
 }
@@ -448,7 +451,7 @@ float dot_unit(uint r, vec4 xs[XV], vec4 xsum) {
 
 void main() {
   uint g = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
-  bool pairs = p.gluRows != 0u;
+  const bool pairs = GLU != 0u;
   // With GLU pairs, the workgroup's outputs r0.. are gate rows r0.. and up rows F + r0...
   const uint halfRows = NUM_ROWS / 2u;
   uint r0 = g * (pairs ? halfRows : NUM_ROWS);
@@ -456,7 +459,7 @@ void main() {
   uint col0 = gl_WorkGroupID.z * NUM_COLS;
   uint lane = gl_LocalInvocationID.x;
   uint units = p.cols / UNIT;
-  bool norm = (p.flags & 2u) != 0u;
+  const bool norm = NORM != 0u;
   [[unroll]] for (uint i = 0; i < NUM_ROWS * NUM_COLS; i++) acc[i] = 0.0;
   [[unroll]] for (uint c = 0; c < NUM_COLS; c++) ssq[c] = 0.0;
   uint rowStart[NUM_ROWS];

@@ -26,6 +26,10 @@ layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
 layout(constant_id = 1) const uint NUM_ROWS = 2;
 layout(constant_id = 2) const uint NUM_COLS = 1;
+// The decode fusions (see matvec.comp's header), fixed per pipeline so that a plain product
+// carries none of their code: 1 = RMSNorm of x; GLU act 1 SiLU, 2 GELU, 0 none.
+layout(constant_id = 3) const uint NORM = 0;
+layout(constant_id = 4) const uint GLU = 0;
 
 layout(push_constant) uniform P {
   uint rows;      // rows in this dispatch
@@ -36,10 +40,9 @@ layout(push_constant) uniform P {
   uint yStride;   // floats between consecutive columns of y
   uint yRow0;     // index in y of this dispatch's row 0
   uint ncols;     // columns of x / y in total
-  uint flags;     // bit 0: accumulate into y; bit 1: RMS-normalise x; bits 2-3: GLU act;
-                  // bits 8-15: row slices (row-loop variant)
-  float eps;      // RMSNorm epsilon (flags bit 1)
-  uint gluRows;   // GLU outputs F (flags bits 2-3): gate rows [0, F), up rows [F, 2F)
+  uint flags;     // bit 0: accumulate into y; bits 8-15: row slices (row-loop variant)
+  float eps;      // RMSNorm epsilon (NORM)
+  uint gluRows;   // GLU outputs F (GLU): gate rows [0, F), up rows [F, 2F)
 } p;
 
 layout(std430, binding = 2) buffer Y { float y[]; };
@@ -312,7 +315,7 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[XSUMS], uint sb) {
 
 void main() {
   uint g = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
-  bool pairs = p.gluRows != 0u;
+  const bool pairs = GLU != 0u;
   // The workgroup's outputs r0 .. r0 + nOut; with GLU pairs its rows are the gate rows r0..
   // then the up rows F + r0.. (nr = 2 nOut), else the output rows themselves.
   uint r0 = g * (pairs ? NUM_ROWS / 2u : NUM_ROWS);
@@ -322,7 +325,7 @@ void main() {
   uint nr = pairs ? 2u * nOut : nOut;
   uint upRow0 = p.gluRows + r0 - nOut;
   uint lane = gl_LocalInvocationID.x;
-  bool norm = (p.flags & 2u) != 0u;
+  const bool norm = NORM != 0u;
   float ssq = 0.0;
 #if TYPE == T_Q6_K
   uint blocks = p.cols / 256u;
@@ -429,13 +432,12 @@ void main() {
   if ((p.flags & 0x80000000u) != 0u) part[lane] += keep;
   // The results' scale: 1, or RMSNorm's 1 / sqrt(mean(x²) + eps).
   float scale = norm ? inversesqrt(wg_sum(ssq) / float(p.cols) + p.eps) : 1.0;
-  uint act = (p.flags >> 2) & 3u;
 #ifdef HC_SUBGROUP
   // One subgroup: each lane reads back only its own partial sums, so no barrier is needed.
   if (gl_NumSubgroups == 1u) {
     for (uint r = 0; r < nOut; r++) {
       float v = subgroupAdd(part[r * WG + lane]) * scale;
-      if (pairs) v = glu_pair(act, v, subgroupAdd(part[(r + nOut) * WG + lane]) * scale);
+      if (pairs) v = glu_pair(GLU, v, subgroupAdd(part[(r + nOut) * WG + lane]) * scale);
       if (lane == 0u) {
         uint idx = col * p.yStride + p.yRow0 + r0 + r;
         if ((p.flags & 1u) != 0u) v += y[idx];
@@ -455,7 +457,7 @@ void main() {
   for (uint r = lane; r < nOut; r += WG) {
     uint idx = col * p.yStride + p.yRow0 + r0 + r;
     float v = part[r * WG] * scale;
-    if (pairs) v = glu_pair(act, v, part[(r + nOut) * WG] * scale);
+    if (pairs) v = glu_pair(GLU, v, part[(r + nOut) * WG] * scale);
     if ((p.flags & 1u) != 0u) v += y[idx];
     y[idx] = v;
   }

@@ -257,9 +257,10 @@ Deno.test("lanes layout: a model's matrices take it on the cpu set only, logits 
       await using model = await loadModel(path, { variants });
       const L = model.llama.layers[0];
       const expect = variants === "cpu" && model.device.info.texelBuffer ? "lanes" : "ggml";
-      // Gate and up share a type: one stacked weight, its bands spanning both.
+      // Q, K and V share a type, and gate and up: one stacked weight each, bands spanning all.
       assert.equal(L.ffnIn.length, 1);
-      for (const w of [L.q, L.k, L.v, L.o, L.ffnIn[0].weight, L.down]) {
+      assert.equal(L.qkvIn.length, 1);
+      for (const w of [L.qkvIn[0].weight, L.o, L.ffnIn[0].weight, L.down]) {
         assert.equal(w.layout, expect, `${variants}: ${w.rows}x${w.cols}`);
       }
       assert.equal(

@@ -254,6 +254,13 @@ export class MatMul implements Disposable {
     const batch = positiveInt("matmul", "batch", a.batch ?? 1);
     const xStride = a.xStride ?? a.cols;
     const yStride = a.yStride ?? a.rows;
+    const yOffset = a.yOffset ?? 0;
+    if (!Number.isSafeInteger(yOffset) || yOffset < 0) {
+      throw new HcError("E_BAD_REQUEST", `matmul: yOffset ${yOffset} is not a float index`);
+    }
+    if (a.norm || a.glu) {
+      throw new HcError("E_BAD_REQUEST", "matmul: the norm and GLU fusions are matvec's (decode)");
+    }
     const weightOffset = checkWeightOffset("matmul", a.weightOffset ?? 0, 4);
     if (!this.supports(a.cols, weightOffset, xStride)) {
       throw new HcError(
@@ -284,7 +291,7 @@ export class MatMul implements Disposable {
     const y = checkedRangeWindow(
       this.device,
       a.y,
-      ((batch - 1) * yStride + a.rows) * 4,
+      (yOffset + (batch - 1) * yStride + a.rows) * 4,
       maxRange,
       "matmul y",
     );
@@ -350,7 +357,7 @@ export class MatMul implements Disposable {
           rowBytes,
           xStride,
           yStride,
-          yRow0: r.row0,
+          yRow0: yOffset + r.row0,
           ncols: batch,
           flags: a.accumulate ? 1 : 0,
         }),

@@ -35,13 +35,13 @@ import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
 import { lanesLayoutType, type WeightLayout } from "./matvec_layout.ts";
 import {
   checkedRangeWindow,
-  windowOf,
   checkWeightOffset,
   MAX_BINDING_BYTES,
   maxBindingRange,
   positiveInt,
   shaderWeightType,
   type Window,
+  windowOf,
 } from "./checks.ts";
 import {
   type Binding,
@@ -54,7 +54,7 @@ import {
   TEXEL_BYTES,
 } from "../vk/mod.ts";
 
-/** The shaders' GLU act codes (push flags bits 2-3). */
+/** The shaders' GLU act codes (their spec constant GLU). */
 const GLU_ACT = { none: 0, silu: 1, gelu: 2 } as const;
 
 /** Columns of x handled by one dispatch at most (the shader's NUM_COLS). */
@@ -182,6 +182,9 @@ export interface MatVecRecord {
   xStride?: number;
   /** Floats between y columns, default rows. */
   yStride?: number;
+  /** Float index in y of column 0's row 0 (default 0): rows of a wider output, at any
+   * alignment (a binding offset must be aligned). */
+  yOffset?: number;
   /** Cap on one weight binding's bytes (default: the device's maxStorageBufferRange, or
    * maxTexelBufferElements for a texel binding); lets tests exercise the split into row ranges
    * and the fallback from texels to storage buffers with small weights. */
@@ -206,6 +209,9 @@ interface Variant {
   cols: number;
   texel: boolean;
   lanes: boolean;
+  /** The decode fusions, specialised into the pipeline. */
+  norm: boolean;
+  glu: keyof typeof GLU_ACT;
 }
 
 /** A record() call's arguments, checked, with their defaults resolved. */
@@ -222,6 +228,7 @@ interface Shape {
   /** Bytes of x the call reads. */
   xBytes: number;
   y: Window;
+  yOffset: number;
   /** Weight rows read: rows, or with GLU pairs 2 rows. */
   weightRows: number;
 }
@@ -356,14 +363,15 @@ export class MatVec implements Disposable {
       load = v.lanes ? "lanes" : v.texel ? "texel" : this.options.load64 ? "u64" : "word";
     }
     const name = SHADERS.matvec.variant({ path: v.kind, load, type: this.typeName });
-    const key = `${name}/${wg}/${rowsPerGroup}/${v.cols}`;
+    const spec = [wg, rowsPerGroup, v.cols, v.norm ? 1 : 0, GLU_ACT[v.glu]];
+    const key = `${name}/${spec.join("/")}`;
     let k = this.#kernels.get(key);
     if (!k) {
       k = this.device.kernel(name, {
         bindings: 4,
         kinds: v.texel ? ["texel", "texel", "storage", "texel"] : undefined,
         push: MATVEC_PUSH,
-        spec: [wg, rowsPerGroup, v.cols],
+        spec,
       });
       this.#kernels.set(key, k);
     }
@@ -429,11 +437,10 @@ export class MatVec implements Disposable {
           rowBytes: shape.rowBytes,
           xStride: shape.xStride,
           yStride: shape.yStride,
-          yRow0: r.row0,
+          yRow0: shape.yOffset + r.row0,
           ncols: shape.batch,
           // Bit 31 stays clear: matvec_run.comp tests it only to keep a value alive.
-          flags: (a.accumulate ? 1 : 0) | (a.norm ? 2 : 0) | (GLU_ACT[a.glu ?? "none"] << 2) |
-            (plan.slices << 8),
+          flags: (a.accumulate ? 1 : 0) | (plan.slices << 8),
           eps: a.norm?.eps ?? 0,
           gluRows: a.glu ? a.rows : 0,
         }),
@@ -448,6 +455,17 @@ export class MatVec implements Disposable {
       texel: plan.texel,
     };
     return this.lastPlan;
+  }
+
+  /** The variant record() would run these arguments on, or null where it would refuse them
+   * (checks and plans, records nothing). */
+  planKind(a: MatVecRecord): KernelKind | null {
+    try {
+      return this.#plan(a, this.#validate(a)).kind;
+    } catch (e) {
+      if (e instanceof HcError) return null;
+      throw e;
+    }
   }
 
   /** Checks the call's shapes, strides and bindings; resolves the defaults. */
@@ -510,7 +528,11 @@ export class MatVec implements Disposable {
     }
     const xBytes = ((batch - 1) * xStride + a.cols) * 4;
     const x = checkedRangeWindow(this.device, a.x, xBytes, maxRange, "matvec x");
-    const yBytes = ((batch - 1) * yStride + a.rows) * 4;
+    const yOffset = a.yOffset ?? 0;
+    if (!Number.isSafeInteger(yOffset) || yOffset < 0) {
+      throw new HcError("E_BAD_REQUEST", `matvec: yOffset ${yOffset} is not a float index`);
+    }
+    const yBytes = (yOffset + (batch - 1) * yStride + a.rows) * 4;
     const y = checkedRangeWindow(this.device, a.y, yBytes, maxRange, "matvec y");
     return {
       batch,
@@ -523,6 +545,7 @@ export class MatVec implements Disposable {
       x,
       xBytes,
       y,
+      yOffset,
       weightRows,
     };
   }
@@ -567,7 +590,7 @@ export class MatVec implements Disposable {
       );
     }
     const { kernel, rowsPerGroup, wg, name } = this.#kernel(
-      { kind, cols: ncols, texel, lanes },
+      { kind, cols: ncols, texel, lanes, norm: a.norm !== undefined, glu: a.glu ?? "none" },
       s.weightRows,
     );
     if (a.glu && rowsPerGroup < 2) {

@@ -12,7 +12,7 @@ import { DecodeAttention, PrefillAttention } from "../kernels/attention.ts";
 import { GetRows } from "../kernels/get_rows.ts";
 import { KvAppend, RopeAppend } from "../kernels/kv.ts";
 import { MatMul, preferMatMul } from "../kernels/matmul.ts";
-import { MatVec } from "../kernels/matvec.ts";
+import { MatVec, type MatVecRecord } from "../kernels/matvec.ts";
 import { lanesLayoutFits, lanesUploadFill, type WeightLayout } from "../kernels/matvec_layout.ts";
 import { Argmax } from "../kernels/select.ts";
 import type { Binding, Buffer, CommandList, Device } from "../vk/mod.ts";
@@ -30,6 +30,16 @@ import { type ForwardIo, LlamaState } from "./llama_state.ts";
 import { dequantize } from "./quant/mod.ts";
 import type { ModelSource, ModelTensor } from "./source.ts";
 
+type FusedNorm = NonNullable<MatVecRecord["norm"]>;
+
+/** The decode-step fusions a product may take (MatVecRecord's norm and glu; with glu, `rows`
+ * is the output count). */
+interface MatVecFusions {
+  norm?: FusedNorm;
+  glu?: MatVecRecord["glu"];
+  rows?: number;
+}
+
 interface Weight {
   buffer: Buffer;
   type: number;
@@ -41,17 +51,27 @@ interface Weight {
   rows: number;
 }
 
+/** Part of a buffer: what the kernels after the q, k and v projections read. */
+type View = { buffer: Buffer; offset: number };
+
+/** A weight whose rows land at output row `row0` of a wider per-token row. */
+interface StackedRows {
+  weight: Weight;
+  row0: number;
+}
+
 interface LayerWeights {
   attnNorm: Buffer;
   ffnNorm: Buffer;
-  q: Weight;
-  k: Weight;
-  v: Weight;
+  /** The attention's input projections, writing each token's q (rows [0, qDim)), k (then
+   * kvDim rows) and v (kvDim rows) into its Activations.qkv row: consecutive ones of one type
+   * stacked into one weight (one dispatch; Phi-3's attn_qkv is all three already). */
+  qkvIn: StackedRows[];
   o: Weight;
   /** The FFN's input projections, writing gate values to rows [0, ffnDim) and up values to
    * rows [ffnDim, 2·ffnDim) of each token's Activations.gu row: one weight of both stacked
    * where their types match (one dispatch), else one weight each at its row offset. */
-  ffnIn: { weight: Weight; row0: number }[];
+  ffnIn: StackedRows[];
   down: Weight;
   qBias: Buffer | null;
   kBias: Buffer | null;
@@ -167,6 +187,10 @@ class Activations implements Disposable {
   readonly x: Buffer;
   readonly xb: Buffer;
   readonly xLast: Buffer;
+  /** Per token nHeads·headDim + 2·nKvHeads·headDim floats: the q, k and v projections (see
+   * LayerWeights.qkvIn); at one token the kernels after them read q, k and v in place, for a
+   * prompt chunk they are copied apart into q, k and v. */
+  readonly qkv: Buffer;
   readonly q: Buffer;
   readonly k: Buffer;
   readonly v: Buffer;
@@ -187,6 +211,7 @@ class Activations implements Disposable {
       this.x = f32(batch * c.dim);
       this.xb = f32(batch * c.dim);
       this.xLast = f32(c.dim);
+      this.qkv = f32(batch * (c.nHeads + 2 * c.nKvHeads) * c.headDim);
       this.q = f32(batch * c.nHeads * c.headDim);
       this.k = f32(batch * c.nKvHeads * c.headDim);
       this.v = f32(batch * c.nKvHeads * c.headDim);
@@ -284,9 +309,9 @@ export class LlamaModel implements Disposable {
     // will take that path (never the embedding table: get_rows reads it in GGUF order).
     const layoutOf = (type: number, rows: number, cols: number): WeightLayout =>
       lanesLayoutFits(device, type, rows, cols) ? "lanes" : "ggml";
-    // One weight from row ranges of matrices of one type and width, in order: a whole tensor, a
-    // slice of a fused one (Phi-3's attn_qkv) or two stacked (gate and up). Rows are whole
-    // blocks in every type, so a row range is a byte range.
+    // One weight from row ranges of matrices of one type and width, in order: a whole tensor or
+    // several stacked (q, k and v; gate and up). Rows are whole blocks in every type, so a row
+    // range is a byte range.
     type Rows = { t: ModelTensor; row0: number; n: number };
     const weightOf = async (parts: Rows[], matvecOnly = true): Promise<Weight> => {
       const { type, dims } = parts[0].t;
@@ -324,19 +349,26 @@ export class LlamaModel implements Disposable {
       return { t, row0: 0, n: t.dims[1] ?? 1 };
     };
     const matrix = (name: string, matvecOnly = true) => weightOf([whole(name)], matvecOnly);
-    const rowsOf = (name: string, row0: number, n: number) =>
-      weightOf([{ t: tensor(name), row0, n }]);
-    // Gate and up of one type and width as one weight (one product for both); of two types, one
-    // weight each, writing its half of the same rows.
-    const stacked = async (a: string, b: string): Promise<{ weight: Weight; row0: number }[]> => {
-      const pa = whole(a), pb = whole(b);
-      if (pa.t.type !== pb.t.type || pa.t.dims[0] !== pb.t.dims[0]) {
-        return [{ weight: await weightOf([pa]), row0: 0 }, {
-          weight: await weightOf([pb]),
-          row0: pa.n,
-        }];
+    // Matrices whose outputs are consecutive rows (q, k, v; gate, up): runs of one type and
+    // width stacked into one weight each (one product per run), each writing from its row.
+    const stacked = async (names: string[]): Promise<StackedRows[]> => {
+      const out: StackedRows[] = [];
+      let run: Rows[] = [];
+      let row0 = 0, next = 0;
+      const flush = async () => {
+        if (run.length) out.push({ weight: await weightOf(run), row0 });
+        row0 = next;
+        run = [];
+      };
+      for (const name of names) {
+        const part = whole(name);
+        const head = run[0]?.t;
+        if (head && (head.type !== part.t.type || head.dims[0] !== part.t.dims[0])) await flush();
+        run.push(part);
+        next += part.n;
       }
-      return [{ weight: await weightOf([pa, pb]), row0: 0 }];
+      await flush();
+      return out;
     };
     // Norms and biases are tiny: always f32 on the device whatever the file stores.
     const vector = async (name: string): Promise<Buffer> => {
@@ -362,20 +394,14 @@ export class LlamaModel implements Disposable {
         layers.push({
           attnNorm: await vector(p + "attn_norm.weight"),
           ffnNorm: await vector(p + "ffn_norm.weight"),
-          q: c.fusedQkv
-            ? await rowsOf(p + "attn_qkv.weight", 0, qDim)
-            : await matrix(p + "attn_q.weight"),
-          k: c.fusedQkv
-            ? await rowsOf(p + "attn_qkv.weight", qDim, kvDim)
-            : await matrix(p + "attn_k.weight"),
-          v: c.fusedQkv
-            ? await rowsOf(p + "attn_qkv.weight", qDim + kvDim, kvDim)
-            : await matrix(p + "attn_v.weight"),
+          qkvIn: c.fusedQkv
+            ? [{ weight: await matrix(p + "attn_qkv.weight"), row0: 0 }]
+            : await stacked(["attn_q", "attn_k", "attn_v"].map((n) => `${p}${n}.weight`)),
           o: await matrix(p + "attn_output.weight"),
           // Phi-3's ffn_up already holds gate and up stacked.
           ffnIn: c.fusedGateUp
             ? [{ weight: await matrix(p + "ffn_up.weight"), row0: 0 }]
-            : await stacked(p + "ffn_gate.weight", p + "ffn_up.weight"),
+            : await stacked([p + "ffn_gate.weight", p + "ffn_up.weight"]),
           down: await matrix(p + "ffn_down.weight"),
           qBias: c.qkvBias ? await vector(p + "attn_q.bias") : null,
           kBias: c.qkvBias ? await vector(p + "attn_k.bias") : null,
@@ -395,7 +421,7 @@ export class LlamaModel implements Disposable {
       const output = c.tiedOutput ? embd : await matrix("output.weight");
       const types = new Set<number>([output.type]);
       for (const L of layers) {
-        for (const w of [L.q, L.k, L.v, L.o, ...L.ffnIn.map((f) => f.weight), L.down]) {
+        for (const w of [...L.qkvIn, ...L.ffnIn].map((p) => p.weight).concat(L.o, L.down)) {
           types.add(w.type);
         }
       }
@@ -514,41 +540,43 @@ export class LlamaModel implements Disposable {
     const kvDim = c.nKvHeads * c.headDim;
     const L = this.layers[l];
     const cache = io.caches[l];
-    K.rmsNorm.record(cmd, {
-      x: a.x,
-      weight: L.attnNorm,
-      out: a.xb,
-      n: c.dim,
-      rows: B,
-      eps: c.rmsEps,
-    });
+    // Decode folds the norm into the Q, K and V products (they read x); prompts normalise
+    // into xb first (the prompt matmul has no norm).
+    const qkvDim = qDim + 2 * kvDim;
+    const attnIn = this.#normedInput(cmd, L.qkvIn.map((p) => [p.weight, a.qkv]), L.attnNorm, B);
     if (L.qBias) {
       // Biases: seed the outputs with the bias, then accumulate the projection onto them.
       for (
-        const [bias, out, n] of [[L.qBias, a.q, qDim], [L.kBias!, a.k, kvDim], [
+        const [bias, at, n] of [[L.qBias, 0, qDim], [L.kBias!, qDim, kvDim], [
           L.vBias!,
-          a.v,
+          qDim + kvDim,
           kvDim,
         ]] as const
       ) {
-        cmd.copy(bias, out, Array.from({ length: B }, (_, t) => [0, t * n * 4, n * 4] as const));
+        const rows = Array.from(
+          { length: B },
+          (_, t) => [0, (t * qkvDim + at) * 4, n * 4] as const,
+        );
+        cmd.copy(bias, a.qkv, rows);
       }
     }
+    // Whatever wrote x (the last layer, the embedding) ended with a barrier.
+    if (L.qBias || !attnIn.norm) cmd.barrier();
+    for (const { weight, row0 } of L.qkvIn) {
+      const out = { norm: attnIn.norm, yStride: qkvDim, yOffset: row0 };
+      this.#matvec(cmd, weight, attnIn.x, a.qkv, B, L.qBias !== null, out);
+    }
     cmd.barrier();
-    const acc = L.qBias !== null;
-    this.#matvec(cmd, L.q, a.xb, a.q, B, acc);
-    this.#matvec(cmd, L.k, a.xb, a.k, B, acc);
-    this.#matvec(cmd, L.v, a.xb, a.v, B, acc);
-    cmd.barrier();
-    if (L.qNorm) this.#recordQkNorm(cmd, L, B);
+    const { q, k, v } = this.#splitQkv(cmd, B);
+    if (L.qNorm) this.#recordQkNorm(cmd, L, B, q, k);
     const window = layerWindow(c, l);
     if (layerUsesRope(c, l)) {
       // RoPE on q and k and the append in one kernel; the captures copy the rotated q and k.
       K.ropeAppend.record(cmd, {
         cache,
-        q: a.q,
-        k: a.k,
-        v: a.v,
+        q,
+        k,
+        v,
         nHeads: c.nHeads,
         tokens: B,
         table: window > 0 && K.ropeTableLocal ? K.ropeTableLocal : K.ropeTable,
@@ -557,10 +585,10 @@ export class LlamaModel implements Disposable {
         mscale: c.ropeMscale,
       });
       cmd.barrier();
-      this.#recordCaptures(cmd, io, l, B, position);
+      this.#recordCaptures(cmd, io, l, B, position, { q, k, v });
     } else {
-      this.#recordCaptures(cmd, io, l, B, position);
-      K.kvAppend.record(cmd, { cache, k: a.k, v: a.v, tokens: B });
+      this.#recordCaptures(cmd, io, l, B, position, { q, k, v });
+      K.kvAppend.record(cmd, { cache, k, v, tokens: B });
       cmd.barrier();
     }
     if (cache.window !== window) {
@@ -571,7 +599,7 @@ export class LlamaModel implements Disposable {
     }
     const scores = { scale: c.attnScale, softcap: c.attnSoftcap };
     if (B === 1) {
-      K.decode.record(cmd, { cache, q: a.q, out: a.att, scratch: io.attnScratch, ...scores });
+      K.decode.record(cmd, { cache, q, out: a.att, scratch: io.attnScratch, ...scores });
     } else {
       // Query blocks are independent (each row sees keys 0 .. its position), so a block's
       // numbers do not depend on where the blocks are cut.
@@ -583,7 +611,7 @@ export class LlamaModel implements Disposable {
         }
         K.prefill.record(cmd, {
           cache,
-          q: a.q,
+          q,
           qOffset: q0 * qDim,
           tokens: Math.min(block, B - q0),
           position: position + q0,
@@ -596,19 +624,27 @@ export class LlamaModel implements Disposable {
     }
     cmd.barrier();
     this.#residual(cmd, L.o, a.att, L.attnPostNorm, B);
-    K.rmsNorm.record(cmd, {
-      x: a.x,
-      weight: L.ffnNorm,
-      out: a.xb,
-      n: c.dim,
-      rows: B,
-      eps: c.rmsEps,
-    });
-    cmd.barrier();
     const F = c.ffnDim;
+    const { x: ffnX, norm } = this.#normedInput(
+      cmd,
+      L.ffnIn.map((p) => [p.weight, a.gu]),
+      L.ffnNorm,
+      B,
+    );
+    if (!norm) cmd.barrier();
+    const act = c.gemma ? "gelu" : "silu";
+    const stacked = L.ffnIn.length === 1 ? L.ffnIn[0].weight : null;
+    const glu = { norm, glu: act, rows: F } as const;
+    if (B === 1 && stacked && this.#accepts(stacked, ffnX, a.gu, glu)) {
+      // Decode: gate and up in one product that writes act(gate) * up over the gate half.
+      this.#matvec(cmd, stacked, ffnX, a.gu, B, false, glu);
+      cmd.barrier();
+      this.#residual(cmd, L.down, a.gu, L.ffnPostNorm, B, 2 * F);
+      return cmd;
+    }
     for (const { weight, row0 } of L.ffnIn) {
       const gu = { buffer: a.gu, offset: row0 * 4 };
-      this.#matvec(cmd, weight, a.xb, gu, B, false, { yStride: 2 * F });
+      this.#matvec(cmd, weight, ffnX, gu, B, false, { norm, yStride: 2 * F });
     }
     cmd.barrier();
     K.swiglu.record(cmd, {
@@ -620,7 +656,7 @@ export class LlamaModel implements Disposable {
       gateStride: 2 * F,
       upStride: 2 * F,
       outStride: 2 * F,
-      act: c.gemma ? "gelu" : "silu",
+      act,
     });
     cmd.barrier();
     this.#residual(cmd, L.down, a.gu, L.ffnPostNorm, B, 2 * F);
@@ -667,17 +703,25 @@ export class LlamaModel implements Disposable {
     const a = this.act;
     const B = tokens;
     // Only the last token's logits matter; a copy avoids binding at an unaligned offset.
-    cmd.copy(a.x, a.xLast, [[(B - 1) * c.dim * 4, 0, c.dim * 4]]);
-    cmd.barrier();
-    K.rmsNorm.record(cmd, {
-      x: a.xLast,
-      weight: this.#outputNorm,
-      out: a.xLast,
-      n: c.dim,
-      eps: c.rmsEps,
-    });
-    cmd.barrier();
-    this.#matvec(cmd, this.#output, a.xLast, a.logits, 1, false);
+    if (B > 1) {
+      cmd.copy(a.x, a.xLast, [[(B - 1) * c.dim * 4, 0, c.dim * 4]]);
+      cmd.barrier();
+    }
+    const last = B > 1 ? a.xLast : a.x;
+    const norm = { norm: { weight: this.#outputNorm, eps: c.rmsEps } };
+    if (this.#accepts(this.#output, last, a.logits, norm)) {
+      this.#matvec(cmd, this.#output, last, a.logits, 1, false, norm);
+    } else {
+      K.rmsNorm.record(cmd, {
+        x: last,
+        weight: this.#outputNorm,
+        out: a.xLast,
+        n: c.dim,
+        eps: c.rmsEps,
+      });
+      cmd.barrier();
+      this.#matvec(cmd, this.#output, a.xLast, a.logits, 1, false);
+    }
     cmd.barrier();
     if (c.finalSoftcap > 0) {
       const logits = a.logits;
@@ -695,21 +739,20 @@ export class LlamaModel implements Disposable {
   }
 
   /** Qwen3's QK-norm: every head's q and k row RMS-normalised on its own, before RoPE. */
-  #recordQkNorm(cmd: CommandList, L: LayerWeights, B: number): void {
+  #recordQkNorm(cmd: CommandList, L: LayerWeights, B: number, q: View, k: View): void {
     const c = this.config;
-    const a = this.act;
     const norm = { n: c.headDim, eps: c.rmsEps };
     this.kernels.rmsNorm.record(cmd, {
       ...norm,
-      x: a.q,
-      out: a.q,
+      x: q,
+      out: q,
       weight: L.qNorm!,
       rows: B * c.nHeads,
     });
     this.kernels.rmsNorm.record(cmd, {
       ...norm,
-      x: a.k,
-      out: a.k,
+      x: k,
+      out: k,
       weight: L.kNorm!,
       rows: B * c.nKvHeads,
     });
@@ -723,15 +766,15 @@ export class LlamaModel implements Disposable {
     layer: number,
     B: number,
     position: number,
+    { q, k, v }: { q: View; k: View; v: View },
   ): void {
     const c = this.config;
-    const a = this.act;
     const qBytes = c.nHeads * c.headDim * 4;
     if (io.stepCapture) {
       const at = stepLayout(c);
-      cmd.copy(a.q, io.stepCapture, [[0, at.q(layer) * 4, at.qFloats * 4]]);
-      cmd.copy(a.k, io.stepCapture, [[0, at.k(layer) * 4, at.kvFloats * 4]]);
-      cmd.copy(a.v, io.stepCapture, [[0, at.v(layer) * 4, at.kvFloats * 4]]);
+      cmd.copy(q.buffer, io.stepCapture, [[q.offset, at.q(layer) * 4, at.qFloats * 4]]);
+      cmd.copy(k.buffer, io.stepCapture, [[k.offset, at.k(layer) * 4, at.kvFloats * 4]]);
+      cmd.copy(v.buffer, io.stepCapture, [[v.offset, at.v(layer) * 4, at.kvFloats * 4]]);
     }
     if (io.prefillQ && io.captureFrom !== undefined) {
       // Tokens t of this batch with position + t in [from, from + window).
@@ -740,8 +783,8 @@ export class LlamaModel implements Disposable {
       const t1 = Math.min(B, io.captureFrom + W - position);
       if (t1 > t0) {
         const slot = position + t0 - io.captureFrom;
-        cmd.copy(a.q, io.prefillQ, [[
-          t0 * qBytes,
+        cmd.copy(q.buffer, io.prefillQ, [[
+          q.offset + t0 * qBytes,
           (layer * W + slot) * qBytes,
           (t1 - t0) * qBytes,
         ]]);
@@ -749,8 +792,91 @@ export class LlamaModel implements Disposable {
     }
   }
 
+  /**
+   * q, k and v of the `B` tokens in Activations.qkv (each token's row: q, k, v): at one token
+   * read in place where the offsets can be bound, else copied apart into Activations.q, k
+   * and v (the kernels after them take one token's q right after another's), then a barrier.
+   */
+  #splitQkv(cmd: CommandList, B: number): { q: View; k: View; v: View } {
+    const c = this.config;
+    const a = this.act;
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
+    const align = this.device.info.minStorageBufferOffsetAlignment;
+    const kAt = qDim * 4, vAt = (qDim + kvDim) * 4;
+    if (B === 1 && kAt % align === 0 && vAt % align === 0) {
+      return {
+        q: { buffer: a.qkv, offset: 0 },
+        k: { buffer: a.qkv, offset: kAt },
+        v: { buffer: a.qkv, offset: vAt },
+      };
+    }
+    const row = (qDim + 2 * kvDim) * 4;
+    const apart = (to: Buffer, at: number, n: number): View => {
+      cmd.copy(a.qkv, to, Array.from({ length: B }, (_, t) => [t * row + at, t * n, n] as const));
+      return { buffer: to, offset: 0 };
+    };
+    const out = {
+      q: apart(a.q, 0, kAt),
+      k: apart(a.k, kAt, kvDim * 4),
+      v: apart(a.v, vAt, kvDim * 4),
+    };
+    cmd.barrier();
+    return out;
+  }
+
+  /**
+   * Where the products (weight, output) after an RMSNorm read: at one token, x itself with the
+   * norm folded into each product where all of them take it; else xb, normalised here (the
+   * caller puts the barrier after).
+   */
+  #normedInput(
+    cmd: CommandList,
+    products: readonly (readonly [Weight, Binding])[],
+    normWeight: Buffer,
+    B: number,
+  ): { x: Buffer; norm?: FusedNorm } {
+    const a = this.act;
+    const norm = { weight: normWeight, eps: this.config.rmsEps };
+    if (B === 1 && products.every(([w, y]) => this.#accepts(w, a.x, y, { norm }))) {
+      return { x: a.x, norm };
+    }
+    this.kernels.rmsNorm.record(cmd, {
+      x: a.x,
+      weight: normWeight,
+      out: a.xb,
+      n: this.config.dim,
+      rows: B,
+      eps: this.config.rmsEps,
+    });
+    return { x: a.xb };
+  }
+
+  /**
+   * Whether `w`'s one-token product takes these fusions (see #matvec). Under the "cpu" variant
+   * set (lavapipe-only policy) a norm is folded only into the row loop: the generic kernel's
+   * workgroups hold 2 rows each, and each one repeating the norm's loads and reduction cost
+   * more than the norm's own dispatch (8B structure at width 256: decode 1.4x slower).
+   */
+  #accepts(w: Weight, x: Binding, y: Binding, f: MatVecFusions): boolean {
+    const mv = this.kernels.matvec.get(w.type)!;
+    const kind = mv.planKind({
+      weight: w.buffer,
+      rows: f.rows ?? w.rows,
+      cols: w.cols,
+      x,
+      y,
+      layout: w.layout,
+      norm: f.norm,
+      glu: f.glu,
+    });
+    if (kind === null) return false;
+    return !f.norm || kind === "rowloop" || this.device.variants !== "cpu";
+  }
+
   /** y = w · x (or y += w · x) for `batch` tokens, `xStride` / `yStride` floats apart
-   * (default w.cols / w.rows). */
+   * (default w.cols / w.rows); at batch 1 with a folded norm or as GLU pairs (`rows` then
+   * counts the outputs, half of w's rows; see MatVecRecord). */
   #matvec(
     cmd: CommandList,
     w: Weight,
@@ -758,14 +884,16 @@ export class LlamaModel implements Disposable {
     y: Binding,
     batch: number,
     accumulate: boolean,
-    strides: { xStride?: number; yStride?: number } = {},
+    strides: { xStride?: number; yStride?: number; yOffset?: number } & MatVecFusions = {},
   ): void {
     const want = this.promptKernel === "auto"
       ? preferMatMul(this.device, w.type)
       : this.promptKernel === "matmul";
     const xStride = strides.xStride ?? w.cols;
-    const yStride = strides.yStride ?? w.rows;
-    const args = { weight: w.buffer, rows: w.rows, cols: w.cols, x, y, batch, accumulate };
+    const rows = strides.rows ?? w.rows;
+    const yStride = strides.yStride ?? rows;
+    const yOffset = strides.yOffset;
+    const args = { weight: w.buffer, rows, cols: w.cols, x, y, batch, accumulate, yOffset };
     // The prompt matmul reads GGUF order only.
     if (batch > 1 && want && w.layout === "ggml") {
       const mm = this.kernels.matmul(w.type);
@@ -774,7 +902,14 @@ export class LlamaModel implements Disposable {
         return;
       }
     }
-    this.kernels.matvec.get(w.type)!.record(cmd, { ...args, layout: w.layout, xStride, yStride });
+    this.kernels.matvec.get(w.type)!.record(cmd, {
+      ...args,
+      layout: w.layout,
+      xStride,
+      yStride,
+      norm: strides.norm,
+      glu: strides.glu,
+    });
   }
 
   [Symbol.dispose](): void {
