@@ -384,8 +384,6 @@ export class LlamaModel implements Disposable {
       parameters += t.elems;
       return b;
     };
-    const qDim = c.nHeads * c.headDim;
-    const kvDim = c.nKvHeads * c.headDim;
     try {
       const embd = await matrix("token_embd.weight", false);
       const layers: LayerWeights[] = [];
