@@ -95,6 +95,7 @@ function runDecode(
   using qBuf = dev.buffer(q.byteLength);
   using out = dev.buffer(q.byteLength);
   using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+  attn.zeroCounters(scratch, fc.cache.nKvHeads);
   dev.upload(qBuf, q);
   using cmd = dev.commands();
   cmd.begin();
@@ -219,6 +220,7 @@ Deno.test("decode attention: replay with growing lengths and small splits", () =
     using qBuf = dev.buffer(q.byteLength);
     using out = dev.buffer(q.byteLength);
     using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+    attn.zeroCounters(scratch, fc.cache.nKvHeads);
     dev.upload(qBuf, q);
     using cmd = dev.commands();
     cmd.begin();
@@ -337,6 +339,7 @@ Deno.test("decode step replay: append + attention recorded once, lengths advance
     using kvBuf = dev.buffer(2 * nKv * D * 4);
     using out = dev.buffer(nKv * G * D * 4);
     using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+    attn.zeroCounters(scratch, fc.cache.nKvHeads);
     using cmd = dev.commands();
     cmd.begin();
     fc.cache.recordLengthsUpload(cmd);
@@ -863,6 +866,7 @@ Deno.test("decode attention: sliding-window rings and logit soft-capping, every 
         using qBuf = dev.buffer(q.byteLength);
         using out = dev.buffer(q.byteLength);
         using scratch = dev.buffer(attn.scratchBytes(rc.cache));
+        attn.zeroCounters(scratch, rc.cache.nKvHeads);
         dev.upload(qBuf, q);
         using cmd = dev.commands();
         cmd.begin();
@@ -896,6 +900,7 @@ Deno.test("soft-capping is a build option: a record that disagrees with the buil
     for (const built of [false, true]) {
       using attn = new DecodeAttention(dev, { headDim: 32, groupSize: 1, softcap: built });
       using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+      attn.zeroCounters(scratch, fc.cache.nKvHeads);
       using cmd = dev.commands();
       cmd.begin();
       assert.throws(
