@@ -16,7 +16,7 @@ const GROUP = 4;
 
 export interface AttentionBenchRow {
   tokens: number;
-  /** Median GPU time of one decode-attention step (split + merge), ms. */
+  /** Median GPU time of one decode-attention step (split and merge in one pass), ms. */
   ms: number;
   /** K + V bytes read per step / ms. */
   gbps: number;
@@ -80,6 +80,7 @@ export async function benchAttention(
     for (const b of [...cache.k, ...cache.v]) fillHalves(device, b);
     cache.setLengths(Array(KV_HEADS).fill(tokens));
     using scratch = device.buffer(attn.scratchBytes(cache));
+    attn.zeroCounters(scratch, cache.nKvHeads);
     using cmd = device.commands();
     cmd.begin().timestamp(0);
     attn.record(cmd, { cache, q, out, scratch });

@@ -49,7 +49,9 @@ async function decodeCounts(
     await s.complete("the cat sat", { temperature: 0, maxTokens: steps, ignoreEos: true });
     return d.submissions.compute + d.submissions.transfer - before;
   };
-  // Same prompt, more steps: the difference is what the extra decode steps submitted.
+  // Same prompt, more steps: the difference is what the extra decode steps submitted. A first
+  // run takes the session's one-time work (allocations, the attention scratch's zeroing).
+  await run(1);
   const short = await run(4);
   const long = await run(20);
   return { step: d.lastComputeSubmit!, submissions: (long - short) / 16 };

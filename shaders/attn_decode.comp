@@ -1,13 +1,15 @@
 #version 450
 // Decode attention, split-K pass: one workgroup = one (split, KV head). The G query heads of the
 // KV head share one read of its K and V rows [t0, t1) and leave one online-softmax partial each
-// (m in the log2 domain, l = sum of 2^(s-m), o = unnormalised sum of 2^(s-m) * v), merged by
-// attn_merge.comp. Layout of the cache: see src/kernels/kv.ts.
+// (m in the log2 domain, l = sum of 2^(s-m), o = unnormalised sum of 2^(s-m) * v); the last
+// workgroup of the head to finish merges them into the head's outputs (attn_merge.glsl).
+// Layout of the cache: see src/kernels/kv.ts.
 //
 // Per block of WG rows: the K phase gives each invocation one whole row (a full dot product for
 // every query head, so no cross-lane sums); the block max per head is the only workgroup
 // reduction; the V phase gives each team of D/8 invocations one row at a time, each invocation
-// owning 8 dimensions of every query head's accumulator.
+// owning 8 dimensions of every query head's accumulator. In the merge, invocation tid owns the
+// vec4 columns tid, tid + WG, ... of every query head.
 //
 // WATCH: see attn_decode_cpu.comp (per watched head, the mass over the prompt rows and over the
 // rows marked in its mask, under the record's running maximum, and with a logits offset the
@@ -32,11 +34,15 @@ layout(std430, binding = 1) readonly buffer Kb { uvec4 k8[]; };    // pool rows,
 layout(std430, binding = 2) readonly buffer Vb { uvec4 v8[]; };
 layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };    // per head: baseRow, capRows
 layout(std430, binding = 4) readonly buffer Lb { uint lens[]; };   // per head: rows valid
-layout(std430, binding = 5) writeonly buffer Pb { float part[]; }; // partial records
+// Scratch: arrival counters (attn_merge.glsl), partial records, (m, l) pairs, mass pairs.
+layout(std430, binding = 5) coherent buffer Pb { float part[]; };
+layout(std430, binding = 5) coherent buffer Pb4 { vec4 part4[]; };
+// binding 6: the output (attn_merge.glsl)
 #ifdef WATCH
-layout(std430, binding = 6) readonly buffer Wt { uint watchTab[]; }; // per head: (mask, logits)
-layout(std430, binding = 7) readonly buffer Wm { uint masks[]; };
-layout(std430, binding = 8) writeonly buffer Wl { float wlogits[]; };
+layout(std430, binding = 7) readonly buffer Wt { uint watchTab[]; }; // per head: (mask, logits)
+layout(std430, binding = 8) readonly buffer Wm { uint masks[]; };
+layout(std430, binding = 9) writeonly buffer Wl { float wlogits[]; };
+// binding 10: the coverage output (attn_merge.glsl)
 #endif
 
 layout(push_constant) uniform Push {
@@ -47,10 +53,14 @@ layout(push_constant) uniform Push {
   float scale;   // log2(e) / sqrt(D)
   uint window;   // sliding window W (0: none): the head is a ring of capRows rows, lens counts positions
   float softcap; // log2(e) * c: scores become c * tanh(score / c) (0: none)
+  uint recOff;   // float offset of the partial records inside `part` (after the counters)
+  uint outOff;   // float offset of query head 0's output
 #ifdef WATCH
   uint covOff;     // float offset of the (held, prompt) mass records
   uint promptRows; // rows [0, promptRows) are the prompt
   uint logitStride; // floats between a watched head's query heads' logits rows
+  uint covOut;     // float offset of query head 0's (held, prompt) fractions in the coverage output
+  uint statsOut;   // float offset of query head 0's prompt (max, 1 / sum) there
 #endif
 } p;
 
@@ -81,21 +91,31 @@ void unpack8(uvec4 w, out vec4 a, out vec4 b) {
   b = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
 }
 
-void main() {
+// The merge's share of the outputs (attn_merge.glsl): invocation tid owns vec4 columns
+// tid + k * WGS (k < MERGE_N; WGS >= D / 8, so at most 2) of every query head.
+#define MERGE_VEC vec4
+const uint MERGE_N = (D4 + WGS - 1u) / WGS;
+#define MERGE_FIRST (gl_LocalInvocationID.x == 0u)
+#include "attn_merge.glsl"
+bool mergeOwns(uint k) {
+  return gl_LocalInvocationID.x + k * WGS < D4;
+}
+vec4 mergeLoad(uint rec, uint k) {
+  return part4[p.recOff / 4u + rec * D4 + gl_LocalInvocationID.x + k * WGS];
+}
+void mergeStore(uint qh, uint k, vec4 v) {
+  const uint o = p.outOff + qh * D + (gl_LocalInvocationID.x + k * WGS) * 4u;
+  outv[o] = v.x;
+  outv[o + 1] = v.y;
+  outv[o + 2] = v.z;
+  outv[o + 3] = v.w;
+}
+
+// Split s (< ns) of head h, whose window is `len` rows from ringFirst: its G partial records.
+void splitPass(uint h, uint S, uint s, uint ns, uint len) {
   const uint WG = gl_WorkGroupSize.x;
   const uint tid = gl_LocalInvocationID.x;
-  const uint S = gl_NumWorkGroups.x;
-  const uint s = gl_WorkGroupID.x;
-  const uint h = p.headBase + gl_WorkGroupID.y;
-
   const uint base = tab[2 * h];
-  ringCap = tab[2 * h + 1];
-  const uint lenAll = lens[h];
-  ringFirst = p.window != 0u && lenAll > p.window ? lenAll - p.window : 0u;
-  ringRow0 = ringCap > 0u ? ringFirst % ringCap : 0u;
-  const uint len = p.window != 0u ? lenAll - ringFirst : min(lenAll, ringCap);
-  const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
-  if (s >= ns) return; // uniform over the workgroup: no barrier has been reached yet
   const uint per = (len + ns - 1) / ns;
   const uint t0 = min(len, s * per);
   const uint t1 = min(len, t0 + per);
@@ -256,7 +276,7 @@ void main() {
   const uint rec0 = (h * S + s) * G;
   for (uint i = tid; i < G * D4; i += WG) {
     const vec4 v = qs[i];
-    const uint o = (rec0 + i / D4) * D + (i % D4) * 4;
+    const uint o = p.recOff + (rec0 + i / D4) * D + (i % D4) * 4;
     part[o] = v.x;
     part[o + 1] = v.y;
     part[o + 2] = v.z;
@@ -283,5 +303,28 @@ void main() {
       barrier();
     }
   }
+#endif
+}
+
+void main() {
+  const uint S = gl_NumWorkGroups.x;
+  const uint s = gl_WorkGroupID.x;
+  const uint h = p.headBase + gl_WorkGroupID.y;
+
+  ringCap = tab[2 * h + 1];
+  const uint lenAll = lens[h];
+  ringFirst = p.window != 0u && lenAll > p.window ? lenAll - p.window : 0u;
+  ringRow0 = ringCap > 0u ? ringFirst % ringCap : 0u;
+  const uint len = p.window != 0u ? lenAll - ringFirst : min(lenAll, ringCap);
+  const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
+  // A split past the head's ns holds no rows but still arrives (uniform over the workgroup).
+  if (s < ns) splitPass(h, S, s, ns, len);
+  if (!mergeArrive(h, S)) return;
+#ifdef WATCH
+  const uint NONE = 0xFFFFFFFFu;
+  const bool logits = watchTab[2 * h + 1] != NONE;
+  mergeHead(h, S, ns, watchTab[2 * h] != NONE || logits, logits);
+#else
+  mergeHead(h, S, ns, false, false);
 #endif
 }

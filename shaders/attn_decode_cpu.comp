@@ -10,16 +10,18 @@
 // once, with one or two load instructions, and the lane's q and output slices (G * NP pairs
 // each) stay small. The partial q.k sums of a block of KB keys are completed by a shuffle-xor
 // butterfly (a register permute on llvmpipe), so every lane sees every score and runs the
-// online softmax itself: no shared memory, no barriers, no score scratch, K and V of a key read
-// back to back. An invocation runs about rows / KB loop trips (lavapipe stops at 65535).
+// online softmax itself: no shared memory, no workgroup barriers, no score scratch, K and V of
+// a key read back to back. An invocation runs about rows / KB loop trips (lavapipe stops at
+// 65535), plus 2 per split in the workgroup that merges its head (attn_merge.glsl: the last
+// of the head's workgroups to finish; lane `lane` merges its own slice of every query head).
 // Probabilities below 2^-100 of the running maximum are flushed to 0 (denormals are slow).
 //
 // WATCH (HeteroCache's pivot heads): a head's watch-table entry is a pair (mask word, logits
 // offset), each ~0 when off; a head with either on is watched. Each record of a watched head
 // carries two more sums under the same running maximum: the attention mass over rows
 // [0, promptRows) and over the rows of that range marked in the head's bit mask (the rows its
-// satellites hold on the device; 0 without a mask). attn_merge.comp turns them into fractions
-// of the head's total mass and the prompt's softmax statistics. With a logits offset, the
+// satellites hold on the device; 0 without a mask). The merge (attn_merge.glsl) turns them
+// into fractions of the head's total mass and the prompt's softmax statistics. With a logits offset, the
 // scaled logits of the prompt rows are stored too ([G][logitStride] floats from there), so a
 // refresh selection pools them instead of a second pass over the keys. Row index = position
 // for a watched head (it holds every row). Splits start at multiples of 32 rows, so the prompt
@@ -28,6 +30,7 @@
 // 1.0 ms per watched 128K-row head), and the prompt mass is the running sum where the prompt
 // ends, not a second sum per key.
 #extension GL_GOOGLE_include_directive : require
+#extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
 #include "common.glsl"
@@ -65,13 +68,16 @@ layout(std430, binding = 2) readonly buffer Vb1 { uint v1[]; };
 #endif
 layout(std430, binding = 3) readonly buffer Tb { uint tab[]; };
 layout(std430, binding = 4) readonly buffer Lb { uint lens[]; };
-layout(std430, binding = 5) buffer Pb { float part[]; }; // records, then (m, l)
-layout(std430, binding = 5) buffer Pb2 { vec2 part2[]; };
+// Scratch: arrival counters (attn_merge.glsl), records, (m, l) pairs, mass pairs.
+layout(std430, binding = 5) coherent buffer Pb { float part[]; };
+layout(std430, binding = 5) coherent buffer Pb2 { vec2 part2[]; };
+// binding 6: the output (attn_merge.glsl)
 #ifdef WATCH
-layout(std430, binding = 6) readonly buffer Wt { uint watchTab[]; }; // per head: (mask, logits)
-layout(std430, binding = 7) readonly buffer Wm { uint masks[]; };
-layout(std430, binding = 8) writeonly buffer Wl { float wlogits[]; };
-layout(std430, binding = 8) writeonly buffer Wl4 { vec4 wlogits4[]; };
+layout(std430, binding = 7) readonly buffer Wt { uint watchTab[]; }; // per head: (mask, logits)
+layout(std430, binding = 8) readonly buffer Wm { uint masks[]; };
+layout(std430, binding = 9) writeonly buffer Wl { float wlogits[]; };
+layout(std430, binding = 9) writeonly buffer Wl4 { vec4 wlogits4[]; };
+// binding 10: the coverage output (attn_merge.glsl)
 #endif
 
 layout(push_constant) uniform Push {
@@ -82,10 +88,14 @@ layout(push_constant) uniform Push {
   float scale;
   uint window;   // sliding window W (0: none): the head is a ring of capRows rows, lens counts positions
   float softcap; // log2(e) * c: scores become c * tanh(score / c) (0: none)
+  uint recOff;   // float offset of the records (after the counters; a multiple of 2)
+  uint outOff;   // float offset of query head 0's output
 #ifdef WATCH
   uint covOff;     // float offset of the (held, prompt) mass records
   uint promptRows; // rows [0, promptRows) are the prompt
   uint logitStride; // floats between a watched head's query heads' logits rows
+  uint covOut;     // float offset of query head 0's (held, prompt) fractions in the coverage output
+  uint statsOut;   // float offset of query head 0's prompt (max, 1 / sum) there
 #endif
 } p;
 
@@ -282,26 +292,29 @@ void storeLogits(uint lo, uint lane, uint t, uint tEnd) {
 }
 #endif
 
-void main() {
-  const uint lane = gl_LocalInvocationID.x;
-  // Heads along x, splits along y: llvmpipe hands each thread a contiguous block of the grid,
-  // so with heads of very different lengths (HeteroCache's full heads beside its compressed
-  // ones) a head-major order gave one thread the long heads; split-major spreads every head.
-  const uint S = gl_NumWorkGroups.y;
-  const uint y = gl_WorkGroupID.y;
-  const uint h = p.headBase + gl_WorkGroupID.x;
+// The merge's share of the outputs (attn_merge.glsl): lane `lane` owns words lane * NP ..
+// lane * NP + NP - 1 (f16 pairs' positions, as f32 pairs) of every query head, as in the split.
+#define MERGE_VEC vec2
+#define MERGE_N NP
+#define MERGE_FIRST (gl_LocalInvocationID.x == 0u)
+#define MERGE_ONE_SUBGROUP
+#include "attn_merge.glsl"
+bool mergeOwns(uint k) {
+  return EXACT || gl_LocalInvocationID.x * NP + k < HD;
+}
+vec2 mergeLoad(uint rec, uint k) {
+  return part2[p.recOff / 2u + rec * HD + gl_LocalInvocationID.x * NP + k];
+}
+void mergeStore(uint qh, uint k, vec2 v) {
+  const uint o = p.outOff + qh * D + (gl_LocalInvocationID.x * NP + k) * 2u;
+  outv[o] = v.x;
+  outv[o + 1] = v.y;
+}
 
+// Split s of head h, whose window is `len` rows from ringFirst: its G records.
+void splitPass(uint h, uint S, uint s, uint ns, uint len) {
+  const uint lane = gl_LocalInvocationID.x;
   const uint base = tab[2 * h];
-  ringCap = tab[2 * h + 1];
-  const uint lenAll = lens[h];
-  ringFirst = p.window != 0u && lenAll > p.window ? lenAll - p.window : 0u;
-  ringRow0 = ringCap > 0u ? ringFirst % ringCap : 0u;
-  const uint len = p.window != 0u ? lenAll - ringFirst : min(lenAll, ringCap);
-  const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
-  // A head with ns < S splits spreads them over the grid's rows (split s sits at the first y
-  // with y * ns / S == s) rather than taking rows 0..ns-1, for the same reason.
-  const uint s = (y * ns) / S;
-  if (y > 0u && ((y - 1u) * ns) / S == s) return;
   // Whole 32-row mask words per split (the watch's chunking); free for unwatched heads.
   const uint per = ((len + ns - 1) / ns + 31u) & ~31u;
   const uint t0 = min(len, s * per);
@@ -377,7 +390,7 @@ void main() {
     const uint rec = (h * S + s) * G + g;
     [[unroll]] for (uint i = 0; i < NP; i++) {
       const uint wi = lane * NP + i;
-      if (EXACT || wi < HD) part2[rec * HD + wi] = o[g * NP + i];
+      if (EXACT || wi < HD) part2[p.recOff / 2u + rec * HD + wi] = o[g * NP + i];
     }
     if (lane == 0u) {
       part[p.mlOff + rec * 2] = m[g];
@@ -390,4 +403,33 @@ void main() {
 #endif
     }
   }
+}
+
+void main() {
+  // Heads along x, splits along y: llvmpipe hands each thread a contiguous block of the grid,
+  // so with heads of very different lengths (HeteroCache's full heads beside its compressed
+  // ones) a head-major order gave one thread the long heads; split-major spreads every head.
+  const uint S = gl_NumWorkGroups.y;
+  const uint y = gl_WorkGroupID.y;
+  const uint h = p.headBase + gl_WorkGroupID.x;
+
+  ringCap = tab[2 * h + 1];
+  const uint lenAll = lens[h];
+  ringFirst = p.window != 0u && lenAll > p.window ? lenAll - p.window : 0u;
+  ringRow0 = ringCap > 0u ? ringFirst % ringCap : 0u;
+  const uint len = p.window != 0u ? lenAll - ringFirst : min(lenAll, ringCap);
+  const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
+  // A head with ns < S splits spreads them over the grid's rows (split s sits at the first y
+  // with y * ns / S == s) rather than taking rows 0..ns-1, for the same reason. The other rows
+  // hold no split but still arrive.
+  const uint s = (y * ns) / S;
+  if (y == 0u || ((y - 1u) * ns) / S != s) splitPass(h, S, s, ns, len);
+  if (!mergeArrive(h, S)) return;
+#ifdef WATCH
+  const uint NONE = 0xFFFFFFFFu;
+  const bool logits = watchTab[2 * h + 1] != NONE;
+  mergeHead(h, S, ns, watchTab[2 * h] != NONE || logits, logits);
+#else
+  mergeHead(h, S, ns, false, false);
+#endif
 }

@@ -304,7 +304,6 @@ export const SHADERS = {
   rope_append: single("rope_append.comp"),
   attn_decode: family({ file: "attn_decode.comp", axes: { watch: WATCH }, subgroup: true }),
   attn_decode_cpu: family({ file: "attn_decode_cpu.comp", axes: { texel: TEXEL, watch: WATCH } }),
-  attn_merge: family({ file: "attn_merge.comp", axes: { watch: WATCH } }),
   attn_prefill: single("attn_prefill.comp", true),
   attn_prefill_rows: single("attn_prefill_rows.comp"),
   attn_prefill_split: family({ file: "attn_prefill_split.comp", axes: { texel: TEXEL } }),

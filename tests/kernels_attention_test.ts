@@ -95,6 +95,7 @@ function runDecode(
   using qBuf = dev.buffer(q.byteLength);
   using out = dev.buffer(q.byteLength);
   using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+  attn.zeroCounters(scratch, fc.cache.nKvHeads);
   dev.upload(qBuf, q);
   using cmd = dev.commands();
   cmd.begin();
@@ -219,6 +220,7 @@ Deno.test("decode attention: replay with growing lengths and small splits", () =
     using qBuf = dev.buffer(q.byteLength);
     using out = dev.buffer(q.byteLength);
     using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+    attn.zeroCounters(scratch, fc.cache.nKvHeads);
     dev.upload(qBuf, q);
     using cmd = dev.commands();
     cmd.begin();
@@ -337,6 +339,7 @@ Deno.test("decode step replay: append + attention recorded once, lengths advance
     using kvBuf = dev.buffer(2 * nKv * D * 4);
     using out = dev.buffer(nKv * G * D * 4);
     using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+    attn.zeroCounters(scratch, fc.cache.nKvHeads);
     using cmd = dev.commands();
     cmd.begin();
     fc.cache.recordLengthsUpload(cmd);
@@ -382,6 +385,93 @@ Deno.test("decode step replay: append + attention recorded once, lengths advance
     fc.cache.dispose();
   }
 });
+
+/** Decode variants as runDecode's options. */
+function variantOptions(variant: Variant): Omit<DecodeAttentionOptions, "headDim" | "groupSize"> {
+  return variant === "simd-storage" ? { variant: "simd", texel: false } : { variant };
+}
+
+// The last workgroup of each KV head merges its splits, counted by arrival counters in the
+// scratch: a replay needs them back at zero, every workgroup of the grid must arrive (those
+// of splits a short head does not use too), and a prefill on the same scratch must leave them.
+for (const subgroup of [true, false]) {
+  const variants = subgroup ? ["lanes", "simd", "simd-storage"] as const : ["lanes"] as const;
+  for (const variant of variants) {
+    const label = variant === "lanes" ? `${variant}, ${subgroup ? "subgroup" : "shared"}` : variant;
+    Deno.test(`decode attention (${label}): one recording replayed, 16+ splits, empty splits, a prefill between`, () => {
+      using dev = Device.open(undefined, { subgroups: subgroup });
+      const D = 32, G = 2;
+      const caps = [4000, 40, 0, 1500, 300];
+      const nKv = caps.length;
+      const fc = filledCache(dev, D, caps, caps);
+      // A full cache with as many KV heads, for a prefill in 4 key passes whose records (64
+      // tokens x 10 query heads x 8 bytes) would cover the counters if they started at the
+      // scratch's start.
+      const pc = filledCache(dev, D, Array(nKv).fill(64), Array(nKv).fill(64));
+      try {
+        using attn = new DecodeAttention(dev, {
+          headDim: D,
+          groupSize: G,
+          minTokensPerSplit: 16,
+          maxTokensPerSplit: 256,
+          ...variantOptions(variant),
+        });
+        const S = attn.splitsFor(fc.cache);
+        assert.ok(S >= 16, `${S} splits`);
+        using prefill = new PrefillAttention(dev, { headDim: D, groupSize: G });
+        const nH = nKv * G;
+        using qBuf = dev.buffer(nH * D * 4);
+        using out = dev.buffer(nH * D * 4);
+        using scratch = dev.buffer(
+          Math.max(attn.scratchBytes(fc.cache), prefill.scratchBytes(pc.cache, 64)),
+        );
+        attn.zeroCounters(scratch, nKv);
+        using cmd = dev.commands();
+        cmd.begin();
+        fc.cache.recordLengthsUpload(cmd);
+        cmd.barrier();
+        attn.record(cmd, { cache: fc.cache, q: qBuf, out, scratch });
+        cmd.end();
+        const pq = randomF32(64 * nH * D, nextSeed(), 3);
+        using pqBuf = dev.buffer(pq.byteLength);
+        using pOut = dev.buffer(pq.byteLength);
+        dev.upload(pqBuf, pq);
+        using pcmd = dev.commands();
+        pcmd.begin();
+        prefill.record(pcmd, {
+          cache: pc.cache,
+          q: pqBuf,
+          out: pOut,
+          scratch,
+          tokens: 64,
+          position: 0,
+          keysPerPass: 16,
+        });
+        pcmd.end();
+        // Head 1 fills 1 of its splits (or 3 of 40 rows), head 2 none, head 4 7 or 19 or fewer.
+        const steps = [[4000, 5, 0, 1500, 100], [3999, 40, 0, 17, 300], [1, 0, 0, 1500, 299]];
+        for (const [i, lens] of steps.entries()) {
+          fc.cache.lengths.set(lens);
+          const q = randomF32(nH * D, nextSeed(), 3);
+          dev.upload(qBuf, q);
+          dev.waitSync("compute", cmd.submit());
+          const want = refDecodeAttention({
+            q,
+            k: lens.map((n, h) => fc.kFull[h].subarray(0, n * D)),
+            v: lens.map((n, h) => fc.vFull[h].subarray(0, n * D)),
+            headDim: D,
+            groupSize: G,
+          });
+          expectClose(f32(dev.download(out)), want, `${label} S=${S} replay ${i} lens=${lens}`);
+          dev.waitSync("compute", pcmd.submit());
+        }
+      } finally {
+        fc.cache.dispose();
+        pc.cache.dispose();
+      }
+    });
+  }
+}
 
 function prefillCase(
   dev: Device,
@@ -863,6 +953,7 @@ Deno.test("decode attention: sliding-window rings and logit soft-capping, every 
         using qBuf = dev.buffer(q.byteLength);
         using out = dev.buffer(q.byteLength);
         using scratch = dev.buffer(attn.scratchBytes(rc.cache));
+        attn.zeroCounters(scratch, rc.cache.nKvHeads);
         dev.upload(qBuf, q);
         using cmd = dev.commands();
         cmd.begin();
@@ -896,6 +987,7 @@ Deno.test("soft-capping is a build option: a record that disagrees with the buil
     for (const built of [false, true]) {
       using attn = new DecodeAttention(dev, { headDim: 32, groupSize: 1, softcap: built });
       using scratch = dev.buffer(attn.scratchBytes(fc.cache));
+      attn.zeroCounters(scratch, fc.cache.nKvHeads);
       using cmd = dev.commands();
       cmd.begin();
       assert.throws(

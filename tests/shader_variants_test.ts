@@ -54,7 +54,7 @@ Deno.test("a family's variants are its product of axes less its filter", () => {
     "scores_stats_logits_cpu_texel",
   );
   assert.equal(SHADERS.add.variant({ op: "axpby" }), "axpby");
-  assert.equal(SHADERS.attn_merge.variant({ watch: false }), "attn_merge");
+  assert.equal(SHADERS.attn_decode.variant({ watch: false }), "attn_decode");
   assert.equal(
     SHADERS.attn_decode_cpu.variant({ texel: true, watch: true }),
     "attn_decode_cpu_texel_watch",

@@ -14,8 +14,16 @@
  *
  * Synchronisation contract of every `record`: the caller puts a barrier between whatever wrote
  * the inputs (q, the cache rows, the lengths) and this call, and another between this call and
- * whatever reads the output; barriers *inside* a call (split -> merge, pass -> pass) are recorded
- * here.
+ * whatever reads the output; barriers *inside* a call (prefill pass -> pass) are recorded here.
+ * The decode attention records one dispatch per cache chunk and no barrier: its split
+ * workgroups merge their partials themselves (the last of a head's to finish, through arrival
+ * counters at the start of the scratch; shaders/attn_merge.glsl).
+ *
+ * Scratch: one buffer may serve both classes and every layer (sequential use). Its first
+ * `attentionCounterBytes` bytes hold the decode attention's arrival counters, which must be
+ * zero before its first decode (`DecodeAttention.zeroCounters`, once per allocation: device
+ * memory is not zeroed), are left zero by every decode, and are never written by the prefill
+ * (its records start after them).
  */
 import { HcError } from "../errors.ts";
 import { SHADERS } from "../../shaders/variants.ts";
@@ -28,7 +36,13 @@ import {
   TEXEL_BYTES,
 } from "../vk/mod.ts";
 import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
-import { deviceParallelism, requireBytes, requireFloatOffset } from "./checks.ts";
+import {
+  deviceParallelism,
+  requireBytes,
+  requireFloatOffset,
+  subWindow,
+  windowOf,
+} from "./checks.ts";
 import { type PrefillTileShape, prefillTileShape, swizzleMask } from "./attention_tiles.ts";
 
 function limit(message: string): never {
@@ -68,7 +82,7 @@ function softcapPush(c: number | undefined, built: boolean): number {
   return on ? c * LOG2E : 0;
 }
 
-/** The push block of the decode split pass (shaders/attn_decode.comp, attn_decode_cpu.comp). */
+/** The push block of the decode pass (shaders/attn_decode.comp, attn_decode_cpu.comp). */
 const DECODE_PUSH = pushLayout({
   headBase: "u32",
   minTok: "u32",
@@ -77,9 +91,11 @@ const DECODE_PUSH = pushLayout({
   scale: "f32",
   window: "u32",
   softcap: "f32",
+  recOff: "u32",
+  outOff: "u32",
 });
 
-/** The split pass's push block with a watch (KvWatch). */
+/** The decode pass's push block with a watch (KvWatch). */
 const DECODE_WATCH_PUSH = pushLayout({
   headBase: "u32",
   minTok: "u32",
@@ -88,33 +104,24 @@ const DECODE_WATCH_PUSH = pushLayout({
   scale: "f32",
   window: "u32",
   softcap: "f32",
+  recOff: "u32",
+  outOff: "u32",
   covOff: "u32",
   promptRows: "u32",
   logitStride: "u32",
-});
-
-/** shaders/attn_merge.comp's push block. */
-const MERGE_PUSH = pushLayout({
-  splits: "u32",
-  minTok: "u32",
-  mlOff: "u32",
-  outOff: "u32",
-  perSplit: "u32",
-  window: "u32",
-});
-
-/** The merge pass's push block with a watch (KvWatch). */
-const MERGE_WATCH_PUSH = pushLayout({
-  splits: "u32",
-  minTok: "u32",
-  mlOff: "u32",
-  outOff: "u32",
-  perSplit: "u32",
-  window: "u32",
-  covOff: "u32",
   covOut: "u32",
   statsOut: "u32",
 });
+
+/**
+ * Bytes at the start of an attention scratch that hold the decode attention's arrival counters
+ * (a u32 per KV head, see shaders/attn_merge.glsl), rounded up to 256 bytes (the largest
+ * minStorageBufferOffsetAlignment Vulkan allows) so that the prefill's records can be bound
+ * right after them.
+ */
+export function attentionCounterBytes(nKvHeads: number): number {
+  return Math.ceil((nKvHeads * 4) / 256) * 256;
+}
 
 /** The push block of every prefill variant (shaders/attn_prefill*.comp). */
 const PREFILL_PUSH = pushLayout({
@@ -164,10 +171,12 @@ export interface DecodeAttentionArgs {
   /** f32 [nKvHeads * G][headDim] at float offset qOffset (a multiple of 4). */
   q: Binding;
   qOffset?: number;
-  /** f32 [nKvHeads * G][headDim] at float offset outOffset. */
+  /** f32 [nKvHeads * G][headDim] at float offset outOffset; must not overlap q (a head's
+   * output is written while other heads' workgroups still read their queries). */
   out: Binding;
   outOffset?: number;
-  /** At least `scratchBytes(cache)` bytes; may be shared by all layers (sequential use). */
+  /** At least `scratchBytes(cache)` bytes, its counters zeroed once (`zeroCounters`); may be
+   * shared by all layers and the prefill attention (sequential use). */
   scratch: Binding;
   /** Softmax scale; default 1/sqrt(headDim). */
   scale?: number;
@@ -177,8 +186,8 @@ export interface DecodeAttentionArgs {
 
 /**
  * Decode-step attention: one query token against each KV head's rows [0, len) (ragged per head),
- * or against the last `cache.window` positions of a sliding-window ring, split over the length
- * (split pass) plus a merge pass.
+ * or against the last `cache.window` positions of a sliding-window ring, split over the length;
+ * the last workgroup of each KV head to finish merges the head's splits (one pass, no barrier).
  */
 export class DecodeAttention implements Disposable {
   readonly headDim: number;
@@ -196,10 +205,9 @@ export class DecodeAttention implements Disposable {
   readonly #makeSplit: () => Kernel;
   /** The "simd" split pass reading K/V as texels, where the device has them. */
   readonly #splitTexel: Kernel | null = null;
-  readonly #merge: Kernel;
-  /** The WATCH variants (split, texel split, merge), made on first use by a watched cache. */
-  readonly #makeWatch: () => { split: Kernel; texel: Kernel | null; merge: Kernel };
-  #watch: { split: Kernel; texel: Kernel | null; merge: Kernel } | null = null;
+  /** The WATCH variants (storage, texel), made on first use by a watched cache. */
+  readonly #makeWatch: () => { split: Kernel; texel: Kernel | null };
+  #watch: { split: Kernel; texel: Kernel | null } | null = null;
   /** Split-pass dispatches of the last record() call by K/V binding kind. */
   lastBindings = { texel: 0, storage: 0 };
   /** Built to soft-cap logits (DecodeAttentionOptions.softcap). */
@@ -266,17 +274,25 @@ export class DecodeAttention implements Disposable {
       ];
       this.#makeSplit = () =>
         device.kernel(SHADERS.attn_decode_cpu.variant({ texel: false, watch: false }), {
-          bindings: 6,
+          bindings: 7,
           push: DECODE_PUSH,
           spec,
         });
       const texel = (opts.texel ?? true) && device.info.texelBuffer;
-      const texelKinds = ["storage", "texel", "texel", "storage", "storage", "storage"] as const;
+      const texelKinds = [
+        "storage",
+        "texel",
+        "texel",
+        "storage",
+        "storage",
+        "storage",
+        "storage",
+      ] as const;
       if (texel) {
         this.#splitTexel = device.kernel(
           SHADERS.attn_decode_cpu.variant({ texel: true, watch: false }),
           {
-            bindings: 6,
+            bindings: 7,
             kinds: [...texelKinds],
             push: DECODE_PUSH,
             spec,
@@ -287,18 +303,17 @@ export class DecodeAttention implements Disposable {
       }
       this.#makeWatch = () =>
         this.#watchKernels(
-          device,
           () =>
             device.kernel(SHADERS.attn_decode_cpu.variant({ texel: false, watch: true }), {
-              bindings: 9,
+              bindings: 11,
               push: DECODE_WATCH_PUSH,
               spec,
             }),
           texel
             ? () =>
               device.kernel(SHADERS.attn_decode_cpu.variant({ texel: true, watch: true }), {
-                bindings: 9,
-                kinds: [...texelKinds, "storage", "storage", "storage"],
+                bindings: 11,
+                kinds: [...texelKinds, "storage", "storage", "storage", "storage"],
                 push: DECODE_WATCH_PUSH,
                 spec,
               })
@@ -307,10 +322,9 @@ export class DecodeAttention implements Disposable {
     } else {
       this.#makeWatch = () =>
         this.#watchKernels(
-          device,
           () =>
             device.kernel(SHADERS.attn_decode.variant({ watch: true }), {
-              bindings: 9,
+              bindings: 11,
               push: DECODE_WATCH_PUSH,
               spec: [wg, opts.groupSize, opts.headDim, this.#softcap ? 1 : 0],
             }),
@@ -318,44 +332,23 @@ export class DecodeAttention implements Disposable {
         );
       this.#makeSplit = () =>
         device.kernel(SHADERS.attn_decode.variant({ watch: false }), {
-          bindings: 6,
+          bindings: 7,
           push: DECODE_PUSH,
           spec: [wg, opts.groupSize, opts.headDim, this.#softcap ? 1 : 0],
         });
       this.#split = this.#makeSplit();
     }
-    try {
-      this.#merge = device.kernel(SHADERS.attn_merge.variant({ watch: false }), {
-        bindings: 4,
-        push: MERGE_PUSH,
-        spec: [64, opts.groupSize, opts.headDim],
-      });
-    } catch (e) {
-      this.#split?.dispose();
-      this.#splitTexel?.dispose();
-      throw e;
-    }
   }
 
   #watchKernels(
-    device: Device,
     split: () => Kernel,
     texel: (() => Kernel) | null,
-  ): { split: Kernel; texel: Kernel | null; merge: Kernel } {
-    const made: Kernel[] = [];
+  ): { split: Kernel; texel: Kernel | null } {
+    const s = split();
     try {
-      const s = split();
-      made.push(s);
-      const t = texel ? texel() : null;
-      if (t) made.push(t);
-      const merge = device.kernel(SHADERS.attn_merge.variant({ watch: true }), {
-        bindings: 6,
-        push: MERGE_WATCH_PUSH,
-        spec: [64, this.groupSize, this.headDim],
-      });
-      return { split: s, texel: t, merge };
+      return { split: s, texel: texel ? texel() : null };
     } catch (e) {
-      for (const k of made) k.dispose();
+      s.dispose();
       throw e;
     }
   }
@@ -373,20 +366,34 @@ export class DecodeAttention implements Disposable {
     return s;
   }
 
-  /** Scratch floats: the records' outputs, their (m, l) pairs, then (watched caches) their
-   * (held, prompt) mass pairs. */
+  /** Scratch floats: the arrival counters (attentionCounterBytes), the records' outputs,
+   * their (m, l) pairs, then (watched caches) their (held, prompt) mass pairs. */
   #layout(
     cache: KvLayerCache,
-  ): { records: number; mlOff: number; covOff: number; floats: number } {
+  ): { records: number; recOff: number; mlOff: number; covOff: number; floats: number } {
     const records = cache.nKvHeads * this.splitsFor(cache) * this.groupSize;
-    const mlOff = records * this.headDim;
+    const recOff = attentionCounterBytes(cache.nKvHeads) / 4;
+    const mlOff = recOff + records * this.headDim;
     const covOff = mlOff + records * 2;
-    return { records, mlOff, covOff, floats: covOff + (cache.watch ? records * 2 : 0) };
+    return { records, recOff, mlOff, covOff, floats: covOff + (cache.watch ? records * 2 : 0) };
   }
 
-  /** Scratch bytes for the split partials of this cache. */
+  /** Scratch bytes for this cache: the arrival counters, then the split partials. */
   scratchBytes(cache: KvLayerCache): number {
     return this.#layout(cache).floats * 4;
+  }
+
+  /**
+   * Zeroes the arrival counters at the start of `scratch` for caches of `nKvHeads` heads (the
+   * first `attentionCounterBytes(nKvHeads)` bytes), waiting until done. Once per scratch
+   * allocation, before its first decode (device memory is not zeroed): each decode leaves them
+   * zero. Not while a recorded decode on this scratch may be running.
+   */
+  zeroCounters(scratch: Binding, nKvHeads: number): void {
+    const w = windowOf(scratch);
+    const bytes = attentionCounterBytes(nKvHeads);
+    requireBytes(scratch, bytes, "decode scratch counters");
+    w.buffer.device.upload(w.buffer, new Uint8Array(bytes), w.offset);
   }
 
   record(cmd: CommandList, a: DecodeAttentionArgs): this {
@@ -402,6 +409,16 @@ export class DecodeAttention implements Disposable {
     if (!Number.isInteger(outOff) || outOff < 0) limit(`outOffset ${outOff} is not a float index`);
     requireBytes(a.q, (qOff + nHeads * D) * 4, "decode q");
     requireBytes(a.out, (outOff + nHeads * D) * 4, "decode output");
+    {
+      const q = windowOf(a.q);
+      const o = windowOf(a.out);
+      const q0 = q.offset + qOff * 4;
+      const o0 = o.offset + outOff * 4;
+      const bytes = nHeads * D * 4;
+      if (q.buffer === o.buffer && q0 < o0 + bytes && o0 < q0 + bytes) {
+        limit("decode output overlaps q: the merge writes it while other heads still read q");
+      }
+    }
     const scratchBytes = this.scratchBytes(cache);
     if (scratchBytes > this.#maxBinding) {
       limit(
@@ -409,7 +426,7 @@ export class DecodeAttention implements Disposable {
       );
     }
     requireBytes(a.scratch, scratchBytes, "decode scratch");
-    const { mlOff, covOff } = this.#layout(cache);
+    const { recOff, mlOff, covOff } = this.#layout(cache);
     const w = cache.watch;
     if (w) {
       requireBytes(w.table, cache.nKvHeads * 8, "watch table");
@@ -442,6 +459,8 @@ export class DecodeAttention implements Disposable {
         scale,
         window,
         softcap,
+        recOff,
+        outOff,
       };
       // A chunk (whole rows of 2 * headDim bytes, so whole 16-byte texels) too big for one
       // texel view takes the storage-buffer pass.
@@ -453,8 +472,16 @@ export class DecodeAttention implements Disposable {
         : texel
         ? this.#splitTexel!
         : (this.#split ??= this.#makeSplit());
-      const bindings = [a.q, cache.k[c], cache.v[c], cache.table, cache.lengthsBuffer, a.scratch];
-      if (w) bindings.push(w.table, w.masks, w.logits);
+      const bindings = [
+        a.q,
+        cache.k[c],
+        cache.v[c],
+        cache.table,
+        cache.lengthsBuffer,
+        a.scratch,
+        a.out,
+      ];
+      if (w) bindings.push(w.table, w.masks, w.logits, w.out);
       cmd.dispatch(
         kernel,
         bindings,
@@ -464,47 +491,24 @@ export class DecodeAttention implements Disposable {
             covOff,
             promptRows: w.promptRows,
             logitStride: w.logitStride,
+            covOut: w.outOffset,
+            statsOut: w.statsOffset,
           })
           : DECODE_PUSH.pack(push),
-        // The CPU pass is split-major (see attn_decode_cpu.comp), the GPU pass head-major.
+        // The CPU pass is split-major (see attn_decode_cpu.comp), the GPU pass head-major. Every
+        // workgroup counts in its head's arrivals: the grid's split count is each head's S.
         this.variant === "simd" ? [h1 - h0, S] : [S, h1 - h0],
       );
     });
-    cmd.barrier();
-    const merge = [a.scratch, cache.table, cache.lengthsBuffer, a.out];
-    if (w) merge.push(w.table, w.out);
-    const mergePush = {
-      splits: S,
-      minTok: this.minTokensPerSplit,
-      mlOff,
-      outOff,
-      perSplit: 1,
-      window,
-    };
-    cmd.dispatch(
-      watch ? watch.merge : this.#merge,
-      merge,
-      w
-        ? MERGE_WATCH_PUSH.pack({
-          ...mergePush,
-          covOff,
-          covOut: w.outOffset,
-          statsOut: w.statsOffset,
-        })
-        : MERGE_PUSH.pack(mergePush),
-      [nHeads],
-    );
     return this;
   }
 
   dispose(): void {
     this.#split?.dispose();
     this.#splitTexel?.dispose();
-    this.#merge.dispose();
     if (this.#watch) {
       this.#watch.split.dispose();
       this.#watch.texel?.dispose();
-      this.#watch.merge.dispose();
     }
   }
 
@@ -692,8 +696,11 @@ export class PrefillAttention implements Disposable {
     });
   }
 
+  /** The decode attention's arrival counters (left alone), then the records of `tokens`
+   * query tokens. */
   scratchBytes(cache: KvLayerCache, tokens: number): number {
-    return Math.max(1, tokens) * cache.nKvHeads * this.groupSize * 8;
+    return attentionCounterBytes(cache.nKvHeads) +
+      Math.max(1, tokens) * cache.nKvHeads * this.groupSize * 8;
   }
 
   record(cmd: CommandList, a: PrefillAttentionArgs): this {
@@ -735,6 +742,13 @@ export class PrefillAttention implements Disposable {
     requireBytes(a.q, (qOff + (B - 1) * qStride + nHeads * D) * 4, "prefill q");
     requireBytes(a.out, (oOff + (B - 1) * oStride + nHeads * D) * 4, "prefill output");
     requireBytes(a.scratch, this.scratchBytes(cache, B), "prefill scratch");
+    // The records start after the decode attention's counters, which must survive a prefill.
+    const counters = attentionCounterBytes(cache.nKvHeads);
+    const records = subWindow(
+      windowOf(a.scratch),
+      counters,
+      this.scratchBytes(cache, B) - counters,
+    );
     const tiled = this.variant === "tiled";
     const perPass = a.keysPerPass ??
       (!tiled ? this.#keysPerBlock * CPU_BLOCKS_PER_PASS : this.#cpuDriver ? 2048 : kvRows);
@@ -783,7 +797,7 @@ export class PrefillAttention implements Disposable {
         this.lastBindings[texel ? "texel" : "storage"]++;
         cmd.dispatch(
           texel || !this.#texel ? this.#kernel : this.#storageKernel ??= this.#makeStorage!(),
-          [a.q, cache.k[c], cache.v[c], cache.table, a.out, a.scratch],
+          [a.q, cache.k[c], cache.v[c], cache.table, a.out, records],
           push,
           [gx, h1 - h0],
         );

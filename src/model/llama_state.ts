@@ -131,22 +131,32 @@ export class LlamaState implements ForwardState {
     this.captures.prefillWindow = window;
   }
 
-  /** Attention scratch large enough for these caches (grown, never shrunk). */
+  /** Attention scratch large enough for these caches (grown, never shrunk), its decode
+   * arrival counters zeroed when allocated (every decode leaves them zero). */
   #scratchFor(caches: readonly KvLayerCache[]): Buffer {
     const K = this.model.kernels;
     let need = 16;
+    let kvHeads = 0;
     for (const cache of caches) {
       need = Math.max(
         need,
         K.decode.scratchBytes(cache),
         K.prefill.scratchBytes(cache, MAX_BATCH_TOKENS),
       );
+      kvHeads = Math.max(kvHeads, cache.nKvHeads);
     }
     if (!this.#attnScratch || this.#attnScratch.bytes < need) {
       this.#dropDecodeLists();
       this.#attnScratch?.dispose();
       this.#attnScratch = null;
-      this.#attnScratch = this.model.device.buffer(need);
+      const scratch = this.model.device.buffer(need);
+      try {
+        K.decode.zeroCounters(scratch, kvHeads);
+      } catch (e) {
+        scratch.dispose();
+        throw e;
+      }
+      this.#attnScratch = scratch;
     }
     return this.#attnScratch;
   }
