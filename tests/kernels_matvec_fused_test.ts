@@ -12,6 +12,7 @@ import { GgmlType } from "../src/gguf/types.ts";
 import { MatVec, type MatVecOptions, type MatVecPlan } from "../src/kernels/matvec.ts";
 import { lanesLayoutType, toLanesLayout } from "../src/kernels/matvec_layout.ts";
 import { quantizeAny } from "../testing/quantizers.ts";
+import { ORACLE_TYPES, type OracleType } from "../testing/llamacpp_oracle.ts";
 import { referenceMatvec } from "../testing/reference_matvec.ts";
 import { gegluRef, swigluRef } from "../testing/reference_ops.ts";
 import { Device } from "../src/vk/mod.ts";
@@ -21,25 +22,10 @@ const SEED = Date.now() >>> 0;
 let seedCounter = 0;
 const nextSeed = () => (SEED + 7919 * ++seedCounter) >>> 0;
 
-const ALL_TYPES = [
-  "F32",
-  "F16",
-  "BF16",
-  "Q8_0",
-  "Q4_0",
-  "Q4_1",
-  "Q5_0",
-  "Q5_1",
-  "Q2_K",
-  "Q3_K",
-  "Q4_K",
-  "Q5_K",
-  "Q6_K",
-  "IQ4_NL",
-  "IQ4_XS",
-] as const;
+// Every weight type the engine runs (the llama.cpp fixtures cover them all).
+const ALL_TYPES = ORACLE_TYPES;
 const RUN_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"] as const;
-type TypeName = typeof ALL_TYPES[number];
+type TypeName = OracleType;
 
 interface Case {
   type: TypeName;
