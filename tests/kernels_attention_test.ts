@@ -296,7 +296,7 @@ Deno.test("kv append: preset lengths, fused QKV layout, capacity guard", () => {
   // Head 0 (capacity 5) can take only the first of the two tokens (a host bug that the kernel
   // must contain: setLengths would refuse it, the raw staging array does not).
   cache.lengths.set([6, 5, 2]);
-  dev.upload(cache.lengthsBuffer, cache.lengths);
+  dev.upload(cache.lengthsWindow.buffer, cache.lengths, cache.lengthsWindow.offset);
   using cmd = dev.commands();
   cmd.begin();
   append.record(cmd, {

@@ -65,7 +65,7 @@ for (const window of [0, 4]) {
           cmd.end();
           dev.waitSync("compute", cmd.submit());
           c.lengths.set(lengths);
-          dev.upload(c.lengthsBuffer, c.lengths);
+          dev.upload(c.lengthsWindow.buffer, c.lengths, c.lengthsWindow.offset);
           return c;
         };
         using want = make();

@@ -14,6 +14,7 @@
  */
 import { HcError } from "../errors.ts";
 import { KvLayerCache } from "./kv_layer.ts";
+import { KvLengths } from "./kv_lengths.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Captures } from "../model/forward.ts";
 import { type ScoresArgs, TopK } from "../kernels/scores.ts";
@@ -83,6 +84,11 @@ export abstract class CompressedCache implements CachePolicy {
   #layered = false;
   /** Per layer: its ring when it is a sliding-window layer (prefill and decode cache alike). */
   #rings: (KvLayerCache | null)[] = [];
+  /** The decode caches' lengths, layer l at window l (the rings', from begin on, and those of
+   * caches that replace a layer's when it moves): one upload per decode step. */
+  #decodeLengths: KvLengths | null = null;
+  /** The prefill caches' lengths (window l for layer l; one window, layer by layer). */
+  #prefillLengths: KvLengths | null = null;
 
   constructor(deps: PolicyDeps, name: PolicyName) {
     this.device = deps.device;
@@ -181,10 +187,18 @@ export abstract class CompressedCache implements CachePolicy {
     this.stat.promptTokens = promptTokens;
     this.stat.keep = this.keepFraction;
     const c = this.config;
+    const prefillLayers = this.#layered ? 1 : c.nLayers;
+    this.#decodeLengths = KvLengths.create(this.device, { layers: c.nLayers, heads: c.nKvHeads });
+    this.#prefillLengths = KvLengths.create(this.device, {
+      layers: prefillLayers,
+      heads: c.nKvHeads,
+    });
     for (let l = 0; l < c.nLayers; l++) {
-      this.#rings.push(windowCache(this.device, c, l, Infinity));
+      this.#rings.push(
+        windowCache(this.device, c, l, Infinity, { arena: this.#decodeLengths, layer: l }),
+      );
     }
-    for (let l = 0; l < (this.#layered ? 1 : c.nLayers); l++) {
+    for (let l = 0; l < prefillLayers; l++) {
       // Every head holds the whole prompt during prefill (row = position); endPrefill copies
       // what each head keeps into caches sized to its budget.
       this.#prefill.push(
@@ -192,6 +206,7 @@ export abstract class CompressedCache implements CachePolicy {
           KvLayerCache.create(this.device, {
             headDim: c.headDim,
             capRows: Array(c.nKvHeads).fill(promptTokens),
+            lengths: { arena: this.#prefillLengths, layer: l },
           }),
       );
     }
@@ -251,6 +266,7 @@ export abstract class CompressedCache implements CachePolicy {
         this.#decode.push(KvLayerCache.create(this.device, {
           headDim: c.headDim,
           capRows: this.kept[l].map((k) => k + this.maxNew),
+          lengths: this.#decodeWindow(l),
         }));
       }
       this.#notePeak();
@@ -261,6 +277,12 @@ export abstract class CompressedCache implements CachePolicy {
     } finally {
       for (const b of owned) b.dispose();
     }
+  }
+
+  /** Layer `layer`'s window of the decode lengths. */
+  #decodeWindow(layer: number): { arena: KvLengths; layer: number } {
+    if (!this.#decodeLengths) throw badState("the cache has not begun");
+    return { arena: this.#decodeLengths, layer };
   }
 
   /** Whether layer `layer` is a sliding-window layer (kept whole in its ring). */
@@ -294,6 +316,8 @@ export abstract class CompressedCache implements CachePolicy {
     }
     for (const p of this.#prefill) if (!this.#rings.includes(p)) p.dispose();
     this.#prefill = [];
+    this.#prefillLengths?.dispose();
+    this.#prefillLengths = null;
     this.#decode.forEach((cache, l) => cache.setLengths(this.kept[l]));
     this.caches = this.#decode;
   }
@@ -317,12 +341,13 @@ export abstract class CompressedCache implements CachePolicy {
     const rowBytes = c.headDim * 2;
     const moved: KvLayerCache[] = [];
     try {
-      for (const cache of old) {
-        // A ring never fills: it stays where it is.
+      for (const [l, cache] of old.entries()) {
+        // A ring never fills: it stays where it is. The others take over their layer's lengths.
         moved.push(
           cache.window > 0 ? cache : KvLayerCache.create(this.device, {
             headDim: c.headDim,
             capRows: Array.from(cache.lengths, (n) => n + tokens + maxNewTokens),
+            lengths: this.#decodeWindow(l),
           }),
         );
       }
@@ -410,6 +435,8 @@ export abstract class CompressedCache implements CachePolicy {
     for (const p of new Set([...this.#prefill, ...this.#rings])) p?.dispose();
     this.#prefill = [];
     this.#rings = [];
+    this.#prefillLengths?.dispose();
+    this.#prefillLengths = null;
     this.caches = [];
     try {
       for (let l = 0; l < c.nLayers; l++) {
@@ -417,6 +444,7 @@ export abstract class CompressedCache implements CachePolicy {
           headDim: c.headDim,
           capRows: capRows[l],
           window: layerWindow(c, l),
+          lengths: this.#decodeWindow(l),
         }));
       }
       const next = uploadRows(this.#decode, lengths, s.blobs, 0);
@@ -542,6 +570,10 @@ export abstract class CompressedCache implements CachePolicy {
     this.#prefill = [];
     this.#decode = [];
     this.#rings = [];
+    this.#prefillLengths?.dispose();
+    this.#decodeLengths?.dispose();
+    this.#prefillLengths = null;
+    this.#decodeLengths = null;
     this.caches = [];
     this.kept = [];
   }

@@ -4,6 +4,7 @@
  */
 import { HcError } from "../errors.ts";
 import { KvLayerCache } from "./kv_layer.ts";
+import { KvLengths } from "./kv_lengths.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Device } from "../vk/mod.ts";
 import {
@@ -26,6 +27,9 @@ export class FullCache implements CachePolicy {
   readonly appendByPrefill = true;
   /** A new array whenever the caches move (recorded steps are keyed by the array). */
   caches: KvLayerCache[] = [];
+  /** Every layer's lengths, layer l at window l: the caches, and those that replace them when
+   * they grow, take their windows here (one upload per step). */
+  #lengths: KvLengths | null = null;
   readonly #device: Device;
   readonly #config: ModelConfig;
   #length = 0;
@@ -39,6 +43,7 @@ export class FullCache implements CachePolicy {
     this.#config = config;
     this.#stats = emptyStats("full", config.nLayers, config.nKvHeads);
     try {
+      this.#lengths = KvLengths.create(device, { layers: config.nLayers, heads: config.nKvHeads });
       this.caches = this.#allocate(contextTokens);
     } catch (e) {
       this[Symbol.dispose]();
@@ -76,17 +81,20 @@ export class FullCache implements CachePolicy {
     return Promise.resolve();
   }
 
-  /** Caches for `rows` positions: rings for the windowed layers. */
+  /** Caches for `rows` positions: rings for the windowed layers. Layer l's takes window l of
+   * the lengths (a cache it replaces keeps reading the same lengths until it goes). */
   #allocate(rows: number): KvLayerCache[] {
     const c = this.#config;
     const made: KvLayerCache[] = [];
     try {
       for (let l = 0; l < c.nLayers; l++) {
+        const lengths = { arena: this.#lengths!, layer: l };
         made.push(
-          windowCache(this.#device, c, l, rows) ??
+          windowCache(this.#device, c, l, rows, lengths) ??
             KvLayerCache.create(this.#device, {
               headDim: c.headDim,
               capRows: Array(c.nKvHeads).fill(rows),
+              lengths,
             }),
         );
       }
@@ -209,5 +217,7 @@ export class FullCache implements CachePolicy {
 
   [Symbol.dispose](): void {
     for (const c of this.caches.splice(0)) c.dispose();
+    this.#lengths?.dispose();
+    this.#lengths = null;
   }
 }

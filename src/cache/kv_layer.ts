@@ -20,14 +20,20 @@
  *   first, then decoded tokens). Per-head budgets therefore cost exactly their capacity in bytes.
  * - **Head table** (`table`, device, u32 `[nKvHeads][2]` = baseRow, capRows): static after
  *   creation; every kernel reads it, so recorded command lists never depend on the allocation.
- * - **Lengths** (`lengthsBuffer`, device, u32 `[nKvHeads]`): rows of head h that are valid,
+ * - **Lengths** (`lengthsWindow`, device, u32 `[nKvHeads]`): rows of head h that are valid,
  *   `0 <= len <= capRows[h]` (kernels clamp to the capacity). Attention reads rows
  *   `[0, len)` of each head; heads are ragged. Lengths are the only per-step scalars, so one
  *   recorded step replays with growing lengths. The host advances them: it writes
  *   `cache.lengths[h]` (a mapped staging array) to the length *including* the tokens being
- *   appended this step, and the step's command list starts with `cache.recordLengthsUpload(cmd)`
- *   + barrier. Append writes rows `len - B .. len - 1`. The host checks capacity before appending
- *   (`E_CONTEXT_FULL`): rows at or past the capacity are silently not written.
+ *   appended this step, and the step's command list starts with
+ *   `recordLengthsUploads(cmd, caches)` + barrier. Append writes rows `len - B .. len - 1`. The
+ *   host checks capacity before appending (`E_CONTEXT_FULL`): rows at or past the capacity are
+ *   silently not written.
+ * - **Lengths arena** (`KvLengths`, src/cache/kv_lengths.ts): the lengths of a set of layers
+ *   (a policy's caches) live in one device buffer and one mapped staging buffer, layer l's at
+ *   window l (`lengthsLayer`), windows a multiple of minStorageBufferOffsetAlignment apart, so
+ *   the kernels bind a layer's window at its offset and a step uploads every layer in one copy.
+ *   A cache made without an arena has one of its own (one window).
  * - **Refresh / retrieval** (HeteroCache satellites) overwrite rows `[0, cap_s)` of a head by
  *   copying f16 rows to `location(head, 0).byteOffset`; the length does not change.
  * - **Prefill** runs over a cache whose heads hold all prompt rows (row index = position); the
@@ -46,6 +52,7 @@
  */
 import { HcError } from "../errors.ts";
 import type { Binding, Buffer, CommandList, Device } from "../vk/mod.ts";
+import { KvLengths, type LengthsWindow } from "./kv_lengths.ts";
 
 export interface KvHeadSlot {
   chunk: number;
@@ -147,11 +154,13 @@ export class KvLayerCache implements Disposable {
   readonly v: Buffer[] = [];
   /** Device u32 [nKvHeads][2]: baseRow, capRows. */
   readonly table: Buffer;
-  /** Device u32 [nKvHeads]: what the kernels read. */
-  readonly lengthsBuffer: Buffer;
-  /** Host staging for the lengths (mapped); copied in by recordLengthsUpload. */
-  readonly lengthsStaging: Buffer;
-  /** The mapped staging lengths: write here, then upload. */
+  /** The arena holding this layer's lengths (shared by a set of layers, or the layer's own). */
+  readonly lengthsArena: KvLengths;
+  /** This layer's window in the arena. */
+  readonly lengthsLayer: number;
+  /** Device u32 [nKvHeads], a window of the arena's buffer: what the kernels bind. */
+  readonly lengthsWindow: LengthsWindow;
+  /** The mapped staging lengths (the arena's staging window): write here, then upload. */
   readonly lengths: Uint32Array;
   /** The attention-mass watch the decode attention fills, if the policy set one. */
   watch: KvWatch | null = null;
@@ -159,11 +168,23 @@ export class KvLayerCache implements Disposable {
   readonly window: number;
   #disposed = false;
 
-  private constructor(device: Device, layout: KvLayerLayout, window: number) {
+  private constructor(
+    device: Device,
+    layout: KvLayerLayout,
+    window: number,
+    lengths: { arena: KvLengths; layer: number },
+  ) {
     this.device = device;
     this.layout = layout;
     this.window = window;
     const n = layout.heads.length;
+    const { arena, layer } = lengths;
+    if (arena.device !== device) limit("a lengths arena of another device");
+    this.lengthsWindow = arena.window(layer, n);
+    this.lengths = arena.view(layer, n);
+    arena.hold();
+    this.lengthsArena = arena;
+    this.lengthsLayer = layer;
     const made: Buffer[] = [];
     try {
       for (const rows of layout.chunkRows) {
@@ -177,27 +198,21 @@ export class KvLayerCache implements Disposable {
       }
       this.table = device.buffer(n * 8);
       made.push(this.table);
-      this.lengthsBuffer = device.buffer(n * 4);
-      made.push(this.lengthsBuffer);
-      this.lengthsStaging = device.buffer(n * 4, "upload");
-      made.push(this.lengthsStaging);
+      const tab = new Uint32Array(n * 2);
+      layout.heads.forEach((s, h) => {
+        tab[2 * h] = s.baseRow;
+        tab[2 * h + 1] = s.capRows;
+      });
+      device.upload(this.table, tab);
     } catch (e) {
       for (const b of made) b.dispose();
+      arena.release();
       throw e;
     }
-    const mapped = this.lengthsStaging.mapped();
-    this.lengths = new Uint32Array(mapped.buffer, mapped.byteOffset, n);
-    this.lengths.fill(0);
-    const tab = new Uint32Array(n * 2);
-    layout.heads.forEach((s, h) => {
-      tab[2 * h] = s.baseRow;
-      tab[2 * h + 1] = s.capRows;
-    });
-    device.upload(this.table, tab);
-    device.upload(this.lengthsBuffer, this.lengths);
   }
 
-  /** Allocates a layer's pools for per-head capacities (rows), all lengths 0. */
+  /** Allocates a layer's pools for per-head capacities (rows); lengths 0 in an arena of its own,
+   * as the arena holds them in a shared window. */
   static create(
     device: Device,
     opts: {
@@ -206,6 +221,12 @@ export class KvLayerCache implements Disposable {
       maxChunkBytes?: number;
       /** A sliding-window layer's W: every head a ring (see the layout above). */
       window?: number;
+      /**
+       * Window `layer` of a shared arena for the lengths (default: an arena of the cache's own).
+       * The window keeps its values: the arena starts at 0 and its owner sets them, so a cache
+       * that replaces another of the same layer (a move to larger pools) takes its lengths over.
+       */
+      lengths?: { arena: KvLengths; layer: number };
     },
   ): KvLayerCache {
     const window = opts.window ?? 0;
@@ -216,7 +237,11 @@ export class KvLayerCache implements Disposable {
       dev.maxStorageBufferRange,
       dev.maxAllocationBytes,
     );
-    return new KvLayerCache(device, planKvLayer({ ...opts, maxChunkBytes }), window);
+    const layout = planKvLayer({ ...opts, maxChunkBytes });
+    if (opts.lengths) return new KvLayerCache(device, layout, window, opts.lengths);
+    // A layer of its own: an arena of one window, freed with the cache.
+    using arena = KvLengths.create(device, { layers: 1, heads: layout.heads.length });
+    return new KvLayerCache(device, layout, window, { arena, layer: 0 });
   }
 
   get nKvHeads(): number {
@@ -278,17 +303,20 @@ export class KvLayerCache implements Disposable {
       }
       this.lengths[h] = v;
     }
-    this.device.upload(this.lengthsBuffer, this.lengths);
+    const w = this.lengthsWindow;
+    this.device.upload(w.buffer, this.lengths, w.offset);
   }
 
-  /** Records the staging -> device copy of the lengths; follow it with a barrier. */
+  /** Records the staging -> device copy of this layer's lengths alone (a step that runs one
+   * layer); follow it with a barrier. A whole step uses recordLengthsUploads. */
   recordLengthsUpload(cmd: CommandList): void {
-    cmd.copy(this.lengthsStaging, this.lengthsBuffer, [[0, 0, this.nKvHeads * 4]]);
+    this.lengthsArena.recordUpload(cmd, this.lengthsLayer, this.lengthsLayer + 1);
   }
 
   /** Reads the device lengths back (sync; for tests). */
   readLengths(): Uint32Array {
-    const bytes = this.device.download(this.lengthsBuffer);
+    const w = this.lengthsWindow;
+    const bytes = this.device.download(w.buffer, w.offset, w.bytes);
     return new Uint32Array(bytes.buffer, bytes.byteOffset, this.nKvHeads);
   }
 
@@ -300,12 +328,30 @@ export class KvLayerCache implements Disposable {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    for (const b of [...this.k, ...this.v, this.table, this.lengthsBuffer, this.lengthsStaging]) {
-      b.dispose();
-    }
+    for (const b of [...this.k, ...this.v, this.table]) b.dispose();
+    this.lengthsArena.release();
   }
 
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+/**
+ * Records the staging -> device copy of the lengths of every cache in `caches` (a whole step's
+ * layers): one transfer per arena, spanning the windows they use (one for a policy's set of
+ * layers). Follow it with a barrier.
+ */
+export function recordLengthsUploads(cmd: CommandList, caches: readonly KvLayerCache[]): void {
+  const spans = new Map<KvLengths, [number, number]>();
+  for (const c of caches) {
+    const s = spans.get(c.lengthsArena);
+    const l = c.lengthsLayer;
+    if (!s) spans.set(c.lengthsArena, [l, l + 1]);
+    else {
+      s[0] = Math.min(s[0], l);
+      s[1] = Math.max(s[1], l + 1);
+    }
+  }
+  for (const [arena, [first, end]] of spans) arena.recordUpload(cmd, first, end);
 }

@@ -4,6 +4,7 @@
  * more, and never compresses or refreshes it: within its window it behaves as a full layer.
  */
 import { KvLayerCache } from "./kv_layer.ts";
+import type { KvLengths } from "./kv_lengths.ts";
 import { layerWindow } from "../model/arch.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { MAX_BATCH_TOKENS } from "../model/forward.ts";
@@ -18,12 +19,14 @@ export function ringRows(window: number, maxRows: number): number {
   return Math.max(1, Math.min(window + MAX_BATCH_TOKENS - 1, maxRows));
 }
 
-/** Layer `layer`'s ring, or null for a layer with global attention. */
+/** Layer `layer`'s ring (its lengths in `lengths` when given), or null for a layer with global
+ * attention. */
 export function windowCache(
   device: Device,
   config: ModelConfig,
   layer: number,
   maxRows: number,
+  lengths?: { arena: KvLengths; layer: number },
 ): KvLayerCache | null {
   const window = layerWindow(config, layer);
   if (window === 0) return null;
@@ -31,6 +34,7 @@ export function windowCache(
     headDim: config.headDim,
     capRows: Array(config.nKvHeads).fill(ringRows(window, maxRows)),
     window,
+    lengths,
   });
 }
 

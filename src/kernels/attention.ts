@@ -37,6 +37,7 @@ import {
 } from "../vk/mod.ts";
 import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
 import {
+  checkedWindow,
   deviceParallelism,
   requireBytes,
   requireFloatOffset,
@@ -427,6 +428,8 @@ export class DecodeAttention implements Disposable {
     }
     requireBytes(a.scratch, scratchBytes, "decode scratch");
     const { recOff, mlOff, covOff } = this.#layout(cache);
+    // A window of the lengths arena, bound at its (aligned) offset.
+    const lens = checkedWindow(cmd.device, cache.lengthsWindow, cache.nKvHeads * 4, "KV lengths");
     const w = cache.watch;
     if (w) {
       requireBytes(w.table, cache.nKvHeads * 8, "watch table");
@@ -477,7 +480,7 @@ export class DecodeAttention implements Disposable {
         cache.k[c],
         cache.v[c],
         cache.table,
-        cache.lengthsBuffer,
+        lens,
         a.scratch,
         a.out,
       ];

@@ -5,6 +5,7 @@
  * or the logits read back) lives in llama_state.ts; the KV caches belong to the cache policy.
  */
 export * from "./forward.ts";
+import { recordLengthsUploads } from "../cache/kv_layer.ts";
 import { HcError } from "../errors.ts";
 import { GgmlType } from "../gguf/types.ts";
 import { Axpby, RmsNorm, RopeTable, Swiglu } from "../kernels/elementwise.ts";
@@ -475,7 +476,7 @@ export class LlamaModel implements Disposable {
     position: number,
     split?: AttentionSplit,
   ): CommandList {
-    for (const cache of io.caches) cache.recordLengthsUpload(cmd);
+    recordLengthsUploads(cmd, io.caches);
     this.recordEmbed(cmd, io, tokens);
     const perToken = attentionFlopsPerToken(this.config, position + tokens);
     const block = Math.max(1, Math.min(tokens, split?.tokens ?? tokens));
