@@ -90,12 +90,6 @@ export class KvLengths implements Disposable {
     }
   }
 
-  /** Byte offset of window `layer` (in both buffers). */
-  offset(layer: number): number {
-    this.#check(layer, 1);
-    return layer * this.strideBytes;
-  }
-
   /** Device window of layer `layer`'s first `heads` lengths. */
   window(layer: number, heads = this.heads): LengthsWindow {
     this.#check(layer, heads);

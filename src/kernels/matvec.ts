@@ -625,7 +625,8 @@ export class MatVec implements Disposable {
       rowsPerGroup,
     });
     // The lanes layout spans the whole weight (its bands run over all rows), and a GLU
-    // workgroup reads both halves: one dispatch.
+    // workgroup reads both halves: one dispatch. Its grid, 2F weight rows over rowsPerGroup,
+    // is also F outputs over the rowsPerGroup / 2 a GLU workgroup writes.
     if ((lanes || a.glu) && ranges.length !== 1) {
       throw new HcError(
         "E_VK_LIMIT",
@@ -633,12 +634,6 @@ export class MatVec implements Disposable {
           lanes ? "in the lanes layout" : "of GLU pairs"
         } needs ${ranges.length} dispatches`,
       );
-    }
-    if (a.glu) {
-      // One binding over both halves; the grid counts output rows, half a workgroup's rows.
-      const groups = Math.ceil(a.rows / (rowsPerGroup / 2));
-      const gx = Math.min(groups, info.maxComputeWorkGroupCount[0]);
-      ranges[0] = { ...ranges[0], gx, gy: Math.ceil(groups / gx) };
     }
     return {
       kind,

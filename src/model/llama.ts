@@ -642,8 +642,7 @@ export class LlamaModel implements Disposable {
       return cmd;
     }
     for (const { weight, row0 } of L.ffnIn) {
-      const gu = { buffer: a.gu, offset: row0 * 4 };
-      this.#matvec(cmd, weight, ffnX, gu, B, false, { norm, yStride: 2 * F });
+      this.#matvec(cmd, weight, ffnX, a.gu, B, false, { norm, yStride: 2 * F, yOffset: row0 });
     }
     cmd.barrier();
     K.swiglu.record(cmd, {
@@ -707,20 +706,10 @@ export class LlamaModel implements Disposable {
       cmd.barrier();
     }
     const last = B > 1 ? a.xLast : a.x;
-    const norm = { norm: { weight: this.#outputNorm, eps: c.rmsEps } };
-    if (this.#accepts(this.#output, last, a.logits, norm)) {
-      this.#matvec(cmd, this.#output, last, a.logits, 1, false, norm);
-    } else {
-      K.rmsNorm.record(cmd, {
-        x: last,
-        weight: this.#outputNorm,
-        out: a.xLast,
-        n: c.dim,
-        eps: c.rmsEps,
-      });
-      cmd.barrier();
-      this.#matvec(cmd, this.#output, a.xLast, a.logits, 1, false);
-    }
+    const products = [[this.#output, a.logits]] as const;
+    const { x, norm } = this.#normedInput(cmd, products, this.#outputNorm, 1, last, a.xLast);
+    if (!norm) cmd.barrier();
+    this.#matvec(cmd, this.#output, x, a.logits, 1, false, { norm });
     cmd.barrier();
     if (c.finalSoftcap > 0) {
       const logits = a.logits;
@@ -825,30 +814,31 @@ export class LlamaModel implements Disposable {
   }
 
   /**
-   * Where the products (weight, output) after an RMSNorm read: at one token, x itself with the
-   * norm folded into each product where all of them take it; else xb, normalised here (the
-   * caller puts the barrier after).
+   * Where the products (weight, output) after an RMSNorm of `x` (default the residual stream)
+   * read: at one token, x itself with the norm folded into each product where all of them take
+   * it; else `out` (default xb), normalised here (the caller puts the barrier after).
    */
   #normedInput(
     cmd: CommandList,
     products: readonly (readonly [Weight, Binding])[],
     normWeight: Buffer,
     B: number,
+    x: Buffer = this.act.x,
+    out: Buffer = this.act.xb,
   ): { x: Buffer; norm?: FusedNorm } {
-    const a = this.act;
     const norm = { weight: normWeight, eps: this.config.rmsEps };
-    if (B === 1 && products.every(([w, y]) => this.#accepts(w, a.x, y, { norm }))) {
-      return { x: a.x, norm };
+    if (B === 1 && products.every(([w, y]) => this.#accepts(w, x, y, { norm }))) {
+      return { x, norm };
     }
     this.kernels.rmsNorm.record(cmd, {
-      x: a.x,
+      x,
       weight: normWeight,
-      out: a.xb,
+      out,
       n: this.config.dim,
       rows: B,
       eps: this.config.rmsEps,
     });
-    return { x: a.xb };
+    return { x: out };
   }
 
   /**
