@@ -11,8 +11,8 @@ import { gv } from "./gguf_writer.ts";
 import type { SyntheticSpec } from "./synthetic_model.ts";
 import {
   type OracleAnswer,
+  oracleBaseSpec,
   oracleOutputWeights,
-  oracleSpec,
   OUTPUT_GAIN,
 } from "./llamacpp_oracle.ts";
 
@@ -147,7 +147,7 @@ function phi3(seed: number, originalContextLength: number): SyntheticSpec {
 }
 
 function base(seed: number): SyntheticSpec {
-  return oracleSpec("F32", seed);
+  return oracleBaseSpec(seed);
 }
 
 export function archSpec(name: ArchCase, seed: number): SyntheticSpec {

@@ -5,11 +5,12 @@
  * seed, so llama.cpp is not needed at test time.
  *
  * Checked per type, on the device: teacher-forced top-1 agreement at >= 99% of the positions
- * where llama.cpp's top-2 margin is clear (p1 - p2 >= 0.1), top-1 probabilities within 0.02
- * there, and the greedy continuation equal to llama.cpp's up to llama.cpp's first greedy step
- * whose margin is not clear (past such a near-tie either engine may legitimately take the other
- * branch: llama.cpp rounds activations to 8 bits before each quantized product, we do not).
- * Why quantized types are held only on average: docs/design.md, "Numerics against llama.cpp".
+ * where llama.cpp's top-2 margin is clear (p1 - p2 >= 0.1), top-1 probabilities within 0.02 at
+ * each of them, and the 64-token greedy continuation equal to llama.cpp's, or parting only at a
+ * step where llama.cpp's top two are within 0.02 of each other (a tie: llama.cpp rounds
+ * activations to 8 bits before each quantized product, we do not, so such a step may go either
+ * way; docs/design.md, "Numerics against llama.cpp", and testing/llamacpp_oracle.ts for how the
+ * models are conditioned for the comparison).
  */
 import assert from "node:assert/strict";
 import { loadModel } from "../mod.ts";
@@ -23,6 +24,8 @@ import {
   oracleTokens,
 } from "../testing/llamacpp_oracle.ts";
 
+/** The issue's bound on each clear position's top-1 probability. */
+const PROB_TOLERANCE = 0.02;
 const FIXTURE = new URL("./fixtures/llamacpp_weight_types.json", import.meta.url);
 const fixture: OracleFixture = JSON.parse(await Deno.readTextFile(FIXTURE));
 
@@ -43,22 +46,16 @@ for (const type of ORACLE_TYPES) {
       const what = `${type}: ${r.summary}`;
       assert.ok(r.clear >= 64, `${type}: only ${r.clear} clear positions in the fixture`);
       assert.ok(r.agree >= Math.ceil(0.99 * r.clear), what);
-      // The issue asks for 0.02 at every position. The plain types meet it; quantized ones
-      // do only on average: llama.cpp rounds activations to 8 bits before each quantized
-      // product, and on these peaked models which side of a rounding boundary a value lands
-      // on carries to every later position. Even with llama.cpp's exact rounding the TS
-      // reference misses by up to 0.057 (bench/llamacpp_rounding.ts), and llama.cpp fed the
-      // same tokens one at a time misses its own fixture by up to 0.097
-      // (bench/llamacpp_batching.ts).
-      const plain = type === "F32" || type === "F16" || type === "BF16";
-      assert.ok(plain ? r.worstP <= 0.02 : r.meanP <= 0.02 && r.worstP <= 0.1, what);
-      // Past llama.cpp's first greedy near-tie either engine may take the other branch.
+      assert.ok(r.worstP <= PROB_TOLERANCE, what);
+      // The greedy continuations may part only where llama.cpp's own top two are within the
+      // probability tolerance: a tie that neither engine's rounding decides.
+      const parted = r.greedySame;
       assert.ok(
-        r.greedySame >= r.firstNearTie,
-        `${type}: greedy continuation equals llama.cpp's for ${r.greedySame} of ${ORACLE_GREEDY} ` +
-          `tokens, before its first near-tie at step ${r.firstNearTie} (ours ${
-            r.ours.slice(0, r.greedySame + 2)
-          }, llama.cpp ${answer.greedy.slice(0, r.greedySame + 2)})`,
+        parted === ORACLE_GREEDY || answer.greedyMargin[parted] < PROB_TOLERANCE,
+        `${type}: greedy continuation parts from llama.cpp's at step ${parted} of ${ORACLE_GREEDY}, ` +
+          `where llama.cpp's top-2 margin is ${answer.greedyMargin[parted]} (ours ${
+            r.ours.slice(0, parted + 2)
+          }, llama.cpp ${answer.greedy.slice(0, parted + 2)})`,
       );
       console.log(what);
     } finally {
