@@ -94,7 +94,7 @@ export class CopyProbe implements Disposable {
   /** GPU ms of one copy. */
   async time(): Promise<number> {
     await this.device.wait("compute", this.#cmd.submit());
-    return timedMs(this.device, this.#cmd);
+    return this.#cmd.elapsedMs();
   }
 
   [Symbol.dispose](): void {
@@ -102,11 +102,6 @@ export class CopyProbe implements Disposable {
     this.#b[Symbol.dispose]();
     this.#a[Symbol.dispose]();
   }
-}
-
-function timedMs(device: Device, cmd: CommandList): number {
-  const [t0, t1] = cmd.timestamps(2);
-  return (t1 - t0) * device.info.timestampPeriodNs / 1e6;
 }
 
 /**
@@ -157,7 +152,7 @@ export async function benchOne(
     share.start();
     await device.wait("compute", cmd.submit());
     share.stop();
-    times.push(timedMs(device, cmd) / reps);
+    times.push(cmd.elapsedMs() / reps);
   }
   const ms = median(times);
   const bytes = wb.length + cols * 4 + rows * 4;

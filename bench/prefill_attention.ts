@@ -38,8 +38,7 @@ function kernelName(attn: PrefillAttention): string {
 
 function timedMs(device: Device, cmd: CommandList): number {
   device.waitSync("compute", cmd.submit());
-  const [t0, t1] = cmd.timestamps(2);
-  return (t1 - t0) * device.info.timestampPeriodNs / 1e6;
+  return cmd.elapsedMs();
 }
 
 /** One row per prompt length, each path's median over `reps` alternating submissions. */

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { type BindingKind, Device, listDevices } from "../src/vk/mod.ts";
+import {
+  type BindingKind,
+  type CommandList,
+  Device,
+  listDevices,
+  TIMESTAMP_SLOTS,
+} from "../src/vk/mod.ts";
 import { isHcError } from "../src/errors.ts";
 import { randomF32, relError } from "./helpers.ts";
 
@@ -55,6 +61,53 @@ Deno.test("a recorded dispatch replays with new inputs, and timestamps are taken
   }
   const [t0, t1] = cmd.timestamps(2);
   assert.ok(t1 >= t0 && t1 > 0);
+});
+
+Deno.test("a profiled recording times every dispatch, in order, and only while profiling", async () => {
+  using dev = Device.open();
+  const n = 1 << 16;
+  using a = dev.buffer(n * 4);
+  using b = dev.buffer(n * 4);
+  using o = dev.buffer(n * 4);
+  using add = dev.kernel("add", { bindings: 3, pushBytes: 4, spec: [128] });
+  using fma = dev.kernel("fma_peak", { bindings: 1, pushBytes: 4, spec: [64] });
+  const record = (cmd: CommandList) => {
+    cmd.begin();
+    for (let i = 0; i < 3; i++) {
+      cmd.dispatch(add, [a, b, o], new Uint32Array([n]), [n / 128]).barrier();
+    }
+    // The slowest of the four: 64 workgroups of FMA loops.
+    cmd.dispatch(fma, [o], new Uint32Array([512]), [64]).end();
+  };
+  using plain = dev.commands();
+  record(plain);
+  await dev.wait("compute", plain.submit());
+  assert.equal(plain.profile(), null);
+  assert.equal(dev.lastComputeList, plain);
+
+  dev.profileDispatches = true;
+  using timed = dev.commands();
+  try {
+    record(timed);
+  } finally {
+    dev.profileDispatches = false;
+  }
+  for (let rep = 0; rep < 2; rep++) {
+    await dev.wait("compute", timed.submit());
+    const p = timed.profile();
+    assert.ok(p, "profiled");
+    assert.deepEqual(p.map((d) => d.kernel), ["add", "add", "add", "fma_peak"]);
+    assert.ok(p.every((d) => d.ms >= 0), JSON.stringify(p));
+    // The dispatch times add up to the recording's span, slot 0 to the last slot.
+    const sum = p.reduce((s, d) => s + d.ms, 0);
+    assert.ok(Math.abs(sum - timed.elapsedMs(0, 4)) < 1e-6, `${sum} vs ${timed.elapsedMs(0, 4)}`);
+    assert.ok(p[3].ms > p[0].ms, JSON.stringify(p));
+  }
+  // The last slot is usable, the next one is an argument error.
+  using edge = dev.commands();
+  edge.begin().timestamp(TIMESTAMP_SLOTS - 1);
+  assert.throws(() => edge.timestamp(TIMESTAMP_SLOTS), (e) => isHcError(e, "E_VK"));
+  edge.end();
 });
 
 Deno.test("bad handles, bad ranges and limits are errors, not crashes", () => {

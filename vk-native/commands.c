@@ -146,7 +146,6 @@ int32_t hc_cmd_begin(hc_handle cmd) {
   };
   r = vkBeginCommandBuffer(c->cb, &bi);
   if (r != VK_SUCCESS) return hc_vk_fail(r, "vkBeginCommandBuffer");
-  if (c->query_pool) vkCmdResetQueryPool(c->cb, c->query_pool, 0, HC_TIMESTAMP_SLOTS);
   c->recording = true;
   c->ended = false;
   return HC_OK;
@@ -304,8 +303,11 @@ int32_t hc_cmd_timestamp(hc_handle cmd, uint32_t slot) {
   HC_GET(c, struct hc_cmd, HC_KIND_CMD, cmd, "hc_cmd_timestamp");
   int32_t rc = check_recording(c, "hc_cmd_timestamp");
   if (rc) return rc;
-  if (slot >= HC_TIMESTAMP_SLOTS) return hc_fail(HC_E_ARG, "hc_cmd_timestamp: slot %u (0..63)", slot);
+  if (slot >= HC_TIMESTAMP_SLOTS)
+    return hc_fail(HC_E_ARG, "hc_cmd_timestamp: slot %u (0..%u)", slot, HC_TIMESTAMP_SLOTS - 1);
   if (!c->query_pool) return hc_fail(HC_E_VK, "hc_cmd_timestamp: this queue has no timestamps");
+  /* Reset where written, not all slots at begin: a list that writes none pays nothing. */
+  vkCmdResetQueryPool(c->cb, c->query_pool, slot, 1);
   vkCmdWriteTimestamp(c->cb, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, c->query_pool, slot);
   return HC_OK;
 }
@@ -336,13 +338,20 @@ int32_t hc_cmd_timestamps(hc_handle cmd, uint64_t *out_ns, uint32_t n) {
   HC_GET(c, struct hc_cmd, HC_KIND_CMD, cmd, "hc_cmd_timestamps");
   if (!out_ns || n > HC_TIMESTAMP_SLOTS) return hc_fail(HC_E_ARG, "hc_cmd_timestamps: bad output");
   if (!c->query_pool) return hc_fail(HC_E_VK, "hc_cmd_timestamps: this queue has no timestamps");
-  uint64_t raw[HC_TIMESTAMP_SLOTS * 2];
-  VkResult r = vkGetQueryPoolResults(c->dev->device, c->query_pool, 0, n, sizeof raw, raw,
-                                     2 * sizeof(uint64_t),
+  if (n == 0) return HC_OK;
+  uint64_t *raw = malloc(sizeof(uint64_t) * 2 * n);
+  if (!raw) return hc_fail(HC_E_OOM, "hc_cmd_timestamps: out of host memory");
+  VkResult r = vkGetQueryPoolResults(c->dev->device, c->query_pool, 0, n, sizeof(uint64_t) * 2 * n,
+                                     raw, 2 * sizeof(uint64_t),
                                      VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WITH_AVAILABILITY_BIT);
-  if (r != VK_SUCCESS && r != VK_NOT_READY) return hc_vk_fail(r, "vkGetQueryPoolResults");
+  if (r != VK_SUCCESS && r != VK_NOT_READY) {
+    free(raw);
+    return hc_vk_fail(r, "vkGetQueryPoolResults");
+  }
+  /* Ticks to ns here, once: callers get nanoseconds on every device. */
   double period = c->dev->props.limits.timestampPeriod;
   for (uint32_t i = 0; i < n; i++) out_ns[i] = raw[2 * i + 1] ? (uint64_t)((double)raw[2 * i] * period) : 0;
+  free(raw);
   return HC_OK;
 }
 

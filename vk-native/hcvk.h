@@ -94,10 +94,11 @@ int32_t hc_cmd_copy(hc_handle cmd, hc_handle src, hc_handle dst, const uint64_t 
                     uint32_t n);
 int32_t hc_cmd_fill(hc_handle cmd, hc_handle buffer, uint64_t offset, uint64_t bytes,
                     uint32_t value);
-/* Writes a GPU timestamp into slot (0..63) after all earlier work. */
+/* Writes a GPU timestamp into slot (0..1023) after all earlier work. */
 int32_t hc_cmd_timestamp(hc_handle cmd, uint32_t slot);
 int32_t hc_cmd_end(hc_handle cmd);
-/* Timestamps of the last completed submission, in nanoseconds (0 where unwritten). */
+/* Timestamps of the last completed submission, in nanoseconds, of slots 0..n-1 (each written by
+ * the recording; 0 while not yet available). */
 int32_t hc_cmd_timestamps(hc_handle cmd, uint64_t *out_ns, uint32_t n);
 
 /* Submits a recorded list to its queue after the compute timeline reaches wait_compute and the

@@ -10,7 +10,9 @@
 
 enum hc_kind { HC_KIND_DEVICE = 1, HC_KIND_BUFFER, HC_KIND_KERNEL, HC_KIND_CMD };
 
-#define HC_TIMESTAMP_SLOTS 64u
+/* Timestamp slots per command list: enough for one after every dispatch of a decode step (a
+ * profile; bench/step_counts.ts), each reset right before its write. */
+#define HC_TIMESTAMP_SLOTS 1024u
 
 struct hc_queue {
   VkQueue queue;

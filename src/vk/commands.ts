@@ -22,6 +22,16 @@ export interface RecordCounts {
   byKernel: Record<string, number>;
 }
 
+/** One dispatch's share of a profiled recording (`Device.profileDispatches`). */
+export interface DispatchTime {
+  kernel: string;
+  /** Device time from the end of the work before it to its own end (barrier waits included). */
+  ms: number;
+}
+
+/** Timestamp slots of a command list (vk-native's HC_TIMESTAMP_SLOTS). */
+export const TIMESTAMP_SLOTS = 1024;
+
 function noCounts(): RecordCounts {
   return { dispatches: 0, barriers: 0, transfers: 0, byKernel: {} };
 }
@@ -37,6 +47,8 @@ export class CommandList implements Disposable {
   /** Buffers and kernels this recording uses, so a disposed one is caught before submit. */
   #uses: (Buffer | Kernel)[] = [];
   #counts: RecordCounts = noCounts();
+  /** Kernel names of the dispatches timed in this recording (null: not profiled). */
+  #profiled: string[] | null = null;
 
   private constructor(device: Device, queue: Queue, handle: bigint) {
     this.device = device;
@@ -57,6 +69,11 @@ export class CommandList implements Disposable {
     check(native().hc_cmd_begin(this.handle), "beginning a command list");
     this.#uses = [];
     this.#counts = noCounts();
+    this.#profiled = null;
+    if (this.device.profileDispatches && this.queue === "compute") {
+      this.timestamp(0);
+      this.#profiled = [];
+    }
     return this;
   }
 
@@ -101,6 +118,10 @@ export class CommandList implements Disposable {
     );
     this.#counts.dispatches++;
     this.#counts.byKernel[kernel.name] = (this.#counts.byKernel[kernel.name] ?? 0) + 1;
+    if (this.#profiled && this.#profiled.length + 1 < TIMESTAMP_SLOTS) {
+      this.#profiled.push(kernel.name);
+      this.timestamp(this.#profiled.length);
+    }
     return this;
   }
 
@@ -136,7 +157,8 @@ export class CommandList implements Disposable {
     return this;
   }
 
-  /** Writes a device timestamp into `slot` (0..63) once all earlier work is done. */
+  /** Writes a device timestamp into `slot` (0..TIMESTAMP_SLOTS - 1) once all earlier work is
+   * done. */
   timestamp(slot: number): this {
     check(native().hc_cmd_timestamp(this.handle, slot), "recording a timestamp");
     return this;
@@ -158,8 +180,25 @@ export class CommandList implements Disposable {
       native().hc_submit(this.handle, after.compute ?? 0n, after.transfer ?? 0n, u64out),
       "submitting",
     );
-    this.device.noteSubmit(this.queue, this.counts);
+    this.device.noteSubmit(this);
     return u64out[0];
+  }
+
+  /** Device ms between timestamp slots `from` and `to` of the last completed submission. */
+  elapsedMs(from = 0, to = 1): number {
+    const t = this.timestamps(Math.max(from, to) + 1);
+    return (t[to] - t[from]) / 1e6;
+  }
+
+  /** Each timed dispatch of the last completed submission of a profiled recording, in order;
+   * null when the recording was not profiled or its timestamps are not all available yet. Past
+   * TIMESTAMP_SLOTS - 1 dispatches the rest go untimed. */
+  profile(): DispatchTime[] | null {
+    const names = this.#profiled;
+    if (!names) return null;
+    const t = this.timestamps(names.length + 1);
+    if (t.some((x) => x === 0)) return null;
+    return names.map((kernel, i) => ({ kernel, ms: (t[i + 1] - t[i]) / 1e6 }));
   }
 
   /** Timestamps (ns, device clock) of the last completed submission, slots 0..n-1. */

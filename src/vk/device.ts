@@ -143,6 +143,14 @@ export class Device implements Disposable {
   readonly submissions: Record<Queue, number> = { compute: 0, transfer: 0 };
   /** What the last list submitted to the compute queue recorded. */
   lastComputeSubmit: RecordCounts | null = null;
+  /** The last list submitted to the compute queue (its `profile()`). */
+  lastComputeList: CommandList | null = null;
+  /**
+   * For benchmarks: compute lists begun while set write a timestamp after every dispatch, and
+   * `CommandList.profile()` gives each dispatch's device time (bench/step_counts.ts: each kernel's
+   * share of a decode step). Costs a timestamp per dispatch; off by default.
+   */
+  profileDispatches = false;
   #closed = false;
   #staging: { up: Buffer; down: Buffer; cmd: CommandList } | null = null;
   readonly #background = new Set<Promise<unknown>>();
@@ -232,9 +240,12 @@ export class Device implements Disposable {
   }
 
   /** @internal CommandList.submit reports each submission here. */
-  noteSubmit(queue: Queue, counts: RecordCounts): void {
-    this.submissions[queue]++;
-    if (queue === "compute") this.lastComputeSubmit = counts;
+  noteSubmit(list: CommandList): void {
+    this.submissions[list.queue]++;
+    if (list.queue === "compute") {
+      this.lastComputeSubmit = list.counts;
+      this.lastComputeList = list;
+    }
   }
 
   /** Resolves when `queue`'s timeline reaches `value`; the JS thread stays free meanwhile. */

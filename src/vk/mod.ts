@@ -16,8 +16,10 @@ export {
   type Binding,
   CommandList,
   type CopyRegion,
+  type DispatchTime,
   type Queue,
   type RecordCounts,
+  TIMESTAMP_SLOTS,
 } from "./commands.ts";
 export { type BindingKind, Kernel, type KernelOptions, TEXEL_BYTES } from "./kernel.ts";
 export { rankRows } from "./select.ts";
