@@ -16,8 +16,9 @@ export interface OracleComparison {
   worstP: number;
   /** Leading greedy tokens equal to llama.cpp's. */
   greedySame: number;
-  /** llama.cpp's first greedy step whose margin is not clear (ORACLE_GREEDY if none). */
-  firstNearTie: number;
+  /** llama.cpp's top-1 minus top-2 probability at the greedy step where the continuations part
+   * (null when they do not). */
+  partMargin: number | null;
   ours: number[];
   summary: string;
 }
@@ -57,12 +58,11 @@ export async function compareWithOracle(
       ignoreEos: true,
     })
   ) greedy.push(piece.token);
-  let firstNearTie = answer.greedyMargin.findIndex((m) => m < CLEAR_MARGIN);
-  if (firstNearTie < 0) firstNearTie = ORACLE_GREEDY;
   let greedySame = 0;
   while (greedySame < greedy.length && greedy[greedySame] === answer.greedy[greedySame]) {
     greedySame++;
   }
+  const partMargin = greedySame < ORACLE_GREEDY ? answer.greedyMargin[greedySame] : null;
   const meanP = clear ? sumP / clear : 0;
   return {
     clear,
@@ -70,10 +70,12 @@ export async function compareWithOracle(
     meanP,
     worstP,
     greedySame,
-    firstNearTie,
+    partMargin,
     ours: greedy,
     summary: `top-1 agrees at ${agree}/${clear} clear positions, top-1 probability gap mean ` +
       `${meanP.toFixed(4)}, worst ${worstP.toFixed(4)}; greedy equal for ${greedySame}/` +
-      `${ORACLE_GREEDY} (llama.cpp's first near-tie at ${firstNearTie})`,
+      `${ORACLE_GREEDY}${
+        partMargin === null ? "" : ` (parting where llama.cpp's top-2 margin is ${partMargin})`
+      }`,
   };
 }
