@@ -319,12 +319,5 @@ void main() {
   const uint ns = clamp((len + p.minTok - 1) / p.minTok, 1u, S);
   // A split past the head's ns holds no rows but still arrives (uniform over the workgroup).
   if (s < ns) splitPass(h, S, s, ns, len);
-  if (!mergeArrive(h, S)) return;
-#ifdef WATCH
-  const uint NONE = 0xFFFFFFFFu;
-  const bool logits = watchTab[2 * h + 1] != NONE;
-  mergeHead(h, S, ns, watchTab[2 * h] != NONE || logits, logits);
-#else
-  mergeHead(h, S, ns, false, false);
-#endif
+  arriveAndMerge(h, S, ns);
 }

@@ -424,12 +424,5 @@ void main() {
   // hold no split but still arrive.
   const uint s = (y * ns) / S;
   if (y == 0u || ((y - 1u) * ns) / S != s) splitPass(h, S, s, ns, len);
-  if (!mergeArrive(h, S)) return;
-#ifdef WATCH
-  const uint NONE = 0xFFFFFFFFu;
-  const bool logits = watchTab[2 * h + 1] != NONE;
-  mergeHead(h, S, ns, watchTab[2 * h] != NONE || logits, logits);
-#else
-  mergeHead(h, S, ns, false, false);
-#endif
+  arriveAndMerge(h, S, ns);
 }

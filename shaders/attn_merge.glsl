@@ -25,8 +25,8 @@
 // head), MERGE_FIRST (the invocation that writes a head's statistics); MERGE_ONE_SUBGROUP when
 // a workgroup is one subgroup (no shared memory then). After it: mergeOwns(k) (whether the
 // invocation owns its k-th vector), mergeLoad(rec, k) (that vector of record rec),
-// mergeStore(qh, k, v) (writes it for query head qh). Bindings declared here: 6 the output,
-// WATCH 10 the coverage output.
+// mergeStore(qh, k, v) (writes it for query head qh); then it calls arriveAndMerge. Bindings
+// declared here: 6 the output, WATCH 10 the coverage output.
 #ifndef HC_ATTN_MERGE_GLSL
 #define HC_ATTN_MERGE_GLSL
 
@@ -139,6 +139,20 @@ void mergeHead(uint h, uint S, uint ns, bool watch, bool stats) {
     }
 #endif
   }
+}
+
+// Counts this workgroup in head h's arrivals and, in the last of them, merges the head's ns
+// splits (a WATCH includer declares watchTab, the heads' (mask, logits) pairs, before the
+// #include). Every invocation calls it, after its split's last write.
+void arriveAndMerge(uint h, uint S, uint ns) {
+  if (!mergeArrive(h, S)) return;
+#ifdef WATCH
+  const uint NONE = 0xFFFFFFFFu;
+  const bool logits = watchTab[2 * h + 1] != NONE;
+  mergeHead(h, S, ns, watchTab[2 * h] != NONE || logits, logits);
+#else
+  mergeHead(h, S, ns, false, false);
+#endif
 }
 
 #endif

@@ -5,7 +5,7 @@
  * storage buffers.
  */
 import assert from "node:assert/strict";
-import { Device } from "../src/vk/mod.ts";
+import { type Buffer, type CommandList, Device } from "../src/vk/mod.ts";
 import {
   DecodeAttention,
   type DecodeAttentionOptions,
@@ -104,6 +104,32 @@ function runDecode(
   cmd.end();
   dev.waitSync("compute", cmd.submit());
   return f32(dev.download(out));
+}
+
+/** Records one replayable decode step: the cache's lengths upload, then attention. */
+function recordDecodeStep(
+  cmd: CommandList,
+  attn: DecodeAttention,
+  fc: FilledCache,
+  io: { q: Buffer; out: Buffer; scratch: Buffer },
+): void {
+  cmd.begin();
+  fc.cache.recordLengthsUpload(cmd);
+  cmd.barrier();
+  attn.record(cmd, { cache: fc.cache, ...io });
+  cmd.end();
+}
+
+/** The reference over each head's first `lens[h]` rows of `fc`. */
+function refAtLengths(fc: FilledCache, lens: number[], q: Float32Array, G: number): Float32Array {
+  const D = fc.cache.headDim;
+  return refDecodeAttention({
+    q,
+    k: lens.map((n, h) => fc.kFull[h].subarray(0, n * D)),
+    v: lens.map((n, h) => fc.vFull[h].subarray(0, n * D)),
+    headDim: D,
+    groupSize: G,
+  });
 }
 
 /** "simd" reads K/V as texels where the device has them; "simd-storage" never does. */
@@ -223,21 +249,11 @@ Deno.test("decode attention: replay with growing lengths and small splits", () =
     attn.zeroCounters(scratch, fc.cache.nKvHeads);
     dev.upload(qBuf, q);
     using cmd = dev.commands();
-    cmd.begin();
-    fc.cache.recordLengthsUpload(cmd);
-    cmd.barrier();
-    attn.record(cmd, { cache: fc.cache, q: qBuf, out, scratch });
-    cmd.end();
+    recordDecodeStep(cmd, attn, fc, { q: qBuf, out, scratch });
     for (const lens of [[10, 20], [11, 21], [300, 899], [700, 900]]) {
       fc.cache.lengths.set(lens);
       dev.waitSync("compute", cmd.submit());
-      const want = refDecodeAttention({
-        q,
-        k: lens.map((n, h) => fc.kFull[h].subarray(0, n * D)),
-        v: lens.map((n, h) => fc.vFull[h].subarray(0, n * D)),
-        headDim: D,
-        groupSize: G,
-      });
+      const want = refAtLengths(fc, lens, q, G);
       expectClose(f32(dev.download(out)), want, `replay lens=${lens}`);
     }
   } finally {
@@ -427,11 +443,7 @@ for (const subgroup of [true, false]) {
         );
         attn.zeroCounters(scratch, nKv);
         using cmd = dev.commands();
-        cmd.begin();
-        fc.cache.recordLengthsUpload(cmd);
-        cmd.barrier();
-        attn.record(cmd, { cache: fc.cache, q: qBuf, out, scratch });
-        cmd.end();
+        recordDecodeStep(cmd, attn, fc, { q: qBuf, out, scratch });
         const pq = randomF32(64 * nH * D, nextSeed(), 3);
         using pqBuf = dev.buffer(pq.byteLength);
         using pOut = dev.buffer(pq.byteLength);
@@ -455,13 +467,7 @@ for (const subgroup of [true, false]) {
           const q = randomF32(nH * D, nextSeed(), 3);
           dev.upload(qBuf, q);
           dev.waitSync("compute", cmd.submit());
-          const want = refDecodeAttention({
-            q,
-            k: lens.map((n, h) => fc.kFull[h].subarray(0, n * D)),
-            v: lens.map((n, h) => fc.vFull[h].subarray(0, n * D)),
-            headDim: D,
-            groupSize: G,
-          });
+          const want = refAtLengths(fc, lens, q, G);
           expectClose(f32(dev.download(out)), want, `${label} S=${S} replay ${i} lens=${lens}`);
           dev.waitSync("compute", pcmd.submit());
         }

@@ -14,7 +14,7 @@
  */
 import { HcError } from "../errors.ts";
 import { KvLayerCache } from "./kv_layer.ts";
-import { KvLengths } from "./kv_lengths.ts";
+import { KvLengths, type LengthsSlot } from "./kv_lengths.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { Captures } from "../model/forward.ts";
 import { type ScoresArgs, TopK } from "../kernels/scores.ts";
@@ -280,7 +280,7 @@ export abstract class CompressedCache implements CachePolicy {
   }
 
   /** Layer `layer`'s window of the decode lengths. */
-  #decodeWindow(layer: number): { arena: KvLengths; layer: number } {
+  #decodeWindow(layer: number): LengthsSlot {
     if (!this.#decodeLengths) throw badState("the cache has not begun");
     return { arena: this.#decodeLengths, layer };
   }

@@ -52,7 +52,7 @@
  */
 import { HcError } from "../errors.ts";
 import type { Binding, Buffer, CommandList, Device } from "../vk/mod.ts";
-import { KvLengths, type LengthsWindow } from "./kv_lengths.ts";
+import { KvLengths, type LengthsSlot, type LengthsWindow } from "./kv_lengths.ts";
 
 export interface KvHeadSlot {
   chunk: number;
@@ -172,7 +172,7 @@ export class KvLayerCache implements Disposable {
     device: Device,
     layout: KvLayerLayout,
     window: number,
-    lengths: { arena: KvLengths; layer: number },
+    lengths: LengthsSlot,
   ) {
     this.device = device;
     this.layout = layout;
@@ -226,7 +226,7 @@ export class KvLayerCache implements Disposable {
        * The window keeps its values: the arena starts at 0 and its owner sets them, so a cache
        * that replaces another of the same layer (a move to larger pools) takes its lengths over.
        */
-      lengths?: { arena: KvLengths; layer: number };
+      lengths?: LengthsSlot;
     },
   ): KvLayerCache {
     const window = opts.window ?? 0;

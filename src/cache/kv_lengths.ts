@@ -19,6 +19,12 @@ export interface LengthsWindow {
   readonly bytes: number;
 }
 
+/** Window `layer` of an arena: where one layer cache keeps its lengths. */
+export interface LengthsSlot {
+  arena: KvLengths;
+  layer: number;
+}
+
 function limit(message: string): never {
   throw new HcError("E_VK_LIMIT", message);
 }

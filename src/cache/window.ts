@@ -4,7 +4,7 @@
  * more, and never compresses or refreshes it: within its window it behaves as a full layer.
  */
 import { KvLayerCache } from "./kv_layer.ts";
-import type { KvLengths } from "./kv_lengths.ts";
+import type { LengthsSlot } from "./kv_lengths.ts";
 import { layerWindow } from "../model/arch.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { MAX_BATCH_TOKENS } from "../model/forward.ts";
@@ -26,7 +26,7 @@ export function windowCache(
   config: ModelConfig,
   layer: number,
   maxRows: number,
-  lengths?: { arena: KvLengths; layer: number },
+  lengths?: LengthsSlot,
 ): KvLayerCache | null {
   const window = layerWindow(config, layer);
   if (window === 0) return null;

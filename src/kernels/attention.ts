@@ -37,8 +37,8 @@ import {
 } from "../vk/mod.ts";
 import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
 import {
-  checkedWindow,
   deviceParallelism,
+  lengthsBinding,
   requireBytes,
   requireFloatOffset,
   subWindow,
@@ -429,7 +429,7 @@ export class DecodeAttention implements Disposable {
     requireBytes(a.scratch, scratchBytes, "decode scratch");
     const { recOff, mlOff, covOff } = this.#layout(cache);
     // A window of the lengths arena, bound at its (aligned) offset.
-    const lens = checkedWindow(cmd.device, cache.lengthsWindow, cache.nKvHeads * 4, "KV lengths");
+    const lens = lengthsBinding(cmd, cache);
     const w = cache.watch;
     if (w) {
       requireBytes(w.table, cache.nKvHeads * 8, "watch table");

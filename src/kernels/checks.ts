@@ -164,6 +164,24 @@ export function positiveInt(kernel: string, name: string, v: number): number {
   return v;
 }
 
+/** A KV cache's lengths window (KvLayerCache.lengthsWindow), checked for binding on `cmd`'s
+ * device: what every kernel that reads the lengths binds. */
+export function lengthsBinding(
+  cmd: { device: Device },
+  cache: { lengthsWindow: Binding; nKvHeads: number },
+): Window {
+  return checkedWindow(cmd.device, cache.lengthsWindow, cache.nKvHeads * 4, "KV lengths");
+}
+
+/** A float index (e.g. a y offset): a non-negative integer the shaders' u32 push fields hold
+ * (E_BAD_REQUEST). */
+export function floatIndex(kernel: string, name: string, v: number): number {
+  if (!Number.isSafeInteger(v) || v < 0 || v > 0xffff_ffff) {
+    throw new HcError("E_BAD_REQUEST", `${kernel}: ${name} ${v} is not a float index`);
+  }
+  return v;
+}
+
 /** Checks a weight's byte offset is a non-negative multiple of `multiple` (E_BAD_REQUEST). */
 export function checkWeightOffset(kernel: string, offset: number, multiple: number): number {
   if (!Number.isSafeInteger(offset) || offset < 0 || offset % multiple !== 0) {

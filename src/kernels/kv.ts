@@ -8,12 +8,11 @@ import { checkHeadDim, type KvLayerCache } from "../cache/kv_layer.ts";
 import { type Binding, type CommandList, type Device, type Kernel, pushLayout } from "../vk/mod.ts";
 import {
   badKernelArgs,
-  checkedWindow,
   checkInt,
   grid2d,
+  lengthsBinding,
   requireBytes,
   requireFloatOffset,
-  type Window,
 } from "./checks.ts";
 import type { RopeTable } from "./elementwise.ts";
 import type { RopePairing } from "../model/config.ts";
@@ -34,11 +33,6 @@ export interface KvAppendArgs {
   tokenStride?: number;
   /** Tokens appended to every head (1 for a decode step); the lengths already count them. */
   tokens: number;
-}
-
-/** The cache's lengths window (of its arena), checked for binding on `cmd`'s device. */
-function lengthsOf(cmd: CommandList, cache: KvLayerCache): Window {
-  return checkedWindow(cmd.device, cache.lengthsWindow, cache.nKvHeads * 4, "KV lengths");
 }
 
 /** Checks an append of `tokens` rows to every head of `cache` by a kernel of head dim `D`;
@@ -94,7 +88,7 @@ export class KvAppend implements Disposable {
     const need = (off: number) => (off + (B - 1) * stride + cache.nKvHeads * D) * 4;
     requireBytes(a.k, need(kOff), "K input");
     requireBytes(a.v, need(vOff), "V input");
-    const lens = lengthsOf(cmd, cache);
+    const lens = lengthsBinding(cmd, cache);
     const items = 2 * B * (D / 8);
     const gx = Math.min(65535, Math.ceil(items / KvAppend.WORKGROUP));
     cache.layout.chunkHeads.forEach(([h0, h1], c) => {
@@ -192,7 +186,7 @@ export class RopeAppend implements Disposable {
     requireBytes(a.k, B * kvStride * 4, "K input");
     requireBytes(a.v, B * kvStride * 4, "V input");
     requireBytes(a.positions, 4, "positions");
-    const lens = lengthsOf(cmd, cache);
+    const lens = lengthsBinding(cmd, cache);
     const flags = (a.pairing === "halves" ? 1 : 0) | (cache.window > 0 ? 2 : 0) |
       (mscale !== 1 ? 4 : 0);
     let first = true;

@@ -23,6 +23,7 @@ import { GgmlType } from "../gguf/types.ts";
 import {
   checkedRangeWindow,
   checkWeightOffset,
+  floatIndex,
   maxBindingRange,
   positiveInt,
   shaderWeightType,
@@ -254,10 +255,7 @@ export class MatMul implements Disposable {
     const batch = positiveInt("matmul", "batch", a.batch ?? 1);
     const xStride = a.xStride ?? a.cols;
     const yStride = a.yStride ?? a.rows;
-    const yOffset = a.yOffset ?? 0;
-    if (!Number.isSafeInteger(yOffset) || yOffset < 0) {
-      throw new HcError("E_BAD_REQUEST", `matmul: yOffset ${yOffset} is not a float index`);
-    }
+    const yOffset = floatIndex("matmul", "yOffset", a.yOffset ?? 0);
     if (a.norm || a.glu) {
       throw new HcError("E_BAD_REQUEST", "matmul: the norm and GLU fusions are matvec's (decode)");
     }

@@ -36,6 +36,7 @@ import { lanesLayoutType, type WeightLayout } from "./matvec_layout.ts";
 import {
   checkedRangeWindow,
   checkWeightOffset,
+  floatIndex,
   MAX_BINDING_BYTES,
   maxBindingRange,
   positiveInt,
@@ -528,10 +529,7 @@ export class MatVec implements Disposable {
     }
     const xBytes = ((batch - 1) * xStride + a.cols) * 4;
     const x = checkedRangeWindow(this.device, a.x, xBytes, maxRange, "matvec x");
-    const yOffset = a.yOffset ?? 0;
-    if (!Number.isSafeInteger(yOffset) || yOffset < 0) {
-      throw new HcError("E_BAD_REQUEST", `matvec: yOffset ${yOffset} is not a float index`);
-    }
+    const yOffset = floatIndex("matvec", "yOffset", a.yOffset ?? 0);
     const yBytes = (yOffset + (batch - 1) * yStride + a.rows) * 4;
     const y = checkedRangeWindow(this.device, a.y, yBytes, maxRange, "matvec y");
     return {
