@@ -195,7 +195,7 @@ export abstract class CompressedCache implements CachePolicy {
     });
     for (let l = 0; l < c.nLayers; l++) {
       this.#rings.push(
-        windowCache(this.device, c, l, Infinity, { arena: this.#decodeLengths, layer: l }),
+        windowCache(this.device, c, l, Infinity, this.#decodeWindow(l)),
       );
     }
     for (let l = 0; l < prefillLayers; l++) {
