@@ -1,6 +1,8 @@
 /**
  * `deno task bench:kernels`: achieved bandwidth of the matrix-vector kernels (4096x4096 and
- * 4096x14336, every weight type) and of decode attention (8 KV heads x 128, G = 4, at 4K / 32K /
+ * 4096x14336, every weight type; in GGUF order and, side by side, in the layout the loader
+ * writes for this device where that is another: lanes on CPU drivers, split Q8_0 and Q6_K on
+ * GPUs) and of decode attention (8 KV heads x 128, G = 4, at 4K / 32K /
  * 64K tokens), next to a plain buffer copy. Ratio = read bytes / time over the copy's
  * (read + write) / 2 / time, where the copy is submitted alternately with each shape's kernel
  * (copy, kernel, copy, kernel, ...; medians of each) so both see the same load on a shared
@@ -35,7 +37,14 @@ export function kernelsTable(r: KernelsResult): string {
     "",
     "| kernel | shape | ms | GB/s | copy GB/s | vs copy | cores |",
     "|---|---|---:|---:|---:|---:|---:|",
-    ...r.matvec.map((x) => row(`matvec ${x.type}`, `${x.rows}x${x.cols}`, x)),
+    // Rows of runs from before the layouts were recorded have none: GGUF order.
+    ...r.matvec.map((x) =>
+      row(
+        `matvec ${x.type}${(x.layout ?? "ggml") === "ggml" ? "" : ` (${x.layout})`}`,
+        `${x.rows}x${x.cols}`,
+        x,
+      )
+    ),
     ...r.attention.map((x) => row("decode attention", `${x.tokens} tokens`, x)),
   ].join("\n");
 }
@@ -61,6 +70,7 @@ if (import.meta.main) {
     submits: Number(values.submits),
     types: values.types.split(","),
     texel,
+    layout: "both",
   });
   const attention = await benchAttention(device, {
     contexts: values.contexts.split(",").map(Number),

@@ -11,20 +11,22 @@
  * see the same load, and the ratio is what to compare between runs.
  *
  * `--layout` picks the weight's byte order: "auto" (default) the one the model loader uploads
- * (matvec's "lanes" layout for Q8_0, Q4_0 and Q4_K under the CPU variant set, else GGUF order),
- * "ggml", "lanes", or "both": every shape in GGUF order and then in the lanes layout where the
- * type has one, for a before/after comparison in one run.
+ * (matvec's "lanes" layout for Q8_0, Q4_0 and Q4_K under the CPU variant set, the "split" layout
+ * for Q8_0 and Q6_K under the GPU set, else GGUF order), "ggml", "lanes", "split", or "both":
+ * every shape in GGUF order and then in the loader's layout where that is another, for a
+ * before/after comparison in one run.
  *
  *   deno run -A bench/matvec_bench.ts [--reps 10] [--submits 5] [--types F16,Q8_0] [--path auto|generic|run]
- *     [--layout auto|ggml|lanes|both] [--shapes 4096x4096,1024x4096]
+ *     [--layout auto|ggml|lanes|split|both] [--shapes 4096x4096,1024x4096]
  */
 import { parseArgs } from "node:util";
 import { GgmlType, ggmlTypeInfo } from "../src/gguf/types.ts";
 import { MatVec, type MatVecOptions } from "../src/kernels/matvec.ts";
 import {
   lanesLayoutFits,
-  lanesLayoutType,
+  splitLayoutFits,
   toLanesLayout,
+  toSplitLayout,
   type WeightLayout,
 } from "../src/kernels/matvec_layout.ts";
 import { quantize } from "../src/model/quant/mod.ts";
@@ -128,6 +130,8 @@ export async function benchOne(
     const lanes = new Uint8Array(wb.length);
     toLanesLayout(type, cols, wb, lanes);
     wb = lanes;
+  } else if (layout === "split") {
+    wb = toSplitLayout(type, cols, wb);
   }
   using w = device.buffer(Math.ceil(wb.length / 4) * 4 + 256);
   device.upload(w, wb);
@@ -186,12 +190,16 @@ export async function benchMatvec(
     const type = (GgmlType as Record<string, number>)[name];
     if (type === undefined) throw new Error(`unknown type ${name}`);
     for (const [rows, cols] of opts.shapes ?? BENCH_SHAPES) {
-      const lanes = lanesLayoutType(type, cols);
+      const loader: WeightLayout = lanesLayoutFits(device, type, rows, cols)
+        ? "lanes"
+        : splitLayoutFits(device, type)
+        ? "split"
+        : "ggml";
       const layouts: WeightLayout[] = opts.layout === "both"
-        ? (lanes ? ["ggml", "lanes"] : ["ggml"])
-        : opts.layout === "lanes" || opts.layout === "ggml"
-        ? [opts.layout]
-        : [lanesLayoutFits(device, type, rows, cols) ? "lanes" : "ggml"];
+        ? (loader === "ggml" ? ["ggml"] : ["ggml", loader])
+        : opts.layout === "auto" || opts.layout === undefined
+        ? [loader]
+        : [opts.layout];
       for (const layout of layouts) {
         out.push(await benchOne(device, type, rows, cols, { ...opts, copy, layout }));
       }
@@ -225,8 +233,8 @@ if (import.meta.main) {
       shapes: { type: "string" },
     },
   });
-  if (!["auto", "ggml", "lanes", "both"].includes(values.layout)) {
-    throw new Error(`--layout ${values.layout}: one of auto, ggml, lanes, both`);
+  if (!["auto", "ggml", "lanes", "split", "both"].includes(values.layout)) {
+    throw new Error(`--layout ${values.layout}: one of auto, ggml, lanes, split, both`);
   }
   using device = Device.open();
   const opts: MatVecOptions = { path: values.path as MatVecOptions["path"] };

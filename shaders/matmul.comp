@@ -20,6 +20,7 @@
 // shader body holds TM·CN·KS fused multiply-adds); TILE_SHIFT (tests only: stage each unit one
 // row off, the deliberately broken tile index the tests must catch).
 // Spec constant 0 = workgroup size (lanes).
+// SPLIT: Q8_0 or Q6_K in the split layout (src/kernels/matvec_layout.ts), read as uvec4s.
 // Requires cols % 32 == 0; F32/F16/BF16 rows 16-byte aligned, Q4_K rows 16-byte aligned.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -86,6 +87,15 @@ void dequant_unit(uint rs, uint u, out vec4 v[8]) {
     v[2u * j + 1u] = vec4(bf16x2(q.z), bf16x2(q.w));
 #endif
   }
+#elif TYPE == T_Q8_0 && defined(SPLIT)
+  // Split layout (src/kernels/matvec_layout.ts): the quants as two aligned uvec4s, d from the
+  // row's scale run after its bodies.
+  uint i = (rs >> 4) + 2u * u;
+  uvec4 qa = w4[i], qb = w4[i + 1u];
+  uint dw = w[(rs + p.cols + 2u * u) >> 2];
+  float d = (u & 1u) != 0u ? half_hi(dw) : half_lo(dw);
+  uint qw[8] = uint[8](qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w);
+  [[unroll]] for (uint j = 0u; j < 8u; j++) v[j] = d * i8x4(qw[j]);
 #elif TYPE == T_Q8_0
   uint b = rs + 34u * u;
   uint q[9];
@@ -119,6 +129,29 @@ void dequant_unit(uint rs, uint u, out vec4 v[8]) {
   float mn = dm.y * (hi ? s.w : s.z);
   uint qw[8] = uint[8](qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w);
   [[unroll]] for (uint k = 0u; k < 8u; k++) v[k] = sc * (hi ? hi4x4(qw[k]) : lo4x4(qw[k])) - mn;
+#elif TYPE == T_Q6_K && defined(SPLIT)
+  // Split layout: super-block u/8's 208-byte body is 13 aligned uvec4s, its d in the row's
+  // scale run. Sub j as below.
+  uint sb = u >> 3;
+  uint j = u & 7u;
+  uint h = j >> 2;
+  uint m = j & 3u;
+  uint q = (rs >> 4) + 13u * sb;
+  uvec4 la = w4[q + 4u * h + 2u * (m & 1u)], lb = w4[q + 4u * h + 2u * (m & 1u) + 1u];
+  uvec4 ha = w4[q + 8u + 2u * h], hb = w4[q + 9u + 2u * h];
+  uvec4 scw = w4[q + 12u];
+  // Scale bytes 8h + 2m, 8h + 2m + 1: word 2h + m/2 of the scales, half m % 2.
+  uint sw = scw[2u * h + (m >> 1)] >> (16u * (m & 1u));
+  uint dw = w[(rs + 208u * (p.cols / 256u) + 2u * sb) >> 2];
+  float d = (sb & 1u) != 0u ? half_hi(dw) : half_lo(dw);
+  float s0 = d * i8_at(sw, 0u);
+  float s1 = d * i8_at(sw, 1u);
+  uint ql[8] = uint[8](la.x, la.y, la.z, la.w, lb.x, lb.y, lb.z, lb.w);
+  uint qh[8] = uint[8](ha.x, ha.y, ha.z, ha.w, hb.x, hb.y, hb.z, hb.w);
+  [[unroll]] for (uint k = 0u; k < 8u; k++) {
+    uint q6 = q6k_word(ql[k], ql[k], qh[k], m);
+    v[k] = (k < 4u ? s0 : s1) * (u8x4(q6) - 32.0);
+  }
 #elif TYPE == T_Q6_K
   // Unit u: super-block u/8, sub j = u%8: half h = j/4, m = j%4; element l (0..31) is
   // 128h + 32m + l, with quant bits from ql[64h + l (+32 for odd m)] and qh[32h + l], scale

@@ -20,7 +20,8 @@
 // and reused for all NUM_ROWS rows; a unit's weights are loaded once and reused for all NUM_COLS
 // columns. A unit is 4 elements (F32/F16/BF16), one block (the 32-element types) or 64
 // elements (the 256-element types); weights are read as 32-bit words (uvec2/uvec4 where the layout is aligned), so
-// neighbouring lanes read neighbouring bytes.
+// neighbouring lanes read neighbouring bytes. With SPLIT (Q8_0 and Q6_K in the split layout,
+// src/kernels/matvec_layout.ts) their blocks' bodies are read as aligned uvec4s.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "quant.glsl"
@@ -188,6 +189,15 @@ void load_unit(uint r, uint rowStart, uint u) {
 #elif TYPE == T_F16 || TYPE == T_BF16
   uvec2 v = w2[rowStart / 8u + u];
   wq[o] = v.x; wq[o + 1] = v.y;
+#elif TYPE == T_Q8_0 && defined(SPLIT)
+  // Split layout (src/kernels/matvec_layout.ts): the quants as two aligned uvec4s, d from the
+  // row's scale run after its bodies.
+  uint q = rowStart / 16u + 2u * u;
+  uvec4 a = w4[q], c = w4[q + 1u];
+  uint dw = w[(rowStart + p.cols + 2u * u) >> 2];
+  wq[o] = floatBitsToUint((u & 1u) != 0u ? half_hi(dw) : half_lo(dw));
+  wq[o + 1] = a.x; wq[o + 2] = a.y; wq[o + 3] = a.z; wq[o + 4] = a.w;
+  wq[o + 5] = c.x; wq[o + 6] = c.y; wq[o + 7] = c.z; wq[o + 8] = c.w;
 #elif TYPE == T_Q8_0
   uint b = rowStart + 34u * u;
   uint i = b >> 2;
@@ -224,6 +234,24 @@ void load_unit(uint r, uint rowStart, uint u) {
   wq[o + 3] = floatBitsToUint(dm.y * s.w);
   wq[o + 4] = qa.x; wq[o + 5] = qa.y; wq[o + 6] = qa.z; wq[o + 7] = qa.w;
   wq[o + 8] = qb.x; wq[o + 9] = qb.y; wq[o + 10] = qb.z; wq[o + 11] = qb.w;
+#elif TYPE == T_Q6_K && defined(SPLIT)
+  // Split layout: super-block u/4's 208-byte body (ql, qh, scales) is 13 aligned uvec4s; its d
+  // sits in the row's scale run. Unit u: half h, l range [16*is, 16*is+16), as below.
+  uint sb = u >> 2;
+  uint h = (u >> 1) & 1u;
+  uint is = u & 1u;
+  uint q = rowStart / 16u + 13u * sb;
+  uvec4 qa = w4[q + 4u * h + is];
+  uvec4 qb = w4[q + 4u * h + 2u + is];
+  uvec4 qh = w4[q + 8u + 2u * h + is];
+  uvec4 sc = w4[q + 12u];
+  wq[o] = qa.x; wq[o + 1] = qa.y; wq[o + 2] = qa.z; wq[o + 3] = qa.w;
+  wq[o + 4] = qb.x; wq[o + 5] = qb.y; wq[o + 6] = qb.z; wq[o + 7] = qb.w;
+  wq[o + 8] = qh.x; wq[o + 9] = qh.y; wq[o + 10] = qh.z; wq[o + 11] = qh.w;
+  wq[o + 12] = h != 0u ? sc.z : sc.x;
+  wq[o + 13] = h != 0u ? sc.w : sc.y;
+  uint dw = w[(rowStart + 208u * (p.cols / 256u) + 2u * sb) >> 2];
+  wq[o + 14] = floatBitsToUint((sb & 1u) != 0u ? half_hi(dw) : half_lo(dw));
 #elif TYPE == T_Q6_K
   // Unit u: super-block u/4, half h, l range [16*is, 16*is+16).
   uint sbb = rowStart + 210u * (u >> 2);

@@ -201,6 +201,8 @@ const RUN_PATH_TYPES: ReadonlySet<string> = new Set([
 
 /** The types the run path also reads in the "lanes" layout (src/kernels/matvec_layout.ts). */
 const LANES_TYPES: ReadonlySet<string> = new Set(["q8_0", "q4_0", "q4_k"]);
+/** The types with a "split" layout (src/kernels/matvec_layout.ts). */
+const SPLIT_TYPES: ReadonlySet<string> = new Set(["q8_0", "q6_k"]);
 
 export type WeightTypeName = keyof typeof WEIGHT_TYPE;
 
@@ -236,15 +238,19 @@ export const SHADERS = {
         texel: { tag: "t", defines: { TEXEL: 1 } },
         // Texels of a weight in the "lanes" layout (src/kernels/matvec_layout.ts).
         lanes: { tag: "l", defines: { TEXEL: 1, LANES: 1 } },
+        // Aligned words of a weight in the "split" layout (src/kernels/matvec_layout.ts).
+        split: { tag: "_split", defines: { SPLIT: 1 } },
       },
       type: WEIGHT_TYPE,
     },
-    // The generic path reads words only; Q6_K has no step variant; the run path exists only
-    // for RUN_PATH_TYPES, its "lanes" layout only for LANES_TYPES.
+    // The generic path reads words (or the split layout, SPLIT_TYPES); Q6_K has no step
+    // variant; the run path exists only for RUN_PATH_TYPES, its "lanes" layout only for
+    // LANES_TYPES.
     keep: (c) =>
       c.path === "generic"
-        ? c.load === "word"
-        : RUN_PATH_TYPES.has(c.type) && (c.path === "rowloop" || c.type !== "q6_k") &&
+        ? c.load === "word" || (c.load === "split" && SPLIT_TYPES.has(c.type))
+        : c.load !== "split" && RUN_PATH_TYPES.has(c.type) &&
+          (c.path === "rowloop" || c.type !== "q6_k") &&
           (c.load !== "lanes" || LANES_TYPES.has(c.type)),
     subgroup: true,
   }),
@@ -261,8 +267,11 @@ export const SHADERS = {
         shift: { tag: "_shift", defines: { TM: 16, CN: 8, KS: 8, TILE_SHIFT: 1 } },
       },
       type: WEIGHT_TYPE,
+      split: flag("_split", { SPLIT: 1 }),
     },
-    keep: (c) => c.shape !== "shift" || c.type === "f16" || c.type === "q4_k",
+    keep: (c) =>
+      (c.shape !== "shift" || c.type === "f16" || c.type === "q4_k") &&
+      (!c.split || (c.shape !== "shift" && SPLIT_TYPES.has(c.type))),
   }),
   /** src/kernels/matmul.ts: the CPU path for F32/F16/BF16 weights, all loads as texels. */
   matmul_texel: family({

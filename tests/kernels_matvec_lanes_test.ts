@@ -256,7 +256,12 @@ Deno.test("lanes layout: a model's matrices take it on the cpu set only, logits 
     for (const variants of ["cpu", "gpu"] as const) {
       await using model = await loadModel(path, { variants });
       const L = model.llama.layers[0];
-      const expect = variants === "cpu" && model.device.info.texelBuffer ? "lanes" : "ggml";
+      // The gpu set takes the split layout for Q8_0 (tests/kernels_split_layout_test.ts).
+      const expect = variants === "gpu"
+        ? "split"
+        : model.device.info.texelBuffer
+        ? "lanes"
+        : "ggml";
       // Q, K and V share a type, and gate and up: one stacked weight each, bands spanning all.
       assert.equal(L.ffnIn.length, 1);
       assert.equal(L.qkvIn.length, 1);

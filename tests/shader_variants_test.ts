@@ -27,9 +27,16 @@ Deno.test("the variant table names each variant once and compiles every shader f
 Deno.test("a family's variants are its product of axes less its filter", () => {
   // matvec: generic (words only, 15 types) + step (3 loads x 6 types, no Q6_K) + rowloop
   // (3 x 7): the run path only for the 7 types matvec_run.comp reads; plus the lanes layout's
-  // step and rowloop for Q8_0, Q4_0 and Q4_K (2 x 3).
+  // step and rowloop for Q8_0, Q4_0 and Q4_K (2 x 3); plus the split layout's generic kernel
+  // for Q8_0 and Q6_K (2).
   const mv = SHADERS.matvec.choices();
-  assert.equal(mv.length, 15 + 18 + 21 + 6);
+  assert.equal(mv.length, 15 + 18 + 21 + 6 + 2);
+  assert.equal(SHADERS.matvec.has({ path: "rowloop", load: "split", type: "q8_0" }), false);
+  assert.equal(SHADERS.matvec.has({ path: "generic", load: "split", type: "q4_k" }), false);
+  assert.equal(
+    SHADERS.matvec.variant({ path: "generic", load: "split", type: "q6_k" }),
+    "matvec_split_q6_k",
+  );
   assert.equal(SHADERS.matvec.has({ path: "rowloop", load: "texel", type: "q5_k" }), false);
   assert.equal(SHADERS.matvec.has({ path: "rowloop", load: "lanes", type: "q6_k" }), false);
   assert.equal(

@@ -1,6 +1,7 @@
 /**
  * Tiled matrix-matrix products Y = X·Wᵀ (or Y += X·Wᵀ) for prompt chunks (shaders/matmul.comp),
- * over weights in GGUF's byte layout, for F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K. Same shapes
+ * over weights in GGUF's byte layout (or Q8_0 and Q6_K in the "split" layout,
+ * src/kernels/matvec_layout.ts), for F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K. Same shapes
  * and arguments as MatVec (src/kernels/matvec.ts): a weight of dims [cols, rows] times `batch`
  * token columns of x. A workgroup dequantizes a tile of TM rows x 32 weights into shared memory
  * once per K step and reuses it for all WG·CN tokens it owns (matvec reuses a weight for 8).
@@ -29,6 +30,7 @@ import {
   shaderWeightType,
 } from "./checks.ts";
 import type { MatVecRecord } from "./matvec.ts";
+import { layoutRowBytes, splitLayoutType, type WeightLayout } from "./matvec_layout.ts";
 import {
   type Binding,
   type CommandList,
@@ -171,8 +173,10 @@ export class MatMul implements Disposable {
 
   readonly #broken: boolean;
   #sharedKernel: Kernel | null = null;
+  /** The shared-memory kernel over the split layout (Q8_0, Q6_K). */
+  #splitKernel: Kernel | null = null;
 
-  #variant(texel: boolean): string {
+  #variant(texel: boolean, split = false): string {
     if (texel) {
       return SHADERS.matmul_texel.variant({
         type: this.typeName as "f32" | "f16" | "bf16",
@@ -182,11 +186,19 @@ export class MatMul implements Disposable {
     return SHADERS.matmul.variant({
       shape: this.#broken ? "shift" : this.shape,
       type: this.typeName,
+      split,
     });
   }
 
   /** The kernel of a path, created on first use (its pipeline compiles then). */
-  #kernelFor(texel: boolean): Kernel {
+  #kernelFor(texel: boolean, split: boolean): Kernel {
+    if (split) {
+      return this.#splitKernel ??= this.device.kernel(this.#variant(false, true), {
+        bindings: 3,
+        push: MATMUL_PUSH,
+        spec: [this.workgroupSize],
+      });
+    }
     if (texel) {
       return this.#kernel ??= this.device.kernel(this.#kernelName, {
         bindings: 3,
@@ -224,17 +236,24 @@ export class MatMul implements Disposable {
 
   /** Whether record() takes this layout: cols a multiple of 32, 16-byte aligned rows where the
    * shader reads 16-byte words, x columns a multiple of 4 floats apart; with `fit`, also that
-   * the buffer holds the word after a weight of 2-byte aligned blocks. */
+   * the buffer holds the word after a weight of 2-byte aligned blocks. A weight in the "split"
+   * layout (Q8_0, Q6_K: src/kernels/matvec_layout.ts) needs a 16-byte aligned offset; "lanes"
+   * is matvec's alone. */
   supports(
     cols: number,
     weightOffset = 0,
     xStride = cols,
     fit?: { rows: number; bufferBytes: number },
+    layout: WeightLayout = "ggml",
   ): boolean {
     if (!DECODED_TYPES.has(this.type)) return false;
     if (!Number.isSafeInteger(cols) || cols <= 0 || cols % MATMUL_K_STEP !== 0) return false;
     if (cols % this.blockElems !== 0) return false;
     if (xStride % 4 !== 0 || xStride < cols) return false;
+    if (layout === "lanes") return false;
+    if (layout === "split") {
+      return splitLayoutType(this.type) && !this.#broken && weightOffset % 16 === 0;
+    }
     if (OVERREADS.has(this.type)) {
       // The last block's word read needs the buffer to reach the next multiple of 4 bytes.
       const end = weightOffset + (fit?.rows ?? 0) * this.weightBytes(1, cols);
@@ -260,16 +279,18 @@ export class MatMul implements Disposable {
       throw new HcError("E_BAD_REQUEST", "matmul: the norm and GLU fusions are matvec's (decode)");
     }
     const weightOffset = checkWeightOffset("matmul", a.weightOffset ?? 0, 4);
-    if (!this.supports(a.cols, weightOffset, xStride)) {
+    const layout = a.layout ?? "ggml";
+    const split = layout === "split";
+    if (!this.supports(a.cols, weightOffset, xStride, undefined, layout)) {
       throw new HcError(
         "E_BAD_REQUEST",
-        `matmul: a ${a.rows}x${a.cols} ${this.typeName} weight at offset ${weightOffset} with xStride ${xStride} is not supported (cols % 32, aligned rows, xStride % 4); use MatVec`,
+        `matmul: a ${a.rows}x${a.cols} ${this.typeName} weight at offset ${weightOffset} with xStride ${xStride} in the ${layout} layout is not supported (cols % 32, aligned rows, xStride % 4); use MatVec`,
       );
     }
     if (!Number.isSafeInteger(yStride) || yStride < a.rows) {
       throw new HcError("E_BAD_REQUEST", `matmul: yStride ${yStride} must be >= rows (${a.rows})`);
     }
-    const rowBytes = this.weightBytes(1, a.cols);
+    const rowBytes = layoutRowBytes(this.type, a.cols, layout);
     const weightBytes = rowBytes * a.rows;
     if (weightOffset + weightBytes > a.weight.bytes) {
       throw new HcError(
@@ -298,14 +319,14 @@ export class MatMul implements Disposable {
     const texelAlign = Math.max(info.minTexelBufferOffsetAlignment, 16);
     const texelMax = info.maxTexelBufferElements * TEXEL_BYTES;
     const xBytes = Math.min(Math.floor(x.bytes / TEXEL_BYTES) * TEXEL_BYTES, texelMax);
-    const texel = this.texel && x.offset % texelAlign === 0 &&
+    const texel = this.texel && !split && x.offset % texelAlign === 0 &&
       xBytes >= ((batch - 1) * xStride + a.cols) * 4;
     const xBinding: Binding = texel ? { buffer: x.buffer, offset: x.offset, bytes: xBytes } : x;
     const tileRows = texel ? MATMUL_TEXEL_TILE.rows : MATMUL_SHAPES[this.shape].rows;
     const tileTokens = this.workgroupSize *
       (texel ? MATMUL_TEXEL_TILE.tokensPerLane : MATMUL_SHAPES[this.shape].tokensPerLane);
-    const kernel = this.#kernelFor(texel);
-    const kernelName = texel ? this.#kernelName : this.#variant(false);
+    const kernel = this.#kernelFor(texel, split);
+    const kernelName = texel ? this.#kernelName : this.#variant(false, split);
     const zGroups = Math.ceil(batch / tileTokens);
     const [maxX, maxY, maxZ] = info.maxComputeWorkGroupCount;
     if (zGroups > maxZ) {
@@ -313,7 +334,7 @@ export class MatMul implements Disposable {
     }
     const align = Math.max(info.minStorageBufferOffsetAlignment, 16, texel ? texelAlign : 0);
     const rangeLimit = texel ? Math.min(maxRange, texelMax) : maxRange;
-    const slack = OVERREADS.has(this.type) ? 4 : 0;
+    const slack = OVERREADS.has(this.type) && !split ? 4 : 0;
     const ranges: { row0: number; rows: number; offset: number; bytes: number; wByte0: number }[] =
       [];
     for (let row0 = 0; row0 < a.rows;) {
@@ -375,6 +396,7 @@ export class MatMul implements Disposable {
     this.#disposed = true;
     this.#kernel?.dispose();
     this.#sharedKernel?.dispose();
+    this.#splitKernel?.dispose();
   }
 
   [Symbol.dispose](): void {

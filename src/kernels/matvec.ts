@@ -24,7 +24,9 @@
  * storage buffers, per record() call. Q8_0, Q4_0 and Q4_K weights may also come in the "lanes"
  * layout (`layout: "lanes"`, src/kernels/matvec_layout.ts), which the run path reads through
  * texels with the lanes of each fetch on contiguous bytes; the model loader uploads matvec-only
- * weights that way under the CPU variant set.
+ * weights that way under the CPU variant set. Q8_0 and Q6_K weights may come in the "split"
+ * layout (16-byte aligned block bodies, the scales after them), which the generic path reads
+ * with aligned 16-byte loads; the loader uploads them that way under the GPU variant set.
  *
  *   using mv = new MatVec(device, GgmlType.Q4_K);
  *   mv.record(cmd, { weight, weightOffset, rows: 4096, cols: 14336, x, y, accumulate: true });
@@ -32,7 +34,12 @@
 import { HcError } from "../errors.ts";
 import { SHADERS, type WeightTypeName } from "../../shaders/variants.ts";
 import { GgmlType, ggmlTypeInfo } from "../gguf/types.ts";
-import { lanesLayoutType, type WeightLayout } from "./matvec_layout.ts";
+import {
+  lanesLayoutType,
+  layoutRowBytes,
+  splitLayoutType,
+  type WeightLayout,
+} from "./matvec_layout.ts";
 import {
   checkedRangeWindow,
   checkWeightOffset,
@@ -152,7 +159,7 @@ export interface MatVecOptions {
 }
 
 export interface MatVecRecord {
-  /** Buffer holding the weight in GGUF layout. */
+  /** Buffer holding the weight (in `layout`). */
   weight: Buffer;
   /** Byte offset of row 0 in `weight` (multiple of 16; GGUF data is 32-byte aligned). */
   weightOffset?: number;
@@ -174,8 +181,9 @@ export interface MatVecRecord {
    * receives act(gate·x) * (up·x), `rows` floats per column (SwiGLU with "silu", GeGLU with
    * "gelu"). Not with `accumulate`; the weight must fit one binding. */
   glu?: "silu" | "gelu";
-  /** The weight's byte order: "ggml" (default) or "lanes" (src/kernels/matvec_layout.ts), which
-   * only the run path reads, through texel bindings. */
+  /** The weight's byte order (src/kernels/matvec_layout.ts): "ggml" (default); "lanes", which
+   * only the run path reads, through texel bindings; "split" (Q8_0 and Q6_K), which only the
+   * generic path reads. */
   layout?: WeightLayout;
   /** Input columns (tokens), default 1. */
   batch?: number;
@@ -210,6 +218,7 @@ interface Variant {
   cols: number;
   texel: boolean;
   lanes: boolean;
+  split: boolean;
   /** The decode fusions, specialised into the pipeline. */
   norm: boolean;
   glu: keyof typeof GLU_ACT;
@@ -359,7 +368,7 @@ export class MatVec implements Disposable {
     const wg = this.#workgroupSize(v.kind);
     const rowsPerGroup = this.#rowsPerGroup(v.kind, wg, v.cols, rows);
     // The generic path reads words; texel variants read x as texels too (no LOAD64 twin).
-    let load: "word" | "u64" | "texel" | "lanes" = "word";
+    let load: "word" | "u64" | "texel" | "lanes" | "split" = v.split ? "split" : "word";
     if (v.kind !== "generic") {
       load = v.lanes ? "lanes" : v.texel ? "texel" : this.options.load64 ? "u64" : "word";
     }
@@ -472,8 +481,15 @@ export class MatVec implements Disposable {
   /** Checks the call's shapes, strides and bindings; resolves the defaults. */
   #validate(a: MatVecRecord): Shape {
     if (this.#disposed) throw new HcError("E_VK_BAD_HANDLE", "matvec: used after dispose");
-    if (a.layout !== undefined && a.layout !== "ggml" && a.layout !== "lanes") {
+    const layout = a.layout ?? "ggml";
+    if (layout !== "ggml" && layout !== "lanes" && layout !== "split") {
       throw new HcError("E_BAD_REQUEST", `matvec: unknown weight layout ${String(a.layout)}`);
+    }
+    if (layout === "split" && (!splitLayoutType(this.type) || this.options.path === "run")) {
+      throw new HcError(
+        "E_BAD_REQUEST",
+        `matvec: the split layout is for Q8_0 and Q6_K on the generic path (got ${this.#typeLabel}, path ${this.options.path})`,
+      );
     }
     positiveInt("matvec", "rows", a.rows);
     positiveInt("matvec", "cols", a.cols);
@@ -515,7 +531,7 @@ export class MatVec implements Disposable {
       }
     }
     const weightRows = a.glu ? 2 * a.rows : a.rows;
-    const rowBytes = this.weightBytes(1, a.cols);
+    const rowBytes = layoutRowBytes(this.type, a.cols, layout);
     const weightBytes = rowBytes * weightRows;
     if (weightOffset + weightBytes > a.weight.bytes) {
       throw new HcError(
@@ -552,7 +568,8 @@ export class MatVec implements Disposable {
    * ranges one dispatch each binds. */
   #plan(a: MatVecRecord, s: Shape): Plan {
     const info = this.device.info;
-    const kind = this.chooseKernel(
+    const split = a.layout === "split";
+    const kind = split ? "generic" : this.chooseKernel(
       s.weightOffset,
       a.rows,
       a.cols,
@@ -588,7 +605,15 @@ export class MatVec implements Disposable {
       );
     }
     const { kernel, rowsPerGroup, wg, name } = this.#kernel(
-      { kind, cols: ncols, texel, lanes, norm: a.norm !== undefined, glu: a.glu ?? "none" },
+      {
+        kind,
+        cols: ncols,
+        texel,
+        lanes,
+        split,
+        norm: a.norm !== undefined,
+        glu: a.glu ?? "none",
+      },
       s.weightRows,
     );
     if (a.glu && rowsPerGroup < 2) {
@@ -618,6 +643,7 @@ export class MatVec implements Disposable {
     }
     const ranges = this.#rowRanges(a, s, {
       kind,
+      split,
       texel,
       align: texel ? texelAlign : storageAlign,
       rowsPerGroup,
@@ -652,11 +678,12 @@ export class MatVec implements Disposable {
   #rowRanges(
     a: MatVecRecord,
     s: Shape,
-    p: { kind: KernelKind; texel: boolean; align: number; rowsPerGroup: number },
+    p: { kind: KernelKind; split: boolean; texel: boolean; align: number; rowsPerGroup: number },
   ): RowRange[] {
     const [maxX, maxY] = this.device.info.maxComputeWorkGroupCount;
     const maxRowsByGrid = maxX * maxY * p.rowsPerGroup;
-    const overreads = OVERREADS.has(this.type) && p.kind === "generic";
+    // Split-layout rows are whole 16-byte words.
+    const overreads = OVERREADS.has(this.type) && p.kind === "generic" && !p.split;
     const q6kRowLoop = p.kind === "rowloop" && this.type === GgmlType.Q6_K;
     const ranges: RowRange[] = [];
     for (let row0 = 0; row0 < s.weightRows;) {

@@ -1,4 +1,15 @@
 /**
+ * How a weight's bytes are ordered on the device: GGUF's own order ("ggml"), or one of two
+ * layouts the loader writes at upload for the kernels that read them.
+ *
+ * "split" (the GPU set's generic matvec and the prompt matmul, Q8_0 and Q6_K): GGUF's Q8_0 and
+ * Q6_K blocks (34 and 210 bytes) are only 2-byte aligned, so a kernel reads them word by word and
+ * joins half-words. In the split layout each row holds its blocks' bodies first (Q8_0: the 32
+ * quants; Q6_K: ql, qh and the 16 scales, 208 bytes), then the blocks' f16 scales `d` in order,
+ * then zeros up to a multiple of 16 bytes: every body starts 16-byte aligned and is read as whole
+ * uvec4s, and a row's `d` values sit side by side. Rows stay rows (a row range is a byte range),
+ * only the row stride grows to `splitRowBytes` (by at most 14 bytes).
+ *
  * The "lanes" weight layout of the CPU matvec path (shaders/matvec_run.comp, LOADU): a weight's
  * 16-byte texels permuted so that the 8 lanes of one texel fetch read one contiguous run and the
  * row loop walks memory in order.
@@ -23,7 +34,7 @@ import { MAX_BINDING_BYTES } from "./checks.ts";
 import { type Device, TEXEL_BYTES } from "../vk/mod.ts";
 
 /** How a weight's bytes are ordered on the device. */
-export type WeightLayout = "ggml" | "lanes";
+export type WeightLayout = "ggml" | "lanes" | "split";
 
 /** Elements per unit of the run path in the lanes layout. */
 export const LANES_UNIT = 512;
@@ -205,6 +216,89 @@ export function lanesUploadFill(
       const partStart = bandStart + row0 * segBytes;
       const stop = Math.min(end, partStart + part.length);
       chunk.set(part.subarray(at - partStart, stop - partStart), at - offset);
+      at = stop;
+    }
+  };
+}
+
+/** Bytes of a block's body in the split layout, and where its f16 `d` sits in a GGUF block. */
+const SPLIT_TYPES: ReadonlyMap<number, { body: number; dAt: number }> = new Map([
+  [GgmlType.Q8_0, { body: 32, dAt: 0 }],
+  [GgmlType.Q6_K, { body: 208, dAt: 208 }],
+]);
+
+/** Whether `type` has a split layout. */
+export function splitLayoutType(type: number): boolean {
+  return SPLIT_TYPES.has(type);
+}
+
+/** Whether weights of `type` go in the split layout on `device`: the GPU variant set, whose
+ * generic matvec and prompt matmul read it. */
+export function splitLayoutFits(device: Device, type: number): boolean {
+  return device.variants === "gpu" && splitLayoutType(type);
+}
+
+/** Bytes per row of a `cols`-wide weight of `type` in `layout` (the row stride). */
+export function layoutRowBytes(type: number, cols: number, layout: WeightLayout): number {
+  const bytes = rowBytesOf(type, cols);
+  return layout === "split" ? Math.ceil(bytes / 16) * 16 : bytes;
+}
+
+/** Rows in the split layout from whole rows in GGUF order (`dst` zero-filled by the caller or
+ * fresh: the padding is not written). */
+function splitRows(type: number, cols: number, src: Uint8Array, dst: Uint8Array): void {
+  const t = SPLIT_TYPES.get(type);
+  if (!t) throw new HcError("E_BAD_REQUEST", `matvec layout: no split layout for type ${type}`);
+  const info = ggmlTypeInfo(type)!;
+  const nb = cols / info.blockElems;
+  const srcRow = nb * info.blockBytes;
+  const dstRow = layoutRowBytes(type, cols, "split");
+  const rows = src.length / srcRow;
+  if (!Number.isInteger(rows) || dst.length !== rows * dstRow) {
+    throw new HcError("E_BAD_REQUEST", "matvec layout: split rows need whole rows on both sides");
+  }
+  const bodyAt = t.dAt === 0 ? 2 : 0;
+  for (let r = 0; r < rows; r++) {
+    const s0 = r * srcRow, d0 = r * dstRow;
+    for (let b = 0; b < nb; b++) {
+      const blk = s0 + b * info.blockBytes;
+      dst.set(src.subarray(blk + bodyAt, blk + bodyAt + t.body), d0 + b * t.body);
+      dst[d0 + nb * t.body + 2 * b] = src[blk + t.dAt];
+      dst[d0 + nb * t.body + 2 * b + 1] = src[blk + t.dAt + 1];
+    }
+  }
+}
+
+/** A whole weight of `type` (GGUF order) in the split layout, as a fresh array. */
+export function toSplitLayout(type: number, cols: number, src: Uint8Array): Uint8Array {
+  const rows = src.length / rowBytesOf(type, cols);
+  const dst = new Uint8Array(rows * layoutRowBytes(type, cols, "split"));
+  splitRows(type, cols, src, dst);
+  return dst;
+}
+
+/**
+ * A `fill` for Device.uploadFrom that reads a [rows x cols] weight in GGUF order through `read`
+ * and writes it in the split layout, a few hundred rows at a time.
+ */
+export function splitUploadFill(
+  type: number,
+  cols: number,
+  read: (dst: Uint8Array, offset: number) => Promise<void>,
+): (chunk: Uint8Array, offset: number) => Promise<void> {
+  const srcRow = rowBytesOf(type, cols);
+  const dstRow = layoutRowBytes(type, cols, "split");
+  return async (chunk, offset) => {
+    const end = offset + chunk.length;
+    for (let at = offset; at < end;) {
+      const row0 = Math.floor(at / dstRow);
+      const row1 = Math.min(Math.ceil(end / dstRow), row0 + FILL_ROWS);
+      const raw = new Uint8Array((row1 - row0) * srcRow);
+      await read(raw, row0 * srcRow);
+      const part = new Uint8Array((row1 - row0) * dstRow);
+      splitRows(type, cols, raw, part);
+      const stop = Math.min(end, row1 * dstRow);
+      chunk.set(part.subarray(at - row0 * dstRow, stop - row0 * dstRow), at - offset);
       at = stop;
     }
   };

@@ -14,7 +14,14 @@ import { GetRows } from "../kernels/get_rows.ts";
 import { KvAppend, RopeAppend } from "../kernels/kv.ts";
 import { MatMul, preferMatMul } from "../kernels/matmul.ts";
 import { MatVec, type MatVecRecord } from "../kernels/matvec.ts";
-import { lanesLayoutFits, lanesUploadFill, type WeightLayout } from "../kernels/matvec_layout.ts";
+import {
+  lanesLayoutFits,
+  lanesUploadFill,
+  layoutRowBytes,
+  splitLayoutFits,
+  splitUploadFill,
+  type WeightLayout,
+} from "../kernels/matvec_layout.ts";
 import { Argmax } from "../kernels/select.ts";
 import type { Binding, Buffer, CommandList, Device } from "../vk/mod.ts";
 import { layerUsesRope, layerWindow } from "./arch.ts";
@@ -306,10 +313,15 @@ export class LlamaModel implements Disposable {
       opts.onProgress?.(doneBytes, totalBytes);
       return b;
     };
-    // Weights that only matvec reads go in the layout its CPU path reads fastest, where it
-    // will take that path (never the embedding table: get_rows reads it in GGUF order).
+    // Weights that only the products read go in the layout their kernels read fastest on this
+    // device: the CPU matvec path's lanes, the GPU kernels' split Q8_0/Q6_K (never the
+    // embedding table: get_rows reads it in GGUF order).
     const layoutOf = (type: number, rows: number, cols: number): WeightLayout =>
-      lanesLayoutFits(device, type, rows, cols) ? "lanes" : "ggml";
+      lanesLayoutFits(device, type, rows, cols)
+        ? "lanes"
+        : splitLayoutFits(device, type)
+        ? "split"
+        : "ggml";
     // One weight from row ranges of matrices of one type and width, in order: a whole tensor or
     // several stacked (q, k and v; gate and up). Rows are whole blocks in every type, so a row
     // range is a byte range.
@@ -319,10 +331,10 @@ export class LlamaModel implements Disposable {
       const cols = dims[0];
       const rows = parts.reduce((sum, p) => sum + p.n, 0);
       const rowBytes = parts[0].t.bytes / (dims[1] ?? 1);
-      const bytes = rows * rowBytes;
+      const layout = matvecOnly ? layoutOf(type, rows, cols) : "ggml";
+      const bytes = rows * layoutRowBytes(type, cols, layout);
       const buffer = device.buffer(bytes);
       buffers.push(buffer);
-      const layout = matvecOnly ? layoutOf(type, rows, cols) : "ggml";
       // Bytes [off, off + chunk) of the weight; a chunk may span parts.
       const read = async (chunk: Uint8Array, off: number) => {
         let base = 0;
@@ -338,9 +350,13 @@ export class LlamaModel implements Disposable {
       await device.uploadFrom(
         buffer,
         bytes,
-        layout === "lanes" ? lanesUploadFill(type, rows, cols, read) : read,
+        layout === "lanes"
+          ? lanesUploadFill(type, rows, cols, read)
+          : layout === "split"
+          ? splitUploadFill(type, cols, read)
+          : read,
       );
-      doneBytes += bytes;
+      doneBytes += rows * rowBytes; // the file's bytes (the split layout pads rows)
       parameters += rows * cols;
       opts.onProgress?.(doneBytes, totalBytes);
       return { buffer, type, layout, cols, rows };
@@ -883,11 +899,12 @@ export class LlamaModel implements Disposable {
     const yStride = strides.yStride ?? rows;
     const yOffset = strides.yOffset;
     const args = { weight: w.buffer, rows, cols: w.cols, x, y, batch, accumulate, yOffset };
-    // The prompt matmul reads GGUF order only.
-    if (batch > 1 && want && w.layout === "ggml") {
+    // The prompt matmul reads GGUF order and the split layout.
+    if (batch > 1 && want && w.layout !== "lanes") {
       const mm = this.kernels.matmul(w.type);
-      if (mm.supports(w.cols, 0, xStride, { rows: w.rows, bufferBytes: w.buffer.bytes })) {
-        mm.record(cmd, { ...args, xStride, yStride });
+      const fit = { rows: w.rows, bufferBytes: w.buffer.bytes };
+      if (mm.supports(w.cols, 0, xStride, fit, w.layout)) {
+        mm.record(cmd, { ...args, xStride, yStride, layout: w.layout });
         return;
       }
     }
