@@ -18,7 +18,10 @@
 // Defines: TYPE; ROWLOOP; TEXEL binds weights and x as texel buffers (bindings 0 and 1), else
 // they are storage buffers and LOAD64 reads chunks as u64vec4 (needs shaderInt64), else as two
 // uvec4; LANES (with TEXEL; Q8_0, Q4_0, Q4_K) reads weights in the "lanes" layout (see LOADU);
-// HC_SUBGROUP selects the reduction.
+// HALF_UNIT halves a lane's unit to 256 elements, for rows that are a multiple of 256 but not of
+// 512 (768, 2304: common in small models): Q8_0, Q4_0 and Q4_K in the lanes layout (row loop and
+// step variant; their 17- and 9-texel units end mid-chunk, so a unit's last chunk repeats its
+// last texel), F16 and BF16 (row loop); HC_SUBGROUP selects the reduction.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "quant.glsl"
@@ -155,9 +158,10 @@ layout(std430, binding = 3) readonly buffer GC { vec4 gc[]; };
 // kernel's time (measured ~2x the CPU time per matvec).
 #define ROWREF(row) (row)
 #define LOADU(row, u, kc, D, o) { uint g_ = min(8u, units - ((u) & ~7u)); \
-  uint t_ = p.wByte0 / 16u + ((u) >> 3) * (p.rows * 16u * CHUNKS) + (row) * (2u * CHUNKS) * g_ \
-    + ((u) & 7u) + 2u * (kc) * g_; \
-  uvec4 a_ = texelFetch(wt, int(t_)), b_ = texelFetch(wt, int(t_ + g_)); \
+  uint t_ = p.wByte0 / 16u + ((u) >> 3) * (p.rows * 8u * TEXELS) + (row) * TEXELS * g_ \
+    + ((u) & 7u); \
+  uvec4 a_ = texelFetch(wt, int(t_ + 2u * (kc) * g_)), \
+    b_ = texelFetch(wt, int(t_ + min(2u * (kc) + 1u, TEXELS - 1u) * g_)); \
   D[o] = a_.x; D[o + 1] = a_.y; D[o + 2] = a_.z; D[o + 3] = a_.w; \
   D[o + 4] = b_.x; D[o + 5] = b_.y; D[o + 6] = b_.z; D[o + 7] = b_.w; }
 #else
@@ -177,12 +181,23 @@ layout(std430, binding = 3) readonly buffer GC { vec4 gc[]; };
 // 1.5-1.9x less CPU time per matvec on lavapipe (F16, BF16, F32; 8B shapes, paired runs).
 #define UNIT 256u
 #define CHUNKS 32u
+#elif (TYPE == T_F16 || TYPE == T_BF16) && defined(HALF_UNIT)
+#define UNIT 256u
+#define CHUNKS 16u
 #elif TYPE == T_F16 || TYPE == T_BF16
 #define UNIT 512u
 #define CHUNKS 32u
+#elif TYPE == T_Q8_0 && defined(HALF_UNIT)
+#define UNIT 256u
+#define CHUNKS 9u
+#define TEXELS 17u
 #elif TYPE == T_Q8_0
 #define UNIT 512u
 #define CHUNKS 17u
+#elif (TYPE == T_Q4_0 || TYPE == T_Q4_K) && defined(HALF_UNIT)
+#define UNIT 256u
+#define CHUNKS 5u
+#define TEXELS 9u
 #elif TYPE == T_Q4_0 || TYPE == T_Q4_K
 #define UNIT 512u
 #define CHUNKS 9u
@@ -198,10 +213,13 @@ layout(std430, binding = 3) readonly buffer GC { vec4 gc[]; };
 #error TYPE has no row-loop path
 #endif
 #define XV (UNIT / 4u)
+#ifndef TEXELS
+#define TEXELS (2u * CHUNKS)
+#endif
 #if TYPE == T_Q6_K
 #define XSUMS 64u
 #else
-#define XSUMS 16u
+#define XSUMS (UNIT / 32u)
 #endif
 // 2^(-8i) for byte i of a word (see the Q4_K case of row_unit). A macro, not a global const:
 // literals keep it out of memory.
@@ -235,7 +253,7 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[XSUMS], uint sb) {
   // Block pair s = 68 bytes = words 17s..17s+16: block A at +0 (d in the low half, qs from
   // byte 2), block B at byte 34 (d in the high half of word 8, qs word-aligned from word 9).
   float sum = 0.0;
-  [[unroll]] for (uint s = 0; s < 8u; s++) {
+  [[unroll]] for (uint s = 0; s < UNIT / 64u; s++) {
     uint o = 17u * s;
     vec4 a = vec4(0.0), b = vec4(0.0);
     [[unroll]] for (uint k = 0; k < 8u; k++) {
@@ -248,7 +266,7 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[XSUMS], uint sb) {
 #elif TYPE == T_Q4_0
   // Block pair s = 36 bytes = words 9s..9s+8, laid out like Q8_0's pair.
   float sum = 0.0;
-  [[unroll]] for (uint s = 0; s < 8u; s++) {
+  [[unroll]] for (uint s = 0; s < UNIT / 64u; s++) {
     uint o = 9u * s;
     vec4 a = vec4(0.0), b = vec4(0.0);
     [[unroll]] for (uint k = 0; k < 4u; k++) {
@@ -266,7 +284,7 @@ float row_unit(uint wr[CHUNKS * 8u], vec4 xs[XV], float xsum[XSUMS], uint sb) {
   // Super-block j = 144 bytes = words 36j..36j+35: header in the first 4, group g's 32 qs
   // bytes at words 36j+4+8g.
   float sum = 0.0;
-  [[unroll]] for (uint j = 0; j < 2u; j++) {
+  [[unroll]] for (uint j = 0; j < UNIT / 256u; j++) {
     uint h = 36u * j;
     uvec4 sw = q4k_scale_words(wr[h + 1u], wr[h + 2u], wr[h + 3u]);
     vec2 dm = unpackHalf2x16(wr[h]);
@@ -464,7 +482,7 @@ void main() {
 }
 
 #else
-// Step variant (prefill batches of NUM_COLS columns): lanes walk their runs in 8 steps of 64
+// Step variant (prefill batches of NUM_COLS columns): lanes walk their runs in UNIT/64 steps of 64
 // elements; per step the x of all columns is loaded once and the NUM_ROWS rows are unrolled,
 // each keeping the chunk it shares with the next step in registers.
 
@@ -478,10 +496,22 @@ void main() {
 #define CHUNKS 1u
 #define STEPS 1
 #define XV 4u
+#elif TYPE == T_Q8_0 && defined(HALF_UNIT)
+#define UNIT 256u
+#define CHUNKS 9u
+#define TEXELS 17u
+#define STEPS 4
+#define XV 16u
 #elif TYPE == T_Q8_0
 #define UNIT 512u
 #define CHUNKS 17u
 #define STEPS 8
+#define XV 16u
+#elif (TYPE == T_Q4_0 || TYPE == T_Q4_K) && defined(HALF_UNIT)
+#define UNIT 256u
+#define CHUNKS 5u
+#define TEXELS 9u
+#define STEPS 4
 #define XV 16u
 #elif TYPE == T_Q4_0 || TYPE == T_Q4_K
 #define UNIT 512u
@@ -490,6 +520,9 @@ void main() {
 #define XV 16u
 #else
 #error TYPE has no RUN path
+#endif
+#ifndef TEXELS
+#define TEXELS (2u * CHUNKS)
 #endif
 #define STEP_ELEMS (UNIT / uint(STEPS))
 

@@ -204,6 +204,14 @@ const LANES_TYPES: ReadonlySet<string> = new Set(["q8_0", "q4_0", "q4_k"]);
 /** The types with a "split" layout (src/kernels/matvec_layout.ts). */
 const SPLIT_TYPES: ReadonlySet<string> = new Set(["q8_0", "q6_k"]);
 
+/** Where the run path has a half (256-element) unit: the lanes layout's types (row loop and
+ * step), and F16/BF16's row loop (their step unit is 16 elements already). */
+function halfUnit(c: { path: string; load: string; type: string }): boolean {
+  if (c.path === "generic") return false;
+  if (c.load === "lanes") return true;
+  return c.path === "rowloop" && (c.type === "f16" || c.type === "bf16");
+}
+
 export type WeightTypeName = keyof typeof WEIGHT_TYPE;
 
 /** The shader name of a ggml weight type, or undefined where no shader reads it. */
@@ -241,17 +249,20 @@ export const SHADERS = {
         // Aligned words of a weight in the "split" layout (src/kernels/matvec_layout.ts).
         split: { tag: "_split", defines: { SPLIT: 1 } },
       },
+      // The run path's 256-element unit, for rows of a multiple of 256 but not of 512.
+      half: flag("h", { HALF_UNIT: 1 }),
       type: WEIGHT_TYPE,
     },
     // The generic path reads words (or the split layout, SPLIT_TYPES); Q6_K has no step
     // variant; the run path exists only for RUN_PATH_TYPES, its "lanes" layout only for
     // LANES_TYPES.
     keep: (c) =>
-      c.path === "generic"
+      (!c.half || halfUnit(c)) &&
+      (c.path === "generic"
         ? c.load === "word" || (c.load === "split" && SPLIT_TYPES.has(c.type))
         : c.load !== "split" && RUN_PATH_TYPES.has(c.type) &&
           (c.path === "rowloop" || c.type !== "q6_k") &&
-          (c.load !== "lanes" || LANES_TYPES.has(c.type)),
+          (c.load !== "lanes" || LANES_TYPES.has(c.type))),
     subgroup: true,
   }),
   get_rows: family({ file: "get_rows.comp", axes: { type: WEIGHT_TYPE } }),

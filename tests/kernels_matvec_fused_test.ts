@@ -196,6 +196,22 @@ Deno.test(
           { type, rows: 61, cols: 5120, norm: true, lanes: true, options: RUN },
           "rowloop",
         );
+        // Half units (768 = 3 x 256): the norm's x² once per unit, GLU pairs over row slices.
+        check(dev, { type, rows: 45, cols: 768, norm: true, lanes: true, options: RUN }, "rowloop");
+        check(dev, {
+          type,
+          rows: 45,
+          cols: 768,
+          glu: "silu",
+          norm: true,
+          lanes: true,
+          options: RUN,
+        }, "rowloop");
+      }
+    }
+    for (const type of ["F16", "BF16"] as const) {
+      for (const options of [RUN, RUN64, RUN32]) {
+        check(dev, { type, rows: 45, cols: 768, glu: "silu", norm: true, options }, "rowloop");
       }
     }
     // Fused batches on the CPU path take the generic kernel (the step variant has no fusions).

@@ -107,6 +107,19 @@ Deno.test("lanes layout: bands of 8 units, texel k of unit j at k * g + j, and b
   }
   assert.equal(lanesLayoutType(GgmlType.Q6_K, 4096), false);
   assert.equal(lanesLayoutType(GgmlType.Q8_0, 4000), false);
+  assert.equal(lanesLayoutType(GgmlType.Q8_0, 640), false);
+  // 768 columns: three half units of 256 (Q8_0: 17 texels each), one group of g = 3.
+  const h = quantize(GgmlType.Q8_0, randomF32(2 * 768, nextSeed()));
+  const hl = new Uint8Array(h.length);
+  toLanesLayout(GgmlType.Q8_0, 768, h, hl);
+  for (let r = 0; r < 2; r++) {
+    for (let u = 0; u < 3; u++) {
+      for (let k = 0; k < 17; k++) {
+        const from = r * 816 + (u * 17 + k) * 16, to = r * 816 + (k * 3 + u) * 16;
+        assert.deepEqual(hl.subarray(to, to + 16), h.subarray(from, from + 16), `${r}/${u}/${k}`);
+      }
+    }
+  }
   assert.throws(
     () => toLanesLayout(GgmlType.F16, 512, new Uint8Array(1024), new Uint8Array(1024)),
     isHcError,
@@ -179,7 +192,12 @@ function check(dev: Device, c: Case, variant: MatVecPlan["variant"]): void {
   } via ${plan.kernel} (seed ${SEED})`;
   assert.ok(err < 1e-3, `${what}: relative error ${err}`);
   assert.equal(plan.variant, variant, what);
-  assert.ok(plan.kernel.startsWith(variant === "rowloop" ? "matvec_rll_" : "matvec_runl_"), what);
+  // The half-unit variant exactly where 512 does not divide the row.
+  const half = c.cols % 512 === 0 ? "" : "h";
+  assert.ok(
+    plan.kernel.startsWith(`${variant === "rowloop" ? "matvec_rll" : "matvec_runl"}${half}_`),
+    what,
+  );
 }
 
 Deno.test({
@@ -194,6 +212,11 @@ Deno.test({
       check(dev, { type, rows: 70, cols: 2560, accumulate: true, weightOffset: 4096 }, "rowloop");
       check(dev, { type, rows: 29, cols: 2560, batch: 3, accumulate: true }, "step");
       check(dev, { type, rows: 21, cols: 4096, batch: 9 }, "step");
+      // Half units: 768 = 3 x 256 (row slices), 2304 = 9 x 256 (groups of 8 and 1).
+      check(dev, { type, rows: 75, cols: 768 }, "rowloop");
+      check(dev, { type, rows: 33, cols: 2304, accumulate: true, weightOffset: 4096 }, "rowloop");
+      check(dev, { type, rows: 29, cols: 768, batch: 3 }, "step");
+      check(dev, { type, rows: 21, cols: 2304, batch: 9, accumulate: true }, "step");
     }
     // A lanes weight read as GGUF order is wrong: the checks above can fail.
     const { err } = run(dev, { type: "Q8_0", rows: 40, cols: 2560, mislabel: true });
@@ -208,6 +231,8 @@ Deno.test({
     using dev = Device.open(undefined, { subgroups: false });
     check(dev, { type: "Q4_K", rows: 45, cols: 2560 }, "rowloop");
     check(dev, { type: "Q8_0", rows: 45, cols: 1536, batch: 2 }, "step");
+    check(dev, { type: "Q4_0", rows: 45, cols: 768 }, "rowloop");
+    check(dev, { type: "Q4_K", rows: 45, cols: 768, batch: 2 }, "step");
   },
 });
 

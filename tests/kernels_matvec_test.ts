@@ -184,6 +184,13 @@ Deno.test(
         texel: false,
       });
     }
+    // F16 and BF16 rows of 768: the row loop's half unit (3 x 256, row slices).
+    for (const type of ["F16", "BF16"] as const) {
+      for (const options of [RUN, RUN64, RUN32]) {
+        const plan = check(dev, { type, rows: 70, cols: 768, options }, { variant: "rowloop" });
+        assert.match(plan.kernel, /^matvec_rl(t|64)?h_/);
+      }
+    }
     const r16 = { ...RUN32, rowsPerGroup: 16 };
     check(dev, { type: "Q8_0", rows: 67, cols: 1024, options: r16 }, { variant: "rowloop" });
     check(dev, { type: "Q6_K", rows: 67, cols: 1024, options: r16 }, { variant: "rowloop" });

@@ -28,32 +28,54 @@ Deno.test("a family's variants are its product of axes less its filter", () => {
   // matvec: generic (words only, 15 types) + step (3 loads x 6 types, no Q6_K) + rowloop
   // (3 x 7): the run path only for the 7 types matvec_run.comp reads; plus the lanes layout's
   // step and rowloop for Q8_0, Q4_0 and Q4_K (2 x 3); plus the split layout's generic kernel
-  // for Q8_0 and Q6_K (2).
+  // for Q8_0 and Q6_K (2); plus the half-unit twins of the lanes layout's step and rowloop
+  // (2 x 3) and of F16's and BF16's rowloop (3 loads x 2).
   const mv = SHADERS.matvec.choices();
-  assert.equal(mv.length, 15 + 18 + 21 + 6 + 2);
-  assert.equal(SHADERS.matvec.has({ path: "rowloop", load: "split", type: "q8_0" }), false);
-  assert.equal(SHADERS.matvec.has({ path: "generic", load: "split", type: "q4_k" }), false);
+  assert.equal(mv.length, 15 + 18 + 21 + 6 + 2 + 6 + 6);
   assert.equal(
-    SHADERS.matvec.variant({ path: "generic", load: "split", type: "q6_k" }),
+    SHADERS.matvec.variant({ path: "step", load: "lanes", half: true, type: "q4_k" }),
+    "matvec_runlh_q4_k",
+  );
+  assert.equal(SHADERS.matvec.has({ path: "step", load: "texel", half: true, type: "f16" }), false);
+  assert.equal(
+    SHADERS.matvec.has({ path: "rowloop", load: "texel", half: true, type: "q8_0" }),
+    false,
+  );
+  assert.equal(
+    SHADERS.matvec.has({ path: "rowloop", load: "split", half: false, type: "q8_0" }),
+    false,
+  );
+  assert.equal(
+    SHADERS.matvec.has({ path: "generic", load: "split", half: false, type: "q4_k" }),
+    false,
+  );
+  assert.equal(
+    SHADERS.matvec.variant({ path: "generic", load: "split", half: false, type: "q6_k" }),
     "matvec_split_q6_k",
   );
-  assert.equal(SHADERS.matvec.has({ path: "rowloop", load: "texel", type: "q5_k" }), false);
-  assert.equal(SHADERS.matvec.has({ path: "rowloop", load: "lanes", type: "q6_k" }), false);
   assert.equal(
-    SHADERS.matvec.variant({ path: "rowloop", load: "lanes", type: "q8_0" }),
+    SHADERS.matvec.has({ path: "rowloop", load: "texel", half: false, type: "q5_k" }),
+    false,
+  );
+  assert.equal(
+    SHADERS.matvec.has({ path: "rowloop", load: "lanes", half: false, type: "q6_k" }),
+    false,
+  );
+  assert.equal(
+    SHADERS.matvec.variant({ path: "rowloop", load: "lanes", half: false, type: "q8_0" }),
     "matvec_rll_q8_0",
   );
   assert.equal(SHADERS.matvec.expand().length, 2 * mv.length);
   assert.equal(
-    SHADERS.matvec.variant({ path: "rowloop", load: "texel", type: "q4_k" }),
+    SHADERS.matvec.variant({ path: "rowloop", load: "texel", half: false, type: "q4_k" }),
     "matvec_rlt_q4_k",
   );
   assert.equal(
-    SHADERS.matvec.variant({ path: "step", load: "u64", type: "f16" }),
+    SHADERS.matvec.variant({ path: "step", load: "u64", half: false, type: "f16" }),
     "matvec_run64_f16",
   );
   assert.equal(
-    SHADERS.matvec.variant({ path: "generic", load: "word", type: "q6_k" }),
+    SHADERS.matvec.variant({ path: "generic", load: "word", half: false, type: "q6_k" }),
     "matvec_q6_k",
   );
   assert.equal(
@@ -75,8 +97,8 @@ Deno.test("a family's variants are its product of axes less its filter", () => {
   // Left out by the filter: the build has no SPIR-V for them.
   for (
     const c of [
-      { path: "step", load: "word", type: "q6_k" },
-      { path: "generic", load: "texel", type: "f32" },
+      { path: "step", load: "word", half: false, type: "q6_k" },
+      { path: "generic", load: "texel", half: false, type: "f32" },
     ] as const
   ) {
     assert.equal(SHADERS.matvec.has(c), false);

@@ -90,6 +90,13 @@ const ROWLOOP_UNIT: Record<number, number | undefined> = {
   [GgmlType.Q6_K]: 256,
 };
 
+/** Types whose run path also has a half unit (256 elements, shaders/matvec_run.comp
+ * HALF_UNIT) for rows that are a multiple of 256 but not of 512: the row loop of F16 and BF16
+ * in any layout; the row loop and step variant of Q8_0, Q4_0 and Q4_K in the lanes layout only
+ * (in GGUF order their 256-element units are not whole 32-byte chunks). */
+const HALF_UNIT_ANY = new Set<number>([GgmlType.F16, GgmlType.BF16]);
+const HALF_UNIT_LANES = new Set<number>([GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K]);
+
 /** Elements per lane-unit of the generic path. */
 const GENERIC_UNIT: Record<number, number> = {
   [GgmlType.F32]: 4,
@@ -219,6 +226,8 @@ interface Variant {
   texel: boolean;
   lanes: boolean;
   split: boolean;
+  /** The run path's half unit (see HALF_UNIT_ANY). */
+  half: boolean;
   /** The decode fusions, specialised into the pipeline. */
   norm: boolean;
   glu: keyof typeof GLU_ACT;
@@ -372,7 +381,12 @@ export class MatVec implements Disposable {
     if (v.kind !== "generic") {
       load = v.lanes ? "lanes" : v.texel ? "texel" : this.options.load64 ? "u64" : "word";
     }
-    const name = SHADERS.matvec.variant({ path: v.kind, load, type: this.typeName });
+    const name = SHADERS.matvec.variant({
+      path: v.kind,
+      load,
+      half: v.half,
+      type: this.typeName,
+    });
     const spec = [wg, rowsPerGroup, v.cols, v.norm ? 1 : 0, GLU_ACT[v.glu]];
     const key = `${name}/${spec.join("/")}`;
     let k = this.#kernels.get(key);
@@ -388,6 +402,17 @@ export class MatVec implements Disposable {
     return { kernel: k, wg, rowsPerGroup, name };
   }
 
+  /** Elements per lane of the run path's `kind` for rows of `cols` ("lanes": in the lanes
+   * layout): the type's unit, or its half where only that divides the row and a half-unit
+   * variant exists; undefined where the type has no such variant. */
+  runUnit(kind: "rowloop" | "step", cols: number, lanes: boolean): number | undefined {
+    const full = (kind === "rowloop" ? ROWLOOP_UNIT : RUN_UNIT)[this.type];
+    if (full === undefined || cols % full === 0) return full;
+    const half = HALF_UNIT_ANY.has(this.type) && kind === "rowloop" ||
+      HALF_UNIT_LANES.has(this.type) && lanes;
+    return half && cols % (full / 2) === 0 ? full / 2 : full;
+  }
+
   /** The shader variant record() would use for this layout (`fused`: with a norm or GLU, which
    * the step variant lacks). */
   chooseKernel(
@@ -398,15 +423,18 @@ export class MatVec implements Disposable {
     xStride = cols,
     spareBytes = Q6K_WINDOW_SPARE,
     fused = false,
+    layout: WeightLayout = "ggml",
   ): KernelKind {
     const rowBytes = this.weightBytes(1, cols);
-    const rl = ROWLOOP_UNIT[this.type];
-    const step = RUN_UNIT[this.type];
+    const lanes = layout === "lanes";
+    const rl = this.runUnit("rowloop", cols, lanes);
+    const step = this.runUnit("step", cols, lanes);
     // Q6_K's row loop finds each block's phase at run time, reading a 256-byte window that can
-    // reach past the last block; the others need 32-byte aligned rows.
+    // reach past the last block; the lanes layout is read by texel index (16-byte aligned by
+    // construction); the others need 32-byte aligned rows.
     const aligned = this.type === GgmlType.Q6_K
       ? spareBytes >= Q6K_WINDOW_SPARE
-      : rowBytes % 32 === 0 && weightOffset % 32 === 0;
+      : lanes || (rowBytes % 32 === 0 && weightOffset % 32 === 0);
     const want = this.options.path === "auto"
       ? (this.device.variants === "cpu" ? "run" : "generic")
       : this.options.path;
@@ -577,6 +605,7 @@ export class MatVec implements Disposable {
       s.xStride,
       a.weight.bytes - s.weightOffset - s.weightBytes,
       a.norm !== undefined || a.glu !== undefined,
+      a.layout,
     );
     const ncols = kind === "rowloop" ? 1 : Math.min(s.batch, MATVEC_MAX_COLS);
     // Binding offsets aligned to the device rules and to the run path's 32-byte chunks.
@@ -596,6 +625,10 @@ export class MatVec implements Disposable {
     const texel = texelX !== null && (!a.norm || texelG !== null) &&
       s.weightOffset % texelAlign + s.weightBytes + spare <= texelLimit;
     const lanes = a.layout === "lanes";
+    const unit = kind === "generic" ? undefined : this.runUnit(kind, a.cols, lanes);
+    const fullUnit = kind === "generic"
+      ? undefined
+      : (kind === "rowloop" ? ROWLOOP_UNIT : RUN_UNIT)[this.type];
     if (lanes && (kind === "generic" || !texel || !lanesLayoutType(this.type, a.cols))) {
       throw new HcError(
         "E_BAD_REQUEST",
@@ -611,6 +644,7 @@ export class MatVec implements Disposable {
         texel,
         lanes,
         split,
+        half: unit !== undefined && unit !== fullUnit,
         norm: a.norm !== undefined,
         glu: a.glu ?? "none",
       },
@@ -624,9 +658,7 @@ export class MatVec implements Disposable {
     let slices = 1;
     if (kind === "rowloop") {
       // Q6_K's row-loop units are four super-blocks (the last of a row may hold fewer).
-      const units = this.type === GgmlType.Q6_K
-        ? Math.ceil(a.cols / 1024)
-        : a.cols / (ROWLOOP_UNIT[this.type] ?? 1);
+      const units = this.type === GgmlType.Q6_K ? Math.ceil(a.cols / 1024) : a.cols / (unit ?? 1);
       // GLU pairs: a workgroup's rows come in gate/up halves.
       const sliceRows = a.glu ? rowsPerGroup / 2 : rowsPerGroup;
       while (slices < 8 && slices * 2 <= sliceRows && (units * slices) % wg !== 0) slices *= 2;

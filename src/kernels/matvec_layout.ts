@@ -15,7 +15,8 @@
  * row loop walks memory in order.
  *
  * The run path gives each lane a unit of 512 elements (Q8_0: 16 blocks = 34 texels; Q4_0 and
- * Q4_K: 18 texels) and walks the rows of a row group with it. In GGUF order a unit is one
+ * Q4_K: 18 texels), or of 256 where the width is a multiple of 256 but not of 512 (768, 2304:
+ * 17 and 9 texels), and walks the rows of a row group with it. In GGUF order a unit is one
  * contiguous range, so one fetch touches 8 ranges 288-544 bytes apart and each lane's range ends
  * after a few cache lines: the CPU's prefetchers do not follow that, and lavapipe's fetches
  * stall on memory. In the lanes layout the units of every row go in groups of 8 (a row's last
@@ -36,8 +37,11 @@ import { type Device, TEXEL_BYTES } from "../vk/mod.ts";
 /** How a weight's bytes are ordered on the device. */
 export type WeightLayout = "ggml" | "lanes" | "split";
 
-/** Elements per unit of the run path in the lanes layout. */
-export const LANES_UNIT = 512;
+/** Elements per unit of the run path in the lanes layout, for rows of `cols` elements: 512, or
+ * the half unit where 512 does not divide the row (the run path's HALF_UNIT variants). */
+export function lanesUnit(cols: number): number {
+  return cols % 512 === 0 ? 512 : 256;
+}
 /** Units per group: lavapipe's subgroup, the lanes of one fetch. */
 const GROUP = 8;
 
@@ -53,7 +57,7 @@ function rowBytesOf(type: number, cols: number): number {
 
 /** Whether `type` has a lanes layout for rows of `cols` elements. */
 export function lanesLayoutType(type: number, cols: number): boolean {
-  return LANES_TYPES.has(type) && cols > 0 && cols % LANES_UNIT === 0;
+  return LANES_TYPES.has(type) && cols > 0 && cols % 256 === 0;
 }
 
 /**
@@ -77,7 +81,7 @@ function lanesShape(type: number, cols: number): { units: number; T: number; row
     );
   }
   const rowBytes = rowBytesOf(type, cols);
-  const units = cols / LANES_UNIT;
+  const units = cols / lanesUnit(cols);
   return { units, T: rowBytes / units / TEXEL_BYTES, rowBytes };
 }
 
