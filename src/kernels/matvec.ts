@@ -43,6 +43,7 @@ import {
 import {
   checkedRangeWindow,
   checkWeightOffset,
+  deviceParallelism,
   floatIndex,
   MAX_BINDING_BYTES,
   maxBindingRange,
@@ -351,9 +352,11 @@ export class MatVec implements Disposable {
     let r = this.options.rowsPerGroup;
     if (r === undefined) {
       if (kind === "rowloop") {
-        // Many rows per workgroup amortise the staged x; keep >= ~32 workgroups for the threads.
+        // Many rows per workgroup amortise the staged x (a lane stages it once per unit and
+        // row slice); keep about 4 workgroups per core for the driver's threads.
+        const groups = deviceParallelism(this.device).targetGroups;
         r = 128;
-        while (r > 8 && rows / r < 32) r >>= 1;
+        while (r > 8 && rows / r < groups) r >>= 1;
       } else {
         // The step variant unrolls rows x columns: keep that product (and compile time) bounded.
         r = kind === "step" ? Math.max(4, 16 / ncols | 0) : 2;
