@@ -2,7 +2,10 @@
  * The prompt path with the tiled matmul (LlamaModel.promptKernel = "matmul") against the same
  * model's matvec prompt path and the plain-TS reference model: prompt logits of stories260K (F32;
  * its FFN width 172 is no multiple of 32, so the down projection stays on matvec) and of small
- * synthetic Q4_K and Q8_0 models, prompts longer than one matmul tile and than one chunk.
+ * synthetic Q4_K and Q8_0 models, prompts longer than one matmul tile and than one chunk. The
+ * quantized models load under the gpu variant set: under the cpu set their matrices go in the
+ * lanes layout, which only matvec reads (src/kernels/matvec_layout.ts); under the gpu set Q8_0
+ * goes in the split layout, which both read.
  */
 import assert from "node:assert/strict";
 import { loadModel } from "../mod.ts";
@@ -17,8 +20,9 @@ async function promptLogits(
   prompt: number[],
   kernel: "matmul" | "matvec",
   type: number,
+  variants: "auto" | "gpu",
 ) {
-  await using model = await loadModel(path);
+  await using model = await loadModel(path, { variants });
   model.llama.promptKernel = kernel;
   using s = model.session({ contextTokens: prompt.length + 2 });
   const out: Float32Array[] = [];
@@ -28,13 +32,19 @@ async function promptLogits(
   return out[0];
 }
 
-async function check(path: string, n: number, type: number, what: string): Promise<void> {
+async function check(
+  path: string,
+  n: number,
+  type: number,
+  what: string,
+  variants: "auto" | "gpu" = "auto",
+): Promise<void> {
   using source = await openModelSource(path);
   const vocab = source.config.vocabSize;
   const prompt = Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % (vocab - 3)));
   const ref = (await ReferenceModel.load(source, { kvF16: true })).forward(prompt, 0);
-  const mm = await promptLogits(path, prompt, "matmul", type);
-  const mv = await promptLogits(path, prompt, "matvec", type);
+  const mm = await promptLogits(path, prompt, "matmul", type, variants);
+  const mv = await promptLogits(path, prompt, "matvec", type, variants);
   const eMm = relError(mm, ref);
   const eMv = relError(mv, ref);
   assert.ok(eMm < 1e-2, `${what}: matmul prompt logits off the reference by ${eMm}`);
@@ -61,7 +71,7 @@ Deno.test("prompt matmul: synthetic Q4_K and Q8_0 models", async () => {
         seed: 3,
         weightType: type,
       });
-      await check(path, 300, type, `synthetic ${name}`);
+      await check(path, 300, type, `synthetic ${name}`, "gpu");
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
