@@ -15,7 +15,7 @@
  *    bench/results/decode.json.
  *
  *   deno run -A bench/decode.ts [--full] [--contexts 1024,4096] [--llamacpp-max N] [--keep X]
- *     [--steps N] [--skip-throughput] [--write]
+ *     [--llamacpp-backends cpu,vulkan] [--steps N] [--skip-throughput] [--write]
  */
 import { parseArgs } from "node:util";
 import { dirname, fromFileUrl, join, writeResult } from "./paths.ts";
@@ -420,6 +420,8 @@ export interface SpeedOptions {
   /** Largest context llama.cpp is measured at (default: every one); 0: not at all (a machine
    * without node-llama-cpp, such as the GPU box, which reaches no registry). */
   llamaCppMax?: number;
+  /** llama.cpp's backends in the sweep (default both; the GPU box packs only the Vulkan one). */
+  llamaCppBackends?: readonly LlamaCppBackend[];
   keep?: number;
   steps?: number;
   /** Our engines (names of ENGINES; default DEFAULT_ENGINES). */
@@ -530,7 +532,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedResult> {
         } finally {
           for (const s of sessions) s[Symbol.dispose]();
         }
-        for (const backend of LLAMACPP_BACKENDS) {
+        for (const backend of opts.llamaCppBackends ?? LLAMACPP_BACKENDS) {
           const engine = llamaCppEngine(backend);
           // llama.cpp's Vulkan backend clamps each binding to maxStorageBufferRange
           // (VULKAN-NOTES.md §1.2): with a larger per-layer K tensor its attention would read
@@ -696,6 +698,7 @@ if (import.meta.main) {
       full: { type: "boolean" },
       contexts: { type: "string" },
       "llamacpp-max": { type: "string" },
+      "llamacpp-backends": { type: "string" },
       keep: { type: "string" },
       steps: { type: "string" },
       engines: { type: "string" },
@@ -707,7 +710,7 @@ if (import.meta.main) {
   if (values.help) {
     console.log(
       "deno run -A bench/decode.ts [--full] [--contexts 1024,4096] [--llamacpp-max N] [--keep X]\n" +
-        "  [--steps N] [--skip-throughput] [--write]\n" +
+        "  [--llamacpp-backends cpu,vulkan] [--steps N] [--skip-throughput] [--write]\n" +
         "--write saves bench/results/speed.json and decode.json; without it nothing is written.",
     );
     Deno.exit(0);
@@ -717,6 +720,14 @@ if (import.meta.main) {
     quick,
     contexts: values.contexts?.split(",").map(Number),
     llamaCppMax: values["llamacpp-max"] ? Number(values["llamacpp-max"]) : undefined,
+    llamaCppBackends: values["llamacpp-backends"]?.split(",").map((b) => {
+      if (!(LLAMACPP_BACKENDS as readonly string[]).includes(b)) {
+        throw new Error(
+          `--llamacpp-backends: "${b}" is not one of ${LLAMACPP_BACKENDS.join(", ")}`,
+        );
+      }
+      return b as LlamaCppBackend;
+    }),
     keep: values.keep ? Number(values.keep) : undefined,
     steps: values.steps ? Number(values.steps) : undefined,
     engines: values.engines?.split(","),

@@ -1,10 +1,46 @@
 /**
  * The side-by-side runs of llama.cpp: one of bench/llamacpp's scripts (run.mjs, step.mjs,
- * prefill.mjs) under Node with node-llama-cpp's prebuilt build.
+ * prefill.mjs) with node-llama-cpp's prebuilt build, under Node where it is installed, else
+ * under this Deno (its Node-API support loads the same addon from bench/llamacpp/node_modules:
+ * the GPU box has no Node, see bench/gpu/prepare.sh).
  */
 import { dirname, fromFileUrl, join } from "./paths.ts";
 
 const LLAMACPP = join(dirname(fromFileUrl(import.meta.url)), "llamacpp");
+
+let runtime: Promise<string[]> | null = null;
+
+/** The command line that runs a bench/llamacpp script: `node`, or Deno where Node is absent. */
+function llamaCppRuntime(): Promise<string[]> {
+  return runtime ??= (async () => {
+    try {
+      const r = await new Deno.Command("node", {
+        args: ["--version"],
+        stdout: "null",
+        stderr: "null",
+      })
+        .output();
+      if (r.success) return ["node"];
+    } catch { /* no Node: Deno below */ }
+    return [
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--no-config",
+      "--node-modules-dir=manual",
+      "--cached-only",
+    ];
+  })();
+}
+
+/** Deno.Command for `script args...` under llamaCppRuntime(). */
+async function llamaCppCommand(
+  args: string[],
+  options: Deno.CommandOptions,
+): Promise<Deno.Command> {
+  const [cmd, ...pre] = await llamaCppRuntime();
+  return new Deno.Command(cmd, { ...options, args: [...pre, ...args] });
+}
 
 /** Runs `script` with `args` (and `threads` CPU threads; 0: node-llama-cpp's default); its last
  * stdout line is a JSON object, returned parsed, or a line saying why it failed (the end of its
@@ -14,8 +50,8 @@ export async function runLlamaCppScript(
   args: readonly string[],
   threads = 0,
 ): Promise<Record<string, unknown> | string> {
-  const r = await new Deno.Command("node", {
-    args: [join(LLAMACPP, script), ...args],
+  const r = await (await llamaCppCommand([join(LLAMACPP, script), ...args], {
+    cwd: LLAMACPP,
     // llama.cpp skips CPU Vulkan devices (lavapipe) unless they are named explicitly.
     env: {
       GGML_VK_VISIBLE_DEVICES: Deno.env.get("GGML_VK_VISIBLE_DEVICES") ??
@@ -24,7 +60,7 @@ export async function runLlamaCppScript(
     },
     stdout: "piped",
     stderr: "piped",
-  }).output();
+  })).output();
   const out = new TextDecoder().decode(r.stdout).trim().split("\n").pop() ?? "";
   if (!r.success || !out.startsWith("{")) {
     const err = new TextDecoder().decode(r.stderr).trim().split("\n").slice(-3).join(" | ");
@@ -38,12 +74,11 @@ export async function runLlamaCppScript(
 export async function runLlamaCppJob(script: string, job: unknown, dir: string): Promise<unknown> {
   const jobPath = join(dir, "job.json");
   await Deno.writeTextFile(jobPath, JSON.stringify(job));
-  const out = await new Deno.Command("node", {
-    args: [script, jobPath],
+  const out = await (await llamaCppCommand([script, jobPath], {
     cwd: LLAMACPP,
     stdout: "piped",
     stderr: "inherit",
-  }).output();
+  })).output();
   if (!out.success) throw new Error(`llama.cpp (${script}) failed (see above)`);
   return JSON.parse(new TextDecoder().decode(out.stdout));
 }

@@ -56,8 +56,8 @@ export function gpuReport(
     `Device \`${d.name}\` (${d.type}, Vulkan ${d.apiVersion}), run by \`bench/gpu/run.sh\` on ` +
     `${kernels.date.slice(0, 10)}; collected by \`bench/gpu/collect.ts\` (raw files in ` +
     "bench/results/gpu/). The lavapipe figures are in docs/results-lavapipe.md and " +
-    "docs/benchmarks.md. llama.cpp is not in this run: the GPU machine reaches no registry, " +
-    "and node with node-llama-cpp's Vulkan build does not fit the carry beside Deno.",
+    "docs/benchmarks.md. llama.cpp (node-llama-cpp's prebuilt Vulkan build, run under Deno) " +
+    "is its Vulkan backend on the same GPU, in the prefill table and the sweep up to 16K.",
     "",
     '## Whole-model tests under the "gpu" kernel variants',
     "",

@@ -23,6 +23,16 @@ DENO_DIR=$PWD/.gpu/denodir "$deno_bin" cache --no-config --no-lock --node-module
   tests/vk_runtime_test.ts tests/kernels_*_test.ts tests/model_test.ts tests/engine_test.ts \
   tests/variants_test.ts
 "$deno_bin" task build
+# llama.cpp's Vulkan backend for the side-by-side runs: node-llama-cpp's JS and its Vulkan
+# prebuilt only (not the CUDA, arm or CPU prebuilts, nor the llama.cpp source bundle), which
+# run.sh unpacks into bench/llamacpp/ and runs under Deno (the box has no Node).
+[ -d bench/llamacpp/node_modules/node-llama-cpp ] ||
+  (cd bench/llamacpp && npm install --no-audit --no-fund)
+tar -C bench/llamacpp -cf - --exclude='node_modules/@node-llama-cpp/linux-x64-cuda*' \
+  --exclude='node_modules/@node-llama-cpp/linux-arm*' \
+  --exclude='node_modules/@node-llama-cpp/linux-x64' \
+  --exclude='node_modules/node-llama-cpp/llama/gitRelease.bundle' node_modules |
+  xz -T0 -9 >.gpu/llamacpp.tar.xz
 # The sweep's 8B-shaped model uses the official Llama-3.1-8B profile from ../shared, which the
 # box does not get (only the checkout travels): run.sh links ../shared to this copy there.
 mkdir -p .gpu/shared/profiles .gpu/shared/models/babyllama-tok105

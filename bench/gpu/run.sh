@@ -3,8 +3,10 @@
 # kernel variants (HC_VK_VARIANTS=gpu: the kernels a discrete GPU takes, on the small real
 # models prepare.sh copies), then the kernel-bandwidth benchmark (with the dispatch and barrier
 # counts per decode token), the prefill benchmark and the decode-speed sweep on the real driver, all in one
-# command that fits a 10-minute call. llama.cpp is not in it: node (99 MB) and node-llama-cpp
-# with its Vulkan prebuilt (56 + 71 MB) do not fit the 64 MiB carry beside Deno. Results land in
+# command that fits a 10-minute call. llama.cpp's Vulkan backend runs beside ours in the prefill
+# bench and in the sweep (up to 16K): node-llama-cpp with only its Vulkan prebuilt, packed by
+# prepare.sh (.gpu/llamacpp.tar.xz, about 13 MB), under this Deno (Node does not fit the carry;
+# bench/llamacpp_node.ts takes Deno where Node is absent). Results land in
 # $OUT (kernels.json, prefill.json, speed.json, gpu.log; the test summary is in gpu.log); back
 # here, `deno run -A bench/gpu/collect.ts DIR`
 # (DIR: where the device tool put them) files them in bench/results/gpu/ and writes
@@ -24,6 +26,7 @@ export PATH=/tmp/deno:$PATH NO_COLOR=1 DENO_DIR=$PWD/.gpu/denodir
 # Offline: only the packages prepare.sh cached, resolved through the import map.
 off=(--cached-only --no-config --no-lock --node-modules-dir=none --import-map .gpu/import_map.json)
 [ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared
+xz -dc .gpu/llamacpp.tar.xz | tar -C bench/llamacpp -xf -
 # The whole-model tests (prepare.sh caches their imports; they read ../shared/models).
 WHOLE_MODEL_TESTS=(tests/model_test.ts tests/engine_test.ts tests/variants_test.ts)
 OUT=${OUT:-/tmp/out}
@@ -34,8 +37,9 @@ mkdir -p "$OUT"
   echo "== whole-model tests, HC_VK_VARIANTS=gpu"
   HC_VK_VARIANTS=gpu timeout 150 deno test "${off[@]}" -A --parallel "${WHOLE_MODEL_TESTS[@]}"
   timeout 120 deno run "${off[@]}" -A bench/kernels.ts --write
-  timeout 60 deno run "${off[@]}" -A bench/prefill.ts --write --tokens 512,2048 --llamacpp none
-  timeout 240 deno run "${off[@]}" -A bench/decode.ts --write --llamacpp-max 0 --skip-throughput \
+  timeout 90 deno run "${off[@]}" -A bench/prefill.ts --write --tokens 512,2048 --llamacpp vulkan
+  timeout 270 deno run "${off[@]}" -A bench/decode.ts --write --skip-throughput \
+    --llamacpp-max 16384 --llamacpp-backends vulkan \
     --contexts "${HC_GPU_CONTEXTS:-1024,4096,16384,65536,131072}" --steps 32
 } 2>&1 | tee "$OUT/gpu.log"
 cp bench/results/kernels.json bench/results/prefill.json bench/results/speed.json "$OUT/" 2>/dev/null
