@@ -333,6 +333,16 @@ export class ReferenceModel {
     return this.config.nKvHeads * this.config.headDim;
   }
 
+  /** The logits Session.teacherForce reports from position 0: after the prompt, then after
+   * each forced token but the last. */
+  teacherForced(prompt: number[], forced: number[]): Float32Array[] {
+    const out = [this.forward(prompt, 0)];
+    for (let i = 0; i < forced.length - 1; i++) {
+      out.push(this.forward([forced[i]], prompt.length + i));
+    }
+    return out;
+  }
+
   /**
    * Runs `tokens` at positions startPos.. and returns the logits of the last one (or of all).
    * startPos may rewind into the cache (later positions are dropped) but not skip past it.

@@ -314,11 +314,10 @@ Deno.test("split layout: a model's matrices take it on the gpu set only, logits 
       // 20 prompt tokens: the prefill's products go through the matmul where the device takes it.
       const prompt = Array.from({ length: 20 }, (_, i) => 3 + ((i * 7919) % 297));
       const forced = [5, 77, 140];
-      const ref = await ReferenceModel.load(source, { kvF16: true });
-      const want = [ref.forward(prompt, 0)];
-      for (let i = 0; i < forced.length - 1; i++) {
-        want.push(ref.forward([forced[i]], prompt.length + i));
-      }
+      const want = (await ReferenceModel.load(source, { kvF16: true })).teacherForced(
+        prompt,
+        forced,
+      );
       for (const variants of ["cpu", "gpu"] as const) {
         await using model = await loadModel(path, { variants });
         const L = model.llama.layers[0];
