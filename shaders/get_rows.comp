@@ -49,8 +49,7 @@ uint word_at(uint b) {
 }
 
 float half_at(uint b) {
-  uint v = w[b >> 2];
-  return (b & 2u) != 0u ? half_hi(v) : half_lo(v);
+  return HALF_AT(w, b);
 }
 
 uint byte_at(uint b) {

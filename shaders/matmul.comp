@@ -92,8 +92,7 @@ void dequant_unit(uint rs, uint u, out vec4 v[8]) {
   // row's scale run after its bodies.
   uint i = (rs >> 4) + 2u * u;
   uvec4 qa = w4[i], qb = w4[i + 1u];
-  uint dw = w[(rs + p.cols + 2u * u) >> 2];
-  float d = (u & 1u) != 0u ? half_hi(dw) : half_lo(dw);
+  float d = HALF_AT(w, rs + p.cols + 2u * u);
   uint qw[8] = uint[8](qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w);
   [[unroll]] for (uint j = 0u; j < 8u; j++) v[j] = d * i8x4(qw[j]);
 #elif TYPE == T_Q8_0
@@ -142,8 +141,7 @@ void dequant_unit(uint rs, uint u, out vec4 v[8]) {
   uvec4 scw = w4[q + 12u];
   // Scale bytes 8h + 2m, 8h + 2m + 1: word 2h + m/2 of the scales, half m % 2.
   uint sw = scw[2u * h + (m >> 1)] >> (16u * (m & 1u));
-  uint dw = w[(rs + 208u * (p.cols / 256u) + 2u * sb) >> 2];
-  float d = (sb & 1u) != 0u ? half_hi(dw) : half_lo(dw);
+  float d = HALF_AT(w, rs + 208u * (p.cols / 256u) + 2u * sb);
   float s0 = d * i8_at(sw, 0u);
   float s1 = d * i8_at(sw, 1u);
   uint ql[8] = uint[8](la.x, la.y, la.z, la.w, lb.x, lb.y, lb.z, lb.w);

@@ -174,8 +174,7 @@ uint word_at(uint b) {
 }
 
 float half_at(uint b) {
-  uint v = w[b >> 2];
-  return (b & 2u) != 0u ? half_hi(v) : half_lo(v);
+  return HALF_AT(w, b);
 }
 
 // Weight words of one unit for each row, decoded just enough to be reused for every column.
@@ -194,8 +193,7 @@ void load_unit(uint r, uint rowStart, uint u) {
   // row's scale run after its bodies.
   uint q = rowStart / 16u + 2u * u;
   uvec4 a = w4[q], c = w4[q + 1u];
-  uint dw = w[(rowStart + p.cols + 2u * u) >> 2];
-  wq[o] = floatBitsToUint((u & 1u) != 0u ? half_hi(dw) : half_lo(dw));
+  wq[o] = floatBitsToUint(half_at(rowStart + p.cols + 2u * u));
   wq[o + 1] = a.x; wq[o + 2] = a.y; wq[o + 3] = a.z; wq[o + 4] = a.w;
   wq[o + 5] = c.x; wq[o + 6] = c.y; wq[o + 7] = c.z; wq[o + 8] = c.w;
 #elif TYPE == T_Q8_0
@@ -250,8 +248,7 @@ void load_unit(uint r, uint rowStart, uint u) {
   wq[o + 8] = qh.x; wq[o + 9] = qh.y; wq[o + 10] = qh.z; wq[o + 11] = qh.w;
   wq[o + 12] = h != 0u ? sc.z : sc.x;
   wq[o + 13] = h != 0u ? sc.w : sc.y;
-  uint dw = w[(rowStart + 208u * (p.cols / 256u) + 2u * sb) >> 2];
-  wq[o + 14] = floatBitsToUint((sb & 1u) != 0u ? half_hi(dw) : half_lo(dw));
+  wq[o + 14] = floatBitsToUint(half_at(rowStart + 208u * (p.cols / 256u) + 2u * sb));
 #elif TYPE == T_Q6_K
   // Unit u: super-block u/4, half h, l range [16*is, 16*is+16).
   uint sbb = rowStart + 210u * (u >> 2);

@@ -48,6 +48,9 @@ float half_hi(uint w) {
   return unpackHalf2x16(w).y;
 }
 
+// The f16 at even byte offset B of the 32-bit word array W (a weight binding).
+#define HALF_AT(W, B) ((((B) & 2u) != 0u) ? half_hi(W[(B) >> 2]) : half_lo(W[(B) >> 2]))
+
 vec2 bf16x2(uint w) {
   return vec2(uintBitsToFloat(w << 16), uintBitsToFloat(w & 0xffff0000u));
 }

@@ -6,7 +6,6 @@
  * against the reference model.
  */
 import assert from "node:assert/strict";
-import { loadModel } from "../mod.ts";
 import { isHcError } from "../src/errors.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { MatVec, type MatVecOptions, type MatVecPlan } from "../src/kernels/matvec.ts";
@@ -18,12 +17,10 @@ import {
   toLanesLayout,
 } from "../src/kernels/matvec_layout.ts";
 import { quantize } from "../src/model/quant/mod.ts";
-import { openModelSource } from "../src/model/source.ts";
 import { Device } from "../src/vk/mod.ts";
-import { ReferenceModel } from "../testing/reference_model.ts";
 import { referenceMatvec } from "../testing/reference_matvec.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
-import { randomF32, relError } from "./helpers.ts";
+import { checkVariantsAgainstReference, randomF32, relError } from "./helpers.ts";
 
 const SEED = Date.now() >>> 0;
 let seedCounter = 0;
@@ -270,15 +267,7 @@ Deno.test("lanes layout: a model's matrices take it on the cpu set only, logits 
       seed: 11,
       weightType: GgmlType.Q8_0,
     });
-    using source = await openModelSource(path);
-    const prompt = Array.from({ length: 20 }, (_, i) => 3 + ((i * 7919) % 297));
-    const forced = [5, 77, 140];
-    const want = (await ReferenceModel.load(source, { kvF16: true })).teacherForced(
-      prompt,
-      forced,
-    );
-    for (const variants of ["cpu", "gpu"] as const) {
-      await using model = await loadModel(path, { variants });
+    await checkVariantsAgainstReference(path, "", (model, variants) => {
       const L = model.llama.layers[0];
       // The gpu set takes the split layout for Q8_0 (tests/kernels_split_layout_test.ts).
       const expect = variants === "gpu"
@@ -297,14 +286,7 @@ Deno.test("lanes layout: a model's matrices take it on the cpu set only, logits 
         expect === "lanes",
         variants,
       );
-      using s = model.session({ contextTokens: 32 });
-      const got: Float32Array[] = [];
-      await s.teacherForce(prompt, forced, (_, l) => got.push(l.slice()));
-      for (let i = 0; i < want.length; i++) {
-        const e = relError(got[i], want[i]);
-        assert.ok(e < 1e-2, `${variants}: logits ${i} off the reference by ${e}`);
-      }
-    }
+    });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -9,7 +9,6 @@
  * the refusals and a model loaded under each variant set (split on the GPU set only) are here too.
  */
 import assert from "node:assert/strict";
-import { loadModel } from "../mod.ts";
 import { isHcError } from "../src/errors.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { MatMul, type MatMulOptions } from "../src/kernels/matmul.ts";
@@ -22,12 +21,10 @@ import {
   type WeightLayout,
 } from "../src/kernels/matvec_layout.ts";
 import { quantize } from "../src/model/quant/mod.ts";
-import { openModelSource } from "../src/model/source.ts";
 import { type Buffer, Device } from "../src/vk/mod.ts";
-import { ReferenceModel } from "../testing/reference_model.ts";
 import { referenceMatvec } from "../testing/reference_matvec.ts";
 import { writeSyntheticModel } from "../testing/synthetic_model.ts";
-import { randomF32, relError } from "./helpers.ts";
+import { checkVariantsAgainstReference, randomF32, relError } from "./helpers.ts";
 
 const SEED = Date.now() >>> 0;
 let seedCounter = 0;
@@ -310,30 +307,15 @@ Deno.test("split layout: a model's matrices take it on the gpu set only, logits 
         seed: 12,
         weightType: type,
       });
-      using source = await openModelSource(path);
       // 20 prompt tokens: the prefill's products go through the matmul where the device takes it.
-      const prompt = Array.from({ length: 20 }, (_, i) => 3 + ((i * 7919) % 297));
-      const forced = [5, 77, 140];
-      const want = (await ReferenceModel.load(source, { kvF16: true })).teacherForced(
-        prompt,
-        forced,
-      );
-      for (const variants of ["cpu", "gpu"] as const) {
-        await using model = await loadModel(path, { variants });
+      await checkVariantsAgainstReference(path, `type ${type}, `, (model, variants) => {
         const L = model.llama.layers[0];
         assert.equal(splitLayoutFits(model.device, type), variants === "gpu");
         for (const w of [L.qkvIn[0].weight, L.o, L.ffnIn[0].weight, L.down]) {
           if (variants === "gpu") assert.equal(w.layout, "split", `gpu: ${w.rows}x${w.cols}`);
           else assert.notEqual(w.layout, "split", `cpu: ${w.rows}x${w.cols}`);
         }
-        using s = model.session({ contextTokens: 32 });
-        const got: Float32Array[] = [];
-        await s.teacherForce(prompt, forced, (_, l) => got.push(l.slice()));
-        for (let i = 0; i < want.length; i++) {
-          const e = relError(got[i], want[i]);
-          assert.ok(e < 1e-2, `type ${type}, ${variants}: logits ${i} off the reference by ${e}`);
-        }
-      }
+      });
     }
   } finally {
     await Deno.remove(dir, { recursive: true });

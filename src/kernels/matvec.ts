@@ -409,15 +409,20 @@ export class MatVec implements Disposable {
    * layout): the type's unit, or its half where only that divides the row and a half-unit
    * variant exists; undefined where the type has no such variant. */
   runUnit(kind: "rowloop" | "step", cols: number, lanes: boolean): number | undefined {
-    const full = (kind === "rowloop" ? ROWLOOP_UNIT : RUN_UNIT)[this.type];
+    const full = this.#fullUnit(kind);
     if (full === undefined || cols % full === 0) return full;
     const half = HALF_UNIT_ANY.has(this.type) && kind === "rowloop" ||
       HALF_UNIT_LANES.has(this.type) && lanes;
     return half && cols % (full / 2) === 0 ? full / 2 : full;
   }
 
+  /** The type's own (full) unit on the run path's `kind`. */
+  #fullUnit(kind: "rowloop" | "step"): number | undefined {
+    return (kind === "rowloop" ? ROWLOOP_UNIT : RUN_UNIT)[this.type];
+  }
+
   /** The shader variant record() would use for this layout (`fused`: with a norm or GLU, which
-   * the step variant lacks). */
+   * the step variant lacks; a split-layout weight always takes the generic path). */
   chooseKernel(
     weightOffset: number,
     rows: number,
@@ -428,6 +433,7 @@ export class MatVec implements Disposable {
     fused = false,
     layout: WeightLayout = "ggml",
   ): KernelKind {
+    if (layout === "split") return "generic";
     const rowBytes = this.weightBytes(1, cols);
     const lanes = layout === "lanes";
     const rl = this.runUnit("rowloop", cols, lanes);
@@ -600,7 +606,7 @@ export class MatVec implements Disposable {
   #plan(a: MatVecRecord, s: Shape): Plan {
     const info = this.device.info;
     const split = a.layout === "split";
-    const kind = split ? "generic" : this.chooseKernel(
+    const kind = this.chooseKernel(
       s.weightOffset,
       a.rows,
       a.cols,
@@ -629,9 +635,6 @@ export class MatVec implements Disposable {
       s.weightOffset % texelAlign + s.weightBytes + spare <= texelLimit;
     const lanes = a.layout === "lanes";
     const unit = kind === "generic" ? undefined : this.runUnit(kind, a.cols, lanes);
-    const fullUnit = kind === "generic"
-      ? undefined
-      : (kind === "rowloop" ? ROWLOOP_UNIT : RUN_UNIT)[this.type];
     if (lanes && (kind === "generic" || !texel || !lanesLayoutType(this.type, a.cols))) {
       throw new HcError(
         "E_BAD_REQUEST",
@@ -647,7 +650,7 @@ export class MatVec implements Disposable {
         texel,
         lanes,
         split,
-        half: unit !== undefined && unit !== fullUnit,
+        half: kind !== "generic" && unit !== this.#fullUnit(kind),
         norm: a.norm !== undefined,
         glu: a.glu ?? "none",
       },

@@ -8,7 +8,7 @@
  * quants; Q6_K: ql, qh and the 16 scales, 208 bytes), then the blocks' f16 scales `d` in order,
  * then zeros up to a multiple of 16 bytes: every body starts 16-byte aligned and is read as whole
  * uvec4s, and a row's `d` values sit side by side. Rows stay rows (a row range is a byte range),
- * only the row stride grows to `splitRowBytes` (by at most 14 bytes).
+ * only the row stride grows (`layoutRowBytes`, by at most 14 bytes).
  *
  * The "lanes" weight layout of the CPU matvec path (shaders/matvec_run.comp, LOADU): a weight's
  * 16-byte texels permuted so that the 8 lanes of one texel fetch read one contiguous run and the
